@@ -1,0 +1,155 @@
+/**
+ * The one shared WebGPU device: adapter discovery, limits, optional features and error capture.
+ * @module
+ */
+import { DeviceError } from "./errors.ts";
+
+/** Whether the adapter is a CPU rasterizer (Mesa llvmpipe/lavapipe) or a real GPU; kernels pick tile configs by it. */
+export type AdapterKind = "cpu" | "gpu";
+
+/** What the library knows about the device it runs on. */
+export interface DeviceInfo {
+  /** The adapter's description, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`. */
+  readonly description: string;
+  /** `cpu` for software adapters, `gpu` otherwise. */
+  readonly kind: AdapterKind;
+  /** True when the device was created with `shader-f16`. */
+  readonly f16: boolean;
+  /** True when the device was created with `subgroups`. */
+  readonly subgroups: boolean;
+  /** The device's limits (requested at the adapter's maxima). */
+  readonly limits: GPUSupportedLimits;
+}
+
+/** Options for {@link init}. */
+export interface InitOptions {
+  /** Passed to `requestAdapter`. */
+  powerPreference?: GPUPowerPreference;
+}
+
+interface DeviceState {
+  device: GPUDevice;
+  info: DeviceInfo;
+  lost: string | null;
+  errors: string[];
+}
+
+let state: DeviceState | null = null;
+let pending: Promise<DeviceInfo> | null = null;
+
+const INSTALL_HINT = "Install a WebGPU driver: on Debian/Ubuntu `apt-get install -y libvulkan1 " +
+  "mesa-vulkan-drivers` (Vulkan, software lavapipe) or `libegl1 libgl1-mesa-dri` (GL, llvmpipe); " +
+  "select one with DENO_WEBGPU_BACKEND=vulkan|gl.";
+
+const LIMIT_NAMES = [
+  "maxBufferSize",
+  "maxStorageBufferBindingSize",
+  "maxUniformBufferBindingSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxBindGroups",
+  "maxBindingsPerBindGroup",
+] as const;
+
+/**
+ * Creates the shared device, once; later calls return the same info. The device is requested with
+ * the adapter's own limits, and with `shader-f16`/`subgroups` when the adapter can provide them.
+ */
+export function init(options: InitOptions = {}): Promise<DeviceInfo> {
+  if (state) return Promise.resolve(state.info);
+  pending ??= createDevice(options).finally(() => (pending = null));
+  return pending;
+}
+
+async function createDevice(options: InitOptions): Promise<DeviceInfo> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpu) throw new DeviceError(`navigator.gpu is not available in this runtime. ${INSTALL_HINT}`);
+  const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
+  if (!adapter) throw new DeviceError(`No WebGPU adapter was found. ${INSTALL_HINT}`);
+
+  const requiredLimits: Record<string, number> = {};
+  for (const name of LIMIT_NAMES) {
+    const v = (adapter.limits as unknown as Record<string, number>)[name];
+    if (typeof v === "number") requiredLimits[name] = v;
+  }
+  const f16 = adapter.features.has("shader-f16");
+  const device = await requestWithOptionalFeatures(adapter, requiredLimits, f16);
+  const description = adapter.info?.description ?? "unknown adapter";
+  const kind: AdapterKind = adapter.info?.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i
+      .test(description)
+    ? "cpu"
+    : "gpu";
+  const info: DeviceInfo = {
+    description,
+    kind,
+    f16: device.features.has("shader-f16"),
+    subgroups: device.features.has("subgroups"),
+    limits: device.limits,
+  };
+  const s: DeviceState = { device, info, lost: null, errors: [] };
+  device.lost.then((l) => (s.lost = `${l.reason}: ${l.message}`));
+  device.addEventListener("uncapturederror", (e) => {
+    s.errors.push((e as GPUUncapturedErrorEvent).error.message);
+  });
+  state = s;
+  return info;
+}
+
+// Lavapipe supports subgroups without advertising them, so ask and fall back on refusal.
+async function requestWithOptionalFeatures(
+  adapter: GPUAdapter,
+  requiredLimits: Record<string, number>,
+  f16: boolean,
+): Promise<GPUDevice> {
+  const base: GPUFeatureName[] = f16 ? ["shader-f16"] : [];
+  try {
+    return await adapter.requestDevice({
+      requiredFeatures: [...base, "subgroups" as GPUFeatureName],
+      requiredLimits,
+    });
+  } catch {
+    return await adapter.requestDevice({ requiredFeatures: base, requiredLimits });
+  }
+}
+
+/** The shared GPUDevice; throws if {@link init} has not completed or the device was lost. */
+export function gpuDevice(): GPUDevice {
+  return current().device;
+}
+
+/** Information about the shared device; throws if {@link init} has not completed. */
+export function deviceInfo(): DeviceInfo {
+  return current().info;
+}
+
+/** True once {@link init} has completed. */
+export function isInitialized(): boolean {
+  return state !== null;
+}
+
+function current(): DeviceState {
+  if (!state) {
+    throw new DeviceError("sltrain is not initialized: call `await init()` before creating tensors");
+  }
+  if (state.lost !== null) throw new DeviceError(`the GPU device was lost (${state.lost})`);
+  return state;
+}
+
+/** Records an asynchronous GPU error against an op; it is thrown at the next {@link throwPendingErrors}. */
+export function reportGpuError(op: string, message: string): void {
+  current().errors.push(`${op}: ${message}`);
+}
+
+/** Throws a DeviceError if the device was lost or the GPU reported errors since the last check. */
+export function throwPendingErrors(): void {
+  const s = current();
+  if (s.errors.length > 0) {
+    const msgs = s.errors.splice(0);
+    throw new DeviceError(`GPU error${msgs.length > 1 ? "s" : ""}: ${msgs.join("; ")}`);
+  }
+}

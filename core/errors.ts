@@ -1,0 +1,32 @@
+/**
+ * Error types thrown by sltrain. Each names the offending op, shape or limit so a failure can be
+ * traced without a debugger.
+ * @module
+ */
+
+/** Base class of every error sltrain throws on purpose. */
+export class SLTrainError extends Error {
+  /** Creates the error; `name` is set to the concrete class name. */
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** Operands have incompatible shapes, or an axis/size argument is out of range. */
+export class ShapeError extends SLTrainError {}
+
+/** An op received a tensor of a dtype it does not support. */
+export class DTypeError extends SLTrainError {}
+
+/** A tensor or binding exceeds a limit of the GPU device (buffer size, binding size, dispatch size). */
+export class DeviceLimitError extends SLTrainError {}
+
+/** WebGPU is missing, the device was lost, or the GPU reported a validation/out-of-memory error. */
+export class DeviceError extends SLTrainError {}
+
+/** Gradient requested for something that is not differentiable (non-scalar output, tensor off the tape). */
+export class GradientError extends SLTrainError {}
+
+/** A tensor was used after `dispose()`. */
+export class DisposedError extends SLTrainError {}

@@ -1,0 +1,257 @@
+/**
+ * Kernel dispatch: WGSL pipelines cached by source, dispatches recorded into one command encoder
+ * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readBuffers}.
+ * @module
+ */
+import { gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
+import { DeviceLimitError } from "./errors.ts";
+import type { Storage } from "./memory.ts";
+
+/** A storage bound to a kernel, with a description (`tensor [2, 3] f32`) for limit errors. */
+export interface Binding {
+  /** The storage to bind (bound from offset 0). */
+  storage: Storage;
+  /** Human-readable description used in error messages. */
+  what: string;
+}
+
+/** One compute dispatch. Bindings: inputs (read-only storage), then outputs (read_write), then the uniform. */
+export interface KernelCall {
+  /** Op name, used in error messages. */
+  name: string;
+  /** WGSL source; the pipeline is compiled once per distinct source. */
+  code: string;
+  /** Bound at `@binding(0..)` in order. */
+  inputs: Binding[];
+  /** Bound after the inputs. */
+  outputs: Binding[];
+  /** Optional uniform block bound after the outputs (cached by content; padded to 16 bytes). */
+  uniforms?: ArrayBufferView;
+  /** Workgroup counts. */
+  workgroups: readonly [number, number?, number?];
+}
+
+const pipelines = new Map<string, GPUComputePipeline>();
+const uniformCache = new Map<string, GPUBuffer>();
+const UNIFORM_CACHE_MAX = 8192;
+
+let encoder: GPUCommandEncoder | null = null;
+let pass: GPUComputePassEncoder | null = null;
+let batchOps = new Set<string>();
+let batchDispatches = 0;
+let toDestroy: GPUBuffer[] = [];
+let stagedBytes = 0;
+const outstanding: Promise<void>[] = [];
+let totalDispatches = 0;
+let totalSubmits = 0;
+
+const AUTO_FLUSH_DISPATCHES = 4096;
+const AUTO_FLUSH_STAGED_BYTES = 256 * 1024 * 1024;
+
+/** Counters of the dispatcher: total dispatches, submits and cached pipelines. */
+export function dispatchStats(): { dispatches: number; submits: number; pipelines: number } {
+  return { dispatches: totalDispatches, submits: totalSubmits, pipelines: pipelines.size };
+}
+
+function scoped(op: string, fn: () => void): void {
+  const device = gpuDevice();
+  device.pushErrorScope("validation");
+  fn();
+  outstanding.push(
+    device.popErrorScope().then((e) => {
+      if (e) reportGpuError(op, e.message);
+    }),
+  );
+}
+
+function pipelineFor(name: string, code: string): GPUComputePipeline {
+  let p = pipelines.get(code);
+  if (!p) {
+    const device = gpuDevice();
+    scoped(name, () => {
+      const module = device.createShaderModule({ code, label: name });
+      p = device.createComputePipeline({
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+        label: name,
+      });
+    });
+    pipelines.set(code, p!);
+  }
+  return p!;
+}
+
+function uniformBuffer(data: ArrayBufferView): GPUBuffer {
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const key = Array.from(new Uint32Array(bytes.slice().buffer, 0, bytes.byteLength >> 2)).join(",");
+  let buf = uniformCache.get(key);
+  if (!buf) {
+    if (uniformCache.size >= UNIFORM_CACHE_MAX) {
+      for (const b of uniformCache.values()) toDestroy.push(b);
+      uniformCache.clear();
+    }
+    const size = Math.max(16, Math.ceil(bytes.byteLength / 16) * 16);
+    buf = gpuDevice().createBuffer({ size, usage: GPUBufferUsage.UNIFORM, mappedAtCreation: true });
+    new Uint8Array(buf.getMappedRange()).set(bytes);
+    buf.unmap();
+    uniformCache.set(key, buf);
+  }
+  return buf;
+}
+
+function bindingSize(b: Binding, op: string): number {
+  const limit = gpuDevice().limits.maxStorageBufferBindingSize;
+  const size = Math.max(16, Math.ceil(b.storage.bytes / 16) * 16);
+  if (size > limit) {
+    throw new DeviceLimitError(
+      `${op}: ${b.what} is ${b.storage.bytes} bytes, over the device's ` +
+        `maxStorageBufferBindingSize of ${limit} bytes`,
+    );
+  }
+  return Math.min(size, b.storage.buffer.size);
+}
+
+function currentEncoder(): GPUCommandEncoder {
+  encoder ??= gpuDevice().createCommandEncoder();
+  return encoder;
+}
+
+function endPass(): void {
+  pass?.end();
+  pass = null;
+}
+
+/** Records one dispatch into the pending command encoder. Throws on limit violations before recording. */
+export function dispatch(call: KernelCall): void {
+  throwPendingErrors();
+  const device = gpuDevice();
+  const maxWg = device.limits.maxComputeWorkgroupsPerDimension;
+  const [x, y = 1, z = 1] = call.workgroups;
+  if (x > maxWg || y > maxWg || z > maxWg) {
+    throw new DeviceLimitError(
+      `${call.name}: dispatch of ${x}x${y}x${z} workgroups exceeds maxComputeWorkgroupsPerDimension ${maxWg}`,
+    );
+  }
+  const all = [...call.inputs, ...call.outputs];
+  const entries: GPUBindGroupEntry[] = all.map((b, i) => ({
+    binding: i,
+    resource: { buffer: b.storage.buffer, size: bindingSize(b, call.name) },
+  }));
+  if (call.uniforms) {
+    entries.push({ binding: all.length, resource: { buffer: uniformBuffer(call.uniforms) } });
+  }
+  if (x * y * z === 0) return;
+  const pipeline = pipelineFor(call.name, call.code);
+  const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  pass ??= currentEncoder().beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(x, y, z);
+  batchOps.add(call.name);
+  totalDispatches++;
+  if (++batchDispatches >= AUTO_FLUSH_DISPATCHES) flush();
+}
+
+/** Records a buffer-to-buffer copy (ordered with the dispatches around it). */
+export function encodeCopy(src: GPUBuffer, dst: GPUBuffer, bytes: number, dstOffset = 0): void {
+  if (bytes === 0) return;
+  endPass();
+  currentEncoder().copyBufferToBuffer(src, 0, dst, dstOffset, bytes);
+}
+
+/** Records zero-filling of a storage (ordered with the dispatches around it). */
+export function encodeClear(s: Storage): void {
+  endPass();
+  currentEncoder().clearBuffer(s.buffer, 0, Math.ceil(s.bytes / 4) * 4);
+}
+
+/**
+ * Records an upload of `data` into a storage. The bytes go through a fresh staging buffer copied
+ * inside the command stream, so the write lands after earlier recorded work that may still read a
+ * recycled buffer (a plain `queue.writeBuffer` would overtake it).
+ */
+export function encodeUpload(s: Storage, data: ArrayBufferView): void {
+  const bytes = data.byteLength;
+  if (bytes === 0) return;
+  const staging = gpuDevice().createBuffer({
+    size: Math.ceil(bytes / 4) * 4,
+    usage: GPUBufferUsage.COPY_SRC,
+    mappedAtCreation: true,
+  });
+  new Uint8Array(staging.getMappedRange(), 0, bytes).set(
+    new Uint8Array(data.buffer, data.byteOffset, bytes),
+  );
+  staging.unmap();
+  encodeCopy(staging, s.buffer, Math.ceil(bytes / 4) * 4);
+  toDestroy.push(staging);
+  stagedBytes += bytes;
+  if (stagedBytes >= AUTO_FLUSH_STAGED_BYTES) flush();
+}
+
+/** Submits everything recorded so far. Cheap when nothing is pending; never waits for the GPU. */
+export function flush(): void {
+  if (!encoder) return;
+  endPass();
+  const enc = encoder;
+  const ops = [...batchOps].join(", ");
+  encoder = null;
+  batchOps = new Set();
+  batchDispatches = 0;
+  stagedBytes = 0;
+  scoped(`batch [${ops}]`, () => gpuDevice().queue.submit([enc.finish()]));
+  totalSubmits++;
+  for (const b of toDestroy) b.destroy();
+  toDestroy = [];
+}
+
+/**
+ * Copies storages into one staging buffer, submits, and waits once: the only GPU-to-JS sync.
+ * Returns one ArrayBuffer per storage, `bytes` long. Throws pending GPU errors with their op names.
+ */
+export async function readBuffers(list: readonly Storage[]): Promise<ArrayBuffer[]> {
+  const offsets: number[] = [];
+  let total = 0;
+  for (const s of list) {
+    offsets.push(total);
+    total += Math.ceil(s.bytes / 4) * 4;
+  }
+  const device = gpuDevice();
+  const staging = device.createBuffer({
+    size: Math.max(4, total),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  list.forEach((s, i) => encodeCopy(s.buffer, staging, Math.ceil(s.bytes / 4) * 4, offsets[i]));
+  flush();
+  try {
+    await staging.mapAsync(GPUMapMode.READ);
+    await Promise.all(outstanding.splice(0));
+    throwPendingErrors();
+    const mapped = staging.getMappedRange();
+    return list.map((s, i) => mapped.slice(offsets[i], offsets[i] + s.bytes));
+  } finally {
+    staging.destroy();
+  }
+}
+
+/** Waits until the GPU has finished all submitted work (a sync: costs >= 11 ms on software adapters). */
+export async function sync(): Promise<void> {
+  flush();
+  await gpuDevice().queue.onSubmittedWorkDone();
+  await Promise.all(outstanding.splice(0));
+  throwPendingErrors();
+}
+
+/**
+ * Splits `n` invocations of a 1-D kernel over a 2-D grid so no dimension exceeds the dispatch limit.
+ * The kernel's flat index is `gid.x + gid.y * (workgroups[0] * wgSize)`; see {@link WGSL_FLAT_INDEX}.
+ */
+export function grid1d(n: number, wgSize: number): [number, number, number] {
+  const groups = Math.ceil(n / wgSize);
+  const max = gpuDevice().limits.maxComputeWorkgroupsPerDimension;
+  if (groups <= max) return [groups, 1, 1];
+  const y = Math.ceil(groups / max);
+  return [Math.ceil(groups / y), y, 1];
+}
+
+/** WGSL expression of the flat invocation index for a {@link grid1d} dispatch (needs `gid` and `nwg`). */
+export const WGSL_FLAT_INDEX = "gid.x + gid.y * (nwg.x * WG)";

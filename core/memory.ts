@@ -1,0 +1,107 @@
+/**
+ * Device memory: reference-counted storages recycled through a size-class pool, and the counters
+ * (live bytes, peak bytes, live buffers) that make memory use observable.
+ * @module
+ */
+import { gpuDevice } from "./device.ts";
+import { DeviceLimitError } from "./errors.ts";
+
+/** A device buffer shared by one or more tensor handles (e.g. a tensor and its reshape). */
+export class Storage {
+  /** Live handles that refer to this storage; the buffer returns to the pool at zero. */
+  refs = 1;
+  /** Creates a storage over a pooled buffer; use {@link allocStorage}. */
+  constructor(
+    /** The device buffer (its size is the size class, at least `bytes`). */
+    readonly buffer: GPUBuffer,
+    /** Bytes the tensor actually uses; this is what the counters count. */
+    readonly bytes: number,
+  ) {}
+}
+
+/** A snapshot of the memory counters. */
+export interface MemoryStats {
+  /** Bytes of all live tensors (logical sizes, the number an analytic estimate predicts). */
+  liveBytes: number;
+  /** Highest `liveBytes` since start or the last {@link resetPeakBytes}. */
+  peakBytes: number;
+  /** Number of live storages (a reshape shares its source's storage). */
+  liveBuffers: number;
+  /** Bytes of free buffers kept in the pool for reuse. */
+  pooledBytes: number;
+  /** Bytes of device buffers held in total (live size classes + pool). */
+  reservedBytes: number;
+}
+
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+const free = new Map<number, GPUBuffer[]>();
+let liveBytes = 0;
+let peakBytes = 0;
+let liveBuffers = 0;
+let pooledBytes = 0;
+let reservedBytes = 0;
+
+/**
+ * Size class of a request: multiples of 256 bytes up to 64 KiB, then four classes per power of two,
+ * so at most 25% of a buffer is slack while buffers of nearby sizes are still shared.
+ */
+export function sizeClass(bytes: number): number {
+  if (bytes <= 65536) return Math.max(256, Math.ceil(bytes / 256) * 256);
+  const octave = 2 ** Math.floor(Math.log2(bytes));
+  const quarter = octave / 4;
+  return Math.ceil(bytes / quarter) * quarter;
+}
+
+/** Allocates a storage of `bytes` bytes; `what` describes the tensor for the limit error. */
+export function allocStorage(bytes: number, what: string): Storage {
+  const limit = gpuDevice().limits.maxBufferSize;
+  if (bytes > limit) {
+    throw new DeviceLimitError(
+      `${what} needs ${bytes} bytes, over the device's maxBufferSize of ${limit} bytes`,
+    );
+  }
+  let size = sizeClass(bytes);
+  if (size > limit) size = Math.ceil(bytes / 16) * 16;
+  const list = free.get(size);
+  let buffer = list?.pop();
+  if (buffer) {
+    pooledBytes -= size;
+  } else {
+    buffer = gpuDevice().createBuffer({ size, usage: USAGE });
+    reservedBytes += size;
+  }
+  liveBytes += bytes;
+  liveBuffers++;
+  if (liveBytes > peakBytes) peakBytes = liveBytes;
+  return new Storage(buffer, bytes);
+}
+
+/** Drops one reference; at zero the buffer goes back to the pool. */
+export function releaseStorage(s: Storage): void {
+  if (--s.refs > 0) return;
+  liveBytes -= s.bytes;
+  liveBuffers--;
+  const size = s.buffer.size;
+  let list = free.get(size);
+  if (!list) free.set(size, list = []);
+  list.push(s.buffer);
+  pooledBytes += size;
+}
+
+/** Current memory counters. */
+export function memoryStats(): MemoryStats {
+  return { liveBytes, peakBytes, liveBuffers, pooledBytes, reservedBytes };
+}
+
+/** Starts a new peak measurement at the current live bytes. */
+export function resetPeakBytes(): void {
+  peakBytes = liveBytes;
+}
+
+/** Destroys every free buffer in the pool (live tensors are untouched). */
+export function emptyPool(): void {
+  for (const list of free.values()) for (const b of list) b.destroy();
+  free.clear();
+  reservedBytes -= pooledBytes;
+  pooledBytes = 0;
+}

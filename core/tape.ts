@@ -1,0 +1,310 @@
+/**
+ * Reverse-mode autodiff with an explicit tape. Nothing is recorded unless a {@link Tape} is running;
+ * ops call {@link recordOp} and the tape keeps what their VJPs need until backward has used it.
+ * @module
+ */
+import { DTypeError, GradientError } from "./errors.ts";
+import { dispatch, grid1d } from "./kernel.ts";
+import { fmtShape, shapesEqual } from "./shape.ts";
+import { adopt, captureCreated, collectTensors, ones, Tensor, zeros } from "./tensor.ts";
+
+/** A VJP: given the gradient of the op's output, the gradients of its inputs (null = none). */
+export type Vjp = (g: Tensor) => readonly (Tensor | null | undefined)[];
+
+interface TapeNode {
+  name: string;
+  inputs: readonly Tensor[];
+  output: Tensor;
+  saved: readonly Tensor[];
+  vjp: Vjp;
+}
+
+let active: Tape | null = null;
+
+/** True while a tape is recording (ops may skip work that only backward needs). */
+export function isRecording(): boolean {
+  return active !== null;
+}
+
+/**
+ * Records an op on the running tape, if any, when at least one input is differentiable. `saved`
+ * lists extra tensors (besides inputs and output) that the VJP reads; the tape keeps all of them
+ * alive until the VJP has run.
+ */
+export function recordOp(
+  name: string,
+  inputs: readonly Tensor[],
+  output: Tensor,
+  vjp: Vjp,
+  saved: readonly Tensor[] = [],
+): void {
+  active?.record({ name, inputs, output, saved, vjp });
+}
+
+/** Options of {@link Tape.backward}. */
+export interface BackwardOptions {
+  /**
+   * Called as soon as the gradient of `wrt[index]` is final (no later op can add to it), in reverse
+   * order of first use. The hook owns `grad` and must dispose it; backward then returns `undefined`
+   * for that entry. This is what lets an optimizer update each parameter during backward.
+   */
+  onGrad?: (grad: Tensor, index: number) => void;
+}
+
+/**
+ * An explicit autodiff tape. Typical use is {@link valueAndGrad}; advanced code drives it directly:
+ * `watch` the leaves, `run` the forward, `backward` once, then `dispose`.
+ */
+export class Tape {
+  #nodes: TapeNode[] = [];
+  #tracked = new Set<Tensor>();
+  #leaves = new Set<Tensor>();
+  #owned = new Set<Tensor>();
+  #refs = new Map<Tensor, number>();
+  #used = false;
+
+  /** Marks f32 tensors as differentiable leaves. */
+  watch(...tensors: Tensor[]): void {
+    for (const t of tensors) {
+      if (t.dtype !== "f32") {
+        throw new DTypeError(`cannot differentiate with respect to a ${t.dtype} tensor ${fmtShape(t.shape)}`);
+      }
+      t.storage; // throws if disposed
+      this.#tracked.add(t);
+      this.#leaves.add(t);
+    }
+  }
+
+  /** Number of recorded ops. */
+  get size(): number {
+    return this.#nodes.length;
+  }
+
+  /** @internal Called by {@link recordOp}. */
+  record(node: TapeNode): void {
+    if (!node.inputs.some((t) => this.#tracked.has(t))) return;
+    this.#nodes.push(node);
+    this.#tracked.add(node.output);
+    for (const t of new Set([...node.inputs, node.output, ...node.saved])) {
+      const n = this.#refs.get(t) ?? 0;
+      if (n === 0) t.pin();
+      this.#refs.set(t, n + 1);
+    }
+  }
+
+  /**
+   * Runs `fn` while recording. Tensors `fn` creates and does not return become the tape's: those
+   * a VJP needs live until backward has used them, the rest are disposed now.
+   */
+  run<T>(fn: () => T): T {
+    if (active) throw new GradientError("another tape is already recording; nested tapes are not supported");
+    if (this.#used) throw new GradientError("this tape has already been used for backward");
+    const { result, created } = captureCreated(() => {
+      active = this;
+      try {
+        return fn();
+      } finally {
+        active = null;
+      }
+    });
+    const returned = new Set(collectTensors(result));
+    for (const t of created) {
+      if (returned.has(t)) adopt(t);
+      else if (this.#refs.has(t)) this.#owned.add(t);
+      else t.dispose();
+    }
+    return result;
+  }
+
+  /**
+   * Gradients of the scalar `output` with respect to each watched tensor in `wrt` (zeros for those it
+   * does not depend on). Frees what the tape saved as it goes; a tape supports one backward.
+   */
+  backward(output: Tensor, wrt: readonly Tensor[], opts: BackwardOptions = {}): (Tensor | undefined)[] {
+    if (this.#used) throw new GradientError("this tape has already been used for backward");
+    if (output.size !== 1) {
+      throw new GradientError(`backward needs a scalar output, got shape ${fmtShape(output.shape)}`);
+    }
+    if (!this.#tracked.has(output)) {
+      throw new GradientError("the output is not on this tape: it does not depend on any watched tensor");
+    }
+    for (const w of wrt) {
+      if (!this.#leaves.has(w)) {
+        throw new GradientError(`tensor ${fmtShape(w.shape)} is not watched by this tape`);
+      }
+    }
+    this.#used = true;
+    const nodes = this.#nodes;
+    const finalAt = new Map<number, number[]>();
+    const firstUse = new Map<Tensor, number>();
+    nodes.forEach((n, i) => n.inputs.forEach((t) => firstUse.has(t) || firstUse.set(t, i)));
+    wrt.forEach((w, k) => {
+      const i = firstUse.get(w) ?? -1;
+      finalAt.set(i, [...(finalAt.get(i) ?? []), k]);
+    });
+
+    const slots = new Map<Tensor, Tensor>();
+    const grads: (Tensor | undefined)[] = new Array(wrt.length).fill(undefined);
+    const handOut = (k: number) => {
+      const w = wrt[k];
+      const earlier = wrt.indexOf(w);
+      if (earlier < k) {
+        // A leaf listed twice: the second entry gets its own handle to the same gradient.
+        if (opts.onGrad) throw new GradientError("backward with onGrad needs distinct wrt tensors");
+        grads[k] = grads[earlier]!.view(w.shape);
+        return;
+      }
+      const g = slots.get(w) ?? zeros(w.shape);
+      slots.delete(w);
+      if (opts.onGrad) opts.onGrad(g, k);
+      else grads[k] = g;
+    };
+
+    try {
+      slots.set(output, ones(output.shape));
+      for (let i = nodes.length - 1; i >= 0; i--) {
+        const node = nodes[i];
+        const g = slots.get(node.output);
+        if (g) {
+          slots.delete(node.output);
+          try {
+            this.#applyVjp(node, g, slots);
+          } finally {
+            g.dispose();
+          }
+        }
+        this.#release(node);
+        for (const k of finalAt.get(i) ?? []) handOut(k);
+      }
+      for (const k of finalAt.get(-1) ?? []) handOut(k);
+      return grads;
+    } catch (e) {
+      for (const g of grads) g?.dispose();
+      throw e;
+    } finally {
+      for (const g of slots.values()) g.dispose();
+      this.dispose();
+    }
+  }
+
+  #applyVjp(node: TapeNode, g: Tensor, slots: Map<Tensor, Tensor>): void {
+    const { result, created } = captureCreated(() => node.vjp(g));
+    const fresh = new Set(created);
+    const claimed = new Set<Tensor>();
+    node.inputs.forEach((x, j) => {
+      let gi = result[j];
+      if (!gi || !this.#tracked.has(x)) return;
+      if (!shapesEqual(gi.shape, x.shape)) {
+        throw new GradientError(
+          `${node.name}: VJP returned a gradient of shape ${fmtShape(gi.shape)} for an input of shape ${
+            fmtShape(x.shape)
+          }`,
+        );
+      }
+      // Every slot must own a distinct handle, so a VJP that passes g through (or returns one
+      // tensor for two inputs) gets views rather than shared handles.
+      if (!fresh.has(gi) || claimed.has(gi)) gi = gi.view(gi.shape);
+      claimed.add(gi);
+      adopt(gi);
+      const prev = slots.get(x);
+      if (prev) {
+        slots.set(x, accumulate(prev, gi));
+        prev.dispose();
+        gi.dispose();
+      } else {
+        slots.set(x, gi);
+      }
+    });
+    for (const t of created) if (!claimed.has(t)) t.dispose();
+  }
+
+  #release(node: TapeNode): void {
+    for (const t of new Set([...node.inputs, node.output, ...node.saved])) {
+      const n = (this.#refs.get(t) ?? 1) - 1;
+      if (n > 0) {
+        this.#refs.set(t, n);
+        continue;
+      }
+      this.#refs.delete(t);
+      t.unpin();
+      if (this.#owned.delete(t)) t.dispose();
+    }
+  }
+
+  /** Frees everything the tape still holds. Safe to call more than once. */
+  dispose(): void {
+    for (const t of this.#refs.keys()) {
+      t.unpin();
+      if (this.#owned.has(t)) t.dispose();
+    }
+    this.#refs.clear();
+    this.#owned.clear();
+    this.#nodes = [];
+    this.#used = true;
+  }
+}
+
+function accumulate(a: Tensor, b: Tensor): Tensor {
+  const out = Tensor.empty(a.shape);
+  dispatch({
+    name: "grad_accumulate",
+    code: `
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+struct U { n: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+const WG = 256u;
+@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * (nwg.x * WG);
+  if (i < u.n) { out[i] = a[i] + b[i]; }
+}`,
+    inputs: [a.binding(), b.binding()],
+    outputs: [out.binding()],
+    uniforms: new Uint32Array([a.size, 0, 0, 0]),
+    workgroups: grid1d(a.size, 256),
+  });
+  return out;
+}
+
+/** A tree of tensors: a tensor, or arrays / plain objects of trees. Other leaf values pass through. */
+export type TensorTree = Tensor | readonly TensorTree[] | { readonly [key: string]: TensorTree } | number | string | boolean | null | undefined;
+
+function mapTree<T>(tree: T, next: () => Tensor): T {
+  if (tree instanceof Tensor) return next() as T;
+  if (Array.isArray(tree)) return tree.map((v) => mapTree(v, next)) as T;
+  if (tree !== null && typeof tree === "object") {
+    return Object.fromEntries(Object.entries(tree).map(([k, v]) => [k, mapTree(v, next)])) as T;
+  }
+  return tree;
+}
+
+/**
+ * Turns `f(params) -> scalar tensor` into a function returning the value and the gradient with
+ * respect to every tensor in `params`, shaped like `params`. A tape exists only during the call,
+ * and everything it saved is freed before returning.
+ */
+export function valueAndGrad<P extends TensorTree>(
+  f: (params: P) => Tensor,
+): (params: P) => { value: Tensor; grads: P } {
+  return (params: P) => {
+    const leaves = collectTensors(params);
+    const tape = new Tape();
+    try {
+      tape.watch(...leaves);
+      const value = tape.run(() => f(params));
+      if (!(value instanceof Tensor)) throw new GradientError("valueAndGrad: f must return a Tensor");
+      let grads: (Tensor | undefined)[];
+      try {
+        grads = tape.backward(value, leaves);
+      } catch (e) {
+        value.dispose();
+        throw e;
+      }
+      let i = 0;
+      return { value, grads: mapTree(params, () => grads[i++]!) };
+    } finally {
+      tape.dispose();
+    }
+  };
+}

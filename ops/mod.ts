@@ -1,0 +1,6 @@
+/**
+ * All ops: pure tensor functions, each with its kernel(s) and VJP in one file per family.
+ * @module
+ */
+export * from "./elementwise.ts";
+export * from "./reduce.ts";

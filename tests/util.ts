@@ -1,0 +1,142 @@
+/**
+ * Shared test helpers: device setup, float64 CPU references, finite differences and fast-check
+ * arbitraries. Tolerances are stated where they are used.
+ */
+import fc from "fast-check";
+import { init } from "../core/device.ts";
+import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { valueAndGrad } from "../core/tape.ts";
+import { sizeOf } from "../core/shape.ts";
+import { mul, sum } from "../ops/mod.ts";
+
+/** Initializes the shared device once per test file. */
+export async function setup(): Promise<void> {
+  await init();
+}
+
+/** Default fast-check parameters: few runs, because every run costs GPU syncs (>= 11 ms each). */
+export const FC = { numRuns: 15, seed: 42 } as const;
+
+/** Row-major float64 data with a shape. */
+export interface Arr {
+  shape: number[];
+  data: Float64Array;
+}
+
+/** Makes an Arr. */
+export function arr(shape: number[], data: ArrayLike<number>): Arr {
+  return { shape, data: Float64Array.from(data) };
+}
+
+/** Uploads an Arr as an f32 tensor. */
+export function toTensor(a: Arr): Tensor {
+  return tensor(Float32Array.from(a.data), a.shape);
+}
+
+/** Arbitrary shape with `rank` dims each in [1, maxDim]. */
+export function shapeArb(rank: number, maxDim = 9): fc.Arbitrary<number[]> {
+  return fc.array(fc.integer({ min: 1, max: maxDim }), { minLength: rank, maxLength: rank });
+}
+
+/** Arbitrary float64 data for a shape (values in [lo, hi]), generated from a seed. */
+export function randomArr(shape: number[], seed: number, lo = -2, hi = 2): Arr {
+  let s = seed >>> 0 || 1;
+  const n = sizeOf(shape);
+  const d = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    // Round to f32 so the CPU reference sees exactly the values the GPU sees.
+    d[i] = Math.fround(lo + (hi - lo) * ((s >>> 0) / 2 ** 32));
+  }
+  return { shape, data: d };
+}
+
+/**
+ * Asserts |actual - expected| <= atol + rtol * |expected| elementwise, with a message naming the first
+ * failing index.
+ */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  opts: { atol?: number; rtol?: number; what?: string } = {},
+): void {
+  const { atol = 1e-5, rtol = 1e-4, what = "values" } = opts;
+  if (actual.length !== expected.length) {
+    throw new Error(`${what}: length ${actual.length} != expected ${expected.length}`);
+  }
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i], e = expected[i];
+    if (!(Math.abs(a - e) <= atol + rtol * Math.abs(e)) && !(Number.isNaN(a) && Number.isNaN(e))) {
+      throw new Error(`${what}: index ${i}: got ${a}, expected ${e} (atol ${atol}, rtol ${rtol})`);
+    }
+  }
+}
+
+/**
+ * Central finite differences of `sum(ref(inputs) * weights)` with respect to every input element,
+ * in float64 (step `h`).
+ */
+export function finiteDiffGrads(
+  ref: (inputs: Arr[]) => Arr,
+  inputs: Arr[],
+  weights: Float64Array,
+  h = 1e-4,
+): Float64Array[] {
+  const loss = (ins: Arr[]) => {
+    const out = ref(ins).data;
+    let s = 0;
+    for (let i = 0; i < out.length; i++) s += out[i] * weights[i];
+    return s;
+  };
+  return inputs.map((x, k) => {
+    const g = new Float64Array(x.data.length);
+    for (let i = 0; i < x.data.length; i++) {
+      const plus = inputs.map((a, j) => (j === k ? { shape: a.shape, data: a.data.slice() } : a));
+      const minus = inputs.map((a, j) => (j === k ? { shape: a.shape, data: a.data.slice() } : a));
+      plus[k].data[i] += h;
+      minus[k].data[i] -= h;
+      g[i] = (loss(plus) - loss(minus)) / (2 * h);
+    }
+    return g;
+  });
+}
+
+/**
+ * Checks an op forward against its float64 reference and its VJP against central finite differences
+ * of that reference, using the scalar loss `sum(op(x) * w)` with random weights `w`.
+ * `diff` selects which inputs are differentiated (default: all).
+ */
+export async function checkOp(opts: {
+  op: (inputs: Tensor[]) => Tensor;
+  ref: (inputs: Arr[]) => Arr;
+  inputs: Arr[];
+  seed?: number;
+  diff?: boolean[];
+  fwd?: { atol?: number; rtol?: number };
+  grad?: { atol?: number; rtol?: number };
+  extra?: Tensor[];
+}): Promise<void> {
+  const { op, ref, inputs, seed = 7 } = opts;
+  const expected = ref(inputs);
+  const w = randomArr(expected.shape, seed, -1, 1);
+  const diff = opts.diff ?? inputs.map(() => true);
+  const xs = inputs.map(toTensor);
+  const wt = toTensor(w);
+  const f = valueAndGrad((ps: Tensor[]) => {
+    const all = xs.map((x, i) => (diff[i] ? ps[diff.slice(0, i).filter(Boolean).length] : x));
+    return sum(mul(op(all), wt));
+  });
+  const y = op(xs);
+  const { value, grads } = f(xs.filter((_, i) => diff[i]));
+  const [yd, ...gd] = await readAll([y, ...grads]);
+  for (const t of [y, value, wt, ...grads, ...xs]) t.dispose();
+  assertClose(yd, expected.data, { atol: 1e-5, rtol: 1e-4, what: "forward", ...opts.fwd });
+  const fd = finiteDiffGrads(ref, inputs, w.data);
+  let gi = 0;
+  inputs.forEach((_, i) => {
+    if (!diff[i]) return;
+    assertClose(gd[gi++], fd[i], { atol: 1e-3, rtol: 1e-3, what: `grad of input ${i}`, ...opts.grad });
+  });
+}
