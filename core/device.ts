@@ -68,7 +68,9 @@ export function init(options: InitOptions = {}): Promise<DeviceInfo> {
 
 async function createDevice(options: InitOptions): Promise<DeviceInfo> {
   const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
-  if (!gpu) throw new DeviceError(`navigator.gpu is not available in this runtime. ${INSTALL_HINT}`);
+  if (!gpu) {
+    throw new DeviceError(`navigator.gpu is not available in this runtime. ${INSTALL_HINT}`);
+  }
   const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
   if (!adapter) throw new DeviceError(`No WebGPU adapter was found. ${INSTALL_HINT}`);
 
@@ -134,7 +136,9 @@ export function isInitialized(): boolean {
 
 function current(): DeviceState {
   if (!state) {
-    throw new DeviceError("sltrain is not initialized: call `await init()` before creating tensors");
+    throw new DeviceError(
+      "sltrain is not initialized: call `await init()` before creating tensors",
+    );
   }
   if (state.lost !== null) throw new DeviceError(`the GPU device was lost (${state.lost})`);
   return state;

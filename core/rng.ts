@@ -25,7 +25,9 @@ export class Rng {
     if (Array.isArray(seed)) {
       this.#s.set(seed);
     } else {
-      if (!Number.isSafeInteger(seed)) throw new RangeError(`Rng seed must be a safe integer, got ${seed}`);
+      if (!Number.isSafeInteger(seed)) {
+        throw new RangeError(`Rng seed must be a safe integer, got ${seed}`);
+      }
       let x = (seed >>> 0) ^ Math.imul(Math.floor(seed / 2 ** 32) | 0, 0x27d4eb2d);
       for (let i = 0; i < 4; i++) {
         const [nx, out] = splitmix32(x);
@@ -57,7 +59,9 @@ export class Rng {
 
   /** A uniform integer in [0, n) without modulo bias. */
   nextInt(n: number): number {
-    if (!(n > 0 && n <= 2 ** 32)) throw new RangeError(`nextInt bound must be in (0, 2^32], got ${n}`);
+    if (!(n > 0 && n <= 2 ** 32)) {
+      throw new RangeError(`nextInt bound must be in (0, 2^32], got ${n}`);
+    }
     const limit = 2 ** 32 - (2 ** 32 % n);
     let x: number;
     do x = this.nextU32(); while (x >= limit);

@@ -53,7 +53,9 @@ export function broadcastShapes(a: Shape, b: Shape, op = "broadcast"): number[] 
     const db = b[b.length - n + i] ?? 1;
     if (da !== db && da !== 1 && db !== 1) {
       throw new ShapeError(
-        `${op}: shapes ${fmtShape(a)} and ${fmtShape(b)} cannot be broadcast (axis ${i}: ${da} vs ${db})`,
+        `${op}: shapes ${fmtShape(a)} and ${
+          fmtShape(b)
+        } cannot be broadcast (axis ${i}: ${da} vs ${db})`,
       );
     }
     out[i] = da === 1 ? db : da;
@@ -71,7 +73,11 @@ export function normalizeAxis(axis: number, rank: number, op: string): number {
 }
 
 /** Normalizes an axis list (undefined = all axes), sorted and without duplicates. */
-export function normalizeAxes(axes: number | readonly number[] | undefined, rank: number, op: string): number[] {
+export function normalizeAxes(
+  axes: number | readonly number[] | undefined,
+  rank: number,
+  op: string,
+): number[] {
   if (axes === undefined) return Array.from({ length: rank }, (_, i) => i);
   const list = typeof axes === "number" ? [axes] : axes;
   const norm = list.map((a) => normalizeAxis(a, rank, op));

@@ -67,7 +67,9 @@ export class Tape {
   watch(...tensors: Tensor[]): void {
     for (const t of tensors) {
       if (t.dtype !== "f32") {
-        throw new DTypeError(`cannot differentiate with respect to a ${t.dtype} tensor ${fmtShape(t.shape)}`);
+        throw new DTypeError(
+          `cannot differentiate with respect to a ${t.dtype} tensor ${fmtShape(t.shape)}`,
+        );
       }
       t.storage; // throws if disposed
       this.#tracked.add(t);
@@ -97,7 +99,9 @@ export class Tape {
    * a VJP needs live until backward has used them, the rest are disposed now.
    */
   run<T>(fn: () => T): T {
-    if (active) throw new GradientError("another tape is already recording; nested tapes are not supported");
+    if (active) {
+      throw new GradientError("another tape is already recording; nested tapes are not supported");
+    }
     if (this.#used) throw new GradientError("this tape has already been used for backward");
     const { result, created } = captureCreated(() => {
       active = this;
@@ -120,13 +124,21 @@ export class Tape {
    * Gradients of the scalar `output` with respect to each watched tensor in `wrt` (zeros for those it
    * does not depend on). Frees what the tape saved as it goes; a tape supports one backward.
    */
-  backward(output: Tensor, wrt: readonly Tensor[], opts: BackwardOptions = {}): (Tensor | undefined)[] {
+  backward(
+    output: Tensor,
+    wrt: readonly Tensor[],
+    opts: BackwardOptions = {},
+  ): (Tensor | undefined)[] {
     if (this.#used) throw new GradientError("this tape has already been used for backward");
     if (output.size !== 1) {
-      throw new GradientError(`backward needs a scalar output, got shape ${fmtShape(output.shape)}`);
+      throw new GradientError(
+        `backward needs a scalar output, got shape ${fmtShape(output.shape)}`,
+      );
     }
     if (!this.#tracked.has(output)) {
-      throw new GradientError("the output is not on this tape: it does not depend on any watched tensor");
+      throw new GradientError(
+        "the output is not on this tape: it does not depend on any watched tensor",
+      );
     }
     for (const w of wrt) {
       if (!this.#leaves.has(w)) {
@@ -196,9 +208,9 @@ export class Tape {
       if (!gi || !this.#tracked.has(x)) return;
       if (!shapesEqual(gi.shape, x.shape)) {
         throw new GradientError(
-          `${node.name}: VJP returned a gradient of shape ${fmtShape(gi.shape)} for an input of shape ${
-            fmtShape(x.shape)
-          }`,
+          `${node.name}: VJP returned a gradient of shape ${
+            fmtShape(gi.shape)
+          } for an input of shape ${fmtShape(x.shape)}`,
         );
       }
       // Every slot must own a distinct handle, so a VJP that passes g through (or returns one
@@ -268,7 +280,15 @@ const WG = 256u;
 }
 
 /** A tree of tensors: a tensor, or arrays / plain objects of trees. Other leaf values pass through. */
-export type TensorTree = Tensor | readonly TensorTree[] | { readonly [key: string]: TensorTree } | number | string | boolean | null | undefined;
+export type TensorTree =
+  | Tensor
+  | readonly TensorTree[]
+  | { readonly [key: string]: TensorTree }
+  | number
+  | string
+  | boolean
+  | null
+  | undefined;
 
 function mapTree<T>(tree: T, next: () => Tensor): T {
   if (tree instanceof Tensor) return next() as T;
@@ -293,7 +313,9 @@ export function valueAndGrad<P extends TensorTree>(
     try {
       tape.watch(...leaves);
       const value = tape.run(() => f(params));
-      if (!(value instanceof Tensor)) throw new GradientError("valueAndGrad: f must return a Tensor");
+      if (!(value instanceof Tensor)) {
+        throw new GradientError("valueAndGrad: f must return a Tensor");
+      }
       let grads: (Tensor | undefined)[];
       try {
         grads = tape.backward(value, leaves);

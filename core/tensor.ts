@@ -4,7 +4,14 @@
  */
 import { allocTyped, type DType, dtypeOf, type TensorData } from "./dtype.ts";
 import { DisposedError, DTypeError, ShapeError } from "./errors.ts";
-import { type Binding, dispatch, encodeClear, encodeUpload, grid1d, readBuffers } from "./kernel.ts";
+import {
+  type Binding,
+  dispatch,
+  encodeClear,
+  encodeUpload,
+  grid1d,
+  readBuffers,
+} from "./kernel.ts";
 import { allocStorage, releaseStorage, Storage } from "./memory.ts";
 import { Rng } from "./rng.ts";
 import { checkShape, fmtShape, type Shape, sizeOf } from "./shape.ts";
@@ -48,7 +55,9 @@ export class Tensor {
   /** The storage; throws if disposed. */
   get storage(): Storage {
     if (!this.#storage || this.#disposeRequested) {
-      throw new DisposedError(`tensor ${fmtShape(this.shape)} ${this.dtype} was used after dispose()`);
+      throw new DisposedError(
+        `tensor ${fmtShape(this.shape)} ${this.dtype} was used after dispose()`,
+      );
     }
     return this.#storage;
   }
@@ -73,7 +82,9 @@ export class Tensor {
     const s = this.storage;
     checkShape(shape);
     if (sizeOf(shape) !== this.size) {
-      throw new ShapeError(`cannot view ${fmtShape(this.shape)} as ${fmtShape(shape)}: sizes differ`);
+      throw new ShapeError(
+        `cannot view ${fmtShape(this.shape)} as ${fmtShape(shape)}: sizes differ`,
+      );
     }
     s.refs++;
     return new Tensor(s, shape, this.dtype);
@@ -141,16 +152,22 @@ export async function readAll(tensors: readonly Tensor[]): Promise<TensorData[]>
   const raw = await readBuffers(tensors.map((t) => t.storage));
   return raw.map((buf, i) => {
     const dt = tensors[i].dtype;
-    return dt === "f32" ? new Float32Array(buf) : dt === "i32" ? new Int32Array(buf) : new Uint32Array(buf);
+    return dt === "f32"
+      ? new Float32Array(buf)
+      : dt === "i32"
+      ? new Int32Array(buf)
+      : new Uint32Array(buf);
   });
 }
 
 /** Every tensor inside a value: a tensor, or arrays/plain objects/Maps of them, at any depth. */
 export function collectTensors(value: unknown, out: Tensor[] = []): Tensor[] {
   if (value instanceof Tensor) out.push(value);
-  else if (Array.isArray(value)) for (const v of value) collectTensors(v, out);
-  else if (value instanceof Map) for (const v of value.values()) collectTensors(v, out);
-  else if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
+  else if (Array.isArray(value)) { for (const v of value) collectTensors(v, out); }
+  else if (value instanceof Map) { for (const v of value.values()) collectTensors(v, out); }
+  else if (
+    value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype
+  ) {
     for (const v of Object.values(value)) collectTensors(v, out);
   }
   return out;
@@ -253,13 +270,19 @@ function checkValues(values: ArrayLike<number>, dtype: DType): void {
  * typed array); `dtype` defaults to the typed array's kind, or f32 for numbers. Integer dtypes reject
  * non-integer or out-of-range values.
  */
-export function tensor(data: NestedArray | TensorData | readonly number[], shape?: Shape, dtype?: DType): Tensor {
+export function tensor(
+  data: NestedArray | TensorData | readonly number[],
+  shape?: Shape,
+  dtype?: DType,
+): Tensor {
   let values: TensorData;
   let inferred: number[];
   if (ArrayBuffer.isView(data)) {
     const dt = dtype ?? dtypeOf(data);
     if (dt !== dtypeOf(data)) checkValues(data, dt);
-    values = dt === dtypeOf(data) ? data : (allocTyped(dt, data.length).map((_, i) => data[i]) as TensorData);
+    values = dt === dtypeOf(data)
+      ? data
+      : (allocTyped(dt, data.length).map((_, i) => data[i]) as TensorData);
     inferred = [data.length];
   } else {
     inferred = inferShape(data as NestedArray);
@@ -273,7 +296,9 @@ export function tensor(data: NestedArray | TensorData | readonly number[], shape
   const finalShape = shape ?? inferred;
   checkShape(finalShape);
   if (sizeOf(finalShape) !== values.length) {
-    throw new ShapeError(`tensor(): ${values.length} values do not fill shape ${fmtShape(finalShape)}`);
+    throw new ShapeError(
+      `tensor(): ${values.length} values do not fill shape ${fmtShape(finalShape)}`,
+    );
   }
   const t = Tensor.empty(finalShape, dtypeOf(values));
   encodeUpload(t.storage, values);

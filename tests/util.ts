@@ -137,6 +137,11 @@ export async function checkOp(opts: {
   let gi = 0;
   inputs.forEach((_, i) => {
     if (!diff[i]) return;
-    assertClose(gd[gi++], fd[i], { atol: 1e-3, rtol: 1e-3, what: `grad of input ${i}`, ...opts.grad });
+    assertClose(gd[gi++], fd[i], {
+      atol: 1e-3,
+      rtol: 1e-3,
+      what: `grad of input ${i}`,
+      ...opts.grad,
+    });
   });
 }
