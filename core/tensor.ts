@@ -12,7 +12,7 @@ import {
   grid1d,
   readBuffers,
 } from "./kernel.ts";
-import { allocStorage, releaseStorage, Storage } from "./memory.ts";
+import { allocStorage, releaseStorage, type Storage } from "./memory.ts";
 import { Rng } from "./rng.ts";
 import { checkShape, fmtShape, type Shape, sizeOf } from "./shape.ts";
 
