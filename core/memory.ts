@@ -54,10 +54,17 @@ export function sizeClass(bytes: number): number {
 
 /** Allocates a storage of `bytes` bytes; `what` describes the tensor for the limit error. */
 export function allocStorage(bytes: number, what: string): Storage {
-  const limit = gpuDevice().limits.maxBufferSize;
+  const { maxBufferSize: limit, maxStorageBufferBindingSize: bindLimit } = gpuDevice().limits;
   if (bytes > limit) {
     throw new DeviceLimitError(
       `${what} needs ${bytes} bytes, over the device's maxBufferSize of ${limit} bytes`,
+    );
+  }
+  // Every kernel binds whole tensors, so a tensor no kernel could bind is refused up front.
+  if (bytes > bindLimit) {
+    throw new DeviceLimitError(
+      `${what} needs ${bytes} bytes, over the device's maxStorageBufferBindingSize of ${bindLimit} ` +
+        `bytes; split it into smaller tensors`,
     );
   }
   let size = sizeClass(bytes);

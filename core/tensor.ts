@@ -52,9 +52,9 @@ export class Tensor {
     return new Tensor(allocStorage(bytes, `tensor ${fmtShape(shape)} ${dtype}`), shape, dtype);
   }
 
-  /** The storage; throws if disposed. */
+  /** The storage; throws if disposed (a tape may still read a pinned tensor disposed meanwhile). */
   get storage(): Storage {
-    if (!this.#storage || this.#disposeRequested) {
+    if (!this.#storage) {
       throw new DisposedError(
         `tensor ${fmtShape(this.shape)} ${this.dtype} was used after dispose()`,
       );

@@ -1,0 +1,157 @@
+import assert from "node:assert/strict";
+import * as o from "../ops/mod.ts";
+import { DeviceLimitError, DTypeError, GradientError } from "../core/errors.ts";
+import { gpuDevice } from "../core/device.ts";
+import { memoryStats } from "../core/memory.ts";
+import { Tape, valueAndGrad } from "../core/tape.ts";
+import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
+import { setup } from "./util.ts";
+
+await setup();
+
+const loss = (p: { w: Tensor; b: Tensor; x: Tensor }) =>
+  o.mean(o.square(o.sub(o.add(o.mul(p.x, p.w), p.b), o.silu(p.x))));
+
+Deno.test("valueAndGrad returns grads shaped like a nested params tree", async () => {
+  const params = { w: tensor([[0.5, -1, 2]]), b: tensor([0.1]), x: tensor([[1, 2, 3], [4, 5, 6]]) };
+  const { value, grads } = valueAndGrad(loss)(params);
+  assert.deepEqual(Object.keys(grads), ["w", "b", "x"]);
+  assert.deepEqual(grads.w.shape, [1, 3]);
+  assert.deepEqual(grads.b.shape, [1]);
+  assert.deepEqual(grads.x.shape, [2, 3]);
+  assert.ok(Number.isFinite(await value.item()));
+  for (const t of [value, grads.w, grads.b, grads.x, params.w, params.b, params.x]) t.dispose();
+});
+
+Deno.test("memory: 200 iterations of valueAndGrad + dispose leave live buffers and bytes unchanged", async () => {
+  const params = { w: tensor([[0.5, -1, 2]]), b: tensor([0.1]), x: tensor([[1, 2, 3], [4, 5, 6]]) };
+  const f = valueAndGrad(loss);
+  const before = memoryStats();
+  for (let i = 0; i < 200; i++) {
+    const { value, grads } = f(params);
+    value.dispose();
+    for (const g of Object.values(grads)) g.dispose();
+  }
+  await params.w.data();
+  const after = memoryStats();
+  assert.equal(after.liveBuffers, before.liveBuffers);
+  assert.equal(after.liveBytes, before.liveBytes);
+  for (const t of Object.values(params)) t.dispose();
+});
+
+Deno.test("an unused parameter gets a zero gradient; a repeated one gets the full gradient twice", async () => {
+  const a = tensor([1, 2]);
+  const unused = tensor([7, 7, 7]);
+  const { value, grads } = valueAndGrad(([p]: Tensor[]) => o.sum(o.mul(p, p)))([a, unused, a]);
+  const [g0, g1, g2] = await readAll(grads);
+  assert.deepEqual(Array.from(g0), [2, 4]);
+  assert.deepEqual(Array.from(g1), [0, 0, 0]);
+  assert.deepEqual(Array.from(g2), [2, 4]);
+  for (const t of [a, unused, value, ...grads]) t.dispose();
+});
+
+Deno.test("a tensor used by several ops accumulates its gradient", async () => {
+  const x = tensor([1, 2, 3]);
+  // d/dx [sum(x) + sum(x*x) + sum(exp(x))] = 1 + 2x + e^x
+  const { value, grads } = valueAndGrad((p: Tensor) =>
+    o.add(o.add(o.sum(p), o.sum(o.mul(p, p))), o.sum(o.exp(p)))
+  )(x);
+  const g = await grads.data();
+  [1, 2, 3].forEach((v, i) => assert.ok(Math.abs(g[i] - (1 + 2 * v + Math.exp(v))) < 1e-4));
+  for (const t of [x, value, grads]) t.dispose();
+});
+
+Deno.test("clear errors: non-scalar output, output off the tape, integer params, unwatched wrt", () => {
+  const x = tensor([1, 2]);
+  const ids = tensor([1, 2], [2], "i32");
+  assert.throws(() => valueAndGrad((p: Tensor) => o.mul(p, p))(x), /scalar output/);
+  const c = tensor([3]);
+  assert.throws(() => valueAndGrad((_p: Tensor) => o.sum(c))(x), /not on this tape/);
+  assert.throws(() => valueAndGrad((p: Tensor) => o.sum(p))(ids), DTypeError);
+  const tape = new Tape();
+  tape.watch(x);
+  const y = tape.run(() => o.sum(o.square(x)));
+  assert.throws(() => tape.backward(y, [c]), GradientError);
+  tape.dispose();
+  for (const t of [x, ids, c, y]) t.dispose();
+});
+
+Deno.test("Tape.onGrad hands each gradient over once it is final, in reverse order of first use", async () => {
+  const w1 = tensor([1, 2]);
+  const w2 = tensor([3, 4]);
+  const tape = new Tape();
+  tape.watch(w1, w2);
+  const value = tape.run(() => {
+    const h = o.mul(w1, w1); // w1 used first
+    return o.sum(o.mul(h, w2));
+  });
+  const order: number[] = [];
+  const got: Tensor[] = [];
+  const result = tape.backward(value, [w1, w2], {
+    onGrad: (g, k) => {
+      order.push(k);
+      got[k] = g;
+    },
+  });
+  assert.deepEqual(order, [1, 0]);
+  assert.deepEqual(result, [undefined, undefined]);
+  const [g1, g2] = await readAll(got);
+  assert.deepEqual(Array.from(g1), [6, 16]); // 2*w1*w2
+  assert.deepEqual(Array.from(g2), [1, 4]); // w1^2
+  for (const t of [w1, w2, value, ...got]) t.dispose();
+});
+
+Deno.test("the tape keeps a saved tensor alive even if f disposes it", async () => {
+  const x = tensor([0.5, 1.5]);
+  const { value, grads } = valueAndGrad((p: Tensor) => {
+    const e = o.exp(p);
+    const s = o.sum(o.mul(e, e));
+    e.dispose();
+    return s;
+  })(x);
+  const g = await grads.data();
+  [0.5, 1.5].forEach((v, i) =>
+    assert.ok(Math.abs(g[i] - 2 * Math.exp(2 * v)) < 1e-3 * Math.exp(2 * v))
+  );
+  for (const t of [x, value, grads]) t.dispose();
+});
+
+Deno.test("scope frees everything created inside except the result, also on throw", async () => {
+  const before = memoryStats().liveBytes;
+  const kept = scope(() => {
+    const a = tensor([1, 2, 3]);
+    const b = o.mul(a, a);
+    return { out: o.add(b, a) };
+  });
+  assert.equal(memoryStats().liveBytes, before + 12);
+  assert.deepEqual(Array.from(await kept.out.data()), [2, 6, 12]);
+  kept.out.dispose();
+  assert.throws(() =>
+    scope(() => {
+      zeros([100]);
+      throw new Error("boom");
+    }), /boom/);
+  assert.equal(memoryStats().liveBytes, before);
+});
+
+Deno.test("oversized tensors: buffer and binding limits are specific errors, nothing left allocated", () => {
+  const limits = gpuDevice().limits;
+  const before = memoryStats();
+  const huge = Math.floor(limits.maxBufferSize / 4) + 1;
+  assert.throws(
+    () => zeros([huge]),
+    (e: Error) =>
+      e instanceof DeviceLimitError && /maxBufferSize/.test(e.message) &&
+      e.message.includes(`${huge}`),
+  );
+  assert.deepEqual(memoryStats().liveBytes, before.liveBytes);
+  // Within one buffer but over one binding: no kernel could bind it, so it is refused by name.
+  const n = limits.maxStorageBufferBindingSize / 4 + 4;
+  assert.throws(
+    () => zeros([2, n / 2]),
+    (e: Error) =>
+      e instanceof DeviceLimitError && /maxStorageBufferBindingSize/.test(e.message) &&
+      e.message.includes(`[2, ${n / 2}]`),
+  );
+  assert.deepEqual(memoryStats().liveBytes, before.liveBytes);
+});
