@@ -1,0 +1,71 @@
+/**
+ * sltrain: a functional tensor library on WebGPU for pretraining LLaMA-style language models with
+ * SLTrain (sparse plus low-rank weights).
+ *
+ * Tensors are immutable handles to device memory; ops are pure functions that dispatch WGSL kernels
+ * into one command stream; gradients come from an explicit tape.
+ *
+ * @example
+ * ```ts
+ * import { init, tensor, valueAndGrad, mul, sum, exp } from "jsr:@sltrain/sltrain";
+ *
+ * await init();
+ * const x = tensor([[1, 2], [3, 4]]);
+ * const f = valueAndGrad((p: typeof x) => sum(mul(exp(p), p)));
+ * const { value, grads } = f(x);
+ * console.log(await value.item(), await grads.toArray()); // d/dx x·e^x = (1 + x)·e^x
+ * ```
+ * @module
+ */
+export {
+  type AdapterKind,
+  type DeviceInfo,
+  deviceInfo,
+  init,
+  type InitOptions,
+} from "./core/device.ts";
+export type { DType, TensorData } from "./core/dtype.ts";
+export {
+  DeviceError,
+  DeviceLimitError,
+  DisposedError,
+  DTypeError,
+  GradientError,
+  ShapeError,
+  SLTrainError,
+} from "./core/errors.ts";
+export { type Binding, dispatch, dispatchStats, type KernelCall, sync } from "./core/kernel.ts";
+export {
+  emptyPool,
+  type MemoryStats,
+  memoryStats,
+  resetPeakBytes,
+  Storage,
+} from "./core/memory.ts";
+export { Rng, type RngState } from "./core/rng.ts";
+export type { Shape } from "./core/shape.ts";
+export {
+  type BackwardOptions,
+  isRecording,
+  recordOp,
+  Tape,
+  type TensorTree,
+  valueAndGrad,
+  type Vjp,
+} from "./core/tape.ts";
+export {
+  arange,
+  full,
+  keep,
+  type NestedArray,
+  ones,
+  randomNormal,
+  type RandomOptions,
+  randomUniform,
+  readAll,
+  scope,
+  Tensor,
+  tensor,
+  zeros,
+} from "./core/tensor.ts";
+export * from "./ops/mod.ts";
