@@ -4,3 +4,5 @@
  */
 export * from "./elementwise.ts";
 export * from "./reduce.ts";
+export * from "./shape.ts";
+export * from "./sparse.ts";

@@ -1,0 +1,357 @@
+/**
+ * Sparse support ops for SLTrain: a sparse matrix is a list of flat u32 indices into a row-major
+ * dense matrix (`idx = row * cols + col`) plus one f32 value per index.
+ *
+ * Index contract, shared by every op here:
+ * - indices are `u32` and 1-D; an index `>= dense.size` is ignored (it scatters nothing and gathers
+ *   0), so a bad index can never write outside the tensor;
+ * - duplicates are allowed: {@link scatterAdd} adds every value (deterministically, in index-list
+ *   order), and {@link gatherFlat} / {@link sddmm} simply produce one output per listed index.
+ * SLTrain's supports are sorted and unique, which takes the fast paths.
+ * @module
+ */
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { dispatch } from "../core/kernel.ts";
+import { fmtShape, type Shape, sizeOf } from "../core/shape.ts";
+import { recordOp } from "../core/tape.ts";
+import { Tensor } from "../core/tensor.ts";
+import { transpose } from "./shape.ts";
+import { flatGrid, flatMain } from "./wgsl.ts";
+
+function checkIndices(op: string, indices: Tensor): void {
+  if (indices.dtype !== "u32") {
+    throw new DTypeError(
+      `${op}: indices must be u32, got ${indices.dtype} ${fmtShape(indices.shape)}`,
+    );
+  }
+  if (indices.rank !== 1) {
+    throw new ShapeError(`${op}: indices must be 1-D, got ${fmtShape(indices.shape)}`);
+  }
+}
+
+function checkF32(op: string, what: string, t: Tensor): void {
+  if (t.dtype !== "f32") {
+    throw new DTypeError(`${op}: ${what} must be f32, got ${t.dtype} ${fmtShape(t.shape)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// scatterAdd
+
+/*
+ * Deterministic scatter-add without float atomics, in three dispatches of one compute pass:
+ *  1. init: out = dense (or 0), and clear a one-word flag;
+ *  2. check: flag = 1 if some idx[k] > idx[k + 1] (the list is not non-decreasing);
+ *  3. scatter: if the list is sorted, every index whose predecessor differs is the head of a run
+ *     of equal indices; its invocation adds the whole run in list order, so no two invocations
+ *     touch the same element. If it is not sorted, invocation 0 adds everything serially in list
+ *     order: correct and deterministic for any indices, slow only for lists nobody should pass.
+ */
+
+function initCode(fromDense: boolean): string {
+  return `
+${fromDense ? "@group(0) @binding(0) var<storage, read> dense: array<f32>;" : ""}
+@group(0) @binding(${fromDense ? 1 : 0}) var<storage, read_write> out: array<f32>;
+@group(0) @binding(${fromDense ? 2 : 1}) var<storage, read_write> flag: array<u32>;
+struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
+@group(0) @binding(${fromDense ? 3 : 2}) var<uniform> u: U;
+${
+    flatMain(`  if (i == 0u) { flag[0] = 0u; }
+  if (i < u.n) { out[i] = ${fromDense ? "dense[i]" : "0.0"}; }`)
+  }`;
+}
+
+const CHECK_CODE = `
+@group(0) @binding(0) var<storage, read> idx: array<u32>;
+@group(0) @binding(1) var<storage, read_write> flag: array<atomic<u32>>;
+struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+${flatMain(`  if (i + 1u < u.nnz && idx[i] > idx[i + 1u]) { atomicStore(&flag[0], 1u); }`)}`;
+
+const SCATTER_CODE = `
+@group(0) @binding(0) var<storage, read> idx: array<u32>;
+@group(0) @binding(1) var<storage, read> vals: array<f32>;
+@group(0) @binding(2) var<storage, read> flag: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
+@group(0) @binding(4) var<uniform> u: U;
+${
+  flatMain(`  if (i >= u.nnz) { return; }
+  if (flag[0] == 0u) {
+    let j = idx[i];
+    if ((i > 0u && idx[i - 1u] == j) || j >= u.n) { return; }
+    var acc = out[j];
+    var k = i;
+    loop {
+      acc += vals[k];
+      k += 1u;
+      if (k >= u.nnz || idx[k] != j) { break; }
+    }
+    out[j] = acc;
+  } else if (i == 0u) {
+    for (var k = 0u; k < u.nnz; k += 1u) {
+      let j = idx[k];
+      if (j < u.n) { out[j] += vals[k]; }
+    }
+  }`)
+}`;
+
+/** Scatter-adds `values` at `indices` into a copy of `dense`, or into zeros of `shape`. */
+function scatterAddKernel(
+  dense: Tensor | null,
+  shape: Shape,
+  indices: Tensor,
+  values: Tensor,
+): Tensor {
+  const out = Tensor.empty(shape);
+  const n = sizeOf(shape);
+  const nnz = indices.size;
+  const flag = Tensor.empty([1], "u32");
+  const u = new Uint32Array([n, nnz, 0, 0]);
+  dispatch({
+    name: "scatterAdd_init",
+    code: initCode(dense !== null),
+    inputs: dense ? [dense.binding()] : [],
+    outputs: [out.binding(), flag.binding()],
+    uniforms: u,
+    workgroups: flatGrid(Math.max(n, 1)),
+  });
+  dispatch({
+    name: "scatterAdd_check",
+    code: CHECK_CODE,
+    inputs: [indices.binding()],
+    outputs: [flag.binding()],
+    uniforms: u,
+    workgroups: flatGrid(nnz - 1),
+  });
+  dispatch({
+    name: "scatterAdd",
+    code: SCATTER_CODE,
+    inputs: [indices.binding(), values.binding(), flag.binding()],
+    outputs: [out.binding()],
+    uniforms: u,
+    workgroups: flatGrid(nnz),
+  });
+  flag.dispose();
+  return out;
+}
+
+/**
+ * `dense` with `values[k]` added at flat index `indices[k]` (out of place). Any index list is
+ * correct: duplicates accumulate in list order, indices `>= dense.size` are ignored. Sorted lists
+ * (SLTrain's) scatter in parallel; unsorted ones fall back to one serial invocation.
+ * VJPs: dense gets g, values get `gatherFlat(g, indices)`.
+ */
+export function scatterAdd(dense: Tensor, indices: Tensor, values: Tensor): Tensor {
+  checkF32("scatterAdd", "dense", dense);
+  checkF32("scatterAdd", "values", values);
+  checkIndices("scatterAdd", indices);
+  if (values.rank !== 1 || values.size !== indices.size) {
+    throw new ShapeError(
+      `scatterAdd: values ${fmtShape(values.shape)} must be 1-D with one value per index ` +
+        `(indices ${fmtShape(indices.shape)})`,
+    );
+  }
+  const out = scatterAddKernel(dense, dense.shape, indices, values);
+  recordOp("scatterAdd", [dense, indices, values], out, (g) => [g, null, gatherFlat(g, indices)]);
+  return out;
+}
+
+/**
+ * A dense f32 tensor of `shape` that is zero except for `values` added at `indices` (the sparse
+ * matrix made dense). Same index contract as {@link scatterAdd}.
+ */
+export function scatterToDense(shape: Shape, indices: Tensor, values: Tensor): Tensor {
+  checkF32("scatterToDense", "values", values);
+  checkIndices("scatterToDense", indices);
+  if (values.rank !== 1 || values.size !== indices.size) {
+    throw new ShapeError(
+      `scatterToDense: values ${fmtShape(values.shape)} must be 1-D with one value per index ` +
+        `(indices ${fmtShape(indices.shape)})`,
+    );
+  }
+  const out = scatterAddKernel(null, shape, indices, values);
+  recordOp("scatterToDense", [indices, values], out, (g) => [null, gatherFlat(g, indices)]);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// gatherFlat
+
+const GATHER_CODE = `
+@group(0) @binding(0) var<storage, read> dense: array<f32>;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+${
+  flatMain(`  if (i >= u.nnz) { return; }
+  let j = idx[i];
+  out[i] = select(0.0, dense[min(j, u.n - 1u)], j < u.n);`)
+}`;
+
+/**
+ * `out[k] = dense.flat[indices[k]]` as a 1-D tensor of `indices.size` values (0 for an index
+ * `>= dense.size`). `dense` may have any shape. VJP: the gradient scatter-added into zeros.
+ */
+export function gatherFlat(dense: Tensor, indices: Tensor): Tensor {
+  checkF32("gatherFlat", "dense", dense);
+  checkIndices("gatherFlat", indices);
+  const out = Tensor.empty([indices.size]);
+  if (dense.size > 0) {
+    dispatch({
+      name: "gatherFlat",
+      code: GATHER_CODE,
+      inputs: [dense.binding(), indices.binding()],
+      outputs: [out.binding()],
+      uniforms: new Uint32Array([dense.size, indices.size, 0, 0]),
+      workgroups: flatGrid(indices.size),
+    });
+  } else if (indices.size > 0) {
+    throw new ShapeError(`gatherFlat: cannot gather ${indices.size} values from an empty tensor`);
+  }
+  recordOp("gatherFlat", [dense, indices], out, (g) => [
+    scatterAddKernel(null, dense.shape, indices, g),
+    null,
+  ]);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sddmm
+
+/** Options of {@link sddmm}. */
+export interface SddmmOptions {
+  /** `a` is given as [rows, T] instead of [T, rows]. */
+  aT?: boolean;
+  /** `b` is given as [cols, T] instead of [T, cols]. */
+  bT?: boolean;
+}
+
+/*
+ * One invocation per listed index, looping over T. Layout matters far more than anything else on a
+ * CPU adapter: with [rows, T] / [cols, T] operands each invocation streams two contiguous rows
+ * (read as vec4 when T % 4 == 0), while [T, rows] / [T, cols] operands make it touch one cache line
+ * per element. So T-major operands are transposed first (see bench/sddmm.ts for the numbers).
+ */
+function sddmmCode(vec4: boolean): string {
+  const ty = vec4 ? "vec4f" : "f32";
+  const dot = vec4 ? "dot(a[ra + t], b[cb + t])" : "a[ra + t] * b[cb + t]";
+  return `
+@group(0) @binding(0) var<storage, read> a: array<${ty}>;
+@group(0) @binding(1) var<storage, read> b: array<${ty}>;
+@group(0) @binding(2) var<storage, read> idx: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+struct U { tv: u32, rows: u32, cols: u32, nnz: u32 }
+@group(0) @binding(4) var<uniform> u: U;
+${
+    flatMain(`  if (i >= u.nnz) { return; }
+  let j = idx[i];
+  if (j >= u.rows * u.cols) { out[i] = 0.0; return; }
+  let ra = (j / u.cols) * u.tv;
+  let cb = (j % u.cols) * u.tv;
+  var acc0 = 0.0;
+  var acc1 = 0.0;
+  var t = 0u;
+  for (; t + 1u < u.tv; t += 2u) {
+    acc0 += ${dot};
+    acc1 += ${dot.replaceAll("+ t]", "+ t + 1u]")};
+  }
+  if (t < u.tv) { acc0 += ${dot}; }
+  out[i] = acc0 + acc1;`)
+  }`;
+}
+
+/**
+ * Sampled dense-dense product: `out[k] = Σ_t a[t, row_k] · b[t, col_k]` with
+ * `row_k = indices[k] / cols`, `col_k = indices[k] % cols`, where a is [T, rows] and b is
+ * [T, cols] (or [rows, T] / [cols, T] with `aT` / `bT`, the fast layout). This is SLTrain's dV with
+ * a = the output gradient [tokens, out] and b = the input [tokens, in]. An index `>= rows * cols`
+ * gives 0. VJPs: da = b·Gᵀ and db = a·G with G the dense [rows, cols] matrix of g at the indices.
+ */
+export function sddmm(a: Tensor, b: Tensor, indices: Tensor, opts: SddmmOptions = {}): Tensor {
+  checkF32("sddmm", "a", a);
+  checkF32("sddmm", "b", b);
+  checkIndices("sddmm", indices);
+  const { aT = false, bT = false } = opts;
+  if (a.rank !== 2 || b.rank !== 2) {
+    throw new ShapeError(
+      `sddmm: a and b must be 2-D, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`,
+    );
+  }
+  const [tA, rows] = aT ? [a.shape[1], a.shape[0]] : a.shape;
+  const [tB, cols] = bT ? [b.shape[1], b.shape[0]] : b.shape;
+  if (tA !== tB) {
+    throw new ShapeError(
+      `sddmm: a ${fmtShape(a.shape)}${aT ? " (aT)" : ""} and b ${fmtShape(b.shape)}${
+        bT ? " (bT)" : ""
+      } disagree on the summed dimension (${tA} vs ${tB})`,
+    );
+  }
+  const T = tA;
+  const nnz = indices.size;
+  const out = Tensor.empty([nnz]);
+  if (nnz > 0) {
+    const at = aT ? a : transpose(a);
+    const bt = bT ? b : transpose(b);
+    const vec4 = T % 4 === 0;
+    dispatch({
+      name: "sddmm",
+      code: sddmmCode(vec4),
+      inputs: [at.binding(), bt.binding(), indices.binding()],
+      outputs: [out.binding()],
+      uniforms: new Uint32Array([vec4 ? T / 4 : T, rows, cols, nnz]),
+      workgroups: flatGrid(nnz),
+    });
+    if (at !== a) at.dispose();
+    if (bt !== b) bt.dispose();
+  }
+  recordOp("sddmm", [a, b, indices], out, (g) => {
+    const G = scatterAddKernel(null, [rows, cols], indices, g);
+    // da [T, rows] = b·Gᵀ ; db [T, cols] = a·G (each transposed when the operand was).
+    const da = denseProduct(b, G, bT, true, aT);
+    const db = denseProduct(a, G, aT, false, bT);
+    G.dispose();
+    return [da, db, null];
+  });
+  return out;
+}
+
+/*
+ * A plain (untiled) product used only by sddmm's VJP, which SLTrain never runs: dV is a leaf
+ * gradient, nothing differentiates through it. Computes C = X·op(G) with X [T, p] (or [p, T] when
+ * xT), G [rows, cols], op = transpose when gT (then p = cols, C has rows columns) and C [T, q] (or
+ * [q, T] when outT).
+ */
+function denseProduct(x: Tensor, G: Tensor, xT: boolean, gT: boolean, outT: boolean): Tensor {
+  const [rows, cols] = G.shape;
+  const T = xT ? x.shape[1] : x.shape[0];
+  const p = gT ? cols : rows;
+  const q = gT ? rows : cols;
+  const out = Tensor.empty(outT ? [q, T] : [T, q]);
+  const xAt = xT ? "x[s * u.t + t]" : "x[t * u.p + s]";
+  const gAt = gT ? "g[c * u.cols + s]" : "g[s * u.cols + c]";
+  const outAt = outT ? "out[c * u.t + t]" : "out[t * u.q + c]";
+  dispatch({
+    name: "sddmm_vjp",
+    code: `
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+struct U { t: u32, p: u32, q: u32, cols: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+${
+      flatMain(`  if (i >= u.t * u.q) { return; }
+  let t = i / u.q;
+  let c = i % u.q;
+  var acc = 0.0;
+  for (var s = 0u; s < u.p; s += 1u) { acc += ${xAt} * ${gAt}; }
+  ${outAt} = acc;`)
+    }`,
+    inputs: [x.binding(), G.binding()],
+    outputs: [out.binding()],
+    uniforms: new Uint32Array([T, p, q, cols]),
+    workgroups: flatGrid(T * q),
+  });
+  return out;
+}
