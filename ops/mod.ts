@@ -6,3 +6,4 @@ export * from "./elementwise.ts";
 export * from "./reduce.ts";
 export * from "./shape.ts";
 export * from "./sparse.ts";
+export * from "./matmul.ts";

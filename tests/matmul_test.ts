@@ -1,0 +1,135 @@
+import fc from "fast-check";
+import assert from "node:assert/strict";
+import { matmul } from "../ops/mod.ts";
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { memoryStats } from "../core/memory.ts";
+import { sizeOf } from "../core/shape.ts";
+import { readAll, tensor } from "../core/tensor.ts";
+import { type Arr, assertClose, checkOp, FC, randomArr, setup, toTensor } from "./util.ts";
+
+await setup();
+
+/** Float64 op(A)·op(B), batched over leading dims with a 2-D operand shared across the batch. */
+function matmulRef(a: Arr, b: Arr, tA: boolean, tB: boolean): Arr {
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const [m, k] = tA ? [ac, ar] : [ar, ac];
+  const n = tB ? br : bc;
+  // Folded case: b 2-D and A not transposed multiplies A's last axis.
+  if (b.shape.length === 2 && !tA && a.shape.length > 2) {
+    const rows = sizeOf(a.shape.slice(0, -1));
+    const r = matmulRef({ shape: [rows, k], data: a.data }, b, false, tB);
+    return { shape: [...a.shape.slice(0, -1), n], data: r.data };
+  }
+  const lead = a.shape.length > 2 ? a.shape.slice(0, -2) : b.shape.slice(0, -2);
+  const batch = sizeOf(lead);
+  const out = new Float64Array(batch * m * n);
+  const aStride = a.shape.length > 2 ? ar * ac : 0;
+  const bStride = b.shape.length > 2 ? br * bc : 0;
+  for (let z = 0; z < batch; z++) {
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) {
+          const av = a.data[z * aStride + (tA ? p * m + i : i * k + p)];
+          const bv = b.data[z * bStride + (tB ? j * k + p : p * n + j)];
+          s += av * bv;
+        }
+        out[(z * m + i) * n + j] = s;
+      }
+    }
+  }
+  return { shape: [...lead, m, n], data: out };
+}
+
+const dimArb = fc.oneof(fc.integer({ min: 1, max: 40 }), fc.constantFrom(1, 3, 4, 16, 17, 33));
+
+const caseArb = fc.record({
+  m: dimArb,
+  n: dimArb,
+  k: dimArb,
+  tA: fc.boolean(),
+  tB: fc.boolean(),
+  // 0: plain 2-D; 1: batched both; 2: A shared; 3: B shared; 4: folded [b, t, k]·W
+  mode: fc.integer({ min: 0, max: 4 }),
+  batch: fc.integer({ min: 1, max: 3 }),
+  seed: fc.integer({ min: 1, max: 1e6 }),
+});
+
+type Case = typeof caseArb extends fc.Arbitrary<infer T> ? T : never;
+
+function shapesFor(c: Case): { a: number[]; b: number[]; tA: boolean } {
+  const a2 = c.tA ? [c.k, c.m] : [c.m, c.k];
+  const b2 = c.tB ? [c.n, c.k] : [c.k, c.n];
+  switch (c.mode) {
+    case 1:
+      return { a: [c.batch, ...a2], b: [c.batch, ...b2], tA: c.tA };
+    case 2:
+      return { a: a2, b: [c.batch, ...b2], tA: c.tA };
+    case 3:
+      return { a: [c.batch, ...a2], b: b2, tA: c.tA };
+    case 4:
+      return { a: [c.batch, c.m, c.k], b: b2, tA: false };
+    default:
+      return { a: a2, b: b2, tA: c.tA };
+  }
+}
+
+Deno.test("matmul: every layout, ragged/batched/broadcast shapes: forward and both gradients", async () => {
+  await fc.assert(
+    fc.asyncProperty(caseArb, async (c) => {
+      const { a, b, tA } = shapesFor(c);
+      const A = randomArr(a, c.seed);
+      const B = randomArr(b, c.seed + 1);
+      await checkOp({
+        op: ([x, y]) => matmul(x, y, { transA: tA, transB: c.tB }),
+        ref: ([x, y]) => matmulRef(x, y, tA, c.tB),
+        inputs: [A, B],
+        // f32 accumulation over K <= 40 terms of magnitude <= 4.
+        fwd: { atol: 1e-4, rtol: 1e-4 },
+        grad: { atol: 2e-3, rtol: 2e-3 },
+      });
+    }),
+    { ...FC, numRuns: 40 },
+  );
+});
+
+Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference", async () => {
+  const cases: [number, number, number, boolean, boolean][] = [
+    [1, 1376, 512, false, true], // one token through a linear
+    [1376, 8, 512, false, true], // d x r skinny
+    [130, 129, 131, false, false],
+    [64, 256, 3, true, false],
+    [257, 64, 1, false, false],
+  ];
+  for (const [m, n, k, tA, tB] of cases) {
+    const A = randomArr(tA ? [k, m] : [m, k], m + n);
+    const B = randomArr(tB ? [n, k] : [k, n], m * n);
+    const x = toTensor(A);
+    const y = toTensor(B);
+    const z = matmul(x, y, { transA: tA, transB: tB });
+    const [got] = await readAll([z]);
+    assertClose(got, matmulRef(A, B, tA, tB).data, {
+      atol: 1e-3,
+      rtol: 1e-4,
+      what: `${m}x${n}x${k}`,
+    });
+    for (const t of [x, y, z]) t.dispose();
+  }
+});
+
+Deno.test("matmul: mismatched inner or batch dims and integer operands are specific errors", () => {
+  const a = tensor([[1, 2, 3]]);
+  const b = tensor([[1, 2]]);
+  const c = tensor(new Float32Array(2 * 3 * 3), [2, 3, 3]);
+  const d = tensor(new Float32Array(3 * 3 * 3), [3, 3, 3]);
+  const i = tensor([[1, 2, 3]], [1, 3], "i32");
+  const before = memoryStats().liveBytes;
+  assert.throws(() => matmul(a, b), ShapeError);
+  assert.throws(() => matmul(c, d), ShapeError);
+  const v = tensor([1, 2, 3]);
+  assert.throws(() => matmul(v, a), ShapeError);
+  assert.throws(() => matmul(i, a, { transB: true }), DTypeError);
+  assert.ok(memoryStats().liveBytes <= before + 12);
+  for (const t of [a, b, c, d, i, v]) t.dispose();
+});
