@@ -4,6 +4,11 @@
  */
 export * from "./elementwise.ts";
 export * from "./reduce.ts";
+export * from "./softmax.ts";
+export * from "./embedding.ts";
+export * from "./cross_entropy.ts";
+export * from "./rmsnorm.ts";
+export * from "./rope.ts";
 export * from "./shape.ts";
 export * from "./sparse.ts";
 export * from "./matmul.ts";
