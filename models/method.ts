@@ -1,0 +1,112 @@
+/**
+ * How the seven linears of each decoder block are parameterized: dense, low-rank (s·B·A), or
+ * SLTrain (s·B·A plus a fixed random sparse support). Embeddings, lm_head and norms always stay
+ * dense.
+ * @module
+ */
+import type { LlamaConfig } from "./config.ts";
+import { ConfigError, show } from "./errors.ts";
+
+/**
+ * Parameterization of the block linears. `alpha` sets the low-rank scale s = alpha / rank; `delta`
+ * is the sparse density (nnz = ⌊delta·out·in⌋ per linear); `seed` fixes the sparse supports.
+ */
+export type LinearMethod =
+  | { readonly kind: "dense" }
+  | { readonly kind: "lowrank"; readonly rank: number; readonly alpha: number }
+  | {
+    readonly kind: "sltrain";
+    readonly rank: number;
+    readonly delta: number;
+    readonly alpha: number;
+    readonly seed: number;
+  };
+
+/** Names of the block linears, in the order the reference model registers them. */
+export type BlockLinearName = "q" | "k" | "v" | "o" | "gate" | "up" | "down";
+
+/** One block linear: its name and weight shape `[out, in]` (y = x·Wᵀ). */
+export interface BlockLinearShape {
+  /** Which projection. */
+  readonly name: BlockLinearName;
+  /** `[out, in]`. */
+  readonly shape: readonly [number, number];
+}
+
+/** The seven linears of one decoder block (every block has the same ones). */
+export function blockLinearShapes(config: LlamaConfig): readonly BlockLinearShape[] {
+  const h = config.hidden;
+  const f = config.intermediate;
+  return [
+    { name: "q", shape: [h, h] },
+    { name: "k", shape: [h, h] },
+    { name: "v", shape: [h, h] },
+    { name: "o", shape: [h, h] },
+    { name: "gate", shape: [f, h] },
+    { name: "up", shape: [f, h] },
+    { name: "down", shape: [h, f] },
+  ];
+}
+
+/**
+ * Sparse entries of one `[out, in]` SLTrain linear. Computed as the reference does,
+ * `int(delta * (in*out))`, so counts match its float rounding exactly.
+ */
+export function sparseNnz(delta: number, out: number, inF: number): number {
+  return Math.floor(delta * (out * inF));
+}
+
+/**
+ * Checks a rank against every block linear: a factorization needs `1 <= rank < min(out, in)`
+ * (at `min(out, in)` it stores more than the dense matrix), or `<= min` when `allowFull`. `what`
+ * names the option in messages.
+ */
+export function checkRank(
+  config: LlamaConfig,
+  rank: unknown,
+  what: string,
+  allowFull = false,
+): number {
+  if (typeof rank !== "number" || !Number.isSafeInteger(rank) || rank < 1) {
+    throw new ConfigError(`${what}.rank must be a positive integer, got ${show(rank)}`);
+  }
+  for (const { name, shape: [out, inF] } of blockLinearShapes(config)) {
+    const m = Math.min(out, inF);
+    if (allowFull ? rank > m : rank >= m) {
+      throw new ConfigError(
+        `${what}.rank ${rank} must be ${allowFull ? "<=" : "<"} min(out, in) = ${m} of the ` +
+          `${name} linear [${out}, ${inF}]`,
+      );
+    }
+  }
+  return rank;
+}
+
+/**
+ * Validates a method against a config and returns it. Throws {@link ConfigError} for a rank that
+ * is not below `min(out, in)` of some block linear (the message names that linear's shape), a
+ * delta outside (0, 1), a non-finite alpha, a non-integer seed, or an unknown kind.
+ */
+export function validateMethod(config: LlamaConfig, method: LinearMethod): LinearMethod {
+  const kind = (method as { kind?: unknown }).kind;
+  if (kind === "dense") return method;
+  if (kind !== "lowrank" && kind !== "sltrain") {
+    throw new ConfigError(
+      `method.kind must be "dense", "lowrank" or "sltrain", got ${show(kind)}`,
+    );
+  }
+  const m = method as Exclude<LinearMethod, { kind: "dense" }>;
+  checkRank(config, m.rank, kind);
+  if (typeof m.alpha !== "number" || !Number.isFinite(m.alpha)) {
+    throw new ConfigError(`${kind}.alpha must be a finite number, got ${show(m.alpha)}`);
+  }
+  if (m.kind === "sltrain") {
+    if (typeof m.delta !== "number" || !(m.delta > 0 && m.delta < 1)) {
+      throw new ConfigError(`sltrain.delta must be in (0, 1), got ${show(m.delta)}`);
+    }
+    if (typeof m.seed !== "number" || !Number.isSafeInteger(m.seed)) {
+      throw new ConfigError(`sltrain.seed must be a safe integer, got ${show(m.seed)}`);
+    }
+  }
+  return method;
+}

@@ -1,0 +1,36 @@
+/**
+ * LLaMA model configs, block-linear parameterizations (dense, low-rank, SLTrain) and analytic
+ * parameter and memory estimates.
+ * @module
+ */
+export {
+  headDim,
+  type LlamaConfig,
+  loadConfig,
+  parseConfig,
+  type PresetName,
+  PRESETS,
+  validateConfig,
+  withVocab,
+} from "./config.ts";
+export { ConfigError } from "./errors.ts";
+export {
+  type BlockLinearName,
+  type BlockLinearShape,
+  blockLinearShapes,
+  checkRank,
+  type LinearMethod,
+  sparseNnz,
+  validateMethod,
+} from "./method.ts";
+export {
+  ACCOUNTING,
+  type Accounting,
+  type ByteSizes,
+  countParams,
+  estimateMemory,
+  type MemoryEstimate,
+  type OptimizerSpec,
+  type ParamCount,
+  type TrainingSetup,
+} from "./estimate.ts";
