@@ -12,3 +12,4 @@ export * from "./rope.ts";
 export * from "./shape.ts";
 export * from "./sparse.ts";
 export * from "./matmul.ts";
+export * from "./attention.ts";

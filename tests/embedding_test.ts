@@ -14,7 +14,7 @@ function embeddingRef(table: Arr, ids: number[], idsShape: number[]): Arr {
   const [v, d] = table.shape;
   const out = new Float64Array(ids.length * d);
   ids.forEach((id, t) => {
-    if (id >= 0 && id < v) for (let c = 0; c < d; c++) out[t * d + c] = table.data[id * d + c];
+    if (id >= 0 && id < v) { for (let c = 0; c < d; c++) out[t * d + c] = table.data[id * d + c]; }
   });
   return { shape: [...idsShape, d], data: out };
 }

@@ -1,0 +1,81 @@
+import fc from "fast-check";
+import assert from "node:assert/strict";
+import * as o from "../ops/mod.ts";
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { readAll, tensor } from "../core/tensor.ts";
+import { type Arr, assertClose, checkOp, FC, randomArr, setup } from "./util.ts";
+
+await setup();
+
+/**
+ * Float64 RoPE on [..., T, Dh], rotate-half convention: pair (i, i + Dh/2) at position p rotates by
+ * p * base^(-2i/Dh). The frequency is rounded to f32 like HF's `inv_freq`.
+ */
+function ropeRef(x: Arr, base: number, offset: number): Arr {
+  const dh = x.shape[x.shape.length - 1];
+  const t = x.shape[x.shape.length - 2];
+  const half = dh / 2;
+  const out = new Float64Array(x.data.length);
+  for (let row = 0; row * dh < x.data.length; row++) {
+    const p = offset + (row % t);
+    for (let i = 0; i < half; i++) {
+      const a = p * Math.fround(Math.pow(base, (-2 * i) / dh));
+      const [c, s] = [Math.cos(a), Math.sin(a)];
+      const x1 = x.data[row * dh + i], x2 = x.data[row * dh + half + i];
+      out[row * dh + i] = x1 * c - x2 * s;
+      out[row * dh + half + i] = x2 * c + x1 * s;
+    }
+  }
+  return { shape: x.shape, data: out };
+}
+
+// [..., T, Dh] of rank 2-4 with even Dh from 2 to 70, offsets up to 1000, two bases.
+const caseArb = fc.record({
+  lead: fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 0, maxLength: 2 }),
+  t: fc.integer({ min: 1, max: 9 }),
+  half: fc.oneof(fc.integer({ min: 1, max: 5 }), fc.integer({ min: 30, max: 35 })),
+  offset: fc.constantFrom(0, 0, 7, 1000),
+  base: fc.constantFrom(10000, 500),
+  seed: fc.integer({ min: 1, max: 1e6 }),
+});
+
+Deno.test("rope: random shapes and offsets match float64 reference (atol 1e-5 + f32 angle rounding) and finite differences (1e-3)", async () => {
+  await fc.assert(
+    fc.asyncProperty(caseArb, async ({ lead, t, half, offset, base, seed }) => {
+      // The kernel rounds the angle p * freq to f32: an error of up to |p| * 2^-24 radians.
+      const angleErr = 2 * (offset + t) * 2 ** -24 * 2;
+      await checkOp({
+        op: ([x]) => o.rope(x, { base, offset }),
+        ref: ([x]) => ropeRef(x, base, offset),
+        inputs: [randomArr([...lead, t, 2 * half], seed)],
+        fwd: { atol: 1e-5 + angleErr, rtol: 1e-4 },
+        grad: { atol: 1e-3 + angleErr, rtol: 1e-3 },
+      });
+    }),
+    FC,
+  );
+});
+
+Deno.test("rope: HF convention on a hand example, position 0 is the identity, norms are preserved", async () => {
+  // Dh = 4, base 100: freqs [1, 0.1]; row t=1 rotates pair (0, 2) by 1 rad and pair (1, 3) by 0.1.
+  const x = tensor([[1, 2, 3, 4], [1, 2, 3, 4]]);
+  const y = o.rope(x, { base: 100 });
+  const [yd] = await readAll([y]);
+  const c1 = Math.cos(1), s1 = Math.sin(1), c2 = Math.cos(0.1), s2 = Math.sin(0.1);
+  const expected = [1, 2, 3, 4, 1 * c1 - 3 * s1, 2 * c2 - 4 * s2, 3 * c1 + 1 * s1, 4 * c2 + 2 * s2];
+  assertClose(yd, expected, { atol: 1e-6, rtol: 1e-6 });
+  const norm = (a: ArrayLike<number>, r: number) =>
+    Math.hypot(...Array.from(a).slice(4 * r, 4 * r + 4));
+  assertClose([norm(yd, 1)], [norm([1, 2, 3, 4], 0)], { atol: 1e-5 });
+  x.dispose();
+  y.dispose();
+});
+
+Deno.test("rope: bad inputs throw the specific error", () => {
+  assert.throws(() => o.rope(tensor([[[1, 2, 3]]])), ShapeError);
+  assert.throws(() => o.rope(tensor([1, 2])), ShapeError);
+  assert.throws(() => o.rope(tensor([[1, 2]], [1, 2], "i32")), DTypeError);
+  assert.throws(() => o.rope(tensor([[1, 2]]), { offset: -1 }), ShapeError);
+  assert.throws(() => o.rope(tensor([[1, 2]]), { offset: 1.5 }), ShapeError);
+  assert.throws(() => o.rope(tensor(new Float32Array(2050), [1, 2050])), ShapeError);
+});
