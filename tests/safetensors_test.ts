@@ -32,7 +32,7 @@ Deno.test("safetensors round-trips tensors bit-exactly, NaN payloads and -0 incl
           }),
         );
         const back = decodeSafetensors(encodeSafetensors({ tensors, metadata }));
-        assert.deepEqual(back.metadata, metadata);
+        assert.deepEqual({ ...back.metadata }, { ...metadata });
         for (const [k, t] of Object.entries(tensors)) {
           assert.equal(back.tensors[k].dtype, t.dtype);
           assert.deepEqual(back.tensors[k].shape, t.shape);
