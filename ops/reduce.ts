@@ -32,6 +32,7 @@ function merge(dims: number[], strides: number[]): { dims: number[]; strides: nu
 }
 
 const SPLIT_MIN = 8192;
+const MAX_CHUNK = 16384;
 
 /** Reduces a flat f32 tensor described by kept/reduced (dims, strides) groups into `outShape`. */
 function reduceKernel(
@@ -49,9 +50,11 @@ function reduceKernel(
     return zeros(outShape);
   }
   // Two passes when few outputs each reduce many elements: P partials per output, then P -> 1.
-  const parts = outSize < 2048 && redSize > SPLIT_MIN
-    ? Math.min(1024, Math.ceil(redSize / 2048))
-    : 1;
+  // Chunks also stay far below llvmpipe's silent cap of 65535 loop iterations per invocation.
+  const parts = Math.max(
+    outSize < 2048 && redSize > SPLIT_MIN ? Math.ceil(redSize / 2048) : 1,
+    Math.ceil(redSize / MAX_CHUNK),
+  );
   const chunk = Math.ceil(redSize / parts);
   const out = parts === 1 ? Tensor.empty(outShape) : Tensor.empty([outSize, parts]);
   const { data, decl } = packUniforms({
