@@ -1,10 +1,9 @@
 /**
  * Shape ops: reshape, transpose, slice, concat, broadcastTo and their helpers. Every copy is one
- * strided-copy kernel over 32-bit words, so the ops work for every dtype; gradients exist for f32.
+ * strided-copy kernel over 32-bit words (ops/strided.ts), so the ops work for every dtype; gradients exist for f32.
  * @module
  */
 import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch, grid1d } from "../core/kernel.ts";
 import {
   fmtShape,
   normalizeAxis,
@@ -16,101 +15,7 @@ import {
 import { recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { sumTo } from "./reduce.ts";
-
-// ---------------------------------------------------------------------------------------------
-// The strided-copy kernel shared by every op here.
-
-/**
- * Drops size-1 axes and merges neighbours that are contiguous on the strided side, so a transpose
- * of [B, T, H, D] by [0, 2, 1, 3] runs as a rank-3 copy (fewer divisions per element, fewer
- * distinct pipelines).
- */
-function collapse(dims: readonly number[], strides: readonly number[]): [number[], number[]] {
-  const d: number[] = [];
-  const s: number[] = [];
-  for (let i = 0; i < dims.length; i++) {
-    if (dims[i] === 1) continue;
-    const last = d.length - 1;
-    if (last >= 0 && s[last] === strides[i] * dims[i]) {
-      d[last] *= dims[i];
-      s[last] = strides[i];
-    } else {
-      d.push(dims[i]);
-      s.push(strides[i]);
-    }
-  }
-  if (d.length === 0) return [[1], [0]];
-  return [d, s];
-}
-
-const stridedCodes = new Map<string, string>();
-
-/**
- * WGSL of a copy between a contiguous side (the invocation's flat index `i`) and a strided side
- * (`off + Σ coord_d · stride_d`, coordinates of `i` in `dims`). `gather` reads strided and writes
- * contiguous; `scatter` the reverse. Only the rank is baked in; sizes travel in the uniform so
- * random test shapes share pipelines.
- */
-function stridedCode(rank: number, mode: "gather" | "scatter"): string {
-  const key = `${rank}:${mode}`;
-  let code = stridedCodes.get(key);
-  if (code) return code;
-  const q = Math.ceil(rank / 4);
-  const c = (d: number) => `[${d >> 2}].${"xyzw"[d & 3]}`;
-  const lines: string[] = [];
-  for (let d = rank - 1; d >= 1; d--) {
-    lines.push(`  s += (r % u.dims${c(d)}) * u.strides${c(d)}; r = r / u.dims${c(d)};`);
-  }
-  lines.push(`  s += r * u.strides${c(0)};`);
-  code = `
-@group(0) @binding(0) var<storage, read> src: array<u32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
-struct U { n: u32, off: u32, p0: u32, p1: u32, dims: array<vec4u, ${q}>, strides: array<vec4u, ${q}> }
-@group(0) @binding(2) var<uniform> u: U;
-const WG = 256u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * WG);
-  if (i >= u.n) { return; }
-  var r = i;
-  var s = u.off;
-${lines.join("\n")}
-  ${mode === "gather" ? "dst[i] = src[s];" : "dst[s] = src[i];"}
-}`;
-  stridedCodes.set(key, code);
-  return code;
-}
-
-/**
- * Records a strided copy. gather: `dst[i] = src[off + Σ coord_d(i) · strides_d]` for i over
- * `dims`; scatter: `dst[off + Σ coord_d(i) · strides_d] = src[i]`.
- */
-function stridedCopy(
-  name: string,
-  mode: "gather" | "scatter",
-  src: Tensor,
-  dst: Tensor,
-  dims: readonly number[],
-  strides: readonly number[],
-  off: number,
-): void {
-  const n = sizeOf(dims);
-  if (n === 0) return;
-  const [cd, cs] = collapse(dims, strides);
-  const q = Math.ceil(cd.length / 4);
-  const u = new Uint32Array(4 + 8 * q);
-  u[0] = n;
-  u[1] = off;
-  u.set(cd, 4);
-  u.set(cs, 4 + 4 * q);
-  dispatch({
-    name,
-    code: stridedCode(cd.length, mode),
-    inputs: [src.binding()],
-    outputs: [dst.binding()],
-    uniforms: u,
-    workgroups: grid1d(n, 256),
-  });
-}
+import { permuteCopy, stridedCopy } from "./strided.ts";
 
 // ---------------------------------------------------------------------------------------------
 // reshape, expandDims, squeeze
@@ -205,10 +110,7 @@ export function transpose(x: Tensor, perm?: readonly number[]): Tensor {
     recordOp("transpose", [x], out, vjp);
     return out;
   }
-  const outShape = p.map((a) => x.shape[a]);
-  const xs = stridesOf(x.shape);
-  const out = Tensor.empty(outShape, x.dtype);
-  stridedCopy("transpose", "gather", x, out, outShape, p.map((a) => xs[a]), 0);
+  const out = permuteCopy(x, p);
   recordOp("transpose", [x], out, vjp);
   return out;
 }

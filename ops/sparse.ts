@@ -15,7 +15,8 @@ import { dispatch } from "../core/kernel.ts";
 import { fmtShape, type Shape, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
-import { transpose } from "./shape.ts";
+import { matmul } from "./matmul.ts";
+import { permuteCopy } from "./strided.ts";
 import { flatGrid, flatMain } from "./wgsl.ts";
 
 function checkIndices(op: string, indices: Tensor): void {
@@ -226,17 +227,27 @@ export interface SddmmOptions {
   aT?: boolean;
   /** `b` is given as [cols, T] instead of [T, cols]. */
   bT?: boolean;
+  /**
+   * List entries per invocation (1, 2, 4 or 8; default 4). Entries that share a row share the
+   * loads of `a`; more per invocation means fewer invocations to spread over the device.
+   */
+  group?: number;
 }
 
 /*
- * One invocation per listed index, looping over T. Layout matters far more than anything else on a
- * CPU adapter: with [rows, T] / [cols, T] operands each invocation streams two contiguous rows
- * (read as vec4 when T % 4 == 0), while [T, rows] / [T, cols] operands make it touch one cache line
- * per element. So T-major operands are transposed first (see bench/sddmm.ts for the numbers).
+ * Each invocation handles G consecutive list entries and loops over T. Layout matters most on a CPU
+ * adapter, where every storage load is a per-lane scalar load: with [rows, T] / [cols, T] operands
+ * an invocation streams contiguous rows (read as vec4 when T % 4 == 0), while [T, rows] /
+ * [T, cols] operands touch one cache line per element. So T-major operands are transposed first
+ * (see bench/sddmm.ts for the numbers). When the G entries share a row (the common case for a
+ * sorted support: a 3% row of 512 columns has ~15 entries), the a-row is loaded once per step for
+ * all G dot products, which cuts the loads per FMA from 2 to (1 + G) / G.
  */
-function sddmmCode(vec4: boolean): string {
+function sddmmCode(vec4: boolean, G: number): string {
   const ty = vec4 ? "vec4f" : "f32";
-  const dot = vec4 ? "dot(a[ra + t], b[cb + t])" : "a[ra + t] * b[cb + t]";
+  const prod = (x: string, y: string) => (vec4 ? `dot(${x}, ${y})` : `${x} * ${y}`);
+  const rng = (f: (g: number) => string, sep = "\n") =>
+    Array.from({ length: G }, (_, g) => f(g)).join(sep);
   return `
 @group(0) @binding(0) var<storage, read> a: array<${ty}>;
 @group(0) @binding(1) var<storage, read> b: array<${ty}>;
@@ -244,21 +255,48 @@ function sddmmCode(vec4: boolean): string {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 struct U { tv: u32, rows: u32, cols: u32, nnz: u32 }
 @group(0) @binding(4) var<uniform> u: U;
-${
-    flatMain(`  if (i >= u.nnz) { return; }
-  let j = idx[i];
-  if (j >= u.rows * u.cols) { out[i] = 0.0; return; }
+const G = ${G}u;
+
+fn one(k: u32) -> f32 {
+  let j = idx[k];
+  if (j >= u.rows * u.cols) { return 0.0; }
   let ra = (j / u.cols) * u.tv;
   let cb = (j % u.cols) * u.tv;
   var acc0 = 0.0;
   var acc1 = 0.0;
   var t = 0u;
   for (; t + 1u < u.tv; t += 2u) {
-    acc0 += ${dot};
-    acc1 += ${dot.replaceAll("+ t]", "+ t + 1u]")};
+    acc0 += ${prod("a[ra + t]", "b[cb + t]")};
+    acc1 += ${prod("a[ra + t + 1u]", "b[cb + t + 1u]")};
   }
-  if (t < u.tv) { acc0 += ${dot}; }
-  out[i] = acc0 + acc1;`)
+  if (t < u.tv) { acc0 += ${prod("a[ra + t]", "b[cb + t]")}; }
+  return acc0 + acc1;
+}
+${
+    flatMain(`  let k0 = i * G;
+  if (k0 >= u.nnz) { return; }
+  let n = u.rows * u.cols;
+  let last = min(k0 + G, u.nnz) - 1u;
+  // All G entries exist, are in range and lie in one row: share the a-row loads.
+  let r0 = idx[k0] / u.cols;
+  var same = last == k0 + G - 1u;
+${
+      rng((g) =>
+        `  let j${g} = idx[min(k0 + ${g}u, last)];\n  same = same && j${g} < n && j${g} / u.cols == r0;`
+      )
+    }
+  if (same) {
+    let ra = r0 * u.tv;
+${rng((g) => `    let cb${g} = (j${g} % u.cols) * u.tv;`)}
+${rng((g) => `    var acc${g} = 0.0;`)}
+    for (var t = 0u; t < u.tv; t += 1u) {
+      let av = a[ra + t];
+${rng((g) => `      acc${g} += ${prod("av", `b[cb${g} + t]`)};`)}
+    }
+${rng((g) => `    out[k0 + ${g}u] = acc${g};`)}
+  } else {
+    for (var k = k0; k <= last; k += 1u) { out[k] = one(k); }
+  }`)
   }`;
 }
 
@@ -267,13 +305,17 @@ ${
  * `row_k = indices[k] / cols`, `col_k = indices[k] % cols`, where a is [T, rows] and b is
  * [T, cols] (or [rows, T] / [cols, T] with `aT` / `bT`, the fast layout). This is SLTrain's dV with
  * a = the output gradient [tokens, out] and b = the input [tokens, in]. An index `>= rows * cols`
- * gives 0. VJPs: da = b·Gᵀ and db = a·G with G the dense [rows, cols] matrix of g at the indices.
+ * gives 0. VJPs: da = b·Gᵀ and db = a·G (matmuls) with G the dense [rows, cols] matrix of g at the
+ * indices; SLTrain never runs them (dV is a leaf gradient).
  */
 export function sddmm(a: Tensor, b: Tensor, indices: Tensor, opts: SddmmOptions = {}): Tensor {
   checkF32("sddmm", "a", a);
   checkF32("sddmm", "b", b);
   checkIndices("sddmm", indices);
-  const { aT = false, bT = false } = opts;
+  const { aT = false, bT = false, group = 4 } = opts;
+  if (![1, 2, 4, 8].includes(group)) {
+    throw new ShapeError(`sddmm: group must be 1, 2, 4 or 8, got ${group}`);
+  }
   if (a.rank !== 2 || b.rank !== 2) {
     throw new ShapeError(
       `sddmm: a and b must be 2-D, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`,
@@ -292,66 +334,29 @@ export function sddmm(a: Tensor, b: Tensor, indices: Tensor, opts: SddmmOptions 
   const nnz = indices.size;
   const out = Tensor.empty([nnz]);
   if (nnz > 0) {
-    const at = aT ? a : transpose(a);
-    const bt = bT ? b : transpose(b);
+    // Layout copies, not recorded: only sddmm's own VJP (on a and b) belongs on the tape.
+    const at = aT ? a : permuteCopy(a, [1, 0]);
+    const bt = bT ? b : permuteCopy(b, [1, 0]);
     const vec4 = T % 4 === 0;
     dispatch({
       name: "sddmm",
-      code: sddmmCode(vec4),
+      code: sddmmCode(vec4, group),
       inputs: [at.binding(), bt.binding(), indices.binding()],
       outputs: [out.binding()],
       uniforms: new Uint32Array([vec4 ? T / 4 : T, rows, cols, nnz]),
-      workgroups: flatGrid(nnz),
+      workgroups: flatGrid(Math.ceil(nnz / group)),
     });
     if (at !== a) at.dispose();
     if (bt !== b) bt.dispose();
   }
   recordOp("sddmm", [a, b, indices], out, (g) => {
     const G = scatterAddKernel(null, [rows, cols], indices, g);
-    // da [T, rows] = b·Gᵀ ; db [T, cols] = a·G (each transposed when the operand was).
-    const da = denseProduct(b, G, bT, true, aT);
-    const db = denseProduct(a, G, aT, false, bT);
+    // da[t, r] = Σ_c b[t, c]·G[r, c] and db[t, c] = Σ_r a[t, r]·G[r, c], each in the layout
+    // of its operand.
+    const da = aT ? matmul(G, b, { transB: !bT }) : matmul(b, G, { transA: bT, transB: true });
+    const db = bT ? matmul(G, a, { transA: true, transB: !aT }) : matmul(a, G, { transA: aT });
     G.dispose();
     return [da, db, null];
-  });
-  return out;
-}
-
-/*
- * A plain (untiled) product used only by sddmm's VJP, which SLTrain never runs: dV is a leaf
- * gradient, nothing differentiates through it. Computes C = X·op(G) with X [T, p] (or [p, T] when
- * xT), G [rows, cols], op = transpose when gT (then p = cols, C has rows columns) and C [T, q] (or
- * [q, T] when outT).
- */
-function denseProduct(x: Tensor, G: Tensor, xT: boolean, gT: boolean, outT: boolean): Tensor {
-  const [rows, cols] = G.shape;
-  const T = xT ? x.shape[1] : x.shape[0];
-  const p = gT ? cols : rows;
-  const q = gT ? rows : cols;
-  const out = Tensor.empty(outT ? [q, T] : [T, q]);
-  const xAt = xT ? "x[s * u.t + t]" : "x[t * u.p + s]";
-  const gAt = gT ? "g[c * u.cols + s]" : "g[s * u.cols + c]";
-  const outAt = outT ? "out[c * u.t + t]" : "out[t * u.q + c]";
-  dispatch({
-    name: "sddmm_vjp",
-    code: `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> g: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-struct U { t: u32, p: u32, q: u32, cols: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-${
-      flatMain(`  if (i >= u.t * u.q) { return; }
-  let t = i / u.q;
-  let c = i % u.q;
-  var acc = 0.0;
-  for (var s = 0u; s < u.p; s += 1u) { acc += ${xAt} * ${gAt}; }
-  ${outAt} = acc;`)
-    }`,
-    inputs: [x.binding(), G.binding()],
-    outputs: [out.binding()],
-    uniforms: new Uint32Array([T, p, q, cols]),
-    workgroups: flatGrid(T * q),
   });
   return out;
 }

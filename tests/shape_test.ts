@@ -137,6 +137,46 @@ Deno.test("transpose: composing permutations; default perm reverses the axes; pe
   );
 });
 
+Deno.test("long innermost axes (runs of 8 with ragged tails): transpose, slice, concat, broadcastTo exact", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.record({
+        shape: fc.tuple(
+          fc.integer({ min: 1, max: 3 }),
+          fc.integer({ min: 5, max: 40 }),
+          fc.integer({ min: 5, max: 40 }),
+        ),
+        perm: permArb(3),
+        seed: fc.nat(),
+      }),
+      async ({ shape, perm, seed }) => {
+        const a = randomArr(shape, seed);
+        const x = toTensor(a);
+        const begin = [0, 1, 2];
+        const size = [shape[0], shape[1] - 2, shape[2] - 3];
+        const last = [...shape.slice(0, 2), 1];
+        const ys = [
+          transpose(x, perm),
+          slice(x, begin, size),
+          concat([x, x], 2),
+          broadcastTo(slice(x, [0, 0, 0], last), shape),
+        ];
+        const got = await readAll(ys);
+        for (const t of [x, ...ys]) t.dispose();
+        const col = refSlice(a, [0, 0, 0], last);
+        const want = [
+          refTranspose(a, perm),
+          refSlice(a, begin, size),
+          refConcat([a, a], 2),
+          refBroadcast(col, shape),
+        ];
+        want.forEach((w, i) => assertClose(got[i], w.data, { ...EXACT, what: `case ${i}` }));
+      },
+    ),
+    { ...FC, numRuns: 8 },
+  );
+});
+
 Deno.test("transpose/concat/broadcastTo copy i32 and u32 bit-exactly", async () => {
   const i = tensor(new Int32Array([-1, 2, -2147483648, 2147483647, 5, -6]), [2, 3]);
   const u = tensor(new Uint32Array([0, 1, 4294967295, 7, 8, 9]), [3, 2]);
