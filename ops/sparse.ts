@@ -40,13 +40,14 @@ function checkF32(op: string, what: string, t: Tensor): void {
 // scatterAdd
 
 /*
- * Deterministic scatter-add without float atomics, in three dispatches of one compute pass:
+ * Deterministic scatter-add without float atomics, in three kinds of dispatch, all in one compute pass:
  *  1. init: out = dense (or 0), and clear a one-word flag;
  *  2. check: flag = 1 if some idx[k] > idx[k + 1] (the list is not non-decreasing);
- *  3. scatter: if the list is sorted, every index whose predecessor differs is the head of a run
- *     of equal indices; its invocation adds the whole run in list order, so no two invocations
- *     touch the same element. If it is not sorted, invocation 0 adds everything serially in list
- *     order: correct and deterministic for any indices, slow only for lists nobody should pass.
+ *  3. scatter, per chunk of SCATTER_CHUNK entries: if the list is sorted, every index whose
+ *     predecessor (in the chunk) differs is the head of a run of equal indices; its invocation adds
+ *     the whole run in list order, so no two invocations touch the same element. If it is not
+ *     sorted, the chunk's first invocation adds the chunk serially in list order: correct and
+ *     deterministic for any indices, slow only for lists nobody should pass.
  */
 
 function initCode(fromDense: boolean): string {
@@ -74,28 +75,36 @@ const SCATTER_CODE = `
 @group(0) @binding(1) var<storage, read> vals: array<f32>;
 @group(0) @binding(2) var<storage, read> flag: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
+struct U { n: u32, nnz: u32, k0: u32, k1: u32 }
 @group(0) @binding(4) var<uniform> u: U;
 ${
-  flatMain(`  if (i >= u.nnz) { return; }
+  flatMain(`  let i0 = i + u.k0;
+  if (i0 >= u.k1) { return; }
   if (flag[0] == 0u) {
-    let j = idx[i];
-    if ((i > 0u && idx[i - 1u] == j) || j >= u.n) { return; }
+    let j = idx[i0];
+    if ((i0 > u.k0 && idx[i0 - 1u] == j) || j >= u.n) { return; }
     var acc = out[j];
-    var k = i;
+    var k = i0;
     loop {
       acc += vals[k];
       k += 1u;
-      if (k >= u.nnz || idx[k] != j) { break; }
+      if (k >= u.k1 || idx[k] != j) { break; }
     }
     out[j] = acc;
-  } else if (i == 0u) {
-    for (var k = 0u; k < u.nnz; k += 1u) {
+  } else if (i0 == u.k0) {
+    for (var k = u.k0; k < u.k1; k += 1u) {
       let j = idx[k];
       if (j < u.n) { out[j] += vals[k]; }
     }
   }`)
 }`;
+
+/**
+ * List entries per scatter dispatch. llvmpipe silently stops any invocation after 65535 loop
+ * iterations in total, so neither a run of duplicates nor the serial path may loop longer; chunks
+ * run as ordered dispatches, which keeps list order (and so determinism) across chunk borders.
+ */
+const SCATTER_CHUNK = 32768;
 
 /** Scatter-adds `values` at `indices` into a copy of `dense`, or into zeros of `shape`. */
 function scatterAddKernel(
@@ -125,14 +134,17 @@ function scatterAddKernel(
     uniforms: u,
     workgroups: flatGrid(nnz - 1),
   });
-  dispatch({
-    name: "scatterAdd",
-    code: SCATTER_CODE,
-    inputs: [indices.binding(), values.binding(), flag.binding()],
-    outputs: [out.binding()],
-    uniforms: u,
-    workgroups: flatGrid(nnz),
-  });
+  for (let k0 = 0; k0 < nnz; k0 += SCATTER_CHUNK) {
+    const k1 = Math.min(nnz, k0 + SCATTER_CHUNK);
+    dispatch({
+      name: "scatterAdd",
+      code: SCATTER_CODE,
+      inputs: [indices.binding(), values.binding(), flag.binding()],
+      outputs: [out.binding()],
+      uniforms: new Uint32Array([n, nnz, k0, k1]),
+      workgroups: flatGrid(k1 - k0),
+    });
+  }
   flag.dispose();
   return out;
 }
@@ -253,7 +265,7 @@ function sddmmCode(vec4: boolean, G: number): string {
 @group(0) @binding(1) var<storage, read> b: array<${ty}>;
 @group(0) @binding(2) var<storage, read> idx: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-struct U { tv: u32, rows: u32, cols: u32, nnz: u32 }
+struct U { tv: u32, rows: u32, cols: u32, nnz: u32, t0: u32, t1: u32, accumulate: u32, p: u32 }
 @group(0) @binding(4) var<uniform> u: U;
 const G = ${G}u;
 
@@ -264,13 +276,18 @@ fn one(k: u32) -> f32 {
   let cb = (j % u.cols) * u.tv;
   var acc0 = 0.0;
   var acc1 = 0.0;
-  var t = 0u;
-  for (; t + 1u < u.tv; t += 2u) {
+  var t = u.t0;
+  for (; t + 1u < u.t1; t += 2u) {
     acc0 += ${prod("a[ra + t]", "b[cb + t]")};
     acc1 += ${prod("a[ra + t + 1u]", "b[cb + t + 1u]")};
   }
-  if (t < u.tv) { acc0 += ${prod("a[ra + t]", "b[cb + t]")}; }
+  if (t < u.t1) { acc0 += ${prod("a[ra + t]", "b[cb + t]")}; }
   return acc0 + acc1;
+}
+
+// Slabs of T after the first add to what the earlier ones wrote.
+fn put(k: u32, v: f32) {
+  out[k] = select(0.0, out[k], u.accumulate != 0u) + v;
 }
 ${
     flatMain(`  let k0 = i * G;
@@ -289,13 +306,13 @@ ${
     let ra = r0 * u.tv;
 ${rng((g) => `    let cb${g} = (j${g} % u.cols) * u.tv;`)}
 ${rng((g) => `    var acc${g} = 0.0;`)}
-    for (var t = 0u; t < u.tv; t += 1u) {
+    for (var t = u.t0; t < u.t1; t += 1u) {
       let av = a[ra + t];
 ${rng((g) => `      acc${g} += ${prod("av", `b[cb${g} + t]`)};`)}
     }
-${rng((g) => `    out[k0 + ${g}u] = acc${g};`)}
+${rng((g) => `    put(k0 + ${g}u, acc${g});`)}
   } else {
-    for (var k = k0; k <= last; k += 1u) { out[k] = one(k); }
+    for (var k = k0; k <= last; k += 1u) { put(k, one(k)); }
   }`)
   }`;
 }
@@ -338,14 +355,30 @@ export function sddmm(a: Tensor, b: Tensor, indices: Tensor, opts: SddmmOptions 
     const at = aT ? a : permuteCopy(a, [1, 0]);
     const bt = bT ? b : permuteCopy(b, [1, 0]);
     const vec4 = T % 4 === 0;
-    dispatch({
-      name: "sddmm",
-      code: sddmmCode(vec4, group),
-      inputs: [at.binding(), bt.binding(), indices.binding()],
-      outputs: [out.binding()],
-      uniforms: new Uint32Array([vec4 ? T / 4 : T, rows, cols, nnz]),
-      workgroups: flatGrid(Math.ceil(nnz / group)),
-    });
+    const units = vec4 ? T / 4 : T;
+    // llvmpipe stops an invocation after 65535 loop iterations in total (silently), and the
+    // fallback path loops ~G/2 times per step: split T into slabs that stay well below that.
+    const slab = Math.floor(32768 / group);
+    // At least one slab, so T = 0 writes zeros.
+    for (let t0 = 0; t0 === 0 || t0 < units; t0 += slab) {
+      dispatch({
+        name: "sddmm",
+        code: sddmmCode(vec4, group),
+        inputs: [at.binding(), bt.binding(), indices.binding()],
+        outputs: [out.binding()],
+        uniforms: new Uint32Array([
+          units,
+          rows,
+          cols,
+          nnz,
+          t0,
+          Math.min(units, t0 + slab),
+          t0 > 0 ? 1 : 0,
+          0,
+        ]),
+        workgroups: flatGrid(Math.ceil(nnz / group)),
+      });
+    }
     if (at !== a) at.dispose();
     if (bt !== b) bt.dispose();
   }

@@ -250,6 +250,39 @@ Deno.test("sddmm at a medium shape (T = 256, [96, 80], 3%, both layouts) matches
   });
 });
 
+Deno.test("long lists and long T cross llvmpipe's 65535-iteration cap: chunked scatter, T slabs", async () => {
+  // 70,000 entries: unsorted duplicates (serial path, 3 chunks) and one index repeated 70,000
+  // times (a single run across chunks), both bit-exact against sequential float32 sums.
+  const n = 100 * 100;
+  const cases = [makeIndices(n, 70000, "unsorted-dups", 3), new Uint32Array(70000).fill(4321)];
+  for (const idx of cases) {
+    const d = randomArr([100, 100], 1);
+    const v = randomArr([idx.length], 2);
+    const [D, V, I] = [toTensor(d), toTensor(v), u32(idx)];
+    const y = scatterAdd(D, I, V);
+    const [dy] = await readAll([y]);
+    for (const t of [D, V, I, y]) t.dispose();
+    assert.deepEqual(Array.from(dy), Array.from(scatterRefF32(d.data, idx, v.data)));
+  }
+  // T = 9001 (scalar loads) with group 8: 3 slabs of 4096 steps; T = 160000 (vec4) with group 1:
+  // 2 slabs of 32768 vec4 steps; T = 0 gives zeros.
+  for (const [T, group] of [[9001, 8], [160000, 1], [0, 4]]) {
+    const [rows, cols] = [3, 5];
+    const idx = makeIndices(rows * cols, 9, "unsorted-dups", T + 1);
+    const a = randomArr([T, rows], 5);
+    const b = randomArr([T, cols], 6);
+    const [A, B, I] = [toTensor(a), toTensor(b), u32(idx)];
+    const y = sddmm(A, B, I, { group });
+    const [dy] = await readAll([y]);
+    for (const t of [A, B, I, y]) t.dispose();
+    assertClose(dy, sddmmRef(a, b, idx, false, false).data, {
+      atol: 1e-3,
+      rtol: 1e-4,
+      what: `T=${T}`,
+    });
+  }
+});
+
 Deno.test("sparse ops reject bad indices and value counts before allocating", () => {
   const d = tensor([[1, 2], [3, 4]]);
   const v = tensor([1, 2]);
