@@ -1,0 +1,131 @@
+/**
+ * The per-method parameterization of a block linear (y = x·Wᵀ, W of shape `[out, in]`): its
+ * trainable tensors, its fixed SLTrain support, their initialization, and the forward dispatch.
+ * @module
+ */
+import { Rng } from "../core/rng.ts";
+import { randomNormal, randomUniform, type Tensor, tensor, zeros } from "../core/tensor.ts";
+import { matmul } from "../ops/matmul.ts";
+import { lowRankLinear, sltrainLinear } from "../ops/sltrain_linear.ts";
+import { sampleSupport } from "../ops/support.ts";
+import { ConfigError, show } from "./errors.ts";
+import type { LinearMethod } from "./method.ts";
+
+/** Trainable tensors of a dense linear: the weight `w` [out, in]. */
+export type DenseLinearParams = { readonly w: Tensor };
+
+/** Trainable tensors of a low-rank linear, W = s·B·A: `A` [rank, in], `B` [out, rank]. */
+export type LowRankLinearParams = { readonly A: Tensor; readonly B: Tensor };
+
+/**
+ * Trainable tensors of an SLTrain linear, W = s·B·A ⊕_I V: `A` [rank, in], `B` [out, rank], and
+ * `V` [nnz], one value per index of the (non-trainable) support I.
+ */
+export type SLTrainLinearParams = { readonly A: Tensor; readonly B: Tensor; readonly V: Tensor };
+
+/** Trainable tensors of a block linear under any method. */
+export type LinearParams = DenseLinearParams | LowRankLinearParams | SLTrainLinearParams;
+
+/** What {@link initLinear} creates. */
+export interface LinearInit {
+  /** Trainable tensors (what an optimizer updates and `valueAndGrad` differentiates). */
+  readonly params: LinearParams;
+  /** SLTrain's fixed support I as sorted flat u32 indices `row·in + col` [nnz]; absent otherwise. */
+  readonly support?: Tensor;
+}
+
+/** Options of {@link initLinear}. */
+export interface InitLinearOptions {
+  /** Std of the dense N(0, std) init (default 0.02, the reference `initializer_range`). */
+  readonly std?: number;
+  /**
+   * Seed of the SLTrain support (default: `method.seed`). A model passes one per linear so that
+   * supports differ between linears but depend on `method.seed` alone, not on the weight seed.
+   */
+  readonly supportSeed?: number;
+}
+
+/** The low-rank scale s = alpha / rank (1 for dense, which has no factors). */
+export function linearScale(method: LinearMethod): number {
+  return method.kind === "dense" ? 1 : method.alpha / method.rank;
+}
+
+/**
+ * Creates the trainable tensors (and SLTrain support) of one `[out, in]` linear, drawing values
+ * from `rng` (advanced) or a fresh generator seeded with it:
+ * - dense: `w` ~ N(0, std);
+ * - lowrank: `A` ~ U(±1/√in), `B` ~ U(±1/√rank), both Kaiming-uniform(a=√5) as in the reference
+ *   low-rank baseline. B is not zero: with every block linear a pure product B·A, B = 0 makes all
+ *   block gradients exactly zero (a saddle that training never leaves);
+ * - sltrain: `A` ~ U(±1/√in), `B` = 0, `V` ~ U(±1/√in), support of ⌊delta·out·in⌋ sorted distinct
+ *   indices (B = 0 is safe here: W = V on the support is already nonzero).
+ */
+export function initLinear(
+  method: LinearMethod,
+  out: number,
+  inF: number,
+  rng: Rng | number,
+  opts: InitLinearOptions = {},
+): LinearInit {
+  const r = typeof rng === "number" ? new Rng(rng) : rng;
+  const kind = (method as { kind?: unknown }).kind;
+  if (kind === "dense") {
+    return { params: { w: randomNormal([out, inF], 0, opts.std ?? 0.02, { rng: r }) } };
+  }
+  if (kind !== "lowrank" && kind !== "sltrain") {
+    throw new ConfigError(
+      `method.kind must be "dense", "lowrank" or "sltrain", got ${show(kind)}`,
+    );
+  }
+  const m = method as Exclude<LinearMethod, { kind: "dense" }>;
+  const aBound = 1 / Math.sqrt(inF);
+  if (m.kind === "lowrank") {
+    const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
+    const bBound = 1 / Math.sqrt(m.rank);
+    const B = randomUniform([out, m.rank], -bBound, bBound, { rng: r });
+    return { params: { A, B } };
+  }
+  const indices = sampleSupport(out, inF, m.delta, opts.supportSeed ?? m.seed);
+  const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
+  const B = zeros([out, m.rank]);
+  const V = randomUniform([indices.length], -aBound, aBound, { rng: r });
+  return { params: { A, B, V }, support: tensor(indices, [indices.length], "u32") };
+}
+
+function need(params: LinearParams, keys: readonly string[], kind: string): void {
+  for (const k of keys) {
+    if (!((params as Record<string, unknown>)[k] !== undefined)) {
+      throw new ConfigError(
+        `${kind} linear needs params {${keys.join(", ")}}, got {${Object.keys(params).join(", ")}}`,
+      );
+    }
+  }
+}
+
+/**
+ * y = x·Wᵀ for x [..., in] -> [..., out], with W as `method` parameterizes it: a folded matmul for
+ * dense, `lowRankLinear` (never forms B·A) for lowrank, `sltrainLinear` (W built transiently) for
+ * sltrain, which also needs the `support`. Scale alpha/rank. Throws {@link ConfigError} when
+ * `params` does not match the method.
+ */
+export function applyLinear(
+  method: LinearMethod,
+  params: LinearParams,
+  support: Tensor | undefined,
+  x: Tensor,
+): Tensor {
+  if (method.kind === "dense") {
+    need(params, ["w"], "dense");
+    return matmul(x, (params as DenseLinearParams).w, { transB: true });
+  }
+  const s = linearScale(method);
+  if (method.kind === "lowrank") {
+    need(params, ["A", "B"], "lowrank");
+    const p = params as LowRankLinearParams;
+    return lowRankLinear(x, p.B, p.A, s);
+  }
+  need(params, ["A", "B", "V"], "sltrain");
+  if (support === undefined) throw new ConfigError("sltrain linear needs its support tensor");
+  const p = params as SLTrainLinearParams;
+  return sltrainLinear(x, p.B, p.A, p.V, support, s);
+}

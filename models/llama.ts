@@ -1,0 +1,294 @@
+/**
+ * The LLaMA decoder of the reference code: token embedding, pre-norm blocks (RMSNorm, causal
+ * multi-head attention with rotate-half RoPE, SwiGLU MLP, residuals), a final RMSNorm and an untied
+ * lm_head, no biases. The seven block linears are parameterized by a {@link LinearMethod}.
+ * @module
+ */
+import { Rng } from "../core/rng.ts";
+import { collectTensors, ones, randomNormal, scope, Tensor } from "../core/tensor.ts";
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { fmtShape } from "../core/shape.ts";
+import { causalSelfAttention } from "../ops/attention.ts";
+import { crossEntropy } from "../ops/cross_entropy.ts";
+import { add, mul, silu } from "../ops/elementwise.ts";
+import { embedding } from "../ops/embedding.ts";
+import { matmul } from "../ops/matmul.ts";
+import { rmsNorm } from "../ops/rmsnorm.ts";
+import { rope } from "../ops/rope.ts";
+import { reshape, transpose } from "../ops/shape.ts";
+import { headDim, type LlamaConfig, validateConfig } from "./config.ts";
+import { ConfigError } from "./errors.ts";
+import { applyLinear, initLinear, type LinearParams } from "./linear.ts";
+import {
+  type BlockLinearName,
+  blockLinearShapes,
+  type LinearMethod,
+  validateMethod,
+} from "./method.ts";
+
+/**
+ * Trainable tensors of one decoder block. A type alias (not an interface) so that it is
+ * assignable to `TensorTree` for `valueAndGrad`.
+ */
+export type LayerParams = {
+  /** RMSNorm gain before attention [D]. */
+  readonly attnNorm: Tensor;
+  /** Query projection. */
+  readonly q: LinearParams;
+  /** Key projection. */
+  readonly k: LinearParams;
+  /** Value projection. */
+  readonly v: LinearParams;
+  /** Attention output projection. */
+  readonly o: LinearParams;
+  /** RMSNorm gain before the MLP [D]. */
+  readonly mlpNorm: Tensor;
+  /** SwiGLU gate projection [F, D]. */
+  readonly gate: LinearParams;
+  /** SwiGLU up projection [F, D]. */
+  readonly up: LinearParams;
+  /** SwiGLU down projection [D, F]. */
+  readonly down: LinearParams;
+};
+
+/** Every trainable tensor of the model: the tree `valueAndGrad` differentiates. */
+export type LlamaParams = {
+  /** Token embedding [V, D], N(0, initStd). */
+  readonly embed: Tensor;
+  /** Decoder blocks, in order. */
+  readonly layers: readonly LayerParams[];
+  /** Final RMSNorm gain [D]. */
+  readonly finalNorm: Tensor;
+  /** Untied output head [V, D], N(0, initStd). */
+  readonly lmHead: Tensor;
+};
+
+/** Non-trainable tensors of one block: the SLTrain supports (u32 [nnz]) by linear name. */
+export type LayerBuffers = { readonly [name in BlockLinearName]?: Tensor };
+
+/** Non-trainable tensors of the model, keyed like the params (e.g. `layers[i].q`). */
+export type LlamaBuffers = { readonly layers: readonly LayerBuffers[] };
+
+/** What the forward needs besides the trainable params. */
+export interface LlamaModel {
+  /** Shapes and constants. */
+  readonly config: LlamaConfig;
+  /** Parameterization of the block linears. */
+  readonly method: LinearMethod;
+  /** Fixed non-trainable tensors (SLTrain supports). */
+  readonly buffers: LlamaBuffers;
+}
+
+/** An initialized model: a {@link LlamaModel} plus its trainable params. */
+export interface Llama extends LlamaModel {
+  /** Trainable tensors; pass these (or an optimizer's updated copy) to {@link forward}. */
+  readonly params: LlamaParams;
+}
+
+/** A language-modelling batch: `targets` are the next tokens, -100 where nothing is predicted. */
+export interface Batch {
+  /** Token ids, i32 [B, T]. */
+  readonly inputs: Tensor;
+  /** Target ids, i32 [B, T]; -100 (the ignore index) for padding. */
+  readonly targets: Tensor;
+}
+
+/** Target value that contributes no loss (padding), as in PyTorch and the reference code. */
+export const IGNORE_INDEX: number = -100;
+
+/**
+ * Builds a model with weights drawn from `seed`. Norms start at one; embedding and lm_head are
+ * N(0, initStd); block linears follow `initLinear` (see `models/linear.ts`).
+ *
+ * Determinism: every tensor draws from its own generator, seeded in a fixed order from `seed`
+ * (embed, lm_head, then each block's q, k, v, o, gate, up, down), so the same seed gives the same
+ * weights on every machine and the embedding and lm_head do not change with the method. SLTrain
+ * supports are seeded the same way from `method.seed` alone, so two weight seeds share a support.
+ */
+export function initLlama(config: LlamaConfig, method: LinearMethod, seed: number): Llama {
+  const cfg = validateConfig(config);
+  validateMethod(cfg, method);
+  const root = new Rng(seed);
+  const supportRng = method.kind === "sltrain" ? new Rng(method.seed) : null;
+  const { vocabSize: vocab, hidden: d, initStd: std } = cfg;
+  const shapes = blockLinearShapes(cfg);
+  // scope: a throw midway (e.g. a tensor over the device's limits) frees what was built so far.
+  return scope(() => {
+    const embed = randomNormal([vocab, d], 0, std, { seed: root.nextU32() });
+    const lmHead = randomNormal([vocab, d], 0, std, { seed: root.nextU32() });
+    const layers: LayerParams[] = [];
+    const layerBuffers: LayerBuffers[] = [];
+    for (let i = 0; i < cfg.layers; i++) {
+      const lin: Record<string, LinearParams> = {};
+      const sup: Record<string, Tensor> = {};
+      for (const { name, shape: [out, inF] } of shapes) {
+        const init = initLinear(method, out, inF, root.nextU32(), {
+          std,
+          supportSeed: supportRng?.nextU32(),
+        });
+        lin[name] = init.params;
+        if (init.support) sup[name] = init.support;
+      }
+      layers.push({
+        attnNorm: ones([d]),
+        q: lin.q,
+        k: lin.k,
+        v: lin.v,
+        o: lin.o,
+        mlpNorm: ones([d]),
+        gate: lin.gate,
+        up: lin.up,
+        down: lin.down,
+      });
+      layerBuffers.push(sup);
+    }
+    const params: LlamaParams = { embed, layers, finalNorm: ones([d]), lmHead };
+    return { config: cfg, method, params, buffers: { layers: layerBuffers } };
+  });
+}
+
+function checkTokens(what: string, t: Tensor): [number, number] {
+  if (t.dtype !== "i32" && t.dtype !== "u32") {
+    throw new DTypeError(`${what} must be i32 or u32 [B, T], got ${t.dtype} ${fmtShape(t.shape)}`);
+  }
+  if (t.rank !== 2) throw new ShapeError(`${what} must be [B, T], got ${fmtShape(t.shape)}`);
+  return [t.shape[0], t.shape[1]];
+}
+
+/**
+ * Logits [B, T, V] for token ids `tokens` (i32 [B, T]) under `params`. Issues kernels only: no GPU
+ * sync, so it can sit inside a training step. Token ids outside [0, V) give zero embeddings (the GPU
+ * cannot throw); validate them on the CPU beforehand if that matters.
+ */
+export function forward(model: LlamaModel, params: LlamaParams, tokens: Tensor): Tensor {
+  const { config, method, buffers } = model;
+  const [b, t] = checkTokens("forward: tokens", tokens);
+  if (params.layers.length !== config.layers || buffers.layers.length !== config.layers) {
+    throw new ConfigError(
+      `forward: config has ${config.layers} layers, params ${params.layers.length}, buffers ` +
+        `${buffers.layers.length}`,
+    );
+  }
+  const { heads: h, hidden: d, rmsNormEps: eps, ropeBase: base } = config;
+  const dh = headDim(config);
+  // [B, T, D] <-> [B, H, T, Dh], the layout attention and RoPE take.
+  const split = (y: Tensor) => transpose(reshape(y, [b, t, h, dh]), [0, 2, 1, 3]);
+  const merge = (y: Tensor) => reshape(transpose(y, [0, 2, 1, 3]), [b, t, d]);
+  return scope(() => {
+    let x = embedding(params.embed, tokens);
+    params.layers.forEach((p, i) => {
+      const sup = buffers.layers[i];
+      const lin = (name: BlockLinearName, y: Tensor) => applyLinear(method, p[name], sup[name], y);
+      // One scope per block: without a tape its activations die here, not at the end.
+      x = scope(() => {
+        const n1 = rmsNorm(x, p.attnNorm, eps);
+        const q = rope(split(lin("q", n1)), { base });
+        const k = rope(split(lin("k", n1)), { base });
+        const v = split(lin("v", n1));
+        const hAttn = add(x, lin("o", merge(causalSelfAttention(q, k, v))));
+        const n2 = rmsNorm(hAttn, p.mlpNorm, eps);
+        return add(hAttn, lin("down", mul(silu(lin("gate", n2)), lin("up", n2))));
+      });
+    });
+    return matmul(rmsNorm(x, params.finalNorm, eps), params.lmHead, { transB: true });
+  });
+}
+
+/**
+ * Mean cross-entropy (a scalar) of the next-token predictions over the targets that are not -100.
+ * `batch.targets` are already aligned with `batch.inputs` (position t predicts `targets[t]`).
+ */
+export function loss(model: LlamaModel, params: LlamaParams, batch: Batch): Tensor {
+  const [b, t] = checkTokens("loss: batch.inputs", batch.inputs);
+  const [tb, tt] = checkTokens("loss: batch.targets", batch.targets);
+  if (tb !== b || tt !== t) {
+    throw new ShapeError(
+      `loss: targets ${fmtShape(batch.targets.shape)} must match inputs ${
+        fmtShape(batch.inputs.shape)
+      }`,
+    );
+  }
+  return scope(() =>
+    crossEntropy(forward(model, params, batch.inputs), batch.targets, {
+      ignoreIndex: IGNORE_INDEX,
+    })
+  );
+}
+
+/** How an optimizer should treat a parameter. */
+export type ParamRole = "embed" | "lmHead" | "norm" | "block";
+
+/** One trainable tensor with its path in the params tree. */
+export interface ParamEntry {
+  /** Dotted path, e.g. `embed`, `layers.0.attnNorm`, `layers.1.q.A`, `layers.1.up.w`. */
+  readonly path: string;
+  /** The tensor. */
+  readonly tensor: Tensor;
+  /** `block` for the tensors of the seven block linears; norms of blocks are `norm`. */
+  readonly role: ParamRole;
+  /** Block index, for block tensors and block norms. */
+  readonly layer?: number;
+  /** Which block linear, for `block` tensors. */
+  readonly linear?: BlockLinearName;
+  /**
+   * Which tensor of the linear: `w` (dense, a 2-D weight GaLore may project), `A`/`B` (low-rank
+   * factors, which refactorization re-balances) or `V` (SLTrain sparse values).
+   */
+  readonly factor?: "w" | "A" | "B" | "V";
+}
+
+const LINEARS = new Set<string>(["q", "k", "v", "o", "gate", "up", "down"]);
+
+/**
+ * Every trainable tensor with its path and role, in the order `valueAndGrad` (and
+ * `collectTensors`) visit the tree, so entry i matches the i-th gradient leaf.
+ */
+export function paramPaths(params: LlamaParams): ParamEntry[] {
+  const out: ParamEntry[] = [];
+  const walk = (node: unknown, path: string[]): void => {
+    if (node instanceof Tensor) out.push(classify(path, node));
+    else if (node !== null && typeof node === "object") {
+      // Object.entries visits arrays and objects in the order collectTensors does.
+      for (const [k, v] of Object.entries(node)) walk(v, [...path, k]);
+    }
+  };
+  walk(params, []);
+  return out;
+}
+
+function classify(path: string[], tensor: Tensor): ParamEntry {
+  const p = path.join(".");
+  if (path.length === 1 && (path[0] === "embed" || path[0] === "lmHead")) {
+    return { path: p, tensor, role: path[0] };
+  }
+  if (p === "finalNorm") return { path: p, tensor, role: "norm" };
+  if (path[0] === "layers" && path.length >= 3) {
+    const layer = Number(path[1]);
+    if (path.length === 3 && (path[2] === "attnNorm" || path[2] === "mlpNorm")) {
+      return { path: p, tensor, role: "norm", layer };
+    }
+    const f = path[3];
+    if (
+      path.length === 4 && LINEARS.has(path[2]) &&
+      (f === "w" || f === "A" || f === "B" || f === "V")
+    ) {
+      return {
+        path: p,
+        tensor,
+        role: "block",
+        layer,
+        linear: path[2] as BlockLinearName,
+        factor: f,
+      };
+    }
+  }
+  throw new ConfigError(`paramPaths: unexpected parameter path "${p}"`);
+}
+
+/** Disposes every tensor of a model (params and buffers). Idempotent. */
+export function disposeModel(
+  model: { readonly params?: LlamaParams; readonly buffers: LlamaBuffers },
+): void {
+  for (const t of collectTensors(model.params)) t.dispose();
+  for (const t of collectTensors(model.buffers)) t.dispose();
+}
