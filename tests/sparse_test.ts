@@ -264,9 +264,10 @@ Deno.test("long lists and long T cross llvmpipe's 65535-iteration cap: chunked s
     for (const t of [D, V, I, y]) t.dispose();
     assert.deepEqual(Array.from(dy), Array.from(scatterRefF32(d.data, idx, v.data)));
   }
-  // T = 9001 (scalar loads) with group 8: 3 slabs of 4096 steps; T = 160000 (vec4) with group 1:
-  // 2 slabs of 32768 vec4 steps; T = 0 gives zeros.
-  for (const [T, group] of [[9001, 8], [160000, 1], [0, 4]]) {
+  // T = 20001 (scalar loads, group 8): 5 slabs of 4096 steps, ~80,000 iterations unsplit on the
+  // mixed-row path; T = 280000 (vec4, group 1): 3 slabs of 32768 vec4 steps, 70,000 unsplit;
+  // T = 0 gives zeros.
+  for (const [T, group] of [[20001, 8], [280000, 1], [0, 4]]) {
     const [rows, cols] = [3, 5];
     const idx = makeIndices(rows * cols, 9, "unsorted-dups", T + 1);
     const a = randomArr([T, rows], 5);
