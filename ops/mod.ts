@@ -13,3 +13,4 @@ export * from "./shape.ts";
 export * from "./sparse.ts";
 export * from "./matmul.ts";
 export * from "./attention.ts";
+export * from "./sltrain_linear.ts";

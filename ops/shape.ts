@@ -1,6 +1,7 @@
 /**
  * Shape ops: reshape, transpose, slice, concat, broadcastTo and their helpers. Every copy is one
- * strided-copy kernel over 32-bit words (ops/strided.ts), so the ops work for every dtype; gradients exist for f32.
+ * strided-copy kernel over 32-bit words (ops/strided.ts), so the ops work for every dtype;
+ * gradients exist for f32.
  * @module
  */
 import { DTypeError, ShapeError } from "../core/errors.ts";

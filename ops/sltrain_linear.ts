@@ -1,0 +1,208 @@
+/**
+ * SLTrain's sparse-plus-low-rank linear layer as one op with a hand-written VJP, and the plain
+ * low-rank linear it is compared against.
+ *
+ * The weight `W = s·B·A ⊕_I V` ([out, in]) exists only transiently: built for the forward product,
+ * freed at once, rebuilt once in backward for dx, and never differentiated as a dense matrix. That
+ * is what makes the layer's memory scale with its parameters instead of with out × in.
+ * @module
+ */
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { dispatch } from "../core/kernel.ts";
+import { fmtShape, sizeOf } from "../core/shape.ts";
+import { recordOp } from "../core/tape.ts";
+import type { Tensor } from "../core/tensor.ts";
+import { mapN, mulScalar } from "./elementwise.ts";
+import { matmul } from "./matmul.ts";
+import { sddmm } from "./sparse.ts";
+import { flatGrid, flatMain } from "./wgsl.ts";
+
+export { sampleSupport } from "./support.ts";
+
+/*
+ * Why views everywhere below: the op's forward and VJP reuse matmul/sddmm, which record themselves
+ * on a running tape whenever an input is tracked. A fresh view shares the storage but is a new
+ * handle the tape has never seen, so work on it is not recorded and the layer stays one tape node.
+ */
+function untracked(t: Tensor, shape: readonly number[] = t.shape): Tensor {
+  return t.view(shape);
+}
+
+/*
+ * In-place scatter-add of V at I into the freshly built dense W (which this op owns), so building W
+ * costs no second out × in buffer. Each invocation heads a run of equal indices and adds the run in
+ * order: race-free for any sorted list, one add per invocation for SLTrain's sorted unique supports.
+ * Indices >= out·in are ignored, like the sparse ops.
+ */
+const SCATTER_INPLACE = `
+@group(0) @binding(0) var<storage, read> idx: array<u32>;
+@group(0) @binding(1) var<storage, read> vals: array<f32>;
+@group(0) @binding(2) var<storage, read_write> w: array<f32>;
+struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+${
+  flatMain(`  if (i >= u.nnz) { return; }
+  let j = idx[i];
+  if (j >= u.n || (i > 0u && idx[i - 1u] == j)) { return; }
+  var acc = w[j];
+  var k = i;
+  loop {
+    acc += vals[k];
+    k += 1u;
+    if (k >= u.nnz || idx[k] != j) { break; }
+  }
+  w[j] = acc;`)
+}`;
+
+/** W = (s·B)·A ⊕_I V, not recorded. The caller owns and must dispose it. */
+function buildW(B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): Tensor {
+  // Scaling the out×r factor (not the out×in product) folds s into the matmul for free.
+  const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
+  const a = untracked(A);
+  const W = matmul(sB, a);
+  sB.dispose();
+  a.dispose();
+  if (I.size > 0) {
+    dispatch({
+      name: "sltrain_scatter_inplace",
+      code: SCATTER_INPLACE,
+      inputs: [I.binding(), V.binding()],
+      outputs: [W.binding()],
+      uniforms: new Uint32Array([W.size, I.size, 0, 0]),
+      workgroups: flatGrid(I.size),
+    });
+  }
+  return W;
+}
+
+function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): void {
+  const shapes = () =>
+    `x ${fmtShape(x.shape)}, B ${fmtShape(B.shape)}, A ${fmtShape(A.shape)}, ` +
+    `V ${fmtShape(V.shape)}, I ${fmtShape(I.shape)}`;
+  for (const [name, t] of [["x", x], ["B", B], ["A", A], ["V", V]] as const) {
+    if (t.dtype !== "f32") {
+      throw new DTypeError(`sltrainLinear: ${name} must be f32, got ${t.dtype} (${shapes()})`);
+    }
+  }
+  if (I.dtype !== "u32") {
+    throw new DTypeError(`sltrainLinear: I must be u32, got ${I.dtype} (${shapes()})`);
+  }
+  const bad = (why: string) => new ShapeError(`sltrainLinear: ${why} (${shapes()})`);
+  if (B.rank !== 2 || A.rank !== 2) throw bad("B [out, r] and A [r, in] must be 2-D");
+  if (B.shape[1] !== A.shape[0]) {
+    throw bad(`ranks of B and A differ (${B.shape[1]} vs ${A.shape[0]})`);
+  }
+  if (x.rank < 1 || x.shape[x.rank - 1] !== A.shape[1]) {
+    throw bad(`x's last dim must equal in = ${A.shape[1]}`);
+  }
+  if (V.rank !== 1 || I.rank !== 1 || V.size !== I.size) {
+    throw bad("V and I must be 1-D with one value per index");
+  }
+  if (!Number.isFinite(s)) throw new RangeError(`sltrainLinear: scale must be finite, got ${s}`);
+}
+
+/**
+ * SLTrain linear: `y = x·Wᵀ` with `W = s·B·A ⊕_I V`, as one tape node.
+ *
+ * Shapes: x [..., in], B [out, r], A [r, in], V [nnz] f32, I [nnz] u32 → y [..., out]. `I` holds
+ * flat indices `row · in + col` into W, sorted and unique (what {@link sampleSupport} returns;
+ * sorted lists with repeats also work, unsorted lists with repeats race). Indices >= out·in add
+ * nothing. `s` is the low-rank scale α/r.
+ *
+ * The dense W is built (matmul, then scatter-add of V in place), used and freed inside the forward;
+ * nothing beyond the inputs is saved. Backward with g = ∂L/∂y never forms a dense gradient:
+ * dx = g·W (W rebuilt transiently), dB = s·gᵀ·(x·Aᵀ), dA = (g·s·B)ᵀ·x, dV = (gᵀ·x) sampled at I
+ * (SDDMM); I gets no gradient.
+ */
+export function sltrainLinear(
+  x: Tensor,
+  B: Tensor,
+  A: Tensor,
+  V: Tensor,
+  I: Tensor,
+  s: number,
+): Tensor {
+  check(x, B, A, V, I, s);
+  const [out, inF] = [B.shape[0], A.shape[1]];
+  const lead = x.shape.slice(0, -1);
+  const T = sizeOf(lead);
+  const W = buildW(B, A, V, I, s);
+  const x2 = untracked(x, [T, inF]);
+  const y2 = matmul(x2, W, { transB: true });
+  x2.dispose();
+  W.dispose();
+  const y = y2.view([...lead, out]);
+  y2.dispose();
+  recordOp("sltrainLinear", [x, B, A, V, I], y, (g) => {
+    const g2 = untracked(g, [T, out]);
+    const xf = untracked(x, [T, inF]);
+    // dx first, so the transient W is gone before the other temporaries exist.
+    const Wb = buildW(B, A, V, I, s);
+    const dx2 = matmul(g2, Wb);
+    Wb.dispose();
+    const dx = dx2.view(x.shape);
+    dx2.dispose();
+    // dA = (g·(s·B))ᵀ·x: the scale rides on the small out×r factor.
+    const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
+    const gB = matmul(g2, sB);
+    sB.dispose();
+    const dA = matmul(gB, xf, { transA: true });
+    gB.dispose();
+    // dB = s·gᵀ·(x·Aᵀ)
+    const a = untracked(A);
+    const xA = matmul(xf, a, { transB: true });
+    a.dispose();
+    const gtxA = matmul(g2, xA, { transA: true });
+    xA.dispose();
+    const dB = s === 1 ? gtxA : mulScalar(gtxA, s);
+    if (dB !== gtxA) gtxA.dispose();
+    const dV = sddmm(g2, xf, I);
+    g2.dispose();
+    xf.dispose();
+    return [dx, dB, dA, dV, null];
+  });
+  return y;
+}
+
+/**
+ * Low-rank linear `y = s·(x·Aᵀ)·Bᵀ` (x [..., in], A [r, in], B [out, r] → y [..., out]), the
+ * factorized baseline SLTrain adds a sparse part to. A plain composition of recorded ops, so its
+ * VJP is matmul's; the scale is applied to whichever of x·Aᵀ or B is smaller.
+ */
+export function lowRankLinear(x: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
+  if (x.dtype !== "f32" || B.dtype !== "f32" || A.dtype !== "f32") {
+    throw new DTypeError(
+      `lowRankLinear: x, B, A must be f32, got ${x.dtype}, ${B.dtype}, ${A.dtype}`,
+    );
+  }
+  if (
+    B.rank !== 2 || A.rank !== 2 || B.shape[1] !== A.shape[0] || x.rank < 2 ||
+    x.shape[x.rank - 1] !== A.shape[1]
+  ) {
+    throw new ShapeError(
+      `lowRankLinear: need x [..., in] (rank >= 2), B [out, r], A [r, in]; got x ${
+        fmtShape(x.shape)
+      }, B ${fmtShape(B.shape)}, A ${fmtShape(A.shape)}`,
+    );
+  }
+  if (!Number.isFinite(s)) throw new RangeError(`lowRankLinear: scale must be finite, got ${s}`);
+  const xA = matmul(x, A, { transB: true });
+  const tokens = sizeOf(x.shape.slice(0, -1));
+  if (s === 1) {
+    const y = matmul(xA, B, { transB: true });
+    xA.dispose();
+    return y;
+  }
+  if (tokens <= B.shape[0]) {
+    const sxA = mulScalar(xA, s);
+    xA.dispose();
+    const y = matmul(sxA, B, { transB: true });
+    sxA.dispose();
+    return y;
+  }
+  const sB = mulScalar(B, s);
+  const y = matmul(xA, sB, { transB: true });
+  xA.dispose();
+  sB.dispose();
+  return y;
+}
