@@ -253,7 +253,8 @@ export interface SddmmOptions {
  * [T, cols] operands touch one cache line per element. So T-major operands are transposed first
  * (see bench/sddmm.ts for the numbers). When the G entries share a row (the common case for a
  * sorted support: a 3% row of 512 columns has ~15 entries), the a-row is loaded once per step for
- * all G dot products, which cuts the loads per FMA from 2 to (1 + G) / G.
+ * all G dot products, which cuts the loads per FMA from 2 to (1 + G) / G. On a contended 2-core
+ * lavapipe that was within noise of G = 1 (bench/sddmm.ts): the b-row stream dominates.
  */
 function sddmmCode(vec4: boolean, G: number): string {
   const ty = vec4 ? "vec4f" : "f32";
