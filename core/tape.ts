@@ -27,6 +27,20 @@ export function isRecording(): boolean {
 }
 
 /**
+ * Runs `fn` without recording on the running tape: for ops whose internals (layout copies,
+ * rebuilt weights) are covered by the op's own VJP and should not be kept for backward.
+ */
+export function untracked<T>(fn: () => T): T {
+  const prev = active;
+  active = null;
+  try {
+    return fn();
+  } finally {
+    active = prev;
+  }
+}
+
+/**
  * Records an op on the running tape, if any, when at least one input is differentiable. `saved`
  * lists extra tensors (besides inputs and output) that the VJP reads; the tape keeps all of them
  * alive until the VJP has run.
