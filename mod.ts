@@ -50,6 +50,7 @@ export {
   recordOp,
   Tape,
   type TensorTree,
+  untracked,
   valueAndGrad,
   type Vjp,
 } from "./core/tape.ts";
@@ -69,3 +70,4 @@ export {
   zeros,
 } from "./core/tensor.ts";
 export * from "./ops/mod.ts";
+export * from "./models/mod.ts";

@@ -34,3 +34,6 @@ export {
   type ParamCount,
   type TrainingSetup,
 } from "./estimate.ts";
+export * from "./linear.ts";
+export * from "./llama.ts";
+export * from "./memory.ts";
