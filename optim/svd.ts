@@ -241,13 +241,32 @@ export interface TopSubspace {
  * method defines a stable subspace. Cost O(min(m,n)²·max(m,n) + min(m,n)³).
  */
 export function topSubspace(g: ArrayLike<number>, m: number, n: number, r: number): TopSubspace {
+  checkRank(m, n, r);
+  const left = m < n;
+  return subspaceFromGram(left ? gram(g, m, n) : gram(transpose64(g, m, n), n, m), m, n, r);
+}
+
+function checkRank(m: number, n: number, r: number): void {
   const k = Math.min(m, n);
   if (!(r >= 1 && r <= k && Number.isInteger(r))) {
     throw new RangeError(`topSubspace: rank ${r} must be an integer in [1, ${k}]`);
   }
+}
+
+/**
+ * {@link topSubspace} from a precomputed Gram matrix of the smaller side of an m×n matrix
+ * (G·Gᵀ when m < n, else Gᵀ·G), e.g. one computed by a GPU matmul.
+ */
+export function subspaceFromGram(
+  c: ArrayLike<number>,
+  m: number,
+  n: number,
+  r: number,
+): TopSubspace {
+  checkRank(m, n, r);
+  const k = Math.min(m, n);
   const left = m < n;
-  const c = left ? gram(g, m, n) : gram(transpose64(g, m, n), n, m);
-  const { values, vectors } = symEig(c, k);
+  const { values, vectors } = symEig(c instanceof Float64Array ? c : Float64Array.from(c), k);
   const basis = new Float64Array(k * r);
   for (let j = 0; j < r; j++) {
     const col = vectors.subarray(j * k, j * k + k);
@@ -255,7 +274,10 @@ export function topSubspace(g: ArrayLike<number>, m: number, n: number, r: numbe
     if (left) { for (let i = 0; i < k; i++) basis[i * r + j] = col[i]; }
     else basis.set(col, j * k);
   }
-  const singularValues = Float64Array.from(values.subarray(0, r), (v) => Math.sqrt(Math.max(0, v)));
+  const singularValues = Float64Array.from(
+    values.subarray(0, r),
+    (v) => Math.sqrt(Math.max(0, v)),
+  );
   return { side: left ? "left" : "right", basis, singularValues };
 }
 

@@ -24,6 +24,7 @@ import {
   qr,
   quickRecovery,
   refactorFactors,
+  reloraMerge,
   resetState,
   treeBytes,
   warmupCosine,
@@ -241,31 +242,41 @@ Deno.test("projector is orthonormal and spans the top-r subspace of known spectr
         const s = Array.from({ length: k }, (_, i) => (i < r ? 10 - (5 * i) / r : 1 - i / k));
         const u = orthogonal(m, seed), v = orthogonal(n, seed + 1);
         const g = up(withSpectrum(u, v, s, m, n), [m, n]);
-        const [p] = await computeProjectors([g], r);
-        const pd = (await p.data()) as Float32Array;
-        const left = m < n;
-        const d = left ? m : n;
-        // Basis as d×r columns: left stored [m, r]; right stored [r, n] (rows = vectors).
-        const basis = (i: number, j: number) => left ? pd[i * r + j] : pd[j * n + i];
-        const truth = left ? u : v;
-        for (let a = 0; a < r; a++) {
-          for (let b = 0; b < r; b++) {
-            let dot = 0;
-            for (let i = 0; i < d; i++) dot += basis(i, a) * basis(i, b);
-            assert.ok(Math.abs(dot - (a === b ? 1 : 0)) < 1e-5, `PᵀP[${a}][${b}] = ${dot}`);
+        const checkBasis = (pd: Float32Array) => {
+          const left = m < n;
+          const d = left ? m : n;
+          // Basis as d×r columns: left stored [m, r]; right stored [r, n] (rows = vectors).
+          const basis = (i: number, j: number) => left ? pd[i * r + j] : pd[j * n + i];
+          const truth = left ? u : v;
+          for (let a = 0; a < r; a++) {
+            for (let b = 0; b < r; b++) {
+              let dot = 0;
+              for (let i = 0; i < d; i++) dot += basis(i, a) * basis(i, b);
+              assert.ok(Math.abs(dot - (a === b ? 1 : 0)) < 1e-5, `PᵀP[${a}][${b}] = ${dot}`);
+            }
           }
-        }
-        // Every true top-r singular vector lies in span(P): ‖(I − PPᵀ)u_j‖ < 1e-4.
-        for (let j = 0; j < r; j++) {
-          const x = Array.from({ length: d }, (_, i) => truth[i * d + j]);
-          const c = Array.from(
-            { length: r },
-            (_, a) => x.reduce((acc, xi, i) => acc + basis(i, a) * xi, 0),
-          );
-          const resid = x.map((xi, i) => xi - c.reduce((acc, ca, a) => acc + ca * basis(i, a), 0));
-          assert.ok(frob(resid) < 1e-4, `vector ${j} outside span: ${frob(resid)}`);
-        }
-        disposeTree([g, p]);
+          // Every true top-r singular vector lies in span(P): ‖(I − PPᵀ)u_j‖ < 1e-4.
+          for (let j = 0; j < r; j++) {
+            const x = Array.from({ length: d }, (_, i) => truth[i * d + j]);
+            const c = Array.from(
+              { length: r },
+              (_, a) => x.reduce((acc, xi, i) => acc + basis(i, a) * xi, 0),
+            );
+            const resid = x.map((xi, i) =>
+              xi - c.reduce((acc, ca, a) => acc + ca * basis(i, a), 0)
+            );
+            assert.ok(frob(resid) < 1e-4, `vector ${j} outside span: ${frob(resid)}`);
+          }
+        };
+        // Both Gram modes; with this gap even the f32 Gram stays within the 1e-4 residual bound.
+        const [p, p32] = [
+          ...await computeProjectors([g], r),
+          ...await computeProjectors([g], r, "gpu32"),
+        ];
+        const [pd, pd32] = (await readAll([p, p32])) as Float32Array[];
+        checkBasis(pd);
+        checkBasis(pd32);
+        disposeTree([g, p, p32]);
       },
     ),
     RUNS,
@@ -484,4 +495,15 @@ Deno.test("measured optimizer-state bytes equal the analytic count (adam and gal
     disposeTree([params, state]);
   }
   disposeTree(grads);
+});
+
+Deno.test("reloraMerge folds scale·B·A into W and restarts the adapter at B = 0", async () => {
+  const [out, r, inp, scale] = [9, 3, 7, 0.25];
+  const wd = rand([out, inp], 1), bd = rand([out, r], 2), ad = rand([r, inp], 3);
+  const res = reloraMerge(up(wd, [out, inp]), up(bd, [out, r]), up(ad, [r, inp]), scale);
+  const [w, b] = await readAll([res.w, res.b]);
+  const ba = mm(bd, ad, out, r, inp);
+  assertClose(w, wd.map((x, i) => x + scale * ba[i]), { atol: 1e-6, rtol: 1e-5, what: "merged W" });
+  assert.ok(b.every((x) => x === 0));
+  disposeTree(res);
 });
