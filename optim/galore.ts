@@ -157,7 +157,9 @@ export function galore(inner: Optimizer, opts: GaLoreOptions): Optimizer<GaLoreS
       const [g, p] = pairLeaves(grads, params, "galore");
       const geos = p.map((pi) => geometry(pi, rank));
       let proj = state.proj;
-      if (state.count % updateProjGap === 0 || proj.some((q) => q === null)) {
+      // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
+      const due = state.count % updateProjGap === 0 || proj.some((q) => q === null);
+      if (due && g.length > 0) {
         proj = await computeProjectors(g, rank, opts.gram);
         if (donate) disposeTree(state.proj);
       }
