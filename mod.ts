@@ -71,3 +71,4 @@ export {
 } from "./core/tensor.ts";
 export * from "./ops/mod.ts";
 export * from "./models/mod.ts";
+export * from "./optim/mod.ts";
