@@ -1,0 +1,189 @@
+/**
+ * Command-line flags of train.ts: definitions with defaults and help, parsing, and validation
+ * into run settings. Every error names the flag and what is wrong.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { type MethodName, METHODS } from "./run_config.ts";
+
+/** A flag: name, value kind, default (shown in --help) and description. */
+interface FlagSpec {
+  type: "string" | "boolean";
+  default?: string;
+  help: string;
+}
+
+/** All flags, in --help order. */
+export const FLAGS: Record<string, FlagSpec> = {
+  model: {
+    type: "string",
+    default: "tiny",
+    help: "preset (tiny, small, 60m, 130m, 350m, 1b, 7b) or a JSON config file",
+  },
+  method: { type: "string", default: "sltrain", help: `training method: ${METHODS.join(", ")}` },
+  rank: {
+    type: "string",
+    default: "hidden/4",
+    help: "rank r of low-rank factors, ReLoRA adapters and GaLore",
+  },
+  delta: {
+    type: "string",
+    default: "0.03",
+    help: "SLTrain sparsity δ (fraction of each block weight)",
+  },
+  alpha: {
+    type: "string",
+    default: "r/4",
+    help: "low-rank scale numerator α (the factor product is scaled by α/r)",
+  },
+  lr: { type: "string", default: "3e-3 (galore: 1e-2)", help: "peak learning rate" },
+  warmup: {
+    type: "string",
+    default: "max(10% of steps, 60), at most half",
+    help: "linear warmup steps",
+  },
+  steps: { type: "string", default: "300", help: "optimizer steps" },
+  "min-lr-ratio": {
+    type: "string",
+    default: "0.1",
+    help: "cosine floor as a fraction of the peak lr",
+  },
+  batch: { type: "string", default: "8", help: "sequences per micro-batch" },
+  seq: { type: "string", default: "128", help: "tokens per sequence" },
+  "grad-accum": { type: "string", default: "1", help: "micro-batches per optimizer step" },
+  clip: { type: "string", default: "0", help: "global gradient-norm clip (0 = off)" },
+  optimizer: { type: "string", default: "adamw", help: "optimizer (adamw)" },
+  "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
+  "per-layer": {
+    type: "boolean",
+    help: "update each parameter during backward (no full gradient set resident)",
+  },
+  "galore-gap": { type: "string", default: "200", help: "GaLore projector refresh interval T" },
+  "galore-scale": { type: "string", default: "0.25", help: "GaLore scale α" },
+  "refactor-every": {
+    type: "string",
+    default: "0",
+    help: "SLTrain: refactorize B,A and reset momentum every k steps (0 = never)",
+  },
+  "relora-every": {
+    type: "string",
+    default: "steps/4",
+    help: "ReLoRA: merge adapters every k steps",
+  },
+  "recovery-steps": {
+    type: "string",
+    default: "10",
+    help: "LR ramp steps after a momentum reset or merge",
+  },
+  "eval-every": {
+    type: "string",
+    default: "steps/5",
+    help: "evaluate (and checkpoint) every k steps",
+  },
+  "eval-tokens": { type: "string", default: "16384", help: "validation tokens per evaluation" },
+  "log-every": { type: "string", default: "10", help: "read the training loss back every k steps" },
+  seed: { type: "string", default: "42", help: "seed of weights, sparse supports and batch order" },
+  data: {
+    type: "string",
+    default: "Brown corpus",
+    help: "training text: a .txt file, a folder of text files, or .jsonl with a text field",
+  },
+  "val-data": { type: "string", help: "validation text (default: a held-out part of --data)" },
+  "val-fraction": { type: "string", default: "0.1", help: "held-out fraction of --data documents" },
+  tokenizer: {
+    type: "string",
+    default: "bytes for tiny/small, llama otherwise",
+    help: "bytes or llama",
+  },
+  packing: {
+    type: "string",
+    default: "packed",
+    help: "packed (contiguous windows) or none (one document per sequence)",
+  },
+  out: {
+    type: "string",
+    default: "runs/<method>-<time>",
+    help: "output folder: log.jsonl, checkpoint, loss.svg, summary.json",
+  },
+  resume: { type: "boolean", help: "continue from the checkpoint in --out" },
+  compare: { type: "string", help: "comma-separated methods to run on the same data and budget" },
+  help: { type: "boolean", help: "show this help" },
+};
+
+/** The help text. */
+export function helpText(): string {
+  const lines = [
+    "Pretrain a LLaMA-style model on WebGPU with SLTrain or a baseline.",
+    "",
+    "usage: deno run -A train.ts [flags]",
+    "",
+  ];
+  for (const [name, f] of Object.entries(FLAGS)) {
+    const left = `  --${name}${f.type === "string" ? " X" : ""}`;
+    lines.push(`${left.padEnd(24)}${f.help}${f.default ? ` [default: ${f.default}]` : ""}`);
+  }
+  lines.push(
+    "",
+    "examples:",
+    "  deno run -A train.ts",
+    "  deno run -A train.ts --compare full,lowrank,sltrain,galore --steps 200",
+  );
+  return lines.join("\n");
+}
+
+/** A bad flag or flag value. */
+export class FlagError extends Error {}
+
+/** Parsed raw flag values (strings and booleans, as given). */
+export type RawFlags = Record<string, string | boolean | undefined>;
+
+/** Parses argv; throws FlagError for unknown flags or missing values. */
+export function parseFlags(argv: string[]): RawFlags {
+  const options = Object.fromEntries(Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]));
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      options,
+      strict: true,
+      allowPositionals: true,
+    });
+    if (positionals.length > 0) {
+      throw new FlagError(`unexpected argument "${positionals[0]}" (flags start with --)`);
+    }
+    return values as RawFlags;
+  } catch (e) {
+    if (e instanceof FlagError) throw e;
+    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+    throw new FlagError(`${msg}; see --help`);
+  }
+}
+
+/** A number flag: must parse and satisfy `ok`. */
+export function num(
+  flags: RawFlags,
+  name: string,
+  fallback: number,
+  ok: (v: number) => boolean,
+  what: string,
+): number {
+  const raw = flags[name];
+  if (raw === undefined) return fallback;
+  const v = Number(raw);
+  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !ok(v)) {
+    throw new FlagError(`--${name} ${raw}: must be ${what}`);
+  }
+  return v;
+}
+
+/** Positive integer check. */
+export const posInt = (v: number): boolean => Number.isInteger(v) && v > 0;
+/** Non-negative integer check. */
+export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
+
+/** Validates a method name. */
+export function methodName(s: string, flag = "method"): MethodName {
+  if (!(METHODS as readonly string[]).includes(s)) {
+    throw new FlagError(`--${flag} ${s}: unknown method (expected one of ${METHODS.join(", ")})`);
+  }
+  return s as MethodName;
+}

@@ -1,0 +1,165 @@
+/**
+ * One training run's settings, and how they turn into a model parameterization, a learning-rate
+ * schedule and an optimizer.
+ * @module
+ */
+import type { LlamaConfig } from "../models/config.ts";
+import type { LinearMethod } from "../models/method.ts";
+import type { OptimizerSpec } from "../models/estimate.ts";
+import { type LlamaParams, paramPaths } from "../models/llama.ts";
+import type { Tensor } from "../core/tensor.ts";
+import { adamw, chain, clipByGlobalNorm, galore, type Optimizer, partition } from "../optim/mod.ts";
+import { quickRecovery, warmupCosine } from "../optim/schedule.ts";
+
+/** The methods the trainer compares. */
+export const METHODS = ["full", "lowrank", "sltrain", "relora", "galore"] as const;
+
+/** A training method: how block linears are parameterized and optimized. */
+export type MethodName = (typeof METHODS)[number];
+
+/** Everything one run needs besides data. */
+export interface RunConfig {
+  /** Model shapes (vocab already matched to the tokenizer). */
+  model: LlamaConfig;
+  /** Preset name or config path, for reports. */
+  modelName: string;
+  /** Method. */
+  method: MethodName;
+  /** Rank r of low-rank factors, adapters and GaLore subspaces. */
+  rank: number;
+  /** SLTrain density δ. */
+  delta: number;
+  /** Low-rank scale numerator α (scale α/r). */
+  alpha: number;
+  /** Peak learning rate. */
+  lr: number;
+  /** Linear-warmup steps. */
+  warmup: number;
+  /** Optimizer steps. */
+  steps: number;
+  /** Cosine floor as a fraction of lr. */
+  minLrRatio: number;
+  /** Sequences per micro-batch. */
+  batch: number;
+  /** Tokens per sequence. */
+  seq: number;
+  /** Micro-batches per optimizer step. */
+  gradAccum: number;
+  /** Global-norm clip (0 = off). */
+  clip: number;
+  /** Decoupled weight decay. */
+  weightDecay: number;
+  /** Update each parameter during backward (gradients never all resident). */
+  perLayer: boolean;
+  /** GaLore projector refresh gap T. */
+  galoreGap: number;
+  /** GaLore scale α. */
+  galoreScale: number;
+  /** SLTrain: refactorize B, A and reset momentum every k steps (0 = never). */
+  refactorEvery: number;
+  /** ReLoRA: merge the adapters every k steps. */
+  reloraEvery: number;
+  /** Steps of the LR ramp after a momentum reset or ReLoRA merge. */
+  recoverySteps: number;
+  /** Evaluate every k steps (0 = only at the end). */
+  evalEvery: number;
+  /** Validation tokens per evaluation. */
+  evalTokens: number;
+  /** Seed of weights, supports and batch order. */
+  seed: number;
+  /** Read the loss back every k steps (each read is a GPU sync). */
+  logEvery: number;
+}
+
+/** The block-linear parameterization of a run. */
+export function linearMethod(run: RunConfig): LinearMethod {
+  switch (run.method) {
+    case "full":
+    case "galore":
+      return { kind: "dense" };
+    case "lowrank":
+      return { kind: "lowrank", rank: run.rank, alpha: run.alpha };
+    case "sltrain":
+      return {
+        kind: "sltrain",
+        rank: run.rank,
+        delta: run.delta,
+        alpha: run.alpha,
+        seed: run.seed,
+      };
+    case "relora":
+      return { kind: "relora", rank: run.rank, alpha: run.alpha } as unknown as LinearMethod;
+  }
+}
+
+/** The optimizer as the memory estimate sees it. */
+export function optimizerSpec(run: RunConfig): OptimizerSpec {
+  return run.method === "galore" ? { kind: "galore", rank: run.rank } : { kind: "adam" };
+}
+
+/** Steps at which momentum is reset (SLTrain refactorization) or adapters merge (ReLoRA); 0 = never. */
+export function cycleLength(run: RunConfig): number {
+  if (run.method === "sltrain") return run.refactorEvery;
+  if (run.method === "relora") return run.reloraEvery;
+  return 0;
+}
+
+/** The learning rate at each step: warmup + cosine, with a quick ramp after each reset/merge. */
+export function lrSchedule(run: RunConfig): (step: number) => number {
+  const base = warmupCosine({
+    lr: run.lr,
+    warmup: run.warmup,
+    total: run.steps,
+    minRatio: run.minLrRatio,
+  });
+  const cycle = cycleLength(run);
+  return cycle > 0
+    ? quickRecovery(base, { cycleLength: cycle, recoverySteps: run.recoverySteps })
+    : base;
+}
+
+/** True for tensors GaLore projects: the dense 2-D weights of block linears. */
+export function isGaloreTarget(path: string, params: LlamaParams): boolean {
+  return paramPaths(params).some((e) => e.path === path && e.role === "block" && e.factor === "w");
+}
+
+/**
+ * The optimizer of a run over the whole params tree: AdamW, with GaLore on the block weights for
+ * `galore`, behind global-norm clipping when `clip > 0`.
+ */
+export function buildOptimizer(run: RunConfig, params: LlamaParams): Optimizer {
+  const lr = lrSchedule(run);
+  const adam = () => adamw({ lr, weightDecay: run.weightDecay });
+  let opt: Optimizer = adam();
+  if (run.method === "galore") {
+    const targets = new Set(
+      paramPaths(params).filter((e) => e.role === "block" && e.factor === "w").map((e) => e.path),
+    );
+    opt = partition((path) => (targets.has(path) ? "galore" : "adam"), {
+      galore: galore(adam(), {
+        rank: run.rank,
+        updateProjGap: run.galoreGap,
+        scale: run.galoreScale,
+      }),
+      adam: adam(),
+    }) as Optimizer;
+  }
+  return run.clip > 0 ? chain(clipByGlobalNorm(run.clip), opt) as Optimizer : opt;
+}
+
+/** The optimizer of one parameter for per-layer updates (no clipping: gradients are never all resident). */
+export function buildLeafOptimizer(run: RunConfig, galoreTarget: boolean): Optimizer {
+  const lr = lrSchedule(run);
+  const adam = adamw({ lr, weightDecay: run.weightDecay });
+  if (run.method === "galore" && galoreTarget) {
+    return galore(adamw({ lr, weightDecay: run.weightDecay }), {
+      rank: run.rank,
+      updateProjGap: run.galoreGap,
+      scale: run.galoreScale,
+    }) as Optimizer;
+  }
+  return adam as Optimizer;
+}
+
+/** Tensors of a tree, for counting (re-exported for the trainer). */
+export type { Tensor };
