@@ -218,7 +218,6 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   const t0 = performance.now();
   let tokens = 0;
   let peak = 0;
-  const first = step;
   let interrupted = false;
   while (step < run.steps) {
     resetPeakBytes();
