@@ -224,11 +224,11 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     let lossT: Tensor;
     if (run.perLayer) {
       const r = perLayerStep(run, model(), params, optState as unknown[], leafOpts, stream, step);
+      await r.done;
       params = r.params;
       optState = r.state;
       lossT = r.loss;
       tokens += r.tokens;
-      await r.done;
     } else {
       const r = accumulate(run, model(), params, stream);
       tokens += r.tokens;

@@ -1,0 +1,178 @@
+import assert from "node:assert/strict";
+import { readSafetensors } from "../cli/safetensors.ts";
+import { Progress } from "../cli/progress.ts";
+import type { RunConfig } from "../cli/run_config.ts";
+import { type RunData, trainRun } from "../cli/trainer.ts";
+import { packedSequences } from "../data/batches.ts";
+import { Rng } from "../core/rng.ts";
+import { setup } from "./util.ts";
+
+await setup();
+
+const tinyModel = {
+  vocabSize: 40,
+  hidden: 16,
+  intermediate: 40,
+  heads: 2,
+  layers: 2,
+  maxSeqLen: 64,
+  rmsNormEps: 1e-6,
+  ropeBase: 10000,
+  initStd: 0.02,
+};
+
+function runConfig(method: RunConfig["method"], steps: number): RunConfig {
+  return {
+    model: tinyModel,
+    modelName: "test",
+    method,
+    rank: 4,
+    delta: 0.1,
+    alpha: 4,
+    lr: 3e-3,
+    warmup: 2,
+    steps,
+    minLrRatio: 0.1,
+    batch: 2,
+    seq: 8,
+    gradAccum: 1,
+    clip: 0,
+    weightDecay: 0,
+    perLayer: false,
+    galoreGap: 3,
+    galoreScale: 0.25,
+    refactorEvery: 0,
+    reloraEvery: 3,
+    recoverySteps: 2,
+    evalEvery: 0,
+    evalTokens: 32,
+    seed: 5,
+    logEvery: 2,
+  };
+}
+
+function data(): RunData {
+  const rng = new Rng(1);
+  const doc = () => Uint32Array.from({ length: 60 }, () => 1 + rng.nextInt(39));
+  return {
+    train: packedSequences([doc(), doc(), doc()], 8, 0, 0),
+    val: packedSequences([doc()], 8, 0, 0),
+  };
+}
+
+const quiet = {
+  log: () => {},
+  progress: { update() {}, log() {}, done() {} } as unknown as Progress,
+};
+
+async function params(dir: string): Promise<Map<string, Uint32Array>> {
+  const f = await readSafetensors(`${dir}/checkpoint.safetensors`);
+  return new Map(
+    Object.entries(f.tensors).filter(([k]) => k.startsWith("params.")).map((
+      [k, t],
+    ) => [k, new Uint32Array(t.data.buffer)]),
+  );
+}
+
+for (const method of ["sltrain", "galore"] as const) {
+  Deno.test(`resume: ${method} stopped at step 3 and resumed equals an uninterrupted run bit for bit`, async () => {
+    const a = await Deno.makeTempDir();
+    const b = await Deno.makeTempDir();
+    const d = data();
+    const full = await trainRun(runConfig(method, 6), d, {
+      ...quiet,
+      out: a,
+      resume: false,
+      shouldStop: () => false,
+    });
+    let steps = 0;
+    const part = await trainRun(runConfig(method, 6), d, {
+      ...quiet,
+      out: b,
+      resume: false,
+      shouldStop: () => ++steps >= 3,
+    });
+    assert.equal(part.interrupted, true);
+    assert.equal(part.steps, 3);
+    const rest = await trainRun(runConfig(method, 6), d, {
+      ...quiet,
+      out: b,
+      resume: true,
+      shouldStop: () => false,
+    });
+    assert.equal(rest.steps, 6);
+    const pa = await params(a);
+    const pb = await params(b);
+    assert.deepEqual([...pa.keys()], [...pb.keys()]);
+    for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
+    assert.deepEqual(rest.history.train, full.history.train);
+    await Deno.remove(a, { recursive: true });
+    await Deno.remove(b, { recursive: true });
+  });
+}
+
+Deno.test("resume refuses a checkpoint from another config and names the difference", async () => {
+  const dir = await Deno.makeTempDir();
+  await trainRun(runConfig("sltrain", 2), data(), {
+    ...quiet,
+    out: dir,
+    resume: false,
+    shouldStop: () => false,
+  });
+  const other = { ...runConfig("sltrain", 2), rank: 3 };
+  await assert.rejects(
+    () => trainRun(other, data(), { ...quiet, out: dir, resume: true, shouldStop: () => false }),
+    /another config[\s\S]*rank: checkpoint 4, now 3/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("per-layer updates: bit-identical parameters, and the peak drops by the block gradients", async () => {
+  const { PRESETS } = await import("../models/config.ts");
+  const { countParams } = await import("../models/estimate.ts");
+  // The real small preset (vocab 32000), one step of 1×16 tokens.
+  const small = { ...runConfig("full", 1), model: PRESETS.small, batch: 1, seq: 16 };
+  const dirs: string[] = [];
+  const peaks: number[] = [];
+  for (const perLayer of [false, true]) {
+    const dir = await Deno.makeTempDir();
+    dirs.push(dir);
+    const r = await trainRun({ ...small, perLayer }, data(), {
+      ...quiet,
+      out: dir,
+      resume: false,
+      shouldStop: () => false,
+    });
+    peaks.push(r.peakBytes);
+  }
+  const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
+  for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
+  const blockGradBytes = 4 * countParams(small.model, { kind: "dense" }).byPart.blocks;
+  console.log(
+    `small preset, one step: peak ${peaks[0]} B standard, ${
+      peaks[1]
+    } B per-layer; block gradients ${blockGradBytes} B`,
+  );
+  assert.ok(
+    peaks[0] - peaks[1] >= blockGradBytes,
+    `standard peak ${peaks[0]} - per-layer peak ${peaks[1]} < block gradients ${blockGradBytes}`,
+  );
+  for (const d of dirs) await Deno.remove(d, { recursive: true });
+});
+
+Deno.test("per-layer GaLore (projector refresh inside backward) matches the standard step", async () => {
+  const dirs: string[] = [];
+  for (const perLayer of [false, true]) {
+    const dir = await Deno.makeTempDir();
+    dirs.push(dir);
+    await trainRun({ ...runConfig("galore", 4), perLayer }, data(), {
+      ...quiet,
+      out: dir,
+      resume: false,
+      shouldStop: () => false,
+    });
+  }
+  const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
+  for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
+  for (const d of dirs) await Deno.remove(d, { recursive: true });
+});
