@@ -14,3 +14,4 @@ export * from "./sparse.ts";
 export * from "./matmul.ts";
 export * from "./attention.ts";
 export * from "./sltrain_linear.ts";
+export * from "./lm_head.ts";

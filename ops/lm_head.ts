@@ -1,0 +1,407 @@
+/**
+ * The untied LM head fused with softmax cross-entropy, `CE(h·Wᵀ, targets)`, computed in chunks so
+ * that the [N, V] logits never exist whole: at N = 2048 tokens and V = 32000 they take 262 MB and
+ * overflow a 128 MiB storage binding.
+ *
+ * Forward walks row chunks of h and keeps one log-sum-exp per row. Backward recomputes the logits
+ * in vocabulary blocks: each block's dW rows are final at once (no [V, D] accumulator beside the
+ * output), and only dh [N, D], small next to W, is accumulated across blocks. The tape keeps the
+ * inputs, the per-row log-sum-exp and the target count, nothing of size V·N.
+ * @module
+ */
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { dispatch, grid1d } from "../core/kernel.ts";
+import { fmtShape, shapesEqual } from "../core/shape.ts";
+import { isRecording, recordOp, untracked } from "../core/tape.ts";
+import { Tensor, zeros } from "../core/tensor.ts";
+import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
+import { matmul } from "./matmul.ts";
+import { flatGrid, flatMain } from "./wgsl.ts";
+
+/** Default bytes of one chunk of logits (forward rows or backward vocabulary block). */
+export const LM_HEAD_CHUNK_BYTES: number = 32 * 1024 * 1024;
+
+/** Options of {@link lmHeadCrossEntropy} and {@link lmHeadLossSums}. */
+export interface LmHeadLossOptions {
+  /** Targets equal to this value contribute no loss, no gradient and no count (default -100). */
+  ignoreIndex?: number;
+  /** Upper bound on the bytes of one chunk of f32 logits (default {@link LM_HEAD_CHUNK_BYTES}). */
+  chunkBytes?: number;
+}
+
+/** Options of {@link lmHeadCrossEntropy}. */
+export interface LmHeadCrossEntropyOptions extends LmHeadLossOptions {
+  /** `mean` (default): over the non-ignored targets, 0 if there are none; `sum`: the plain sum. */
+  reduction?: "mean" | "sum";
+}
+
+/** Token-weighted loss parts, both f32 scalars on the device. */
+export interface LossSums {
+  /** Sum of the per-target losses. */
+  sum: Tensor;
+  /** Number of non-ignored targets. */
+  count: Tensor;
+}
+
+const ROW_WG = 16;
+
+// rows/v/ignore/nan_bits/mode/off/v0/n: one layout for every kernel of this file.
+const UNIFORM = `
+struct U { rows: u32, v: u32, ignore: i32, nan_bits: u32, mode: u32, off: u32, v0: u32, n: u32 }`;
+
+function uniforms(
+  f: {
+    rows: number;
+    v: number;
+    ignore: number;
+    mode?: number;
+    off?: number;
+    v0?: number;
+    n?: number;
+  },
+): Uint32Array {
+  const u = new Uint32Array(8);
+  const view = new DataView(u.buffer);
+  view.setUint32(0, f.rows, true);
+  view.setUint32(4, f.v, true);
+  view.setInt32(8, f.ignore, true);
+  view.setUint32(12, 0x7fc00000, true);
+  view.setUint32(16, f.mode ?? 0, true);
+  view.setUint32(20, f.off ?? 0, true);
+  view.setUint32(24, f.v0 ?? 0, true);
+  view.setUint32(28, f.n ?? 0, true);
+  return u;
+}
+
+// One invocation per row of a chunk of `rows` logits rows that starts at global row `off`: writes
+// lse and the row loss at the global row, so chunks fill shared [N] buffers without a concat.
+// Same arithmetic as crossEntropy's row kernel, so the two agree to the bit on equal logits.
+const ROWS = `
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> tg: array<i32>;
+@group(0) @binding(2) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(4) var<uniform> u: U;
+${UNIFORM}
+const WG = ${ROW_WG}u;
+@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = gid.x + gid.y * (nwg.x * WG);
+  if (r >= u.rows) { return; }
+  let base = r * u.v;
+  ${accDecl("m", "x[base]")}
+  ${forUnrolled("j", "0u", "u.v", (i, k) => `m${k} = max(m${k}, x[base + ${i}]);`)}
+  let m = ${accCombine("m", "max")};
+  ${accDecl("s", "0.0")}
+  ${forUnrolled("j", "0u", "u.v", (i, k) => `s${k} += exp(x[base + ${i}] - m);`)}
+  let s = ${accCombine("s", "+")};
+  let l = m + log(s);
+  let gr = u.off + r;
+  lse[gr] = l;
+  let t = tg[gr];
+  if (t == u.ignore) {
+    loss[gr] = 0.0;
+  } else if (t < 0 || t >= i32(u.v)) {
+    loss[gr] = bitcast<f32>(u.nan_bits);
+  } else {
+    loss[gr] = l - x[base + u32(t)];
+  }
+}`;
+
+// One invocation in a fixed order (deterministic): out = mean (0 without targets) or sum.
+const REDUCE = `
+@group(0) @binding(0) var<storage, read> loss: array<f32>;
+@group(0) @binding(1) var<storage, read> tg: array<i32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> count: array<f32>;
+@group(0) @binding(4) var<uniform> u: U;
+${UNIFORM}
+@compute @workgroup_size(1) fn main() {
+  ${accDecl("s", "0.0")}
+  var c = 0u;
+  ${
+  forUnrolled("j", "0u", "u.rows", (i, k) =>
+    `s${k} += loss[${i}]; c += select(0u, 1u, tg[${i}] != u.ignore);`)
+}
+  let total = ${accCombine("s", "+")};
+  count[0] = f32(c);
+  if (u.mode == 0u) {
+    out[0] = select(0.0, total / f32(c), c > 0u);
+  } else {
+    out[0] = total;
+  }
+}`;
+
+// In place on the logits of vocabulary block [v0, v0 + n) for all rows ([rows, n]):
+// d = scale·(softmax - onehot), 0 on ignored rows; scale = g/count (mean) or g (sum).
+const BACKWARD = `
+@group(0) @binding(0) var<storage, read> tg: array<i32>;
+@group(0) @binding(1) var<storage, read> lse: array<f32>;
+@group(0) @binding(2) var<storage, read> count: array<f32>;
+@group(0) @binding(3) var<storage, read> g: array<f32>;
+@group(0) @binding(4) var<storage, read_write> d: array<f32>;
+@group(0) @binding(5) var<uniform> u: U;
+${UNIFORM}
+${
+  flatMain(`  if (i >= u.rows * u.n) { return; }
+  let r = i / u.n;
+  let j = i - r * u.n;
+  let t = tg[r];
+  if (t == u.ignore) { d[i] = 0.0; return; }
+  if (t < 0 || t >= i32(u.v)) { d[i] = bitcast<f32>(u.nan_bits); return; }
+  var scale = g[0];
+  if (u.mode == 0u) { scale = scale / count[0]; }
+  let p = exp(d[i] - lse[r]);
+  d[i] = scale * (p - select(0.0, 1.0, u32(t) == u.v0 + j));`)
+}`;
+
+// dst[v0 + i] = src[off + i] for i < n: contiguous row ranges in and out of [rows, D] tensors.
+const COPY = `
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<uniform> u: U;
+${UNIFORM}
+${
+  flatMain(`  if (i >= u.n) { return; }
+  dst[u.v0 + i] = src[u.off + i];`)
+}`;
+
+const ADD_INPLACE = `
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> acc: array<f32>;
+@group(0) @binding(2) var<uniform> u: U;
+${UNIFORM}
+${
+  flatMain(`  if (i >= u.n) { return; }
+  acc[i] = acc[i] + part[i];`)
+}`;
+
+function copyInto(src: Tensor, srcOff: number, dst: Tensor, dstOff: number, n: number): void {
+  if (n === 0) return;
+  dispatch({
+    name: "lm_head_copy",
+    code: COPY,
+    inputs: [src.binding()],
+    outputs: [dst.binding()],
+    uniforms: uniforms({ rows: 0, v: 0, ignore: 0, off: srcOff, v0: dstOff, n }),
+    workgroups: flatGrid(n),
+  });
+}
+
+/** Rows [r0, r0 + n) of a [R, D] tensor as a fresh [n, D] tensor (the whole tensor as a view). */
+function rowsOf(x: Tensor, r0: number, n: number): Tensor {
+  const d = x.shape[1];
+  if (r0 === 0 && n === x.shape[0]) return x.view(x.shape);
+  const out = Tensor.empty([n, d]);
+  copyInto(x, r0 * d, out, 0, n * d);
+  return out;
+}
+
+function addInPlace(acc: Tensor, part: Tensor): void {
+  if (acc.size === 0) return;
+  dispatch({
+    name: "lm_head_accumulate",
+    code: ADD_INPLACE,
+    inputs: [part.binding()],
+    outputs: [acc.binding()],
+    uniforms: uniforms({ rows: 0, v: 0, ignore: 0, n: acc.size }),
+    workgroups: flatGrid(acc.size),
+  });
+}
+
+interface Checked {
+  n: number;
+  d: number;
+  v: number;
+  ignore: number;
+  chunkBytes: number;
+}
+
+function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossOptions): Checked {
+  const shapes = () =>
+    `h ${fmtShape(h.shape)}, lmHead ${fmtShape(w.shape)}, targets ${fmtShape(targets.shape)}`;
+  if (h.dtype !== "f32" || w.dtype !== "f32") {
+    throw new DTypeError(`${op}: h and lmHead must be f32, got ${h.dtype}, ${w.dtype}`);
+  }
+  if (targets.dtype !== "i32" && targets.dtype !== "u32") {
+    throw new DTypeError(`${op}: targets must be i32 (or u32), got ${targets.dtype}`);
+  }
+  if (
+    h.rank < 1 || w.rank !== 2 || w.shape[1] !== h.shape[h.rank - 1] ||
+    !shapesEqual(h.shape.slice(0, -1), targets.shape)
+  ) {
+    throw new ShapeError(
+      `${op}: need h [..., D], lmHead [V, D] and targets shaped like h without its last axis; ` +
+        `got ${shapes()}`,
+    );
+  }
+  const ignore = o.ignoreIndex ?? -100;
+  if (!Number.isInteger(ignore) || ignore < -(2 ** 31) || ignore >= 2 ** 31) {
+    throw new ShapeError(`${op}: ignoreIndex ${ignore} is not an i32`);
+  }
+  const chunkBytes = o.chunkBytes ?? LM_HEAD_CHUNK_BYTES;
+  if (!(chunkBytes >= 4) || !Number.isFinite(chunkBytes)) {
+    throw new RangeError(`${op}: chunkBytes must be at least 4, got ${chunkBytes}`);
+  }
+  const [v, d] = w.shape;
+  const n = targets.size;
+  if (v === 0 && n > 0) throw new ShapeError(`${op}: lmHead has no rows (${shapes()})`);
+  checkLoopBudget(op, unrolledEdges(v, 2), `a row of ${v} logits`);
+  checkLoopBudget(op, unrolledEdges(n), `the reduction over ${n} targets`);
+  return { n, d, v, ignore, chunkBytes };
+}
+
+// At least one row or column per chunk, however small the budget.
+const chunk = (bytes: number, other: number) => Math.max(1, Math.floor(bytes / (4 * other)));
+
+/** Forward over row chunks: the reduced loss, the target count and the per-row log-sum-exp. */
+function forwardPass(
+  h: Tensor,
+  w: Tensor,
+  targets: Tensor,
+  c: Checked,
+  mode: number,
+): { out: Tensor; count: Tensor; lse: Tensor } {
+  const { n, d, v, ignore } = c;
+  // untracked: the chunk matmuls are internals of this op's single tape node.
+  return untracked(() => {
+    const h2 = h.view([n, d]);
+    const rowLoss = Tensor.empty([n]);
+    const lse = Tensor.empty([n]);
+    const rows = chunk(c.chunkBytes, v);
+    for (let r0 = 0; r0 < n; r0 += rows) {
+      const m = Math.min(rows, n - r0);
+      const hc = rowsOf(h2, r0, m);
+      const logits = matmul(hc, w, { transB: true });
+      hc.dispose();
+      dispatch({
+        name: "lm_head_rows",
+        code: ROWS,
+        inputs: [logits.binding(), targets.binding()],
+        outputs: [rowLoss.binding(), lse.binding()],
+        uniforms: uniforms({ rows: m, v, ignore, off: r0 }),
+        workgroups: grid1d(m, ROW_WG),
+      });
+      logits.dispose();
+    }
+    h2.dispose();
+    const out = Tensor.empty([]);
+    const count = Tensor.empty([]);
+    dispatch({
+      name: "lm_head_reduce",
+      code: REDUCE,
+      inputs: [rowLoss.binding(), targets.binding()],
+      outputs: [out.binding(), count.binding()],
+      uniforms: uniforms({ rows: n, v, ignore, mode }),
+      workgroups: [1],
+    });
+    rowLoss.dispose();
+    return { out, count, lse };
+  });
+}
+
+/** dh and dW by vocabulary blocks, recomputing each block's logits from h and W. */
+function backwardPass(
+  h: Tensor,
+  w: Tensor,
+  targets: Tensor,
+  c: Checked,
+  mode: number,
+  lse: Tensor,
+  count: Tensor,
+  g: Tensor,
+): [Tensor, Tensor] {
+  const { n, d, v, ignore } = c;
+  if (n === 0) return [zeros(h.shape), zeros(w.shape)];
+  return untracked(() => {
+    const h2 = h.view([n, d]);
+    const cols = chunk(c.chunkBytes, n);
+    const dW = Tensor.empty([v, d]);
+    let dh: Tensor | null = null;
+    for (let v0 = 0; v0 < v; v0 += cols) {
+      const m = Math.min(cols, v - v0);
+      const wb = rowsOf(w, v0, m);
+      const dl = matmul(h2, wb, { transB: true });
+      dispatch({
+        name: "lm_head_backward",
+        code: BACKWARD,
+        inputs: [targets.binding(), lse.binding(), count.binding(), g.binding()],
+        outputs: [dl.binding()],
+        uniforms: uniforms({ rows: n, v, ignore, mode, v0, n: m }),
+        workgroups: flatGrid(n * m),
+      });
+      // Block rows of dW are final: written straight into the output, never accumulated.
+      const dWb = matmul(dl, h2, { transA: true });
+      copyInto(dWb, 0, dW, v0 * d, m * d);
+      dWb.dispose();
+      const part = matmul(dl, wb);
+      dl.dispose();
+      wb.dispose();
+      if (dh === null) dh = part;
+      else {
+        addInPlace(dh, part);
+        part.dispose();
+      }
+    }
+    h2.dispose();
+    const dhOut = dh!.view(h.shape);
+    dh!.dispose();
+    return [dhOut, dW];
+  });
+}
+
+/**
+ * Cross-entropy of the untied LM head, `crossEntropy(h·lmHeadᵀ, targets)`, as one tape node whose
+ * peak memory is one chunk of logits instead of all of them.
+ *
+ * Shapes: h [..., D] f32, lmHead [V, D] f32, targets [...] (i32 or u32; h's shape without its last
+ * axis) → a scalar: the mean over non-ignored targets (0 if there are none) or, with
+ * `reduction: "sum"`, their sum. Everything stays on the device (the count too). Targets outside
+ * [0, V) that are not `ignoreIndex` give NaN, as in `crossEntropy`.
+ *
+ * Chunks hold at most `chunkBytes` of f32 logits: forward takes ⌊chunkBytes / 4V⌋ rows at a time,
+ * backward ⌊chunkBytes / 4N⌋ vocabulary rows (each at least 1). The VJP recomputes the logits
+ * (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D]; targets get no gradient.
+ */
+export function lmHeadCrossEntropy(
+  h: Tensor,
+  lmHead: Tensor,
+  targets: Tensor,
+  opts: LmHeadCrossEntropyOptions = {},
+): Tensor {
+  const op = "lmHeadCrossEntropy";
+  const reduction = opts.reduction ?? "mean";
+  if (reduction !== "mean" && reduction !== "sum") {
+    throw new ShapeError(`${op}: reduction must be "mean" or "sum", got "${reduction}"`);
+  }
+  const c = check(op, h, lmHead, targets, opts);
+  const mode = reduction === "mean" ? 0 : 1;
+  const { out, count, lse } = forwardPass(h, lmHead, targets, c, mode);
+  if (isRecording()) {
+    recordOp(op, [h, lmHead, targets], out, (g) => {
+      const [dh, dW] = backwardPass(h, lmHead, targets, c, mode, lse, count, g);
+      return [dh, dW, null];
+    }, [lse, count]);
+  } else {
+    lse.dispose();
+    count.dispose();
+  }
+  return out;
+}
+
+/**
+ * The sum of the LM head's per-target cross-entropies and the number of non-ignored targets, for
+ * token-weighted evaluation across batches without a readback per batch (add the sums and counts
+ * on the device, divide once). Same forward and shapes as {@link lmHeadCrossEntropy}; not
+ * differentiated (nothing is recorded on a running tape).
+ */
+export function lmHeadLossSums(
+  h: Tensor,
+  lmHead: Tensor,
+  targets: Tensor,
+  opts: LmHeadLossOptions = {},
+): LossSums {
+  const c = check("lmHeadLossSums", h, lmHead, targets, opts);
+  const { out, count, lse } = forwardPass(h, lmHead, targets, c, 1);
+  lse.dispose();
+  return { sum: out, count };
+}
