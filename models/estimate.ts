@@ -16,9 +16,12 @@ import {
 
 /** Parameter counts of a model under a method. */
 export interface ParamCount {
-  /** Every stored value: dense weights, low-rank factors and sparse values (not sparse indices). */
+  /**
+   * Every stored value: dense weights, low-rank factors, sparse values and ReLoRA's frozen
+   * weights (not sparse indices).
+   */
   readonly total: number;
-  /** Values the optimizer updates (all of `total` for the methods here; frozen bases would not be). */
+  /** Values the optimizer updates: all of `total` except ReLoRA's frozen block weights. */
   readonly trainable: number;
   /** Sparse values over all layers (SLTrain only, else 0); each also has one stored index. */
   readonly nnz: number;
@@ -35,10 +38,14 @@ export interface ParamCount {
   };
 }
 
-function linearParams(method: LinearMethod, out: number, inF: number): number {
-  if (method.kind === "dense") return out * inF;
+// [stored, trainable] values of one block linear.
+function linearParams(method: LinearMethod, out: number, inF: number): [number, number] {
+  if (method.kind === "dense") return [out * inF, out * inF];
   const factors = method.rank * (out + inF);
-  return method.kind === "lowrank" ? factors : factors + sparseNnz(method.delta, out, inF);
+  if (method.kind === "lowrank") return [factors, factors];
+  if (method.kind === "relora") return [out * inF + factors, factors];
+  const n = factors + sparseNnz(method.delta, out, inF);
+  return [n, n];
 }
 
 /** Counts parameters; the method is validated against the config first. */
@@ -46,9 +53,12 @@ export function countParams(config: LlamaConfig, method: LinearMethod): ParamCou
   validateMethod(config, method);
   const { vocabSize, hidden, layers } = config;
   let perLayer = 0;
+  let frozenPerLayer = 0;
   let nnzPerLayer = 0;
   for (const { shape: [out, inF] } of blockLinearShapes(config)) {
-    perLayer += linearParams(method, out, inF);
+    const [stored, trainable] = linearParams(method, out, inF);
+    perLayer += stored;
+    frozenPerLayer += stored - trainable;
     if (method.kind === "sltrain") nnzPerLayer += sparseNnz(method.delta, out, inF);
   }
   const byPart = {
@@ -58,7 +68,7 @@ export function countParams(config: LlamaConfig, method: LinearMethod): ParamCou
     blocks: layers * perLayer,
   };
   const total = byPart.embedding + byPart.lmHead + byPart.norms + byPart.blocks;
-  return { total, trainable: total, nnz: layers * nnzPerLayer, byPart };
+  return { total, trainable: total - layers * frozenPerLayer, nnz: layers * nnzPerLayer, byPart };
 }
 
 /** Bytes per stored element, by role. */
@@ -104,9 +114,9 @@ export interface TrainingSetup {
 
 /** Estimated bytes by kind; values can be fractional only with a fractional `bytesPerState`. */
 export interface MemoryEstimate {
-  /** All stored values (`params.total`) at the weight size. */
+  /** All stored values (`params.total`, frozen ones included) at the weight size. */
   readonly weights: number;
-  /** Adam moments (in GaLore's projected shapes for GaLore matrices). */
+  /** Adam moments of the trainable values (in GaLore's projected shapes for GaLore matrices). */
   readonly optimizerStates: number;
   /** Sparse indices, one per sparse value. */
   readonly indices: number;

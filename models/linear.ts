@@ -1,6 +1,7 @@
 /**
  * The per-method parameterization of a block linear (y = x·Wᵀ, W of shape `[out, in]`): its
- * trainable tensors, its fixed SLTrain support, their initialization, and the forward dispatch.
+ * trainable tensors, its fixed buffer (SLTrain support or ReLoRA's frozen W), their
+ * initialization, and the forward dispatch.
  * @module
  */
 import { Rng } from "../core/rng.ts";
@@ -8,8 +9,9 @@ import { randomNormal, randomUniform, type Tensor, tensor, zeros } from "../core
 import { matmul } from "../ops/matmul.ts";
 import { lowRankLinear, sltrainLinear } from "../ops/sltrain_linear.ts";
 import { sampleSupport } from "../ops/support.ts";
-import { ConfigError, show } from "./errors.ts";
-import type { LinearMethod } from "./method.ts";
+import { ConfigError } from "./errors.ts";
+import { checkKind, type LinearMethod } from "./method.ts";
+import { reloraLinear } from "./relora_linear.ts";
 
 /** Trainable tensors of a dense linear: the weight `w` [out, in]. */
 export type DenseLinearParams = { readonly w: Tensor };
@@ -23,8 +25,18 @@ export type LowRankLinearParams = { readonly A: Tensor; readonly B: Tensor };
  */
 export type SLTrainLinearParams = { readonly A: Tensor; readonly B: Tensor; readonly V: Tensor };
 
+/**
+ * Trainable tensors of a ReLoRA linear, W_eff = W + s·B·A with W frozen (a model buffer): the
+ * adapter `A` [rank, in] and `B` [out, rank].
+ */
+export type ReLoRALinearParams = { readonly A: Tensor; readonly B: Tensor };
+
 /** Trainable tensors of a block linear under any method. */
-export type LinearParams = DenseLinearParams | LowRankLinearParams | SLTrainLinearParams;
+export type LinearParams =
+  | DenseLinearParams
+  | LowRankLinearParams
+  | SLTrainLinearParams
+  | ReLoRALinearParams;
 
 /** What {@link initLinear} creates. */
 export interface LinearInit {
@@ -32,6 +44,13 @@ export interface LinearInit {
   readonly params: LinearParams;
   /** SLTrain's fixed support I as sorted flat u32 indices `row·in + col` [nnz]; absent otherwise. */
   readonly support?: Tensor;
+  /** ReLoRA's frozen dense W [out, in], changed only by merges; absent otherwise. */
+  readonly frozen?: Tensor;
+}
+
+/** The linear's non-trainable tensor, as a model keeps it in its buffers (if it has one). */
+export function linearBuffer(init: LinearInit): Tensor | undefined {
+  return init.support ?? init.frozen;
 }
 
 /** Options of {@link initLinear}. */
@@ -58,7 +77,9 @@ export function linearScale(method: LinearMethod): number {
  *   low-rank baseline. B is not zero: with every block linear a pure product B·A, B = 0 makes all
  *   block gradients exactly zero (a saddle that training never leaves);
  * - sltrain: `A` ~ U(±1/√in), `B` = 0, `V` ~ U(±1/√in), support of ⌊delta·out·in⌋ sorted distinct
- *   indices (B = 0 is safe here: W = V on the support is already nonzero).
+ *   indices (B = 0 is safe here: W = V on the support is already nonzero);
+ * - relora: frozen `W` ~ N(0, std) drawn first (the same W as `dense` under the same seed), then
+ *   `A` ~ U(±1/√in) and `B` = 0, as in ReLoRA/LoRA (B = 0 is safe: W carries the function).
  */
 export function initLinear(
   method: LinearMethod,
@@ -68,17 +89,17 @@ export function initLinear(
   opts: InitLinearOptions = {},
 ): LinearInit {
   const r = typeof rng === "number" ? new Rng(rng) : rng;
-  const kind = (method as { kind?: unknown }).kind;
+  const kind = checkKind((method as { kind?: unknown }).kind);
   if (kind === "dense") {
     return { params: { w: randomNormal([out, inF], 0, opts.std ?? 0.02, { rng: r }) } };
   }
-  if (kind !== "lowrank" && kind !== "sltrain") {
-    throw new ConfigError(
-      `method.kind must be "dense", "lowrank" or "sltrain", got ${show(kind)}`,
-    );
-  }
   const m = method as Exclude<LinearMethod, { kind: "dense" }>;
   const aBound = 1 / Math.sqrt(inF);
+  if (m.kind === "relora") {
+    const frozen = randomNormal([out, inF], 0, opts.std ?? 0.02, { rng: r });
+    const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
+    return { params: { A, B: zeros([out, m.rank]) }, frozen };
+  }
   if (m.kind === "lowrank") {
     const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
     const bBound = 1 / Math.sqrt(m.rank);
@@ -105,13 +126,14 @@ function need(params: LinearParams, keys: readonly string[], kind: string): void
 /**
  * y = x·Wᵀ for x [..., in] -> [..., out], with W as `method` parameterizes it: a folded matmul for
  * dense, `lowRankLinear` (never forms B·A) for lowrank, `sltrainLinear` (W built transiently) for
- * sltrain, which also needs the `support`. Scale alpha/rank. Throws {@link ConfigError} when
- * `params` does not match the method.
+ * sltrain, `reloraLinear` (W + s·B·A built transiently, W not differentiated) for relora. Scale
+ * alpha/rank. `buffer` is the linear's non-trainable tensor: the support for sltrain, the frozen W
+ * for relora. Throws {@link ConfigError} when `params` or `buffer` does not match the method.
  */
 export function applyLinear(
   method: LinearMethod,
   params: LinearParams,
-  support: Tensor | undefined,
+  buffer: Tensor | undefined,
   x: Tensor,
 ): Tensor {
   if (method.kind === "dense") {
@@ -124,8 +146,14 @@ export function applyLinear(
     const p = params as LowRankLinearParams;
     return lowRankLinear(x, p.B, p.A, s);
   }
+  if (method.kind === "relora") {
+    need(params, ["A", "B"], "relora");
+    if (buffer === undefined) throw new ConfigError("relora linear needs its frozen weight W");
+    const p = params as ReLoRALinearParams;
+    return reloraLinear(x, buffer, p.B, p.A, s);
+  }
   need(params, ["A", "B", "V"], "sltrain");
-  if (support === undefined) throw new ConfigError("sltrain linear needs its support tensor");
+  if (buffer === undefined) throw new ConfigError("sltrain linear needs its support tensor");
   const p = params as SLTrainLinearParams;
-  return sltrainLinear(x, p.B, p.A, p.V, support, s);
+  return sltrainLinear(x, p.B, p.A, p.V, buffer, s);
 }

@@ -9,16 +9,16 @@ import { collectTensors, ones, randomNormal, scope, Tensor } from "../core/tenso
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { causalSelfAttention } from "../ops/attention.ts";
-import { crossEntropy } from "../ops/cross_entropy.ts";
 import { add, mul, silu } from "../ops/elementwise.ts";
 import { embedding } from "../ops/embedding.ts";
+import { lmHeadCrossEntropy, lmHeadLossSums, type LossSums } from "../ops/lm_head.ts";
 import { matmul } from "../ops/matmul.ts";
 import { rmsNorm } from "../ops/rmsnorm.ts";
 import { rope } from "../ops/rope.ts";
 import { reshape, transpose } from "../ops/shape.ts";
 import { headDim, type LlamaConfig, validateConfig } from "./config.ts";
 import { ConfigError } from "./errors.ts";
-import { applyLinear, initLinear, type LinearParams } from "./linear.ts";
+import { applyLinear, initLinear, linearBuffer, type LinearParams } from "./linear.ts";
 import {
   type BlockLinearName,
   blockLinearShapes,
@@ -63,7 +63,10 @@ export type LlamaParams = {
   readonly lmHead: Tensor;
 };
 
-/** Non-trainable tensors of one block: the SLTrain supports (u32 [nnz]) by linear name. */
+/**
+ * Non-trainable tensors of one block by linear name: the SLTrain supports (u32 [nnz]) or ReLoRA's
+ * frozen weights (f32 [out, in], replaced by `mergeRelora`); empty for dense and lowrank.
+ */
 export type LayerBuffers = { readonly [name in BlockLinearName]?: Tensor };
 
 /** Non-trainable tensors of the model, keyed like the params (e.g. `layers[i].q`). */
@@ -75,7 +78,7 @@ export interface LlamaModel {
   readonly config: LlamaConfig;
   /** Parameterization of the block linears. */
   readonly method: LinearMethod;
-  /** Fixed non-trainable tensors (SLTrain supports). */
+  /** Non-trainable tensors (SLTrain supports, ReLoRA frozen weights). */
   readonly buffers: LlamaBuffers;
 }
 
@@ -104,6 +107,7 @@ export const IGNORE_INDEX: number = -100;
  * (embed, lm_head, then each block's q, k, v, o, gate, up, down), so the same seed gives the same
  * weights on every machine and the embedding and lm_head do not change with the method. SLTrain
  * supports are seeded the same way from `method.seed` alone, so two weight seeds share a support.
+ * A ReLoRA model's frozen W equals the dense model's w under the same seed.
  */
 export function initLlama(config: LlamaConfig, method: LinearMethod, seed: number): Llama {
   const cfg = validateConfig(config);
@@ -127,7 +131,8 @@ export function initLlama(config: LlamaConfig, method: LinearMethod, seed: numbe
           supportSeed: supportRng?.nextU32(),
         });
         lin[name] = init.params;
-        if (init.support) sup[name] = init.support;
+        const buffer = linearBuffer(init);
+        if (buffer) sup[name] = buffer;
       }
       layers.push({
         attnNorm: ones([d]),
@@ -156,16 +161,16 @@ function checkTokens(what: string, t: Tensor): [number, number] {
 }
 
 /**
- * Logits [B, T, V] for token ids `tokens` (i32 [B, T]) under `params`. Issues kernels only: no GPU
- * sync, so it can sit inside a training step. Token ids outside [0, V) give zero embeddings (the GPU
- * cannot throw); validate them on the CPU beforehand if that matters.
+ * The final-norm output [B, T, D] for token ids `tokens` (i32 [B, T]): everything of the model but
+ * the lm_head. Issues kernels only, no GPU sync. Token ids outside [0, V) give zero embeddings (the
+ * GPU cannot throw); validate them on the CPU beforehand if that matters.
  */
-export function forward(model: LlamaModel, params: LlamaParams, tokens: Tensor): Tensor {
+export function hiddenStates(model: LlamaModel, params: LlamaParams, tokens: Tensor): Tensor {
   const { config, method, buffers } = model;
-  const [b, t] = checkTokens("forward: tokens", tokens);
+  const [b, t] = checkTokens("hiddenStates: tokens", tokens);
   if (params.layers.length !== config.layers || buffers.layers.length !== config.layers) {
     throw new ConfigError(
-      `forward: config has ${config.layers} layers, params ${params.layers.length}, buffers ` +
+      `hiddenStates: config has ${config.layers} layers, params ${params.layers.length}, buffers ` +
         `${buffers.layers.length}`,
     );
   }
@@ -190,27 +195,74 @@ export function forward(model: LlamaModel, params: LlamaParams, tokens: Tensor):
         return add(hAttn, lin("down", mul(silu(lin("gate", n2)), lin("up", n2))));
       });
     });
-    return matmul(rmsNorm(x, params.finalNorm, eps), params.lmHead, { transB: true });
+    return rmsNorm(x, params.finalNorm, eps);
   });
 }
 
 /**
- * Mean cross-entropy (a scalar) of the next-token predictions over the targets that are not -100.
- * `batch.targets` are already aligned with `batch.inputs` (position t predicts `targets[t]`).
+ * Logits [B, T, V] for token ids `tokens` (i32 [B, T]) under `params`. Issues kernels only: no GPU
+ * sync, so it can sit inside a training step. At B·T·V beyond a storage binding (e.g. 2048 tokens
+ * at V = 32000) use {@link loss} or {@link evalLossSums}, which never form all logits.
  */
-export function loss(model: LlamaModel, params: LlamaParams, batch: Batch): Tensor {
-  const [b, t] = checkTokens("loss: batch.inputs", batch.inputs);
-  const [tb, tt] = checkTokens("loss: batch.targets", batch.targets);
+export function forward(model: LlamaModel, params: LlamaParams, tokens: Tensor): Tensor {
+  return scope(() => matmul(hiddenStates(model, params, tokens), params.lmHead, { transB: true }));
+}
+
+/** Options of {@link loss} and {@link evalLossSums}. */
+export interface LossOptions {
+  /** Bytes of one chunk of logits in the fused head (default `LM_HEAD_CHUNK_BYTES`, 32 MiB). */
+  readonly chunkBytes?: number;
+}
+
+function checkBatch(what: string, batch: Batch): void {
+  const [b, t] = checkTokens(`${what}: batch.inputs`, batch.inputs);
+  const [tb, tt] = checkTokens(`${what}: batch.targets`, batch.targets);
   if (tb !== b || tt !== t) {
     throw new ShapeError(
-      `loss: targets ${fmtShape(batch.targets.shape)} must match inputs ${
+      `${what}: targets ${fmtShape(batch.targets.shape)} must match inputs ${
         fmtShape(batch.inputs.shape)
       }`,
     );
   }
+}
+
+/**
+ * Mean cross-entropy (a scalar) of the next-token predictions over the targets that are not -100.
+ * `batch.targets` are already aligned with `batch.inputs` (position t predicts `targets[t]`). The
+ * head and the loss are one chunked op (`lmHeadCrossEntropy`): neither forward nor backward holds
+ * more than one chunk of logits, and the count of targets stays on the device.
+ */
+export function loss(
+  model: LlamaModel,
+  params: LlamaParams,
+  batch: Batch,
+  opts: LossOptions = {},
+): Tensor {
+  checkBatch("loss", batch);
   return scope(() =>
-    crossEntropy(forward(model, params, batch.inputs), batch.targets, {
+    lmHeadCrossEntropy(hiddenStates(model, params, batch.inputs), params.lmHead, batch.targets, {
       ignoreIndex: IGNORE_INDEX,
+      chunkBytes: opts.chunkBytes,
+    })
+  );
+}
+
+/**
+ * The summed cross-entropy over the non-ignored targets and their count, both device scalars, for
+ * token-weighted evaluation: accumulate both over batches with `add` and divide once at the end,
+ * one readback in all. Not recorded on a tape; chunked like {@link loss}.
+ */
+export function evalLossSums(
+  model: LlamaModel,
+  params: LlamaParams,
+  batch: Batch,
+  opts: LossOptions = {},
+): LossSums {
+  checkBatch("evalLossSums", batch);
+  return scope(() =>
+    lmHeadLossSums(hiddenStates(model, params, batch.inputs), params.lmHead, batch.targets, {
+      ignoreIndex: IGNORE_INDEX,
+      chunkBytes: opts.chunkBytes,
     })
   );
 }
@@ -232,7 +284,8 @@ export interface ParamEntry {
   readonly linear?: BlockLinearName;
   /**
    * Which tensor of the linear: `w` (dense, a 2-D weight GaLore may project), `A`/`B` (low-rank
-   * factors, which refactorization re-balances) or `V` (SLTrain sparse values).
+   * factors, which refactorization re-balances; under `relora` the adapter that `mergeRelora`
+   * folds into the frozen W) or `V` (SLTrain sparse values).
    */
   readonly factor?: "w" | "A" | "B" | "V";
 }

@@ -11,9 +11,15 @@ import type { LinearMethod } from "./method.ts";
 
 /** Live device bytes by kind, each a difference of `memoryStats().liveBytes`. */
 export interface MeasuredMemory {
-  /** Trainable tensors (weights, factors, sparse values). Compare with the estimate's `weights`. */
+  /**
+   * Trainable tensors (weights, factors, sparse values): the estimate's `params.trainable` at the
+   * weight size (all of its `weights` except for ReLoRA).
+   */
   readonly params: number;
-  /** Non-trainable tensors (SLTrain's u32 supports). Compare with the estimate's `indices`. */
+  /**
+   * Non-trainable tensors: SLTrain's u32 supports (the estimate's `indices`) or ReLoRA's frozen
+   * weights (the estimate's `weights` less the trainable part).
+   */
   readonly buffers: number;
   /** What `opts.extra` kept alive (e.g. optimizer state); 0 without it. */
   readonly extra: number;

@@ -1,7 +1,7 @@
 /**
- * How the seven linears of each decoder block are parameterized: dense, low-rank (s·B·A), or
- * SLTrain (s·B·A plus a fixed random sparse support). Embeddings, lm_head and norms always stay
- * dense.
+ * How the seven linears of each decoder block are parameterized: dense, low-rank (s·B·A), SLTrain
+ * (s·B·A plus a fixed random sparse support), or ReLoRA (a frozen dense W plus a trainable s·B·A
+ * adapter merged into W periodically). Embeddings, lm_head and norms always stay dense.
  * @module
  */
 import type { LlamaConfig } from "./config.ts";
@@ -10,10 +10,12 @@ import { ConfigError, show } from "./errors.ts";
 /**
  * Parameterization of the block linears. `alpha` sets the low-rank scale s = alpha / rank; `delta`
  * is the sparse density (nnz = ⌊delta·out·in⌋ per linear); `seed` fixes the sparse supports.
+ * `relora` keeps W frozen (a model buffer) and trains only its adapter B·A.
  */
 export type LinearMethod =
   | { readonly kind: "dense" }
   | { readonly kind: "lowrank"; readonly rank: number; readonly alpha: number }
+  | { readonly kind: "relora"; readonly rank: number; readonly alpha: number }
   | {
     readonly kind: "sltrain";
     readonly rank: number;
@@ -82,19 +84,34 @@ export function checkRank(
   return rank;
 }
 
+/** The method kinds, for messages and CLI choices. */
+export const METHOD_KINDS: readonly LinearMethod["kind"][] = Object.freeze([
+  "dense",
+  "lowrank",
+  "sltrain",
+  "relora",
+]);
+
+/** Throws {@link ConfigError} unless `kind` is one of {@link METHOD_KINDS}. */
+export function checkKind(kind: unknown): LinearMethod["kind"] {
+  if (!METHOD_KINDS.includes(kind as LinearMethod["kind"])) {
+    throw new ConfigError(
+      `method.kind must be one of ${METHOD_KINDS.map((k) => `"${k}"`).join(", ")}, got ${
+        show(kind)
+      }`,
+    );
+  }
+  return kind as LinearMethod["kind"];
+}
+
 /**
  * Validates a method against a config and returns it. Throws {@link ConfigError} for a rank that
  * is not below `min(out, in)` of some block linear (the message names that linear's shape), a
  * delta outside (0, 1), a non-finite alpha, a non-integer seed, or an unknown kind.
  */
 export function validateMethod(config: LlamaConfig, method: LinearMethod): LinearMethod {
-  const kind = (method as { kind?: unknown }).kind;
+  const kind = checkKind((method as { kind?: unknown }).kind);
   if (kind === "dense") return method;
-  if (kind !== "lowrank" && kind !== "sltrain") {
-    throw new ConfigError(
-      `method.kind must be "dense", "lowrank" or "sltrain", got ${show(kind)}`,
-    );
-  }
   const m = method as Exclude<LinearMethod, { kind: "dense" }>;
   checkRank(config, m.rank, kind);
   if (typeof m.alpha !== "number" || !Number.isFinite(m.alpha)) {

@@ -1,6 +1,6 @@
 /**
- * LLaMA model configs, block-linear parameterizations (dense, low-rank, SLTrain) and analytic
- * parameter and memory estimates.
+ * LLaMA model configs, block-linear parameterizations (dense, low-rank, SLTrain, ReLoRA) and
+ * analytic parameter and memory estimates.
  * @module
  */
 export {
@@ -18,8 +18,10 @@ export {
   type BlockLinearName,
   type BlockLinearShape,
   blockLinearShapes,
+  checkKind,
   checkRank,
   type LinearMethod,
+  METHOD_KINDS,
   sparseNnz,
   validateMethod,
 } from "./method.ts";
@@ -37,3 +39,5 @@ export {
 export * from "./linear.ts";
 export * from "./llama.ts";
 export * from "./memory.ts";
+export * from "./relora.ts";
+export * from "./relora_linear.ts";

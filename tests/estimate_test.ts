@@ -20,6 +20,7 @@ const GB = (n: number) => Number((n / 1e9).toFixed(3));
 
 const dense: LinearMethod = { kind: "dense" };
 const lowrank = (rank: number): LinearMethod => ({ kind: "lowrank", rank, alpha: 32 });
+const relora = (rank: number): LinearMethod => ({ kind: "relora", rank, alpha: 32 });
 const sltrain = (rank: number, delta = 0.03): LinearMethod => ({
   kind: "sltrain",
   rank,
@@ -154,22 +155,57 @@ Deno.test("property: sltrain count = lowrank count + nnz", () => {
   );
 });
 
+Deno.test("property: relora stores the dense weights plus the adapter and trains only the adapter and non-block params", () => {
+  fc.assert(
+    fc.property(withRankArb, ([c, r]) => {
+      const rl = countParams(c, relora(r));
+      const dn = countParams(c, dense);
+      const lr = countParams(c, lowrank(r));
+      assert.equal(rl.total, dn.total + lr.byPart.blocks);
+      assert.equal(rl.byPart.blocks, dn.byPart.blocks + lr.byPart.blocks);
+      assert.equal(rl.trainable, lr.total);
+      assert.ok(rl.trainable < rl.total);
+      assert.equal(rl.nnz, 0);
+      const e = estimateMemory(c, { method: relora(r) }, "ours");
+      assert.equal(e.weights, 4 * rl.total, "frozen weights are stored");
+      assert.equal(e.optimizerStates, 8 * rl.trainable, "but get no optimizer state");
+    }),
+  );
+});
+
+Deno.test("relora 60M, rank 128: 68.07M values stored, 42.77M trained; 0.307 GB in the paper's accounting", () => {
+  const p = countParams(PRESETS["60m"], relora(128));
+  assert.equal(p.total, 58_073_600 + 8 * 128 * (4 * 1024 + 3 * (1376 + 512)));
+  assert.equal(p.trainable, countParams(PRESETS["60m"], lowrank(128)).total);
+  assert.deepEqual(paper(PRESETS["60m"], relora(128)), [68.07, 0.307]);
+});
+
 Deno.test("property: byte totals follow the accounting formulas", () => {
   fc.assert(
-    fc.property(withRankArb, fc.constantFrom("dense", "lowrank", "sltrain"), ([c, r, d], kind) => {
-      const method = kind === "dense" ? dense : kind === "lowrank" ? lowrank(r) : sltrain(r, d);
-      const p = countParams(c, method);
-      const ours = estimateMemory(c, { method }, "ours");
-      assert.equal(ours.total, 4 * (p.total + 2 * p.trainable) + 4 * p.nnz);
-      const pap = estimateMemory(c, { method, optimizer: { kind: "adam" } }, "paper");
-      assert.equal(pap.total, 2 * p.total + 4 * p.trainable + 8 * p.nnz);
-      const eightBit = estimateMemory(
-        c,
-        { method, optimizer: { kind: "adam", bytesPerState: 1 } },
-        "ours",
-      );
-      assert.equal(eightBit.optimizerStates, 2 * p.trainable);
-    }),
+    fc.property(
+      withRankArb,
+      fc.constantFrom("dense", "lowrank", "sltrain", "relora"),
+      ([c, r, d], kind) => {
+        const method = kind === "dense"
+          ? dense
+          : kind === "lowrank"
+          ? lowrank(r)
+          : kind === "relora"
+          ? relora(r)
+          : sltrain(r, d);
+        const p = countParams(c, method);
+        const ours = estimateMemory(c, { method }, "ours");
+        assert.equal(ours.total, 4 * (p.total + 2 * p.trainable) + 4 * p.nnz);
+        const pap = estimateMemory(c, { method, optimizer: { kind: "adam" } }, "paper");
+        assert.equal(pap.total, 2 * p.total + 4 * p.trainable + 8 * p.nnz);
+        const eightBit = estimateMemory(
+          c,
+          { method, optimizer: { kind: "adam", bytesPerState: 1 } },
+          "ours",
+        );
+        assert.equal(eightBit.optimizerStates, 2 * p.trainable);
+      },
+    ),
   );
 });
 
@@ -189,6 +225,15 @@ Deno.test("errors: rank, delta, galore options", () => {
     /seed/,
   );
   assert.throws(() => validateMethod(c, { kind: "bogus" } as unknown as LinearMethod), /kind/);
+  assert.throws(() => countParams(c, relora(512)), /relora.rank 512.*\[512, 512\]/);
+  assert.throws(
+    () => validateMethod(c, { kind: "relora", rank: 8, alpha: NaN }),
+    /relora.alpha must be a finite number/,
+  );
+  assert.throws(
+    () => estimateMemory(c, { method: relora(8), optimizer: { kind: "galore", rank: 8 } }, "ours"),
+    /galore needs method "dense"/,
+  );
   assert.throws(
     () => estimateMemory(c, { method: lowrank(8), optimizer: { kind: "galore", rank: 8 } }, "ours"),
     /galore needs method "dense"/,

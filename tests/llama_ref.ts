@@ -2,7 +2,7 @@
  * A float64 CPU reference of the LLaMA forward and loss (models/llama.ts), written from the math
  * rather than from the GPU code: embedding, RMSNorm, rotate-half RoPE, causal multi-head attention,
  * SwiGLU, untied head, cross-entropy with an ignore index, and each block-linear method with W
- * formed densely. Slow and simple on purpose; used for finite differences in tests/llama_test.ts.
+ * formed densely (ReLoRA: frozen W plus s·B·A). Slow and simple on purpose; used for finite differences in tests/llama_test.ts.
  */
 import type { LinearMethod } from "../models/method.ts";
 
@@ -20,12 +20,15 @@ export interface RefConfig {
 /** Parameters by dotted path (`embed`, `layers.0.q.A`, ...), row-major float64. */
 export type RefParams = Map<string, Float64Array>;
 
-/** A model for the reference: params by path and SLTrain supports by linear path (`layers.0.q`). */
+/**
+ * A model for the reference: params by path, and buffers by linear path (`layers.0.q`): SLTrain
+ * supports or ReLoRA frozen weights.
+ */
 export interface RefModel {
   config: RefConfig;
   method: LinearMethod;
   params: RefParams;
-  supports: Map<string, ArrayLike<number>>;
+  buffers: Map<string, ArrayLike<number>>;
 }
 
 const LINEAR_SHAPES = (c: RefConfig): [string, number, number][] => [
@@ -60,9 +63,14 @@ export function refWeight(m: RefModel, path: string, out: number, inF: number): 
       W[i * inF + j] = s * acc;
     }
   }
+  if (method.kind === "relora") {
+    const W0 = m.buffers.get(path);
+    if (!W0) throw new Error(`reference: missing frozen weight ${path}`);
+    for (let k = 0; k < W.length; k++) W[k] += W0[k];
+  }
   if (method.kind === "sltrain") {
     const V = get(params, `${path}.V`);
-    const I = m.supports.get(path);
+    const I = m.buffers.get(path);
     if (!I) throw new Error(`reference: missing support ${path}`);
     for (let k = 0; k < I.length; k++) W[I[k]] += V[k];
   }

@@ -5,8 +5,10 @@ import { valueAndGrad } from "../core/tape.ts";
 import { type LlamaConfig, PRESETS, validateConfig, withVocab } from "../models/config.ts";
 import { memoryStats } from "../core/memory.ts";
 import { estimateMemory } from "../models/estimate.ts";
+import { countTargets, crossEntropy } from "../ops/cross_entropy.ts";
 import {
   disposeModel,
+  evalLossSums,
   forward,
   initLlama,
   type Llama,
@@ -39,6 +41,7 @@ const METHODS: Record<string, LinearMethod> = {
   dense: { kind: "dense" },
   lowrank: { kind: "lowrank", rank: 4, alpha: 8 },
   sltrain: { kind: "sltrain", rank: 4, delta: 0.1, alpha: 8, seed: 3 },
+  relora: { kind: "relora", rank: 4, alpha: 8 },
 };
 
 /** Rebuilds a params tree with `fn(path, tensor)` at every leaf (the order of paramPaths). */
@@ -93,21 +96,21 @@ for (const [name, method] of Object.entries(METHODS)) {
     const logits = forward(model, params, batch.inputs);
     const entries = paramPaths(params);
     const gradLeaves = paramPaths(grads).map((e) => e.tensor);
-    const supportPaths = Object.entries(model.buffers.layers).flatMap(([i, l]) =>
+    const bufferPaths = Object.entries(model.buffers.layers).flatMap(([i, l]) =>
       Object.entries(l).map(([k, t]) => [`layers.${i}.${k}`, t!] as const)
     );
     const [lossGpu, logitsGpu, ...rest] = await readAll([
       value,
       logits,
       ...gradLeaves,
-      ...supportPaths.map(([, t]) => t),
+      ...bufferPaths.map(([, t]) => t),
     ]);
     const gradGpu = rest.slice(0, gradLeaves.length);
     const ref: RefModel = {
       config: TOY,
       method,
       params: cpu,
-      supports: new Map(supportPaths.map(([p], i) => [p, rest[gradLeaves.length + i]])),
+      buffers: new Map(bufferPaths.map(([p], i) => [p, rest[gradLeaves.length + i]])),
     };
     for (const t of [value, logits, ...gradLeaves, ...entries.map((e) => e.tensor)]) t.dispose();
     for (const t of Object.values(batch)) t.dispose();
@@ -171,29 +174,33 @@ Deno.test("llama: measured parameter and index bytes equal estimateMemory('ours'
       { kind: "dense" },
       { kind: "lowrank", rank, alpha: 32 },
       { kind: "sltrain", rank, delta: 0.03, alpha: 32, seed: 42 },
+      { kind: "relora", rank, alpha: 32 },
     ];
     for (const method of methods) {
       const m = measureMemory(config, method);
       const est = estimateMemory(config, { method }, "ours");
       const what = `${preset}/${method.kind}`;
-      assert.equal(m.params, est.weights, `${what}: params bytes`);
-      assert.equal(m.buffers, est.indices, `${what}: index bytes`);
+      // Trainable tensors are the params; frozen ReLoRA weights and sparse indices the buffers.
+      const frozen = 4 * (est.params.total - est.params.trainable);
+      assert.equal(m.params, 4 * est.params.trainable, `${what}: params bytes`);
+      assert.equal(m.buffers, frozen + est.indices, `${what}: buffer bytes`);
       assert.equal(m.total, est.weights + est.indices, `${what}: total`);
       console.log(`  ${what}: measured ${m.params} + ${m.buffers} B = estimate`);
     }
   }
 });
 
-Deno.test("llama: measureMemory counts what an optimizer-state hook keeps alive", () => {
-  const method = METHODS.sltrain;
-  // Stand-in for Adam: two zero moments per trainable tensor.
-  const m = measureMemory(TOY, method, {
-    extra: (model) =>
-      paramPaths(model.params).flatMap((e) => [zeros(e.tensor.shape), zeros(e.tensor.shape)]),
-  });
-  const est = estimateMemory(TOY, { method }, "ours");
-  assert.equal(m.extra, est.optimizerStates);
-  assert.equal(m.total, est.total);
+Deno.test("llama: measureMemory counts what an optimizer-state hook keeps alive (sltrain, relora: states for trainable tensors only)", () => {
+  for (const method of [METHODS.sltrain, METHODS.relora]) {
+    // Stand-in for Adam: two zero moments per trainable tensor.
+    const m = measureMemory(TOY, method, {
+      extra: (model) =>
+        paramPaths(model.params).flatMap((e) => [zeros(e.tensor.shape), zeros(e.tensor.shape)]),
+    });
+    const est = estimateMemory(TOY, { method }, "ours");
+    assert.equal(m.extra, est.optimizerStates, method.kind);
+    assert.equal(m.total, est.total, method.kind);
+  }
 });
 
 async function blockGrads(model: Llama, params: LlamaParams): Promise<Map<string, Float32Array>> {
@@ -296,7 +303,7 @@ Deno.test("llama tiny preset (vocab 256, B 2, T 16): loss at init ≈ ln 256, fi
       ...METHODS.sltrain,
       rank: 32,
       delta: 0.03,
-    }] as LinearMethod[]
+    }, { ...METHODS.relora, rank: 32 }] as LinearMethod[]
   ) {
     const base = memoryStats().liveBuffers;
     const model = initLlama(config, method, 0);
@@ -327,4 +334,42 @@ Deno.test("llama tiny preset (vocab 256, B 2, T 16): loss at init ≈ ln 256, fi
     );
     g.forEach((v, i) => assert.ok(v.every(Number.isFinite), `${method.kind}: grad ${i} finite`));
   }
+});
+
+Deno.test("llama: chunked loss (3-row / 3-class chunks) equals crossEntropy(forward) in value and every gradient; evalLossSums gives sum and count", async () => {
+  // lowrank: its Kaiming B makes every gradient nonzero, so nothing is compared trivially.
+  const model = initLlama(TOY, METHODS.lowrank, 3);
+  const params = model.params;
+  const { inputs, targets } = batchData(21);
+  const batch = { inputs: tensor(inputs, [B, T], "i32"), targets: tensor(targets, [B, T], "i32") };
+  // 4·V·3 bytes: forward row chunks of 3 (10 = 3+3+3+1), backward vocabulary blocks of 3 (11 = 3+3+3+2).
+  const chunkBytes = 4 * TOY.vocabSize * 3;
+  const chunked = valueAndGrad((p: LlamaParams) => loss(model, p, batch, { chunkBytes }))(params);
+  const plain = valueAndGrad((p: LlamaParams) =>
+    crossEntropy(forward(model, p, batch.inputs), batch.targets, { ignoreIndex: -100 })
+  )(params);
+  const sums = evalLossSums(model, params, batch, { chunkBytes });
+  const count = countTargets(batch.targets);
+  const leaves = (r: { value: Tensor; grads: LlamaParams }) => [
+    r.value,
+    ...paramPaths(r.grads).map((e) => e.tensor),
+  ];
+  const [c, p] = [leaves(chunked), leaves(plain)];
+  const all = await readAll([...c, ...p, sums.sum, sums.count, count]);
+  const [cd, pd] = [all.slice(0, c.length), all.slice(c.length, 2 * c.length)];
+  const [sum, cnt, expCount] = all.slice(2 * c.length);
+  for (const t of [...c, ...p, sums.sum, sums.count, count, ...Object.values(batch)]) t.dispose();
+  disposeModel(model);
+  const names = ["loss", ...paramPaths(params).map((e) => e.path)];
+  cd.forEach((v, i) => {
+    for (let j = 0; j < v.length; j++) {
+      assert.ok(
+        Math.abs(v[j] - pd[i][j]) <= 1e-6 + 1e-5 * Math.abs(pd[i][j]),
+        `${names[i]}[${j}]: chunked ${v[j]} vs plain ${pd[i][j]}`,
+      );
+    }
+  });
+  assert.equal(cnt[0], expCount[0]);
+  assert.equal(cnt[0], B * T - 2);
+  assert.ok(Math.abs(sum[0] / cnt[0] - pd[0][0]) <= 1e-6 * pd[0][0], "sum / count = mean loss");
 });

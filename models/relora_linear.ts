@@ -1,0 +1,107 @@
+/**
+ * ReLoRA's block linear as one tape node: y = x·(W + s·B·A)ᵀ with W frozen. A plain composition
+ * (a matmul on W plus the low-rank path) would compute a dense out × in gradient for W in every
+ * backward only to drop it, and the tape would keep both partial outputs alive; this op does
+ * neither.
+ * @module
+ */
+import { DTypeError, ShapeError } from "../core/errors.ts";
+import { dispatch } from "../core/kernel.ts";
+import { fmtShape, sizeOf } from "../core/shape.ts";
+import { recordOp, untracked } from "../core/tape.ts";
+import type { Tensor } from "../core/tensor.ts";
+import { mapN } from "../ops/elementwise.ts";
+import { matmul } from "../ops/matmul.ts";
+import { flatGrid, flatMain } from "../ops/wgsl.ts";
+
+// ba ← w + s·ba in place: one out × in temporary instead of two. Same expression as ReLoRA's merge
+// (optim/refactor.ts), so the effective weight before a merge equals the merged W to the bit.
+const MERGE_INPLACE = `
+@group(0) @binding(0) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var<storage, read_write> ba: array<f32>;
+struct U { n: u32, s: f32, p0: u32, p1: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+${
+  flatMain(`  if (i >= u.n) { return; }
+  ba[i] = w[i] + u.s * ba[i];`)
+}`;
+
+/** W + s·B·A [out, in], not recorded; the caller owns it. */
+function effectiveWeight(W: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
+  const out = untracked(() => matmul(B, A));
+  if (out.size > 0) {
+    const u = new Uint32Array(4);
+    u[0] = out.size;
+    new Float32Array(u.buffer)[1] = s;
+    dispatch({
+      name: "relora_weight",
+      code: MERGE_INPLACE,
+      inputs: [W.binding()],
+      outputs: [out.binding()],
+      uniforms: u,
+      workgroups: flatGrid(out.size),
+    });
+  }
+  return out;
+}
+
+function scaled(t: Tensor, s: number): Tensor {
+  return mapN("relora_scale", [t], "v0 * c0", undefined, [s]);
+}
+
+/**
+ * ReLoRA linear: `y = x·(W + s·B·A)ᵀ` for x [..., in], frozen W [out, in], B [out, r], A [r, in],
+ * as one tape node. The effective weight is built transiently (once in forward, once in backward
+ * for dx); the VJP gives dx = g·W_eff, dB = s·gᵀ·(x·Aᵀ), dA = s·(g·B)ᵀ·x and no gradient for W.
+ */
+export function reloraLinear(x: Tensor, W: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
+  for (const [name, t] of [["x", x], ["W", W], ["B", B], ["A", A]] as const) {
+    if (t.dtype !== "f32") {
+      throw new DTypeError(`reloraLinear: ${name} must be f32, got ${t.dtype}`);
+    }
+  }
+  const [out, inF] = W.shape;
+  if (
+    W.rank !== 2 || B.rank !== 2 || A.rank !== 2 || B.shape[0] !== out || A.shape[1] !== inF ||
+    B.shape[1] !== A.shape[0] || x.rank < 1 || x.shape[x.rank - 1] !== inF
+  ) {
+    throw new ShapeError(
+      `reloraLinear: need x [..., in], W [out, in], B [out, r], A [r, in]; got x ${
+        fmtShape(x.shape)
+      }, W ${fmtShape(W.shape)}, B ${fmtShape(B.shape)}, A ${fmtShape(A.shape)}`,
+    );
+  }
+  if (!Number.isFinite(s)) throw new RangeError(`reloraLinear: scale must be finite, got ${s}`);
+  const rows = sizeOf(x.shape.slice(0, -1));
+  const y = untracked(() => {
+    const w = effectiveWeight(W, B, A, s);
+    const y = matmul(x, w, { transB: true });
+    w.dispose();
+    return y;
+  });
+  recordOp("reloraLinear", [x, W, B, A], y, (g) => {
+    const g2 = g.view([rows, out]);
+    const xf = x.view([rows, inF]);
+    // dx first, so the transient out × in weight is gone before the other temporaries exist.
+    const w = effectiveWeight(W, B, A, s);
+    const dx2 = matmul(g2, w);
+    w.dispose();
+    const dx = dx2.view(x.shape);
+    dx2.dispose();
+    // The scale rides on the rows × r products, the smallest tensors here.
+    const gB = matmul(g2, B);
+    const sgB = scaled(gB, s);
+    gB.dispose();
+    const dA = matmul(sgB, xf, { transA: true });
+    sgB.dispose();
+    const xA = matmul(xf, A, { transB: true });
+    const sxA = scaled(xA, s);
+    xA.dispose();
+    const dB = matmul(g2, sxA, { transA: true });
+    sxA.dispose();
+    g2.dispose();
+    xf.dispose();
+    return [dx, null, dB, dA];
+  });
+  return y;
+}

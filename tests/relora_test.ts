@@ -1,0 +1,164 @@
+import assert from "node:assert/strict";
+import { memoryStats } from "../core/memory.ts";
+import { Rng } from "../core/rng.ts";
+import { valueAndGrad } from "../core/tape.ts";
+import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { type LlamaConfig, validateConfig } from "../models/config.ts";
+import {
+  disposeModel,
+  forward,
+  initLlama,
+  type LayerParams,
+  type LlamaModel,
+  type LlamaParams,
+  loss,
+  paramPaths,
+} from "../models/llama.ts";
+import type { ReLoRALinearParams } from "../models/linear.ts";
+import type { BlockLinearName, LinearMethod } from "../models/method.ts";
+import { mergeRelora } from "../models/relora.ts";
+import { setup } from "./util.ts";
+
+await setup();
+
+const TOY: LlamaConfig = validateConfig({
+  vocabSize: 11,
+  hidden: 16,
+  intermediate: 40,
+  heads: 2,
+  layers: 2,
+  rmsNormEps: 1e-6,
+  ropeBase: 10000,
+  initStd: 0.02,
+});
+const RELORA: LinearMethod = { kind: "relora", rank: 4, alpha: 8 };
+const S = 8 / 4;
+const NAMES: BlockLinearName[] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+function tokens(seed: number): Tensor {
+  const rng = new Rng(seed);
+  return tensor(Int32Array.from({ length: 10 }, () => rng.nextInt(TOY.vocabSize)), [2, 5], "i32");
+}
+
+/** The model's params with every adapter B redrawn nonzero, so a merge has something to merge. */
+function withTrainedB(params: LlamaParams, seed: number): LlamaParams {
+  const rng = new Rng(seed);
+  const layers = params.layers.map((l) => {
+    const next: Record<string, unknown> = { ...l };
+    for (const n of NAMES) {
+      const { A, B } = l[n] as ReLoRALinearParams;
+      const b = Float32Array.from({ length: B.size }, () => 0.3 * (2 * rng.nextFloat() - 1));
+      B.dispose();
+      next[n] = { A, B: tensor(b, [...B.shape]) };
+    }
+    return next as LayerParams;
+  });
+  return { ...params, layers };
+}
+
+Deno.test("relora: params hold only the adapter (A, B) and non-block tensors; W is a buffer equal to the dense init; B = 0, A Kaiming-uniform", async () => {
+  const model = initLlama(TOY, RELORA, 4);
+  const dense = initLlama(TOY, { kind: "dense" }, 4);
+  const entries = paramPaths(model.params);
+  assert.ok(entries.every((e) => e.factor !== "w" && e.factor !== "V"));
+  assert.equal(entries.filter((e) => e.role === "block").length, 2 * 7 * 2);
+  const [w, wDense, a, b] = await readAll([
+    model.buffers.layers[1].gate!,
+    (dense.params.layers[1].gate as { w: Tensor }).w,
+    (model.params.layers[1].gate as ReLoRALinearParams).A,
+    (model.params.layers[1].gate as ReLoRALinearParams).B,
+  ]);
+  disposeModel(model);
+  disposeModel(dense);
+  assert.deepEqual(w, wDense, "frozen W is the dense model's w under the same seed");
+  assert.ok(b.every((x) => x === 0), "B = 0");
+  const bound = 1 / Math.sqrt(TOY.hidden);
+  const m = Array.from(a).reduce((s, x) => Math.max(s, Math.abs(x)), 0);
+  assert.ok(m <= bound && m > 0.8 * bound, `A: max |x| ${m} vs ${bound}`);
+});
+
+Deno.test("relora: a merge leaves the function unchanged (logits within 1e-5) and equals a dense model with the merged weights; W = W0 + s·B·A, B = 0, A redrawn; live bytes unchanged", async () => {
+  const model = initLlama(TOY, RELORA, 1);
+  const params = withTrainedB(model.params, 2);
+  const ids = tokens(3);
+  const before = forward(model, params, ids);
+  const w0 = model.buffers.layers[0].up!;
+  const { A: a0, B: b0 } = params.layers[0].up as ReLoRALinearParams;
+  const [beforeData, w0d, a0d, b0d] = await readAll([before, w0, a0, b0]);
+  const live = memoryStats().liveBytes;
+  const merged = mergeRelora(model, params, 9);
+  assert.equal(memoryStats().liveBytes, live, "merge replaces tensors one for one (donated)");
+  assert.ok(w0.isDisposed && a0.isDisposed && b0.isDisposed, "old W and adapter disposed");
+  const after = forward(model, merged, ids);
+  const denseModel: LlamaModel = {
+    config: TOY,
+    method: { kind: "dense" },
+    buffers: { layers: model.buffers.layers.map(() => ({})) },
+  };
+  const denseParams: LlamaParams = {
+    ...merged,
+    layers: merged.layers.map((l, i) => {
+      const next: Record<string, unknown> = { ...l };
+      for (const n of NAMES) next[n] = { w: model.buffers.layers[i][n]! };
+      return next as LayerParams;
+    }),
+  };
+  const asDense = forward(denseModel, denseParams, ids);
+  const { A: a1, B: b1 } = merged.layers[0].up as ReLoRALinearParams;
+  const [afterData, denseData, w1d, a1d, b1d] = await readAll([
+    after,
+    asDense,
+    model.buffers.layers[0].up!,
+    a1,
+    b1,
+  ]);
+  for (const t of [before, after, asDense, ids]) t.dispose();
+  disposeModel({ params: merged, buffers: model.buffers });
+
+  let drift = 0;
+  for (let i = 0; i < beforeData.length; i++) {
+    drift = Math.max(drift, Math.abs(afterData[i] - beforeData[i]));
+    assert.ok(Math.abs(afterData[i] - beforeData[i]) <= 1e-5, `logit ${i} moved`);
+    assert.ok(Math.abs(denseData[i] - afterData[i]) <= 1e-5, `logit ${i}: dense vs relora`);
+  }
+  const [out, inF, r] = [TOY.intermediate, TOY.hidden, 4];
+  for (let i = 0; i < out; i++) {
+    for (let j = 0; j < inF; j++) {
+      let ba = 0;
+      for (let k = 0; k < r; k++) ba += b0d[i * r + k] * a0d[k * inF + j];
+      const exp = w0d[i * inF + j] + S * ba;
+      assert.ok(Math.abs(w1d[i * inF + j] - exp) <= 1e-6, `merged W[${i}, ${j}]`);
+    }
+  }
+  assert.ok(b1d.every((x) => x === 0), "B restarts at 0");
+  assert.notDeepEqual(a1d, a0d, "A is redrawn");
+  const bound = 1 / Math.sqrt(inF);
+  assert.ok(a1d.every((x) => Math.abs(x) <= bound), "A within the Kaiming bound");
+  console.log(`  max |Δlogit| across the merge ${drift.toExponential(1)}`);
+});
+
+Deno.test("relora: A and B get nonzero gradients (W is a buffer, never differentiated); the loss is continuous across a merge", async () => {
+  const model = initLlama(TOY, RELORA, 5);
+  const params = withTrainedB(model.params, 6);
+  const ids = tokens(7);
+  const batch = { inputs: ids, targets: tokens(8) };
+  const f = valueAndGrad((p: LlamaParams) => loss(model, p, batch));
+  const { value, grads } = f(params);
+  const g = paramPaths(grads).filter((e) => e.role === "block");
+  const data = await readAll(g.map((e) => e.tensor));
+  g.forEach((e, i) => assert.ok(data[i].some((x) => x !== 0), `${e.path} gradient is nonzero`));
+  const merged = mergeRelora(model, params, 1);
+  const l2 = loss(model, merged, batch);
+  const [l1, l2d] = await readAll([value, l2]);
+  assert.ok(Math.abs(l1[0] - l2d[0]) <= 1e-5, `loss ${l1[0]} before merge vs ${l2d[0]} after`);
+  for (const t of [value, l2, ...paramPaths(grads).map((e) => e.tensor), ids, batch.targets]) {
+    t.dispose();
+  }
+  disposeModel({ params: merged, buffers: model.buffers });
+});
+
+Deno.test("relora: mergeRelora refuses other methods", () => {
+  const model = initLlama(TOY, { kind: "lowrank", rank: 4, alpha: 8 }, 0);
+  assert.throws(() => mergeRelora(model, model.params, 0), /needs a relora model/);
+  disposeModel(model);
+});
