@@ -5,8 +5,8 @@
  */
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
 import { IGNORE_INDEX, type Sequences } from "../data/batches.ts";
-import { forward, type LlamaModel, type LlamaParams } from "../models/llama.ts";
-import { add, countTargets, crossEntropy } from "../ops/mod.ts";
+import { evalLossSums, type LlamaModel, type LlamaParams } from "../models/llama.ts";
+import { add } from "../ops/mod.ts";
 
 /** Result of {@link evaluate}. */
 export interface EvalResult {
@@ -39,14 +39,8 @@ export async function evaluate(
     const next = scope(() => {
       const inputs = tensor(inp, [rows, val.seq], "i32");
       const targets = tensor(tgt, [rows, val.seq], "i32");
-      const logits = forward(model, params, inputs);
-      return {
-        sum: add(
-          sum,
-          crossEntropy(logits, targets, { ignoreIndex: IGNORE_INDEX, reduction: "sum" }),
-        ),
-        count: add(count, countTargets(targets, { ignoreIndex: IGNORE_INDEX })),
-      };
+      const part = evalLossSums(model, params, { inputs, targets });
+      return { sum: add(sum, part.sum), count: add(count, part.count) };
     });
     sum.dispose();
     count.dispose();

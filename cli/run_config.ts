@@ -7,7 +7,6 @@ import type { LlamaConfig } from "../models/config.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
 import { type LlamaParams, paramPaths } from "../models/llama.ts";
-import type { Tensor } from "../core/tensor.ts";
 import { adamw, chain, clipByGlobalNorm, galore, type Optimizer, partition } from "../optim/mod.ts";
 import { quickRecovery, warmupCosine } from "../optim/schedule.ts";
 
@@ -88,7 +87,7 @@ export function linearMethod(run: RunConfig): LinearMethod {
         seed: run.seed,
       };
     case "relora":
-      return { kind: "relora", rank: run.rank, alpha: run.alpha } as unknown as LinearMethod;
+      return { kind: "relora", rank: run.rank, alpha: run.alpha };
   }
 }
 
@@ -116,11 +115,6 @@ export function lrSchedule(run: RunConfig): (step: number) => number {
   return cycle > 0
     ? quickRecovery(base, { cycleLength: cycle, recoverySteps: run.recoverySteps })
     : base;
-}
-
-/** True for tensors GaLore projects: the dense 2-D weights of block linears. */
-export function isGaloreTarget(path: string, params: LlamaParams): boolean {
-  return paramPaths(params).some((e) => e.path === path && e.role === "block" && e.factor === "w");
 }
 
 /**
@@ -160,6 +154,3 @@ export function buildLeafOptimizer(run: RunConfig, galoreTarget: boolean): Optim
   }
   return adam as Optimizer;
 }
-
-/** Tensors of a tree, for counting (re-exported for the trainer). */
-export type { Tensor };

@@ -8,6 +8,7 @@ import { Tape, valueAndGrad } from "../core/tape.ts";
 import { collectTensors, readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
 import { BatchStream, type BatchStreamState, type Sequences } from "../data/batches.ts";
 import { countParams, estimateMemory } from "../models/estimate.ts";
+import { mergeRelora } from "../models/relora.ts";
 import {
   initLlama,
   type LlamaBuffers,
@@ -35,7 +36,6 @@ import {
   lrSchedule,
   type RunConfig,
 } from "./run_config.ts";
-const mergeRelora = (..._a: unknown[]): never => { throw new Error("relora pending"); };
 
 /** Train and validation sequences of a run. */
 export interface RunData {

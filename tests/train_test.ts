@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { readSafetensors } from "../cli/safetensors.ts";
-import { Progress } from "../cli/progress.ts";
+import type { Progress } from "../cli/progress.ts";
 import type { RunConfig } from "../cli/run_config.ts";
 import { type RunData, trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
