@@ -296,6 +296,7 @@ const CANDIDATES: Record<string, Partial<MatmulShaderConfig>> = {
   "r24x24_wg8x2": { tileM: 24, tileN: 24, wgX: 8, wgY: 2 },
   "r32x32_wg8x1": { tileM: 32, tileN: 32, wgX: 8, wgY: 1 },
   "table": {},
+  "table-large": {},
 };
 
 function parseShape(s: string): [number, number, number] {
@@ -382,6 +383,8 @@ async function bench(): Promise<void> {
         if (!base) throw new Error(`unknown config ${name}`);
         const cfg = name === "table"
           ? chooseMatmulConfig(M, N, K, transA, transB, "cpu")
+          : name === "table-large"
+          ? chooseMatmulConfig(M, N, K, transA, transB, "cpu", { largeTiles: true })
           : withShape(base, M, N, K, transA, transB);
         const { pipe, fresh } = pipelineFor(cfg);
         const bg = bindGroup(pipe, o);
@@ -414,8 +417,8 @@ async function bench(): Promise<void> {
         const contended = gf.length < runs;
         if (contended) gf.push(...dirty);
         const med = median(gf);
-        const tag = name === "table"
-          ? `table(${cfg.tileM}x${cfg.tileN}_wg${cfg.wgX}x${cfg.wgY})`
+        const tag = name.startsWith("table")
+          ? `${name}(${cfg.tileM}x${cfg.tileN}_wg${cfg.wgX}x${cfg.wgY})`
           : name;
         const line =
           `${tag.padEnd(26)} ${shape.padEnd(14)} ${lay}  ${med.toFixed(2).padStart(6)} GFLOP/s` +
@@ -563,6 +566,13 @@ async function check(): Promise<void> {
         withShape({ tileM: 16, tileN: 32, wgX: 8, wgY: 2 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
     ],
   ];
+  // 32x32 tiles (the opt-in "largeTiles" table entry): NN/TN with all-vec4 shapes only, since each
+  // such pipeline costs ~7 s to compile cold.
+  variants.push([
+    "r32x32",
+    (pr) =>
+      withShape({ tileM: 32, tileN: 32, wgX: 8, wgY: 1 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
+  ]);
   const extra = argv.get("variants");
   const useVariants = extra ? variants.filter(([n]) => extra.split(",").includes(n)) : variants;
   let worst = 0, failures = 0, n = 0;
@@ -572,6 +582,7 @@ async function check(): Promise<void> {
     const o = makeOperands(pr, rand);
     for (const [vname, mk] of useVariants) {
       const cfg = mk(pr);
+      if (vname === "r32x32" && (pr.transB || !cfg.vec4A || !cfg.vec4B || !cfg.vec4C)) continue;
       const { pipe } = pipelineFor(cfg);
       // reset C to the sentinel
       device.queue.writeBuffer(o.C, 0, new Float32Array(o.C.size / 4).fill(SENTINEL));
