@@ -101,7 +101,30 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
   return run;
 }
 
-async function prepareOut(flags: RawFlags, label: string): Promise<string> {
+const CKPT = "checkpoint.safetensors";
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The output folder, checked before anything is written; `created` when this process made it. */
+interface OutDir {
+  out: string;
+  created: boolean;
+  /** Run folders that hold a checkpoint to resume from. */
+  resumable: Set<string>;
+}
+
+async function prepareOut(
+  flags: RawFlags,
+  label: string,
+  dirs: (out: string) => string[],
+): Promise<OutDir> {
   const out = typeof flags.out === "string"
     ? flags.out
     : `runs/${label}-${new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19)}`;
@@ -112,7 +135,7 @@ async function prepareOut(flags: RawFlags, label: string): Promise<string> {
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
-      if (e.name === "checkpoint.safetensors" || e.name === "log.jsonl" || e.isDirectory) {
+      if (e.name === CKPT || e.name === "log.jsonl" || e.isDirectory) {
         throw new FlagError(
           `--out ${out}: already holds a run; pass --resume to continue it, or choose another --out`,
         );
@@ -120,8 +143,41 @@ async function prepareOut(flags: RawFlags, label: string): Promise<string> {
     }
   }
   if (!info && flags.resume) throw new FlagError(`--resume: ${out} does not exist`);
+  const resumable = new Set<string>();
+  if (flags.resume) {
+    for (const d of dirs(out)) if (await exists(`${d}/${CKPT}`)) resumable.add(d);
+    // A compare whose later runs never started (Ctrl-C) resumes the rest from scratch.
+    if (resumable.size === 0) {
+      throw new FlagError(`--resume: ${out} holds no ${CKPT} to resume from`);
+    }
+  }
   await Deno.mkdir(out, { recursive: true });
-  return out;
+  return { out, created: !info, resumable };
+}
+
+/**
+ * Removes what a fresh run wrote when it failed before its first checkpoint, so that the same
+ * --out can simply be run again (a log without a checkpoint would block it). Synchronous because
+ * it also runs on a second Ctrl-C right before exiting.
+ */
+function discardFresh(dir: string, outDir: OutDir): void {
+  try {
+    Deno.statSync(`${dir}/${CKPT}`);
+    return;
+  } catch { /* no checkpoint: nothing worth keeping */ }
+  for (const f of ["log.jsonl", "summary.json", "loss.svg"]) {
+    try {
+      Deno.removeSync(`${dir}/${f}`);
+    } catch { /* not written */ }
+  }
+  // Non-recursive removes: only empty folders go, and only ones this process made.
+  const folders = dir === outDir.out ? [] : [dir];
+  if (outDir.created) folders.push(outDir.out);
+  for (const d of folders) {
+    try {
+      Deno.removeSync(d);
+    } catch { /* not empty */ }
+  }
 }
 
 async function loadData(
@@ -189,14 +245,25 @@ async function main(argv: string[]): Promise<number> {
   });
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok));
-  const out = await prepareOut(flags, methods.length > 1 ? "compare" : methods[0]);
-  const info = await init();
+  // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = await loadData(flags, tok, runs[0].seq);
+  const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
+  const outDir = await prepareOut(
+    flags,
+    methods.length > 1 ? "compare" : methods[0],
+    (out) => methods.map((m) => runDir(out, m)),
+  );
+  const out = outDir.out;
+  const info = await init();
   console.error(`adapter: ${info.description} (${info.kind})\ndata: ${desc}\nout: ${out}`);
 
   let stop = false;
+  let current: string | null = null;
   const onSigint = () => {
-    if (stop) Deno.exit(130);
+    if (stop) {
+      if (current) discardFresh(current, outDir);
+      Deno.exit(130);
+    }
     stop = true;
     console.error(
       "\nstopping after this step and writing a checkpoint (Ctrl-C again to quit at once)",
@@ -206,8 +273,10 @@ async function main(argv: string[]): Promise<number> {
   const results: RunResult[] = [];
   try {
     for (const run of runs) {
-      const dir = methods.length > 1 ? `${out}/${run.method}` : out;
+      const dir = runDir(out, run.method);
+      const resume = outDir.resumable.has(dir);
       await Deno.mkdir(dir, { recursive: true });
+      current = resume ? null : dir;
       const logFile = await Deno.open(`${dir}/log.jsonl`, { append: true, create: true });
       const enc = new TextEncoder();
       console.error(
@@ -218,7 +287,7 @@ async function main(argv: string[]): Promise<number> {
       try {
         const result = await trainRun(run, data, {
           out: dir,
-          resume: flags.resume === true,
+          resume,
           progress: new Progress(run.method, run.logEvery),
           log: (rec) =>
             logFile.writeSync(
@@ -235,9 +304,16 @@ async function main(argv: string[]): Promise<number> {
           `${dir}/loss.svg`,
           lossPlot([result], `${run.method} on ${run.modelName}`),
         );
-      } finally {
+      } catch (e) {
         logFile.close();
+        if (!resume) discardFresh(dir, outDir);
+        if (!resume && await exists(`${dir}/${CKPT}`)) {
+          (e as Error).message += ` (the last checkpoint is in ${dir}; --resume continues from it)`;
+        }
+        throw e;
       }
+      logFile.close();
+      current = null;
       if (stop) break;
     }
   } finally {
@@ -249,12 +325,16 @@ async function main(argv: string[]): Promise<number> {
       `${out}/loss.svg`,
       lossPlot(results, `${runs[0].modelName}: ${methods.join(" vs ")}`),
     );
+    console.log(`loss curves of all runs: ${out}/loss.svg`);
   }
-  console.log(
-    `loss curves: ${out}/${
-      results.length > 1 ? "" : ""
-    }loss.svg; log: log.jsonl; checkpoint: checkpoint.safetensors`,
-  );
+  for (const r of results) {
+    const dir = runDir(out, r.run.method);
+    console.log(
+      `${
+        results.length > 1 ? `${r.run.method}: ` : ""
+      }loss curve: ${dir}/loss.svg; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
+    );
+  }
   void deviceInfo;
   return stop ? 130 : 0;
 }
