@@ -1,0 +1,164 @@
+/**
+ * `deno run -A sample.ts --checkpoint runs/x --prompt "The jury"`: generate text from a checkpoint
+ * written by train.ts, streaming it to stdout. `--help` lists every flag. See cli/generate.ts (a
+ * full forward per token, no KV cache).
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { init } from "./core/device.ts";
+import { type Tokenizer, tokenizerByName } from "./data/tokenizer.ts";
+import { FlagError, natInt, num, posInt, type RawFlags } from "./cli/flags.ts";
+import { disposeLoaded, generate, loadModel, textStream } from "./cli/generate.ts";
+
+/** Flags of sample.ts, in --help order: [type, default shown in --help, description]. */
+export const SAMPLE_FLAGS: Record<
+  string,
+  { type: "string" | "boolean"; default?: string; help: string }
+> = {
+  checkpoint: {
+    type: "string",
+    help: "checkpoint.safetensors, or a train.ts --out folder holding one (required)",
+  },
+  prompt: { type: "string", help: "text to continue (required, non-empty)" },
+  tokens: { type: "string", default: "200", help: "tokens to generate" },
+  temperature: { type: "string", default: "0.8", help: "softmax temperature (0 = greedy)" },
+  "top-k": { type: "string", default: "40", help: "sample among the k likeliest tokens (0 = all)" },
+  greedy: { type: "boolean", help: "always take the likeliest token" },
+  seed: { type: "string", default: "1", help: "seed of the sampler (same seed, same text)" },
+  seq: {
+    type: "string",
+    default: "the model's max sequence length",
+    help: "context window: the forward sees the last X tokens",
+  },
+  tokenizer: {
+    type: "string",
+    default: "from the vocab size: 256 bytes, 32000 llama",
+    help: "bytes or llama",
+  },
+  help: { type: "boolean", help: "show this help" },
+};
+
+/** The help text of sample.ts. */
+export function sampleHelp(): string {
+  const lines = [
+    "Generate text from a train.ts checkpoint.",
+    "",
+    'usage: deno run -A sample.ts --checkpoint DIR_OR_FILE --prompt "The jury" [flags]',
+    "",
+  ];
+  for (const [name, f] of Object.entries(SAMPLE_FLAGS)) {
+    const left = `  --${name}${f.type === "string" ? " X" : ""}`;
+    lines.push(`${left.padEnd(20)}${f.help}${f.default ? ` [default: ${f.default}]` : ""}`);
+  }
+  return lines.join("\n");
+}
+
+function parse(argv: string[]): RawFlags {
+  const options = Object.fromEntries(
+    Object.entries(SAMPLE_FLAGS).map(([k, f]) => [k, { type: f.type }]),
+  );
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      options,
+      strict: true,
+      allowPositionals: true,
+    });
+    if (positionals.length > 0) throw new FlagError(`unexpected argument "${positionals[0]}"`);
+    return values as RawFlags;
+  } catch (e) {
+    if (e instanceof FlagError) throw e;
+    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+    throw new FlagError(`${msg}; see --help`);
+  }
+}
+
+async function pickTokenizer(flags: RawFlags, vocab: number): Promise<Tokenizer> {
+  const name = typeof flags.tokenizer === "string"
+    ? flags.tokenizer
+    : vocab === 256
+    ? "bytes"
+    : vocab === 32000
+    ? "llama"
+    : null;
+  if (name === null) {
+    throw new FlagError(`the checkpoint's vocabulary has ${vocab} ids; pass --tokenizer`);
+  }
+  const tok = await tokenizerByName(name).catch((e) => {
+    throw new FlagError(`--tokenizer: ${(e as Error).message}`);
+  });
+  if (tok.vocabSize !== vocab) {
+    throw new FlagError(
+      `--tokenizer ${name} has ${tok.vocabSize} ids but the checkpoint's model has ${vocab}`,
+    );
+  }
+  return tok;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const flags = parse(argv);
+  if (flags.help) {
+    console.log(sampleHelp());
+    return 0;
+  }
+  if (typeof flags.checkpoint !== "string" || flags.checkpoint === "") {
+    throw new FlagError("--checkpoint is required (a checkpoint file or a train.ts --out folder)");
+  }
+  const prompt = flags.prompt;
+  if (typeof prompt !== "string" || prompt === "") {
+    throw new FlagError("--prompt is required and must not be empty");
+  }
+  // Every number is checked before the device starts and the checkpoint loads.
+  const tokens = num(flags, "tokens", 200, posInt, "a positive integer");
+  const temperature = num(flags, "temperature", 0.8, (v) => v >= 0, "a non-negative number");
+  const topK = num(flags, "top-k", 40, natInt, "a non-negative integer");
+  const seed = num(flags, "seed", 1, natInt, "a non-negative integer");
+  const seqFlag = num(flags, "seq", 0, posInt, "a positive integer");
+
+  await init();
+  const loaded = await loadModel(flags.checkpoint);
+  try {
+    const tok = await pickTokenizer(flags, loaded.model.config.vocabSize);
+    const ids = tok.encode(prompt);
+    if (ids.length === 0) throw new FlagError("--prompt encodes to no tokens");
+    const window = seqFlag || (loaded.model.config.maxSeqLen ?? loaded.run.seq);
+    const { run } = loaded;
+    console.error(
+      `${run.method} on ${run.modelName} after ${loaded.step} steps; ${tok.name}; ` +
+        `window ${window}; ${
+          flags.greedy || temperature === 0
+            ? "greedy"
+            : `temperature ${temperature}, top-k ${topK || "all"}, seed ${seed}`
+        }`,
+    );
+    const enc = new TextEncoder();
+    const write = (s: string) => Deno.stdout.writeSync(enc.encode(s));
+    write(prompt);
+    const stream = textStream(tok.decode);
+    await generate(loaded, ids, {
+      tokens,
+      window,
+      seed,
+      greedy: flags.greedy === true,
+      temperature,
+      topK,
+      onToken: (id) => {
+        const piece = stream.push(id);
+        if (piece) write(piece);
+      },
+    });
+    write(`${stream.flush()}\n`);
+  } finally {
+    disposeLoaded(loaded);
+  }
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(e instanceof FlagError ? 2 : 1);
+  }
+}
