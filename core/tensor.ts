@@ -353,22 +353,24 @@ export interface RandomOptions {
   rng?: Rng;
 }
 
+// Allocates first, so a tensor over the device's limits fails before the CPU draws its values.
+function fillFromCpu(shape: Shape, opts: RandomOptions, draw: (rng: Rng) => number): Tensor {
+  const t = Tensor.empty(shape);
+  const rng = opts.rng ?? new Rng(opts.seed ?? 0);
+  const v = new Float32Array(t.size);
+  for (let i = 0; i < v.length; i++) v[i] = draw(rng);
+  encodeUpload(t.storage, v);
+  return t;
+}
+
 /** Uniform samples in [low, high), generated on the CPU from a seed (identical on every machine). */
 export function randomUniform(shape: Shape, low = 0, high = 1, opts: RandomOptions = {}): Tensor {
-  checkShape(shape);
-  const rng = opts.rng ?? new Rng(opts.seed ?? 0);
-  const v = new Float32Array(sizeOf(shape));
-  for (let i = 0; i < v.length; i++) v[i] = low + (high - low) * rng.nextFloat();
-  return tensor(v, shape);
+  return fillFromCpu(shape, opts, (rng) => low + (high - low) * rng.nextFloat());
 }
 
 /** Normal samples with the given mean and standard deviation, generated on the CPU from a seed. */
 export function randomNormal(shape: Shape, mean = 0, std = 1, opts: RandomOptions = {}): Tensor {
-  checkShape(shape);
-  const rng = opts.rng ?? new Rng(opts.seed ?? 0);
-  const v = new Float32Array(sizeOf(shape));
-  for (let i = 0; i < v.length; i++) v[i] = mean + std * rng.nextNormal();
-  return tensor(v, shape);
+  return fillFromCpu(shape, opts, (rng) => mean + std * rng.nextNormal());
 }
 
 /** The integers `[0, n)` as an i32 (or u32) vector. */
