@@ -34,7 +34,16 @@ export {
   ShapeError,
   SLTrainError,
 } from "./core/errors.ts";
-export { type Binding, dispatch, dispatchStats, type KernelCall, sync } from "./core/kernel.ts";
+export {
+  type Binding,
+  dispatch,
+  dispatchStats,
+  type KernelCall,
+  type ProfileEntry,
+  startProfile,
+  stopProfile,
+  sync,
+} from "./core/kernel.ts";
 export {
   emptyPool,
   type MemoryStats,

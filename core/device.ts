@@ -17,6 +17,8 @@ export interface DeviceInfo {
   readonly f16: boolean;
   /** True when the device was created with `subgroups`. */
   readonly subgroups: boolean;
+  /** True when the device can time kernels (`timestamp-query`), used by `profile`. */
+  readonly timestamps: boolean;
   /** The device's limits (requested at the adapter's maxima). */
   readonly limits: GPUSupportedLimits;
 }
@@ -91,6 +93,7 @@ async function createDevice(options: InitOptions): Promise<DeviceInfo> {
     kind,
     f16: device.features.has("shader-f16"),
     subgroups: device.features.has("subgroups"),
+    timestamps: device.features.has("timestamp-query"),
     limits: device.limits,
   };
   const s: DeviceState = { device, info, lost: null, errors: [] };
@@ -109,6 +112,7 @@ async function requestWithOptionalFeatures(
   f16: boolean,
 ): Promise<GPUDevice> {
   const base: GPUFeatureName[] = f16 ? ["shader-f16"] : [];
+  if (adapter.features.has("timestamp-query")) base.push("timestamp-query");
   try {
     return await adapter.requestDevice({
       requiredFeatures: [...base, "subgroups" as GPUFeatureName],

@@ -3,7 +3,8 @@
  * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readBuffers}.
  * @module
  */
-import { gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
+import { deviceInfo, gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
+import { DeviceError } from "./errors.ts";
 import { DeviceLimitError } from "./errors.ts";
 import type { Storage } from "./memory.ts";
 
@@ -143,10 +144,16 @@ export function dispatch(call: KernelCall): void {
   if (x * y * z === 0) return;
   const pipeline = pipelineFor(call.name, call.code);
   const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  if (profiler) {
+    // One pass per dispatch, so the pass timestamps bracket exactly this kernel.
+    endPass();
+    pass = currentEncoder().beginComputePass({ timestampWrites: profiler.slot(call.name) });
+  }
   pass ??= currentEncoder().beginComputePass();
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, bindGroup);
   pass.dispatchWorkgroups(x, y, z);
+  if (profiler) endPass();
   batchOps.add(call.name);
   totalDispatches++;
   if (++batchDispatches >= AUTO_FLUSH_DISPATCHES) flush();
@@ -198,7 +205,9 @@ export function flush(): void {
   batchOps = new Set();
   batchDispatches = 0;
   stagedBytes = 0;
+  profiler?.resolve(enc);
   scoped(`batch [${ops}]`, () => gpuDevice().queue.submit([enc.finish()]));
+  profiler?.collect();
   totalSubmits++;
   for (const b of toDestroy) b.destroy();
   toDestroy = [];
@@ -255,3 +264,107 @@ export function grid1d(n: number, wgSize: number): [number, number, number] {
 
 /** WGSL expression of the flat invocation index for a {@link grid1d} dispatch (needs `gid` and `nwg`). */
 export const WGSL_FLAT_INDEX = "gid.x + gid.y * (nwg.x * WG)";
+
+/** GPU time of one op name over a profiled stretch. */
+export interface ProfileEntry {
+  /** Op (kernel) name. */
+  name: string;
+  /** Dispatches. */
+  count: number;
+  /** Total GPU milliseconds. */
+  ms: number;
+}
+
+const PROFILE_SLOTS = 2048;
+
+class Profiler {
+  readonly querySet: GPUQuerySet;
+  readonly resolveBuf: GPUBuffer;
+  names: string[] = [];
+  readonly totals = new Map<string, ProfileEntry>();
+  readonly pending: Promise<void>[] = [];
+  #readback: GPUBuffer | null = null;
+
+  constructor() {
+    const device = gpuDevice();
+    this.querySet = device.createQuerySet({ type: "timestamp", count: 2 * PROFILE_SLOTS });
+    this.resolveBuf = device.createBuffer({
+      size: 16 * PROFILE_SLOTS,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+  }
+
+  slot(name: string): GPUComputePassTimestampWrites {
+    if (this.names.length === PROFILE_SLOTS) flush();
+    const i = this.names.length;
+    this.names.push(name);
+    return {
+      querySet: this.querySet,
+      beginningOfPassWriteIndex: 2 * i,
+      endOfPassWriteIndex: 2 * i + 1,
+    };
+  }
+
+  resolve(enc: GPUCommandEncoder): void {
+    const n = this.names.length;
+    if (n === 0) return;
+    enc.resolveQuerySet(this.querySet, 0, 2 * n, this.resolveBuf, 0);
+    this.#readback = gpuDevice().createBuffer({
+      size: 16 * n,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    enc.copyBufferToBuffer(this.resolveBuf, 0, this.#readback, 0, 16 * n);
+  }
+
+  collect(): void {
+    const buf = this.#readback;
+    const names = this.names;
+    this.#readback = null;
+    this.names = [];
+    if (!buf) return;
+    this.pending.push(
+      buf.mapAsync(GPUMapMode.READ).then(() => {
+        const t = new BigUint64Array(buf.getMappedRange());
+        names.forEach((name, i) => {
+          const e = this.totals.get(name) ?? { name, count: 0, ms: 0 };
+          e.count++;
+          e.ms += Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+          this.totals.set(name, e);
+        });
+        buf.destroy();
+      }),
+    );
+  }
+
+  destroy(): void {
+    this.querySet.destroy();
+    this.resolveBuf.destroy();
+  }
+}
+
+let profiler: Profiler | null = null;
+
+/**
+ * Times every dispatch on the GPU (timestamp queries) until {@link stopProfile}. Each dispatch then
+ * gets its own compute pass, which adds overhead: profile to find hot kernels, not to time a step.
+ */
+export function startProfile(): void {
+  if (!deviceInfo().timestamps) {
+    throw new DeviceError(
+      "profiling needs the adapter feature timestamp-query, which this adapter lacks",
+    );
+  }
+  flush();
+  profiler ??= new Profiler();
+}
+
+/** Stops profiling and returns GPU time per op name, largest first. */
+export async function stopProfile(): Promise<ProfileEntry[]> {
+  const p = profiler;
+  if (!p) return [];
+  flush();
+  profiler = null;
+  await Promise.all(p.pending);
+  p.destroy();
+  return [...p.totals.values()].sort((a, b) => b.ms - a.ms);
+}

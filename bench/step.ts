@@ -1,0 +1,109 @@
+/**
+ * Training-step speed per method: median ms per optimizer step (forward, backward, AdamW/GaLore
+ * update, one sync), tokens/s, dispatches per step, and optionally the GPU time per kernel.
+ *
+ * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
+ *   [--batch 8] [--seq 128] [--reps 5] [--profile]`
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { deviceInfo, init } from "../core/device.ts";
+import { dispatchStats, startProfile, stopProfile, sync } from "../core/kernel.ts";
+import { valueAndGrad } from "../core/tape.ts";
+import { tensor } from "../core/tensor.ts";
+import { Rng } from "../core/rng.ts";
+import { loadConfig, withVocab } from "../models/config.ts";
+import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
+import { disposeTree } from "../optim/mod.ts";
+import {
+  buildOptimizer,
+  linearMethod,
+  type MethodName,
+  type RunConfig,
+} from "../cli/run_config.ts";
+import { methodName } from "../cli/flags.ts";
+
+const { values: f } = parseArgs({
+  options: {
+    model: { type: "string", default: "tiny" },
+    methods: { type: "string", default: "full,lowrank,sltrain,relora,galore" },
+    batch: { type: "string", default: "8" },
+    seq: { type: "string", default: "128" },
+    reps: { type: "string", default: "5" },
+    vocab: { type: "string", default: "256" },
+    profile: { type: "boolean", default: false },
+  },
+});
+await init();
+const model = withVocab(await loadConfig(f.model!), Number(f.vocab));
+const [B, T, reps] = [Number(f.batch), Number(f.seq), Number(f.reps)];
+const rank = Math.floor(model.hidden / 4);
+console.log(
+  `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${deviceInfo().description}\n`,
+);
+console.log("| method | ms/step (median) | tokens/s | dispatches/step |");
+console.log("|---|---|---|---|");
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+const rng = new Rng(3);
+const ids = Int32Array.from({ length: B * T }, () => rng.nextInt(model.vocabSize));
+for (const name of f.methods!.split(",")) {
+  const method: MethodName = methodName(name.trim());
+  const run = {
+    model,
+    method,
+    rank,
+    delta: 0.03,
+    alpha: rank / 4,
+    lr: 1e-3,
+    warmup: 1,
+    steps: 1000,
+    minLrRatio: 0.1,
+    clip: 0,
+    weightDecay: 0,
+    galoreGap: 200,
+    galoreScale: 0.25,
+    seed: 1,
+  } as RunConfig;
+  const m = initLlama(model, linearMethod(run), 1);
+  let params: LlamaParams = m.params;
+  const opt = buildOptimizer(run, params);
+  let state = opt.init(params);
+  const times: number[] = [];
+  let dispatches = 0;
+  for (let i = 0; i < reps + 2; i++) {
+    if (f.profile && i === reps + 1) startProfile();
+    const d0 = dispatchStats().dispatches;
+    const t0 = performance.now();
+    const inputs = tensor(ids, [B, T], "i32");
+    const targets = tensor(ids, [B, T], "i32");
+    const { value, grads } = valueAndGrad((p: LlamaParams) => loss(m, p, { inputs, targets }))(
+      params,
+    );
+    const r = await opt.update(grads, state, params, i + 1);
+    params = r.params as LlamaParams;
+    state = r.state;
+    await sync();
+    disposeTree([value, grads, inputs, targets]);
+    // Step 0 compiles and refreshes GaLore's projector; the profiled step is excluded too.
+    if (i >= 1 && i <= reps) times.push(performance.now() - t0);
+    dispatches = dispatchStats().dispatches - d0;
+  }
+  const ms = median(times);
+  console.log(
+    `| ${method} | ${ms.toFixed(0)} | ${Math.round((B * T) / (ms / 1000))} | ${dispatches} |`,
+  );
+  if (f.profile) {
+    const prof = await stopProfile();
+    const total = prof.reduce((a, e) => a + e.ms, 0);
+    console.log(`\n${method}: GPU ${total.toFixed(0)} ms in one profiled step\n`);
+    for (const e of prof.slice(0, 8)) {
+      console.log(
+        `  ${e.name.padEnd(26)} ${String(e.count).padStart(4)}× ${e.ms.toFixed(1).padStart(7)} ms ${
+          (100 * e.ms / total).toFixed(0).padStart(3)
+        }%`,
+      );
+    }
+    console.log();
+  }
+  disposeTree([params, m.buffers, state]);
+}
