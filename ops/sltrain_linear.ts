@@ -10,7 +10,7 @@
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { dispatch } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
-import { recordOp } from "../core/tape.ts";
+import { recordOp, untracked } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
 import { mapN, mulScalar } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
@@ -18,15 +18,6 @@ import { sddmm } from "./sparse.ts";
 import { flatGrid, flatMain } from "./wgsl.ts";
 
 export { sampleSupport } from "./support.ts";
-
-/*
- * Why views everywhere below: the op's forward and VJP reuse matmul/sddmm, which record themselves
- * on a running tape whenever an input is tracked. A fresh view shares the storage but is a new
- * handle the tape has never seen, so work on it is not recorded and the layer stays one tape node.
- */
-function untracked(t: Tensor, shape: readonly number[] = t.shape): Tensor {
-  return t.view(shape);
-}
 
 /*
  * In-place scatter-add of V at I into the freshly built dense W (which this op owns), so building W
@@ -54,14 +45,12 @@ ${
   w[j] = acc;`)
 }`;
 
-/** W = (s·B)·A ⊕_I V, not recorded. The caller owns and must dispose it. */
+/** W = (s·B)·A ⊕_I V. Call it untracked (it is internal to the op); the caller disposes it. */
 function buildW(B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): Tensor {
   // Scaling the out×r factor (not the out×in product) folds s into the matmul for free.
   const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
-  const a = untracked(A);
-  const W = matmul(sB, a);
+  const W = matmul(sB, A);
   sB.dispose();
-  a.dispose();
   if (I.size > 0) {
     dispatch({
       name: "sltrain_scatter_inplace",
@@ -126,16 +115,20 @@ export function sltrainLinear(
   const [out, inF] = [B.shape[0], A.shape[1]];
   const lead = x.shape.slice(0, -1);
   const T = sizeOf(lead);
-  const W = buildW(B, A, V, I, s);
-  const x2 = untracked(x, [T, inF]);
-  const y2 = matmul(x2, W, { transB: true });
-  x2.dispose();
-  W.dispose();
-  const y = y2.view([...lead, out]);
-  y2.dispose();
+  // The internals use recorded ops (matmul, sddmm); the layer must stay one tape node.
+  const y = untracked(() => {
+    const W = buildW(B, A, V, I, s);
+    const x2 = x.view([T, inF]);
+    const y2 = matmul(x2, W, { transB: true });
+    x2.dispose();
+    W.dispose();
+    const out3 = y2.view([...lead, out]);
+    y2.dispose();
+    return out3;
+  });
   recordOp("sltrainLinear", [x, B, A, V, I], y, (g) => {
-    const g2 = untracked(g, [T, out]);
-    const xf = untracked(x, [T, inF]);
+    const g2 = g.view([T, out]);
+    const xf = x.view([T, inF]);
     // dx first, so the transient W is gone before the other temporaries exist.
     const Wb = buildW(B, A, V, I, s);
     const dx2 = matmul(g2, Wb);
@@ -149,9 +142,7 @@ export function sltrainLinear(
     const dA = matmul(gB, xf, { transA: true });
     gB.dispose();
     // dB = s·gᵀ·(x·Aᵀ)
-    const a = untracked(A);
-    const xA = matmul(xf, a, { transB: true });
-    a.dispose();
+    const xA = matmul(xf, A, { transB: true });
     const gtxA = matmul(g2, xA, { transA: true });
     xA.dispose();
     const dB = s === 1 ? gtxA : mulScalar(gtxA, s);
