@@ -9,6 +9,7 @@ import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forUnrolled, LOOP_BUDGET, UNROLL } from "./loop.ts";
+import { flatGrid, flatMain } from "./wgsl.ts";
 
 // ids are bound as u32 whatever their dtype: a negative i32 reads as a huge u32, so one range
 // check `id < V` rejects both negative and too-large ids.
@@ -18,14 +19,12 @@ const GATHER = `
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 struct U { n: u32, v: u32, d: u32 }
 @group(0) @binding(3) var<uniform> u: U;
-const WG = 256u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * WG);
-  if (i >= u.n * u.d) { return; }
+${
+  flatMain(`  if (i >= u.n * u.d) { return; }
   let t = i / u.d;
   let c = i - t * u.d;
   let id = ids[t];
-  out[i] = select(0.0, table[id * u.d + c], id < u.v);
+  out[i] = select(0.0, table[id * u.d + c], id < u.v);`)
 }`;
 
 // One invocation per column of the (zeroed) table walks the tokens t0..t1 in order and adds g[t, c]
@@ -92,7 +91,7 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
       inputs: [table.binding(), ids.binding()],
       outputs: [out.binding()],
       uniforms: uniforms(n, v, d),
-      workgroups: grid1d(n * d, 256),
+      workgroups: flatGrid(n * d),
     });
   }
   if (isRecording()) {

@@ -10,8 +10,7 @@ import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
 import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
-
-const ROW_WG = 16;
+import { rowGrid, rowMain } from "./wgsl.ts";
 
 const UNIFORM = `
 struct U { rows: u32, d: u32, eps: f32 }`;
@@ -23,16 +22,13 @@ const FORWARD = `
 @group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(4) var<uniform> u: U;
 ${UNIFORM}
-const WG = ${ROW_WG}u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = gid.x + gid.y * (nwg.x * WG);
-  if (r >= u.rows) { return; }
-  let base = r * u.d;
+${
+  rowMain(`  let base = r * u.d;
   ${accDecl("s", "0.0")}
   ${forUnrolled("j", "0u", "u.d", (i, k) => `s${k} += x[base + ${i}] * x[base + ${i}];`)}
   let rs = inverseSqrt(${accCombine("s", "+")} / f32(u.d) + u.eps);
   rstd[r] = rs;
-  ${forUnrolled("j", "0u", "u.d", (i) => `y[base + ${i}] = x[base + ${i}] * rs * w[${i}];`)}
+  ${forUnrolled("j", "0u", "u.d", (i) => `y[base + ${i}] = x[base + ${i}] * rs * w[${i}];`)}`)
 }`;
 
 // dx_k = r * (g_k w_k - x_k * r^2 * mean_j(g_j w_j x_j)), r = rstd of the row.
@@ -44,19 +40,20 @@ const BACKWARD_X = `
 @group(0) @binding(4) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(5) var<uniform> u: U;
 ${UNIFORM}
-const WG = ${ROW_WG}u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = gid.x + gid.y * (nwg.x * WG);
-  if (r >= u.rows) { return; }
-  let base = r * u.d;
+${
+  rowMain(`  let base = r * u.d;
   let rs = rstd[r];
   ${accDecl("s", "0.0")}
   ${forUnrolled("j", "0u", "u.d", (i, k) => `s${k} += g[base + ${i}] * w[${i}] * x[base + ${i}];`)}
   let c = rs * rs * ${accCombine("s", "+")} / f32(u.d);
   ${
-  forUnrolled("j", "0u", "u.d", (i) =>
-    `dx[base + ${i}] = rs * (g[base + ${i}] * w[${i}] - x[base + ${i}] * c);`)
-}
+    forUnrolled(
+      "j",
+      "0u",
+      "u.d",
+      (i) => `dx[base + ${i}] = rs * (g[base + ${i}] * w[${i}] - x[base + ${i}] * c);`,
+    )
+  }`)
 }`;
 
 // dweight_j = sum over rows of g * x * rstd: one invocation per column walks the rows in order, so
@@ -123,7 +120,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
       inputs: [x.binding(), weight.binding()],
       outputs: [y.binding(), rstd.binding()],
       uniforms: u,
-      workgroups: grid1d(rows, ROW_WG),
+      workgroups: rowGrid(rows),
     });
   }
   if (!isRecording()) {
@@ -140,7 +137,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
         inputs: [x.binding(), weight.binding(), rstd.binding(), g.binding()],
         outputs: [dx.binding()],
         uniforms: u,
-        workgroups: grid1d(rows, ROW_WG),
+        workgroups: rowGrid(rows),
       });
     }
     if (d > 0) {

@@ -4,19 +4,15 @@
  * @module
  */
 import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch, grid1d } from "../core/kernel.ts";
+import { dispatch } from "../core/kernel.ts";
 import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
 import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
+import { rowGrid, rowMain } from "./wgsl.ts";
 
-// Rows per workgroup. A workgroup runs on one CPU thread on software adapters, so keep it small
-// enough that a few long rows still spread over the cores.
-const ROW_WG = 16;
-
-const HEADER = `
-struct U { rows: u32, d: u32, scale: f32 }
-const WG = ${ROW_WG}u;`;
+const UNIFORM = `
+struct U { rows: u32, d: u32, scale: f32 }`;
 
 // Three branch-free passes (max, sum of exp, write) rather than an online max; the row is still in
 // cache for the later passes. Loops are unrolled with partial accumulators (see ./loop.ts).
@@ -25,11 +21,9 @@ function forwardCode(log: boolean): string {
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> u: U;
-${HEADER}
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = gid.x + gid.y * (nwg.x * WG);
-  if (r >= u.rows) { return; }
-  let base = r * u.d;
+${UNIFORM}
+${
+    rowMain(`  let base = r * u.d;
   ${accDecl("m", "x[base]")}
   ${forUnrolled("j", "0u", "u.d", (i, k) => `m${k} = max(m${k}, x[base + ${i}]);`)}
   let m = ${accCombine("m", "max")};
@@ -37,13 +31,13 @@ ${HEADER}
   ${forUnrolled("j", "0u", "u.d", (i, k) => `s${k} += exp(x[base + ${i}] - m);`)}
   let s = ${accCombine("s", "+")};
 ${
-    log
-      ? `  let c = m + log(s);
+      log
+        ? `  let c = m + log(s);
   ${forUnrolled("j", "0u", "u.d", (i) => `y[base + ${i}] = x[base + ${i}] - c;`)}`
-      : `  let inv = 1.0 / s;
+        : `  let inv = 1.0 / s;
   ${forUnrolled("j", "0u", "u.d", (i) => `y[base + ${i}] = exp(x[base + ${i}] - m) * inv;`)}`
-  }
-}`;
+    }`)
+  }`;
 }
 
 const SOFTMAX_FWD = forwardCode(false);
@@ -55,18 +49,20 @@ const SOFTMAX_BWD = `
 @group(0) @binding(1) var<storage, read> g: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(3) var<uniform> u: U;
-${HEADER}
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = gid.x + gid.y * (nwg.x * WG);
-  if (r >= u.rows) { return; }
-  let base = r * u.d;
+${UNIFORM}
+${
+  rowMain(`  let base = r * u.d;
   ${accDecl("s", "0.0")}
   ${forUnrolled("j", "0u", "u.d", (i, k) => `s${k} += g[base + ${i}] * y[base + ${i}];`)}
   let dot = ${accCombine("s", "+")};
   ${
-  forUnrolled("j", "0u", "u.d", (i) =>
-    `dx[base + ${i}] = u.scale * y[base + ${i}] * (g[base + ${i}] - dot);`)
-}
+    forUnrolled(
+      "j",
+      "0u",
+      "u.d",
+      (i) => `dx[base + ${i}] = u.scale * y[base + ${i}] * (g[base + ${i}] - dot);`,
+    )
+  }`)
 }`;
 
 // dx = g - exp(y) * sum(g), with y the log-softmax output.
@@ -75,22 +71,16 @@ const LOG_SOFTMAX_BWD = `
 @group(0) @binding(1) var<storage, read> g: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(3) var<uniform> u: U;
-${HEADER}
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = gid.x + gid.y * (nwg.x * WG);
-  if (r >= u.rows) { return; }
-  let base = r * u.d;
+${UNIFORM}
+${
+  rowMain(`  let base = r * u.d;
   ${accDecl("s", "0.0")}
   ${forUnrolled("j", "0u", "u.d", (i, k) => `s${k} += g[base + ${i}];`)}
   let s = ${accCombine("s", "+")};
   ${
-  forUnrolled(
-    "j",
-    "0u",
-    "u.d",
-    (i) => `dx[base + ${i}] = g[base + ${i}] - exp(y[base + ${i}]) * s;`,
-  )
-}
+    forUnrolled("j", "0u", "u.d", (i) =>
+      `dx[base + ${i}] = g[base + ${i}] - exp(y[base + ${i}]) * s;`)
+  }`)
 }`;
 
 function rowUniforms(rows: number, d: number, scale = 1): Uint32Array {
@@ -127,7 +117,7 @@ function rowKernel(
       inputs: inputs.map((t) => t.binding()),
       outputs: [out.binding()],
       uniforms: rowUniforms(rows, d, scale),
-      workgroups: grid1d(rows, ROW_WG),
+      workgroups: rowGrid(rows),
     });
   }
   return out;

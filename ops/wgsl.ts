@@ -1,5 +1,6 @@
 /**
- * Small WGSL-generation helpers shared by op families: uniform packing and flat 1-D grids.
+ * Small WGSL-generation helpers shared by op families: uniform packing, flat 1-D grids and
+ * one-invocation-per-row grids.
  * @module
  */
 import { grid1d } from "../core/kernel.ts";
@@ -20,6 +21,31 @@ ${body}
 /** Workgroup counts of a 1-D kernel over `n` invocations. */
 export function flatGrid(n: number): [number, number, number] {
   return grid1d(Math.max(n, 0), WG);
+}
+
+/**
+ * Rows per workgroup of the per-row kernels ({@link rowMain}). A workgroup runs on one CPU thread on
+ * software adapters, so keep it small enough that a few long rows still spread over the cores.
+ */
+export const ROW_WG = 16;
+
+/**
+ * WGSL prelude of a per-row kernel, one invocation per row: entry point header whose body sees the
+ * row index `r`, already checked against `u.rows` (the uniform struct needs a `rows: u32` field).
+ */
+export function rowMain(body: string): string {
+  return `const WG = ${ROW_WG}u;
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = gid.x + gid.y * (nwg.x * WG);
+  if (r >= u.rows) { return; }
+${body}
+}`;
+}
+
+/** Workgroup counts of a {@link rowMain} kernel over `rows` rows. */
+export function rowGrid(rows: number): [number, number, number] {
+  return grid1d(Math.max(rows, 0), ROW_WG);
 }
 
 /**
