@@ -10,11 +10,19 @@
  * @module
  */
 import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch, grid1d } from "../core/kernel.ts";
+import { dispatch } from "../core/kernel.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
 import { isRecording, recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
-import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
+import {
+  CE_UNIFORM,
+  ceReduce,
+  ceRowLosses,
+  ceUniforms,
+  checkCeLoops,
+  checkIgnore,
+  checkTargets,
+} from "./ce_kernels.ts";
 import { matmul } from "./matmul.ts";
 import { flatGrid, flatMain } from "./wgsl.ts";
 
@@ -43,94 +51,6 @@ export interface LossSums {
   count: Tensor;
 }
 
-const ROW_WG = 16;
-
-// rows/v/ignore/nan_bits/mode/off/v0/n: one layout for every kernel of this file.
-const UNIFORM = `
-struct U { rows: u32, v: u32, ignore: i32, nan_bits: u32, mode: u32, off: u32, v0: u32, n: u32 }`;
-
-function uniforms(
-  f: {
-    rows: number;
-    v: number;
-    ignore: number;
-    mode?: number;
-    off?: number;
-    v0?: number;
-    n?: number;
-  },
-): Uint32Array {
-  const u = new Uint32Array(8);
-  const view = new DataView(u.buffer);
-  view.setUint32(0, f.rows, true);
-  view.setUint32(4, f.v, true);
-  view.setInt32(8, f.ignore, true);
-  view.setUint32(12, 0x7fc00000, true);
-  view.setUint32(16, f.mode ?? 0, true);
-  view.setUint32(20, f.off ?? 0, true);
-  view.setUint32(24, f.v0 ?? 0, true);
-  view.setUint32(28, f.n ?? 0, true);
-  return u;
-}
-
-// One invocation per row of a chunk of `rows` logits rows that starts at global row `off`: writes
-// lse and the row loss at the global row, so chunks fill shared [N] buffers without a concat.
-// Same arithmetic as crossEntropy's row kernel, so the two agree to the bit on equal logits.
-const ROWS = `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> tg: array<i32>;
-@group(0) @binding(2) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(4) var<uniform> u: U;
-${UNIFORM}
-const WG = ${ROW_WG}u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = gid.x + gid.y * (nwg.x * WG);
-  if (r >= u.rows) { return; }
-  let base = r * u.v;
-  ${accDecl("m", "x[base]")}
-  ${forUnrolled("j", "0u", "u.v", (i, k) => `m${k} = max(m${k}, x[base + ${i}]);`)}
-  let m = ${accCombine("m", "max")};
-  ${accDecl("s", "0.0")}
-  ${forUnrolled("j", "0u", "u.v", (i, k) => `s${k} += exp(x[base + ${i}] - m);`)}
-  let s = ${accCombine("s", "+")};
-  let l = m + log(s);
-  let gr = u.off + r;
-  lse[gr] = l;
-  let t = tg[gr];
-  if (t == u.ignore) {
-    loss[gr] = 0.0;
-  } else if (t < 0 || t >= i32(u.v)) {
-    loss[gr] = bitcast<f32>(u.nan_bits);
-  } else {
-    loss[gr] = l - x[base + u32(t)];
-  }
-}`;
-
-// One invocation in a fixed order (deterministic): out = mean (0 without targets) or sum.
-const REDUCE = `
-@group(0) @binding(0) var<storage, read> loss: array<f32>;
-@group(0) @binding(1) var<storage, read> tg: array<i32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read_write> count: array<f32>;
-@group(0) @binding(4) var<uniform> u: U;
-${UNIFORM}
-@compute @workgroup_size(1) fn main() {
-  ${accDecl("s", "0.0")}
-  var c = 0u;
-  ${
-  forUnrolled("j", "0u", "u.rows", (i, k) =>
-    `s${k} += loss[${i}]; c += select(0u, 1u, tg[${i}] != u.ignore);`)
-}
-  let total = ${accCombine("s", "+")};
-  count[0] = f32(c);
-  if (u.mode == 0u) {
-    out[0] = select(0.0, total / f32(c), c > 0u);
-  } else {
-    out[0] = total;
-  }
-}`;
-
 // In place on the logits of vocabulary block [v0, v0 + n) for all rows ([rows, n]):
 // d = scale·(softmax - onehot), 0 on ignored rows; scale = g/count (mean) or g (sum).
 const BACKWARD = `
@@ -140,7 +60,7 @@ const BACKWARD = `
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read_write> d: array<f32>;
 @group(0) @binding(5) var<uniform> u: U;
-${UNIFORM}
+${CE_UNIFORM}
 ${
   flatMain(`  if (i >= u.rows * u.n) { return; }
   let r = i / u.n;
@@ -159,7 +79,7 @@ const COPY = `
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<uniform> u: U;
-${UNIFORM}
+${CE_UNIFORM}
 ${
   flatMain(`  if (i >= u.n) { return; }
   dst[u.v0 + i] = src[u.off + i];`)
@@ -169,7 +89,7 @@ const ADD_INPLACE = `
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read_write> acc: array<f32>;
 @group(0) @binding(2) var<uniform> u: U;
-${UNIFORM}
+${CE_UNIFORM}
 ${
   flatMain(`  if (i >= u.n) { return; }
   acc[i] = acc[i] + part[i];`)
@@ -182,7 +102,7 @@ function copyInto(src: Tensor, srcOff: number, dst: Tensor, dstOff: number, n: n
     code: COPY,
     inputs: [src.binding()],
     outputs: [dst.binding()],
-    uniforms: uniforms({ rows: 0, v: 0, ignore: 0, off: srcOff, v0: dstOff, n }),
+    uniforms: ceUniforms({ rows: 0, v: 0, ignore: 0, off: srcOff, v0: dstOff, n }),
     workgroups: flatGrid(n),
   });
 }
@@ -203,7 +123,7 @@ function addInPlace(acc: Tensor, part: Tensor): void {
     code: ADD_INPLACE,
     inputs: [part.binding()],
     outputs: [acc.binding()],
-    uniforms: uniforms({ rows: 0, v: 0, ignore: 0, n: acc.size }),
+    uniforms: ceUniforms({ rows: 0, v: 0, ignore: 0, n: acc.size }),
     workgroups: flatGrid(acc.size),
   });
 }
@@ -222,9 +142,7 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
   if (h.dtype !== "f32" || w.dtype !== "f32") {
     throw new DTypeError(`${op}: h and lmHead must be f32, got ${h.dtype}, ${w.dtype}`);
   }
-  if (targets.dtype !== "i32" && targets.dtype !== "u32") {
-    throw new DTypeError(`${op}: targets must be i32 (or u32), got ${targets.dtype}`);
-  }
+  checkTargets(op, targets);
   if (
     h.rank < 1 || w.rank !== 2 || w.shape[1] !== h.shape[h.rank - 1] ||
     !shapesEqual(h.shape.slice(0, -1), targets.shape)
@@ -235,9 +153,7 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
     );
   }
   const ignore = o.ignoreIndex ?? -100;
-  if (!Number.isInteger(ignore) || ignore < -(2 ** 31) || ignore >= 2 ** 31) {
-    throw new ShapeError(`${op}: ignoreIndex ${ignore} is not an i32`);
-  }
+  checkIgnore(op, ignore);
   const chunkBytes = o.chunkBytes ?? LM_HEAD_CHUNK_BYTES;
   if (!(chunkBytes >= 4) || !Number.isFinite(chunkBytes)) {
     throw new RangeError(`${op}: chunkBytes must be at least 4, got ${chunkBytes}`);
@@ -245,8 +161,7 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
   const [v, d] = w.shape;
   const n = targets.size;
   if (v === 0 && n > 0) throw new ShapeError(`${op}: lmHead has no rows (${shapes()})`);
-  checkLoopBudget(op, unrolledEdges(v, 2), `a row of ${v} logits`);
-  checkLoopBudget(op, unrolledEdges(n), `the reduction over ${n} targets`);
+  checkCeLoops(op, v, n);
   return { n, d, v, ignore, chunkBytes };
 }
 
@@ -273,27 +188,13 @@ function forwardPass(
       const hc = rowsOf(h2, r0, m);
       const logits = matmul(hc, w, { transB: true });
       hc.dispose();
-      dispatch({
-        name: "lm_head_rows",
-        code: ROWS,
-        inputs: [logits.binding(), targets.binding()],
-        outputs: [rowLoss.binding(), lse.binding()],
-        uniforms: uniforms({ rows: m, v, ignore, off: r0 }),
-        workgroups: grid1d(m, ROW_WG),
-      });
+      ceRowLosses("lm_head_rows", logits, targets, rowLoss, lse, { rows: m, v, ignore, off: r0 });
       logits.dispose();
     }
     h2.dispose();
     const out = Tensor.empty([]);
     const count = Tensor.empty([]);
-    dispatch({
-      name: "lm_head_reduce",
-      code: REDUCE,
-      inputs: [rowLoss.binding(), targets.binding()],
-      outputs: [out.binding(), count.binding()],
-      uniforms: uniforms({ rows: n, v, ignore, mode }),
-      workgroups: [1],
-    });
+    ceReduce("lm_head_reduce", rowLoss, targets, out, count, { rows: n, v, ignore, mode });
     rowLoss.dispose();
     return { out, count, lse };
   });
@@ -326,7 +227,7 @@ function backwardPass(
         code: BACKWARD,
         inputs: [targets.binding(), lse.binding(), count.binding(), g.binding()],
         outputs: [dl.binding()],
-        uniforms: uniforms({ rows: n, v, ignore, mode, v0, n: m }),
+        uniforms: ceUniforms({ rows: n, v, ignore, mode, v0, n: m }),
         workgroups: flatGrid(n * m),
       });
       // Block rows of dW are final: written straight into the output, never accumulated.
