@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import { deviceInfo, init } from "../core/device.ts";
 import { sync } from "../core/kernel.ts";
-import { randomUniform, type Tensor, tensor } from "../core/tensor.ts";
+import { randomUniform, tensor } from "../core/tensor.ts";
 import { addScalar, matmul } from "../ops/mod.ts";
 import { benchPeerMatmul, type Layout, type PeerResult, PEERS } from "./peers.ts";
 
