@@ -14,7 +14,15 @@ import { deviceInfo, init } from "../core/device.ts";
 import { sync } from "../core/kernel.ts";
 import { randomUniform, tensor } from "../core/tensor.ts";
 import { addScalar, matmul } from "../ops/mod.ts";
-import { benchPeerMatmul, type Layout, type PeerResult, PEERS } from "./peers.ts";
+import {
+  benchPeerMatmul,
+  closePeers,
+  type Layout,
+  type PeerName,
+  type PeerResult,
+  PEERS,
+  peerVersions,
+} from "./peers.ts";
 
 const { values: flags } = parseArgs({
   options: {
@@ -140,21 +148,34 @@ console.log(
 );
 console.log(`|---|---|---|${peers.map(() => "---|---|").join("")}`);
 const notes: string[] = [];
+// A peer's best speed so far predicts its time on bigger shapes, so hopeless cells are skipped.
+const best = new Map<string, number>();
 for (const [label, m, k, n, layout] of shapes) {
   const ours = await timeOurs(m, k, n, layout);
   const cells: string[] = [];
   for (const p of peers) {
-    const r: PeerResult = await benchPeerMatmul(p, m, k, n, layout, { reps, maxSeconds: 20 });
+    const key = `${p}/${layout}`;
+    const r: PeerResult = await benchPeerMatmul(p as PeerName, m, k, n, layout, {
+      reps,
+      maxSeconds: 20,
+      expectGflops: best.get(key),
+    });
     if (r.error) {
-      cells.push(`failed¹`, "–");
+      cells.push("–", "–");
       notes.push(`${p} ${label} ${layout}: ${r.error}`);
     } else {
+      best.set(key, Math.max(best.get(key) ?? 0, r.gflops!));
       cells.push(fmt(r.gflops), `${fmt(ours / r.gflops!)}×`);
+      if (r.note && !notes.some((x) => x.startsWith(`${p}:`))) notes.push(`${p}: ${r.note}`);
     }
   }
   console.log(`| ${label} | ${layout} | ${fmt(ours)} | ${cells.join(" | ")} |`);
 }
-if (notes.length) console.log(`\n¹ ${notes.join("\n¹ ")}`);
+if (notes.length) console.log(`\n${notes.map((x) => `- ${x}`).join("\n")}`);
+if (peers.length) {
+  console.log(`\npeer versions: ${JSON.stringify(await peerVersions())}`);
+  closePeers();
+}
 
 const ts = await trainingStep();
 console.log(
