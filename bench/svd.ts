@@ -64,7 +64,7 @@ for (
   const left = m < n;
   let host: Float32Array = new Float32Array();
   const tRead = await time(async () => (host = (await readAll([g]))[0] as Float32Array));
-  let c = new Float64Array();
+  let c: Float64Array = new Float64Array();
   const tGram = await time(() =>
     Promise.resolve(c = left ? gram(host, m, n) : gram(transpose64(host, m, n), n, m))
   );
