@@ -7,13 +7,17 @@
  * reps of `inner` matmuls recorded into one submit and one sync; time = median over reps of rep
  * time / inner, where inner makes a rep last about `targetRepMs`.
  *
+ * "ours, storage" is the same op with the texture path for A switched off (see
+ * `setMatmulTextureThreshold`), its reps alternating with the default's, so the texture gain is a
+ * same-run ratio.
+ *
  * Flags: `--quick` (fewer shapes and reps), `--no-peers`, `--reps N`.
  */
 import { parseArgs } from "node:util";
 import { deviceInfo, init } from "../core/device.ts";
 import { sync } from "../core/kernel.ts";
 import { randomUniform, tensor } from "../core/tensor.ts";
-import { addScalar, matmul } from "../ops/mod.ts";
+import { addScalar, matmul, setMatmulTextureThreshold } from "../ops/mod.ts";
 import {
   benchPeerMatmul,
   closePeers,
@@ -39,25 +43,42 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-async function timeOurs(m: number, k: number, n: number, layout: Layout): Promise<number> {
+/**
+ * GFLOP/s of our matmul with the texture path at its default threshold and switched off, reps
+ * alternating between the two so a busy machine skews both alike.
+ */
+async function timeOurs(
+  m: number,
+  k: number,
+  n: number,
+  layout: Layout,
+): Promise<{ ours: number; storage: number }> {
   const tA = layout === "TN";
   const tB = layout === "NT";
   const a = randomUniform(tA ? [k, m] : [m, k], -1, 1, { seed: 1 });
   const b = randomUniform(tB ? [n, k] : [k, n], -1, 1, { seed: 2 });
-  const once = async (inner: number) => {
+  const once = async (inner: number, storageOnly: boolean) => {
+    const prev = storageOnly ? setMatmulTextureThreshold(Infinity) : 0;
     const t0 = performance.now();
     for (let i = 0; i < inner; i++) matmul(a, b, { transA: tA, transB: tB }).dispose();
     await sync();
-    return performance.now() - t0;
+    const ms = performance.now() - t0;
+    if (storageOnly) setMatmulTextureThreshold(prev);
+    return ms;
   };
-  await once(1); // compile
-  const probe = await once(1);
+  await once(1, false); // compile
+  await once(1, true);
+  const probe = await once(1, false);
   const inner = Math.max(1, Math.min(16, Math.round(targetRepMs / probe)));
-  const times: number[] = [];
-  for (let r = 0; r < reps; r++) times.push((await once(inner)) / inner);
+  const times: number[] = [], storageTimes: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    times.push((await once(inner, false)) / inner);
+    storageTimes.push((await once(inner, true)) / inner);
+  }
   a.dispose();
   b.dispose();
-  return (2 * m * n * k) / (median(times) * 1e6);
+  const flop = 2 * m * n * k;
+  return { ours: flop / (median(times) * 1e6), storage: flop / (median(storageTimes) * 1e6) };
 }
 
 async function trainingStep(): Promise<{ ms: number; gflops: number; parts: number[] }> {
@@ -144,14 +165,16 @@ const shapes: [string, number, number, number, Layout][] = flags.quick
 
 const peers = flags["no-peers"] ? [] : PEERS;
 console.log(
-  `| shape M×K×N | layout | ours GFLOP/s | ${peers.map((p) => `${p} | ours/${p}`).join(" | ")} |`,
+  `| shape M×K×N | layout | ours GFLOP/s | ours, storage | ${
+    peers.map((p) => `${p} | ours/${p}`).join(" | ")
+  } |`,
 );
-console.log(`|---|---|---|${peers.map(() => "---|---|").join("")}`);
+console.log(`|---|---|---|---|${peers.map(() => "---|---|").join("")}`);
 const notes: string[] = [];
 // A peer's best speed so far predicts its time on bigger shapes, so hopeless cells are skipped.
 const best = new Map<string, number>();
 for (const [label, m, k, n, layout] of shapes) {
-  const ours = await timeOurs(m, k, n, layout);
+  const { ours, storage: storageOnly } = await timeOurs(m, k, n, layout);
   const cells: string[] = [];
   for (const p of peers) {
     const key = `${p}/${layout}`;
@@ -169,7 +192,9 @@ for (const [label, m, k, n, layout] of shapes) {
       if (r.note && !notes.some((x) => x.startsWith(`${p}:`))) notes.push(`${p}: ${r.note}`);
     }
   }
-  console.log(`| ${label} | ${layout} | ${fmt(ours)} | ${cells.join(" | ")} |`);
+  console.log(
+    `| ${label} | ${layout} | ${fmt(ours)} | ${fmt(storageOnly)} | ${cells.join(" | ")} |`,
+  );
 }
 if (notes.length) console.log(`\n${notes.map((x) => `- ${x}`).join("\n")}`);
 if (peers.length) {

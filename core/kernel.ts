@@ -16,7 +16,10 @@ export interface Binding {
   what: string;
 }
 
-/** One compute dispatch. Bindings: inputs (read-only storage), then outputs (read_write), then the uniform. */
+/**
+ * One compute dispatch. Bindings: inputs (read-only storage), then outputs (read_write), then the
+ * uniform, then texture views.
+ */
 export interface KernelCall {
   /** Op name, used in error messages. */
   name: string;
@@ -28,6 +31,11 @@ export interface KernelCall {
   outputs: Binding[];
   /** Optional uniform block bound after the outputs (cached by content; padded to 16 bytes). */
   uniforms?: ArrayBufferView;
+  /**
+   * Optional sampled-texture views bound last, in order. Last so that the indices of every other
+   * binding stay what they are without textures; fill them with {@link encodeCopyToTexture}.
+   */
+  textures?: GPUTextureView[];
   /** Workgroup counts. */
   workgroups: readonly [number, number?, number?];
 }
@@ -40,7 +48,7 @@ let encoder: GPUCommandEncoder | null = null;
 let pass: GPUComputePassEncoder | null = null;
 let batchOps = new Set<string>();
 let batchDispatches = 0;
-let toDestroy: GPUBuffer[] = [];
+let toDestroy: (GPUBuffer | GPUTexture)[] = [];
 let stagedBytes = 0;
 const outstanding: Promise<void>[] = [];
 let totalDispatches = 0;
@@ -141,6 +149,7 @@ export function dispatch(call: KernelCall): void {
   if (call.uniforms) {
     entries.push({ binding: all.length, resource: { buffer: uniformBuffer(call.uniforms) } });
   }
+  for (const view of call.textures ?? []) entries.push({ binding: entries.length, resource: view });
   if (x * y * z === 0) return;
   const pipeline = pipelineFor(call.name, call.code);
   const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
@@ -164,6 +173,28 @@ export function encodeCopy(src: GPUBuffer, dst: GPUBuffer, bytes: number, dstOff
   if (bytes === 0) return;
   endPass();
   currentEncoder().copyBufferToBuffer(src, 0, dst, dstOffset, bytes);
+}
+
+/**
+ * Records a buffer-to-texture copy (ordered with the dispatches around it), e.g. to let a kernel
+ * read an operand through `textureLoad`, which is faster than storage loads on llvmpipe.
+ */
+export function encodeCopyToTexture(
+  source: GPUTexelCopyBufferInfo,
+  destination: GPUTexelCopyTextureInfo,
+  size: GPUExtent3D,
+): void {
+  endPass();
+  currentEncoder().copyBufferToTexture(source, destination, size);
+}
+
+/**
+ * Destroys a buffer or texture once the work recorded so far has been submitted (destroying it
+ * earlier would invalidate recorded commands that still use it).
+ */
+export function destroyAfterSubmit(resource: GPUBuffer | GPUTexture): void {
+  if (encoder) toDestroy.push(resource);
+  else resource.destroy();
 }
 
 /** Records zero-filling of a storage (ordered with the dispatches around it). */

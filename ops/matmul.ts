@@ -4,14 +4,26 @@
  * software adapters, workgroup-memory tiled on real GPUs).
  * @module
  */
-import { deviceInfo } from "../core/device.ts";
+import { deviceInfo, gpuDevice } from "../core/device.ts";
 import { ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
+import {
+  destroyAfterSubmit,
+  dispatch,
+  encodeCopyToTexture,
+  type KernelCall,
+} from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { assertF32 } from "./elementwise.ts";
-import { chooseMatmulConfig, matmulShader, matmulWorkgroups } from "./matmul_wgsl.ts";
+import {
+  chooseMatmulConfig,
+  matmulShader,
+  type MatmulShaderConfig,
+  type MatmulTexLayout,
+  matmulTexLayout,
+  matmulWorkgroups,
+} from "./matmul_wgsl.ts";
 import { sum } from "./reduce.ts";
 
 /** Layout flags of {@link matmul}. */
@@ -80,25 +92,123 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     out.dispose();
     return zeros(p.outShape);
   }
-  const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, deviceInfo().kind);
-  dispatch({
+  const { kind, limits } = deviceInfo();
+  const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind);
+  const uniforms = [
+    p.m,
+    p.n,
+    p.k,
+    p.batch,
+    p.aBatched ? p.m * p.k : 0,
+    p.bBatched ? p.k * p.n : 0,
+    p.m * p.n,
+    0,
+  ];
+  const call: KernelCall = {
     name: `matmul_${transA ? "T" : "N"}${transB ? "T" : "N"}`,
-    code: matmulShader(cfg),
+    code: "",
     inputs: [a.binding(), b.binding()],
     outputs: [out.binding()],
-    uniforms: new Uint32Array([
-      p.m,
-      p.n,
-      p.k,
-      p.batch,
-      p.aBatched ? p.m * p.k : 0,
-      p.bBatched ? p.k * p.n : 0,
-      p.m * p.n,
-      0,
-    ]),
+    uniforms: new Uint32Array(uniforms),
     workgroups: matmulWorkgroups(cfg, p.m, p.n, p.batch),
-  });
+  };
+  // Only untransposed A goes through a texture: there each invocation reads its own rows of A, the
+  // pattern where textureLoad beats storage loads on llvmpipe (~1.1-1.3x end to end, copy
+  // included); for Aᵀ, and for B in any layout, it measured no faster or slower.
+  const aRows = (p.aBatched ? p.batch : 1) * p.m;
+  const tex = kind === "cpu" && !transA && cfg.kind === "reg" && cfg.vec4A &&
+      2 * p.batch * p.m * p.n * p.k >= textureMinFlops
+    ? matmulTexLayout(aRows, p.k, limits.maxTextureDimension2D)
+    : null;
+  if (tex) {
+    const texCfg: MatmulShaderConfig = { ...cfg, texA: true };
+    call.name += "_tex";
+    call.code = matmulShader(texCfg);
+    call.inputs = [b.binding()];
+    call.uniforms = new Uint32Array([...uniforms, tex.shift, 0, 0, 0]);
+    call.textures = [copyToTexture(a, aRows, p.k, tex)];
+  } else {
+    call.code = matmulShader(cfg);
+  }
+  dispatch(call);
   return out;
+}
+
+// Minimum 2·batch·M·N·K for the texture path: below it the copy and the extra pipeline are not
+// worth it (and tiny test shapes keep exercising the storage kernel).
+let textureMinFlops = 2 ** 26;
+
+/**
+ * Sets the minimum 2·batch·M·N·K at which a matmul with untransposed A on a "cpu" (llvmpipe)
+ * adapter reads A through an rgba32float texture; returns the previous value. `0` uses the texture
+ * path whenever the shape allows it (K % 4 == 0, texture within maxTextureDimension2D), `Infinity`
+ * never. Meant for tests and benchmarks.
+ */
+export function setMatmulTextureThreshold(minFlops: number): number {
+  const prev = textureMinFlops;
+  textureMinFlops = minFlops;
+  return prev;
+}
+
+// Textures reused across calls, by size: a training step repeats the same few shapes. Reuse within
+// one command stream is safe because commands run in recording order. Oldest entries are evicted
+// once the cache holds more than TEX_CACHE_BYTES.
+const texCache = new Map<string, GPUTexture>();
+const TEX_CACHE_BYTES = 128 * 1024 * 1024;
+let texCacheBytes = 0;
+
+function cachedTexture(width: number, height: number): GPUTexture {
+  const key = `${width}x${height}`;
+  let t = texCache.get(key);
+  if (t) {
+    texCache.delete(key); // re-insert: Map order is the LRU order
+  } else {
+    t = gpuDevice().createTexture({
+      size: [width, height],
+      format: "rgba32float",
+      usage: GPUTextureUsage.COPY_DST | GPUTextureUsage.TEXTURE_BINDING,
+      label: `matmul operand ${key}`,
+    });
+    texCacheBytes += width * height * 16;
+    for (const [k, old] of texCache) {
+      if (texCacheBytes <= TEX_CACHE_BYTES) break;
+      texCache.delete(k);
+      texCacheBytes -= old.width * old.height * 16;
+      destroyAfterSubmit(old);
+    }
+  }
+  texCache.set(key, t);
+  return t;
+}
+
+// Copies a row-major operand (rows x rowLen f32) into a texture laid out per `lay`: whole texture
+// rows in one copy, then the rows left over when rows is not a multiple of 2^shift.
+function copyToTexture(
+  x: Tensor,
+  rows: number,
+  rowLen: number,
+  lay: MatmulTexLayout,
+): GPUTextureView {
+  const texture = cachedTexture(lay.width, lay.height);
+  const buffer = x.storage.buffer;
+  const g = 2 ** lay.shift;
+  const full = Math.floor(rows / g);
+  if (full > 0) {
+    encodeCopyToTexture(
+      { buffer, bytesPerRow: lay.bytesPerRow, rowsPerImage: full },
+      { texture },
+      [lay.width, full],
+    );
+  }
+  const rest = rows - full * g;
+  if (rest > 0) {
+    encodeCopyToTexture(
+      { buffer, offset: full * lay.bytesPerRow },
+      { texture, origin: [0, full] },
+      [(rest * rowLen) / 4, 1],
+    );
+  }
+  return texture.createView();
 }
 
 /**

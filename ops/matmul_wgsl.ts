@@ -10,6 +10,13 @@
  *  - `@binding(3)` uniform struct of u32: M, N, K, batch, strideA, strideB, strideC, pad
  *    (batch strides in elements; a stride of 0 broadcasts that operand across the batch).
  *
+ * With `texA`/`texB` (register kernel only) that operand is read through an rgba32float
+ * `texture_2d<f32>` instead: its storage binding is left out (the later bindings move up by one),
+ * the texture is bound after the uniform (tA, then tB), and the uniform gains
+ * `shiftA, shiftB, pad, pad` (see {@link matmulTexLayout}). This matches the dispatcher's order:
+ * storage inputs, outputs, uniform, textures. On llvmpipe, where a storage load is a per-lane
+ * scalar loop, textureLoad measured faster for operands each invocation reads by its own rows.
+ *
  * Layouts: A is [batch, M, K] (transA=false) or [batch, K, M] (transA=true); B is
  * [batch, K, N] (transB=false) or [batch, N, K] (transB=true); C is [batch, M, N].
  *
@@ -57,6 +64,13 @@ export interface MatmulShaderConfig {
   vec4C: boolean;
   /** Kernel style: register tiled (CPU adapters) or workgroup-memory tiled (real GPUs). */
   kind?: "reg" | "smem";
+  /**
+   * Read A through an rgba32float texture instead of storage (register kernel only; needs vec4A).
+   * See {@link matmulTexLayout} for the texture layout and the module doc for the bindings.
+   */
+  texA?: boolean;
+  /** Read B through an rgba32float texture instead of storage (register kernel only; needs vec4B). */
+  texB?: boolean;
 }
 
 const COMP = ["x", "y", "z", "w"];
@@ -72,18 +86,31 @@ function checkConfig(cfg: MatmulShaderConfig): void {
   if (wgX < 1 || wgY < 1 || wgX * wgY > 256) {
     throw new Error(`matmul: bad workgroup ${wgX}x${wgY}`);
   }
+  if ((cfg.texA && !cfg.vec4A) || (cfg.texB && !cfg.vec4B)) {
+    throw new Error("matmul: a texture operand must be vec4 along its contiguous dimension");
+  }
+  if ((cfg.texA || cfg.texB) && (cfg.kind ?? "reg") !== "reg") {
+    throw new Error("matmul: texture operands exist only in the register kernel");
+  }
 }
 
-function header(vA: boolean, vB: boolean, vC: boolean): string {
+function header(vA: boolean, vB: boolean, vC: boolean, texA = false, texB = false): string {
   const t = (v: boolean) => (v ? "vec4<f32>" : "f32");
+  const L: string[] = [];
+  let i = 0;
+  const bind = (decl: string) => L.push(`@group(0) @binding(${i++}) ${decl};`);
+  if (!texA) bind(`var<storage, read> A: array<${t(vA)}>`);
+  if (!texB) bind(`var<storage, read> B: array<${t(vB)}>`);
+  bind(`var<storage, read_write> C: array<${t(vC)}>`);
+  bind("var<uniform> p: Params");
+  if (texA) bind("var tA: texture_2d<f32>");
+  if (texB) bind("var tB: texture_2d<f32>");
+  const tex = texA || texB ? "\n  shiftA: u32, shiftB: u32, pad1: u32, pad2: u32," : "";
   return `struct Params {
   M: u32, N: u32, K: u32, batch: u32,
-  strideA: u32, strideB: u32, strideC: u32, pad: u32,
+  strideA: u32, strideB: u32, strideC: u32, pad: u32,${tex}
 };
-@group(0) @binding(0) var<storage, read> A: array<${t(vA)}>;
-@group(0) @binding(1) var<storage, read> B: array<${t(vB)}>;
-@group(0) @binding(2) var<storage, read_write> C: array<${t(vC)}>;
-@group(0) @binding(3) var<uniform> p: Params;
+${L.join("\n")}
 `;
 }
 
@@ -105,47 +132,117 @@ export function matmulWorkgroups(
   return [Math.max(1, Math.ceil(tx / cfg.wgX)), Math.max(1, Math.ceil(ty / cfg.wgY)), batch];
 }
 
+/** Placement of a row-major operand in an rgba32float texture (see {@link matmulTexLayout}). */
+export interface MatmulTexLayout {
+  /** log2 of the operand rows packed side by side into one texture row (the uniform shiftA/B). */
+  shift: number;
+  /** Texture width in texels (2^shift · rowLen / 4). */
+  width: number;
+  /** Texture height in texels (ceil(rows / 2^shift)). */
+  height: number;
+  /** Bytes of one texture row in the source buffer (a multiple of 256, as copies require). */
+  bytesPerRow: number;
+}
+
+/**
+ * Texture layout for an operand of `rows` rows of `rowLen` f32 (all batches stacked), or null if it
+ * cannot be textured: rowLen must be a multiple of 4 and the texture must fit in `maxDim`².
+ *
+ * copyBufferToTexture needs bytesPerRow to be a multiple of 256, i.e. 64 floats, which a row such as
+ * 1376 floats is not; packing 2^shift consecutive rows into one texture row fixes that with a single
+ * copy and costs the kernel only a mask and a shift per row index. The smallest such shift is used,
+ * raised while the height exceeds maxDim.
+ */
+export function matmulTexLayout(
+  rows: number,
+  rowLen: number,
+  maxDim: number,
+): MatmulTexLayout | null {
+  if (rows < 1 || rowLen < 4 || rowLen % 4 !== 0) return null;
+  let shift = 0;
+  while (((rowLen << shift) * 4) % 256 !== 0) shift++;
+  while (Math.ceil(rows / 2 ** shift) > maxDim && (rowLen << shift) / 4 <= maxDim) shift++;
+  const width = (rowLen << shift) / 4;
+  const height = Math.ceil(rows / 2 ** shift);
+  if (width > maxDim || height > maxDim) return null;
+  return { shift, width, height, bytesPerRow: width * 16 };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Register-tiled kernel
 
 function regShader(cfg: MatmulShaderConfig): string {
   const { transA, transB, tileM: TM, tileN: TN, wgX, wgY } = cfg;
   const vA = cfg.vec4A, vB = cfg.vec4B, vC = cfg.vec4C;
+  const tA = cfg.texA ?? false, tB = cfg.texB ?? false;
   const TN4 = TN / 4;
   const L: string[] = [];
   const e = (s: string) => L.push("  " + s);
 
-  // Per-thread constant index bases (clamped so that loads never need a branch).
+  // Per-thread constant index bases (clamped so that loads never need a branch). A texture operand
+  // is addressed by (row, vec4 column) and rows are packed 2^shift per texture row (see
+  // matmulTexLayout), so its bases are (x, y) texel pairs.
+  e(`let K4 = K >> 2u;`);
   // A
   if (!transA) {
+    if (tA) {
+      e(`let aRow = gid.z * (p.strideA / max(K, 1u));`);
+      e(`let aMask = (1u << p.shiftA) - 1u;`);
+    }
     for (let i = 0; i < TM; i++) {
-      e(
-        vA
-          ? `let ar${i} = (aOff + min(m0 + ${i}u, M - 1u) * K) >> 2u;`
-          : `let ar${i} = aOff + min(m0 + ${i}u, M - 1u) * K;`,
-      );
+      if (tA) {
+        e(`let ar${i} = aRow + min(m0 + ${i}u, M - 1u);`);
+        e(`let ax${i} = (ar${i} & aMask) * K4;`);
+        e(`let ay${i} = ar${i} >> p.shiftA;`);
+      } else {
+        e(
+          vA
+            ? `let ar${i} = (aOff + min(m0 + ${i}u, M - 1u) * K) >> 2u;`
+            : `let ar${i} = aOff + min(m0 + ${i}u, M - 1u) * K;`,
+        );
+      }
     }
   } else if (vA) {
     e(`let M4 = M >> 2u;`);
+    if (tA) {
+      e(`let aRow = gid.z * (p.strideA / max(M, 1u));`);
+      e(`let aMask = (1u << p.shiftA) - 1u;`);
+    }
+    const base = tA ? "" : "(aOff >> 2u) + ";
     for (let j = 0; j < TM / 4; j++) {
-      e(`let ac${j} = (aOff >> 2u) + min((m0 >> 2u) + ${j}u, M4 - 1u);`);
+      e(`let ac${j} = ${base}min((m0 >> 2u) + ${j}u, M4 - 1u);`);
     }
   } else {
     for (let i = 0; i < TM; i++) e(`let ac${i} = aOff + min(m0 + ${i}u, M - 1u);`);
   }
   // B
   if (transB) {
+    if (tB) {
+      e(`let bRow = gid.z * (p.strideB / max(K, 1u));`);
+      e(`let bMask = (1u << p.shiftB) - 1u;`);
+    }
     for (let n = 0; n < TN; n++) {
-      e(
-        vB
-          ? `let br${n} = (bOff + min(n0 + ${n}u, N - 1u) * K) >> 2u;`
-          : `let br${n} = bOff + min(n0 + ${n}u, N - 1u) * K;`,
-      );
+      if (tB) {
+        e(`let br${n} = bRow + min(n0 + ${n}u, N - 1u);`);
+        e(`let bx${n} = (br${n} & bMask) * K4;`);
+        e(`let by${n} = br${n} >> p.shiftB;`);
+      } else {
+        e(
+          vB
+            ? `let br${n} = (bOff + min(n0 + ${n}u, N - 1u) * K) >> 2u;`
+            : `let br${n} = bOff + min(n0 + ${n}u, N - 1u) * K;`,
+        );
+      }
     }
   } else if (vB) {
     e(`let N4 = N >> 2u;`);
+    if (tB) {
+      e(`let bRow = gid.z * (p.strideB / max(N, 1u));`);
+      e(`let bMask = (1u << p.shiftB) - 1u;`);
+    }
+    const base = tB ? "" : "(bOff >> 2u) + ";
     for (let j = 0; j < TN4; j++) {
-      e(`let bc${j} = (bOff >> 2u) + min((n0 >> 2u) + ${j}u, N4 - 1u);`);
+      e(`let bc${j} = ${base}min((n0 >> 2u) + ${j}u, N4 - 1u);`);
     }
   } else {
     for (let n = 0; n < TN; n++) e(`let bc${n} = bOff + min(n0 + ${n}u, N - 1u);`);
@@ -167,7 +264,11 @@ function regShader(cfg: MatmulShaderConfig): string {
       if (vA) {
         // nk == 4 guaranteed (K % 4 == 0)
         for (let i = 0; i < TM; i++) {
-          b(`let a${i} = A[ar${i} + kc];`);
+          b(
+            tA
+              ? `let a${i} = textureLoad(tA, vec2u(ax${i} + kc, ay${i}), 0);`
+              : `let a${i} = A[ar${i} + kc];`,
+          );
           for (let kk = 0; kk < 4; kk++) aExpr[i].push(`a${i}.${COMP[kk]}`);
         }
       } else {
@@ -180,7 +281,15 @@ function regShader(cfg: MatmulShaderConfig): string {
       }
     } else {
       for (let kk = 0; kk < nk; kk++) {
-        if (vA) {
+        if (vA && tA) {
+          b(`let ak${kk} = aRow + k + ${kk}u;`);
+          b(`let akx${kk} = (ak${kk} & aMask) * M4;`);
+          b(`let aky${kk} = ak${kk} >> p.shiftA;`);
+          for (let j = 0; j < TM / 4; j++) {
+            b(`let a${kk}_${j} = textureLoad(tA, vec2u(akx${kk} + ac${j}, aky${kk}), 0);`);
+          }
+          for (let i = 0; i < TM; i++) aExpr[i].push(`a${kk}_${i >> 2}.${COMP[i & 3]}`);
+        } else if (vA) {
           b(`let ak${kk} = (k + ${kk}u) * M4;`);
           for (let j = 0; j < TM / 4; j++) b(`let a${kk}_${j} = A[ak${kk} + ac${j}];`);
           for (let i = 0; i < TM; i++) aExpr[i].push(`a${kk}_${i >> 2}.${COMP[i & 3]}`);
@@ -196,7 +305,15 @@ function regShader(cfg: MatmulShaderConfig): string {
     // B loads
     if (!transB) {
       for (let kk = 0; kk < nk; kk++) {
-        if (vB) {
+        if (vB && tB) {
+          b(`let bk${kk} = bRow + k + ${kk}u;`);
+          b(`let bkx${kk} = (bk${kk} & bMask) * N4;`);
+          b(`let bky${kk} = bk${kk} >> p.shiftB;`);
+          for (let j = 0; j < TN4; j++) {
+            b(`let b${kk}_${j} = textureLoad(tB, vec2u(bkx${kk} + bc${j}, bky${kk}), 0);`);
+            bExpr[kk].push(`b${kk}_${j}`);
+          }
+        } else if (vB) {
           b(`let bk${kk} = (k + ${kk}u) * N4;`);
           for (let j = 0; j < TN4; j++) {
             b(`let b${kk}_${j} = B[bk${kk} + bc${j}];`);
@@ -213,7 +330,13 @@ function regShader(cfg: MatmulShaderConfig): string {
       }
     } else {
       if (vB) {
-        for (let n = 0; n < TN; n++) b(`let b${n} = B[br${n} + kc];`);
+        for (let n = 0; n < TN; n++) {
+          b(
+            tB
+              ? `let b${n} = textureLoad(tB, vec2u(bx${n} + kc, by${n}), 0);`
+              : `let b${n} = B[br${n} + kc];`,
+          );
+        }
         for (let kk = 0; kk < 4; kk++) {
           for (let j = 0; j < TN4; j++) {
             const q = [0, 1, 2, 3].map((t) => `b${4 * j + t}.${COMP[kk]}`);
@@ -252,7 +375,6 @@ function regShader(cfg: MatmulShaderConfig): string {
   };
 
   const kAlongVec4 = (!transA && vA) || (transB && vB); // implies K % 4 == 0: no tail
-  L.push(`  let K4 = K >> 2u;`);
   L.push(`  for (var kc = 0u; kc < K4; kc = kc + 1u) {`);
   L.push(`    let k = kc << 2u;`);
   L.push(...body(4));
@@ -281,7 +403,7 @@ function regShader(cfg: MatmulShaderConfig): string {
     L.push(`  }`);
   }
 
-  return `${header(vA, vB, vC)}
+  return `${header(vA, vB, vC, tA, tB)}
 @compute @workgroup_size(${wgX}, ${wgY}, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let M = p.M;

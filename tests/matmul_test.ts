@@ -1,7 +1,9 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
-import { matmul } from "../ops/mod.ts";
+import { matmul, setMatmulTextureThreshold } from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
+import { deviceInfo } from "../core/device.ts";
+import { startProfile, stopProfile } from "../core/kernel.ts";
 import { memoryStats } from "../core/memory.ts";
 import { sizeOf } from "../core/shape.ts";
 import { readAll, tensor } from "../core/tensor.ts";
@@ -115,6 +117,65 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
       what: `${m}x${n}x${k}`,
     });
     for (const t of [x, y, z]) t.dispose();
+  }
+});
+
+Deno.test("matmul: the texture path for A (forced on) matches the float64 reference", async () => {
+  const prev = setMatmulTextureThreshold(0);
+  const profiling = deviceInfo().timestamps;
+  try {
+    // [A shape, B shape, transB]. K = 64 packs one A row per texture row, K = 40 eight (with 37
+    // rows, so a partial last texture row), K = 44 sixteen, K = 1376 two; 17000 rows of K = 64 are
+    // over maxTextureDimension2D (16384 on lavapipe) and need two rows per texture row.
+    const cases: [number[], number[], boolean][] = [
+      [[130, 64], [64, 129], false],
+      [[37, 40], [40, 20], false],
+      [[2, 33, 44], [2, 44, 17], false],
+      [[33, 12], [3, 12, 9], false], // A shared across the batch
+      [[3, 12, 8], [8, 7], false], // folded x[b, t, k] · W
+      [[50, 1376], [20, 1376], true],
+      [[2, 9, 16], [2, 11, 16], true],
+      [[17000, 64], [64, 4], false],
+      [[5, 6], [6, 7], false], // K % 4 != 0: not texturable, storage path
+    ];
+    if (profiling) startProfile();
+    for (const [as, bs, tB] of cases) {
+      const A = randomArr(as, sizeOf(as));
+      const B = randomArr(bs, sizeOf(bs) + 1);
+      const x = toTensor(A);
+      const y = toTensor(B);
+      const z = matmul(x, y, { transB: tB });
+      const [got] = await readAll([z]);
+      assertClose(got, matmulRef(A, B, false, tB).data, {
+        atol: 1e-3,
+        rtol: 1e-4,
+        what: `${as} · ${bs}${tB ? "ᵀ" : ""}`,
+      });
+      for (const t of [x, y, z]) t.dispose();
+    }
+    if (profiling && deviceInfo().kind === "cpu") {
+      const names = (await stopProfile()).map((e) => e.name);
+      assert.ok(names.includes("matmul_NN_tex") && names.includes("matmul_NT_tex"), `${names}`);
+    }
+    // Gradients too: backward runs NN and NT matmuls, which now take the texture path.
+    await fc.assert(
+      fc.asyncProperty(caseArb, async (c) => {
+        const { a, b, tA } = shapesFor(c);
+        const A = randomArr(a, c.seed);
+        const B = randomArr(b, c.seed + 1);
+        await checkOp({
+          op: ([x, y]) => matmul(x, y, { transA: tA, transB: c.tB }),
+          ref: ([x, y]) => matmulRef(x, y, tA, c.tB),
+          inputs: [A, B],
+          fwd: { atol: 1e-4, rtol: 1e-4 },
+          grad: { atol: 2e-3, rtol: 2e-3 },
+        });
+      }),
+      { ...FC, numRuns: 20 },
+    );
+  } finally {
+    if (profiling) await stopProfile();
+    setMatmulTextureThreshold(prev);
   }
 });
 
