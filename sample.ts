@@ -4,17 +4,23 @@
  * full forward per token, no KV cache).
  * @module
  */
-import { parseArgs } from "node:util";
 import { init } from "./core/device.ts";
 import { type Tokenizer, tokenizerByName } from "./data/tokenizer.ts";
-import { FlagError, natInt, num, posInt, type RawFlags } from "./cli/flags.ts";
+import {
+  FlagError,
+  type FlagSpec,
+  natInt,
+  num,
+  parseFlagsWith,
+  posInt,
+  type RawFlags,
+  renderHelp,
+  runCli,
+} from "./cli/flags.ts";
 import { disposeLoaded, generate, loadModel, textStream } from "./cli/generate.ts";
 
 /** Flags of sample.ts, in --help order: [type, default shown in --help, description]. */
-export const SAMPLE_FLAGS: Record<
-  string,
-  { type: "string" | "boolean"; default?: string; help: string }
-> = {
+export const SAMPLE_FLAGS: Record<string, FlagSpec> = {
   checkpoint: {
     type: "string",
     help: "checkpoint.safetensors, or a train.ts --out folder holding one (required)",
@@ -40,37 +46,14 @@ export const SAMPLE_FLAGS: Record<
 
 /** The help text of sample.ts. */
 export function sampleHelp(): string {
-  const lines = [
-    "Generate text from a train.ts checkpoint.",
-    "",
-    'usage: deno run -A sample.ts --checkpoint DIR_OR_FILE --prompt "The jury" [flags]',
-    "",
-  ];
-  for (const [name, f] of Object.entries(SAMPLE_FLAGS)) {
-    const left = `  --${name}${f.type === "string" ? " X" : ""}`;
-    lines.push(`${left.padEnd(20)}${f.help}${f.default ? ` [default: ${f.default}]` : ""}`);
-  }
-  return lines.join("\n");
-}
-
-function parse(argv: string[]): RawFlags {
-  const options = Object.fromEntries(
-    Object.entries(SAMPLE_FLAGS).map(([k, f]) => [k, { type: f.type }]),
+  return renderHelp(
+    [
+      "Generate text from a train.ts checkpoint.",
+      "",
+      'usage: deno run -A sample.ts --checkpoint DIR_OR_FILE --prompt "The jury" [flags]',
+    ],
+    SAMPLE_FLAGS,
   );
-  try {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      options,
-      strict: true,
-      allowPositionals: true,
-    });
-    if (positionals.length > 0) throw new FlagError(`unexpected argument "${positionals[0]}"`);
-    return values as RawFlags;
-  } catch (e) {
-    if (e instanceof FlagError) throw e;
-    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
-    throw new FlagError(`${msg}; see --help`);
-  }
 }
 
 async function pickTokenizer(flags: RawFlags, vocab: number): Promise<Tokenizer> {
@@ -96,7 +79,7 @@ async function pickTokenizer(flags: RawFlags, vocab: number): Promise<Tokenizer>
 }
 
 async function main(argv: string[]): Promise<number> {
-  const flags = parse(argv);
+  const flags = parseFlagsWith(SAMPLE_FLAGS, argv);
   if (flags.help) {
     console.log(sampleHelp());
     return 0;
@@ -154,11 +137,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(e instanceof FlagError ? 2 : 1);
-  }
-}
+if (import.meta.main) await runCli(main);

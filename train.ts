@@ -3,7 +3,7 @@
  * corpus or your own text, on whatever WebGPU adapter Deno finds. `--help` lists every flag.
  * @module
  */
-import { deviceInfo, init } from "./core/device.ts";
+import { init } from "./core/device.ts";
 import { loadBrown, splitEvery } from "./data/brown.ts";
 import { tokenizeCached } from "./data/cache.ts";
 import { holdOut, loadCorpus } from "./data/corpus.ts";
@@ -20,6 +20,7 @@ import {
   parseFlags,
   posInt,
   type RawFlags,
+  runCli,
 } from "./cli/flags.ts";
 import { Progress } from "./cli/progress.ts";
 import { lossPlot, summaryTable } from "./cli/report.ts";
@@ -335,15 +336,7 @@ async function main(argv: string[]): Promise<number> {
       }loss curve: ${dir}/loss.svg; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
     );
   }
-  void deviceInfo;
   return stop ? 130 : 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(e instanceof FlagError ? 2 : 1);
-  }
-}
+if (import.meta.main) await runCli(main);

@@ -6,8 +6,8 @@
 import { parseArgs } from "node:util";
 import { type MethodName, METHODS } from "./run_config.ts";
 
-/** A flag: name, value kind, default (shown in --help) and description. */
-interface FlagSpec {
+/** A flag: value kind, default (shown in --help) and description. */
+export interface FlagSpec {
   type: "string" | "boolean";
   default?: string;
   help: string;
@@ -110,25 +110,37 @@ export const FLAGS: Record<string, FlagSpec> = {
   help: { type: "boolean", help: "show this help" },
 };
 
-/** The help text. */
-export function helpText(): string {
-  const lines = [
-    "Pretrain a LLaMA-style model on WebGPU with SLTrain or a baseline.",
-    "",
-    "usage: deno run -A train.ts [flags]",
-    "",
-  ];
-  for (const [name, f] of Object.entries(FLAGS)) {
+/** Renders a --help text: intro lines, one line per flag with its default, then footer lines. */
+export function renderHelp(
+  intro: readonly string[],
+  specs: Record<string, FlagSpec>,
+  footer: readonly string[] = [],
+): string {
+  const lines = [...intro, ""];
+  const width = 4 + Math.max(...Object.keys(specs).map((n) => n.length + 4));
+  for (const [name, f] of Object.entries(specs)) {
     const left = `  --${name}${f.type === "string" ? " X" : ""}`;
-    lines.push(`${left.padEnd(24)}${f.help}${f.default ? ` [default: ${f.default}]` : ""}`);
+    lines.push(`${left.padEnd(width)}${f.help}${f.default ? ` [default: ${f.default}]` : ""}`);
   }
-  lines.push(
-    "",
-    "examples:",
-    "  deno run -A train.ts",
-    "  deno run -A train.ts --compare full,lowrank,sltrain,galore --steps 200",
-  );
+  if (footer.length > 0) lines.push("", ...footer);
   return lines.join("\n");
+}
+
+/** The help text of train.ts. */
+export function helpText(): string {
+  return renderHelp(
+    [
+      "Pretrain a LLaMA-style model on WebGPU with SLTrain or a baseline.",
+      "",
+      "usage: deno run -A train.ts [flags]",
+    ],
+    FLAGS,
+    [
+      "examples:",
+      "  deno run -A train.ts",
+      "  deno run -A train.ts --compare full,lowrank,sltrain,galore --steps 200",
+    ],
+  );
 }
 
 /** A bad flag or flag value. */
@@ -137,9 +149,9 @@ export class FlagError extends Error {}
 /** Parsed raw flag values (strings and booleans, as given). */
 export type RawFlags = Record<string, string | boolean | undefined>;
 
-/** Parses argv; throws FlagError for unknown flags or missing values. */
-export function parseFlags(argv: string[]): RawFlags {
-  const options = Object.fromEntries(Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }]));
+/** Parses argv against `specs`; throws FlagError for unknown flags, missing values or positionals. */
+export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]): RawFlags {
+  const options = Object.fromEntries(Object.entries(specs).map(([k, f]) => [k, { type: f.type }]));
   try {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -155,6 +167,21 @@ export function parseFlags(argv: string[]): RawFlags {
     if (e instanceof FlagError) throw e;
     const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
     throw new FlagError(`${msg}; see --help`);
+  }
+}
+
+/** Parses train.ts's argv. */
+export function parseFlags(argv: string[]): RawFlags {
+  return parseFlagsWith(FLAGS, argv);
+}
+
+/** Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error. */
+export async function runCli(main: (argv: string[]) => Promise<number>): Promise<never> {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(e instanceof FlagError ? 2 : 1);
   }
 }
 
