@@ -7,9 +7,9 @@
  * reps of `inner` matmuls recorded into one submit and one sync; time = median over reps of rep
  * time / inner, where inner makes a rep last about `targetRepMs`.
  *
- * "ours, storage" is the same op with the texture path for A switched off (see
- * `setMatmulTextureThreshold`), its reps alternating with the default's, so the texture gain is a
- * same-run ratio.
+ * "ours, storage" is the same op with the texture path for A and the subgroup kernel switched off
+ * (see `setMatmulTextureThreshold`, `setMatmulSubgroups`), its reps alternating with the default's,
+ * so the gain of either is a same-run ratio.
  *
  * Flags: `--quick` (fewer shapes and reps), `--no-peers`, `--reps N`.
  */
@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { deviceInfo, init } from "../core/device.ts";
 import { sync } from "../core/kernel.ts";
 import { randomUniform, tensor } from "../core/tensor.ts";
-import { addScalar, matmul, setMatmulTextureThreshold } from "../ops/mod.ts";
+import { addScalar, matmul, setMatmulSubgroups, setMatmulTextureThreshold } from "../ops/mod.ts";
 import {
   benchPeerMatmul,
   closePeers,
@@ -59,11 +59,15 @@ async function timeOurs(
   const b = randomUniform(tB ? [n, k] : [k, n], -1, 1, { seed: 2 });
   const once = async (inner: number, storageOnly: boolean) => {
     const prev = storageOnly ? setMatmulTextureThreshold(Infinity) : 0;
+    const prevSg = storageOnly ? setMatmulSubgroups(false) : true;
     const t0 = performance.now();
     for (let i = 0; i < inner; i++) matmul(a, b, { transA: tA, transB: tB }).dispose();
     await sync();
     const ms = performance.now() - t0;
-    if (storageOnly) setMatmulTextureThreshold(prev);
+    if (storageOnly) {
+      setMatmulTextureThreshold(prev);
+      setMatmulSubgroups(prevSg);
+    }
     return ms;
   };
   await once(1, false); // compile

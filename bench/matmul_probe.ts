@@ -46,7 +46,25 @@ for (const k in adapter.limits) {
   const v = (adapter.limits as unknown as Record<string, unknown>)[k];
   if (typeof v === "number") limits[k] = v;
 }
-const device = await adapter.requestDevice({ requiredLimits: limits });
+// Subgroups (for the subgroupA kernel) when the adapter can provide them; lavapipe does without
+// advertising it, so ask and fall back on refusal. The kernel assumes a fixed subgroup size of 8.
+let device: GPUDevice;
+let subgroupSize: number | undefined;
+try {
+  device = await adapter.requestDevice({
+    requiredFeatures: ["subgroups" as GPUFeatureName],
+    requiredLimits: limits,
+  });
+  const info = adapter.info as GPUAdapterInfo & {
+    subgroupMinSize?: number;
+    subgroupMaxSize?: number;
+  };
+  if (info.subgroupMinSize && info.subgroupMinSize === info.subgroupMaxSize) {
+    subgroupSize = info.subgroupMinSize;
+  }
+} catch {
+  device = await adapter.requestDevice({ requiredLimits: limits });
+}
 device.addEventListener("uncapturederror", (ev) => {
   console.error("WebGPU error:", (ev as GPUUncapturedErrorEvent).error.message);
 });
@@ -297,6 +315,10 @@ const CANDIDATES: Record<string, Partial<MatmulShaderConfig>> = {
   "r32x32_wg8x1": { tileM: 32, tileN: 32, wgX: 8, wgY: 1 },
   "table": {},
   "table-large": {},
+  "table-sg": {},
+  // subgroupA at other workgroup widths (the table uses 8x1); vec4-able A only.
+  "sg16x16_wg16x1": { tileM: 16, tileN: 16, wgX: 16, wgY: 1, subgroupA: true },
+  "sg16x16_wg32x1": { tileM: 16, tileN: 16, wgX: 32, wgY: 1, subgroupA: true },
 };
 
 function parseShape(s: string): [number, number, number] {
@@ -385,6 +407,8 @@ async function bench(): Promise<void> {
           ? chooseMatmulConfig(M, N, K, transA, transB, "cpu")
           : name === "table-large"
           ? chooseMatmulConfig(M, N, K, transA, transB, "cpu", { largeTiles: true })
+          : name === "table-sg"
+          ? chooseMatmulConfig(M, N, K, transA, transB, "cpu", { subgroupSize })
           : withShape(base, M, N, K, transA, transB);
         const { pipe, fresh } = pipelineFor(cfg);
         const bg = bindGroup(pipe, o);
@@ -544,6 +568,12 @@ async function check(): Promise<void> {
     ["table-cpu", (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "cpu")],
     ["table-gpu", (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "gpu")],
     [
+      // The subgroup-shared-A kernel (falls back to table-cpu where it does not apply, e.g. no
+      // subgroups of size 8 or A not vec4-able).
+      "table-sg",
+      (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "cpu", { subgroupSize }),
+    ],
+    [
       "scalar16x16",
       (pr) =>
         withShape(
@@ -575,7 +605,7 @@ async function check(): Promise<void> {
   ]);
   const extra = argv.get("variants");
   const useVariants = extra ? variants.filter(([n]) => extra.split(",").includes(n)) : variants;
-  let worst = 0, failures = 0, n = 0;
+  let worst = 0, failures = 0, n = 0, sgRuns = 0;
   const t0 = performance.now();
   const perVariant = new Map<string, number>();
   for (const pr of cases) {
@@ -583,6 +613,7 @@ async function check(): Promise<void> {
     for (const [vname, mk] of useVariants) {
       const cfg = mk(pr);
       if (vname === "r32x32" && (pr.transB || !cfg.vec4A || !cfg.vec4B || !cfg.vec4C)) continue;
+      if (cfg.subgroupA) sgRuns++;
       const { pipe } = pipelineFor(cfg);
       // reset C to the sentinel
       device.queue.writeBuffer(o.C, 0, new Float32Array(o.C.size / 4).fill(SENTINEL));
@@ -607,7 +638,8 @@ async function check(): Promise<void> {
   console.log(
     `check: ${cases.length} shapes x ${useVariants.length} variants = ${n} runs, ${failures} failures, ` +
       `max rel err ${worst.toExponential(2)}, ${pipelineCache.size} pipelines, ` +
-      `${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      `${((performance.now() - t0) / 1000).toFixed(1)} s, ${sgRuns} subgroupA runs ` +
+      `(subgroup size ${subgroupSize ?? "n/a"})`,
   );
   for (const [v, e] of perVariant) {
     console.log(`  ${v.padEnd(12)} max rel err ${e.toExponential(2)}`);

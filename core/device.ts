@@ -17,6 +17,11 @@ export interface DeviceInfo {
   readonly f16: boolean;
   /** True when the device was created with `subgroups`. */
   readonly subgroups: boolean;
+  /**
+   * The subgroup size when the device has `subgroups` and the adapter reports a fixed one
+   * (subgroupMinSize == subgroupMaxSize, e.g. 8 on lavapipe), else undefined.
+   */
+  readonly subgroupSize?: number;
   /** True when the device can time kernels (`timestamp-query`), used by `profile`. */
   readonly timestamps: boolean;
   /** The device's limits (requested at the adapter's maxima). */
@@ -93,6 +98,7 @@ async function createDevice(options: InitOptions): Promise<DeviceInfo> {
     kind,
     f16: device.features.has("shader-f16"),
     subgroups: device.features.has("subgroups"),
+    subgroupSize: device.features.has("subgroups") ? fixedSubgroupSize(adapter) : undefined,
     timestamps: device.features.has("timestamp-query"),
     limits: device.limits,
   };
@@ -103,6 +109,14 @@ async function createDevice(options: InitOptions): Promise<DeviceInfo> {
   });
   state = s;
   return info;
+}
+
+function fixedSubgroupSize(adapter: GPUAdapter): number | undefined {
+  const info = adapter.info as
+    | (GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number })
+    | undefined;
+  const lo = info?.subgroupMinSize, hi = info?.subgroupMaxSize;
+  return typeof lo === "number" && lo > 0 && lo === hi ? lo : undefined;
 }
 
 // Lavapipe supports subgroups without advertising them, so ask and fall back on refusal.

@@ -92,8 +92,10 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     out.dispose();
     return zeros(p.outShape);
   }
-  const { kind, limits } = deviceInfo();
-  const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind);
+  const { kind, limits, subgroupSize } = deviceInfo();
+  const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
+    subgroupSize: useSubgroups ? subgroupSize : undefined,
+  });
   const uniforms = [
     p.m,
     p.n,
@@ -114,9 +116,12 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
   };
   // Only untransposed A goes through a texture: there each invocation reads its own rows of A, the
   // pattern where textureLoad beats storage loads on llvmpipe (~1.1-1.3x end to end, copy
-  // included); for Aᵀ, and for B in any layout, it measured no faster or slower.
+  // included); for Aᵀ, and for B in any layout, it measured no faster or slower. Where the
+  // subgroup kernel was chosen (subgroups of 8, e.g. lavapipe) it replaces the texture path: its
+  // A loads are shared across the subgroup and need no copy; the texture path remains the
+  // fallback on adapters without fixed-size-8 subgroups (e.g. GL).
   const aRows = (p.aBatched ? p.batch : 1) * p.m;
-  const tex = kind === "cpu" && !transA && cfg.kind === "reg" && cfg.vec4A &&
+  const tex = kind === "cpu" && !transA && cfg.kind === "reg" && cfg.vec4A && !cfg.subgroupA &&
       2 * p.batch * p.m * p.n * p.k >= textureMinFlops
     ? matmulTexLayout(aRows, p.k, limits.maxTextureDimension2D)
     : null;
@@ -128,10 +133,24 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     call.uniforms = new Uint32Array([...uniforms, tex.shift, 0, 0, 0]);
     call.textures = [copyToTexture(a, aRows, p.k, tex)];
   } else {
+    if (cfg.subgroupA) call.name += "_sg";
     call.code = matmulShader(cfg);
   }
   dispatch(call);
   return out;
+}
+
+let useSubgroups = true;
+
+/**
+ * Allows (default) or forbids the subgroup kernel for "cpu" adapters with subgroups of exactly 8
+ * (A loads shared across the subgroup; it replaces the texture path there); returns the previous
+ * setting. Meant for tests and benchmarks.
+ */
+export function setMatmulSubgroups(enabled: boolean): boolean {
+  const prev = useSubgroups;
+  useSubgroups = enabled;
+  return prev;
 }
 
 // Minimum 2·batch·M·N·K for the texture path: below it the copy and the extra pipeline are not

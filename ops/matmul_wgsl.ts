@@ -71,6 +71,15 @@ export interface MatmulShaderConfig {
   texA?: boolean;
   /** Read B through an rgba32float texture instead of storage (register kernel only; needs vec4B). */
   texB?: boolean;
+  /**
+   * Share the A loads across a subgroup (register kernel, storage A, vec4A, tileM 16, wgY 1; needs
+   * the `subgroups` feature and a subgroup size of exactly 8). All invocations of a workgroup row
+   * share m0, so the 16 A vec4 a thread needs per K step are the same for every lane: each lane
+   * loads 2 of them and `subgroupBroadcast` hands all 16 to every lane (2 storage loads instead of
+   * 16). Lanes past N are kept alive (clamped loads, guarded stores) since broadcasting from an
+   * exited lane is undefined.
+   */
+  subgroupA?: boolean;
 }
 
 const COMP = ["x", "y", "z", "w"];
@@ -91,6 +100,12 @@ function checkConfig(cfg: MatmulShaderConfig): void {
   }
   if ((cfg.texA || cfg.texB) && (cfg.kind ?? "reg") !== "reg") {
     throw new Error("matmul: texture operands exist only in the register kernel");
+  }
+  if (
+    cfg.subgroupA &&
+    ((cfg.kind ?? "reg") !== "reg" || cfg.texA || !cfg.vec4A || tileM !== 16 || wgY !== 1)
+  ) {
+    throw new Error("matmul: subgroupA needs the register kernel, storage vec4 A, tileM 16, wgY 1");
   }
 }
 
@@ -175,6 +190,7 @@ function regShader(cfg: MatmulShaderConfig): string {
   const { transA, transB, tileM: TM, tileN: TN, wgX, wgY } = cfg;
   const vA = cfg.vec4A, vB = cfg.vec4B, vC = cfg.vec4C;
   const tA = cfg.texA ?? false, tB = cfg.texB ?? false;
+  const sgA = cfg.subgroupA ?? false;
   const TN4 = TN / 4;
   const L: string[] = [];
   const e = (s: string) => L.push("  " + s);
@@ -184,7 +200,21 @@ function regShader(cfg: MatmulShaderConfig): string {
   // matmulTexLayout), so its bases are (x, y) texel pairs.
   e(`let K4 = K >> 2u;`);
   // A
-  if (!transA) {
+  if (sgA && !transA) {
+    // Lane l loads rows m0 + l and m0 + 8 + l of the tile.
+    e(`let arl0 = (aOff + min(m0 + sgl, M - 1u) * K) >> 2u;`);
+    e(`let arl1 = (aOff + min(m0 + 8u + sgl, M - 1u) * K) >> 2u;`);
+  } else if (sgA) {
+    // Lane l loads k offset l & 3 of column blocks l >> 2 and 2 + (l >> 2).
+    e(`let M4 = M >> 2u;`);
+    e(`let lkk = sgl & 3u;`);
+    e(`let acl0 = (aOff >> 2u) + min((m0 >> 2u) + (sgl >> 2u), M4 - 1u);`);
+    e(`let acl1 = (aOff >> 2u) + min((m0 >> 2u) + 2u + (sgl >> 2u), M4 - 1u);`);
+    // Per-lane bases for the K tail (no broadcast there).
+    for (let j = 0; j < TM / 4; j++) {
+      e(`let ac${j} = (aOff >> 2u) + min((m0 >> 2u) + ${j}u, M4 - 1u);`);
+    }
+  } else if (!transA) {
     if (tA) {
       e(`let aRow = gid.z * (p.strideA / max(K, 1u));`);
       e(`let aMask = (1u << p.shiftA) - 1u;`);
@@ -261,7 +291,15 @@ function regShader(cfg: MatmulShaderConfig): string {
     for (let kk = 0; kk < nk; kk++) bExpr.push([]);
     // A loads
     if (!transA) {
-      if (vA) {
+      if (sgA) {
+        // nk == 4 guaranteed (K % 4 == 0)
+        b(`let al0 = A[arl0 + kc];`);
+        b(`let al1 = A[arl1 + kc];`);
+        for (let i = 0; i < TM; i++) {
+          b(`let a${i} = subgroupBroadcast(al${i >> 3}, ${i & 7}u);`);
+          for (let kk = 0; kk < 4; kk++) aExpr[i].push(`a${i}.${COMP[kk]}`);
+        }
+      } else if (vA) {
         // nk == 4 guaranteed (K % 4 == 0)
         for (let i = 0; i < TM; i++) {
           b(
@@ -278,6 +316,16 @@ function regShader(cfg: MatmulShaderConfig): string {
             aExpr[i].push(`a${i}_${kk}`);
           }
         }
+      }
+    } else if (sgA && nk === 4) {
+      b(`let akl = (k + lkk) * M4;`);
+      b(`let al0 = A[akl + acl0];`);
+      b(`let al1 = A[akl + acl1];`);
+      for (let kk = 0; kk < 4; kk++) {
+        for (let j = 0; j < TM / 4; j++) {
+          b(`let a${kk}_${j} = subgroupBroadcast(al${j >> 1}, ${kk + 4 * (j & 1)}u);`);
+        }
+        for (let i = 0; i < TM; i++) aExpr[i].push(`a${kk}_${i >> 2}.${COMP[i & 3]}`);
       }
     } else {
       for (let kk = 0; kk < nk; kk++) {
@@ -405,7 +453,9 @@ function regShader(cfg: MatmulShaderConfig): string {
 
   return `${header(vA, vB, vC, tA, tB)}
 @compute @workgroup_size(${wgX}, ${wgY}, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>${
+    sgA ? ", @builtin(subgroup_invocation_id) sgl: u32" : ""
+  }) {
   let M = p.M;
   let N = p.N;
   // K goes through arrayLength so that no loop bound is a pure uniform expression: lavapipe
@@ -413,7 +463,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let K = select(p.K, 0u, arrayLength(&C) == 0u);
   let m0 = gid.y * ${TM}u;
   let n0 = gid.x * ${TN}u;
-  if (m0 >= M || n0 >= N) { return; }
+  ${
+    sgA
+      // m0 is uniform over the (1-D) workgroup; lanes past N stay for the broadcasts.
+      ? "if (m0 >= M) { return; }"
+      : "if (m0 >= M || n0 >= N) { return; }"
+  }
   let aOff = gid.z * p.strideA;
   let bOff = gid.z * p.strideB;
   let cOff = gid.z * p.strideC;
@@ -505,6 +560,12 @@ export interface MatmulChooseOptions {
    * cheap). Off by default.
    */
   largeTiles?: boolean;
+  /**
+   * The device has the `subgroups` feature and a fixed subgroup size (adapter subgroupMinSize ==
+   * subgroupMaxSize), or undefined. On "cpu" adapters a size of exactly 8 selects the
+   * {@link MatmulShaderConfig.subgroupA} kernel where A is vec4-able.
+   */
+  subgroupSize?: number;
 }
 
 /**
@@ -557,5 +618,24 @@ export function chooseMatmulConfig(
       kind: "reg",
     };
   }
+  if (opts.subgroupSize === 8 && vec4A) {
+    return {
+      transA,
+      transB,
+      tileM: 16,
+      tileN: 16,
+      wgX: SUBGROUP_WG_X,
+      wgY: 1,
+      vec4A,
+      vec4B,
+      vec4C,
+      kind: "reg",
+      subgroupA: true,
+    };
+  }
   return { transA, transB, tileM: 16, tileN: 16, wgX: 8, wgY: 2, vec4A, vec4B, vec4C, kind: "reg" };
 }
+
+// One subgroup (of 8) per workgroup: measured as fast as 16x1 and 32x1 on lavapipe at 512-2048, and
+// it wastes the fewest lanes on narrow outputs.
+const SUBGROUP_WG_X = 8;

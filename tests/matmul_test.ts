@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
-import { matmul, setMatmulTextureThreshold } from "../ops/mod.ts";
+import { matmul, setMatmulSubgroups, setMatmulTextureThreshold } from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { deviceInfo } from "../core/device.ts";
 import { startProfile, stopProfile } from "../core/kernel.ts";
@@ -96,6 +96,52 @@ Deno.test("matmul: every layout, ragged/batched/broadcast shapes: forward and bo
   );
 });
 
+Deno.test("matmul: the subgroup kernel (subgroups of 8) is the one used, and matches", async () => {
+  const info = deviceInfo();
+  const sg = info.kind === "cpu" && info.subgroupSize === 8;
+  const profiling = info.timestamps && sg;
+  // [A shape, B shape, transA, transB]: A vec4-able (K % 4 == 0, or M % 4 == 0 for Aᵀ), M and N
+  // ragged against the 16x16 tile and the 8-lane workgroup, batched and shared operands, and
+  // Aᵀ with K % 4 != 0 (the K tail loads without broadcasts).
+  const cases: [number[], number[], boolean, boolean][] = [
+    [[130, 64], [64, 129], false, false],
+    [[37, 40], [20, 40], false, true],
+    [[1, 8], [8, 300], false, false],
+    [[2, 33, 44], [2, 44, 17], false, false],
+    [[33, 12], [3, 12, 9], false, false],
+    [[3, 12, 8], [8, 7], false, false],
+    [[13, 36], [13, 150], true, false],
+    [[2, 7, 20], [2, 7, 3], true, false],
+    [[64, 4], [64, 257], true, false],
+    [[9, 8], [5, 9], true, true],
+  ];
+  if (profiling) startProfile();
+  try {
+    for (const [as, bs, tA, tB] of cases) {
+      const A = randomArr(as, sizeOf(as) + 3);
+      const B = randomArr(bs, sizeOf(bs) + 5);
+      const x = toTensor(A);
+      const y = toTensor(B);
+      const z = matmul(x, y, { transA: tA, transB: tB });
+      const [got] = await readAll([z]);
+      assertClose(got, matmulRef(A, B, tA, tB).data, {
+        atol: 1e-4,
+        rtol: 1e-4,
+        what: `${as}${tA ? "ᵀ" : ""} · ${bs}${tB ? "ᵀ" : ""}`,
+      });
+      for (const t of [x, y, z]) t.dispose();
+    }
+    if (profiling) {
+      const names = (await stopProfile()).map((e) => e.name);
+      for (const n of ["matmul_NN_sg", "matmul_NT_sg", "matmul_TN_sg", "matmul_TT_sg"]) {
+        assert.ok(names.includes(n), `${n} not in ${names}`);
+      }
+    }
+  } finally {
+    if (profiling) await stopProfile();
+  }
+});
+
 Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference", async () => {
   const cases: [number, number, number, boolean, boolean][] = [
     [1, 1376, 512, false, true], // one token through a linear
@@ -122,6 +168,8 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
 
 Deno.test("matmul: the texture path for A (forced on) matches the float64 reference", async () => {
   const prev = setMatmulTextureThreshold(0);
+  // The subgroup kernel, where the device has one, replaces the texture path: switch it off here.
+  const prevSg = setMatmulSubgroups(false);
   const profiling = deviceInfo().timestamps;
   try {
     // [A shape, B shape, transB]. K = 64 packs one A row per texture row, K = 40 eight (with 37
@@ -176,6 +224,7 @@ Deno.test("matmul: the texture path for A (forced on) matches the float64 refere
   } finally {
     if (profiling) await stopProfile();
     setMatmulTextureThreshold(prev);
+    setMatmulSubgroups(prevSg);
   }
 });
 
