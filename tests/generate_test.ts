@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import type { Progress } from "../cli/progress.ts";
 import type { RunConfig } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import {
@@ -16,6 +15,7 @@ import { byteTokenizer } from "../data/tokenizer.ts";
 import { Rng } from "../core/rng.ts";
 import { tensor } from "../core/tensor.ts";
 import { forward } from "../models/llama.ts";
+import { quietIO, toyConfig, toyRun } from "./fixtures.ts";
 import { assertClose, setup } from "./util.ts";
 
 await setup();
@@ -102,45 +102,8 @@ Deno.test("textStream: pieces of split multi-byte characters add up to the decod
 
 // --- end to end, from a checkpoint of a 2-step run ---
 
-const model = {
-  vocabSize: 256,
-  hidden: 16,
-  intermediate: 40,
-  heads: 2,
-  layers: 2,
-  maxSeqLen: 32,
-  rmsNormEps: 1e-6,
-  ropeBase: 10000,
-  initStd: 0.02,
-};
-
-const run: RunConfig = {
-  model,
-  modelName: "test",
-  method: "sltrain",
-  rank: 4,
-  delta: 0.1,
-  alpha: 4,
-  lr: 3e-3,
-  warmup: 1,
-  steps: 2,
-  minLrRatio: 0.1,
-  batch: 2,
-  seq: 8,
-  gradAccum: 1,
-  clip: 0,
-  weightDecay: 0,
-  perLayer: false,
-  galoreGap: 3,
-  galoreScale: 0.25,
-  refactorEvery: 0,
-  reloraEvery: 3,
-  recoverySteps: 2,
-  evalEvery: 0,
-  evalTokens: 16,
-  seed: 5,
-  logEvery: 2,
-};
+const model = toyConfig(256, 32);
+const run: RunConfig = toyRun({ model, warmup: 1, evalTokens: 16 });
 
 const dir = await Deno.makeTempDir();
 {
@@ -151,13 +114,7 @@ const dir = await Deno.makeTempDir();
   await trainRun(run, {
     train: packedSequences(docs, 8, 0, 0),
     val: packedSequences(docs.slice(0, 1), 8, 0, 0),
-  }, {
-    out: dir,
-    resume: false,
-    log: () => {},
-    progress: { update() {}, log() {}, done() {} } as unknown as Progress,
-    shouldStop: () => false,
-  });
+  }, quietIO(dir));
 }
 
 Deno.test("generate from a 2-step checkpoint: the requested number of in-vocab tokens, seeded", async () => {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Rng } from "../core/rng.ts";
 import { readAll, Tensor, tensor, zeros } from "../core/tensor.ts";
 import { valueAndGrad } from "../core/tape.ts";
-import { type LlamaConfig, PRESETS, validateConfig, withVocab } from "../models/config.ts";
+import { type LlamaConfig, PRESETS, withVocab } from "../models/config.ts";
 import { memoryStats } from "../core/memory.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { countTargets, crossEntropy } from "../ops/cross_entropy.ts";
@@ -19,21 +19,13 @@ import {
 import { measureMemory } from "../models/memory.ts";
 import type { LinearMethod } from "../models/method.ts";
 import { refLogits, refLoss, type RefModel } from "./llama_ref.ts";
+import { toyConfig } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
 
 // The `tiny` code path at toy sizes: 2 heads of dim 8, 2 layers, vocab 11.
-const TOY: LlamaConfig = validateConfig({
-  vocabSize: 11,
-  hidden: 16,
-  intermediate: 40,
-  heads: 2,
-  layers: 2,
-  rmsNormEps: 1e-6,
-  ropeBase: 10000,
-  initStd: 0.02,
-});
+const TOY: LlamaConfig = toyConfig();
 const B = 2;
 const T = 5;
 

@@ -3,7 +3,7 @@ import { memoryStats } from "../core/memory.ts";
 import { Rng } from "../core/rng.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
-import { type LlamaConfig, validateConfig } from "../models/config.ts";
+import type { LlamaConfig } from "../models/config.ts";
 import {
   disposeModel,
   forward,
@@ -17,20 +17,12 @@ import {
 import type { ReLoRALinearParams } from "../models/linear.ts";
 import type { BlockLinearName, LinearMethod } from "../models/method.ts";
 import { mergeRelora } from "../models/relora.ts";
+import { toyConfig } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
 
-const TOY: LlamaConfig = validateConfig({
-  vocabSize: 11,
-  hidden: 16,
-  intermediate: 40,
-  heads: 2,
-  layers: 2,
-  rmsNormEps: 1e-6,
-  ropeBase: 10000,
-  initStd: 0.02,
-});
+const TOY: LlamaConfig = toyConfig();
 const RELORA: LinearMethod = { kind: "relora", rank: 4, alpha: 8 };
 const S = 8 / 4;
 const NAMES: BlockLinearName[] = ["q", "k", "v", "o", "gate", "up", "down"];

@@ -1,54 +1,16 @@
 import assert from "node:assert/strict";
 import { readSafetensors } from "../cli/safetensors.ts";
-import type { Progress } from "../cli/progress.ts";
 import type { RunConfig } from "../cli/run_config.ts";
 import { type RunData, trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { Rng } from "../core/rng.ts";
+import { quietIO, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
 
-const tinyModel = {
-  vocabSize: 40,
-  hidden: 16,
-  intermediate: 40,
-  heads: 2,
-  layers: 2,
-  maxSeqLen: 64,
-  rmsNormEps: 1e-6,
-  ropeBase: 10000,
-  initStd: 0.02,
-};
-
 function runConfig(method: RunConfig["method"], steps: number): RunConfig {
-  return {
-    model: tinyModel,
-    modelName: "test",
-    method,
-    rank: 4,
-    delta: 0.1,
-    alpha: 4,
-    lr: 3e-3,
-    warmup: 2,
-    steps,
-    minLrRatio: 0.1,
-    batch: 2,
-    seq: 8,
-    gradAccum: 1,
-    clip: 0,
-    weightDecay: 0,
-    perLayer: false,
-    galoreGap: 3,
-    galoreScale: 0.25,
-    refactorEvery: 0,
-    reloraEvery: 3,
-    recoverySteps: 2,
-    evalEvery: 0,
-    evalTokens: 32,
-    seed: 5,
-    logEvery: 2,
-  };
+  return toyRun({ method, steps });
 }
 
 function data(): RunData {
@@ -59,11 +21,6 @@ function data(): RunData {
     val: packedSequences([doc()], 8, 0, 0),
   };
 }
-
-const quiet = {
-  log: () => {},
-  progress: { update() {}, log() {}, done() {} } as unknown as Progress,
-};
 
 async function params(dir: string): Promise<Map<string, Uint32Array>> {
   const f = await readSafetensors(`${dir}/checkpoint.safetensors`);
@@ -79,27 +36,24 @@ for (const method of ["sltrain", "galore"] as const) {
     const a = await Deno.makeTempDir();
     const b = await Deno.makeTempDir();
     const d = data();
-    const full = await trainRun(runConfig(method, 6), d, {
-      ...quiet,
-      out: a,
-      resume: false,
-      shouldStop: () => false,
-    });
+    const full = await trainRun(
+      runConfig(method, 6),
+      d,
+      quietIO(a, { resume: false, shouldStop: () => false }),
+    );
     let steps = 0;
-    const part = await trainRun(runConfig(method, 6), d, {
-      ...quiet,
-      out: b,
-      resume: false,
-      shouldStop: () => ++steps >= 3,
-    });
+    const part = await trainRun(
+      runConfig(method, 6),
+      d,
+      quietIO(b, { resume: false, shouldStop: () => ++steps >= 3 }),
+    );
     assert.equal(part.interrupted, true);
     assert.equal(part.steps, 3);
-    const rest = await trainRun(runConfig(method, 6), d, {
-      ...quiet,
-      out: b,
-      resume: true,
-      shouldStop: () => false,
-    });
+    const rest = await trainRun(
+      runConfig(method, 6),
+      d,
+      quietIO(b, { resume: true, shouldStop: () => false }),
+    );
     assert.equal(rest.steps, 6);
     const pa = await params(a);
     const pb = await params(b);
@@ -113,15 +67,14 @@ for (const method of ["sltrain", "galore"] as const) {
 
 Deno.test("resume refuses a checkpoint from another config and names the difference", async () => {
   const dir = await Deno.makeTempDir();
-  await trainRun(runConfig("sltrain", 2), data(), {
-    ...quiet,
-    out: dir,
-    resume: false,
-    shouldStop: () => false,
-  });
+  await trainRun(
+    runConfig("sltrain", 2),
+    data(),
+    quietIO(dir, { resume: false, shouldStop: () => false }),
+  );
   const other = { ...runConfig("sltrain", 2), rank: 3 };
   await assert.rejects(
-    () => trainRun(other, data(), { ...quiet, out: dir, resume: true, shouldStop: () => false }),
+    () => trainRun(other, data(), quietIO(dir, { resume: true, shouldStop: () => false })),
     /another config[\s\S]*rank: checkpoint 4, now 3/,
   );
   await Deno.remove(dir, { recursive: true });
@@ -137,12 +90,11 @@ Deno.test("per-layer updates: bit-identical parameters, and the peak drops by th
   for (const perLayer of [false, true]) {
     const dir = await Deno.makeTempDir();
     dirs.push(dir);
-    const r = await trainRun({ ...small, perLayer }, data(), {
-      ...quiet,
-      out: dir,
-      resume: false,
-      shouldStop: () => false,
-    });
+    const r = await trainRun(
+      { ...small, perLayer },
+      data(),
+      quietIO(dir, { resume: false, shouldStop: () => false }),
+    );
     peaks.push(r.peakBytes);
   }
   const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
@@ -165,12 +117,11 @@ Deno.test("per-layer GaLore (projector refresh inside backward) matches the stan
   for (const perLayer of [false, true]) {
     const dir = await Deno.makeTempDir();
     dirs.push(dir);
-    await trainRun({ ...runConfig("galore", 4), perLayer }, data(), {
-      ...quiet,
-      out: dir,
-      resume: false,
-      shouldStop: () => false,
-    });
+    await trainRun(
+      { ...runConfig("galore", 4), perLayer },
+      data(),
+      quietIO(dir, { resume: false, shouldStop: () => false }),
+    );
   }
   const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
   for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);

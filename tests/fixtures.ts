@@ -1,0 +1,66 @@
+/** Small shared fixtures of the model and trainer tests. */
+import type { Progress } from "../cli/progress.ts";
+import type { RunConfig } from "../cli/run_config.ts";
+import type { RunIO } from "../cli/trainer.ts";
+import { type LlamaConfig, validateConfig } from "../models/config.ts";
+
+/** The `tiny` code path at toy sizes: 2 heads of dim 8, 2 layers, vocab `vocab`. */
+export function toyConfig(vocab = 11, maxSeqLen?: number): LlamaConfig {
+  return validateConfig({
+    vocabSize: vocab,
+    hidden: 16,
+    intermediate: 40,
+    heads: 2,
+    layers: 2,
+    maxSeqLen,
+    rmsNormEps: 1e-6,
+    ropeBase: 10000,
+    initStd: 0.02,
+  });
+}
+
+/** A run of a toy model that trains in a second: override what a test varies. */
+export function toyRun(overrides: Partial<RunConfig> = {}): RunConfig {
+  return {
+    model: toyConfig(40, 64),
+    modelName: "test",
+    method: "sltrain",
+    rank: 4,
+    delta: 0.1,
+    alpha: 4,
+    lr: 3e-3,
+    warmup: 2,
+    steps: 2,
+    minLrRatio: 0.1,
+    batch: 2,
+    seq: 8,
+    gradAccum: 1,
+    clip: 0,
+    weightDecay: 0,
+    perLayer: false,
+    galoreGap: 3,
+    galoreScale: 0.25,
+    refactorEvery: 0,
+    reloraEvery: 3,
+    recoverySteps: 2,
+    evalEvery: 0,
+    evalTokens: 32,
+    seed: 5,
+    logEvery: 2,
+    ...overrides,
+  };
+}
+
+/** Trainer IO that prints nothing; `out`, `resume` and `shouldStop` as given. */
+export function quietIO(
+  out: string,
+  opts: { resume?: boolean; shouldStop?: () => boolean } = {},
+): RunIO {
+  return {
+    out,
+    resume: opts.resume ?? false,
+    log: () => {},
+    progress: { update() {}, log() {}, done() {} } as unknown as Progress,
+    shouldStop: opts.shouldStop ?? (() => false),
+  };
+}
