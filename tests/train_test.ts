@@ -127,3 +127,33 @@ Deno.test("per-layer GaLore (projector refresh inside backward) matches the stan
   for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
   for (const d of dirs) await Deno.remove(d, { recursive: true });
 });
+
+Deno.test("SLTrain refactorization + momentum reset and ReLoRA merges: resume across them is bit-exact", async () => {
+  for (
+    const overrides of [{ method: "sltrain", refactorEvery: 2 }, {
+      method: "relora",
+      reloraEvery: 2,
+    }] as const
+  ) {
+    const run = toyRun({ ...overrides, steps: 6 });
+    const a = await Deno.makeTempDir();
+    const b = await Deno.makeTempDir();
+    const kinds: unknown[] = [];
+    const full = await trainRun(run, data(), {
+      ...quietIO(a),
+      log: (r) => void kinds.push(r.kind),
+    });
+    let n = 0;
+    await trainRun(run, data(), quietIO(b, { shouldStop: () => ++n >= 3 }));
+    await trainRun(run, data(), quietIO(b, { resume: true }));
+    const [pa, pb] = [await params(a), await params(b)];
+    for (const [k, v] of pa) {
+      assert.deepEqual(pb.get(k), v, `${run.method}: parameter ${k} differs`);
+    }
+    assert.ok(full.history.train.every(([, l]) => Number.isFinite(l)));
+    const resets = kinds.filter((k) => k === "refactor" || k === "merge");
+    assert.equal(resets.length, 2, `${run.method}: a reset at steps 2 and 4`);
+    await Deno.remove(a, { recursive: true });
+    await Deno.remove(b, { recursive: true });
+  }
+});
