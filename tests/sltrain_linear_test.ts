@@ -216,13 +216,10 @@ Deno.test("sampleSupport: row and column counts are uniform (chi-square, both de
 });
 
 Deno.test("sampleSupport at LLaMA-7B MLP scale (11008 × 4096, δ = 0.05) without an O(out·in) buffer", () => {
-  const t0 = performance.now();
   const idx = sampleSupport(11008, 4096, 0.05, 7);
-  const ms = performance.now() - t0;
   assert.equal(idx.length, Math.floor(0.05 * 11008 * 4096));
   for (let k = 1; k < idx.length; k++) if (!(idx[k - 1] < idx[k])) assert.fail(`unsorted at ${k}`);
   assert.ok(idx[idx.length - 1] < 11008 * 4096);
-  assert.ok(ms < 10_000, `took ${ms} ms`);
 });
 
 Deno.test("sampleSupport: bad arguments throw RangeError", () => {
