@@ -6,7 +6,7 @@
 import type { LlamaConfig } from "../models/config.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
-import { type LlamaParams, paramPaths } from "../models/llama.ts";
+import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.ts";
 import { adamw, chain, clipByGlobalNorm, galore, type Optimizer, partition } from "../optim/mod.ts";
 import { quickRecovery, warmupCosine } from "../optim/schedule.ts";
 
@@ -117,40 +117,40 @@ export function lrSchedule(run: RunConfig): (step: number) => number {
     : base;
 }
 
+/** True for the tensors GaLore projects under this run: the dense 2-D weights of block linears. */
+export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
+  return run.method === "galore" && entry.role === "block" && entry.factor === "w";
+}
+
+/**
+ * The optimizer of one parameter (or one group of like parameters): GaLore around AdamW for GaLore
+ * targets, AdamW otherwise. Per-layer updates use it per tensor (no clipping: gradients are never
+ * all resident); {@link buildOptimizer} uses it per group.
+ */
+export function leafOptimizer(run: RunConfig, galoreTarget: boolean): Optimizer {
+  const adam = adamw({ lr: lrSchedule(run), weightDecay: run.weightDecay });
+  if (!galoreTarget) return adam as Optimizer;
+  return galore(adam as Optimizer, {
+    rank: run.rank,
+    updateProjGap: run.galoreGap,
+    scale: run.galoreScale,
+  }) as Optimizer;
+}
+
 /**
  * The optimizer of a run over the whole params tree: AdamW, with GaLore on the block weights for
  * `galore`, behind global-norm clipping when `clip > 0`.
  */
 export function buildOptimizer(run: RunConfig, params: LlamaParams): Optimizer {
-  const lr = lrSchedule(run);
-  const adam = () => adamw({ lr, weightDecay: run.weightDecay });
-  let opt: Optimizer = adam();
+  let opt = leafOptimizer(run, false);
   if (run.method === "galore") {
     const targets = new Set(
-      paramPaths(params).filter((e) => e.role === "block" && e.factor === "w").map((e) => e.path),
+      paramPaths(params).filter((e) => isGaloreTarget(run, e)).map((e) => e.path),
     );
     opt = partition((path) => (targets.has(path) ? "galore" : "adam"), {
-      galore: galore(adam(), {
-        rank: run.rank,
-        updateProjGap: run.galoreGap,
-        scale: run.galoreScale,
-      }),
-      adam: adam(),
+      galore: leafOptimizer(run, true),
+      adam: leafOptimizer(run, false),
     }) as Optimizer;
   }
   return run.clip > 0 ? chain(clipByGlobalNorm(run.clip), opt) as Optimizer : opt;
-}
-
-/** The optimizer of one parameter for per-layer updates (no clipping: gradients are never all resident). */
-export function buildLeafOptimizer(run: RunConfig, galoreTarget: boolean): Optimizer {
-  const lr = lrSchedule(run);
-  const adam = adamw({ lr, weightDecay: run.weightDecay });
-  if (run.method === "galore" && galoreTarget) {
-    return galore(adamw({ lr, weightDecay: run.weightDecay }), {
-      rank: run.rank,
-      updateProjGap: run.galoreGap,
-      scale: run.galoreScale,
-    }) as Optimizer;
-  }
-  return adam as Optimizer;
 }

@@ -29,11 +29,13 @@ import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
 import type { Progress } from "./progress.ts";
 import {
-  buildLeafOptimizer,
   buildOptimizer,
   cycleLength,
+  isGaloreTarget,
+  leafOptimizer,
   linearMethod,
   lrSchedule,
+  optimizerSpec,
   type RunConfig,
 } from "./run_config.ts";
 
@@ -145,8 +147,8 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   const model = (): LlamaModel => ({ config: run.model, method, buffers });
   const entries = paramPaths(params);
   const leafOpts: LeafOpt[] = entries.map((e) => {
-    const galore = run.method === "galore" && e.role === "block" && e.factor === "w";
-    return { opt: buildLeafOptimizer(run, galore), galore };
+    const galore = isGaloreTarget(run, e);
+    return { opt: leafOptimizer(run, galore), galore };
   });
   const opt = buildOptimizer(run, params);
   const initState = (p: LlamaParams): unknown =>
@@ -287,7 +289,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   const counts = countParams(run.model, method);
   const est = estimateMemory(run.model, {
     method,
-    optimizer: run.method === "galore" ? { kind: "galore", rank: run.rank } : { kind: "adam" },
+    optimizer: optimizerSpec(run),
   }, "ours");
   const result: RunResult = {
     run,
