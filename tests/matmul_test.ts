@@ -77,7 +77,8 @@ function shapesFor(c: Case): { a: number[]; b: number[]; tA: boolean } {
   }
 }
 
-Deno.test("matmul: every layout, ragged/batched/broadcast shapes: forward and both gradients", async () => {
+/** Forward and both gradients of random cases against the float64 reference and finite differences. */
+async function checkRandomCases(numRuns: number): Promise<void> {
   await fc.assert(
     fc.asyncProperty(caseArb, async (c) => {
       const { a, b, tA } = shapesFor(c);
@@ -92,8 +93,12 @@ Deno.test("matmul: every layout, ragged/batched/broadcast shapes: forward and bo
         grad: { atol: 2e-3, rtol: 2e-3 },
       });
     }),
-    { ...FC, numRuns: 40 },
+    { ...FC, numRuns },
   );
+}
+
+Deno.test("matmul: every layout, ragged/batched/broadcast shapes: forward and both gradients", async () => {
+  await checkRandomCases(40);
 });
 
 Deno.test("matmul: the subgroup kernel (subgroups of 8) is the one used, and matches", async () => {
@@ -206,21 +211,7 @@ Deno.test("matmul: the texture path for A (forced on) matches the float64 refere
       assert.ok(names.includes("matmul_NN_tex") && names.includes("matmul_NT_tex"), `${names}`);
     }
     // Gradients too: backward runs NN and NT matmuls, which now take the texture path.
-    await fc.assert(
-      fc.asyncProperty(caseArb, async (c) => {
-        const { a, b, tA } = shapesFor(c);
-        const A = randomArr(a, c.seed);
-        const B = randomArr(b, c.seed + 1);
-        await checkOp({
-          op: ([x, y]) => matmul(x, y, { transA: tA, transB: c.tB }),
-          ref: ([x, y]) => matmulRef(x, y, tA, c.tB),
-          inputs: [A, B],
-          fwd: { atol: 1e-4, rtol: 1e-4 },
-          grad: { atol: 2e-3, rtol: 2e-3 },
-        });
-      }),
-      { ...FC, numRuns: 20 },
-    );
+    await checkRandomCases(20);
   } finally {
     if (profiling) await stopProfile();
     setMatmulTextureThreshold(prev);
