@@ -1,7 +1,9 @@
 /**
- * Element types supported by tensors.
+ * Element types supported by tensors, and the dtype check ops share.
  * @module
  */
+import { DTypeError } from "./errors.ts";
+import { fmtShape } from "./shape.ts";
 
 /** Element type of a tensor. All are 4 bytes wide. */
 export type DType = "f32" | "i32" | "u32";
@@ -36,4 +38,26 @@ export function dtypeOf(data: TensorData): DType {
   if (data instanceof Float32Array) return "f32";
   if (data instanceof Int32Array) return "i32";
   return "u32";
+}
+
+/** What {@link assertF32} looks at: a tensor's dtype and shape. */
+export interface Typed {
+  /** Element type. */
+  readonly dtype: DType;
+  /** Dimensions, for the error message. */
+  readonly shape: readonly number[];
+}
+
+/**
+ * Throws a DTypeError naming the op (and the argument, for a `[name, tensor]` pair) unless every
+ * tensor is f32.
+ */
+export function assertF32(op: string, ...ts: (Typed | readonly [string, Typed])[]): void {
+  for (const entry of ts) {
+    const [name, t] = "dtype" in entry ? [null, entry] : entry;
+    if (t.dtype !== "f32") {
+      const what = name ? `${name} must be an f32 tensor` : "expected an f32 tensor";
+      throw new DTypeError(`${op}: ${what}, got ${t.dtype} ${fmtShape(t.shape)}`);
+    }
+  }
 }
