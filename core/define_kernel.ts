@@ -398,3 +398,24 @@ export function defineKernel<
   };
   return Object.assign(run, { code, kernelName: op }) as unknown as Kernel<I, O, U, T, G>;
 }
+
+/**
+ * Memoizes a kernel generator by its arguments (compared as JSON), for kernels whose source
+ * depends on a few parameters (a rank, dtypes, an unroll factor): each variant is generated once,
+ * not on every call.
+ *
+ * @example
+ * ```ts
+ * const sumOfRank = kernelFamily((rank: number) => defineKernel({ ... }));
+ * sumOfRank(3)({ x, y }, { n, dims: [2, 3, 4] });
+ * ```
+ */
+export function kernelFamily<A extends unknown[], K>(make: (...args: A) => K): (...args: A) => K {
+  const cache = new Map<string, K>();
+  return (...args: A) => {
+    const key = JSON.stringify(args);
+    let k = cache.get(key);
+    if (k === undefined) cache.set(key, k = make(...args));
+    return k;
+  };
+}
