@@ -56,7 +56,7 @@ export function assertF32(op: string, ...ts: (Typed | readonly [string, Typed])[
   for (const entry of ts) {
     const [name, t] = "dtype" in entry ? [null, entry] : entry;
     if (t.dtype !== "f32") {
-      const what = name ? `${name} must be an f32 tensor` : "expected an f32 tensor";
+      const what = name ? `${name} must be f32` : "expected an f32 tensor";
       throw new DTypeError(`${op}: ${what}, got ${t.dtype} ${fmtShape(t.shape)}`);
     }
   }
