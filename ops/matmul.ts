@@ -6,20 +6,14 @@
  */
 import { deviceInfo, gpuDevice } from "../core/device.ts";
 import { ShapeError } from "../core/errors.ts";
-import {
-  destroyAfterSubmit,
-  dispatch,
-  encodeCopyToTexture,
-  type KernelCall,
-} from "../core/kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
+import { destroyAfterSubmit, encodeCopyToTexture } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
-import { assertF32 } from "./elementwise.ts";
 import {
   chooseMatmulConfig,
-  matmulShader,
-  type MatmulShaderConfig,
+  matmulKernel,
   type MatmulTexLayout,
   matmulTexLayout,
   matmulWorkgroups,
@@ -96,24 +90,16 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
   const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
     subgroupSize: useSubgroups ? subgroupSize : undefined,
   });
-  const uniforms = [
-    p.m,
-    p.n,
-    p.k,
-    p.batch,
-    p.aBatched ? p.m * p.k : 0,
-    p.bBatched ? p.k * p.n : 0,
-    p.m * p.n,
-    0,
-  ];
-  const call: KernelCall = {
-    name: `matmul_${transA ? "T" : "N"}${transB ? "T" : "N"}`,
-    code: "",
-    inputs: [a.binding(), b.binding()],
-    outputs: [out.binding()],
-    uniforms: new Uint32Array(uniforms),
-    workgroups: matmulWorkgroups(cfg, p.m, p.n, p.batch),
+  const uniforms = {
+    M: p.m,
+    N: p.n,
+    K: p.k,
+    batch: p.batch,
+    strideA: p.aBatched ? p.m * p.k : 0,
+    strideB: p.bBatched ? p.k * p.n : 0,
+    strideC: p.m * p.n,
   };
+  const workgroups = matmulWorkgroups(cfg, p.m, p.n, p.batch);
   // Only untransposed A goes through a texture: there each invocation reads its own rows of A, the
   // pattern where textureLoad beats storage loads on llvmpipe (~1.1-1.3x end to end, copy
   // included); for Aᵀ, and for B in any layout, it measured no faster or slower. Where the
@@ -126,17 +112,16 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     ? matmulTexLayout(aRows, p.k, limits.maxTextureDimension2D)
     : null;
   if (tex) {
-    const texCfg: MatmulShaderConfig = { ...cfg, texA: true };
-    call.name += "_tex";
-    call.code = matmulShader(texCfg);
-    call.inputs = [b.binding()];
-    call.uniforms = new Uint32Array([...uniforms, tex.shift, 0, 0, 0]);
-    call.textures = [copyToTexture(a, aRows, p.k, tex)];
+    const tA = copyToTexture(a, aRows, p.k, tex);
+    const shifts = { shiftA: tex.shift, shiftB: 0 };
+    matmulKernel({ ...cfg, texA: true })(
+      { B: b, C: out, tA },
+      { ...uniforms, ...shifts },
+      workgroups,
+    );
   } else {
-    if (cfg.subgroupA) call.name += "_sg";
-    call.code = matmulShader(cfg);
+    matmulKernel(cfg)({ A: a, B: b, C: out }, uniforms, workgroups);
   }
-  dispatch(call);
   return out;
 }
 
