@@ -116,18 +116,15 @@ export type Bindable = {
   binding(): Binding;
 } | Binding;
 
-type Values<U> = {
-  [K in keyof U]: U[K] extends readonly unknown[] ? readonly number[] : number;
-};
-
 /** Uniform values of a call: the declared fields, plus `n` for a flat grid or `rows` for a row grid. */
 export type UniformArgs<U, G> =
-  & Values<U>
+  & { [K in keyof U]: U[K] extends readonly unknown[] ? readonly number[] : number }
   & (G extends "flat" ? { n: number } : G extends "row" ? { rows: number } : unknown);
 
 /** Bindings of a call, by declared name. */
 export type BindingArgs<I, O, T> =
-  & { [K in keyof I | keyof O]: Bindable }
+  & { [K in keyof I]: Bindable }
+  & { [K in keyof O]: Bindable }
   & { [K in keyof T]: GPUTextureView };
 
 /** Workgroup counts; a call passes them only for a {@link CustomGrid}. */

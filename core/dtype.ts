@@ -4,6 +4,7 @@
  */
 import { DTypeError } from "./errors.ts";
 import { fmtShape } from "./shape.ts";
+import type { Tensor } from "./tensor.ts";
 
 /** Element type of a tensor. All are 4 bytes wide. */
 export type DType = "f32" | "i32" | "u32";
@@ -40,21 +41,13 @@ export function dtypeOf(data: TensorData): DType {
   return "u32";
 }
 
-/** What {@link assertF32} looks at: a tensor's dtype and shape. */
-export interface Typed {
-  /** Element type. */
-  readonly dtype: DType;
-  /** Dimensions, for the error message. */
-  readonly shape: readonly number[];
-}
-
 /**
  * Throws a DTypeError naming the op (and the argument, for a `[name, tensor]` pair) unless every
  * tensor is f32.
  */
-export function assertF32(op: string, ...ts: (Typed | readonly [string, Typed])[]): void {
+export function assertF32(op: string, ...ts: (Tensor | readonly [string, Tensor])[]): void {
   for (const entry of ts) {
-    const [name, t] = "dtype" in entry ? [null, entry] : entry;
+    const [name, t] = Array.isArray(entry) ? entry : [null, entry as Tensor];
     if (t.dtype !== "f32") {
       const what = name ? `${name} must be f32` : "expected an f32 tensor";
       throw new DTypeError(`${op}: ${what}, got ${t.dtype} ${fmtShape(t.shape)}`);

@@ -212,7 +212,7 @@ export function matmulTexLayout(
 // Register-tiled kernel
 
 function regShader(cfg: MatmulShaderConfig): { helpers?: string; body: string } {
-  const { transA, transB, tileM: TM, tileN: TN, wgX, wgY } = cfg;
+  const { transA, transB, tileM: TM, tileN: TN } = cfg;
   const vA = cfg.vec4A, vB = cfg.vec4B, vC = cfg.vec4C;
   const tA = cfg.texA ?? false, tB = cfg.texB ?? false;
   const sgA = cfg.subgroupA ?? false;
