@@ -43,14 +43,24 @@ export function dtypeOf(data: TensorData): DType {
 
 /**
  * Throws a DTypeError naming the op (and the argument, for a `[name, tensor]` pair) unless every
- * tensor is f32.
+ * tensor's dtype is one of `allowed`.
  */
-export function assertF32(op: string, ...ts: (Tensor | readonly [string, Tensor])[]): void {
+export function assertDType(
+  op: string,
+  allowed: readonly DType[],
+  ...ts: (Tensor | readonly [string, Tensor])[]
+): void {
   for (const entry of ts) {
     const [name, t] = Array.isArray(entry) ? entry : [null, entry as Tensor];
-    if (t.dtype !== "f32") {
-      const what = name ? `${name} must be f32` : "expected an f32 tensor";
+    if (!allowed.includes(t.dtype)) {
+      const want = allowed.join(" or ");
+      const what = name ? `${name} must be ${want}` : `expected a ${want} tensor`;
       throw new DTypeError(`${op}: ${what}, got ${t.dtype} ${fmtShape(t.shape)}`);
     }
   }
+}
+
+/** {@link assertDType} for f32, the dtype every differentiable op needs. */
+export function assertF32(op: string, ...ts: (Tensor | readonly [string, Tensor])[]): void {
+  assertDType(op, ["f32"], ...ts);
 }

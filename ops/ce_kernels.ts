@@ -7,8 +7,8 @@
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { fmtShape } from "../core/shape.ts";
+import { assertDType } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import type { Tensor } from "../core/tensor.ts";
 import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
 
@@ -197,11 +197,7 @@ export function ceGrad(
 
 /** Throws unless `targets` is i32 or u32. */
 export function checkTargets(op: string, targets: Tensor): void {
-  if (targets.dtype !== "i32" && targets.dtype !== "u32") {
-    throw new DTypeError(
-      `${op}: targets must be i32 (or u32), got ${targets.dtype} ${fmtShape(targets.shape)}`,
-    );
-  }
+  assertDType(op, ["i32", "u32"], ["targets", targets]);
 }
 
 /** Throws unless `ignoreIndex` is an i32. */

@@ -4,8 +4,8 @@
  * @module
  */
 import { defineKernel } from "../core/define_kernel.ts";
-import { assertF32 } from "../core/dtype.ts";
-import { DTypeError, ShapeError } from "../core/errors.ts";
+import { assertDType, assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
@@ -46,9 +46,7 @@ const SCATTER_ADD = defineKernel({
 const TOKENS_PER_DISPATCH = (LOOP_BUDGET - 2 * UNROLL) * UNROLL;
 
 function checkIdsDtype(op: string, ids: Tensor): void {
-  if (ids.dtype !== "i32" && ids.dtype !== "u32") {
-    throw new DTypeError(`${op}: ids must be i32 or u32, got ${ids.dtype} ${fmtShape(ids.shape)}`);
-  }
+  assertDType(op, ["i32", "u32"], ["ids", ids]);
 }
 
 /**

@@ -8,8 +8,8 @@
  * @module
  */
 import { defineKernel } from "../core/define_kernel.ts";
-import { assertF32 } from "../core/dtype.ts";
-import { DTypeError, ShapeError } from "../core/errors.ts";
+import { assertDType, assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
@@ -58,9 +58,7 @@ function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number)
     `x ${fmtShape(x.shape)}, B ${fmtShape(B.shape)}, A ${fmtShape(A.shape)}, ` +
     `V ${fmtShape(V.shape)}, I ${fmtShape(I.shape)}`;
   assertF32("sltrainLinear", ["x", x], ["B", B], ["A", A], ["V", V]);
-  if (I.dtype !== "u32") {
-    throw new DTypeError(`sltrainLinear: I must be u32, got ${I.dtype} (${shapes()})`);
-  }
+  assertDType("sltrainLinear", ["u32"], ["I", I]);
   const bad = (why: string) => new ShapeError(`sltrainLinear: ${why} (${shapes()})`);
   if (B.rank !== 2 || A.rank !== 2) throw bad("B [out, r] and A [r, in] must be 2-D");
   if (B.shape[1] !== A.shape[0]) {

@@ -11,8 +11,8 @@
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
-import { assertF32 } from "../core/dtype.ts";
-import { DTypeError, ShapeError } from "../core/errors.ts";
+import { assertDType, assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, type Shape, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
@@ -20,11 +20,7 @@ import { matmul } from "./matmul.ts";
 import { permuteCopy } from "./strided.ts";
 
 function checkIndices(op: string, indices: Tensor): void {
-  if (indices.dtype !== "u32") {
-    throw new DTypeError(
-      `${op}: indices must be u32, got ${indices.dtype} ${fmtShape(indices.shape)}`,
-    );
-  }
+  assertDType(op, ["u32"], ["indices", indices]);
   if (indices.rank !== 1) {
     throw new ShapeError(`${op}: indices must be 1-D, got ${fmtShape(indices.shape)}`);
   }
