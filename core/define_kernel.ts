@@ -200,7 +200,6 @@ function layoutUniforms(fields: [string, UniformType][]): { fields: Field[]; wor
 const VEC4 = { f32: "vec4f", i32: "vec4i", u32: "vec4u" } as const;
 
 function uniformDecl(fields: Field[]): string {
-  if (fields.length === 0) return "";
   const members = fields.map((f) =>
     f.length === 0
       ? `${f.name}: ${f.type}`
@@ -241,6 +240,33 @@ ${body}
 fn main(${params.join(", ")}) {
 ${body}
 }`;
+}
+
+function packUniforms(
+  op: string,
+  layout: { fields: Field[]; words: number },
+  values: Record<string, number | readonly number[]>,
+): Uint32Array {
+  const data = new ArrayBuffer(layout.words * 4);
+  const views = {
+    u32: new Uint32Array(data),
+    i32: new Int32Array(data),
+    f32: new Float32Array(data),
+  };
+  for (const f of layout.fields) {
+    const v = values[f.name];
+    if (f.length === 0) {
+      views[f.type][f.word] = checkValue(op, f.name, f.type, v);
+    } else if (Array.isArray(v) && v.length <= f.length) {
+      v.forEach((
+        x,
+        j,
+      ) => (views[f.type][f.word + j] = checkValue(op, `${f.name}[${j}]`, f.type, x)));
+    } else {
+      throw new RangeError(`${op}: uniform ${f.name} needs at most ${f.length} numbers, got ${v}`);
+    }
+  }
+  return views.u32;
 }
 
 const INT_RANGE = { u32: [0, 2 ** 32 - 1], i32: [-(2 ** 31), 2 ** 31 - 1] } as const;
@@ -294,14 +320,9 @@ export function defineKernel<
   const G extends Grid = Grid,
 >(spec: KernelSpec<I, O, U, T, G>): Kernel<I, O, U, T, G> {
   const { name: op, grid } = spec;
-  const storage: [string, StorageType, boolean][] = [
-    ...Object.entries(spec.inputs ?? {}).map(([n, t]) =>
-      [n, t, false] as [string, StorageType, boolean]
-    ),
-    ...Object.entries(spec.outputs ?? {}).map(([n, t]) =>
-      [n, t, true] as [string, StorageType, boolean]
-    ),
-  ];
+  const entries = (r: Record<string, StorageType> | undefined, writable: boolean) =>
+    Object.entries(r ?? {}).map(([n, t]): [string, StorageType, boolean] => [n, t, writable]);
+  const storage = [...entries(spec.inputs, false), ...entries(spec.outputs, true)];
   const textures = Object.entries(spec.textures ?? {});
   const auto: [string, UniformType][] = grid === "flat"
     ? [["n", "u32"]]
@@ -319,13 +340,10 @@ export function defineKernel<
 
   const lines: string[] = [];
   if (hasUniform) lines.push(uniformDecl(layout.fields));
-  storage.forEach(([name, type, writable], k) =>
-    lines.push(
-      `@group(0) @binding(${k}) var<storage, ${
-        writable ? "read_write" : "read"
-      }> ${name}: array<${type}>;`,
-    )
-  );
+  storage.forEach(([name, type, writable], k) => {
+    const access = writable ? "read_write" : "read";
+    lines.push(`@group(0) @binding(${k}) var<storage, ${access}> ${name}: array<${type}>;`);
+  });
   let next = storage.length;
   if (hasUniform) lines.push(`@group(0) @binding(${next++}) var<uniform> u: U;`);
   for (const [name, type] of textures) {
@@ -342,28 +360,7 @@ export function defineKernel<
     values: Record<string, number | readonly number[]>,
     workgroups?: Workgroups,
   ): void => {
-    const data = new ArrayBuffer(layout.words * 4);
-    const views = {
-      u32: new Uint32Array(data),
-      i32: new Int32Array(data),
-      f32: new Float32Array(data),
-    };
-    for (const f of layout.fields) {
-      const v = values[f.name];
-      if (f.length === 0) {
-        views[f.type][f.word] = checkValue(op, f.name, f.type, v);
-        continue;
-      }
-      if (!Array.isArray(v) || v.length > f.length) {
-        throw new RangeError(
-          `${op}: uniform ${f.name} needs at most ${f.length} numbers, got ${v}`,
-        );
-      }
-      v.forEach((
-        x,
-        j,
-      ) => (views[f.type][f.word + j] = checkValue(op, `${f.name}[${j}]`, f.type, x)));
-    }
+    const data = hasUniform ? packUniforms(op, layout, values) : undefined;
     let wg: Workgroups;
     if (grid === "flat" || grid === "row") {
       wg = grid1d(grid === "flat" ? values.n as number : values.rows as number, wgSize);
@@ -384,7 +381,7 @@ export function defineKernel<
       code,
       inputs,
       outputs,
-      uniforms: hasUniform ? new Uint32Array(data) : undefined,
+      uniforms: data,
       textures: textures.map(([name]) => {
         const view = bindings[name];
         if (view === undefined) throw new TypeError(`${op}: missing texture ${name}`);
