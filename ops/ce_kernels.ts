@@ -97,7 +97,7 @@ const reduceKernel = kernelFamily((name: string) =>
 // bound but not read). One body, two binding layouts: logits in, gradient out (crossEntropy), or
 // the gradient written over the logits (the LM head's recomputed blocks, so no second block).
 const gradKernel = kernelFamily((name: string, inPlace: boolean) => {
-  const [load, store] = inPlace ? ["load_d", "store_d"] : ["load_x", "store_d"];
+  const load = inPlace ? "load_d" : "load_x";
   return defineKernel({
     name,
     inputs: {
@@ -113,8 +113,8 @@ const gradKernel = kernelFamily((name: string, inPlace: boolean) => {
     body: `  let r = i / u.cols;
   let j = i - r * u.cols;
   let t = load_tg(r);
-  if (t == u.ignore) { ${store}(i, 0.0); return; }
-  if (t < 0 || t >= i32(u.v)) { ${store}(i, u.nan); return; }
+  if (t == u.ignore) { store_d(i, 0.0); return; }
+  if (t < 0 || t >= i32(u.v)) { store_d(i, u.nan); return; }
   var scale: f32;
   if (u.mode == ${CE_MODE.mean}u) {
     scale = load_g(0u) / load_count(0u);
@@ -124,7 +124,7 @@ const gradKernel = kernelFamily((name: string, inPlace: boolean) => {
     scale = load_g(r);
   }
   let p = exp(${load}(i) - load_lse(r));
-  ${store}(i, scale * (p - select(0.0, 1.0, u32(t) == u.v0 + j)));`,
+  store_d(i, scale * (p - select(0.0, 1.0, u32(t) == u.v0 + j)));`,
   });
 });
 
