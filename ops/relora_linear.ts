@@ -10,12 +10,12 @@ import { dispatch } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
-import { mapN } from "../ops/elementwise.ts";
-import { matmul } from "../ops/matmul.ts";
-import { flatGrid, flatMain } from "../ops/wgsl.ts";
+import { mapN } from "./elementwise.ts";
+import { matmul } from "./matmul.ts";
+import { flatGrid, flatMain } from "./wgsl.ts";
 
 // ba ← w + s·ba in place: one out × in temporary instead of two. Same expression as ReLoRA's merge
-// (optim/refactor.ts), so the effective weight before a merge equals the merged W to the bit.
+// (models/relora.ts), so the effective weight before a merge equals the merged W to the bit.
 const MERGE_INPLACE = `
 @group(0) @binding(0) var<storage, read> w: array<f32>;
 @group(0) @binding(1) var<storage, read_write> ba: array<f32>;

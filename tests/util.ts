@@ -145,3 +145,33 @@ export async function checkOp(opts: {
     });
   });
 }
+
+/** C = A·B for row-major A [m, k], B [k, n] (ta/tb: use the transpose of a stored operand). */
+export function mm(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  m: number,
+  k: number,
+  n: number,
+  ta = false,
+  tb = false,
+): Float64Array {
+  const c = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) {
+        s += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+      }
+      c[i * n + j] = s;
+    }
+  }
+  return c;
+}
+
+/** Frobenius norm of a flat array. */
+export function frob(a: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * a[i];
+  return Math.sqrt(s);
+}
