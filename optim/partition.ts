@@ -8,7 +8,6 @@ import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
 import {
-  andThen,
   type GradientTransformation,
   type MaybePromise,
   pairLeaves,

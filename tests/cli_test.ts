@@ -65,7 +65,7 @@ Deno.test("train.ts as a user runs it", async (t) => {
       dataFile,
     ];
 
-    async function train(...args: string[]): Promise<Result> {
+    const train = async (...args: string[]): Promise<Result> => {
       const r = await new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", "train.ts", ...args],
         env,
@@ -74,14 +74,14 @@ Deno.test("train.ts as a user runs it", async (t) => {
       }).output();
       const dec = new TextDecoder();
       return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
-    }
+    };
 
-    async function fails(args: string[], re: RegExp): Promise<Result> {
+    const fails = async (args: string[], re: RegExp): Promise<Result> => {
       const r = await train(...args);
       assert.notEqual(r.code, 0, `train.ts ${args.join(" ")} exited 0`);
       assert.match(r.err, re, `train.ts ${args.join(" ")}`);
       return r;
-    }
+    };
 
     // The one real run; its folder serves every checkpoint case.
     const run = `${tmp}/run`;

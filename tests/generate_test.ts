@@ -100,6 +100,16 @@ Deno.test("textStream: pieces of split multi-byte characters add up to the decod
   assert.equal(bad.flush(), "\uFFFD");
 });
 
+async function sample(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "sample.ts", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
+}
+
 // --- end to end, from a checkpoint of a 2-step run ---
 
 Deno.test("from a checkpoint of a 2-step run", async (t) => {
@@ -178,16 +188,6 @@ Deno.test("from a checkpoint of a 2-step run", async (t) => {
         await Deno.remove(empty, { recursive: true });
       },
     );
-
-    async function sample(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-      const r = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", "sample.ts", ...args],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const dec = new TextDecoder();
-      return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
-    }
 
     await t.step("sample.ts: streams prompt + continuation; same seed, same text", async () => {
       const args = ["--checkpoint", dir, "--prompt", "The jury", "--tokens", "6", "--seed", "3"];
