@@ -28,10 +28,18 @@ export type LinearMethod =
  * The seven linears of every decoder block, in the order the reference model registers them: the
  * one list everything that walks a block's linears uses (init, paths, merges, refactorization).
  */
-export const BLOCK_LINEARS = Object.freeze(["q", "k", "v", "o", "gate", "up", "down"] as const);
+export const BLOCK_LINEARS: readonly BlockLinearName[] = Object.freeze([
+  "q",
+  "k",
+  "v",
+  "o",
+  "gate",
+  "up",
+  "down",
+]);
 
 /** Names of the block linears (see {@link BLOCK_LINEARS}). */
-export type BlockLinearName = (typeof BLOCK_LINEARS)[number];
+export type BlockLinearName = "q" | "k" | "v" | "o" | "gate" | "up" | "down";
 
 /** One block linear: its name and weight shape `[out, in]` (y = x·Wᵀ). */
 export interface BlockLinearShape {
