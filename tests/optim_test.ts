@@ -9,7 +9,6 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
 import { memoryStats } from "../core/memory.ts";
-import { Tape } from "../core/tape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { qr } from "../ops/svd.ts";
@@ -36,7 +35,7 @@ import {
   scaleByLearningRate,
   warmupCosine,
 } from "../optim/mod.ts";
-import { assertClose, frob, mm, randomArr, setup } from "./util.ts";
+import { assertClose, backward, frob, mm, randomArr, setup } from "./util.ts";
 
 await setup();
 
@@ -77,6 +76,14 @@ async function values(ts: Tensor[]): Promise<Float64Array[]> {
   return (await readAll(ts)).map((d) => Float64Array.from(d));
 }
 
+/** One to three tensor shapes of rank 1 or 2, sides up to `max`. */
+function shapeLists(max: number) {
+  return fc.array(fc.array(fc.integer({ min: 1, max }), { minLength: 1, maxLength: 2 }), {
+    minLength: 1,
+    maxLength: 3,
+  });
+}
+
 /** One step of `opt` on `params` with gradients from `data` (uploaded fresh, consumed). */
 async function step<S>(
   opt: GradientTransformation<S>,
@@ -92,10 +99,7 @@ async function step<S>(
 Deno.test("adamw matches a float64 reference over 20 steps (random shapes, wd, schedule)", async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.array(fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 2 }), {
-        minLength: 1,
-        maxLength: 3,
-      }),
+      shapeLists(40),
       fc.integer({ min: 1, max: 1e6 }),
       fc.constantFrom(0, 0.1),
       async (shapes, seed, wd) => {
@@ -133,10 +137,7 @@ Deno.test("adamw matches a float64 reference over 20 steps (random shapes, wd, s
 Deno.test("the fused adamw equals chain(scaleByAdam, addDecayedWeights, scaleByLearningRate) over 12 steps with decay and a schedule", async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.array(fc.array(fc.integer({ min: 1, max: 30 }), { minLength: 1, maxLength: 2 }), {
-        minLength: 1,
-        maxLength: 3,
-      }),
+      shapeLists(30),
       fc.integer({ min: 1, max: 1e6 }),
       fc.constantFrom(0, 0.05, 0.3),
       async (shapes, seed, wd) => {
@@ -318,22 +319,13 @@ Deno.test("perParameter: updates made inside backward (GaLore refreshes included
   let whole = { params: a0, state: opt.init(a0) };
   const b0 = fresh();
   let perLeaf = { params: b0, state: layerwise.init(b0) };
-  const backward = (params: Record<string, Tensor>, onGrad?: (g: Tensor, i: number) => void) => {
-    const tape = new Tape();
-    const leaves = tree.flatten(params);
-    tape.watch(...leaves);
-    const value = tape.run(() => lossOf(params));
-    const grads = tape.backward(value, leaves, { onGrad });
-    value.dispose();
-    return grads as Tensor[];
-  };
   // Three steps: refreshes at the first and the third (updateProjGap 2).
   for (let t = 0; t < 3; t++) {
-    const grads = backward(whole.params);
+    const grads = backward(whole.params, lossOf);
     const r = await opt.update(tree.unflatten(whole.params, grads), whole.state, whole.params);
     whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
     const s = layerwise.start(perLeaf.params, perLeaf.state);
-    backward(perLeaf.params, s.onGrad);
+    backward(perLeaf.params, lossOf, s.onGrad);
     perLeaf = await s.finish();
   }
   const a = await readAll(tree.flatten(whole.params));

@@ -5,10 +5,9 @@ import { type RunData, trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { Rng } from "../core/rng.ts";
 import { quietIO, toyRun } from "./fixtures.ts";
-import { setup } from "./util.ts";
+import { backward, setup } from "./util.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
-import { Tape } from "../core/tape.ts";
-import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { readAll, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { PRESETS } from "../models/config.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
@@ -108,34 +107,25 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
     assert.equal(memoryStats().liveBytes, base, "the step leaves nothing behind");
     return memoryStats().peakBytes - base;
   };
-  const backward = (params: LlamaParams, onGrad?: (g: Tensor, i: number) => void) => {
-    const tape = new Tape();
-    const leaves = tree.flatten(params);
-    tape.watch(...leaves);
-    const value = tape.run(() => lossOf(params));
-    const grads = tape.backward(value, leaves, { onGrad });
-    value.dispose();
-    return grads as Tensor[];
-  };
   const opt = buildOptimizer(run, model.params);
   const layerwise = perParameter(opt);
   const copy = () => tree.map(model.params, (t) => mulScalar(t, 1));
   let std = { params: copy(), state: opt.init(model.params) };
   let pl = { params: copy(), state: layerwise.init(model.params) };
   const standard = await measure(async () => {
-    const grads = tree.unflatten(std.params, backward(std.params));
+    const grads = tree.unflatten(std.params, backward(std.params, lossOf));
     const r = await opt.update(grads, std.state, std.params);
     std = { params: applyUpdates(std.params, r.updates), state: r.state };
   });
   const perLayer = await measure(async () => {
     const s = layerwise.start(pl.params, pl.state);
-    backward(pl.params, s.onGrad);
+    backward(pl.params, lossOf, s.onGrad);
     pl = await s.finish();
   });
   // The floor of any per-layer scheme with this model code: forward + backward dropping each
   // gradient the moment it is final (what is left is activations and the gradient being built).
   const bare = await measure(() =>
-    Promise.resolve(void backward(model.params, (g) => g.dispose()))
+    Promise.resolve(void backward(model.params, lossOf, (g) => g.dispose()))
   );
   const [a, b] = [await readAll(tree.flatten(std.params)), await readAll(tree.flatten(pl.params))];
   const paths = tree.paths(model.params);

@@ -5,7 +5,8 @@
 import fc from "fast-check";
 import { init } from "../core/device.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
-import { valueAndGrad } from "../core/tape.ts";
+import { Tape, valueAndGrad } from "../core/tape.ts";
+import * as tree from "../core/tree.ts";
 import { sizeOf } from "../core/shape.ts";
 import { mul, sum } from "../ops/mod.ts";
 
@@ -174,4 +175,22 @@ export function frob(a: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i] * a[i];
   return Math.sqrt(s);
+}
+
+/**
+ * Gradients of `lossOf(params)` with respect to every tensor of `params` (leaf order), through a
+ * tape; with `onGrad`, each goes to the hook instead as soon as it is final (per-layer updates).
+ */
+export function backward<P>(
+  params: P,
+  lossOf: (p: P) => Tensor,
+  onGrad?: (grad: Tensor, index: number) => void,
+): Tensor[] {
+  const tape = new Tape();
+  const leaves = tree.flatten(params);
+  tape.watch(...leaves);
+  const value = tape.run(() => lossOf(params));
+  const grads = tape.backward(value, leaves, { onGrad });
+  value.dispose();
+  return grads as Tensor[];
 }
