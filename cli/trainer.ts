@@ -138,15 +138,18 @@ function modelOf(t: Training): LlamaModel {
 }
 
 /**
- * The optimizer for the cycle the run is in, with fresh state unless `state` is given. A momentum
- * reset is a fresh optimizer whose schedule starts where the cycle starts.
+ * The optimizer for the cycle the run is in at `step`. A momentum reset is a fresh optimizer
+ * whose learning-rate schedule starts where its cycle starts.
  */
-function setOptimizer(t: Training, state?: unknown): void {
-  const cycle = cycleLength(t.run);
-  const opt = buildOptimizer(t.run, t.params, cycle > 0 ? Math.floor(t.step / cycle) * cycle : 0);
-  t.layerwise = t.run.perLayer ? perParameter(opt) : null;
-  t.opt = t.layerwise ?? opt;
-  t.optState = state ?? t.opt.init(t.params);
+function optimizerAt(
+  run: RunConfig,
+  params: LlamaParams,
+  step: number,
+): Pick<Training, "opt" | "layerwise"> {
+  const cycle = cycleLength(run);
+  const opt = buildOptimizer(run, params, cycle > 0 ? Math.floor(step / cycle) * cycle : 0);
+  const layerwise = run.perLayer ? perParameter(opt) : null;
+  return { opt: layerwise ?? opt, layerwise };
 }
 
 /** A fresh model, or the checkpoint's when resuming (refused if it comes from another config). */
@@ -157,40 +160,46 @@ async function startRun(
   io: RunIO,
 ): Promise<Training> {
   const method = linearMethod(run);
-  const built = initLlama(run.model, method, run.seed);
-  const t: Training = {
-    run,
-    method,
-    params: built.params,
-    buffers: built.buffers,
-    opt: null as unknown as GradientTransformation,
-    layerwise: null,
-    optState: null,
-    step: 0,
-    stream: new BatchStream(train, run.batch, run.seed),
-    history: { train: [], val: [] },
-  };
+  const stream = new BatchStream(train, run.batch, run.seed);
+  const history: History = { train: [], val: [] };
   if (!(io.resume && ckptPath)) {
-    setOptimizer(t);
-    return t;
+    const { params, buffers } = initLlama(run.model, method, run.seed);
+    const o = optimizerAt(run, params, 0);
+    return {
+      run,
+      method,
+      params,
+      buffers,
+      ...o,
+      optState: o.opt.init(params),
+      step: 0,
+      stream,
+      history,
+    };
   }
   const ck = await loadCheckpoint(ckptPath);
   const conflicts = resumeConflicts(run, ck.meta.run as RunConfig);
-  tree.dispose([t.params, t.buffers]);
   if (conflicts.length > 0) {
     tree.dispose(ck);
     throw new Error(
       `cannot resume ${ckptPath}: it comes from another config:\n  ${conflicts.join("\n  ")}`,
     );
   }
-  t.params = ck.params as LlamaParams;
-  t.buffers = ck.buffers as LlamaBuffers;
-  t.step = ck.step;
-  t.stream.state = ck.meta.stream as BatchStreamState;
-  Object.assign(t.history, ck.meta.history as History);
-  setOptimizer(t, ck.optState);
-  io.progress.log(`resumed from ${ckptPath} at step ${t.step}`);
-  return t;
+  const params = ck.params as LlamaParams;
+  stream.state = ck.meta.stream as BatchStreamState;
+  Object.assign(history, ck.meta.history as History);
+  io.progress.log(`resumed from ${ckptPath} at step ${ck.step}`);
+  return {
+    run,
+    method,
+    params,
+    buffers: ck.buffers as LlamaBuffers,
+    ...optimizerAt(run, params, ck.step),
+    optState: ck.optState,
+    step: ck.step,
+    stream,
+    history,
+  };
 }
 
 /** Trains one run to `run.steps` (or until stopped) and reports. */
@@ -356,7 +365,8 @@ async function resetCycle(t: Training, io: RunIO): Promise<void> {
     ? mergeRelora(modelOf(t), t.params, t.run.seed + t.step)
     : await refactorLlama(modelOf(t), t.params);
   tree.dispose(t.optState);
-  setOptimizer(t);
+  Object.assign(t, optimizerAt(t.run, t.params, t.step));
+  t.optState = t.opt.init(t.params);
   io.log({ kind: relora ? "merge" : "refactor", step: t.step });
 }
 
