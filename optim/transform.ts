@@ -5,7 +5,7 @@
  * change.
  *
  * Ownership. `update(updates, state, params)` consumes `updates` and `state`: it may write its
- * results into their buffers (see `core/donate.ts`), so a chain allocates nothing per step and the
+ * results into their buffers (see `core/donate.ts`), so elementwise stages allocate nothing and the
  * caller must not use either afterwards. It only reads `params`. `applyUpdates` consumes both of
  * its arguments the same way. Copy what you want to keep.
  *
