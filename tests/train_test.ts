@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readSafetensors } from "../cli/safetensors.ts";
 import type { RunConfig } from "../cli/run_config.ts";
-import { type RunData, trainRun } from "../cli/trainer.ts";
+import { resumeConflicts, type RunData, trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { Rng } from "../core/rng.ts";
 import { quietIO, toyRun } from "./fixtures.ts";
@@ -86,6 +86,16 @@ Deno.test("resume refuses a checkpoint from another config and names the differe
     /another config[\s\S]*rank: checkpoint 4, now 3/,
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("resume checks every setting but an allowlist: a setting added later is checked too", () => {
+  const run = runConfig("sltrain", 6);
+  assert.deepEqual(resumeConflicts({ ...run, steps: 9, evalEvery: 2, logEvery: 1 }, run), []);
+  const later = { ...run, momentum: 0.5 } as unknown as RunConfig;
+  assert.deepEqual(resumeConflicts(later, run), ["momentum: checkpoint undefined, now 0.5"]);
+  assert.deepEqual(resumeConflicts({ ...run, perLayer: true }, run), [
+    "perLayer: checkpoint false, now true",
+  ]);
 });
 
 Deno.test("per-layer updates on the small preset: bit-identical parameters; every gradient leaves the peak, the optimizer adds nothing to it", async () => {
