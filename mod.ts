@@ -3,7 +3,8 @@
  * SLTrain (sparse plus low-rank weights).
  *
  * Tensors are immutable handles to device memory; ops are pure functions that dispatch WGSL kernels
- * into one command stream; gradients come from an explicit tape.
+ * into one command stream; gradients come from an explicit tape; optimizers are optax-shaped
+ * update transforms composed with `chain` and applied with `applyUpdates`.
  *
  * @example
  * ```ts
@@ -14,6 +15,19 @@
  * const f = valueAndGrad((p: typeof x) => sum(mul(exp(p), p)));
  * const { value, grads } = f(x);
  * console.log(await value.item(), await grads.toArray()); // d/dx x·e^x = (1 + x)·e^x
+ * ```
+ *
+ * @example Training: a chained transform, `update`, then `applyUpdates`
+ * ```ts
+ * const opt = chain(clipByGlobalNorm(1), adamw({ lr: warmupCosine({ lr: 3e-3, warmup: 100, total: 1000 }) }));
+ * let state = opt.init(params);
+ * for (let step = 0; step < 1000; step++) {
+ *   const { value, grads } = valueAndGrad(lossOf)(params);
+ *   const r = await opt.update(grads, state, params); // consumes grads and the old state
+ *   state = r.state;
+ *   params = applyUpdates(params, r.updates); // in place on the old parameters' buffers
+ *   value.dispose();
+ * }
  * ```
  * @module
  */
@@ -68,6 +82,7 @@ export {
   resetPeakBytes,
   Storage,
 } from "./core/memory.ts";
+export { donate } from "./core/donate.ts";
 export { Rng, type RngState } from "./core/rng.ts";
 export type { Shape } from "./core/shape.ts";
 export {
@@ -95,6 +110,7 @@ export {
   tensor,
   zeros,
 } from "./core/tensor.ts";
+export * as tree from "./core/tree.ts";
 export * from "./ops/mod.ts";
 export * from "./models/mod.ts";
 export * from "./optim/mod.ts";

@@ -1,6 +1,6 @@
 /**
- * Training-step speed per method: median ms per optimizer step (forward, backward, AdamW/GaLore
- * update, one sync), tokens/s, dispatches per step, and optionally the GPU time per kernel.
+ * Training-step speed per method: median ms per optimizer step (forward, backward, the trainer's
+ * optimizer update and `applyUpdates`, one sync), tokens/s, dispatches per step, and optionally the GPU time per kernel.
  *
  * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
  *   [--batch 8] [--seq 128] [--reps 5] [--profile]`
@@ -14,7 +14,8 @@ import { tensor } from "../core/tensor.ts";
 import { Rng } from "../core/rng.ts";
 import { loadConfig, withVocab } from "../models/config.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
-import { disposeTree } from "../optim/mod.ts";
+import * as tree from "../core/tree.ts";
+import { applyUpdates } from "../optim/mod.ts";
 import {
   buildOptimizer,
   linearMethod,
@@ -79,11 +80,11 @@ for (const name of f.methods!.split(",")) {
     const { value, grads } = valueAndGrad((p: LlamaParams) => loss(m, p, { inputs, targets }))(
       params,
     );
-    const r = await opt.update(grads, state, params, i + 1);
-    params = r.params as LlamaParams;
+    const r = await opt.update(grads, state, params);
     state = r.state;
+    params = applyUpdates(params, r.updates);
     await sync();
-    disposeTree([value, grads, inputs, targets]);
+    tree.dispose([value, inputs, targets]);
     // Step 0 compiles and refreshes GaLore's projector; the profiled step is excluded too.
     if (i >= 1 && i <= reps) times.push(performance.now() - t0);
     dispatches = dispatchStats().dispatches - d0;
@@ -105,5 +106,5 @@ for (const name of f.methods!.split(",")) {
     }
     console.log();
   }
-  disposeTree([params, m.buffers, state]);
+  tree.dispose([params, m.buffers, state]);
 }

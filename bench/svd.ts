@@ -12,7 +12,7 @@ import { sync } from "../core/kernel.ts";
 import { randomNormal, readAll, type Tensor } from "../core/tensor.ts";
 import { matmul } from "../ops/matmul.ts";
 import { computeProjectors } from "../optim/galore.ts";
-import { gram, svdJacobi, symEig, transpose64 } from "../optim/svd.ts";
+import { gram, svdJacobi, symEig, transpose64 } from "../ops/svd.ts";
 
 const reps = Number(Deno.args[Deno.args.indexOf("--reps") + 1] || 2) || 2;
 const info = await init();

@@ -4,7 +4,8 @@
  * on load with errors that say what does not match.
  * @module
  */
-import { readAll, scope, Tensor, tensor } from "../core/tensor.ts";
+import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import { readSafetensors, type StoredTensor, writeSafetensors } from "./safetensors.ts";
 
 /** Format tag stored in every checkpoint. */
@@ -24,51 +25,39 @@ export interface TrainingState {
   meta: Record<string, unknown>;
 }
 
-type Skeleton = null | boolean | number | string | { $tensor: string } | Skeleton[] | {
-  [k: string]: Skeleton;
-};
-
-function split(value: unknown, path: string, out: Map<string, Tensor>): Skeleton {
-  if (value instanceof Tensor) {
-    out.set(path, value);
-    return { $tensor: path };
-  }
-  if (value === null || value === undefined) return null;
-  if (typeof value === "number") {
-    if (!Number.isFinite(value)) throw new Error(`checkpoint: non-finite number at ${path}`);
-    return value;
-  }
-  if (typeof value === "boolean" || typeof value === "string") return value;
-  if (Array.isArray(value)) return value.map((v, i) => split(v, `${path}.${i}`, out));
-  if (typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, split(v, `${path}.${k}`, out)]),
-    );
-  }
-  throw new Error(`checkpoint: cannot store a ${Object.prototype.toString.call(value)} at ${path}`);
+/** `value` with each tensor replaced by `{ $tensor: name }`, the tensors collected in `out`. */
+function skeleton(value: unknown, root: string, out: Map<string, Tensor>): unknown {
+  return tree.map(value, (t, path) => {
+    const name = path ? `${root}.${path}` : root;
+    out.set(name, t);
+    return { $tensor: name };
+  });
 }
 
-function join(s: Skeleton, stored: Record<string, StoredTensor>, source: string): unknown {
-  if (s === null || typeof s !== "object") return s;
-  if (Array.isArray(s)) return s.map((v) => join(v, stored, source));
-  if ("$tensor" in s && typeof s.$tensor === "string") {
-    const t = stored[s.$tensor];
-    if (!t) throw new Error(`${source}: tensor ${s.$tensor} is missing (corrupt checkpoint?)`);
-    const dtype = t.dtype === "F32" ? "f32" : t.dtype === "I32" ? "i32" : "u32";
-    return tensor(t.data, t.shape, dtype);
+// Only what JSON round-trips exactly may go into the skeleton: no NaN/Infinity (JSON writes them
+// as null) and no class instances (JSON would keep their fields and lose their class).
+function checkStorable(this: unknown, key: string, value: unknown): unknown {
+  if (typeof value === "number" && !Number.isFinite(value)) {
+    throw new Error(`checkpoint: non-finite number ${value} at "${key}"`);
   }
-  return Object.fromEntries(
-    Object.entries(s).map(([k, v]) => [k, join(v as Skeleton, stored, source)]),
-  );
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    const proto = Object.getPrototypeOf(value);
+    if (proto !== Object.prototype && proto !== null) {
+      throw new Error(
+        `checkpoint: cannot store a ${Object.prototype.toString.call(value)} at "${key}"`,
+      );
+    }
+  }
+  return value;
 }
 
 /** Writes a checkpoint (one GPU sync to read the tensors back); atomic: temp file + rename. */
 export async function saveCheckpoint(path: string, state: TrainingState): Promise<void> {
   const tensors = new Map<string, Tensor>();
-  const skeleton = {
-    params: split(state.params, "params", tensors),
-    buffers: split(state.buffers, "buffers", tensors),
-    optState: split(state.optState, "opt", tensors),
+  const parts = {
+    params: skeleton(state.params, "params", tensors),
+    buffers: skeleton(state.buffers, "buffers", tensors),
+    optState: skeleton(state.optState, "opt", tensors),
   };
   const names = [...tensors.keys()];
   const data = await readAll(names.map((n) => tensors.get(n)!));
@@ -86,7 +75,7 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
     metadata: {
       format: CHECKPOINT_FORMAT,
       step: String(state.step),
-      skeleton: JSON.stringify(skeleton),
+      skeleton: JSON.stringify(parts, checkStorable),
       meta: JSON.stringify(state.meta),
     },
   });
@@ -101,22 +90,25 @@ export async function loadCheckpoint(path: string): Promise<TrainingState> {
       `${path} is not an sltrain checkpoint (format ${JSON.stringify(md.format ?? null)})`,
     );
   }
-  let skeleton: { params: Skeleton; buffers: Skeleton; optState: Skeleton };
   let meta: Record<string, unknown>;
   try {
-    skeleton = JSON.parse(md.skeleton);
+    JSON.parse(md.skeleton);
     meta = JSON.parse(md.meta);
   } catch {
     throw new Error(`${path}: checkpoint metadata is not valid JSON (corrupt checkpoint?)`);
   }
   const step = Number(md.step);
   if (!Number.isInteger(step) || step < 0) throw new Error(`${path}: invalid step ${md.step}`);
+  // Each `{ $tensor: name }` placeholder becomes its tensor, uploaded as the JSON is rebuilt;
   // scope: a missing tensor halfway through frees what was already uploaded.
-  return scope(() => ({
-    params: join(skeleton.params, file.tensors, path),
-    buffers: join(skeleton.buffers, file.tensors, path),
-    optState: join(skeleton.optState, file.tensors, path),
-    step,
-    meta,
-  }));
+  const parts = scope(() =>
+    JSON.parse(md.skeleton, (_, v) => {
+      if (typeof v !== "object" || v === null || typeof v.$tensor !== "string") return v;
+      const t = file.tensors[v.$tensor];
+      if (!t) throw new Error(`${path}: tensor ${v.$tensor} is missing (corrupt checkpoint?)`);
+      const dtype = t.dtype === "F32" ? "f32" : t.dtype === "I32" ? "i32" : "u32";
+      return tensor(t.data, t.shape, dtype);
+    })
+  );
+  return { params: parts.params, buffers: parts.buffers, optState: parts.optState, step, meta };
 }

@@ -8,7 +8,8 @@
  * @module
  */
 import { Rng } from "../core/rng.ts";
-import { collectTensors, scope, tensor } from "../core/tensor.ts";
+import { scope, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import type { LlamaConfig } from "../models/config.ts";
 import {
   disposeModel,
@@ -93,11 +94,11 @@ export async function loadModel(path: string): Promise<LoadedModel> {
     throw new Error(`${path} holds no checkpoint.safetensors`);
   }
   const ck = await loadCheckpoint(file);
-  for (const t of collectTensors(ck.optState)) t.dispose();
+  tree.dispose(ck.optState);
   const run = ck.meta.run as RunConfig | undefined;
   const cfg = run?.model as LlamaConfig | undefined;
   if (!run || !cfg || typeof cfg.vocabSize !== "number" || typeof run.method !== "string") {
-    for (const t of [...collectTensors(ck.params), ...collectTensors(ck.buffers)]) t.dispose();
+    tree.dispose([ck.params, ck.buffers]);
     throw new Error(`${file}: checkpoint metadata has no run config (corrupt checkpoint?)`);
   }
   return {

@@ -7,8 +7,20 @@ import type { LlamaConfig } from "../models/config.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
 import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.ts";
-import { adamw, chain, clipByGlobalNorm, galore, type Optimizer, partition } from "../optim/mod.ts";
-import { quickRecovery, warmupCosine } from "../optim/schedule.ts";
+import {
+  adamw,
+  addDecayedWeights,
+  chain,
+  clipByGlobalNorm,
+  galore,
+  type GradientTransformation,
+  multiSteps,
+  partition,
+  quickRecovery,
+  scaleByAdam,
+  scaleByLearningRate,
+  warmupCosine,
+} from "../optim/mod.ts";
 
 /** The methods the trainer compares. */
 export const METHODS = ["full", "lowrank", "sltrain", "relora", "galore"] as const;
@@ -123,34 +135,41 @@ export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
 }
 
 /**
- * The optimizer of one parameter (or one group of like parameters): GaLore around AdamW for GaLore
- * targets, AdamW otherwise. Per-layer updates use it per tensor (no clipping: gradients are never
- * all resident); {@link buildOptimizer} uses it per group.
+ * The optimizer of a run: fused AdamW, with GaLore-Adam on the block weights for `galore`, behind
+ * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
+ * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
+ * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
+ * runs wrap it in `perParameter`, which cannot clip by a global norm (refused here).
  */
-export function leafOptimizer(run: RunConfig, galoreTarget: boolean): Optimizer {
-  const adam = adamw({ lr: lrSchedule(run), weightDecay: run.weightDecay });
-  if (!galoreTarget) return adam as Optimizer;
-  return galore(adam as Optimizer, {
-    rank: run.rank,
-    updateProjGap: run.galoreGap,
-    scale: run.galoreScale,
-  }) as Optimizer;
-}
-
-/**
- * The optimizer of a run over the whole params tree: AdamW, with GaLore on the block weights for
- * `galore`, behind global-norm clipping when `clip > 0`.
- */
-export function buildOptimizer(run: RunConfig, params: LlamaParams): Optimizer {
-  let opt = leafOptimizer(run, false);
+export function buildOptimizer(
+  run: RunConfig,
+  params: LlamaParams,
+  from = 0,
+): GradientTransformation {
+  const schedule = lrSchedule(run);
+  const lr = (count: number) => schedule(from + count);
+  let opt: GradientTransformation = adamw({ lr, weightDecay: run.weightDecay });
   if (run.method === "galore") {
     const targets = new Set(
       paramPaths(params).filter((e) => isGaloreTarget(run, e)).map((e) => e.path),
     );
+    const inner = galore(scaleByAdam(), {
+      rank: run.rank,
+      updateProjGap: run.galoreGap,
+      scale: run.galoreScale,
+    });
     opt = partition((path) => (targets.has(path) ? "galore" : "adam"), {
-      galore: leafOptimizer(run, true),
-      adam: leafOptimizer(run, false),
-    }) as Optimizer;
+      galore: chain(inner, addDecayedWeights(run.weightDecay), scaleByLearningRate(lr)),
+      adam: opt,
+    });
   }
-  return run.clip > 0 ? chain(clipByGlobalNorm(run.clip), opt) as Optimizer : opt;
+  if (run.clip > 0) {
+    if (run.perLayer) {
+      throw new RangeError(
+        "per-layer updates never hold all gradients at once, so they cannot clip by the global norm",
+      );
+    }
+    opt = chain(clipByGlobalNorm(run.clip), opt);
+  }
+  return run.gradAccum > 1 ? multiSteps(opt, run.gradAccum) : opt;
 }

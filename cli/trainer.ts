@@ -1,29 +1,32 @@
 /**
- * The training loop of one run: model and optimizer setup, (optionally per-layer) steps, periodic
- * loss readback, evaluation, SLTrain refactorization / ReLoRA merges, checkpoints and resume.
+ * The training loop of one run. A step reads like llm.c's: forward + backward, update (clipping
+ * and accumulation are stages of the optimizer), log; setup and resume, evaluation, checkpoints
+ * and the SLTrain refactorization / ReLoRA merge cycle are small functions of their own.
  * @module
  */
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
-import { collectTensors, readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
+import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import { BatchStream, type BatchStreamState, type Sequences } from "../data/batches.ts";
 import { countParams, estimateMemory } from "../models/estimate.ts";
-import { mergeRelora } from "../models/relora.ts";
 import {
+  type Batch,
   initLlama,
   type LlamaBuffers,
   type LlamaModel,
   type LlamaParams,
   loss,
-  paramPaths,
 } from "../models/llama.ts";
+import type { LinearMethod } from "../models/method.ts";
+import { refactorLlama } from "../models/refactor.ts";
+import { mergeRelora } from "../models/relora.ts";
 import { add, mulScalar } from "../ops/mod.ts";
 import {
-  disposeTree,
-  type Optimizer,
-  refactorFactors,
-  treeBytes,
-  treeRebuild,
+  applyUpdates,
+  type GradientTransformation,
+  type PerParameter,
+  perParameter,
 } from "../optim/mod.ts";
 import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
@@ -31,8 +34,6 @@ import type { Progress } from "./progress.ts";
 import {
   buildOptimizer,
   cycleLength,
-  isGaloreTarget,
-  leafOptimizer,
   linearMethod,
   lrSchedule,
   optimizerSpec,
@@ -93,181 +94,164 @@ export interface RunIO {
   shouldStop: () => boolean;
 }
 
-const STRUCTURAL: (keyof RunConfig)[] = [
-  "model",
-  "method",
-  "rank",
-  "delta",
-  "alpha",
-  "lr",
-  "warmup",
-  "minLrRatio",
-  "batch",
-  "seq",
-  "gradAccum",
-  "clip",
-  "weightDecay",
-  "perLayer",
-  "galoreGap",
-  "galoreScale",
-  "refactorEvery",
-  "reloraEvery",
-  "recoverySteps",
-  "seed",
-];
+/**
+ * The settings a resumed run may change: how long it runs and how it evaluates and reports. Any
+ * other setting, including one added later, must match the checkpoint's.
+ */
+const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
+  "modelName",
+  "steps",
+  "evalEvery",
+  "evalTokens",
+  "logEvery",
+]);
 
 /** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
 export function resumeConflicts(run: RunConfig, saved: RunConfig): string[] {
-  return STRUCTURAL.filter((k) => JSON.stringify(run[k]) !== JSON.stringify(saved[k])).map(
-    (k) => `${k}: checkpoint ${JSON.stringify(saved[k])}, now ${JSON.stringify(run[k])}`,
-  );
+  const now = run as unknown as Record<string, unknown>;
+  const then = saved as unknown as Record<string, unknown>;
+  const keys = new Set([...Object.keys(now), ...Object.keys(then)]);
+  return [...keys]
+    .filter((k) => !MAY_CHANGE.has(k) && JSON.stringify(now[k]) !== JSON.stringify(then[k]))
+    .map((k) => `${k}: checkpoint ${JSON.stringify(then[k])}, now ${JSON.stringify(now[k])}`);
 }
 
-function batchTensors(stream: BatchStream): { inputs: Tensor; targets: Tensor; tokens: number } {
-  const b = stream.next();
+/** A run in progress: what changes from step to step. */
+interface Training {
+  readonly run: RunConfig;
+  readonly method: LinearMethod;
+  params: LlamaParams;
+  buffers: LlamaBuffers;
+  /** This cycle's optimizer (a fresh one after each momentum reset). */
+  opt: GradientTransformation;
+  /** The same optimizer, when the run updates each weight during backward. */
+  layerwise: PerParameter<unknown> | null;
+  optState: unknown;
+  /** Completed optimizer steps. */
+  step: number;
+  readonly stream: BatchStream;
+  readonly history: History;
+}
+
+function modelOf(t: Training): LlamaModel {
+  return { config: t.run.model, method: t.method, buffers: t.buffers };
+}
+
+/**
+ * The optimizer for the cycle the run is in at `step`. A momentum reset is a fresh optimizer
+ * whose learning-rate schedule starts where its cycle starts.
+ */
+function optimizerAt(
+  run: RunConfig,
+  params: LlamaParams,
+  step: number,
+): Pick<Training, "opt" | "layerwise"> {
+  const cycle = cycleLength(run);
+  const opt = buildOptimizer(run, params, cycle > 0 ? Math.floor(step / cycle) * cycle : 0);
+  const layerwise = run.perLayer ? perParameter(opt) : null;
+  return { opt: layerwise ?? opt, layerwise };
+}
+
+/** A fresh model, or the checkpoint's when resuming (refused if it comes from another config). */
+async function startRun(
+  run: RunConfig,
+  train: Sequences,
+  ckptPath: string | null,
+  io: RunIO,
+): Promise<Training> {
+  const method = linearMethod(run);
+  const stream = new BatchStream(train, run.batch, run.seed);
+  const history: History = { train: [], val: [] };
+  if (!(io.resume && ckptPath)) {
+    const { params, buffers } = initLlama(run.model, method, run.seed);
+    const o = optimizerAt(run, params, 0);
+    return {
+      run,
+      method,
+      params,
+      buffers,
+      ...o,
+      optState: o.opt.init(params),
+      step: 0,
+      stream,
+      history,
+    };
+  }
+  const ck = await loadCheckpoint(ckptPath);
+  const conflicts = resumeConflicts(run, ck.meta.run as RunConfig);
+  if (conflicts.length > 0) {
+    tree.dispose(ck);
+    throw new Error(
+      `cannot resume ${ckptPath}: it comes from another config:\n  ${conflicts.join("\n  ")}`,
+    );
+  }
+  const params = ck.params as LlamaParams;
+  stream.state = ck.meta.stream as BatchStreamState;
+  Object.assign(history, ck.meta.history as History);
+  io.progress.log(`resumed from ${ckptPath} at step ${ck.step}`);
   return {
-    inputs: tensor(b.inputs, [b.batch, b.seq], "i32"),
-    targets: tensor(b.targets, [b.batch, b.seq], "i32"),
-    tokens: b.tokens,
+    run,
+    method,
+    params,
+    buffers: ck.buffers as LlamaBuffers,
+    ...optimizerAt(run, params, ck.step),
+    optState: ck.optState,
+    step: ck.step,
+    stream,
+    history,
   };
-}
-
-/** Per-parameter optimizers for per-layer updates, one state per leaf. */
-interface LeafOpt {
-  opt: Optimizer;
-  galore: boolean;
 }
 
 /** Trains one run to `run.steps` (or until stopped) and reports. */
 export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promise<RunResult> {
-  const method = linearMethod(run);
-  const built = initLlama(run.model, method, run.seed);
-  let params: LlamaParams = built.params;
-  let buffers: LlamaBuffers = built.buffers;
-  const model = (): LlamaModel => ({ config: run.model, method, buffers });
-  const entries = paramPaths(params);
-  const leafOpts: LeafOpt[] = entries.map((e) => {
-    const galore = isGaloreTarget(run, e);
-    return { opt: leafOptimizer(run, galore), galore };
-  });
-  const opt = buildOptimizer(run, params);
-  const initState = (p: LlamaParams): unknown =>
-    run.perLayer ? collectTensors(p).map((t, i) => leafOpts[i].opt.init(t)) : opt.init(p);
-  let optState = initState(params);
-  const stream = new BatchStream(data.train, run.batch, run.seed);
-  const history: History = { train: [], val: [] };
-  const lr = lrSchedule(run);
-  let step = 0;
-
   const ckptPath = io.out ? `${io.out}/checkpoint.safetensors` : null;
-  if (io.resume && ckptPath) {
-    const ck = await loadCheckpoint(ckptPath);
-    const saved = ck.meta.run as RunConfig;
-    const conflicts = resumeConflicts(run, saved);
-    if (conflicts.length > 0) {
-      disposeTree(ck);
-      disposeTree({ params, buffers, optState });
-      throw new Error(
-        `cannot resume ${ckptPath}: it comes from another config:\n  ${conflicts.join("\n  ")}`,
-      );
-    }
-    disposeTree({ params, buffers, optState });
-    params = ck.params as LlamaParams;
-    buffers = ck.buffers as LlamaBuffers;
-    optState = ck.optState;
-    step = ck.step;
-    stream.state = ck.meta.stream as BatchStreamState;
-    Object.assign(history, ck.meta.history as History);
-    io.progress.log(`resumed from ${ckptPath} at step ${step}`);
-  }
-
-  const save = async () => {
-    if (!ckptPath) return;
-    await saveCheckpoint(ckptPath, {
-      params,
-      buffers,
-      optState,
-      step,
-      meta: { run, stream: stream.state, history },
-    });
-  };
-
-  const evalNow = async () => {
-    const r = await evaluate(model(), params, data.val, run.batch, run.evalTokens);
-    history.val.push([step, r.loss]);
-    io.log({ kind: "eval", step, valLoss: r.loss, valPpl: Math.exp(r.loss), tokens: r.tokens });
-    io.progress.log(
-      `step ${step}: val loss ${r.loss.toFixed(4)}, ppl ${
-        Math.exp(r.loss).toFixed(2)
-      } (${r.tokens} tokens)`,
-    );
-  };
-  if (step === 0) await evalNow();
-
-  let pendingLosses: [number, Tensor][] = [];
+  const t = await startRun(run, data.train, ckptPath, io);
+  const lr = lrSchedule(run);
+  const save = () => ckptPath ? saveCheckpoint(ckptPath, checkpointOf(t)) : Promise.resolve();
+  const evalNow = () => evaluateNow(t, data.val, io);
+  // Losses stay on the device until a log step reads them back together (one sync).
+  let pending: [number, Tensor][] = [];
   const flushLosses = async () => {
-    if (pendingLosses.length === 0) return;
-    const vals = await readAll(pendingLosses.map(([, t]) => t));
-    pendingLosses.forEach(([s, t], i) => {
-      const v = vals[i][0];
-      history.train.push([s, v]);
-      io.log({ kind: "train", step: s, loss: v, lr: lr(s - 1) });
-      t.dispose();
+    if (pending.length === 0) return;
+    const vals = await readAll(pending.map(([, l]) => l));
+    pending.forEach(([step, l], i) => {
+      t.history.train.push([step, vals[i][0]]);
+      io.log({ kind: "train", step, loss: vals[i][0], lr: lr(step - 1) });
+      l.dispose();
     });
-    pendingLosses = [];
+    pending = [];
   };
 
+  if (t.step === 0) await evalNow();
   const t0 = performance.now();
   let tokens = 0;
   let peak = 0;
   let interrupted = false;
-  while (step < run.steps) {
+  while (t.step < run.steps) {
     resetPeakBytes();
-    let lossT: Tensor;
-    if (run.perLayer) {
-      const r = perLayerStep(run, model(), params, optState as unknown[], leafOpts, stream, step);
-      await r.done;
-      params = r.params;
-      optState = r.state;
-      lossT = r.loss;
-      tokens += r.tokens;
-    } else {
-      const r = accumulate(run, model(), params, stream);
-      tokens += r.tokens;
-      lossT = r.loss;
-      const u = await opt.update(r.grads, optState, params, step);
-      disposeTree(r.grads);
-      params = u.params as LlamaParams;
-      optState = u.state;
-    }
-    step++;
-    pendingLosses.push([step, lossT]);
+    const r = await trainStep(t);
+    t.step++;
+    tokens += r.tokens;
+    pending.push([t.step, r.loss]);
     const cycle = cycleLength(run);
-    if (cycle > 0 && step % cycle === 0 && step < run.steps) {
-      params = await resetCycle(run, model(), params, step);
-      buffers = model().buffers;
-      disposeTree(optState);
-      optState = initState(params);
-      io.log({ kind: run.method === "relora" ? "merge" : "refactor", step });
-    }
+    if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) await resetCycle(t, io);
     peak = Math.max(peak, memoryStats().peakBytes);
-    const last = step === run.steps;
-    if (step % run.logEvery === 0 || last) {
+    const last = t.step === run.steps;
+    if (t.step % run.logEvery === 0 || last) {
       await flushLosses();
       const elapsed = (performance.now() - t0) / 1000;
-      const mem = memoryStats();
       io.progress.update({
-        step,
+        step: t.step,
         total: run.steps,
-        loss: history.train.at(-1)?.[1] ?? NaN,
-        lr: lr(step - 1),
+        loss: t.history.train.at(-1)?.[1] ?? NaN,
+        lr: lr(t.step - 1),
         tokensPerSec: tokens / elapsed,
         elapsed,
-        liveBytes: mem.liveBytes,
+        liveBytes: memoryStats().liveBytes,
         peakBytes: peak,
       });
     }
-    if (run.evalEvery > 0 && step % run.evalEvery === 0 && !last) {
+    if (run.evalEvery > 0 && t.step % run.evalEvery === 0 && !last) {
       await flushLosses();
       await evalNow();
       await save();
@@ -280,157 +264,135 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   await flushLosses();
   io.progress.done();
   const seconds = (performance.now() - t0) / 1000;
-  if (!interrupted && (history.val.at(-1)?.[0] ?? -1) !== step) await evalNow();
+  if (!interrupted && (t.history.val.at(-1)?.[0] ?? -1) !== t.step) await evalNow();
   await save();
   if (interrupted && ckptPath) {
-    io.progress.log(`interrupted at step ${step}; checkpoint written to ${ckptPath}`);
+    io.progress.log(`interrupted at step ${t.step}; checkpoint written to ${ckptPath}`);
   }
-
-  const counts = countParams(run.model, method);
-  const est = estimateMemory(run.model, {
-    method,
-    optimizer: optimizerSpec(run),
-  }, "ours");
+  const counts = countParams(run.model, t.method);
+  const est = estimateMemory(
+    run.model,
+    { method: t.method, optimizer: optimizerSpec(run) },
+    "ours",
+  );
+  const kept = { params: t.params, buffers: t.buffers, optState: t.optState };
   const result: RunResult = {
     run,
     params: { trainable: counts.trainable, total: counts.total },
     estimatedBytes: est.total,
-    measuredBytes: treeBytes({ params, buffers, optState }),
+    measuredBytes: tree.bytes(kept),
     peakBytes: peak,
     tokensPerSec: tokens / Math.max(1e-9, seconds),
-    history,
-    steps: step,
+    history: t.history,
+    steps: t.step,
     seconds,
     interrupted,
   };
-  disposeTree({ params, buffers, optState });
-  for (const [, t] of pendingLosses) t.dispose();
+  tree.dispose(kept);
   return result;
-}
-
-/** Forward+backward over `gradAccum` micro-batches; grads averaged, loss the mean of the micro losses. */
-function accumulate(
-  run: RunConfig,
-  model: LlamaModel,
-  params: LlamaParams,
-  stream: BatchStream,
-): { grads: LlamaParams; loss: Tensor; tokens: number } {
-  const f = valueAndGrad((p: LlamaParams) => loss(model, p, batch));
-  let batch = batchTensors(stream);
-  let tokens = batch.tokens;
-  let { value, grads } = f(params);
-  batch.inputs.dispose();
-  batch.targets.dispose();
-  for (let k = 1; k < run.gradAccum; k++) {
-    batch = batchTensors(stream);
-    tokens += batch.tokens;
-    const r = f(params);
-    batch.inputs.dispose();
-    batch.targets.dispose();
-    const merged = scope(() => ({
-      value: add(value, r.value),
-      grads: treeRebuild(
-        grads,
-        collectTensors(grads).map((g, i) => add(g, collectTensors(r.grads)[i])),
-      ),
-    }));
-    disposeTree([value, grads, r.value, r.grads]);
-    value = merged.value;
-    grads = merged.grads as LlamaParams;
-  }
-  if (run.gradAccum > 1) {
-    const s = 1 / run.gradAccum;
-    const scaled = scope(() => ({
-      value: mulScalar(value, s),
-      grads: treeRebuild(grads, collectTensors(grads).map((g) => mulScalar(g, s))),
-    }));
-    disposeTree([value, grads]);
-    value = scaled.value;
-    grads = scaled.grads as LlamaParams;
-  }
-  return { grads, loss: value, tokens };
 }
 
 /**
- * One step that updates each parameter as soon as its gradient is final (the tape's onGrad hook)
- * and frees that gradient at once, so the full gradient set is never resident. A GaLore projector
- * refresh reads its gradient back, so that gradient lives until the refresh has run.
+ * One optimizer step: forward + backward and an optimizer update per micro-batch (the optimizer
+ * accumulates `gradAccum` of them before it changes anything); the loss is their mean.
  */
-function perLayerStep(
-  run: RunConfig,
-  model: LlamaModel,
-  params: LlamaParams,
-  states: unknown[],
-  leafOpts: LeafOpt[],
-  stream: BatchStream,
-  step: number,
-): { params: LlamaParams; state: unknown[]; loss: Tensor; tokens: number; done: Promise<unknown> } {
-  const batch = batchTensors(stream);
-  const leaves = collectTensors(params);
-  const next = leaves.slice();
-  const nextStates = states.slice();
-  const pending: Promise<unknown>[] = [];
-  const tape = new Tape();
-  tape.watch(...leaves);
-  const value = tape.run(() => loss(model, params, batch));
-  try {
-    tape.backward(value, leaves, {
-      onGrad: (g, i) => {
-        const lo = leafOpts[i];
-        const refresh = lo.galore && ((states[i] as { count: number }).count % run.galoreGap === 0);
-        const p = lo.opt.update(g, states[i], leaves[i], step).then((r) => {
-          next[i] = r.params as Tensor;
-          nextStates[i] = r.state;
-        });
-        if (refresh) {
-          g.pin();
-          g.dispose();
-          pending.push(p.finally(() => g.unpin()));
-        } else {
-          // Every dispatch reading g is already recorded, so its buffer can be recycled now.
-          g.dispose();
-          pending.push(p);
-        }
-      },
-    });
-  } finally {
-    tape.dispose();
-    batch.inputs.dispose();
-    batch.targets.dispose();
+async function trainStep(t: Training): Promise<{ loss: Tensor; tokens: number }> {
+  const losses: Tensor[] = [];
+  let tokens = 0;
+  for (let k = 0; k < t.run.gradAccum; k++) {
+    const b = t.stream.next();
+    const batch: Batch = {
+      inputs: tensor(b.inputs, [b.batch, b.seq], "i32"),
+      targets: tensor(b.targets, [b.batch, b.seq], "i32"),
+    };
+    try {
+      losses.push(
+        t.layerwise ? await layerwiseMicroStep(t, t.layerwise, batch) : await microStep(t, batch),
+      );
+    } finally {
+      batch.inputs.dispose();
+      batch.targets.dispose();
+    }
+    tokens += b.tokens;
   }
-  const done = Promise.all(pending);
-  // The promises settle in microtasks; the caller awaits `done` before using params and states.
-  const result = {
-    get params() {
-      return treeRebuild(params, next) as LlamaParams;
-    },
-    get state() {
-      return nextStates;
-    },
-    loss: value,
-    tokens: batch.tokens,
-    done,
-  };
-  return result;
+  if (losses.length === 1) return { loss: losses[0], tokens };
+  const mean = scope(() => mulScalar(losses.reduce((a, l) => add(a, l)), 1 / losses.length));
+  tree.dispose(losses);
+  return { loss: mean, tokens };
 }
 
-/** SLTrain: refactorize every B·A (momentum is reset by the caller); ReLoRA: merge the adapters. */
-async function resetCycle(
-  run: RunConfig,
-  model: LlamaModel,
-  params: LlamaParams,
-  step: number,
-): Promise<LlamaParams> {
-  if (run.method === "relora") return mergeRelora(model, params, run.seed + step);
-  const layers = [];
-  for (const layer of params.layers) {
-    const l: Record<string, unknown> = { ...layer };
-    for (const name of ["q", "k", "v", "o", "gate", "up", "down"] as const) {
-      const lin = layer[name] as { A: Tensor; B: Tensor; V: Tensor };
-      const r = await refactorFactors(lin.B, lin.A);
-      l[name] = { ...lin, A: r.a, B: r.b };
-    }
-    layers.push(l);
+/** Forward + backward, then update: gradients of all weights at once. */
+async function microStep(t: Training, batch: Batch): Promise<Tensor> {
+  const model = modelOf(t);
+  const { value, grads } = valueAndGrad((p: LlamaParams) => loss(model, p, batch))(t.params);
+  const r = await t.opt.update(grads, t.optState, t.params);
+  t.optState = r.state;
+  t.params = applyUpdates(t.params, r.updates);
+  return value;
+}
+
+/**
+ * Forward, then a backward whose `onGrad` hook updates each weight the moment its gradient is
+ * final and frees that gradient: the full gradient set is never resident.
+ */
+async function layerwiseMicroStep(
+  t: Training,
+  layerwise: PerParameter<unknown>,
+  batch: Batch,
+): Promise<Tensor> {
+  const model = modelOf(t);
+  const leaves = tree.flatten(t.params);
+  const tape = new Tape();
+  try {
+    tape.watch(...leaves);
+    const value = tape.run(() => loss(model, t.params, batch));
+    const update = layerwise.start(t.params, t.optState as unknown[]);
+    tape.backward(value, leaves, { onGrad: update.onGrad });
+    ({ params: t.params, state: t.optState } = await update.finish());
+    return value;
+  } finally {
+    tape.dispose();
   }
-  return { ...params, layers } as unknown as LlamaParams;
+}
+
+/**
+ * The end of a cycle: SLTrain refactorizes every B·A, ReLoRA merges its adapters; then the momentum
+ * reset (a fresh optimizer whose learning rate picks up the quick-recovery ramp).
+ */
+async function resetCycle(t: Training, io: RunIO): Promise<void> {
+  const relora = t.run.method === "relora";
+  t.params = relora
+    ? mergeRelora(modelOf(t), t.params, t.run.seed + t.step)
+    : await refactorLlama(modelOf(t), t.params);
+  tree.dispose(t.optState);
+  Object.assign(t, optimizerAt(t.run, t.params, t.step));
+  t.optState = t.opt.init(t.params);
+  io.log({ kind: relora ? "merge" : "refactor", step: t.step });
+}
+
+async function evaluateNow(t: Training, val: Sequences, io: RunIO): Promise<void> {
+  const r = await evaluate(modelOf(t), t.params, val, t.run.batch, t.run.evalTokens);
+  t.history.val.push([t.step, r.loss]);
+  io.log({
+    kind: "eval",
+    step: t.step,
+    valLoss: r.loss,
+    valPpl: Math.exp(r.loss),
+    tokens: r.tokens,
+  });
+  io.progress.log(
+    `step ${t.step}: val loss ${r.loss.toFixed(4)}, ppl ${
+      Math.exp(r.loss).toFixed(2)
+    } (${r.tokens} tokens)`,
+  );
+}
+
+function checkpointOf(t: Training) {
+  return {
+    params: t.params,
+    buffers: t.buffers,
+    optState: t.optState,
+    step: t.step,
+    meta: { run: t.run, stream: t.stream.state, history: t.history },
+  };
 }

@@ -6,7 +6,11 @@
 import { DTypeError, GradientError } from "./errors.ts";
 import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
-import { adopt, captureCreated, collectTensors, ones, Tensor, zeros } from "./tensor.ts";
+import { adopt, captureCreated, ones, Tensor, zeros } from "./tensor.ts";
+import * as tree from "./tree.ts";
+import type { TensorTree } from "./tree.ts";
+
+export type { TensorTree };
 
 /** A VJP: given the gradient of the op's output, the gradients of its inputs (null = none). */
 export type Vjp = (g: Tensor) => readonly (Tensor | null | undefined)[];
@@ -125,7 +129,7 @@ export class Tape {
         active = null;
       }
     });
-    const returned = new Set(collectTensors(result));
+    const returned = new Set(tree.flatten(result));
     for (const t of created) {
       if (returned.has(t)) adopt(t);
       else if (this.#refs.has(t)) this.#owned.add(t);
@@ -285,26 +289,6 @@ function accumulate(a: Tensor, b: Tensor): Tensor {
   return out;
 }
 
-/** A tree of tensors: a tensor, or arrays / plain objects of trees. Other leaf values pass through. */
-export type TensorTree =
-  | Tensor
-  | readonly TensorTree[]
-  | { readonly [key: string]: TensorTree }
-  | number
-  | string
-  | boolean
-  | null
-  | undefined;
-
-function mapTree<T>(tree: T, next: () => Tensor): T {
-  if (tree instanceof Tensor) return next() as T;
-  if (Array.isArray(tree)) return tree.map((v) => mapTree(v, next)) as T;
-  if (tree !== null && typeof tree === "object") {
-    return Object.fromEntries(Object.entries(tree).map(([k, v]) => [k, mapTree(v, next)])) as T;
-  }
-  return tree;
-}
-
 /**
  * Turns `f(params) -> scalar tensor` into a function returning the value and the gradient with
  * respect to every tensor in `params`, shaped like `params`. A tape exists only during the call,
@@ -314,7 +298,7 @@ export function valueAndGrad<P extends TensorTree>(
   f: (params: P) => Tensor,
 ): (params: P) => { value: Tensor; grads: P } {
   return (params: P) => {
-    const leaves = collectTensors(params);
+    const leaves = tree.flatten(params);
     const tape = new Tape();
     try {
       tape.watch(...leaves);
@@ -329,8 +313,7 @@ export function valueAndGrad<P extends TensorTree>(
         value.dispose();
         throw e;
       }
-      let i = 0;
-      return { value, grads: mapTree(params, () => grads[i++]!) };
+      return { value, grads: tree.unflatten(params, grads) };
     } finally {
       tape.dispose();
     }

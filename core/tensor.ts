@@ -9,6 +9,7 @@ import { type Binding, encodeClear, encodeUpload, readBuffers } from "./kernel.t
 import { allocStorage, releaseStorage, type Storage } from "./memory.ts";
 import { Rng } from "./rng.ts";
 import { checkShape, fmtShape, type Shape, sizeOf } from "./shape.ts";
+import * as tree from "./tree.ts";
 
 /** Nested JS arrays of numbers, e.g. `[[1, 2], [3, 4]]`. */
 export type NestedArray = number | NestedArray[];
@@ -134,6 +135,9 @@ export class Tensor {
   }
 }
 
+// The brand core/tree.ts recognizes tensors by (it cannot import this module: see there).
+Object.defineProperty(Tensor.prototype, Symbol.for("@sltrain/tensor"), { value: true });
+
 function nest(data: TensorData, shape: Shape): NestedArray {
   if (shape.length === 0) return data[0];
   const [d, ...rest] = shape;
@@ -154,22 +158,9 @@ export async function readAll(tensors: readonly Tensor[]): Promise<TensorData[]>
   });
 }
 
-/** Every tensor inside a value: a tensor, or arrays/plain objects/Maps of them, at any depth. */
-export function collectTensors(value: unknown, out: Tensor[] = []): Tensor[] {
-  if (value instanceof Tensor) out.push(value);
-  else if (Array.isArray(value)) { for (const v of value) collectTensors(v, out); }
-  else if (value instanceof Map) { for (const v of value.values()) collectTensors(v, out); }
-  else if (
-    value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype
-  ) {
-    for (const v of Object.values(value)) collectTensors(v, out);
-  }
-  return out;
-}
-
 /**
- * Runs `fn` and disposes every tensor it created except those in its result (found at any depth of
- * arrays and plain objects). If `fn` throws, everything it created is disposed.
+ * Runs `fn` and disposes every tensor it created except those in its result (any tree: see
+ * `core/tree.ts`). If `fn` throws, everything it created is disposed.
  */
 export function scope<T>(fn: () => T): T {
   const frame = new Set<Tensor>();
@@ -186,7 +177,7 @@ export function scope<T>(fn: () => T): T {
   if (result instanceof Promise) {
     throw new TypeError("scope(fn) needs a synchronous fn; await outside the scope");
   }
-  const kept = new Set(collectTensors(result));
+  const kept = new Set(tree.flatten(result));
   const parent = scopes.at(-1);
   for (const t of frame) {
     if (kept.has(t)) parent?.add(t);
@@ -221,7 +212,7 @@ export function adopt(t: Tensor): void {
 
 /** Removes tensors from every enclosing scope so they outlive it (e.g. optimizer state). Returns its argument. */
 export function keep<T>(value: T): T {
-  for (const t of collectTensors(value)) for (const s of scopes) s.delete(t);
+  for (const t of tree.flatten(value)) for (const s of scopes) s.delete(t);
   return value;
 }
 

@@ -7,11 +7,11 @@
 import { Rng } from "../core/rng.ts";
 import { randomNormal, randomUniform, type Tensor, tensor, zeros } from "../core/tensor.ts";
 import { matmul } from "../ops/matmul.ts";
+import { reloraLinear } from "../ops/relora_linear.ts";
 import { lowRankLinear, sltrainLinear } from "../ops/sltrain_linear.ts";
 import { sampleSupport } from "../ops/support.ts";
 import { ConfigError } from "./errors.ts";
 import { checkKind, type LinearMethod } from "./method.ts";
-import { reloraLinear } from "./relora_linear.ts";
 
 /** Trainable tensors of a dense linear: the weight `w` [out, in]. */
 export type DenseLinearParams = { readonly w: Tensor };

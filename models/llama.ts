@@ -5,7 +5,8 @@
  * @module
  */
 import { Rng } from "../core/rng.ts";
-import { collectTensors, ones, randomNormal, scope, Tensor } from "../core/tensor.ts";
+import { ones, randomNormal, scope, type Tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { causalSelfAttention } from "../ops/attention.ts";
@@ -20,6 +21,7 @@ import { headDim, type LlamaConfig, validateConfig } from "./config.ts";
 import { ConfigError } from "./errors.ts";
 import { applyLinear, initLinear, linearBuffer, type LinearParams } from "./linear.ts";
 import {
+  BLOCK_LINEARS,
   type BlockLinearName,
   blockLinearShapes,
   type LinearMethod,
@@ -290,23 +292,49 @@ export interface ParamEntry {
   readonly factor?: "w" | "A" | "B" | "V";
 }
 
-const LINEARS = new Set<string>(["q", "k", "v", "o", "gate", "up", "down"]);
+const LINEARS = new Set<string>(BLOCK_LINEARS);
 
 /**
- * Every trainable tensor with its path and role, in the order `valueAndGrad` (and
- * `collectTensors`) visit the tree, so entry i matches the i-th gradient leaf.
+ * Every trainable tensor with its path and role, in leaf order (see `core/tree.ts`), so entry i
+ * matches the i-th gradient of `valueAndGrad` and the i-th `onGrad` index of a tape.
  */
 export function paramPaths(params: LlamaParams): ParamEntry[] {
-  const out: ParamEntry[] = [];
-  const walk = (node: unknown, path: string[]): void => {
-    if (node instanceof Tensor) out.push(classify(path, node));
-    else if (node !== null && typeof node === "object") {
-      // Object.entries visits arrays and objects in the order collectTensors does.
-      for (const [k, v] of Object.entries(node)) walk(v, [...path, k]);
-    }
-  };
-  walk(params, []);
-  return out;
+  const tensors = tree.flatten(params);
+  return tree.paths(params).map((p, i) => classify(p.split("."), tensors[i]));
+}
+
+/** One block linear of a model: where it is and its trainable tensors. */
+export interface BlockLinear {
+  /** Block index. */
+  readonly layer: number;
+  /** Which of the seven linears. */
+  readonly name: BlockLinearName;
+  /** Its trainable tensors (`w`, or `A`/`B`, plus `V` under SLTrain). */
+  readonly params: LinearParams;
+}
+
+/** The block linears of `params`, layer by layer in {@link BLOCK_LINEARS} order. */
+export function blockLinears(params: LlamaParams): BlockLinear[] {
+  return params.layers.flatMap((layer, i) =>
+    BLOCK_LINEARS.map((name) => ({ layer: i, name, params: layer[name] }))
+  );
+}
+
+/**
+ * Params with every block linear replaced by `fn(linear, name, layer)`, called in
+ * {@link blockLinears} order. Norms, embedding and head are shared with `params`, not copied, and
+ * nothing is disposed: `fn` decides what happens to the old tensors.
+ */
+export function mapLinears(
+  params: LlamaParams,
+  fn: (linear: LinearParams, name: BlockLinearName, layer: number) => LinearParams,
+): LlamaParams {
+  const layers = params.layers.map((layer, i) => {
+    const next: Record<string, unknown> = { ...layer };
+    for (const name of BLOCK_LINEARS) next[name] = fn(layer[name], name, i);
+    return next as LayerParams;
+  });
+  return { ...params, layers };
 }
 
 function classify(path: string[], tensor: Tensor): ParamEntry {
@@ -342,6 +370,5 @@ function classify(path: string[], tensor: Tensor): ParamEntry {
 export function disposeModel(
   model: { readonly params?: LlamaParams; readonly buffers: LlamaBuffers },
 ): void {
-  for (const t of collectTensors(model.params)) t.dispose();
-  for (const t of collectTensors(model.buffers)) t.dispose();
+  tree.dispose([model.params, model.buffers]);
 }

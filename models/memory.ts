@@ -4,7 +4,8 @@
  * @module
  */
 import { memoryStats } from "../core/memory.ts";
-import { collectTensors, type Tensor } from "../core/tensor.ts";
+import type { Tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import type { LlamaConfig } from "./config.ts";
 import { initLlama, type Llama } from "./llama.ts";
 import type { LinearMethod } from "./method.ts";
@@ -67,14 +68,14 @@ export function measureMemory(
   try {
     if (opts.extra) {
       const before = live();
-      const kept = collectTensors(opts.extra(model));
+      const kept = tree.flatten(opts.extra(model));
       extraGrowth = live() - before;
       extra = freed(kept);
     }
   } finally {
     // Buffers first, so each drop is attributable even if extra() disposed nothing of its own.
-    buffers = freed(collectTensors(model.buffers));
-    params = freed(collectTensors(model.params));
+    buffers = freed(tree.flatten(model.buffers));
+    params = freed(tree.flatten(model.params));
   }
   if (params + buffers !== built) {
     throw new Error(

@@ -24,7 +24,21 @@ export type LinearMethod =
     readonly seed: number;
   };
 
-/** Names of the block linears, in the order the reference model registers them. */
+/**
+ * The seven linears of every decoder block, in the order the reference model registers them: the
+ * one list everything that walks a block's linears uses (init, paths, merges, refactorization).
+ */
+export const BLOCK_LINEARS: readonly BlockLinearName[] = Object.freeze([
+  "q",
+  "k",
+  "v",
+  "o",
+  "gate",
+  "up",
+  "down",
+]);
+
+/** Names of the block linears (see {@link BLOCK_LINEARS}). */
 export type BlockLinearName = "q" | "k" | "v" | "o" | "gate" | "up" | "down";
 
 /** One block linear: its name and weight shape `[out, in]` (y = x·Wᵀ). */
@@ -39,15 +53,16 @@ export interface BlockLinearShape {
 export function blockLinearShapes(config: LlamaConfig): readonly BlockLinearShape[] {
   const h = config.hidden;
   const f = config.intermediate;
-  return [
-    { name: "q", shape: [h, h] },
-    { name: "k", shape: [h, h] },
-    { name: "v", shape: [h, h] },
-    { name: "o", shape: [h, h] },
-    { name: "gate", shape: [f, h] },
-    { name: "up", shape: [f, h] },
-    { name: "down", shape: [h, f] },
-  ];
+  const shapes: Record<BlockLinearName, [number, number]> = {
+    q: [h, h],
+    k: [h, h],
+    v: [h, h],
+    o: [h, h],
+    gate: [f, h],
+    up: [f, h],
+    down: [h, f],
+  };
+  return BLOCK_LINEARS.map((name) => ({ name, shape: shapes[name] }));
 }
 
 /**

@@ -15,6 +15,7 @@ export {
 } from "./config.ts";
 export { ConfigError } from "./errors.ts";
 export {
+  BLOCK_LINEARS,
   type BlockLinearName,
   type BlockLinearShape,
   blockLinearShapes,
@@ -39,5 +40,5 @@ export {
 export * from "./linear.ts";
 export * from "./llama.ts";
 export * from "./memory.ts";
+export * from "./refactor.ts";
 export * from "./relora.ts";
-export * from "./relora_linear.ts";

@@ -14,4 +14,6 @@ export * from "./sparse.ts";
 export * from "./matmul.ts";
 export * from "./attention.ts";
 export * from "./sltrain_linear.ts";
+export * from "./relora_linear.ts";
+export * from "./svd.ts";
 export * from "./lm_head.ts";

@@ -4,10 +4,12 @@
  * @module
  */
 import { dispatch } from "../core/kernel.ts";
-import type { TensorTree } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
-import { assertF32, mul } from "../ops/elementwise.ts";
-import { type GradientTransform, treeLeaves, treeRebuild } from "./transform.ts";
+import * as tree from "../core/tree.ts";
+import type { TensorTree } from "../core/tree.ts";
+import { assertF32 } from "../ops/elementwise.ts";
+import { scaleByTensorInPlace } from "./inplace.ts";
+import type { GradientTransformation } from "./transform.ts";
 
 // Elements per workgroup of the partial-sum pass: 256 threads x 16 elements keeps each invocation's
 // loop far below llvmpipe's 65535 back-edge cap while leaving few partials to combine.
@@ -69,7 +71,7 @@ export function globalNormAndScale(
   grads: TensorTree,
   maxNorm = Infinity,
 ): { norm: Tensor; scale: Tensor } {
-  const leaves = treeLeaves(grads).map((l) => l.tensor);
+  const leaves = tree.flatten(grads);
   assertF32("globalNorm", ...leaves);
   const counts = leaves.map((t) => Math.ceil(t.size / CHUNK));
   const total = counts.reduce((a, b) => a + b, 0);
@@ -112,17 +114,6 @@ export function globalNorm(grads: TensorTree): Tensor {
   return norm;
 }
 
-/**
- * Scales every gradient by min(1, maxNorm / (‖g‖ + 1e-6)), like `torch.nn.utils.clip_grad_norm_`.
- * Returns new gradient tensors (the inputs are left alone) and the pre-clip global norm.
- */
-export function clipGrads(grads: TensorTree, maxNorm: number): { grads: TensorTree; norm: Tensor } {
-  const { norm, scale } = globalNormAndScale(grads, maxNorm);
-  const out = treeLeaves(grads).map((l) => mul(l.tensor, scale));
-  scale.dispose();
-  return { grads: treeRebuild(grads, out), norm };
-}
-
 /** State of {@link clipByGlobalNorm}: the latest pre-clip global norm, if asked to keep it. */
 export interface ClipState {
   /** One-element tensor with the last step's global norm (for logging; read it when convenient). */
@@ -130,25 +121,26 @@ export interface ClipState {
 }
 
 /**
- * Global-norm clipping as a gradient transform for `chain`. With `keepNorm`, the state holds the
- * pre-clip norm of the latest step as a tensor (the previous one is disposed), for logging without
- * an extra sync.
+ * Scales all updates by min(1, maxNorm / (‖g‖ + 1e-6)), like `torch.nn.utils.clip_grad_norm_`,
+ * with the norm and the scale computed on the GPU and applied in place (no readback). With
+ * `keepNorm`, the state holds the pre-clip norm of the latest step as a tensor (the previous one
+ * is disposed), for logging without an extra sync. The norm spans every update it is given, so it
+ * must not run inside `perParameter`.
  */
 export function clipByGlobalNorm(
   maxNorm: number,
   opts: { keepNorm?: boolean } = {},
-): GradientTransform<ClipState> {
+): GradientTransformation<ClipState> {
   if (!(maxNorm > 0)) throw new RangeError(`clipByGlobalNorm: maxNorm must be > 0, got ${maxNorm}`);
   return {
     init: () => ({ norm: null }),
-    apply(grads, state) {
-      const r = clipGrads(grads, maxNorm);
+    update(updates, state) {
+      const { norm, scale } = globalNormAndScale(updates, maxNorm);
+      const clipped = tree.map(updates, (u) => scaleByTensorInPlace(u, scale));
+      scale.dispose();
       state.norm?.dispose();
-      if (!opts.keepNorm) {
-        r.norm.dispose();
-        return { grads: r.grads, state: { norm: null } };
-      }
-      return { grads: r.grads, state: { norm: r.norm } };
+      if (!opts.keepNorm) norm.dispose();
+      return { updates: clipped, state: { norm: opts.keepNorm ? norm : null } };
     },
   };
 }

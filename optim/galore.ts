@@ -1,25 +1,22 @@
 /**
- * GaLore (Zhao et al. 2024) as a transform around any inner optimizer: each 2-D gradient is
- * projected onto the top-r singular subspace of its smaller side, the inner optimizer runs in that
- * small shape (so its moments are r·max(m, n) instead of m·n), and the result is projected back
- * with a scale.
+ * GaLore (Zhao et al. 2024) as a transform around any inner transform: each 2-D gradient is
+ * projected onto the top-r singular subspace of its smaller side, the inner transform runs in that
+ * small shape (so its moments are r·max(m, n) instead of m·n), and its update is projected back
+ * with a scale. Weight decay and the learning rate compose outside it, as stages of a chain.
  * @module
  */
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import type { TensorTree } from "../core/tape.ts";
-import { readAll, Tensor, tensor, zeros } from "../core/tensor.ts";
-import { mapN } from "../ops/elementwise.ts";
+import { readAll, Tensor, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import { matmul } from "../ops/matmul.ts";
-import { subspaceFromGram, topSubspace } from "./svd.ts";
+import { subspaceFromGram, topSubspace } from "../ops/svd.ts";
+import { scaleInPlace } from "./inplace.ts";
 import {
-  disposeTree,
-  lrAt,
-  type Optimizer,
-  pairLeaves,
-  type Schedule,
-  treeLeaves,
-  treeRebuild,
+  andThen,
+  type GradientTransformation,
+  type MaybePromise,
+  type TransformResult,
 } from "./transform.ts";
 
 /** Options of {@link galore}. */
@@ -30,12 +27,6 @@ export interface GaLoreOptions {
   updateProjGap?: number;
   /** α applied at project-back (not divided by r); default 0.25. */
   scale?: number;
-  /**
-   * Decoupled weight decay of the full weight, W ← W − lr·λ·W, with the inner optimizer's lr.
-   * Default: the inner optimizer's `hyper.weightDecay` (the inner one itself only ever sees the
-   * projected update, so its own decay would act on nothing).
-   */
-  weightDecay?: number;
   /** How projector refreshes form the Gram matrix; default "cpu64" (see {@link computeProjectors}). */
   gram?: GramMode;
 }
@@ -49,7 +40,7 @@ export interface GaLoreState {
    * Memory min(m, n)·r each.
    */
   proj: (Tensor | null)[];
-  /** State of the inner optimizer over the projected shapes [r, n] or [m, r]. */
+  /** State of the inner transform over the projected shapes [r, n] or [m, r]. */
   inner: unknown;
 }
 
@@ -110,7 +101,7 @@ export async function computeProjectors(
       geos[i].left ? matmul(g, g, { transB: true }) : matmul(g, g, { transA: true })
     );
     const data = await readAll(cs);
-    disposeTree(cs);
+    tree.dispose(cs);
     return geos.map((geo, i) => {
       const { basis } = subspaceFromGram(data[i], geo.m, geo.n, geo.r);
       return tensor(Float32Array.from(basis), geo.projShape);
@@ -124,71 +115,77 @@ export async function computeProjectors(
 }
 
 /**
- * GaLore around `inner` (usually `adamw`), for 2-D weights only (use `partition` to send the rest
- * elsewhere). Per step and matrix: R = project(G); the inner optimizer updates a zero "parameter"
- * of R's shape with gradient R, so its result is exactly its update direction (GaLore's 8-bit
- * trick, which works for any inner optimizer); then W ← W·(1 − lr·λ) + α·projectBack(that).
- * Projectors are refreshed from the current gradient when count % T == 0 (also at the first step);
- * the inner moments are kept across refreshes, as in the reference.
- * Dispatches per matrix and step: 2 matmuls, the inner step, one fused apply.
+ * GaLore around `inner` (e.g. `scaleByAdam()`), for 2-D weights only (route the rest elsewhere
+ * with `partition`). Per matrix and step: R = project(G); the inner transform maps R to N in the
+ * small shape, with no parameters (so `addDecayedWeights` belongs after `galore`, not inside);
+ * the update is α·projectBack(N). Projectors are refreshed from the current gradient when
+ * count % T == 0 (also at the first update); the inner state is kept across refreshes, as in the
+ * reference. GaLore-AdamW as the paper trains it:
+ *
+ * ```ts
+ * chain(galore(scaleByAdam(), { rank: 128, updateProjGap: 200, scale: 0.25 }), addDecayedWeights(λ), scaleByLearningRate(lr))
+ * ```
+ *
+ * A refresh reads the gradients back, so that update returns a promise and keeps the gradients
+ * until the projectors are built; every other update is synchronous. Dispatches per matrix and
+ * step: two matmuls, the α scale, and the inner transform's.
  */
-export function galore(inner: Optimizer, opts: GaLoreOptions): Optimizer<GaLoreState> {
+export function galore(
+  inner: GradientTransformation,
+  opts: GaLoreOptions,
+): GradientTransformation<GaLoreState> {
   const { rank, updateProjGap = 200, scale = 0.25 } = opts;
   if (!(rank >= 1)) throw new RangeError(`galore: rank must be >= 1, got ${rank}`);
   if (!(updateProjGap >= 1)) throw new RangeError(`galore: updateProjGap must be >= 1`);
-  const wd = opts.weightDecay ?? inner.hyper?.weightDecay ?? 0;
-  const lr: Schedule = inner.hyper?.lr ?? 0;
-  if (wd !== 0 && !inner.hyper) {
-    throw new RangeError(
-      "galore: weightDecay needs an inner optimizer that exposes its lr (hyper)",
-    );
-  }
   return {
-    hyper: inner.hyper,
-    init(params: TensorTree): GaLoreState {
-      const ps = treeLeaves(params).map((l) => l.tensor);
-      // Shape stand-ins for the inner init (it only reads shapes); never written, freed at once.
-      const standIns = ps.map((p) => Tensor.empty(geometry(p, rank).small));
+    init(params) {
+      // Shape stand-ins for the inner init (which reads shapes only), freed at once.
+      const standIns = tree.map(params, (p) => Tensor.empty(geometry(p, rank).small));
       const innerState = inner.init(standIns);
-      standIns.forEach((t) => t.dispose());
-      return { count: 0, proj: ps.map(() => null), inner: innerState };
+      tree.dispose(standIns);
+      return { count: 0, proj: tree.flatten(params).map(() => null), inner: innerState };
     },
-    async update(grads, state, params, step, { donate = true } = {}) {
-      const [g, p] = pairLeaves(grads, params, "galore");
-      const geos = p.map((pi) => geometry(pi, rank));
-      let proj = state.proj;
-      // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
-      const due = state.count % updateProjGap === 0 || proj.some((q) => q === null);
-      if (due && g.length > 0) {
-        proj = await computeProjectors(g, rank, opts.gram);
-        if (donate) disposeTree(state.proj);
+    update(updates, state) {
+      const g = tree.flatten(updates);
+      const geos = g.map((gi) => geometry(gi, rank));
+      if (state.proj.length !== g.length) {
+        throw new RangeError(
+          `galore: state has ${state.proj.length} projectors for ${g.length} updates`,
+        );
       }
-      const rs = g.map((gi, i) => project(gi, proj[i]!, geos[i].left));
-      const zs = geos.map((geo) => zeros(geo.small));
-      let res;
-      try {
-        res = await inner.update(rs, state.inner, zs, step, { donate });
-      } finally {
-        disposeTree(rs);
-        disposeTree(zs);
-      }
-      const dirs = treeLeaves(res.params).map((l) => l.tensor);
-      const decay = 1 - lrAt(lr, step) * wd;
-      const out = p.map((pi, i) => {
-        const back = projectBack(dirs[i], proj[i]!, geos[i].left);
-        dirs[i].dispose();
-        const next = mapN("galore_apply", [pi, back], "v0 * c0 + c1 * v1", undefined, [
-          decay,
-          scale,
-        ]);
-        back.dispose();
-        if (donate) pi.dispose();
-        return next;
-      });
-      return {
-        params: treeRebuild(params, out),
-        state: { count: state.count + 1, proj: proj as Tensor[], inner: res.state },
+      const step = (proj: Tensor[]): MaybePromise<TransformResult<GaLoreState>> => {
+        const small = g.map((gi, i) => {
+          const r = project(gi, proj[i], geos[i].left);
+          gi.dispose();
+          return r;
+        });
+        return andThen(inner.update(tree.unflatten(updates, small), state.inner), (r) => {
+          const back = tree.flatten(r.updates).map((ni, i) => {
+            const scaled = scale === 1 ? ni : scaleInPlace(ni, scale);
+            const b = projectBack(scaled, proj[i], geos[i].left);
+            scaled.dispose();
+            return b;
+          });
+          return {
+            updates: tree.unflatten(updates, back),
+            state: { count: state.count + 1, proj, inner: r.state },
+          };
+        });
       };
+      // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
+      const due = g.length > 0 &&
+        (state.count % updateProjGap === 0 || state.proj.some((q) => q === null));
+      if (!due) return step(state.proj as Tensor[]);
+      return computeProjectors(g, rank, opts.gram).then(
+        (proj) => {
+          tree.dispose(state.proj);
+          return step(proj);
+        },
+        (e) => {
+          tree.dispose(g);
+          throw e;
+        },
+      );
     },
   };
 }

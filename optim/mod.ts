@@ -1,22 +1,33 @@
 /**
- * Optimizers as pure `{ init, update }` transforms with fused WGSL kernels: AdamW, GaLore around
- * any inner optimizer, global-norm clipping, `chain` and `partition`, LR schedules, momentum reset,
- * and low-rank factor maintenance (refactorization, ReLoRA merge).
+ * Optimizers as update transforms in optax's shape: `{ init, update(updates, state, params) }`
+ * over trees, composed with `chain`, applied with `applyUpdates` (the only place parameters
+ * change; it and every transform work in place on the buffers they consume). Building blocks:
+ * `scaleByAdam`, `addDecayedWeights`, `scaleByLearningRate` (schedules of the update count),
+ * `scale`, `clipByGlobalNorm` (on the GPU, no readback), `galore` around any inner transform,
+ * `partition` by path, `multiSteps` (gradient accumulation), `perParameter` (per-layer updates
+ * during backward); `adamw` is the fused one-kernel form of
+ * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`.
  *
  * @example
  * ```ts
- * const lr = warmupCosine({ lr: 3e-3, warmup: 1100, total: 11000 });
- * const opt = chain(clipByGlobalNorm(1), adamw({ lr }));
+ * const lr = warmupCosine({ lr: 3e-3, warmup: 100, total: 1000 });
+ * const opt = chain(clipByGlobalNorm(1), adamw({ lr, weightDecay: 0.1 }));
  * let state = opt.init(params);
- * // each step; update donates (disposes) the old params and state:
- * ({ params, state } = await opt.update(grads, state, params, step));
+ * // each step (update and applyUpdates consume what they are given):
+ * const { value, grads } = valueAndGrad(lossOf)(params);
+ * const r = await opt.update(grads, state, params);
+ * state = r.state;
+ * params = applyUpdates(params, r.updates);
  * ```
  * @module
  */
 export * from "./transform.ts";
+export * from "./inplace.ts";
+export * from "./scale.ts";
 export * from "./adamw.ts";
 export * from "./schedule.ts";
 export * from "./clip.ts";
 export * from "./galore.ts";
-export * from "./refactor.ts";
-export * from "./svd.ts";
+export * from "./partition.ts";
+export * from "./multi_steps.ts";
+export * from "./per_parameter.ts";

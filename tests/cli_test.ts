@@ -6,55 +6,10 @@ import assert from "node:assert/strict";
 import { FLAGS } from "../cli/flags.ts";
 import { init } from "../core/device.ts";
 
-const tmp = await Deno.makeTempDir({ prefix: "sltrain-cli-" });
-// A private token cache, so the test neither reads nor fills the user's.
-const env = { SLTRAIN_CACHE: `${tmp}/cache` };
-const dataFile = `${tmp}/train.jsonl`;
-await Deno.writeTextFile(
-  dataFile,
-  Array.from(
-    { length: 6 },
-    (_, i) =>
-      JSON.stringify({ text: `Document ${i}. The jury said the election was fair. `.repeat(8) }),
-  ).join("\n") + "\n",
-);
-const SHORT = [
-  "--steps",
-  "2",
-  "--eval-every",
-  "0",
-  "--batch",
-  "2",
-  "--seq",
-  "16",
-  "--eval-tokens",
-  "64",
-  "--data",
-  dataFile,
-];
-
 interface Result {
   code: number;
   out: string;
   err: string;
-}
-
-async function train(...args: string[]): Promise<Result> {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "train.ts", ...args],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
-}
-
-async function fails(args: string[], re: RegExp): Promise<Result> {
-  const r = await train(...args);
-  assert.notEqual(r.code, 0, `train.ts ${args.join(" ")} exited 0`);
-  assert.match(r.err, re, `train.ts ${args.join(" ")}`);
-  return r;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -77,125 +32,196 @@ async function copyRun(from: string, to: string): Promise<void> {
   }
 }
 
-// The one real run; its folder serves every checkpoint case.
-const run = `${tmp}/run`;
-const first = await train(...SHORT, "--out", run);
-
-Deno.test("a short run succeeds and its summary names the real output paths", async () => {
-  assert.equal(first.code, 0, first.err);
-  for (const f of ["loss.svg", "log.jsonl", "checkpoint.safetensors"]) {
-    assert.ok(await exists(`${run}/${f}`), f);
-    assert.ok(
-      first.out.includes(`${run}/${f}`),
-      `summary does not name ${run}/${f}:\n${first.out}`,
-    );
-  }
-});
-
-Deno.test("--help exits 0 and lists every flag with its default", async () => {
-  const r = await train("--help");
-  assert.equal(r.code, 0);
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const line = r.out.split("\n").find((l) => l.trimStart().startsWith(`--${name} `));
-    assert.ok(line, `--help does not list --${name}`);
-    if (f.default) assert.ok(line.includes(`[default: ${f.default}]`), `--${name}: ${line}`);
-  }
-});
-
-Deno.test("bad flags and values are refused before anything is created", async () => {
-  const out = `${tmp}/never`;
-  const cases: [string[], RegExp][] = [
-    [["--bogus"], /--bogus/],
-    [["--method", "foo"], /--method foo: unknown method/],
-    [["--compare", "full,foo"], /--compare foo: unknown method/],
-    [["--rank", "128"], /rank 128 must be < min\(out, in\) = 128/],
-    [["--delta", "0"], /--delta 0: must be in \(0, 1\)/],
-    [["--delta", "1.5"], /--delta 1\.5: must be in \(0, 1\)/],
-    [["--steps", "two"], /--steps two: must be a positive integer/],
-    [["--data", `${tmp}/missing.txt`], /missing\.txt does not exist/],
-  ];
-  await Deno.writeTextFile(`${tmp}/empty.txt`, "");
-  cases.push([["--data", `${tmp}/empty.txt`], /empty\.txt holds no text/]);
-  for (const [args, re] of cases) {
-    // Later flags win, so each case overrides SHORT (e.g. its --data).
-    await fails([...SHORT, ...args, "--out", out], re);
-    assert.ok(!(await exists(out)), `${args.join(" ")} created ${out}`);
-  }
-});
-
-Deno.test("--out: a file, or an existing run without --resume, is refused and left as it was", async () => {
-  const file = `${tmp}/a-file`;
-  await Deno.writeTextFile(file, "keep me");
-  await fails([...SHORT, "--out", file], /--out .*a-file: is a file, not a folder/);
-  assert.equal(await Deno.readTextFile(file), "keep me");
-  const before = await snapshot(run);
-  await fails([...SHORT, "--out", run], /already holds a run; pass --resume/);
-  assert.deepEqual(await snapshot(run), before);
-});
-
-Deno.test("--resume: a folder without a checkpoint, or a missing folder, is refused", async () => {
-  const empty = `${tmp}/empty-run`;
-  await Deno.mkdir(empty);
-  await fails([...SHORT, "--resume", "--out", empty], /holds no checkpoint\.safetensors/);
-  // Nothing (e.g. an empty log.jsonl) may be left that would block a fresh run there.
-  assert.deepEqual([...(await snapshot(empty)).keys()], []);
-  await fails([...SHORT, "--resume", "--out", `${tmp}/nowhere`], /nowhere does not exist/);
-});
-
-Deno.test("--resume: a checkpoint from another config names the differing setting", async () => {
-  const before = await snapshot(run);
-  await fails([...SHORT, "--rank", "16", "--resume", "--out", run], /rank: checkpoint 32, now 16/);
-  assert.deepEqual(await snapshot(run), before);
-});
-
-Deno.test("--resume: a truncated or garbage checkpoint is reported and left as it was", async () => {
-  const cut = `${tmp}/cut`;
-  await copyRun(run, cut);
-  const bytes = await Deno.readFile(`${cut}/checkpoint.safetensors`);
-  await Deno.writeFile(`${cut}/checkpoint.safetensors`, bytes.subarray(0, bytes.length - 1000));
-  let before = await snapshot(cut);
-  await fails(
-    [...SHORT, "--resume", "--out", cut],
-    /cut\/checkpoint\.safetensors is not a valid safetensors file: .*truncated/,
-  );
-  assert.deepEqual(await snapshot(cut), before);
-
-  const junk = `${tmp}/junk`;
-  await copyRun(run, junk);
-  await Deno.writeTextFile(`${junk}/checkpoint.safetensors`, "garbage, not a checkpoint at all");
-  before = await snapshot(junk);
-  await fails(
-    [...SHORT, "--resume", "--out", junk],
-    /junk\/checkpoint\.safetensors is not a valid/,
-  );
-  assert.deepEqual(await snapshot(junk), before);
-});
-
-// A model with one weight over the device's binding limit fails inside the run, after the log
-// was opened: the folder must not be left half-written. The weight is made on the CPU first, so
-// the case only runs where that limit is small (software adapters: 128 MiB).
 const bindLimit = (await init()).limits.maxStorageBufferBindingSize;
-Deno.test({
-  name: "a run that fails before its first checkpoint leaves nothing that blocks a rerun",
-  ignore: bindLimit > 2 ** 28,
-  fn: async () => {
-    const cfg = `${tmp}/too-big.json`;
-    const intermediate = Math.floor(bindLimit / 64) + 8;
-    await Deno.writeTextFile(
-      cfg,
-      JSON.stringify({ vocabSize: 256, hidden: 16, intermediate, heads: 2, layers: 1 }),
-    );
-    const out = `${tmp}/failed`;
-    const args = [...SHORT, "--model", cfg, "--method", "full", "--out", out];
-    await fails(args, /maxStorageBufferBindingSize/);
-    assert.ok(!(await exists(out)), "the failed run left its folder behind");
-    // A folder the user made stays, empty, and the same command reports the same error again.
-    await Deno.mkdir(out);
-    await fails(args, /maxStorageBufferBindingSize/);
-    assert.deepEqual([...(await snapshot(out)).keys()], []);
-  },
-});
 
-Deno.test("cleanup", async () => {
-  await Deno.remove(tmp, { recursive: true });
+Deno.test("train.ts as a user runs it", async (t) => {
+  const tmp = await Deno.makeTempDir({ prefix: "sltrain-cli-" });
+  try {
+    // A private token cache, so the test neither reads nor fills the user's.
+    const env = { SLTRAIN_CACHE: `${tmp}/cache` };
+    const dataFile = `${tmp}/train.jsonl`;
+    await Deno.writeTextFile(
+      dataFile,
+      Array.from(
+        { length: 6 },
+        (_, i) =>
+          JSON.stringify({
+            text: `Document ${i}. The jury said the election was fair. `.repeat(8),
+          }),
+      ).join("\n") + "\n",
+    );
+    const SHORT = [
+      "--steps",
+      "2",
+      "--eval-every",
+      "0",
+      "--batch",
+      "2",
+      "--seq",
+      "16",
+      "--eval-tokens",
+      "64",
+      "--data",
+      dataFile,
+    ];
+
+    const train = async (...args: string[]): Promise<Result> => {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "train.ts", ...args],
+        env,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const dec = new TextDecoder();
+      return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
+    };
+
+    const fails = async (args: string[], re: RegExp): Promise<Result> => {
+      const r = await train(...args);
+      assert.notEqual(r.code, 0, `train.ts ${args.join(" ")} exited 0`);
+      assert.match(r.err, re, `train.ts ${args.join(" ")}`);
+      return r;
+    };
+
+    // The one real run; its folder serves every checkpoint case.
+    const run = `${tmp}/run`;
+    const first = await train(...SHORT, "--out", run);
+
+    await t.step("a short run succeeds and its summary names the real output paths", async () => {
+      assert.equal(first.code, 0, first.err);
+      for (const f of ["loss.svg", "log.jsonl", "checkpoint.safetensors"]) {
+        assert.ok(await exists(`${run}/${f}`), f);
+        assert.ok(
+          first.out.includes(`${run}/${f}`),
+          `summary does not name ${run}/${f}:\n${first.out}`,
+        );
+      }
+    });
+
+    await t.step("--help exits 0 and lists every flag with its default", async () => {
+      const r = await train("--help");
+      assert.equal(r.code, 0);
+      for (const [name, f] of Object.entries(FLAGS)) {
+        const line = r.out.split("\n").find((l) => l.trimStart().startsWith(`--${name} `));
+        assert.ok(line, `--help does not list --${name}`);
+        if (f.default) assert.ok(line.includes(`[default: ${f.default}]`), `--${name}: ${line}`);
+      }
+    });
+
+    await t.step("bad flags and values are refused before anything is created", async () => {
+      const out = `${tmp}/never`;
+      const cases: [string[], RegExp][] = [
+        [["--bogus"], /--bogus/],
+        [["--method", "foo"], /--method foo: unknown method/],
+        [["--compare", "full,foo"], /--compare foo: unknown method/],
+        [["--rank", "128"], /rank 128 must be < min\(out, in\) = 128/],
+        [["--delta", "0"], /--delta 0: must be in \(0, 1\)/],
+        [["--delta", "1.5"], /--delta 1\.5: must be in \(0, 1\)/],
+        [["--steps", "two"], /--steps two: must be a positive integer/],
+        [["--data", `${tmp}/missing.txt`], /missing\.txt does not exist/],
+      ];
+      await Deno.writeTextFile(`${tmp}/empty.txt`, "");
+      cases.push([["--data", `${tmp}/empty.txt`], /empty\.txt holds no text/]);
+      for (const [args, re] of cases) {
+        // Later flags win, so each case overrides SHORT (e.g. its --data).
+        await fails([...SHORT, ...args, "--out", out], re);
+        assert.ok(!(await exists(out)), `${args.join(" ")} created ${out}`);
+      }
+    });
+
+    await t.step(
+      "--out: a file, or an existing run without --resume, is refused and left as it was",
+      async () => {
+        const file = `${tmp}/a-file`;
+        await Deno.writeTextFile(file, "keep me");
+        await fails([...SHORT, "--out", file], /--out .*a-file: is a file, not a folder/);
+        assert.equal(await Deno.readTextFile(file), "keep me");
+        const before = await snapshot(run);
+        await fails([...SHORT, "--out", run], /already holds a run; pass --resume/);
+        assert.deepEqual(await snapshot(run), before);
+      },
+    );
+
+    await t.step(
+      "--resume: a folder without a checkpoint, or a missing folder, is refused",
+      async () => {
+        const empty = `${tmp}/empty-run`;
+        await Deno.mkdir(empty);
+        await fails([...SHORT, "--resume", "--out", empty], /holds no checkpoint\.safetensors/);
+        // Nothing (e.g. an empty log.jsonl) may be left that would block a fresh run there.
+        assert.deepEqual([...(await snapshot(empty)).keys()], []);
+        await fails([...SHORT, "--resume", "--out", `${tmp}/nowhere`], /nowhere does not exist/);
+      },
+    );
+
+    await t.step(
+      "--resume: a checkpoint from another config names the differing setting",
+      async () => {
+        const before = await snapshot(run);
+        await fails(
+          [...SHORT, "--rank", "16", "--resume", "--out", run],
+          /rank: checkpoint 32, now 16/,
+        );
+        assert.deepEqual(await snapshot(run), before);
+      },
+    );
+
+    await t.step(
+      "--resume: a truncated or garbage checkpoint is reported and left as it was",
+      async () => {
+        const cut = `${tmp}/cut`;
+        await copyRun(run, cut);
+        const bytes = await Deno.readFile(`${cut}/checkpoint.safetensors`);
+        await Deno.writeFile(
+          `${cut}/checkpoint.safetensors`,
+          bytes.subarray(0, bytes.length - 1000),
+        );
+        let before = await snapshot(cut);
+        await fails(
+          [...SHORT, "--resume", "--out", cut],
+          /cut\/checkpoint\.safetensors is not a valid safetensors file: .*truncated/,
+        );
+        assert.deepEqual(await snapshot(cut), before);
+
+        const junk = `${tmp}/junk`;
+        await copyRun(run, junk);
+        await Deno.writeTextFile(
+          `${junk}/checkpoint.safetensors`,
+          "garbage, not a checkpoint at all",
+        );
+        before = await snapshot(junk);
+        await fails(
+          [...SHORT, "--resume", "--out", junk],
+          /junk\/checkpoint\.safetensors is not a valid/,
+        );
+        assert.deepEqual(await snapshot(junk), before);
+      },
+    );
+
+    // A model with one weight over the device's binding limit fails inside the run, after the log
+    // was opened: the folder must not be left half-written. The weight is made on the CPU first, so
+    // the case only runs where that limit is small (software adapters: 128 MiB).
+    await t.step({
+      name: "a run that fails before its first checkpoint leaves nothing that blocks a rerun",
+      ignore: bindLimit > 2 ** 28,
+      fn: async () => {
+        const cfg = `${tmp}/too-big.json`;
+        const intermediate = Math.floor(bindLimit / 64) + 8;
+        await Deno.writeTextFile(
+          cfg,
+          JSON.stringify({ vocabSize: 256, hidden: 16, intermediate, heads: 2, layers: 1 }),
+        );
+        const out = `${tmp}/failed`;
+        const args = [...SHORT, "--model", cfg, "--method", "full", "--out", out];
+        await fails(args, /maxStorageBufferBindingSize/);
+        assert.ok(!(await exists(out)), "the failed run left its folder behind");
+        // A folder the user made stays, empty, and the same command reports the same error again.
+        await Deno.mkdir(out);
+        await fails(args, /maxStorageBufferBindingSize/);
+        assert.deepEqual([...(await snapshot(out)).keys()], []);
+      },
+    });
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 });

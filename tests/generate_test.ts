@@ -100,71 +100,6 @@ Deno.test("textStream: pieces of split multi-byte characters add up to the decod
   assert.equal(bad.flush(), "\uFFFD");
 });
 
-// --- end to end, from a checkpoint of a 2-step run ---
-
-const model = toyConfig(256, 32);
-const run: RunConfig = toyRun({ model, warmup: 1, evalTokens: 16 });
-
-const dir = await Deno.makeTempDir();
-{
-  const tok = byteTokenizer();
-  const docs = ["The jury said it was fair.", "The jury went home.", "It rained."].map((t) =>
-    Uint32Array.from(tok.encode(t))
-  );
-  await trainRun(run, {
-    train: packedSequences(docs, 8, 0, 0),
-    val: packedSequences(docs.slice(0, 1), 8, 0, 0),
-  }, quietIO(dir));
-}
-
-Deno.test("generate from a 2-step checkpoint: the requested number of in-vocab tokens, seeded", async () => {
-  const loaded = await loadModel(dir);
-  try {
-    assert.equal(loaded.step, 2);
-    assert.equal(loaded.run.method, "sltrain");
-    const prompt = byteTokenizer().encode("The jury");
-    const streamed: number[] = [];
-    const opts = { tokens: 12, window: 6, seed: 4, temperature: 1, topK: 20 };
-    const a = await generate(loaded, prompt, { ...opts, onToken: (id) => void streamed.push(id) });
-    assert.equal(a.length, 12);
-    assert.deepEqual(streamed, a);
-    assert.ok(a.every((id) => Number.isInteger(id) && id >= 0 && id < 256));
-    assert.deepEqual(await generate(loaded, prompt, opts), a);
-    const g = await generate(loaded, prompt, { ...opts, tokens: 3, greedy: true });
-    assert.equal(g.length, 3);
-    await assert.rejects(() => generate(loaded, [], opts), /no tokens/);
-    await assert.rejects(() => generate(loaded, [300], opts), /outside \[0, 256\)/);
-  } finally {
-    disposeLoaded(loaded);
-  }
-});
-
-Deno.test("nextLogits equals the last position of the full forward", async () => {
-  const loaded = await loadModel(`${dir}/checkpoint.safetensors`);
-  try {
-    const ids = [84, 104, 101, 32, 106, 117];
-    const tokens = tensor(Int32Array.from(ids), [1, ids.length], "i32");
-    const full = forward(loaded.model, loaded.params, tokens);
-    const all = await full.data();
-    full.dispose();
-    tokens.dispose();
-    const last = await nextLogits(loaded.model, loaded.params, ids);
-    assertClose(last, all.subarray((ids.length - 1) * 256), { atol: 1e-5, rtol: 1e-4 });
-  } finally {
-    disposeLoaded(loaded);
-  }
-});
-
-Deno.test("loadModel: errors name a missing path, a folder without a checkpoint, a corrupt file", async () => {
-  const empty = await Deno.makeTempDir();
-  await assert.rejects(() => loadModel(`${empty}/nope`), /nope does not exist/);
-  await assert.rejects(() => loadModel(empty), /holds no checkpoint\.safetensors/);
-  const bytes = await Deno.readFile(`${dir}/checkpoint.safetensors`);
-  await Deno.writeFile(`${empty}/cut.safetensors`, bytes.subarray(0, bytes.length >> 1));
-  await assert.rejects(() => loadModel(`${empty}/cut.safetensors`), /cut\.safetensors.*truncated/);
-  await Deno.remove(empty, { recursive: true });
-});
-
 async function sample(...args: string[]): Promise<{ code: number; out: string; err: string }> {
   const r = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "sample.ts", ...args],
@@ -175,43 +110,124 @@ async function sample(...args: string[]): Promise<{ code: number; out: string; e
   return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
 }
 
-Deno.test("sample.ts: streams prompt + continuation; same seed, same text", async () => {
-  const args = ["--checkpoint", dir, "--prompt", "The jury", "--tokens", "6", "--seed", "3"];
-  const a = await sample(...args);
-  assert.equal(a.code, 0, a.err);
-  assert.ok(a.out.startsWith("The jury"), a.out);
-  assert.deepEqual(await sample(...args), a);
-});
+// --- end to end, from a checkpoint of a 2-step run ---
 
-Deno.test("sample.ts: bad input exits non-zero and names the problem", async () => {
-  const cases: [string[], RegExp][] = [
-    [["--prompt", "x"], /--checkpoint is required/],
-    [["--checkpoint", dir, "--prompt", ""], /--prompt .*empty/],
-    [["--checkpoint", dir], /--prompt/],
-    [["--checkpoint", dir, "--prompt", "x", "--tokens", "0"], /--tokens 0/],
-    [["--checkpoint", dir, "--prompt", "x", "--top-k", "1.5"], /--top-k 1\.5/],
-    [["--checkpoint", dir, "--prompt", "x", "--temperature", "hot"], /--temperature hot/],
-    [["--checkpoint", `${dir}/none`, "--prompt", "x"], /none does not exist/],
-    [["--checkpoint", dir, "--prompt", "x", "--tokenizer", "llama"], /32000 ids.*256/],
-    [["--checkpoint", dir, "--prompt", "x", "--frobnicate"], /frobnicate/],
-  ];
-  for (const [args, re] of cases) {
-    const r = await sample(...args);
-    assert.notEqual(r.code, 0, args.join(" "));
-    assert.match(r.err, re, args.join(" "));
-  }
-  const garbage = `${dir}/garbage.safetensors`;
-  await Deno.writeTextFile(garbage, "this is not a checkpoint, just some text");
-  const r = await sample("--checkpoint", garbage, "--prompt", "x");
-  assert.notEqual(r.code, 0);
-  assert.match(r.err, /garbage\.safetensors is not a valid safetensors file/);
-  const help = await sample("--help");
-  assert.equal(help.code, 0);
-  for (const f of ["checkpoint", "prompt", "tokens", "temperature", "top-k", "greedy", "seed"]) {
-    assert.match(help.out, new RegExp(`--${f}\\b`));
-  }
-});
+Deno.test("from a checkpoint of a 2-step run", async (t) => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const model = toyConfig(256, 32);
+    const run: RunConfig = toyRun({ model, warmup: 1, evalTokens: 16 });
 
-Deno.test("cleanup", async () => {
-  await Deno.remove(dir, { recursive: true });
+    {
+      const tok = byteTokenizer();
+      const docs = ["The jury said it was fair.", "The jury went home.", "It rained."].map((t) =>
+        Uint32Array.from(tok.encode(t))
+      );
+      await trainRun(run, {
+        train: packedSequences(docs, 8, 0, 0),
+        val: packedSequences(docs.slice(0, 1), 8, 0, 0),
+      }, quietIO(dir));
+    }
+
+    await t.step(
+      "generate from a 2-step checkpoint: the requested number of in-vocab tokens, seeded",
+      async () => {
+        const loaded = await loadModel(dir);
+        try {
+          assert.equal(loaded.step, 2);
+          assert.equal(loaded.run.method, "sltrain");
+          const prompt = byteTokenizer().encode("The jury");
+          const streamed: number[] = [];
+          const opts = { tokens: 12, window: 6, seed: 4, temperature: 1, topK: 20 };
+          const a = await generate(loaded, prompt, {
+            ...opts,
+            onToken: (id) => void streamed.push(id),
+          });
+          assert.equal(a.length, 12);
+          assert.deepEqual(streamed, a);
+          assert.ok(a.every((id) => Number.isInteger(id) && id >= 0 && id < 256));
+          assert.deepEqual(await generate(loaded, prompt, opts), a);
+          const g = await generate(loaded, prompt, { ...opts, tokens: 3, greedy: true });
+          assert.equal(g.length, 3);
+          await assert.rejects(() => generate(loaded, [], opts), /no tokens/);
+          await assert.rejects(() => generate(loaded, [300], opts), /outside \[0, 256\)/);
+        } finally {
+          disposeLoaded(loaded);
+        }
+      },
+    );
+
+    await t.step("nextLogits equals the last position of the full forward", async () => {
+      const loaded = await loadModel(`${dir}/checkpoint.safetensors`);
+      try {
+        const ids = [84, 104, 101, 32, 106, 117];
+        const tokens = tensor(Int32Array.from(ids), [1, ids.length], "i32");
+        const full = forward(loaded.model, loaded.params, tokens);
+        const all = await full.data();
+        full.dispose();
+        tokens.dispose();
+        const last = await nextLogits(loaded.model, loaded.params, ids);
+        assertClose(last, all.subarray((ids.length - 1) * 256), { atol: 1e-5, rtol: 1e-4 });
+      } finally {
+        disposeLoaded(loaded);
+      }
+    });
+
+    await t.step(
+      "loadModel: errors name a missing path, a folder without a checkpoint, a corrupt file",
+      async () => {
+        const empty = await Deno.makeTempDir();
+        await assert.rejects(() => loadModel(`${empty}/nope`), /nope does not exist/);
+        await assert.rejects(() => loadModel(empty), /holds no checkpoint\.safetensors/);
+        const bytes = await Deno.readFile(`${dir}/checkpoint.safetensors`);
+        await Deno.writeFile(`${empty}/cut.safetensors`, bytes.subarray(0, bytes.length >> 1));
+        await assert.rejects(
+          () => loadModel(`${empty}/cut.safetensors`),
+          /cut\.safetensors.*truncated/,
+        );
+        await Deno.remove(empty, { recursive: true });
+      },
+    );
+
+    await t.step("sample.ts: streams prompt + continuation; same seed, same text", async () => {
+      const args = ["--checkpoint", dir, "--prompt", "The jury", "--tokens", "6", "--seed", "3"];
+      const a = await sample(...args);
+      assert.equal(a.code, 0, a.err);
+      assert.ok(a.out.startsWith("The jury"), a.out);
+      assert.deepEqual(await sample(...args), a);
+    });
+
+    await t.step("sample.ts: bad input exits non-zero and names the problem", async () => {
+      const cases: [string[], RegExp][] = [
+        [["--prompt", "x"], /--checkpoint is required/],
+        [["--checkpoint", dir, "--prompt", ""], /--prompt .*empty/],
+        [["--checkpoint", dir], /--prompt/],
+        [["--checkpoint", dir, "--prompt", "x", "--tokens", "0"], /--tokens 0/],
+        [["--checkpoint", dir, "--prompt", "x", "--top-k", "1.5"], /--top-k 1\.5/],
+        [["--checkpoint", dir, "--prompt", "x", "--temperature", "hot"], /--temperature hot/],
+        [["--checkpoint", `${dir}/none`, "--prompt", "x"], /none does not exist/],
+        [["--checkpoint", dir, "--prompt", "x", "--tokenizer", "llama"], /32000 ids.*256/],
+        [["--checkpoint", dir, "--prompt", "x", "--frobnicate"], /frobnicate/],
+      ];
+      for (const [args, re] of cases) {
+        const r = await sample(...args);
+        assert.notEqual(r.code, 0, args.join(" "));
+        assert.match(r.err, re, args.join(" "));
+      }
+      const garbage = `${dir}/garbage.safetensors`;
+      await Deno.writeTextFile(garbage, "this is not a checkpoint, just some text");
+      const r = await sample("--checkpoint", garbage, "--prompt", "x");
+      assert.notEqual(r.code, 0);
+      assert.match(r.err, /garbage\.safetensors is not a valid safetensors file/);
+      const help = await sample("--help");
+      assert.equal(help.code, 0);
+      for (
+        const f of ["checkpoint", "prompt", "tokens", "temperature", "top-k", "greedy", "seed"]
+      ) {
+        assert.match(help.out, new RegExp(`--${f}\\b`));
+      }
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

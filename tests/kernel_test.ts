@@ -34,7 +34,7 @@ Deno.test("profile: GPU time per op name from timestamp queries", async () => {
   assert.ok(names.includes("exp") && names.includes("mul"), names.join(","));
   for (const e of prof) {
     assert.equal(e.count, 1);
-    assert.ok(e.ms >= 0 && e.ms < 1000, `${e.name}: ${e.ms} ms`);
+    assert.ok(Number.isFinite(e.ms) && e.ms >= 0, `${e.name}: ${e.ms} ms`);
   }
   // Profiling changes how work is submitted, not what it computes.
   assert.ok(Math.abs((await z.data())[0] - Math.E * Math.E) < 1e-5);

@@ -1,35 +1,41 @@
 /**
- * Optimizer tests: AdamW against a float64 CPU reference, schedules against their closed forms,
- * GPU clipping, GaLore's algebra (projection identities, moment mapping, equivalence with AdamW on
- * signed-permutation gradients, moments across refreshes, projector accuracy), refactorization,
- * momentum reset and measured state memory. Tolerances are stated per assertion.
+ * Optimizer tests: AdamW against a float64 CPU reference, the fused AdamW against its chain, the
+ * transforms' ownership (in-place donation, nothing allocated per step), schedules against their
+ * closed forms, GPU clipping, gradient accumulation, per-parameter updates against whole-tree
+ * ones, GaLore's algebra (projection identities, moment mapping, equivalence with AdamW on
+ * signed-permutation gradients, moments across refreshes, projector accuracy) and measured state
+ * memory. Tolerances are stated per assertion.
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
 import { memoryStats } from "../core/memory.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
+import { qr } from "../ops/svd.ts";
+import { add, mul, sum } from "../ops/mod.ts";
 import {
+  type AdamState,
   adamw,
-  type AdamWState,
+  addDecayedWeights,
+  applyUpdates,
   chain,
   clipByGlobalNorm,
-  clipGrads,
+  type ClipState,
   computeProjectors,
-  disposeTree,
   galore,
   type GaLoreState,
+  type GradientTransformation,
+  multiSteps,
   partition,
+  perParameter,
   project,
   projectBack,
-  qr,
   quickRecovery,
-  refactorFactors,
-  reloraMerge,
-  resetState,
-  treeBytes,
+  scaleByAdam,
+  scaleByLearningRate,
   warmupCosine,
 } from "../optim/mod.ts";
-import { assertClose, randomArr, setup } from "./util.ts";
+import { assertClose, backward, frob, mm, randomArr, setup } from "./util.ts";
 
 await setup();
 
@@ -42,29 +48,6 @@ function rand(shape: number[], seed: number, lo = -1, hi = 1): Float64Array {
 
 function up(data: Float64Array, shape: number[]): Tensor {
   return tensor(Float32Array.from(data), shape);
-}
-
-/** C = A·B for row-major A [m, k], B [k, n] (ta/tb: use the transpose of a stored operand). */
-function mm(
-  a: ArrayLike<number>,
-  b: ArrayLike<number>,
-  m: number,
-  k: number,
-  n: number,
-  ta = false,
-  tb = false,
-): Float64Array {
-  const c = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) {
-        s += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
-      }
-      c[i * n + j] = s;
-    }
-  }
-  return c;
 }
 
 /** Float64 AdamW step (PyTorch semantics) in place. */
@@ -88,19 +71,35 @@ function adamRef(
   }
 }
 
-function frob(a: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * a[i];
-  return Math.sqrt(s);
+/** Float64 copies of tensors' values (one sync). */
+async function values(ts: Tensor[]): Promise<Float64Array[]> {
+  return (await readAll(ts)).map((d) => Float64Array.from(d));
+}
+
+/** One to three tensor shapes of rank 1 or 2, sides up to `max`. */
+function shapeLists(max: number) {
+  return fc.array(fc.array(fc.integer({ min: 1, max }), { minLength: 1, maxLength: 2 }), {
+    minLength: 1,
+    maxLength: 3,
+  });
+}
+
+/** One step of `opt` on `params` with gradients from `data` (uploaded fresh, consumed). */
+async function step<S>(
+  opt: GradientTransformation<S>,
+  params: Tensor[],
+  state: S,
+  data: Float64Array[],
+): Promise<{ params: Tensor[]; state: S }> {
+  const grads = data.map((g, i) => up(g, [...params[i].shape]));
+  const r = await opt.update(grads, state, params);
+  return { params: applyUpdates(params, r.updates), state: r.state };
 }
 
 Deno.test("adamw matches a float64 reference over 20 steps (random shapes, wd, schedule)", async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.array(fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 2 }), {
-        minLength: 1,
-        maxLength: 3,
-      }),
+      shapeLists(40),
       fc.integer({ min: 1, max: 1e6 }),
       fc.constantFrom(0, 0.1),
       async (shapes, seed, wd) => {
@@ -114,14 +113,10 @@ Deno.test("adamw matches a float64 reference over 20 steps (random shapes, wd, s
           m: new Float64Array(p.length),
           v: new Float64Array(p.length),
         }));
-        for (let step = 0; step < 20; step++) {
-          const gs = shapes.map((s, i) => rand(s, seed * 31 + step * 7 + i, -2, 2));
-          const gt = gs.map((g, i) => up(g, shapes[i]));
-          const r = await opt.update(gt, state, params, step);
-          gt.forEach((t) => t.dispose());
-          params = r.params as Tensor[];
-          state = r.state;
-          ref.forEach((x, i) => adamRef(x.p, x.m, x.v, gs[i], lr(step), step + 1, wd));
+        for (let t = 0; t < 20; t++) {
+          const gs = shapes.map((s, i) => rand(s, seed * 31 + t * 7 + i, -2, 2));
+          ({ params, state } = await step(opt, params, state, gs));
+          ref.forEach((x, i) => adamRef(x.p, x.m, x.v, gs[i], lr(t), t + 1, wd));
         }
         const got = await readAll([...params, ...state.m, ...state.v]);
         const k = params.length;
@@ -132,24 +127,100 @@ Deno.test("adamw matches a float64 reference over 20 steps (random shapes, wd, s
           assertClose(got[2 * k + i], x.v, { atol: 1e-5, rtol: 1e-4, what: "v" });
         });
         assert.equal(state.count, 20);
-        disposeTree([params, state]);
+        tree.dispose([params, state]);
       },
     ),
     RUNS,
   );
 });
 
-Deno.test("update donates old params/state by default and keeps them with donate: false", async () => {
-  const opt = adamw({ lr: 0.1 });
-  const p = tensor([1, 2, 3]);
-  const g = tensor([0.1, 0.2, 0.3]);
-  const s = opt.init(p);
-  const r1 = await opt.update(g, s, p, 0, { donate: false });
-  assert.ok(!p.isDisposed && !s.m[0].isDisposed);
-  const r2 = await opt.update(g, r1.state, r1.params, 1);
-  assert.ok((r1.params as Tensor).isDisposed && r1.state.m[0].isDisposed);
-  assert.ok(!(r2.params as Tensor).isDisposed);
-  disposeTree([p, g, s, r2]);
+Deno.test("the fused adamw equals chain(scaleByAdam, addDecayedWeights, scaleByLearningRate) over 12 steps with decay and a schedule", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      shapeLists(30),
+      fc.integer({ min: 1, max: 1e6 }),
+      fc.constantFrom(0, 0.05, 0.3),
+      async (shapes, seed, wd) => {
+        const lr = warmupCosine({ lr: 0.02, warmup: 3, total: 12, minRatio: 0.1 });
+        const fused = adamw({ lr, weightDecay: wd, betas: [0.8, 0.99], eps: 1e-6 });
+        const chained = chain(
+          scaleByAdam({ betas: [0.8, 0.99], eps: 1e-6 }),
+          addDecayedWeights(wd),
+          scaleByLearningRate(lr),
+        );
+        const p0 = shapes.map((s, i) => rand(s, seed + i));
+        const fresh = () => shapes.map((s, i) => up(p0[i], s));
+        const [pa0, pb0] = [fresh(), fresh()];
+        let a = { params: pa0, state: fused.init(pa0) };
+        let b = { params: pb0, state: chained.init(pb0) };
+        for (let t = 0; t < 12; t++) {
+          const gs = shapes.map((s, i) => rand(s, seed * 17 + t * 5 + i, -2, 2));
+          a = await step(fused, a.params, a.state, gs);
+          b = await step(chained, b.params, b.state, gs);
+        }
+        const [pa, pb] = [await values(a.params), await values(b.params)];
+        // Same f64 scalars, different f32 rounding order (one kernel vs three): ~1 ulp per step.
+        pa.forEach((x, i) => assertClose(x, pb[i], { atol: 2e-6, rtol: 2e-6, what: "params" }));
+        // The moments take the same kernel arithmetic in both: equal to the bit.
+        const [ma, mb] = [await values(a.state.m), await values((b.state[0] as AdamState).m)];
+        ma.forEach((x, i) => assert.deepEqual(x, mb[i], "first moments"));
+        tree.dispose([a, b]);
+      },
+    ),
+    RUNS,
+  );
+});
+
+Deno.test("transforms work in place: applyUpdates and adamw reuse the buffers they consume, allocate nothing per step, and copy a shared parameter instead", async () => {
+  const opt = adamw({ lr: 0.1, weightDecay: 0.01 });
+  let params = [tensor([1, 2, 3]), tensor([[4, 5], [6, 7]])];
+  let state = opt.init(params);
+  ({ params, state } = await step(opt, params, state, [rand([3], 1), rand([2, 2], 2)]));
+  const buffers = params.map((p) => p.storage.buffer);
+  const before = memoryStats();
+  const old = params;
+  ({ params, state } = await step(opt, params, state, [rand([3], 3), rand([2, 2], 4)]));
+  const after = memoryStats();
+  assert.ok(old.every((p) => p.isDisposed), "the consumed parameters are disposed");
+  assert.deepEqual(params.map((p) => p.storage.buffer), buffers, "same buffers, new handles");
+  assert.equal(after.liveBytes, before.liveBytes);
+  assert.equal(after.liveBuffers, before.liveBuffers);
+  // A parameter another handle still reads is not overwritten: the update goes to a copy.
+  const alias = params[0].view([3]);
+  const kept = await alias.data();
+  ({ params, state } = await step(opt, params, state, [rand([3], 5), rand([2, 2], 6)]));
+  assert.deepEqual(await alias.data(), kept);
+  assert.notEqual(params[0].storage.buffer, alias.storage.buffer);
+  tree.dispose([params, state, alias]);
+});
+
+Deno.test("update is synchronous except for a GaLore projector refresh; null updates leave parameters alone", async () => {
+  const p = [up(rand([6, 9], 1), [6, 9])];
+  const opt = chain(galore(scaleByAdam(), { rank: 2, updateProjGap: 2 }), scaleByLearningRate(0.1));
+  let state = opt.init(p);
+  const kinds: boolean[] = [];
+  let params = p;
+  for (let t = 0; t < 4; t++) {
+    const r = opt.update([up(rand([6, 9], 10 + t), [6, 9])], state, params);
+    kinds.push(r instanceof Promise);
+    const { updates, state: s } = await r;
+    state = s;
+    params = applyUpdates(params, updates);
+  }
+  assert.deepEqual(kinds, [true, false, true, false]);
+  const adam = adamw({ lr: 0.1 });
+  const s = adam.init(params);
+  assert.ok(!(adam.update([up(rand([6, 9], 3), [6, 9])], s, params) instanceof Promise));
+  const same = applyUpdates({ w: params[0] }, { w: null });
+  assert.equal(same.w, params[0]);
+  assert.throws(() => applyUpdates({ w: params[0] }, { x: tensor([1]) }), /unknown parameters x/);
+  const bad = galore(addDecayedWeights(0.1), { rank: 2 });
+  const badState = bad.init(params);
+  await assert.rejects(
+    async () => await bad.update([up(rand([6, 9], 3), [6, 9])], badState),
+    /inside galore there are none/,
+  );
+  tree.dispose([params, state]);
 });
 
 Deno.test("schedules match their closed forms at every step", () => {
@@ -182,27 +253,85 @@ Deno.test("clipping scales to the max norm on the GPU, and leaves small gradient
   const shapes = [[7, 33], [129], [5000]];
   const gs = shapes.map((s, i) => rand(s, 100 + i));
   const norm = Math.sqrt(gs.reduce((a, g) => a + frob(g) ** 2, 0));
-  const gt = gs.map((g, i) => up(g, shapes[i]));
-  const small = clipGrads(gt, norm / 4);
-  const big = clipGrads(gt, norm * 2);
-  const out = await readAll([
-    small.norm,
-    big.norm,
-    ...(small.grads as Tensor[]),
-    ...(big.grads as Tensor[]),
-  ]);
+  const upAll = () => gs.map((g, i) => up(g, shapes[i]));
+  const run = (maxNorm: number) => {
+    const clip = clipByGlobalNorm(maxNorm, { keepNorm: true });
+    return clip.update(upAll(), clip.init([])) as { updates: Tensor[]; state: ClipState };
+  };
+  const small = run(norm / 4);
+  const big = run(norm * 2);
+  const out = await readAll([small.state.norm!, big.state.norm!, ...small.updates, ...big.updates]);
   assertClose(out[0], [norm], { rtol: 1e-5, what: "norm" });
+  assertClose(out[1], [norm], { rtol: 1e-5, what: "norm" });
   const clippedNorm = Math.sqrt(out.slice(2, 5).reduce((a, g) => a + frob(g) ** 2, 0));
   assert.ok(Math.abs(clippedNorm - norm / 4) <= 1e-5 * norm, `${clippedNorm} vs ${norm / 4}`);
   out.slice(5, 8).forEach((g, i) => assertClose(g, gs[i], { atol: 0, rtol: 0, what: "unclipped" }));
-  // As a chain stage with the norm kept for logging.
-  const opt = chain(clipByGlobalNorm(norm / 4, { keepNorm: true }), adamw({ lr: 0.1 }));
-  const ps = shapes.map((s) => up(new Float64Array(s.reduce((a, b) => a * b, 1)), s));
-  const s0 = opt.init(ps);
-  const r = await opt.update(gt, s0, ps, 0);
-  const logged = (r.state.transforms[0] as { norm: Tensor }).norm;
-  assertClose(await logged.data(), [norm], { rtol: 1e-5, what: "logged norm" });
-  disposeTree([gt, small, big, r]);
+  tree.dispose([small, big]);
+});
+
+Deno.test("multiSteps: k micro-steps update once, with the mean of their gradients", async () => {
+  const shapes = [[5, 7], [11]];
+  const p0 = shapes.map((s, i) => rand(s, 60 + i));
+  const micro = [0, 1, 2].map((k) => shapes.map((s, i) => rand(s, 70 + 10 * k + i, -2, 2)));
+  const mean = micro[0].map((g, i) => g.map((x, j) => (x + micro[1][i][j] + micro[2][i][j]) / 3));
+  const inner = adamw({ lr: 0.05, weightDecay: 0.1 });
+  const accumulate = multiSteps(inner, 3);
+  const fresh = () => shapes.map((s, i) => up(p0[i], s));
+  const pa0 = fresh();
+  let a = { params: pa0, state: accumulate.init(pa0) };
+  const first = a.params.map((p) => p.storage.buffer);
+  for (let k = 0; k < 3; k++) {
+    const old = a.params;
+    a = await step(accumulate, a.params, a.state, micro[k]);
+    if (k < 2) assert.ok(a.params.every((p, i) => p === old[i]), "untouched before the 3rd");
+  }
+  assert.deepEqual(a.params.map((p) => p.storage.buffer), first);
+  assert.equal(a.state.micro, 0);
+  assert.equal(a.state.acc, null);
+  const pb0 = fresh();
+  let b = { params: pb0, state: inner.init(pb0) };
+  b = await step(inner, b.params, b.state, mean);
+  const [pa, pb] = [await values(a.params), await values(b.params)];
+  // The mean is summed in f32 on the device, in f64 here: 1e-6 on the moments, ~lr·1e-6 on p.
+  pa.forEach((x, i) => assertClose(x, pb[i], { atol: 1e-6, rtol: 1e-6, what: "params" }));
+  tree.dispose([a, b]);
+});
+
+Deno.test("perParameter: updates made inside backward (GaLore refreshes included) equal the whole-tree update bit for bit", async () => {
+  const shapes: Record<string, number[]> = { w1: [6, 10], w2: [10, 4], b: [10], e: [12, 6] };
+  const names = Object.keys(shapes);
+  const fresh = () =>
+    Object.fromEntries(names.map((n, i) => [n, up(rand(shapes[n], 80 + i), shapes[n])]));
+  const targets = fresh();
+  // loss = Σ_n Σ p_n ⊙ p_n ⊙ t_n: each parameter gets its own final gradient 2·p_n ⊙ t_n.
+  const lossOf = (p: Record<string, Tensor>) =>
+    names.map((n) => sum(mul(mul(p[n], p[n]), targets[n]))).reduce((a, b) => add(a, b));
+  const opt = partition((path, t) => (t.rank === 2 && path !== "e" ? "galore" : "adam"), {
+    galore: chain(
+      galore(scaleByAdam(), { rank: 3, updateProjGap: 2 }),
+      addDecayedWeights(0.1),
+      scaleByLearningRate(0.05),
+    ),
+    adam: adamw({ lr: 0.05, weightDecay: 0.1 }),
+  });
+  const layerwise = perParameter(opt);
+  const a0 = fresh();
+  let whole = { params: a0, state: opt.init(a0) };
+  const b0 = fresh();
+  let perLeaf = { params: b0, state: layerwise.init(b0) };
+  // Three steps: refreshes at the first and the third (updateProjGap 2).
+  for (let t = 0; t < 3; t++) {
+    const grads = backward(whole.params, lossOf);
+    const r = await opt.update(tree.unflatten(whole.params, grads), whole.state, whole.params);
+    whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
+    const s = layerwise.start(perLeaf.params, perLeaf.state);
+    backward(perLeaf.params, lossOf, s.onGrad);
+    perLeaf = await s.finish();
+  }
+  const a = await readAll(tree.flatten(whole.params));
+  const b = await readAll(tree.flatten(perLeaf.params));
+  a.forEach((x, i) => assert.deepEqual(b[i], x, `parameter ${names[i]}`));
+  tree.dispose([whole, perLeaf, targets]);
 });
 
 /** Random orthogonal n×n (columns), row-major. */
@@ -276,7 +405,7 @@ Deno.test("projector is orthonormal and spans the top-r subspace of known spectr
         const [pd, pd32] = (await readAll([p, p32])) as Float32Array[];
         checkBasis(pd);
         checkBasis(pd32);
-        disposeTree([g, p, p32]);
+        tree.dispose([g, p, p32]);
       },
     ),
     RUNS,
@@ -294,32 +423,34 @@ Deno.test("galore at full rank: project-back after project is the identity", asy
       rtol: 1e-5,
       what: `${m}x${n}`,
     });
-    disposeTree([g, p, back]);
+    tree.dispose([g, p, back]);
   }
 });
 
 Deno.test("galore's first moment equals dense Adam's first moment mapped into the subspace", async () => {
   for (const [m, n] of [[10, 24], [24, 10]]) {
     const r = 4;
-    const inner = adamw({ lr: 0.01 });
-    const opt = galore(inner, { rank: r, updateProjGap: 100, scale: 1 });
+    const opt = chain(
+      galore(scaleByAdam(), { rank: r, updateProjGap: 100, scale: 1 }),
+      scaleByLearningRate(0.01),
+    );
     const dense = adamw({ lr: 0.01 });
-    let gp: Tensor[] = [up(rand([m, n], 1), [m, n])];
-    let dp: Tensor[] = [up(rand([m, n], 1), [m, n])];
-    let gs: GaLoreState = opt.init(gp);
-    let ds: AdamWState = dense.init(dp);
-    for (let step = 0; step < 4; step++) {
-      const g = [up(rand([m, n], 50 + step), [m, n])];
-      const a = await opt.update(g, gs, gp, step);
-      const b = await dense.update(g, ds, dp, step);
-      [gp, gs, dp, ds] = [a.params as Tensor[], a.state, b.params as Tensor[], b.state];
-      disposeTree(g);
+    let a = { params: [up(rand([m, n], 1), [m, n])], state: [] as unknown[] };
+    a.state = opt.init(a.params);
+    let b = {
+      params: [up(rand([m, n], 1), [m, n])],
+      state: dense.init([up(rand([m, n], 1), [m, n])]),
+    };
+    for (let t = 0; t < 4; t++) {
+      a = await step(opt, a.params, a.state, [rand([m, n], 50 + t)]);
+      b = await step(dense, b.params, b.state, [rand([m, n], 50 + t)]);
     }
-    const [pd, mg, md] = await readAll([gs.proj[0]!, (gs.inner as AdamWState).m[0], ds.m[0]]);
+    const gs = a.state[0] as GaLoreState;
+    const [pd, mg, md] = await readAll([gs.proj[0]!, (gs.inner as AdamState).m[0], b.state.m[0]]);
     // Left: m_g = Pᵀ·m_dense [r, n]; right: m_g = m_dense·Qᵀ [m, r].
     const want = m < n ? mm(pd, md, r, m, n, true) : mm(md, pd, m, n, r, false, true);
     assertClose(mg, want, { atol: 1e-6, rtol: 1e-4, what: `${m}x${n} first moment` });
-    disposeTree([gp, gs, dp, ds]);
+    tree.dispose([a, b]);
   }
 });
 
@@ -342,48 +473,39 @@ Deno.test("galore equals dense AdamW when gradients' singular vectors are signed
     const k = Math.min(m, n);
     const u = signedPermutation(m, 3), v = signedPermutation(n, 4);
     const wd = 0.05;
-    const opt = galore(adamw({ lr: 0.02, weightDecay: wd }), {
-      rank: k,
-      updateProjGap: 2,
-      scale: 1,
-    });
+    const opt = chain(
+      galore(scaleByAdam(), { rank: k, updateProjGap: 2, scale: 1 }),
+      addDecayedWeights(wd),
+      scaleByLearningRate(0.02),
+    );
     const dense = adamw({ lr: 0.02, weightDecay: wd });
-    let gp: Tensor[] = [up(rand([m, n], 9), [m, n])];
-    let dp: Tensor[] = [up(rand([m, n], 9), [m, n])];
-    let gs = opt.init(gp);
-    let ds = dense.init(dp);
-    for (let step = 0; step < 5; step++) {
+    let a = { params: [up(rand([m, n], 9), [m, n])], state: [] as unknown[] };
+    a.state = opt.init(a.params);
+    let b = { params: [up(rand([m, n], 9), [m, n])], state: dense.init(a.params) };
+    for (let t = 0; t < 5; t++) {
       // Distinct, fixed-order singular values so every refresh yields the same projector.
-      const s = Array.from(
-        { length: k },
-        (_, i) => (k - i) * (1 + 0.3 * step) * (1 + 0.01 * i * step),
-      );
-      const g = [up(withSpectrum(u, v, s, m, n), [m, n])];
-      const a = await opt.update(g, gs, gp, step);
-      const b = await dense.update(g, ds, dp, step);
-      [gp, gs, dp, ds] = [a.params as Tensor[], a.state, b.params as Tensor[], b.state];
-      disposeTree(g);
+      const s = Array.from({ length: k }, (_, i) => (k - i) * (1 + 0.3 * t) * (1 + 0.01 * i * t));
+      const g = withSpectrum(u, v, s, m, n);
+      a = await step(opt, a.params, a.state, [g]);
+      b = await step(dense, b.params, b.state, [g]);
     }
-    const [x, y] = await readAll([gp[0], dp[0]]);
-    // Same f32 operations up to the order of two roundings: 1e-6 absolute on O(1) weights.
+    const [x, y] = await readAll([a.params[0], b.params[0]]);
+    // Same f32 operations up to the order of a few roundings: 1e-6 absolute on O(1) weights.
     assertClose(x, y, { atol: 1e-6, rtol: 1e-6, what: `${m}x${n} galore vs adamw` });
-    disposeTree([gp, gs, dp, ds]);
+    tree.dispose([a, b]);
   }
 });
 
 Deno.test("galore's moments carry across projector refreshes", async () => {
   const [m, n, r] = [9, 14, 3];
-  const opt = galore(adamw({ lr: 0.01 }), { rank: r, updateProjGap: 2, scale: 0.25 });
-  let params: Tensor[] = [up(rand([m, n], 5), [m, n])];
-  let state = opt.init(params);
+  const opt = galore(scaleByAdam(), { rank: r, updateProjGap: 2, scale: 0.25 });
+  let state = opt.init([up(rand([m, n], 5), [m, n])]);
   const grads = [0, 1, 2].map((t) => rand([m, n], 70 + t));
   const projs: Float32Array[] = [];
-  for (let step = 0; step < 3; step++) {
-    const g = [up(grads[step], [m, n])];
-    const res = await opt.update(g, state, params, step, { donate: false });
+  for (let t = 0; t < 3; t++) {
+    const res = await opt.update([up(grads[t], [m, n])], state);
     projs.push((await res.state.proj[0]!.data()) as Float32Array);
-    disposeTree(g);
-    params = res.params as Tensor[];
+    tree.dispose(res.updates);
     state = res.state;
   }
   assert.deepEqual(projs[0], projs[1]);
@@ -395,115 +517,58 @@ Deno.test("galore's moments carry across projector refreshes", async () => {
     const rt = mm(projs[t], grads[t], r, m, n, true);
     for (let i = 0; i < mRef.length; i++) mRef[i] = b1 * mRef[i] + (1 - b1) * rt[i];
   }
-  const mGot = await (state.inner as AdamWState).m[0].data();
+  const mGot = await (state.inner as AdamState).m[0].data();
   assertClose(mGot, mRef, { atol: 1e-6, rtol: 1e-4, what: "moment across refresh" });
   assert.equal(state.count, 3);
+  tree.dispose(state);
 });
 
-Deno.test("refactorization leaves B·A unchanged within 1e-5 relative and balances the factors", async () => {
-  await fc.assert(
-    fc.asyncProperty(
-      fc.integer({ min: 1, max: 12 }),
-      fc.integer({ min: 12, max: 40 }),
-      fc.integer({ min: 12, max: 40 }),
-      fc.integer({ min: 1, max: 1e6 }),
-      async (r, out, inp, seed) => {
-        const bd = rand([out, r], seed, -3, 3), ad = rand([r, inp], seed + 1, -0.1, 0.1);
-        const ba = mm(bd, ad, out, r, inp);
-        const res = await refactorFactors(up(bd, [out, r]), up(ad, [r, inp]));
-        const [nb, na] = await readAll([res.b, res.a]);
-        const diff = mm(nb, na, out, r, inp).map((x, i) => x - ba[i]);
-        assert.ok(frob(diff) <= 1e-5 * frob(ba), `relative change ${frob(diff) / frob(ba)}`);
-        // Balanced: B'ᵀB' = A'A'ᵀ = diag(s).
-        const btb = mm(nb, nb, r, out, r, true), aat = mm(na, na, r, inp, r, false, true);
-        btb.forEach((x, i) => assert.ok(Math.abs(x - aat[i]) <= 1e-4 * res.singularValues[0]));
-        disposeTree([res.a, res.b]);
-      },
-    ),
-    RUNS,
-  );
-});
-
-Deno.test("momentum reset zeroes moments and step counts (adamw and galore)", async () => {
+Deno.test("a fresh init is the momentum reset: zero moments, counts at 0, no projector yet", async () => {
   const opt = partition((_, t) => (t.rank === 2 ? "galore" : "adam"), {
-    galore: galore(adamw({ lr: 0.01 }), { rank: 2, updateProjGap: 10 }),
+    galore: galore(scaleByAdam(), { rank: 2, updateProjGap: 10 }),
     adam: adamw({ lr: 0.01 }),
   });
-  let params: Tensor[] = [up(rand([6, 8], 1), [6, 8]), up(rand([8], 2), [8])];
-  let state = opt.init(params);
-  for (let step = 0; step < 3; step++) {
-    const g = [up(rand([6, 8], 10 + step), [6, 8]), up(rand([8], 20 + step), [8])];
-    const res = await opt.update(g, state, params, step);
-    params = res.params as Tensor[];
-    state = res.state;
-    disposeTree(g);
-  }
-  const beforeG = state.galore as GaLoreState, beforeA = state.adam as AdamWState;
-  assert.equal(beforeG.count, 3);
-  const fresh = resetState(opt, state, params);
-  const gl = fresh.galore as GaLoreState, ad = fresh.adam as AdamWState;
-  assert.ok(beforeA.m[0].isDisposed, "old state disposed");
+  const params = [up(rand([6, 8], 1), [6, 8]), up(rand([8], 2), [8])];
+  const state = opt.init(params);
+  const gl = state.galore as GaLoreState, ad = state.adam as AdamState;
   assert.equal(gl.count, 0);
   assert.equal(ad.count, 0);
   assert.deepEqual(gl.proj, [null]);
-  const inner = gl.inner as AdamWState;
+  const inner = gl.inner as AdamState;
   const all = await readAll([...inner.m, ...inner.v, ...ad.m, ...ad.v]);
   for (const a of all) assert.ok(a.every((x) => x === 0), "state is zero");
-  disposeTree([params, fresh]);
+  assert.deepEqual(inner.m.map((t) => t.shape), [[2, 8]]);
+  tree.dispose([params, state]);
 });
 
 Deno.test("measured optimizer-state bytes equal the analytic count (adam and galore)", async () => {
   const shapes = [[24, 40], [40, 24], [40], [100, 8]];
   const r = 6;
   const mk = () => shapes.map((s, i) => up(rand(s, i), s));
-  const grads = shapes.map((s, i) => up(rand(s, 40 + i), s));
   const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+  const measure = async (opt: GradientTransformation, want: number) => {
+    let params = mk();
+    const live0 = memoryStats().liveBytes;
+    let state = opt.init(params);
+    ({ params, state } = await step(opt, params, state, shapes.map((s, i) => rand(s, 40 + i))));
+    assert.equal(memoryStats().liveBytes - live0, want);
+    assert.equal(tree.bytes(state), want);
+    tree.dispose([params, state]);
+  };
   // Adam: 2 moments per trainable weight, 4 bytes each.
-  {
-    let params = mk();
-    const live0 = memoryStats().liveBytes;
-    const opt = adamw({ lr: 0.01 });
-    let state = opt.init(params);
-    const res = await opt.update(grads, state, params, 0);
-    params = res.params as Tensor[];
-    state = res.state;
-    const want = 8 * shapes.reduce((a, s) => a + size(s), 0);
-    assert.equal(memoryStats().liveBytes - live0, want);
-    assert.equal(treeBytes(state), want);
-    disposeTree([params, state]);
-  }
+  await measure(adamw({ lr: 0.01 }), 8 * shapes.reduce((a, s) => a + size(s), 0));
   // GaLore on 2-D: projector min(m,n)·r + moments 2·r·max(m,n); AdamW on the rest.
-  {
-    let params = mk();
-    const live0 = memoryStats().liveBytes;
-    const opt = partition((_, t) => (t.rank === 2 ? "galore" : "adam"), {
-      galore: galore(adamw({ lr: 0.01 }), { rank: r }),
-      adam: adamw({ lr: 0.01 }),
-    });
-    let state = opt.init(params);
-    const res = await opt.update(grads, state, params, 0);
-    params = res.params as Tensor[];
-    state = res.state;
-    let want = 0;
-    for (const s of shapes) {
-      want += s.length === 2
-        ? 4 * (Math.min(s[0], s[1]) * r + 2 * r * Math.max(s[0], s[1]))
-        : 8 * size(s);
-    }
-    assert.equal(memoryStats().liveBytes - live0, want);
-    assert.equal(treeBytes(state), want);
-    disposeTree([params, state]);
+  let want = 0;
+  for (const s of shapes) {
+    want += s.length === 2
+      ? 4 * (Math.min(s[0], s[1]) * r + 2 * r * Math.max(s[0], s[1]))
+      : 8 * size(s);
   }
-  disposeTree(grads);
-});
-
-Deno.test("reloraMerge folds scale·B·A into W and restarts the adapter at B = 0", async () => {
-  const [out, r, inp, scale] = [9, 3, 7, 0.25];
-  const wd = rand([out, inp], 1), bd = rand([out, r], 2), ad = rand([r, inp], 3);
-  const res = reloraMerge(up(wd, [out, inp]), up(bd, [out, r]), up(ad, [r, inp]), scale);
-  const [w, b] = await readAll([res.w, res.b]);
-  const ba = mm(bd, ad, out, r, inp);
-  assertClose(w, wd.map((x, i) => x + scale * ba[i]), { atol: 1e-6, rtol: 1e-5, what: "merged W" });
-  assert.ok(b.every((x) => x === 0));
-  disposeTree(res);
+  await measure(
+    partition((_, t) => (t.rank === 2 ? "galore" : "adam"), {
+      galore: chain(galore(scaleByAdam(), { rank: r }), scaleByLearningRate(0.01)),
+      adam: adamw({ lr: 0.01 }),
+    }),
+    want,
+  );
 });

@@ -3,6 +3,7 @@ import { memoryStats } from "../core/memory.ts";
 import { Rng } from "../core/rng.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
 import type { LlamaConfig } from "../models/config.ts";
 import {
   disposeModel,
@@ -15,17 +16,16 @@ import {
   paramPaths,
 } from "../models/llama.ts";
 import type { ReLoRALinearParams } from "../models/linear.ts";
-import type { BlockLinearName, LinearMethod } from "../models/method.ts";
-import { mergeRelora } from "../models/relora.ts";
+import { BLOCK_LINEARS, type LinearMethod } from "../models/method.ts";
+import { mergeRelora, reloraMerge } from "../models/relora.ts";
 import { toyConfig } from "./fixtures.ts";
-import { setup } from "./util.ts";
+import { assertClose, mm, randomArr, setup, toTensor } from "./util.ts";
 
 await setup();
 
 const TOY: LlamaConfig = toyConfig();
 const RELORA: LinearMethod = { kind: "relora", rank: 4, alpha: 8 };
 const S = 8 / 4;
-const NAMES: BlockLinearName[] = ["q", "k", "v", "o", "gate", "up", "down"];
 
 function tokens(seed: number): Tensor {
   const rng = new Rng(seed);
@@ -37,7 +37,7 @@ function withTrainedB(params: LlamaParams, seed: number): LlamaParams {
   const rng = new Rng(seed);
   const layers = params.layers.map((l) => {
     const next: Record<string, unknown> = { ...l };
-    for (const n of NAMES) {
+    for (const n of BLOCK_LINEARS) {
       const { A, B } = l[n] as ReLoRALinearParams;
       const b = Float32Array.from({ length: B.size }, () => 0.3 * (2 * rng.nextFloat() - 1));
       B.dispose();
@@ -91,7 +91,7 @@ Deno.test("relora: a merge leaves the function unchanged (logits within 1e-5) an
     ...merged,
     layers: merged.layers.map((l, i) => {
       const next: Record<string, unknown> = { ...l };
-      for (const n of NAMES) next[n] = { w: model.buffers.layers[i][n]! };
+      for (const n of BLOCK_LINEARS) next[n] = { w: model.buffers.layers[i][n]! };
       return next as LayerParams;
     }),
   };
@@ -153,4 +153,16 @@ Deno.test("relora: mergeRelora refuses other methods", () => {
   const model = initLlama(TOY, { kind: "lowrank", rank: 4, alpha: 8 }, 0);
   assert.throws(() => mergeRelora(model, model.params, 0), /needs a relora model/);
   disposeModel(model);
+});
+
+Deno.test("reloraMerge folds scale·B·A into W and restarts the adapter at B = 0", async () => {
+  const [out, r, inp, scale] = [9, 3, 7, 0.25];
+  const w0 = randomArr([out, inp], 1), b0 = randomArr([out, r], 2), a0 = randomArr([r, inp], 3);
+  const res = reloraMerge(toTensor(w0), toTensor(b0), toTensor(a0), scale);
+  const [w, b] = await readAll([res.w, res.b]);
+  const ba = mm(b0.data, a0.data, out, r, inp);
+  const want = w0.data.map((x, i) => x + scale * ba[i]);
+  assertClose(w, want, { atol: 1e-6, rtol: 1e-5, what: "merged W" });
+  assert.ok(b.every((x) => x === 0));
+  tree.dispose(res);
 });

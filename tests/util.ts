@@ -5,7 +5,8 @@
 import fc from "fast-check";
 import { init } from "../core/device.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
-import { valueAndGrad } from "../core/tape.ts";
+import { Tape, valueAndGrad } from "../core/tape.ts";
+import * as tree from "../core/tree.ts";
 import { sizeOf } from "../core/shape.ts";
 import { mul, sum } from "../ops/mod.ts";
 
@@ -144,4 +145,52 @@ export async function checkOp(opts: {
       ...opts.grad,
     });
   });
+}
+
+/** C = A·B for row-major A [m, k], B [k, n] (ta/tb: use the transpose of a stored operand). */
+export function mm(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  m: number,
+  k: number,
+  n: number,
+  ta = false,
+  tb = false,
+): Float64Array {
+  const c = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) {
+        s += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+      }
+      c[i * n + j] = s;
+    }
+  }
+  return c;
+}
+
+/** Frobenius norm of a flat array. */
+export function frob(a: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * a[i];
+  return Math.sqrt(s);
+}
+
+/**
+ * Gradients of `lossOf(params)` with respect to every tensor of `params` (leaf order), through a
+ * tape; with `onGrad`, each goes to the hook instead as soon as it is final (per-layer updates).
+ */
+export function backward<P>(
+  params: P,
+  lossOf: (p: P) => Tensor,
+  onGrad?: (grad: Tensor, index: number) => void,
+): Tensor[] {
+  const tape = new Tape();
+  const leaves = tree.flatten(params);
+  tape.watch(...leaves);
+  const value = tape.run(() => lossOf(params));
+  const grads = tape.backward(value, leaves, { onGrad });
+  value.dispose();
+  return grads as Tensor[];
 }

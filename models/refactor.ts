@@ -1,15 +1,16 @@
 /**
- * Low-rank factor maintenance: SVD re-balancing of SLTrain's B·A (weight refactorization, Glentis
- * et al. 2025) and ReLoRA's merge-and-reinit. Both run rarely (once per cycle), so they favour
- * float64 accuracy on the CPU over speed.
+ * Weight refactorization (Glentis et al. 2025): SVD re-balancing of the low-rank factors B·A of a
+ * linear, and of every block linear of an SLTrain or low-rank model. It runs rarely (once per
+ * cycle), so it favours float64 accuracy on the CPU (`ops/svd.ts`) over speed.
  * @module
  */
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { randomUniform, readAll, type Tensor, tensor, zeros } from "../core/tensor.ts";
-import { mapN } from "../ops/elementwise.ts";
-import { matmul } from "../ops/matmul.ts";
-import { qr, svdJacobi } from "./svd.ts";
+import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { qr, svdJacobi } from "../ops/svd.ts";
+import { ConfigError } from "./errors.ts";
+import type { LowRankLinearParams } from "./linear.ts";
+import { blockLinears, type LlamaModel, type LlamaParams, mapLinears } from "./llama.ts";
 
 /** Result of {@link refactorFactors}. */
 export interface Refactored {
@@ -93,48 +94,28 @@ export async function refactorFactors(
   return { b: tensor(nb, [out, r]), a: tensor(na, [r, inp]), singularValues: s };
 }
 
-/** Result of {@link reloraMerge}. */
-export interface Merged {
-  /** W + scale·B·A. */
-  w: Tensor;
-  /** Fresh B: zeros, so the merged model computes the same function. */
-  b: Tensor;
-  /** Fresh A: Kaiming-uniform like `nn.Linear` (bound 1/√in). */
-  a: Tensor;
-}
-
 /**
- * ReLoRA's merge: W ← W + scale·B·A, then B ← 0 and A re-drawn, so the function is unchanged and
- * the adapter starts a new low-rank direction. Reset the adapter's optimizer state afterwards
- * (`resetState`). On the GPU, no readback. With `donate` (default true) disposes W, B and A.
+ * Refactorizes every block linear of a `sltrain` or `lowrank` model (B·A unchanged up to rounding,
+ * the factors balanced; SLTrain's V untouched) and returns the new params; the old B and A are
+ * disposed, everything else is shared with `params`. All readbacks are issued together, so the
+ * whole model costs about one GPU sync. Reset the optimizer's moments afterwards, as the method
+ * prescribes. Throws {@link ConfigError} for a method without factors.
  */
-export function reloraMerge(
-  w: Tensor,
-  b: Tensor,
-  a: Tensor,
-  scale: number,
-  opts: { seed?: number; donate?: boolean } = {},
-): Merged {
-  const [out, inp] = w.shape;
-  if (w.rank !== 2 || b.shape[0] !== out || a.shape[1] !== inp || b.shape[1] !== a.shape[0]) {
-    throw new ShapeError(
-      `reloraMerge: W ${fmtShape(w.shape)}, B ${fmtShape(b.shape)}, A ${fmtShape(a.shape)} ` +
-        `do not fit W + B·A`,
+export async function refactorLlama(model: LlamaModel, params: LlamaParams): Promise<LlamaParams> {
+  if (model.method.kind !== "sltrain" && model.method.kind !== "lowrank") {
+    throw new ConfigError(
+      `refactorLlama needs a sltrain or lowrank model, got ${model.method.kind}`,
     );
   }
-  const ba = matmul(b, a);
-  const merged = mapN("relora_merge", [w, ba], "v0 + c0 * v1", undefined, [scale]);
-  ba.dispose();
-  const bound = 1 / Math.sqrt(inp);
-  const fresh = {
-    w: merged,
-    b: zeros(b.shape),
-    a: randomUniform(a.shape, -bound, bound, { seed: opts.seed ?? 0 }),
-  };
-  if (opts.donate ?? true) {
-    w.dispose();
-    b.dispose();
-    a.dispose();
-  }
-  return fresh;
+  const done = await Promise.all(
+    blockLinears(params).map(({ params: lin }) => {
+      const { A, B } = lin as LowRankLinearParams;
+      return refactorFactors(B, A);
+    }),
+  );
+  let i = 0;
+  return mapLinears(params, (lin) => {
+    const r = done[i++];
+    return { ...lin, A: r.a, B: r.b };
+  });
 }

@@ -11,11 +11,11 @@ import { ShapeError } from "../core/errors.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
-import { mapN } from "../ops/elementwise.ts";
-import { matmul } from "../ops/matmul.ts";
+import { mapN } from "./elementwise.ts";
+import { matmul } from "./matmul.ts";
 
 // ba ← w + s·ba in place: one out × in temporary instead of two. Same expression as ReLoRA's merge
-// (optim/refactor.ts), so the effective weight before a merge equals the merged W to the bit.
+// (models/relora.ts), so the effective weight before a merge equals the merged W to the bit.
 const MERGE_INPLACE = defineKernel({
   name: "relora_weight",
   inputs: { w: "f32" },

@@ -1,0 +1,126 @@
+/**
+ * Per-layer updates as a composition: {@link perParameter} runs a transform on each parameter
+ * alone, so the tape's `onGrad` hook can update a parameter the moment its gradient is final and
+ * free that gradient at once; the full set of gradients is never resident.
+ * @module
+ */
+import { GradientError } from "../core/errors.ts";
+import type { Tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
+import type { TensorTree } from "../core/tree.ts";
+import {
+  andThen,
+  applyUpdates,
+  type GradientTransformation,
+  type MaybePromise,
+} from "./transform.ts";
+
+/** One update made parameter by parameter during backward; see {@link PerParameter.start}. */
+export interface LayerwiseStep<P extends TensorTree, S> {
+  /**
+   * The tape's hook (`tape.backward(loss, leaves, { onGrad })`, leaves in the order of
+   * `tree.flatten(params)`): consumes the final gradient of parameter `index`, runs the transform
+   * on it and applies the update. A transform that must wait (a GaLore projector refresh) keeps
+   * the gradient until it is done and finishes later.
+   */
+  readonly onGrad: (grad: Tensor, index: number) => void;
+  /** Waits for the updates still in flight and returns the new parameters and state. */
+  finish(): Promise<{ params: P; state: S[] }>;
+}
+
+/** A transform run on each parameter alone; also usable as an ordinary transform. */
+export interface PerParameter<S> extends GradientTransformation<S[]> {
+  /**
+   * Starts an update made during backward: consumes `params` and `state` (use those of
+   * {@link LayerwiseStep.finish} afterwards). Gives the same results, bit for bit, as `update` on
+   * all gradients followed by `applyUpdates`.
+   */
+  start<P extends TensorTree>(params: P, state: S[]): LayerwiseStep<P, S>;
+}
+
+/**
+ * `inner` applied to every parameter separately, with one state per parameter (leaf order). The
+ * inner transform sees one-leaf objects `{ [path]: tensor }`, so `partition` inside it routes by
+ * the parameter's full path. Only transforms that treat parameters independently belong inside:
+ * not `clipByGlobalNorm`, whose norm spans all gradients.
+ *
+ * @example
+ * ```ts
+ * const layerwise = perParameter(adamw({ lr: 1e-3 }));
+ * let state = layerwise.init(params);
+ * const tape = new Tape();
+ * const leaves = tree.flatten(params);
+ * tape.watch(...leaves);
+ * const value = tape.run(() => lossOf(params));
+ * const step = layerwise.start(params, state);
+ * tape.backward(value, leaves, { onGrad: step.onGrad });
+ * ({ params, state } = await step.finish());
+ * ```
+ */
+export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<S> {
+  const one = (path: string, t: Tensor | undefined) => (t ? { [path]: t } : undefined);
+  const updateLeaf = (
+    path: string,
+    g: Tensor,
+    state: S,
+    p: Tensor | undefined,
+  ): MaybePromise<{ update: Tensor | null; state: S }> =>
+    andThen(inner.update({ [path]: g }, state, one(path, p)), (r) => ({
+      update: ((r.updates as Record<string, Tensor | null>)[path]) ?? null,
+      state: r.state,
+    }));
+  const checkCount = (state: S[], n: number) => {
+    if (state.length !== n) {
+      throw new RangeError(`perParameter: state holds ${state.length} entries for ${n} parameters`);
+    }
+  };
+  return {
+    init(params) {
+      const leaves = tree.flatten(params);
+      return tree.paths(params).map((path, i) => inner.init({ [path]: leaves[i] }));
+    },
+    update(updates, state, params) {
+      const u = tree.flatten(updates);
+      const paths = tree.paths(updates);
+      const p = params === undefined ? undefined : tree.flatten(params);
+      checkCount(state, u.length);
+      const results = u.map((g, i) => updateLeaf(paths[i], g, state[i], p?.[i]));
+      const assemble = (rs: { update: Tensor | null; state: S }[]) => ({
+        updates: tree.unflatten(updates, rs.map((r) => r.update)),
+        state: rs.map((r) => r.state),
+      });
+      return results.some((r) => r instanceof Promise)
+        ? Promise.all(results).then(assemble)
+        : assemble(results as { update: Tensor | null; state: S }[]);
+    },
+    start(params, state) {
+      const paths = tree.paths(params);
+      const leaves = tree.flatten(params);
+      checkCount(state, leaves.length);
+      const next = leaves.slice();
+      const nextState = state.slice();
+      const seen = leaves.map(() => false);
+      const pending: Promise<void>[] = [];
+      const onGrad = (g: Tensor, i: number) => {
+        if (seen[i]) throw new GradientError(`perParameter: a second gradient for ${paths[i]}`);
+        seen[i] = true;
+        const done = andThen(updateLeaf(paths[i], g, state[i], leaves[i]), (r) => {
+          nextState[i] = r.state;
+          if (r.update) next[i] = applyUpdates(leaves[i], r.update);
+        });
+        if (done instanceof Promise) pending.push(done);
+      };
+      return {
+        onGrad,
+        async finish() {
+          await Promise.all(pending);
+          const missing = paths.filter((_, i) => !seen[i]);
+          if (missing.length > 0) {
+            throw new GradientError(`perParameter: no gradient arrived for ${missing.join(", ")}`);
+          }
+          return { params: tree.unflatten(params, next), state: nextState };
+        },
+      };
+    },
+  };
+}
