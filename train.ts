@@ -256,7 +256,7 @@ async function main(argv: string[]): Promise<number> {
   );
   const out = outDir.out;
   const info = await init();
-  console.error(`adapter: ${info.description} (${info.kind})\ndata: ${desc}\nout: ${out}`);
+  console.error(`${info.summary}\ndata: ${desc}\nout: ${out}`);
 
   let stop = false;
   let current: string | null = null;
