@@ -1,20 +1,48 @@
 /**
  * The safetensors file format (an 8-byte little-endian header length, a JSON header, raw
- * little-endian tensor data), written atomically and validated on read.
+ * little-endian tensor data), streamed: a writer that takes each tensor's bytes chunk by chunk and
+ * renames a fully written, fsynced temporary file over the target, and a reader that validates the
+ * header and hands out each tensor's bytes in bounded chunks. Neither ever holds a whole model in
+ * host memory. `encodeSafetensors`/`decodeSafetensors` do the same in memory for small files.
  * @module
  */
 
-/** A tensor as stored in a file. */
-export interface StoredTensor {
+/** Element types this library reads and writes (safetensors' names). */
+export type SafetensorsDType = "F32" | "I32" | "U32" | "BF16" | "F16" | "U8";
+
+/** Bytes per element of each dtype. */
+export const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = {
+  F32: 4,
+  I32: 4,
+  U32: 4,
+  BF16: 2,
+  F16: 2,
+  U8: 1,
+};
+
+/** A tensor's entry in the header: dtype, shape and byte range within the data section. */
+export interface SafetensorsEntry {
   /** Element type. */
-  dtype: "F32" | "I32" | "U32";
+  dtype: SafetensorsDType;
   /** Dimensions. */
   shape: number[];
-  /** Elements, row-major. */
-  data: Float32Array | Int32Array | Uint32Array;
+  /** Start of its bytes, relative to the data section. */
+  start: number;
+  /** End (exclusive) of its bytes. */
+  end: number;
 }
 
-/** Contents of a safetensors file. */
+/** A tensor held in memory (for small files and tests). */
+export interface StoredTensor {
+  /** Element type. */
+  dtype: SafetensorsDType;
+  /** Dimensions. */
+  shape: number[];
+  /** Its bytes, row-major little-endian (`shape`'s element count × the dtype's size). */
+  data: ArrayBufferView;
+}
+
+/** Contents of a small safetensors file held in memory. */
 export interface SafetensorsFile {
   /** Tensors by name. */
   tensors: Record<string, StoredTensor>;
@@ -22,46 +50,76 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
 }
 
-const SIZE = { F32: 4, I32: 4, U32: 4 } as const;
-
-/** Encodes a file in memory. */
-export function encodeSafetensors(file: SafetensorsFile): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: file.metadata };
-  let off = 0;
-  const names = Object.keys(file.tensors).sort();
-  for (const name of names) {
-    const t = file.tensors[name];
-    const bytes = t.data.byteLength;
-    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [off, off + bytes] };
-    off += bytes;
-  }
-  let json = JSON.stringify(header);
-  // Pad the header with spaces so the data starts 8-byte aligned, as the format recommends.
-  json += " ".repeat((8 - ((8 + new TextEncoder().encode(json).length) % 8)) % 8);
-  const head = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + head.length + off);
-  new DataView(out.buffer).setBigUint64(0, BigInt(head.length), true);
-  out.set(head, 8);
-  let p = 8 + head.length;
-  for (const name of names) {
-    const d = file.tensors[name].data;
-    out.set(new Uint8Array(d.buffer, d.byteOffset, d.byteLength), p);
-    p += d.byteLength;
-  }
-  return out;
+/** A tensor to write: its header fields and a function that produces its bytes in order. */
+export interface TensorSource {
+  /** Tensor name (unique in the file). */
+  name: string;
+  /** Element type. */
+  dtype: SafetensorsDType;
+  /** Dimensions. */
+  shape: number[];
+  /** Writes exactly the tensor's bytes through `sink`, in order, in chunks of any size. */
+  write(sink: (chunk: Uint8Array) => Promise<void>): Promise<void>;
 }
 
-/** Decodes and validates a file; errors say what is wrong (`source` names it). */
-export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): SafetensorsFile {
-  const bad = (why: string) => new Error(`${source} is not a valid safetensors file: ${why}`);
-  if (bytes.byteLength < 8) throw bad(`only ${bytes.byteLength} bytes (truncated?)`);
-  const n = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
-  if (n > bytes.byteLength - 8) {
-    throw bad(`header of ${n} bytes does not fit in the file (truncated?)`);
+const MAX_HEADER = 100 * 1024 * 1024;
+
+/** Bytes of a tensor of `shape` and `dtype`. */
+export function tensorBytes(dtype: SafetensorsDType, shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+}
+
+/**
+ * The encoded header (length prefix included) for tensors in the given order, and each one's
+ * byte range in the data section. The JSON is padded with spaces so the data starts 8-byte aligned.
+ */
+export function encodeHeader(
+  tensors: readonly { name: string; dtype: SafetensorsDType; shape: readonly number[] }[],
+  metadata: Record<string, string>,
+): { bytes: Uint8Array; entries: Map<string, SafetensorsEntry> } {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  const entries = new Map<string, SafetensorsEntry>();
+  let off = 0;
+  for (const t of tensors) {
+    if (t.name === "__metadata__" || entries.has(t.name)) {
+      throw new Error(`safetensors: tensor name ${JSON.stringify(t.name)} is reserved or repeated`);
+    }
+    const size = tensorBytes(t.dtype, t.shape);
+    const e = { dtype: t.dtype, shape: [...t.shape], start: off, end: off + size };
+    entries.set(t.name, e);
+    header[t.name] = { dtype: e.dtype, shape: e.shape, data_offsets: [e.start, e.end] };
+    off += size;
   }
+  let json = JSON.stringify(header);
+  const enc = new TextEncoder();
+  json += " ".repeat((8 - ((8 + enc.encode(json).length) % 8)) % 8);
+  const head = enc.encode(json);
+  const bytes = new Uint8Array(8 + head.length);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(head.length), true);
+  bytes.set(head, 8);
+  return { bytes, entries };
+}
+
+/**
+ * Parses and validates a header given the first bytes of a file (at least 8 + header length) and
+ * the file's total size. Errors say what is wrong with `source`.
+ */
+export function decodeHeader(
+  prefix: Uint8Array,
+  fileSize: number,
+  source: string,
+): { metadata: Record<string, string>; entries: Map<string, SafetensorsEntry>; dataStart: number } {
+  const bad = (why: string) => new Error(`${source} is not a valid safetensors file: ${why}`);
+  if (fileSize < 8 || prefix.byteLength < 8) throw bad(`only ${fileSize} bytes (truncated?)`);
+  const n = Number(new DataView(prefix.buffer, prefix.byteOffset).getBigUint64(0, true));
+  if (n > fileSize - 8) throw bad(`header of ${n} bytes does not fit in the file (truncated?)`);
+  if (n > MAX_HEADER) throw bad(`header of ${n} bytes is implausibly large`);
+  if (prefix.byteLength < 8 + n) throw bad("header is cut short");
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + n)));
+    header = JSON.parse(
+      new TextDecoder("utf-8", { fatal: true }).decode(prefix.subarray(8, 8 + n)),
+    );
   } catch {
     throw bad("header is not valid JSON");
   }
@@ -69,53 +127,265 @@ export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): Saf
     throw bad("header is not an object");
   }
   const dataStart = 8 + n;
-  const dataLen = bytes.byteLength - dataStart;
-  const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
-  const tensors: Record<string, StoredTensor> = {};
-  let end = 0;
+  const dataLen = fileSize - dataStart;
+  const md = header.__metadata__ ?? {};
+  if (md === null || typeof md !== "object" || Array.isArray(md)) {
+    throw bad("__metadata__ is not an object");
+  }
+  for (const [k, v] of Object.entries(md)) {
+    if (typeof v !== "string") throw bad(`metadata ${k} is not a string`);
+  }
+  const entries = new Map<string, SafetensorsEntry>();
+  const ranges: [number, number, string][] = [];
   for (const [name, v] of Object.entries(header)) {
     if (name === "__metadata__") continue;
-    const e = v as { dtype?: string; shape?: number[]; data_offsets?: [number, number] };
-    if (!e || !(e.dtype! in SIZE)) throw bad(`tensor ${name} has unsupported dtype ${e?.dtype}`);
-    const dtype = e.dtype as StoredTensor["dtype"];
-    const [a, b] = e.data_offsets ?? [-1, -1];
-    const count = (e.shape ?? []).reduce((x, y) => x * y, 1);
-    if (!(Number.isInteger(a) && Number.isInteger(b) && 0 <= a && a <= b && b <= dataLen)) {
+    const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (
+      e === null || typeof e !== "object" || typeof e.dtype !== "string" ||
+      !(e.dtype in DTYPE_BYTES)
+    ) {
+      throw bad(`tensor ${name} has unsupported dtype ${JSON.stringify(e?.dtype)}`);
+    }
+    const dtype = e.dtype as SafetensorsDType;
+    const shape = e.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw bad(`tensor ${name} has an invalid shape ${JSON.stringify(shape)}`);
+    }
+    const offs = e.data_offsets;
+    const [a, b] = Array.isArray(offs) && offs.length === 2 ? offs as number[] : [-1, -1];
+    if (!(Number.isSafeInteger(a) && Number.isSafeInteger(b) && 0 <= a && a <= b && b <= dataLen)) {
       throw bad(`tensor ${name} lies outside the data (truncated?)`);
     }
-    if (b - a !== count * SIZE[dtype]) throw bad(`tensor ${name}: shape and byte size disagree`);
-    const slice = bytes.slice(dataStart + a, dataStart + b);
-    const data = dtype === "F32"
-      ? new Float32Array(slice.buffer)
-      : dtype === "I32"
-      ? new Int32Array(slice.buffer)
-      : new Uint32Array(slice.buffer);
-    tensors[name] = { dtype, shape: e.shape ?? [], data };
-    end = Math.max(end, b);
+    if (b - a !== tensorBytes(dtype, shape)) {
+      throw bad(`tensor ${name}: shape and byte size disagree`);
+    }
+    entries.set(name, { dtype, shape, start: a, end: b });
+    ranges.push([a, b, name]);
+  }
+  ranges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  let end = 0;
+  for (const [a, b, name] of ranges) {
+    if (a < end) throw bad(`tensor ${name} overlaps another tensor`);
+    if (a > end) throw bad(`${a - end} unused bytes before tensor ${name}`);
+    end = b;
   }
   if (end !== dataLen) throw bad(`${dataLen - end} trailing bytes after the last tensor`);
-  return { tensors, metadata };
+  return { metadata: md as Record<string, string>, entries, dataStart };
 }
 
-/** Writes a file atomically: a temporary file in the same folder, then a rename over the target. */
-export async function writeSafetensors(path: string, file: SafetensorsFile): Promise<void> {
-  const tmp = `${path}.tmp-${crypto.randomUUID()}`;
+async function syncDir(path: string): Promise<void> {
+  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
   try {
-    await Deno.writeFile(tmp, encodeSafetensors(file));
+    const f = await Deno.open(dir, { read: true });
+    try {
+      await f.sync();
+    } finally {
+      f.close();
+    }
+  } catch {
+    // Not every platform lets a directory be opened or synced; the rename itself is still atomic.
+  }
+}
+
+/**
+ * Writes a safetensors file from tensor sources, atomically and durably: a temporary file in the
+ * same folder receives the header and each tensor's bytes as its source produces them, is synced to
+ * disk, then renamed over `path` (and the folder synced), so a crash leaves either the old file or
+ * the complete new one. Host memory: the header plus whatever chunk a source hands over.
+ */
+export async function writeSafetensorsStream(
+  path: string,
+  sources: readonly TensorSource[],
+  metadata: Record<string, string>,
+): Promise<void> {
+  const { bytes, entries } = encodeHeader(sources, metadata);
+  const tmp = `${path}.tmp-${crypto.randomUUID()}`;
+  const file = await Deno.open(tmp, { write: true, createNew: true });
+  let closed = false;
+  try {
+    await writeAll(file, bytes);
+    for (const s of sources) {
+      const want = entries.get(s.name)!;
+      let got = 0;
+      await s.write(async (chunk) => {
+        got += chunk.byteLength;
+        if (got > want.end - want.start) {
+          throw new Error(
+            `safetensors: source ${s.name} wrote more than its ${want.end - want.start} bytes`,
+          );
+        }
+        await writeAll(file, chunk);
+      });
+      if (got !== want.end - want.start) {
+        throw new Error(
+          `safetensors: source ${s.name} wrote ${got} of its ${want.end - want.start} bytes`,
+        );
+      }
+    }
+    await file.sync();
+    file.close();
+    closed = true;
     await Deno.rename(tmp, path);
+    await syncDir(path);
   } catch (e) {
+    if (!closed) file.close();
     await Deno.remove(tmp).catch(() => {});
     throw e;
   }
 }
 
-/** Reads and validates a file. */
+async function writeAll(file: Deno.FsFile, chunk: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < chunk.byteLength) off += await file.write(chunk.subarray(off));
+}
+
+/** An open safetensors file: its validated header, and tensors read on demand in chunks. */
+export interface SafetensorsReader {
+  /** String metadata. */
+  readonly metadata: Record<string, string>;
+  /** Header entries by tensor name. */
+  readonly entries: ReadonlyMap<string, SafetensorsEntry>;
+  /**
+   * Reads tensor `name`'s bytes in order, in chunks of at most `chunkBytes` (a multiple of the
+   * element size), calling `onChunk(bytes, byteOffsetWithinTensor)` for each; the chunk buffer is
+   * reused between calls, so copy what must outlive one call.
+   */
+  read(
+    name: string,
+    onChunk: (bytes: Uint8Array, offset: number) => void | Promise<void>,
+    chunkBytes?: number,
+  ): Promise<void>;
+  /** Closes the file. */
+  close(): void;
+}
+
+/** Default chunk of streamed reads and writes: bounded, and large enough to amortize syscalls. */
+export const STREAM_CHUNK_BYTES = 16 * 1024 * 1024;
+
+/** Opens and validates a safetensors file; errors name the file and the problem. */
+export async function openSafetensors(path: string): Promise<SafetensorsReader> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    throw new Error(`cannot read ${path}: ${(e as Error).message}`);
+  }
+  try {
+    const size = (await file.stat()).size;
+    const head8 = await readAt(file, 0, Math.min(8, size));
+    const n = head8.byteLength === 8 ? Number(new DataView(head8.buffer).getBigUint64(0, true)) : 0;
+    const prefix = await readAt(file, 0, Math.min(size, 8 + Math.min(n, MAX_HEADER)));
+    const { metadata, entries, dataStart } = decodeHeader(prefix, size, path);
+    return {
+      metadata,
+      entries,
+      async read(name, onChunk, chunkBytes = STREAM_CHUNK_BYTES) {
+        const e = entries.get(name);
+        if (!e) throw new Error(`${path}: no tensor named ${name}`);
+        const el = DTYPE_BYTES[e.dtype];
+        const step = Math.max(el, Math.floor(chunkBytes / el) * el);
+        const buf = new Uint8Array(Math.min(step, Math.max(1, e.end - e.start)));
+        for (let off = 0; off < e.end - e.start; off += step) {
+          const len = Math.min(step, e.end - e.start - off);
+          const chunk = buf.subarray(0, len);
+          await readInto(file, dataStart + e.start + off, chunk, path);
+          await onChunk(chunk, off);
+        }
+      },
+      close: () => file.close(),
+    };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+async function readAt(file: Deno.FsFile, pos: number, len: number): Promise<Uint8Array> {
+  const out = new Uint8Array(len);
+  await readInto(file, pos, out, "file");
+  return out;
+}
+
+async function readInto(
+  file: Deno.FsFile,
+  pos: number,
+  out: Uint8Array,
+  source: string,
+): Promise<void> {
+  await file.seek(pos, Deno.SeekMode.Start);
+  let got = 0;
+  while (got < out.byteLength) {
+    const n = await file.read(out.subarray(got));
+    if (n === null) throw new Error(`${source}: unexpected end of file (truncated while reading?)`);
+    got += n;
+  }
+}
+
+function bytesOf(v: ArrayBufferView): Uint8Array {
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** Encodes a small file in memory (tensors in sorted name order). */
+export function encodeSafetensors(file: SafetensorsFile): Uint8Array {
+  const names = Object.keys(file.tensors).sort();
+  const { bytes, entries } = encodeHeader(
+    names.map((name) => ({ name, ...file.tensors[name] })),
+    file.metadata,
+  );
+  const total = names.reduce((s, n) => s + file.tensors[n].data.byteLength, 0);
+  const out = new Uint8Array(bytes.length + total);
+  out.set(bytes);
+  for (const name of names) {
+    const e = entries.get(name)!;
+    const data = bytesOf(file.tensors[name].data);
+    if (data.byteLength !== e.end - e.start) {
+      throw new Error(
+        `safetensors: tensor ${name} has ${data.byteLength} bytes, its shape needs ${
+          e.end - e.start
+        }`,
+      );
+    }
+    out.set(data, bytes.length + e.start);
+  }
+  return out;
+}
+
+/** Decodes and validates a small file held in memory; `data` of each tensor is a fresh copy. */
+export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): SafetensorsFile {
+  const { metadata, entries, dataStart } = decodeHeader(bytes, bytes.byteLength, source);
+  const tensors: Record<string, StoredTensor> = {};
+  for (const [name, e] of entries) {
+    tensors[name] = {
+      dtype: e.dtype,
+      shape: e.shape,
+      data: bytes.slice(dataStart + e.start, dataStart + e.end),
+    };
+  }
+  return { tensors, metadata };
+}
+
+/** Writes a small file held in memory, atomically and durably (see {@link writeSafetensorsStream}). */
+export async function writeSafetensors(path: string, file: SafetensorsFile): Promise<void> {
+  const names = Object.keys(file.tensors).sort();
+  await writeSafetensorsStream(
+    path,
+    names.map((name) => ({
+      name,
+      dtype: file.tensors[name].dtype,
+      shape: file.tensors[name].shape,
+      write: (sink) => sink(bytesOf(file.tensors[name].data)),
+    })),
+    file.metadata,
+  );
+}
+
+/** Reads and validates a small file into memory (use {@link openSafetensors} for large ones). */
 export async function readSafetensors(path: string): Promise<SafetensorsFile> {
   let bytes: Uint8Array;
   try {
     bytes = await Deno.readFile(path);
   } catch (e) {
-    throw new Error(`cannot read checkpoint ${path}: ${(e as Error).message}`);
+    throw new Error(`cannot read ${path}: ${(e as Error).message}`);
   }
   return decodeSafetensors(bytes, path);
 }

@@ -3,48 +3,119 @@ import assert from "node:assert/strict";
 import {
   decodeSafetensors,
   encodeSafetensors,
-  readSafetensors,
+  openSafetensors,
+  type SafetensorsDType,
   writeSafetensors,
+  writeSafetensorsStream,
 } from "../cli/safetensors.ts";
 
-Deno.test("safetensors round-trips tensors bit-exactly, NaN payloads and -0 included", () => {
+const DTYPES: SafetensorsDType[] = ["F32", "I32", "U32", "BF16", "F16", "U8"];
+const SIZE = { F32: 4, I32: 4, U32: 4, BF16: 2, F16: 2, U8: 1 };
+
+const fileArb = fc.record({
+  tensors: fc.dictionary(
+    fc.string({ minLength: 1, maxLength: 12 }).filter((s) => s !== "__metadata__"),
+    fc.record({
+      dtype: fc.constantFrom(...DTYPES),
+      count: fc.integer({ min: 0, max: 40 }),
+      seed: fc.integer(),
+    }),
+    { maxKeys: 5 },
+  ).map((spec) =>
+    Object.fromEntries(
+      Object.entries(spec).map(([k, { dtype, count, seed }]) => {
+        const data = new Uint8Array(count * SIZE[dtype]);
+        let s = seed | 1;
+        for (let i = 0; i < data.length; i++) data[i] = (s = (s * 48271) % 2147483647) & 255;
+        return [k, { dtype, shape: [count], data }];
+      }),
+    )
+  ),
+  metadata: fc.dictionary(fc.string(), fc.string(), { maxKeys: 3 }),
+});
+
+Deno.test("safetensors round-trips every dtype bit-exactly in memory", () => {
   fc.assert(
-    fc.property(
-      fc.dictionary(
-        fc.string({ minLength: 1, maxLength: 12 }).filter((s) => s !== "__metadata__"),
-        fc.record({
-          dtype: fc.constantFrom("F32" as const, "I32" as const, "U32" as const),
-          words: fc.array(fc.integer({ min: 0, max: 2 ** 32 - 1 }), { maxLength: 40 }),
-        }),
-        { maxKeys: 5 },
-      ),
-      fc.dictionary(fc.string(), fc.string(), { maxKeys: 3 }),
-      (spec, metadata) => {
-        const tensors = Object.fromEntries(
-          Object.entries(spec).map(([k, { dtype, words }]) => {
-            const u = Uint32Array.from(words);
-            const data = dtype === "F32"
-              ? new Float32Array(u.buffer)
-              : dtype === "I32"
-              ? new Int32Array(u.buffer)
-              : u;
-            return [k, { dtype, shape: [words.length], data }];
-          }),
-        );
-        const back = decodeSafetensors(encodeSafetensors({ tensors, metadata }));
-        assert.deepEqual({ ...back.metadata }, { ...metadata });
-        for (const [k, t] of Object.entries(tensors)) {
-          assert.equal(back.tensors[k].dtype, t.dtype);
-          assert.deepEqual(back.tensors[k].shape, t.shape);
-          assert.deepEqual(
-            new Uint32Array(back.tensors[k].data.buffer),
-            new Uint32Array(t.data.buffer),
-          );
-        }
-      },
-    ),
+    fc.property(fileArb, (file) => {
+      const back = decodeSafetensors(encodeSafetensors(file));
+      assert.deepEqual({ ...back.metadata }, { ...file.metadata });
+      for (const [k, t] of Object.entries(file.tensors)) {
+        assert.equal(back.tensors[k].dtype, t.dtype);
+        assert.deepEqual(back.tensors[k].shape, t.shape);
+        assert.deepEqual(back.tensors[k].data, t.data);
+      }
+    }),
     { numRuns: 200, seed: 3 },
   );
+});
+
+Deno.test("safetensors streams: chunked writes and chunked reads equal the in-memory encoding", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await fc.assert(
+      fc.asyncProperty(fileArb, fc.integer({ min: 1, max: 64 }), async (file, chunk) => {
+        const names = Object.keys(file.tensors).sort();
+        const path = `${dir}/s.safetensors`;
+        await writeSafetensorsStream(
+          path,
+          names.map((name) => ({
+            name,
+            dtype: file.tensors[name].dtype,
+            shape: file.tensors[name].shape,
+            async write(sink) {
+              const d = file.tensors[name].data as Uint8Array;
+              for (let o = 0; o < d.length; o += chunk) await sink(d.slice(o, o + chunk));
+            },
+          })),
+          file.metadata,
+        );
+        assert.deepEqual(await Deno.readFile(path), encodeSafetensors(file));
+        const r = await openSafetensors(path);
+        try {
+          assert.deepEqual({ ...r.metadata }, { ...file.metadata });
+          for (const name of names) {
+            const want = file.tensors[name].data as Uint8Array;
+            const got = new Uint8Array(want.length);
+            await r.read(name, (b, off) => got.set(b, off), chunk);
+            assert.deepEqual(got, want);
+          }
+        } finally {
+          r.close();
+        }
+      }),
+      { numRuns: 60, seed: 9 },
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["s.safetensors"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("safetensors: a source that writes too few or too many bytes leaves the old file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/c.safetensors`;
+    await writeSafetensors(path, {
+      tensors: { w: { dtype: "F32", shape: [1], data: new Float32Array([1]) } },
+      metadata: {},
+    });
+    const before = await Deno.readFile(path);
+    for (const n of [3, 5]) {
+      await assert.rejects(
+        () =>
+          writeSafetensorsStream(
+            path,
+            [{ name: "w", dtype: "F32", shape: [1], write: (sink) => sink(new Uint8Array(n)) }],
+            {},
+          ),
+        /wrote/,
+      );
+      assert.deepEqual(await Deno.readFile(path), before);
+    }
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["c.safetensors"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("safetensors: truncated, foreign and inconsistent files are clear errors", async () => {
@@ -58,17 +129,22 @@ Deno.test("safetensors: truncated, foreign and inconsistent files are clear erro
     () => decodeSafetensors(new TextEncoder().encode("PK\u0003\u0004 this is a zip file"), "ck"),
     /not a valid safetensors/,
   );
+  const withGap = encodeSafetensors({
+    tensors: { w: { dtype: "U8", shape: [4], data: new Uint8Array(4) } },
+    metadata: {},
+  });
+  const text = new TextDecoder().decode(withGap.subarray(8, withGap.length - 4));
+  const shifted = new TextEncoder().encode(text.replace("[0,4]", "[1,5]"));
+  const bad = new Uint8Array(8 + shifted.length + 5);
+  new DataView(bad.buffer).setBigUint64(0, BigInt(shifted.length), true);
+  bad.set(shifted, 8);
+  assert.throws(() => decodeSafetensors(bad, "ck"), /unused bytes/);
   const dir = await Deno.makeTempDir();
-  await writeSafetensors(`${dir}/a.safetensors`, decodeSafetensors(good));
-  assert.deepEqual((await readSafetensors(`${dir}/a.safetensors`)).metadata, { step: "3" });
-  assert.deepEqual(
-    [...Deno.readDirSync(dir)].map((e) => e.name),
-    ["a.safetensors"],
-    "no temp file left",
-  );
-  await assert.rejects(
-    () => readSafetensors(`${dir}/missing.safetensors`),
-    /cannot read checkpoint/,
-  );
-  await Deno.remove(dir, { recursive: true });
+  try {
+    await Deno.writeFile(`${dir}/t.safetensors`, good.slice(0, good.length - 4));
+    await assert.rejects(() => openSafetensors(`${dir}/t.safetensors`), /truncated/);
+    await assert.rejects(() => openSafetensors(`${dir}/missing.safetensors`), /cannot read/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
