@@ -41,9 +41,20 @@ import { fmtShape } from "./shape.ts";
 
 /**
  * Element type of a storage binding: a tensor dtype, `vec4f` (an f32 tensor read four at a time)
- * or `atomic<u32>`.
+ * or `atomic<u32>`. The packed dtypes `bf16` and `u8` are bound as `array<u32>` and used through
+ * accessors only: `load_x(i)` (bf16 → f32, u8 → the code as u32) and, for outputs, whole-word
+ * stores `store_x_pair(j, a, b)` (bf16 elements 2j, 2j+1, rounded to nearest even) or
+ * `store_x_word(j, w)` (u8 elements 4j…4j+3, element 4j in the lowest byte), so invocations never
+ * race on a shared word.
  */
-export type StorageType = "f32" | "i32" | "u32" | "vec4f" | "atomic<u32>";
+export type StorageType = "f32" | "i32" | "u32" | "bf16" | "u8" | "vec4f" | "atomic<u32>";
+
+// f32 → bf16 bits, round to nearest even (NaN stays a quiet NaN), as core/bf16.ts does on the CPU.
+const BF16_ROUND = `fn bf16_bits(v: f32) -> u32 {
+  let b = bitcast<u32>(v);
+  if ((b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu) != 0u) { return (b >> 16u) | 0x40u; }
+  return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}`;
 
 /** A WGSL scalar a uniform field holds. */
 export type UniformScalar = "f32" | "i32" | "u32";
@@ -213,6 +224,25 @@ function uniformDecl(fields: Field[]): string {
 
 // Typed element accessors of scalar bindings: `load_x(i)` and, for outputs, `store_x(i, v)`.
 function accessors(name: string, type: StorageType, writable: boolean): string[] {
+  if (type === "bf16") {
+    const out = [
+      `fn load_${name}(i: u32) -> f32 { let w = ${name}[i >> 1u]; ` +
+      `return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u)); }`,
+    ];
+    if (writable) {
+      out.push(
+        `fn store_${name}_pair(j: u32, a: f32, b: f32) { ${name}[j] = bf16_bits(a) | (bf16_bits(b) << 16u); }`,
+      );
+    }
+    return out;
+  }
+  if (type === "u8") {
+    const out = [
+      `fn load_${name}(i: u32) -> u32 { return (${name}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu; }`,
+    ];
+    if (writable) out.push(`fn store_${name}_word(j: u32, w: u32) { ${name}[j] = w; }`);
+    return out;
+  }
   if (type !== "f32" && type !== "i32" && type !== "u32") return [];
   const out = [`fn load_${name}(i: u32) -> ${type} { return ${name}[i]; }`];
   if (writable) out.push(`fn store_${name}(i: u32, v: ${type}) { ${name}[i] = v; }`);
@@ -292,7 +322,11 @@ function checkBinding(
 ): Binding {
   if (b === undefined) throw new TypeError(`${op}: missing binding ${name}`);
   if (!("binding" in b)) return b;
-  const want = type === "f32" || type === "vec4f" ? ["f32"] : ["i32", "u32"];
+  const want = type === "f32" || type === "vec4f"
+    ? ["f32"]
+    : type === "bf16" || type === "u8"
+    ? [type]
+    : ["i32", "u32"];
   if (!want.includes(b.dtype)) {
     throw new DTypeError(
       `${op}: ${name} is declared ${type} but got a ${b.dtype} tensor ${fmtShape(b.shape)}`,
@@ -342,13 +376,15 @@ export function defineKernel<
   if (hasUniform) lines.push(uniformDecl(layout.fields));
   storage.forEach(([name, type, writable], k) => {
     const access = writable ? "read_write" : "read";
-    lines.push(`@group(0) @binding(${k}) var<storage, ${access}> ${name}: array<${type}>;`);
+    const elem = type === "bf16" || type === "u8" ? "u32" : type;
+    lines.push(`@group(0) @binding(${k}) var<storage, ${access}> ${name}: array<${elem}>;`);
   });
   let next = storage.length;
   if (hasUniform) lines.push(`@group(0) @binding(${next++}) var<uniform> u: U;`);
   for (const [name, type] of textures) {
     lines.push(`@group(0) @binding(${next++}) var ${name}: ${type};`);
   }
+  if (storage.some(([, type, writable]) => type === "bf16" && writable)) lines.push(BF16_ROUND);
   for (const [name, type, writable] of storage) lines.push(...accessors(name, type, writable));
   if (spec.helpers) lines.push(spec.helpers.trim());
   lines.push(entryPoint(grid, spec.workgroupSize, spec.body));

@@ -1,6 +1,7 @@
 /**
  * Kernel dispatch: WGSL pipelines cached by source, dispatches recorded into one command encoder
- * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readBuffers}.
+ * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readRanges}
+ * (and {@link readBuffers}, {@link sync}).
  * @module
  */
 import { deviceInfo, gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
@@ -186,10 +187,16 @@ export function dispatch(call: KernelCall): void {
 }
 
 /** Records a buffer-to-buffer copy (ordered with the dispatches around it). */
-export function encodeCopy(src: GPUBuffer, dst: GPUBuffer, bytes: number, dstOffset = 0): void {
+export function encodeCopy(
+  src: GPUBuffer,
+  dst: GPUBuffer,
+  bytes: number,
+  dstOffset = 0,
+  srcOffset = 0,
+): void {
   if (bytes === 0) return;
   endPass();
-  currentEncoder().copyBufferToBuffer(src, 0, dst, dstOffset, bytes);
+  currentEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
 }
 
 /**
@@ -221,26 +228,41 @@ export function encodeClear(s: Storage): void {
 }
 
 /**
- * Records an upload of `data` into a storage. The bytes go through a fresh staging buffer copied
- * inside the command stream, so the write lands after earlier recorded work that may still read a
- * recycled buffer (a plain `queue.writeBuffer` would overtake it).
+ * Bytes of one staging buffer for uploads and readbacks: transfers of any size go through staging
+ * buffers of at most this size, so no transfer needs a buffer near `maxBufferSize` or doubles a
+ * large tensor in host memory.
  */
-export function encodeUpload(s: Storage, data: ArrayBufferView): void {
+export const TRANSFER_CHUNK_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Records an upload of `data` into a storage at byte `dstOffset` (a multiple of 4). The bytes go
+ * through staging buffers (at most {@link TRANSFER_CHUNK_BYTES} each) copied inside the command
+ * stream, so the write lands after earlier recorded work that may still read a recycled buffer (a
+ * plain `queue.writeBuffer` would overtake it).
+ */
+export function encodeUpload(s: Storage, data: ArrayBufferView, dstOffset = 0): void {
   const bytes = data.byteLength;
-  if (bytes === 0) return;
-  const staging = gpuDevice().createBuffer({
-    size: Math.ceil(bytes / 4) * 4,
-    usage: GPUBufferUsage.COPY_SRC,
-    mappedAtCreation: true,
-  });
-  new Uint8Array(staging.getMappedRange(), 0, bytes).set(
-    new Uint8Array(data.buffer, data.byteOffset, bytes),
-  );
-  staging.unmap();
-  encodeCopy(staging, s.buffer, Math.ceil(bytes / 4) * 4);
-  toDestroy.push(staging);
-  stagedBytes += bytes;
-  if (stagedBytes >= AUTO_FLUSH_STAGED_BYTES) flush();
+  if (dstOffset % 4 !== 0 || dstOffset + bytes > s.buffer.size) {
+    throw new RangeError(
+      `upload of ${bytes} bytes at offset ${dstOffset} does not fit a ${s.bytes}-byte storage`,
+    );
+  }
+  const src = new Uint8Array(data.buffer, data.byteOffset, bytes);
+  for (let off = 0; off < bytes; off += TRANSFER_CHUNK_BYTES) {
+    const n = Math.min(TRANSFER_CHUNK_BYTES, bytes - off);
+    const padded = Math.ceil(n / 4) * 4;
+    const staging = gpuDevice().createBuffer({
+      size: padded,
+      usage: GPUBufferUsage.COPY_SRC,
+      mappedAtCreation: true,
+    });
+    new Uint8Array(staging.getMappedRange(), 0, n).set(src.subarray(off, off + n));
+    staging.unmap();
+    encodeCopy(staging, s.buffer, padded, dstOffset + off);
+    toDestroy.push(staging);
+    stagedBytes += n;
+    if (stagedBytes >= AUTO_FLUSH_STAGED_BYTES) flush();
+  }
 }
 
 /** Submits everything recorded so far. Cheap when nothing is pending; never waits for the GPU. */
@@ -261,33 +283,107 @@ export function flush(): void {
   toDestroy = [];
 }
 
+/** A byte range of a storage to read back. */
+export interface ReadRange {
+  /** The storage. */
+  storage: Storage;
+  /** First byte (a multiple of 4). */
+  offset: number;
+  /** Bytes to read. */
+  bytes: number;
+}
+
 /**
- * Copies storages into one staging buffer, submits, and waits once: the only GPU-to-JS sync.
- * Returns one ArrayBuffer per storage, `bytes` long. Throws pending GPU errors with their op names.
+ * Streams byte ranges of storages back to the CPU through staging buffers of at most
+ * `chunkBytes`: each staging buffer gathers as many (pieces of) ranges as fit, is submitted and
+ * mapped (one GPU sync), and each piece is handed to `onPiece(rangeIndex, bytes, offsetInRange)`
+ * while mapped (copy what must outlive the call). Pieces arrive in order. Pending GPU errors are
+ * thrown with their op names, and a failed copy names the ranges and sizes involved.
+ */
+export async function readRanges(
+  ranges: readonly ReadRange[],
+  onPiece: (index: number, bytes: Uint8Array, offset: number) => void | Promise<void>,
+  chunkBytes = TRANSFER_CHUNK_BYTES,
+): Promise<void> {
+  const device = gpuDevice();
+  const step = Math.max(4, Math.floor(chunkBytes / 4) * 4);
+  type Piece = { index: number; src: number; at: number; bytes: number; into: number };
+  let pieces: Piece[] = [];
+  let used = 0;
+  const drain = async () => {
+    if (pieces.length === 0) return;
+    const what = `readback of ${used} bytes (${pieces.length} piece(s) of ${
+      [...new Set(pieces.map((p) => ranges[p.index].storage.bytes))].join(", ")
+    }-byte storages)`;
+    let staging: GPUBuffer | undefined;
+    scoped(what, () => {
+      staging = device.createBuffer({
+        size: Math.max(4, used),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+    });
+    const buf = staging!;
+    try {
+      for (const p of pieces) {
+        const words = Math.ceil(p.bytes / 4) * 4;
+        encodeCopy(ranges[p.index].storage.buffer, buf, words, p.at, p.src);
+      }
+      // Named in the batch, so a failed copy's error says which readback it was.
+      batchOps.add(what);
+      flush();
+      try {
+        await buf.mapAsync(GPUMapMode.READ);
+      } catch (e) {
+        // The GPU's own errors (validation, out of memory, device lost) say more than the map's.
+        await Promise.all(outstanding.splice(0));
+        throwPendingErrors();
+        throw new DeviceError(`${what}: ${(e as Error).message}`);
+      }
+      await Promise.all(outstanding.splice(0));
+      throwPendingErrors();
+      const mapped = new Uint8Array(buf.getMappedRange());
+      for (const p of pieces) await onPiece(p.index, mapped.subarray(p.at, p.at + p.bytes), p.into);
+    } finally {
+      buf.destroy();
+    }
+    pieces = [];
+    used = 0;
+  };
+  for (let index = 0; index < ranges.length; index++) {
+    const r = ranges[index];
+    if (
+      r.offset % 4 !== 0 || r.offset < 0 ||
+      r.offset + Math.ceil(r.bytes / 4) * 4 > r.storage.buffer.size
+    ) {
+      throw new RangeError(
+        `readback: range [${r.offset}, ${r.offset + r.bytes}) of a ${r.storage.bytes}-byte ` +
+          "storage is out of range or not 4-byte aligned",
+      );
+    }
+    for (let into = 0; into < r.bytes;) {
+      if (used === step) await drain();
+      const n = Math.min(r.bytes - into, step - used);
+      // Copies move whole words; a ragged tail is read as a full word and trimmed.
+      const words = Math.ceil(n / 4) * 4;
+      pieces.push({ index, src: r.offset + into, at: used, bytes: n, into });
+      used += words;
+      into += n;
+    }
+  }
+  await drain();
+}
+
+/**
+ * Reads storages back whole (one ArrayBuffer per storage, `bytes` long) through
+ * {@link readRanges}: bounded staging, one GPU sync per chunk.
  */
 export async function readBuffers(list: readonly Storage[]): Promise<ArrayBuffer[]> {
-  const offsets: number[] = [];
-  let total = 0;
-  for (const s of list) {
-    offsets.push(total);
-    total += Math.ceil(s.bytes / 4) * 4;
-  }
-  const device = gpuDevice();
-  const staging = device.createBuffer({
-    size: Math.max(4, total),
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  list.forEach((s, i) => encodeCopy(s.buffer, staging, Math.ceil(s.bytes / 4) * 4, offsets[i]));
-  flush();
-  try {
-    await staging.mapAsync(GPUMapMode.READ);
-    await Promise.all(outstanding.splice(0));
-    throwPendingErrors();
-    const mapped = staging.getMappedRange();
-    return list.map((s, i) => mapped.slice(offsets[i], offsets[i] + s.bytes));
-  } finally {
-    staging.destroy();
-  }
+  const out = list.map((s) => new Uint8Array(s.bytes));
+  await readRanges(
+    list.map((storage) => ({ storage, offset: 0, bytes: storage.bytes })),
+    (i, bytes, off) => out[i].set(bytes, off),
+  );
+  return out.map((o) => o.buffer);
 }
 
 /** Waits until the GPU has finished all submitted work (a sync: costs >= 11 ms on software adapters). */

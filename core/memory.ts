@@ -54,17 +54,12 @@ export function sizeClass(bytes: number): number {
 
 /** Allocates a storage of `bytes` bytes; `what` describes the tensor for the limit error. */
 export function allocStorage(bytes: number, what: string): Storage {
-  const { maxBufferSize: limit, maxStorageBufferBindingSize: bindLimit } = gpuDevice().limits;
+  const { maxBufferSize: limit } = gpuDevice().limits;
+  // A tensor above maxStorageBufferBindingSize is fine: ops bind it in windows (Tensor.rows), and
+  // an op that cannot names the binding limit when it is called.
   if (bytes > limit) {
     throw new DeviceLimitError(
       `${what} needs ${bytes} bytes, over the device's maxBufferSize of ${limit} bytes`,
-    );
-  }
-  // Every kernel binds whole tensors, so a tensor no kernel could bind is refused up front.
-  if (bytes > bindLimit) {
-    throw new DeviceLimitError(
-      `${what} needs ${bytes} bytes, over the device's maxStorageBufferBindingSize of ${bindLimit} ` +
-        `bytes; split it into smaller tensors`,
     );
   }
   let size = sizeClass(bytes);

@@ -6,6 +6,8 @@
 import { DTypeError, GradientError } from "./errors.ts";
 import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
+import { convert } from "./convert.ts";
+import { forEachWindow } from "./windows.ts";
 import { adopt, captureCreated, ones, Tensor, zeros } from "./tensor.ts";
 import * as tree from "./tree.ts";
 import type { TensorTree } from "./tree.ts";
@@ -84,7 +86,7 @@ export class Tape {
   /** Marks f32 tensors as differentiable leaves. */
   watch(...tensors: Tensor[]): void {
     for (const t of tensors) {
-      if (t.dtype !== "f32") {
+      if (t.dtype !== "f32" && t.dtype !== "bf16") {
         throw new DTypeError(
           `cannot differentiate with respect to a ${t.dtype} tensor ${fmtShape(t.shape)}`,
         );
@@ -184,7 +186,13 @@ export class Tape {
         grads[k] = grads[earlier]!.view(w.shape);
         return;
       }
-      const g = slots.get(w) ?? zeros(w.shape);
+      let g = slots.get(w) ?? zeros(w.shape, w.dtype);
+      // A bf16 parameter gets a bf16 gradient (ops may already produce one; f32 ones convert).
+      if (g.dtype !== w.dtype) {
+        const c = convert(g, w.dtype as "f32" | "bf16");
+        g.dispose();
+        g = c;
+      }
       slots.delete(w);
       if (opts.onGrad) opts.onGrad(g, k);
       else grads[k] = g;
@@ -283,9 +291,16 @@ const ADD = defineKernel({
   body: "  store_out(i, load_a(i) + load_b(i));",
 });
 
+// Gradients add in f32 (a bf16 one, e.g. an op's gradient for a bf16 weight, is widened first),
+// window by window so any size adds.
 function accumulate(a: Tensor, b: Tensor): Tensor {
+  const [a32, b32] = [convert(a, "f32"), convert(b, "f32")];
   const out = Tensor.empty(a.shape);
-  ADD({ a, b, out }, { n: a.size });
+  forEachWindow([a32, b32, out], ([av, bv, ov], _start, count) => {
+    ADD({ a: av, b: bv, out: ov }, { n: count });
+  });
+  a32.dispose();
+  b32.dispose();
   return out;
 }
 

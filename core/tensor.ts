@@ -2,12 +2,27 @@
  * Tensor handles, their creation and readback, and `scope` for deterministic lifetimes.
  * @module
  */
-import { allocTyped, type DType, dtypeOf, type TensorData } from "./dtype.ts";
+import { packBf16, toBf16Bits, unpackBf16 } from "./bf16.ts";
+import {
+  allocTyped,
+  bytesPerElement,
+  type DType,
+  dtypeOf,
+  storageBytes,
+  type TensorData,
+} from "./dtype.ts";
 import { DisposedError, DTypeError, ShapeError } from "./errors.ts";
 import { defineKernel } from "./define_kernel.ts";
-import { type Binding, encodeClear, encodeUpload, readBuffers } from "./kernel.ts";
+import {
+  type Binding,
+  encodeClear,
+  encodeUpload,
+  readRanges,
+  TRANSFER_CHUNK_BYTES,
+} from "./kernel.ts";
 import { allocStorage, releaseStorage, type Storage } from "./memory.ts";
 import { Rng } from "./rng.ts";
+import { forEachWindow } from "./windows.ts";
 import { checkShape, fmtShape, type Shape, sizeOf } from "./shape.ts";
 import * as tree from "./tree.ts";
 
@@ -27,15 +42,24 @@ export class Tensor {
   readonly dtype: DType;
   /** Number of elements. */
   readonly size: number;
+  /**
+   * Where the elements start in the storage, in bytes (0 unless this is a {@link Tensor.rows}
+   * window of a larger tensor).
+   */
+  readonly offset: number;
   #storage: Storage | null;
   #pins = 0;
   #disposeRequested = false;
 
-  /** Wraps a storage (taking one reference to it); ops use this, users use the creation functions. */
-  constructor(storage: Storage, shape: Shape, dtype: DType) {
+  /**
+   * Wraps a storage (taking one reference to it) from byte `offset` on; ops use this, users use the
+   * creation functions.
+   */
+  constructor(storage: Storage, shape: Shape, dtype: DType, offset = 0) {
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
     this.size = sizeOf(shape);
+    this.offset = offset;
     this.#storage = storage;
     scopes.at(-1)?.add(this);
   }
@@ -43,8 +67,13 @@ export class Tensor {
   /** Allocates an uninitialized tensor (ops write it before anyone reads it). */
   static empty(shape: Shape, dtype: DType = "f32"): Tensor {
     checkShape(shape);
-    const bytes = sizeOf(shape) * 4;
+    const bytes = storageBytes(dtype, sizeOf(shape));
     return new Tensor(allocStorage(bytes, `tensor ${fmtShape(shape)} ${dtype}`), shape, dtype);
+  }
+
+  /** Bytes of device memory the elements take (whole 32-bit words). */
+  get bytes(): number {
+    return storageBytes(this.dtype, this.size);
   }
 
   /** The storage; throws if disposed (a tape may still read a pinned tensor disposed meanwhile). */
@@ -67,9 +96,43 @@ export class Tensor {
     return this.#storage === null || this.#disposeRequested;
   }
 
-  /** This tensor as a kernel binding. */
+  /**
+   * This tensor as a kernel binding: its bytes of the storage. A tensor larger than the device's
+   * `maxStorageBufferBindingSize` cannot be bound whole; ops bind {@link Tensor.rows} windows.
+   */
   binding(): Binding {
-    return { storage: this.storage, what: `tensor ${fmtShape(this.shape)} ${this.dtype}` };
+    const what = `tensor ${fmtShape(this.shape)} ${this.dtype}` +
+      (this.offset > 0 || this.bytes < this.storage.bytes
+        ? ` (window at byte ${this.offset})`
+        : "");
+    return { storage: this.storage, what, offset: this.offset, size: this.bytes };
+  }
+
+  /**
+   * Rows `[r0, r0 + n)` along the first axis as a new handle to the same storage (no copy): how
+   * ops process a tensor larger than one binding window by window. The window must start on a
+   * whole 32-bit word; kernels need it aligned to the device's `minStorageBufferOffsetAlignment`
+   * (see {@link rowWindow}).
+   */
+  rows(r0: number, n: number): Tensor {
+    const s = this.storage;
+    const rows = this.shape[0];
+    if (
+      this.rank === 0 || !Number.isInteger(r0) || !Number.isInteger(n) || r0 < 0 || n < 0 ||
+      r0 + n > rows
+    ) {
+      throw new ShapeError(`rows(${r0}, ${n}) is outside tensor ${fmtShape(this.shape)}`);
+    }
+    const rowBytes = (this.size / rows) * bytesPerElement(this.dtype);
+    const start = this.offset + r0 * rowBytes;
+    if (start % 4 !== 0) {
+      throw new ShapeError(
+        `rows(${r0}, ${n}) of ${this.dtype} tensor ${fmtShape(this.shape)} does not start on a ` +
+          "32-bit word",
+      );
+    }
+    s.refs++;
+    return new Tensor(s, [n, ...this.shape.slice(1)], this.dtype, start);
   }
 
   /** A new handle to the same storage with another shape of equal size (no copy). */
@@ -82,7 +145,7 @@ export class Tensor {
       );
     }
     s.refs++;
-    return new Tensor(s, shape, this.dtype);
+    return new Tensor(s, shape, this.dtype, this.offset);
   }
 
   /** Releases this handle; the memory returns to the pool when no handle or tape needs it. Idempotent. */
@@ -145,17 +208,57 @@ function nest(data: TensorData, shape: Shape): NestedArray {
   return Array.from({ length: d }, (_, i) => nest(data.subarray(i * step, (i + 1) * step), rest));
 }
 
-/** Reads several tensors back with a single GPU sync. */
+/** The elements of a tensor's raw little-endian bytes (bf16 unpacked to f32). */
+export function decodeElements(dtype: DType, size: number, raw: ArrayBuffer): TensorData {
+  if (dtype === "f32") return new Float32Array(raw, 0, size);
+  if (dtype === "i32") return new Int32Array(raw, 0, size);
+  if (dtype === "u32") return new Uint32Array(raw, 0, size);
+  if (dtype === "u8") return new Uint8Array(raw, 0, size);
+  return unpackBf16(new Uint32Array(raw, 0, raw.byteLength >> 2), size);
+}
+
+/**
+ * Reads several tensors back: one GPU sync per staging chunk (one for everything that fits in
+ * {@link TRANSFER_CHUNK_BYTES}), so any number and size of tensors can be read.
+ */
 export async function readAll(tensors: readonly Tensor[]): Promise<TensorData[]> {
-  const raw = await readBuffers(tensors.map((t) => t.storage));
-  return raw.map((buf, i) => {
-    const dt = tensors[i].dtype;
-    return dt === "f32"
-      ? new Float32Array(buf)
-      : dt === "i32"
-      ? new Int32Array(buf)
-      : new Uint32Array(buf);
-  });
+  const raw = tensors.map((t) => new Uint8Array(t.bytes));
+  await readRanges(
+    tensors.map((t) => ({ storage: t.storage, offset: t.offset, bytes: t.bytes })),
+    (i, bytes, off) => raw[i].set(bytes, off),
+  );
+  return raw.map((r, i) => decodeElements(tensors[i].dtype, tensors[i].size, r.buffer));
+}
+
+/**
+ * Streams one tensor's raw bytes (the device layout: little-endian, bf16 packed two per word) to
+ * `onChunk(bytes, offset)` in pieces of at most `chunkBytes`; host memory stays bounded by one
+ * chunk. Copy the bytes if they must outlive the call.
+ */
+export async function streamBytes(
+  t: Tensor,
+  onChunk: (bytes: Uint8Array, offset: number) => void | Promise<void>,
+  chunkBytes = TRANSFER_CHUNK_BYTES,
+): Promise<void> {
+  await readRanges(
+    [{ storage: t.storage, offset: t.offset, bytes: t.bytes }],
+    (_, bytes, off) => onChunk(bytes, off),
+    chunkBytes,
+  );
+}
+
+/**
+ * Writes raw bytes (the device layout) into `t` starting at byte `offset` of the tensor, recorded in
+ * order with the dispatches around it: how checkpoints load tensors chunk by chunk.
+ */
+export function writeBytes(t: Tensor, bytes: Uint8Array, offset = 0): void {
+  if (offset % 4 !== 0 || offset + bytes.byteLength > t.bytes) {
+    throw new RangeError(
+      `writeBytes: ${bytes.byteLength} bytes at offset ${offset} do not fit tensor ` +
+        `${fmtShape(t.shape)} ${t.dtype} (${t.bytes} bytes)`,
+    );
+  }
+  encodeUpload(t.storage, bytes, t.offset + offset);
 }
 
 /**
@@ -240,8 +343,12 @@ function flatten(data: NestedArray, shape: number[], depth: number, out: number[
 }
 
 function checkValues(values: ArrayLike<number>, dtype: DType): void {
-  if (dtype === "f32") return;
-  const [lo, hi] = dtype === "i32" ? [-(2 ** 31), 2 ** 31 - 1] : [0, 2 ** 32 - 1];
+  if (dtype === "f32" || dtype === "bf16") return;
+  const [lo, hi] = dtype === "i32"
+    ? [-(2 ** 31), 2 ** 31 - 1]
+    : dtype === "u8"
+    ? [0, 255]
+    : [0, 2 ** 32 - 1];
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
     if (!Number.isInteger(v) || v < lo || v > hi) {
@@ -253,7 +360,8 @@ function checkValues(values: ArrayLike<number>, dtype: DType): void {
 /**
  * Creates a tensor from nested arrays or a typed array. `shape` defaults to the nesting (or 1-D for a
  * typed array); `dtype` defaults to the typed array's kind, or f32 for numbers. Integer dtypes reject
- * non-integer or out-of-range values.
+ * non-integer or out-of-range values; `bf16` rounds each value to the nearest bfloat16 (ties to
+ * even).
  */
 export function tensor(
   data: NestedArray | TensorData | readonly number[],
@@ -285,8 +393,9 @@ export function tensor(
       `tensor(): ${values.length} values do not fill shape ${fmtShape(finalShape)}`,
     );
   }
-  const t = Tensor.empty(finalShape, dtypeOf(values));
-  encodeUpload(t.storage, values);
+  const dt = dtype === "bf16" ? "bf16" : dtypeOf(values);
+  const t = Tensor.empty(finalShape, dt);
+  encodeUpload(t.storage, dt === "bf16" ? packBf16(values) : values);
   return t;
 }
 
@@ -302,7 +411,7 @@ export function ones(shape: Shape, dtype: DType = "f32"): Tensor {
   return full(shape, 1, dtype);
 }
 
-const fill = (dtype: DType) =>
+const fill = (dtype: "f32" | "i32" | "u32") =>
   defineKernel({
     name: "full",
     outputs: { out: dtype },
@@ -312,12 +421,21 @@ const fill = (dtype: DType) =>
   });
 const FILL = { f32: fill("f32"), i32: fill("i32"), u32: fill("u32") };
 
-/** A tensor filled with `value` (filled on the GPU). */
+/** A tensor filled with `value` (filled on the GPU, window by window; packed dtypes by words). */
 export function full(shape: Shape, value: number, dtype: DType = "f32"): Tensor {
   checkValues([value], dtype);
   if (value === 0 && !Object.is(value, -0)) return zeros(shape, dtype);
   const t = Tensor.empty(shape, dtype);
-  FILL[dtype]({ out: t }, { n: t.size, value });
+  // Packed dtypes are filled as u32 words holding the value 2 or 4 times.
+  const packed = dtype === "bf16" || dtype === "u8";
+  const words = packed ? new Tensor(t.storage, [t.bytes / 4], "u32", t.offset) : t;
+  if (packed) t.storage.refs++;
+  const word = dtype === "bf16" ? toBf16Bits(value) * 0x10001 : value * 0x01010101;
+  const kernel = FILL[packed ? "u32" : dtype as "f32" | "i32" | "u32"];
+  forEachWindow([words], ([w], _start, count) => {
+    kernel({ out: w }, { n: count, value: packed ? word >>> 0 : value });
+  });
+  if (packed) words.dispose();
   return t;
 }
 
@@ -327,15 +445,28 @@ export interface RandomOptions {
   seed?: number;
   /** Generator to draw from instead of a seed. */
   rng?: Rng;
+  /** `f32` (default) or `bf16` (each draw rounded to nearest even; the same draws as f32). */
+  dtype?: "f32" | "bf16";
 }
 
-// Allocates first, so a tensor over the device's limits fails before the CPU draws its values.
+// Allocates first, so a tensor over the device's limits fails before the CPU draws its values;
+// draws and uploads in chunks, so host memory stays bounded for any size.
 function fillFromCpu(shape: Shape, opts: RandomOptions, draw: (rng: Rng) => number): Tensor {
-  const t = Tensor.empty(shape);
+  const dtype = opts.dtype ?? "f32";
+  const t = Tensor.empty(shape, dtype);
   const rng = opts.rng ?? new Rng(opts.seed ?? 0);
-  const v = new Float32Array(t.size);
-  for (let i = 0; i < v.length; i++) v[i] = draw(rng);
-  encodeUpload(t.storage, v);
+  const chunk = TRANSFER_CHUNK_BYTES / 4;
+  const v = new Float32Array(Math.min(chunk, t.size));
+  for (let start = 0; start < t.size; start += chunk) {
+    const n = Math.min(chunk, t.size - start);
+    for (let i = 0; i < n; i++) v[i] = draw(rng);
+    const part = v.subarray(0, n);
+    encodeUpload(
+      t.storage,
+      dtype === "bf16" ? packBf16(part) : part,
+      start * bytesPerElement(dtype),
+    );
+  }
   return t;
 }
 

@@ -17,3 +17,4 @@ export * from "./sltrain_linear.ts";
 export * from "./relora_linear.ts";
 export * from "./svd.ts";
 export * from "./lm_head.ts";
+export * from "./cast.ts";

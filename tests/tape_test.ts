@@ -134,7 +134,7 @@ Deno.test("scope frees everything created inside except the result, also on thro
   assert.equal(memoryStats().liveBytes, before);
 });
 
-Deno.test("oversized tensors: buffer and binding limits are specific errors, nothing left allocated", () => {
+Deno.test("oversized tensors: the buffer limit is a specific error, nothing left allocated", () => {
   const limits = gpuDevice().limits;
   const before = memoryStats();
   const huge = Math.floor(limits.maxBufferSize / 4) + 1;
@@ -143,15 +143,6 @@ Deno.test("oversized tensors: buffer and binding limits are specific errors, not
     (e: Error) =>
       e instanceof DeviceLimitError && /maxBufferSize/.test(e.message) &&
       e.message.includes(`${huge}`),
-  );
-  assert.deepEqual(memoryStats().liveBytes, before.liveBytes);
-  // Within one buffer but over one binding: no kernel could bind it, so it is refused by name.
-  const n = limits.maxStorageBufferBindingSize / 4 + 4;
-  assert.throws(
-    () => zeros([2, n / 2]),
-    (e: Error) =>
-      e instanceof DeviceLimitError && /maxStorageBufferBindingSize/.test(e.message) &&
-      e.message.includes(`[2, ${n / 2}]`),
   );
   assert.deepEqual(memoryStats().liveBytes, before.liveBytes);
 });
