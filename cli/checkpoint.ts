@@ -1,12 +1,15 @@
 /**
  * Training checkpoints: parameters, fixed buffers (sparse supports), optimizer state, step, data
- * position and history in one safetensors file with JSON metadata. Written atomically; validated
- * on load with errors that say what does not match.
+ * position and history in one safetensors file with JSON metadata. Streamed both ways, tensor by
+ * tensor in bounded chunks (a model of any size needs only a chunk of extra host memory);
+ * written atomically and durably (temp file, fsync, rename); validated on load with errors that
+ * say what does not match.
  * @module
  */
-import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
+import type { DType } from "../core/dtype.ts";
+import { scope, streamBytes, Tensor, writeBytes } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { readSafetensors, type StoredTensor, writeSafetensors } from "./safetensors.ts";
+import { openSafetensors, type SafetensorsDType, writeSafetensorsStream } from "./safetensors.ts";
 
 /** Format tag stored in every checkpoint. */
 export const CHECKPOINT_FORMAT = "sltrain-checkpoint-v1";
@@ -51,7 +54,25 @@ function checkStorable(this: unknown, key: string, value: unknown): unknown {
   return value;
 }
 
-/** Writes a checkpoint (one GPU sync to read the tensors back); atomic: temp file + rename. */
+const TO_FILE: Record<DType, SafetensorsDType> = {
+  f32: "F32",
+  i32: "I32",
+  u32: "U32",
+  bf16: "BF16",
+  u8: "U8",
+};
+const FROM_FILE: Partial<Record<SafetensorsDType, DType>> = {
+  F32: "f32",
+  I32: "i32",
+  U32: "u32",
+  BF16: "bf16",
+  U8: "u8",
+};
+
+/**
+ * Writes a checkpoint, streaming each tensor from the device to the file in bounded chunks (a GPU
+ * sync per chunk); atomic and durable: a temporary file is synced, then renamed over `path`.
+ */
 export async function saveCheckpoint(path: string, state: TrainingState): Promise<void> {
   const tensors = new Map<string, Tensor>();
   const parts = {
@@ -59,56 +80,93 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
     buffers: skeleton(state.buffers, "buffers", tensors),
     optState: skeleton(state.optState, "opt", tensors),
   };
-  const names = [...tensors.keys()];
-  const data = await readAll(names.map((n) => tensors.get(n)!));
-  const stored: Record<string, StoredTensor> = {};
-  names.forEach((n, i) => {
-    const t = tensors.get(n)!;
-    stored[n] = {
-      dtype: t.dtype === "f32" ? "F32" : t.dtype === "i32" ? "I32" : "U32",
+  await writeSafetensorsStream(
+    path,
+    [...tensors].map(([name, t]) => ({
+      name,
+      dtype: TO_FILE[t.dtype],
       shape: [...t.shape],
-      data: data[i],
-    };
-  });
-  await writeSafetensors(path, {
-    tensors: stored,
-    metadata: {
+      // A packed tensor with an odd element count has a padding half-word the file does not keep.
+      write: (sink) =>
+        streamBytes(
+          t,
+          (bytes, off) =>
+            sink(bytes.subarray(0, Math.max(0, Math.min(bytes.byteLength, fileBytes(t) - off)))),
+        ),
+    })),
+    {
       format: CHECKPOINT_FORMAT,
       step: String(state.step),
       skeleton: JSON.stringify(parts, checkStorable),
       meta: JSON.stringify(state.meta),
     },
-  });
+  );
 }
 
-/** Reads a checkpoint and uploads its tensors; errors name the file and the problem. */
+function fileBytes(t: Tensor): number {
+  return t.dtype === "bf16" ? t.size * 2 : t.dtype === "u8" ? t.size : t.size * 4;
+}
+
+/**
+ * Reads a checkpoint, streaming each tensor from the file to the device in bounded chunks; errors
+ * name the file and the problem.
+ */
 export async function loadCheckpoint(path: string): Promise<TrainingState> {
-  const file = await readSafetensors(path);
+  const file = await openSafetensors(path);
   const md = file.metadata;
-  if (md.format !== CHECKPOINT_FORMAT) {
-    throw new Error(
-      `${path} is not an sltrain checkpoint (format ${JSON.stringify(md.format ?? null)})`,
-    );
-  }
   let meta: Record<string, unknown>;
+  let step: number;
   try {
-    JSON.parse(md.skeleton);
-    meta = JSON.parse(md.meta);
-  } catch {
-    throw new Error(`${path}: checkpoint metadata is not valid JSON (corrupt checkpoint?)`);
+    if (md.format !== CHECKPOINT_FORMAT) {
+      throw new Error(
+        `${path} is not an sltrain checkpoint (format ${JSON.stringify(md.format ?? null)})`,
+      );
+    }
+    try {
+      JSON.parse(md.skeleton);
+      meta = JSON.parse(md.meta);
+    } catch {
+      throw new Error(`${path}: checkpoint metadata is not valid JSON (corrupt checkpoint?)`);
+    }
+    step = Number(md.step);
+    if (!Number.isInteger(step) || step < 0) throw new Error(`${path}: invalid step ${md.step}`);
+  } catch (e) {
+    file.close();
+    throw e;
   }
-  const step = Number(md.step);
-  if (!Number.isInteger(step) || step < 0) throw new Error(`${path}: invalid step ${md.step}`);
-  // Each `{ $tensor: name }` placeholder becomes its tensor, uploaded as the JSON is rebuilt;
-  // scope: a missing tensor halfway through frees what was already uploaded.
-  const parts = scope(() =>
-    JSON.parse(md.skeleton, (_, v) => {
-      if (typeof v !== "object" || v === null || typeof v.$tensor !== "string") return v;
-      const t = file.tensors[v.$tensor];
-      if (!t) throw new Error(`${path}: tensor ${v.$tensor} is missing (corrupt checkpoint?)`);
-      const dtype = t.dtype === "F32" ? "f32" : t.dtype === "I32" ? "i32" : "u32";
-      return tensor(t.data, t.shape, dtype);
-    })
-  );
-  return { params: parts.params, buffers: parts.buffers, optState: parts.optState, step, meta };
+  // Each `{ $tensor: name }` placeholder becomes an allocated tensor, filled from the file chunk
+  // by chunk below; scope: a missing tensor or a failed read frees what was already allocated.
+  const fills: [string, Tensor][] = [];
+  try {
+    const parts = scope(() =>
+      JSON.parse(md.skeleton, (_, v) => {
+        if (typeof v !== "object" || v === null || typeof v.$tensor !== "string") return v;
+        const e = file.entries.get(v.$tensor);
+        if (!e) throw new Error(`${path}: tensor ${v.$tensor} is missing (corrupt checkpoint?)`);
+        const dtype = FROM_FILE[e.dtype];
+        if (!dtype) {
+          throw new Error(`${path}: tensor ${v.$tensor} has unsupported dtype ${e.dtype}`);
+        }
+        const t = Tensor.empty(e.shape, dtype);
+        fills.push([v.$tensor, t]);
+        return t;
+      })
+    );
+    try {
+      for (const [name, t] of fills) {
+        // Chunks are whole 32-bit words except a packed tensor's last one, padded to a word.
+        await file.read(name, (bytes, off) => {
+          const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+          padded.set(bytes);
+          writeBytes(t, padded, off);
+        });
+      }
+    } catch (e) {
+      tree.dispose(parts);
+      throw e;
+    }
+    return { params: parts.params, buffers: parts.buffers, optState: parts.optState, step, meta };
+  } finally {
+    file.close();
+  }
 }
