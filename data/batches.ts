@@ -7,7 +7,7 @@ import { Rng } from "../core/rng.ts";
 import type { TokenizedDocs } from "./cache.ts";
 
 /** Label value of targets that the loss ignores (padding). */
-export const IGNORE_INDEX = -100;
+export const IGNORE_INDEX: number = -100;
 
 /** How documents become sequences. */
 export type Packing = "packed" | "none";

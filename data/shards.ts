@@ -48,6 +48,7 @@ const BYTES: Record<ShardDtype, 2 | 4> = { uint16: 2, uint32: 4 };
 
 /** A shard folder that is missing, corrupt, truncated, or of another version. */
 export class ShardError extends Error {
+  /** Error class name. */
   override name = "ShardError";
 }
 

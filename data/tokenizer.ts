@@ -27,6 +27,7 @@ export interface Tokenizer {
 
 /** A tokenizer file that is missing, unreadable, or not a tokenizer the library can load. */
 export class TokenizerFileError extends Error {
+  /** Error class name. */
   override name = "TokenizerFileError";
 }
 
