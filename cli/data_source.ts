@@ -77,8 +77,8 @@ export function shardRunData(
       train: shardSequences(train, seq, packing, tok),
       val: shardSequences(val, seq, packing, tok),
     },
-    desc: `${set.dir} (token shards): ${train.docs} train docs (${
-      fmtCount(train.length - train.docs)
-    } tokens), ${val.docs} val docs (${fmtCount(val.length - val.docs)} tokens), ${tok.name}`,
+    desc: `${set.dir} (token shards): ${train.docs} train docs, ${val.docs} val docs (${
+      fmtCount(train.length)
+    } and ${fmtCount(val.length)} tokens with end-of-text ids), ${tok.name}`,
   };
 }
