@@ -6,7 +6,6 @@
  */
 import { corpusFiles, countDocs, heldOutEvery, heldOutRule, streamCorpus } from "./corpus.ts";
 import {
-  dtypeFor,
   manifestTokenizer,
   SHARD_FORMAT,
   SHARD_VERSION,
@@ -88,9 +87,8 @@ export async function prepareShards(opts: PrepareOptions): Promise<ShardManifest
   const tmp = `${parent}/.${out.slice(slash + 1).replace(/\/+$/, "")}.tmp-${crypto.randomUUID()}`;
   await Deno.mkdir(tmp);
   try {
-    const dtype = dtypeFor(tok.vocabSize);
-    const train = new SplitWriter(tmp, "train", dtype, shardTokens, tok.vocabSize);
-    const val = new SplitWriter(tmp, "val", dtype, shardTokens, tok.vocabSize);
+    const train = new SplitWriter(tmp, "train", tok.vocabSize, shardTokens);
+    const val = new SplitWriter(tmp, "val", tok.vocabSize, shardTokens);
     let bytesBefore = 0;
     const passes: { path: string; fixed?: SplitWriter }[] = valData
       ? [{ path: data, fixed: train }, { path: valData, fixed: val }]
@@ -126,7 +124,7 @@ export async function prepareShards(opts: PrepareOptions): Promise<ShardManifest
     const manifest: ShardManifest = {
       format: SHARD_FORMAT,
       version: SHARD_VERSION,
-      dtype,
+      dtype: train.dtype,
       shardTokens,
       tokenizer,
       splits,

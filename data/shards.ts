@@ -122,18 +122,20 @@ export class SplitWriter {
   #entries = new BigUint64Array(2 * 8192);
   #entryFill = 0;
   #index: string;
+  /** Element type of the shards: the narrowest that holds the vocabulary. */
+  readonly dtype: ShardDtype;
 
   /** Starts a split named `split` in `dir` (which must exist). */
   constructor(
     readonly dir: string,
     readonly split: string,
-    readonly dtype: ShardDtype,
-    readonly shardTokens: number,
     readonly vocabSize: number,
+    readonly shardTokens: number,
   ) {
     if (!(Number.isInteger(shardTokens) && shardTokens > 0 && shardTokens <= 2 ** 31)) {
       throw new RangeError(`shard size must be an integer in [1, 2^31] ids, got ${shardTokens}`);
     }
+    const dtype = this.dtype = dtypeFor(vocabSize);
     this.#buf = dtype === "uint16" ? new Uint16Array(shardTokens) : new Uint32Array(shardTokens);
     this.#index = `${split}.docs`;
     Deno.writeFileSync(`${dir}/${this.#index}`, header(INDEX_MAGIC, SHARD_VERSION, 16, 0));
