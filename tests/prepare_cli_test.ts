@@ -38,7 +38,7 @@ Deno.test("prepare.ts with a tokenizer.json, then train.ts streams the shards", 
   assert.ok(await exists(`${shards}/tokenizer.json`), "the tokenizer travels with the shards");
   const r = await run("train.ts", "--data", shards, ...TRAIN, "--out", `${tmp}/run`);
   assert.equal(r.code, 0, r.err);
-  assert.match(r.err, /\(token shards\): 18 train docs .* hf-[0-9a-f]{16}/);
+  assert.match(r.err, /\(token shards\): 18 train docs, 2 val docs .* hf-[0-9a-f]{16}/);
   assert.ok(await exists(`${tmp}/run/checkpoint.safetensors`));
 });
 
