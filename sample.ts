@@ -39,7 +39,7 @@ export const SAMPLE_FLAGS: Record<string, FlagSpec> = {
   tokenizer: {
     type: "string",
     default: "from the vocab size: 256 bytes, 32000 llama",
-    help: "bytes or llama",
+    help: "bytes, llama, or a tokenizer.json (or a folder holding one)",
   },
   help: { type: "boolean", help: "show this help" },
 };
