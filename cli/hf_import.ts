@@ -243,9 +243,13 @@ export interface HfInit {
 /**
  * `--init DIR` of train.ts: validates the folder's config.json before anything else happens, and for
  * an SLTrain-factor folder makes its rank, alpha and delta the defaults of `--rank`, `--alpha`,
- * `--delta`. `--model` may not be given too (the folder's config.json is the model).
+ * `--delta`. `--model` may not be given too (the folder's config.json is the model). `log` gets
+ * one line per loaded model saying what the conversion did.
  */
-export async function hfInitFlag(flags: RawFlags): Promise<HfInit | null> {
+export async function hfInitFlag(
+  flags: RawFlags,
+  log: (line: string) => void = console.error,
+): Promise<HfInit | null> {
   const dir = flags.init;
   if (dir === undefined) return null;
   if (typeof dir !== "string" || dir === "") throw new FlagError("--init needs a folder");
@@ -265,7 +269,7 @@ export async function hfInitFlag(flags: RawFlags): Promise<HfInit | null> {
     tokenizer: hasTok ? dir : undefined,
     async initModel(run, method) {
       const loaded = await loadHf(dir, method, { seed: run.seed });
-      console.error(`initialized from ${dir}${loaded.notes.map((n) => `; ${n}`).join("")}`);
+      log(`initialized from ${dir}${loaded.notes.map((n) => `; ${n}`).join("")}`);
       return { params: loaded.params, buffers: loaded.model.buffers };
     },
   };
