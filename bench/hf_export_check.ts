@@ -115,7 +115,7 @@ for (const method of ["full", "sltrain", "lowrank", "relora"]) {
     // Reloaded here (the --init / sample.ts path): as the folder's own method.
     const back = await loadHf(out);
     const again = await writeLogits(`back_${method}_${format}_${dtype}`, back);
-    disposeModel(back);
+    disposeModel({ params: back.params, buffers: back.model.buffers });
     const roundTrip = relDiff(again.values, ours.values);
     // f32 exports must match our checkpoint; bf16 ones are compared on the same rounded weights.
     const ref = dtype === "f32" ? ours.file : again.file;
