@@ -68,8 +68,11 @@ export function extend(
   const offset = cache?.length ?? 0;
   const { heads: h, hidden: d, rmsNormEps: eps, ropeBase: base } = config;
   const dh = headDim(config);
-  const split = (y: Tensor) => transpose(reshape(y, [1, t, h, dh]), [0, 2, 1, 3]);
-  const merge = (y: Tensor) => reshape(transpose(y, [0, 2, 1, 3]), [1, t, d]);
+  // [1, T, D] <-> [1, H, T, Dh]; for one token both layouts are the same memory (no copy).
+  const split = (y: Tensor) =>
+    t === 1 ? reshape(y, [1, h, 1, dh]) : transpose(reshape(y, [1, t, h, dh]), [0, 2, 1, 3]);
+  const merge = (y: Tensor) =>
+    t === 1 ? reshape(y, [1, 1, d]) : reshape(transpose(y, [0, 2, 1, 3]), [1, t, d]);
   const { logits, keys, values } = scope(() => {
     const keys: Tensor[] = [];
     const values: Tensor[] = [];
