@@ -2,7 +2,8 @@
  * Incremental decoding with a key/value cache: a prefill runs the prompt once and keeps every
  * layer's keys (after RoPE) and values; each later step runs one new token through the blocks,
  * attending to the cached keys and values, so a step costs O(context) instead of a full forward
- * over the context. The block is the one of `hiddenStates` (models/llama.ts); a test holds the
+ * over the context. A step multiplies dense weights with `matvecT` (one row; the tiled matmul would
+ * compute 16). The block is the one of `hiddenStates` (models/llama.ts); a test holds the
  * prefill to the full forward's logits.
  * @module
  */
@@ -12,6 +13,7 @@ import { causalSelfAttention } from "../ops/attention.ts";
 import { add, mul, mulScalar, silu } from "../ops/elementwise.ts";
 import { embedding } from "../ops/embedding.ts";
 import { matmul } from "../ops/matmul.ts";
+import { matvecFits, matvecT } from "../ops/matvec.ts";
 import { rmsNorm } from "../ops/rmsnorm.ts";
 import { rope } from "../ops/rope.ts";
 import { concat, reshape, slice, transpose } from "../ops/shape.ts";
@@ -79,7 +81,12 @@ export function extend(
     let x = embedding(params.embed, tensor(Int32Array.from(ids), [1, t], "i32"));
     params.layers.forEach((p, i) => {
       const sup = buffers.layers[i];
-      const lin = (name: BlockLinearName, y: Tensor) => applyLinear(method, p[name], sup[name], y);
+      const lin = (name: BlockLinearName, y: Tensor) => {
+        const w = (p[name] as { w?: Tensor }).w;
+        return w && t === 1 && matvecFits(w)
+          ? matvecT(y, w)
+          : applyLinear(method, p[name], sup[name], y);
+      };
       const out = scope(() => {
         const n1 = rmsNorm(x, p.attnNorm, eps);
         const q = rope(split(lin("q", n1)), { base, offset });
@@ -103,7 +110,10 @@ export function extend(
       values.push(out.v);
     });
     const last = slice(rmsNorm(x, params.finalNorm, eps), [0, t - 1, 0], [1, 1, d]);
-    const logits = reshape(matmul(last, params.lmHead, { transB: true }), [config.vocabSize]);
+    const head = matvecFits(params.lmHead)
+      ? matvecT(last, params.lmHead)
+      : matmul(last, params.lmHead, { transB: true });
+    const logits = reshape(head, [config.vocabSize]);
     return { logits, keys, values };
   });
   if (cache) disposeCache(cache);

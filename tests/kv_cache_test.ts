@@ -14,7 +14,9 @@ import { argmax, generate, nextLogits } from "../cli/generate.ts";
 import { randomNormal, tensor } from "../core/tensor.ts";
 import { memoryStats } from "../core/memory.ts";
 import { toyConfig } from "./fixtures.ts";
-import { assertClose, FC, setup } from "./util.ts";
+import { matvecT } from "../ops/matvec.ts";
+import { Tape } from "../core/tape.ts";
+import { assertClose, FC, randomArr, setup, shapeArb, toTensor } from "./util.ts";
 
 await setup();
 
@@ -180,4 +182,39 @@ Deno.test("generation stops at the end-of-text id, which it does not return", as
     assert.deepEqual(seen, cut);
   }
   free(m);
+});
+
+Deno.test("matvecT: x·Wᵀ for a few rows matches a float64 reference; refuses tapes and odd shapes", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      shapeArb(1, 3),
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 1000 }),
+      async ([rows], k4, n4, seed) => {
+        const [k, n] = [4 * k4, 4 * n4];
+        const x = randomArr([rows, k], seed), w = randomArr([n, k], seed + 1);
+        const want = new Float64Array(rows * n);
+        for (let r = 0; r < rows; r++) {
+          for (let c = 0; c < n; c++) {
+            for (let j = 0; j < k; j++) want[r * n + c] += x.data[r * k + j] * w.data[c * k + j];
+          }
+        }
+        const [xt, wt] = [toTensor(x), toTensor(w)];
+        const y = matvecT(xt, wt);
+        assert.deepEqual(y.shape, [rows, n]);
+        assertClose(await y.data(), want, { atol: 1e-4, rtol: 1e-5 });
+        [xt, wt, y].forEach((t) => t.dispose());
+      },
+    ),
+    FC,
+  );
+  const x = toTensor(randomArr([1, 8], 1));
+  const w = toTensor(randomArr([6, 8], 2));
+  assert.throws(() => matvecT(x, w), /multiples of 4/);
+  const tape = new Tape();
+  const w4 = toTensor(randomArr([4, 8], 3));
+  assert.throws(() => tape.run(() => matvecT(x, w4)), /inference only/);
+  tape.dispose();
+  [x, w, w4].forEach((t) => t.dispose());
 });
