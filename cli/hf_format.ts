@@ -110,7 +110,7 @@ export interface HfConfig {
   readonly config: LlamaConfig;
   /** The SLTrain factors' settings, for a folder written by `export.ts --format sltrain`. */
   readonly sltrain?: SLTrainSection;
-  /** Begin- and end-of-text ids, when config.json names them. */
+  /** Begin-of-text id, when config.json names it. */
   readonly bos?: number;
   /** End-of-text id, when config.json names it. */
   readonly eos?: number;

@@ -3,13 +3,12 @@
  * its checkpoint file), or a Hugging Face LLaMA folder (or an SLTrain-factor folder).
  * @module
  */
-import type { Tokenizer } from "../data/tokenizer.ts";
+import { type Tokenizer, tokenizerByName } from "../data/tokenizer.ts";
 import { disposeModel, type LlamaModel, type LlamaParams } from "../models/llama.ts";
 import { FlagError } from "./flags.ts";
 import { loadModel } from "./generate.ts";
 import { isHfFolder } from "./hf_format.ts";
 import { loadHf } from "./hf_import.ts";
-import { tokenizerByName } from "../data/tokenizer.ts";
 
 /** A model from a checkpoint or a Hugging Face folder, and what describes it. */
 export interface AnyModel {

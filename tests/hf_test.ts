@@ -66,6 +66,22 @@ async function toyCheckpoint(dir: string, method: MethodName): Promise<LoadedMod
   return await loadModel(dir);
 }
 
+/** A 2-step toy `full` run in `tmp/run` exported (f32, hf) to `tmp/hf`; the run's logits. */
+async function exportedToy(tmp: string, withTokenizer = false): Promise<Float32Array> {
+  const ck = await toyCheckpoint(`${tmp}/run`, "full");
+  try {
+    await exportHf(ck.model, ck.params, `${tmp}/hf`, {
+      dtype: "f32",
+      format: "hf",
+      maxPositions: 32,
+      tokenizer: withTokenizer ? await tokenizerFiles(byteTokenizer()) : undefined,
+    });
+    return await logits(ck);
+  } finally {
+    disposeLoaded(ck);
+  }
+}
+
 const withTmp = async (fn: (dir: string) => Promise<void>) => {
   const dir = await Deno.makeTempDir({ prefix: "sltrain-hf-" });
   try {
@@ -161,14 +177,7 @@ Deno.test("--format sltrain keeps B, A, V and the support exactly; bf16 rounds l
 
 Deno.test("import reads F16 and BF16 weights and sharded folders (index.json)", async () => {
   await withTmp(async (tmp) => {
-    const ck = await toyCheckpoint(`${tmp}/run`, "full");
-    await exportHf(ck.model, ck.params, `${tmp}/hf`, {
-      dtype: "f32",
-      format: "hf",
-      maxPositions: 32,
-    });
-    const ours = await logits(ck);
-    disposeLoaded(ck);
+    const ours = await exportedToy(tmp);
     const full = decodeSafetensors(await Deno.readFile(`${tmp}/hf/model.safetensors`));
     const names = Object.keys(full.tensors).sort();
     const f16Bits = (x: number) => {
@@ -296,18 +305,12 @@ Deno.test("config.json: every option this library cannot run is refused by name"
 Deno.test("weights: missing, extra, biased, misshapen, wrongly typed or .bin-only are named", async () => {
   await withTmp(async (tmp) => {
     const config = hfConfigJson(toyConfig(16, 8), { dtype: "f32", maxPositions: 8 });
-    const ck = await toyCheckpoint(`${tmp}/run`, "full");
-    await exportHf(ck.model, ck.params, `${tmp}/base`, {
-      dtype: "f32",
-      format: "hf",
-      maxPositions: 32,
-    });
-    disposeLoaded(ck);
-    const base = decodeSafetensors(await Deno.readFile(`${tmp}/base/model.safetensors`));
+    await exportedToy(tmp);
+    const base = decodeSafetensors(await Deno.readFile(`${tmp}/hf/model.safetensors`));
     const variant = async (name: string, edit: (t: Record<string, StoredTensor>) => void) => {
       const dir = `${tmp}/${name}`;
       await Deno.mkdir(dir);
-      await Deno.copyFile(`${tmp}/base/config.json`, `${dir}/config.json`);
+      await Deno.copyFile(`${tmp}/hf/config.json`, `${dir}/config.json`);
       const tensors = { ...base.tensors };
       edit(tensors);
       await Deno.writeFile(
@@ -441,14 +444,7 @@ async function cli(script: string, ...args: string[]) {
 
 Deno.test("CLIs: bad input is named and nothing is written", async () => {
   await withTmp(async (tmp) => {
-    const ck = await toyCheckpoint(`${tmp}/run`, "full");
-    await exportHf(ck.model, ck.params, `${tmp}/hf`, {
-      dtype: "f32",
-      format: "hf",
-      maxPositions: 32,
-      tokenizer: await tokenizerFiles(byteTokenizer()),
-    });
-    disposeLoaded(ck);
+    await exportedToy(tmp, true);
     const before = await entries(tmp);
     const badCfg = `${tmp}/tied`;
     await Deno.mkdir(badCfg);
