@@ -29,12 +29,23 @@ import { linearMethod, type MethodName, type RunConfig } from "./cli/run_config.
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
+import { type HfInit, hfInitFlag } from "./cli/hf_import.ts";
 
 const PAPER_PRESETS = new Set(["60m", "130m", "350m", "1b", "7b"]);
 
-async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Promise<RunConfig> {
-  const modelName = String(flags.model ?? "tiny");
-  const model = withVocab(await loadConfig(modelName), tok.vocabSize);
+async function buildRun(
+  flags: RawFlags,
+  method: MethodName,
+  tok: Tokenizer,
+  init: HfInit | null,
+): Promise<RunConfig> {
+  const modelName = init ? `hf:${init.dir}` : String(flags.model ?? "tiny");
+  const model = init?.hf.config ?? withVocab(await loadConfig(modelName), tok.vocabSize);
+  if (model.vocabSize !== tok.vocabSize) {
+    throw new FlagError(
+      `--tokenizer ${tok.name} has ${tok.vocabSize} ids but ${modelName} has ${model.vocabSize}`,
+    );
+  }
   const steps = num(flags, "steps", 300, posInt, "a positive integer");
   const rank = num(
     flags,
@@ -233,16 +244,20 @@ async function main(argv: string[]): Promise<number> {
     ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
+  const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
+  const initVocab = hfInit?.hf.config.vocabSize;
   const tokName = typeof flags.tokenizer === "string"
     ? flags.tokenizer
+    : hfInit
+    ? hfInit.tokenizer ?? (initVocab === 256 ? "bytes" : "llama")
     : PAPER_PRESETS.has(modelName)
     ? "llama"
     : "bytes";
   const shards = await shardFlag(flags);
   const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
   const runs: RunConfig[] = [];
-  for (const m of methods) runs.push(await buildRun(flags, m, tok));
+  for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards
     ? shardRunData(shards, tok, flags, runs[0].seq)
@@ -294,6 +309,7 @@ async function main(argv: string[]): Promise<number> {
               enc.encode(JSON.stringify({ time: new Date().toISOString(), ...rec }) + "\n"),
             ),
           shouldStop: () => stop,
+          initModel: hfInit?.initModel,
         });
         results.push(result);
         await Deno.writeTextFile(

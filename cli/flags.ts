@@ -21,6 +21,11 @@ export const FLAGS: Record<string, FlagSpec> = {
     default: "tiny",
     help: "preset (tiny, small, 60m, 130m, 350m, 1b, 7b) or a JSON config file",
   },
+  init: {
+    type: "string",
+    help:
+      "start from a Hugging Face LLaMA folder (its config.json replaces --model; sltrain/lowrank factorize its weights, relora freezes them)",
+  },
   method: { type: "string", default: "sltrain", help: `training method: ${METHODS.join(", ")}` },
   rank: {
     type: "string",
