@@ -13,11 +13,12 @@ import {
   type KernelCall,
 } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
-import { recordOp } from "../core/tape.ts";
+import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { assertF32 } from "./elementwise.ts";
 import {
   chooseMatmulConfig,
+  type MatmulKernel,
   matmulShader,
   type MatmulShaderConfig,
   type MatmulTexLayout,
@@ -86,16 +87,41 @@ function plan(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Plan {
 }
 
 function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
-  const out = Tensor.empty(p.outShape);
-  if (sizeOf(p.outShape) === 0) return out;
-  if (p.k === 0) {
-    out.dispose();
-    return zeros(p.outShape);
-  }
-  const { kind, limits, subgroupSize } = deviceInfo();
+  if (sizeOf(p.outShape) === 0) return Tensor.empty(p.outShape);
+  if (p.k === 0) return zeros(p.outShape);
+  const { kind, subgroupSize } = deviceInfo();
   const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
-    subgroupSize: useSubgroups ? subgroupSize : undefined,
+    subgroupSize,
+    kernel: forcedKernel,
   });
+  const parts = splitKParts(cfg, p, transA, transB);
+  if (parts > 1) {
+    // Aᵀ·B over K = parts·Ks is the sum of `parts` products over consecutive row blocks of A and
+    // B: a batched product with batch strides Ks·M and Ks·N, then a sum over the batch.
+    const ks = p.k / parts;
+    const partial = Tensor.empty([parts, p.m, p.n]);
+    const sub: Plan = { ...p, batch: parts, k: ks, aBatched: true, bBatched: true };
+    // Same config: for Aᵀ·B the vec4 flags depend on M and N only.
+    encodeMatmul(a, b, partial, transA, transB, sub, cfg);
+    const out = untracked(() => sum(partial, 0)); // [M, N]: split products are 2-D only
+    partial.dispose();
+    return out;
+  }
+  const out = Tensor.empty(p.outShape);
+  encodeMatmul(a, b, out, transA, transB, p, cfg);
+  return out;
+}
+
+function encodeMatmul(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  transA: boolean,
+  transB: boolean,
+  p: Plan,
+  cfg: MatmulShaderConfig,
+): void {
+  const { kind, limits } = deviceInfo();
   const uniforms = [
     p.m,
     p.n,
@@ -114,15 +140,13 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     uniforms: new Uint32Array(uniforms),
     workgroups: matmulWorkgroups(cfg, p.m, p.n, p.batch),
   };
-  // Only untransposed A goes through a texture: there each invocation reads its own rows of A, the
-  // pattern where textureLoad beats storage loads on llvmpipe (~1.1-1.3x end to end, copy
-  // included); for Aᵀ, and for B in any layout, it measured no faster or slower. Where the
-  // subgroup kernel was chosen (subgroups of 8, e.g. lavapipe) it replaces the texture path: its
-  // A loads are shared across the subgroup and need no copy; the texture path remains the
-  // fallback on adapters without fixed-size-8 subgroups (e.g. GL).
+  // Without subgroups (e.g. GL) an untransposed A goes through a texture: there each invocation
+  // reads its own rows of A, the pattern where textureLoad beats storage loads on llvmpipe
+  // (~1.1-1.3x end to end, copy included); for Aᵀ, and for B in any layout, it measured no faster.
+  // The subgroup kernels need no copy and are faster still.
   const aRows = (p.aBatched ? p.batch : 1) * p.m;
   const tex = kind === "cpu" && !transA && cfg.kind === "reg" && cfg.vec4A && !cfg.subgroupA &&
-      2 * p.batch * p.m * p.n * p.k >= textureMinFlops
+      !cfg.subgroupB && 2 * p.batch * p.m * p.n * p.k >= textureMinFlops
     ? matmulTexLayout(aRows, p.k, limits.maxTextureDimension2D)
     : null;
   if (tex) {
@@ -133,23 +157,53 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     call.uniforms = new Uint32Array([...uniforms, tex.shift, 0, 0, 0]);
     call.textures = [copyToTexture(a, aRows, p.k, tex)];
   } else {
-    if (cfg.subgroupA) call.name += "_sg";
+    if (cfg.subgroupA) call.name += "_sgA";
+    if (cfg.subgroupB) call.name += "_sgB";
+    if (cfg.kind === "smem") call.name += "_smem";
     call.code = matmulShader(cfg);
   }
   dispatch(call);
-  return out;
 }
 
-let useSubgroups = true;
+/**
+ * Number of K blocks for split-K, or 1. Only Aᵀ·B splits (its K blocks are contiguous row blocks of
+ * both operands, so a split is a batched product), and only 2-D products whose output gives too
+ * few workgroups to keep every llvmpipe thread busy while K is long: the weight gradient
+ * dW = dYᵀ·X with K = tokens and a small layer (e.g. 32x128 over 2048 tokens).
+ */
+function splitKParts(
+  cfg: MatmulShaderConfig,
+  p: Plan,
+  transA: boolean,
+  transB: boolean,
+): number {
+  if (!transA || transB || p.batch !== 1 || cfg.kind !== "reg") return 1;
+  const [x, y] = matmulWorkgroups(cfg, p.m, p.n, 1);
+  let parts = 1;
+  while (
+    x * y * parts < SPLIT_MIN_WORKGROUPS && p.k % (2 * parts) === 0 &&
+    p.k / (2 * parts) >= SPLIT_MIN_K
+  ) parts *= 2;
+  return parts;
+}
+
+// Split-K targets: at least this many workgroups (llvmpipe runs one thread per core, 2 here; more
+// workgroups than threads evens out the tail), each with a K block of at least SPLIT_MIN_K.
+const SPLIT_MIN_WORKGROUPS = 8;
+const SPLIT_MIN_K = 256;
+
+export type { MatmulKernel } from "./matmul_wgsl.ts";
+
+let forcedKernel: MatmulKernel = "auto";
 
 /**
- * Allows (default) or forbids the subgroup kernel for "cpu" adapters with subgroups of exactly 8
- * (A loads shared across the subgroup; it replaces the texture path there); returns the previous
- * setting. Meant for tests and benchmarks.
+ * Forces a kernel family for every later matmul where the shape and device allow it (see
+ * {@link MatmulKernel}); `"auto"` (the default) restores the per-adapter table. Returns the
+ * previous setting. Meant for tests and benchmarks.
  */
-export function setMatmulSubgroups(enabled: boolean): boolean {
-  const prev = useSubgroups;
-  useSubgroups = enabled;
+export function setMatmulKernel(kernel: MatmulKernel): MatmulKernel {
+  const prev = forcedKernel;
+  forcedKernel = kernel;
   return prev;
 }
 
@@ -158,10 +212,11 @@ export function setMatmulSubgroups(enabled: boolean): boolean {
 let textureMinFlops = 2 ** 26;
 
 /**
- * Sets the minimum 2·batch·M·N·K at which a matmul with untransposed A on a "cpu" (llvmpipe)
- * adapter reads A through an rgba32float texture; returns the previous value. `0` uses the texture
- * path whenever the shape allows it (K % 4 == 0, texture within maxTextureDimension2D), `Infinity`
- * never. Meant for tests and benchmarks.
+ * Sets the minimum 2·batch·M·N·K at which a register-tiled matmul without subgroup sharing
+ * (adapters without subgroups of 8, or {@link setMatmulKernel} `"register"`) with untransposed A
+ * on a "cpu" (llvmpipe) adapter reads A through an rgba32float texture; returns the previous value.
+ * `0` uses the texture path whenever the shape allows it (K % 4 == 0, texture within
+ * maxTextureDimension2D), `Infinity` never. Meant for tests and benchmarks.
  */
 export function setMatmulTextureThreshold(minFlops: number): number {
   const prev = textureMinFlops;
