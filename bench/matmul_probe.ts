@@ -8,13 +8,18 @@
  *     compiles each candidate config, checks it against a float64 CPU reference (sampled outputs
  *     for big shapes) and prints median GFLOP/s per shape and layout.
  *
- *   deno run -A bench/matmul_probe.ts --check [--seed=1] [--cases=300]
+ *   deno run -A bench/matmul_probe.ts --check [--seed=1] [--cases=300] [--variants=a,b]
  *     correctness sweep over ragged, skinny and batched shapes in all layouts, every vec4 flag
- *     combination, the chosen table configs and the "gpu" (workgroup-memory) kernel.
+ *     combination, the table's configs, each kernel family forced, and textured operands.
  *
- * Timed runs during which other processes used > 0.15 cores (from /proc/stat) are discarded and
- * retried after waiting for a quiet moment (`--quiet-wait=S` seconds at most); cells where not
- * enough clean runs were found are starred in the summary table.
+ * Candidate names: see {@link parseCandidate}, plus `table` (the "cpu" table without subgroups)
+ * and `table-sg` (with this device's subgroups). Shapes are `S` (S³), `MxKxN` or `BxMxKxN`
+ * (batched), optionally with a layout suffix (`:NT`).
+ *
+ * All configs of one shape are compiled, checked and warmed first, then timed in alternating
+ * rounds, so a busy machine slows them alike; the ratio to the first config is printed. Rounds
+ * during which other processes used > 0.15 cores (from /proc/stat) are counted as contended and
+ * cells where most were are starred in the summary table.
  *
  * Always run with DENO_WEBGPU_BACKEND=vulkan XDG_RUNTIME_DIR=<0700 dir> on the CPU machines.
  *
@@ -22,6 +27,7 @@
  */
 import {
   chooseMatmulConfig,
+  type MatmulKernel,
   matmulShader,
   type MatmulShaderConfig,
   matmulTexLayout,
@@ -661,45 +667,22 @@ async function check(): Promise<void> {
     });
   }
   // Config variants checked per case.
+  const table = (kernel: MatmulKernel, kind: "cpu" | "gpu" = "cpu") => (pr: Problem) =>
+    chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, kind, { subgroupSize, kernel });
+  const shaped = (base: Partial<MatmulShaderConfig>) => (pr: Problem) =>
+    withShape(base, pr.M, pr.N, pr.K, pr.transA, pr.transB);
   const variants: [string, (pr: Problem) => MatmulShaderConfig][] = [
-    ["table-cpu", (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "cpu")],
-    ["table-gpu", (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "gpu")],
-    [
-      // The subgroup-shared-A kernel (falls back to table-cpu where it does not apply, e.g. no
-      // subgroups of size 8 or A not vec4-able).
-      "table-sg",
-      (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "cpu", { subgroupSize }),
-    ],
-    [
-      "scalar16x16",
-      (pr) =>
-        withShape(
-          { vec4A: false, vec4B: false, vec4C: false },
-          pr.M,
-          pr.N,
-          pr.K,
-          pr.transA,
-          pr.transB,
-        ),
-    ],
-    [
-      "vec4-8x16",
-      (pr) =>
-        withShape({ tileM: 8, tileN: 16, wgX: 8, wgY: 8 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
-    ],
-    [
-      "vec4-16x32",
-      (pr) =>
-        withShape({ tileM: 16, tileN: 32, wgX: 8, wgY: 2 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
-    ],
+    // The table, and each family forced (each falls back down the table where it cannot apply,
+    // e.g. subgroupB without vec4-able B or without subgroups of 8).
+    ["table-cpu", table("auto")],
+    ["table-gpu", table("auto", "gpu")],
+    ["subgroupA", table("subgroupA")],
+    ["register", table("register")],
+    ["smem8x8", shaped({ kind: "smem", tileM: 8, tileN: 8, wgX: 16, wgY: 16 })],
+    ["scalar16x16", shaped({ vec4A: false, vec4B: false, vec4C: false })],
+    ["vec4-8x16", shaped({ tileM: 8, tileN: 16, wgX: 8, wgY: 8 })],
+    ["tex16x16", shaped({ texA: true, texB: true })],
   ];
-  // 32x32 tiles (the opt-in "largeTiles" table entry): NN/TN with all-vec4 shapes only, since each
-  // such pipeline costs ~7 s to compile cold.
-  variants.push([
-    "r32x32",
-    (pr) =>
-      withShape({ tileM: 32, tileN: 32, wgX: 8, wgY: 1 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
-  ]);
   const extra = argv.get("variants");
   const useVariants = extra ? variants.filter(([n]) => extra.split(",").includes(n)) : variants;
   let worst = 0, failures = 0, n = 0, sgRuns = 0;
@@ -709,8 +692,9 @@ async function check(): Promise<void> {
     const o = makeOperands(pr, rand);
     for (const [vname, mk] of useVariants) {
       const cfg = mk(pr);
-      if (vname === "r32x32" && (pr.transB || !cfg.vec4A || !cfg.vec4B || !cfg.vec4C)) continue;
-      if (cfg.subgroupA) sgRuns++;
+      if (cfg.texA && !cfg.vec4A) cfg.texA = false;
+      if (cfg.texB && !cfg.vec4B) cfg.texB = false;
+      if (cfg.subgroupA || cfg.subgroupB) sgRuns++;
       const { pipe } = pipelineFor(cfg);
       // reset C to the sentinel
       device.queue.writeBuffer(o.C, 0, new Float32Array(o.C.size / 4).fill(SENTINEL));
@@ -735,7 +719,7 @@ async function check(): Promise<void> {
   console.log(
     `check: ${cases.length} shapes x ${useVariants.length} variants = ${n} runs, ${failures} failures, ` +
       `max rel err ${worst.toExponential(2)}, ${pipelineCache.size} pipelines, ` +
-      `${((performance.now() - t0) / 1000).toFixed(1)} s, ${sgRuns} subgroupA runs ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s, ${sgRuns} subgroup-kernel runs ` +
       `(subgroup size ${subgroupSize ?? "n/a"})`,
   );
   for (const [v, e] of perVariant) {

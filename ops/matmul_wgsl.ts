@@ -26,9 +26,11 @@
  *    the K loop is unrolled by 4. Edges are handled by clamping the row/column indices used for
  *    loads (so the loop body has no branches) and by guarding the stores. This is the fast kernel on
  *    llvmpipe/lavapipe, where every storage-buffer load is a per-lane scalar loop and the only
- *    lever is FLOPs per loaded element.
- *  - `"smem"`: the classic workgroup-memory tiled kernel for real GPUs (wgX x wgY threads, each
- *    computing tileM x tileN outputs, K tiles of 16 staged in workgroup memory).
+ *    lever is FLOPs per loaded element; with subgroups of 8 one operand's loads are shared across
+ *    the subgroup (`subgroupA`, `subgroupB`).
+ *  - `"smem"`: the workgroup-memory tiled kernel for real GPUs (wgX x wgY threads, each computing
+ *    tileM x tileN outputs in registers, K tiles of 16 staged in workgroup memory, vec4 global
+ *    loads where the layout allows them).
  *
  * All dimensions come from the uniform, so one compiled pipeline serves every shape with the same
  * flags. The vec4 flags are shape-dependent (see {@link chooseMatmulConfig}).
@@ -46,9 +48,12 @@ export interface MatmulShaderConfig {
   tileM: number;
   /** Output columns computed per invocation (multiple of 4). */
   tileN: number;
-  /** Workgroup size along N (x). */
+  /**
+   * Workgroup size along N (x); along M with `subgroupB`. llvmpipe packs invocations into its 8
+   * SIMD lanes along x only (a wgX of 1 measured ~10x slower), so keep it a multiple of 8 there.
+   */
   wgX: number;
-  /** Workgroup size along M (y). */
+  /** Workgroup size along M (y); 1 with the subgroup kernels. */
   wgY: number;
   /**
    * Read A as `array<vec4<f32>>` along its contiguous dimension (K if !transA, M if transA).
@@ -72,12 +77,12 @@ export interface MatmulShaderConfig {
   /** Read B through an rgba32float texture instead of storage (register kernel only; needs vec4B). */
   texB?: boolean;
   /**
-   * Share the A loads across a subgroup (register kernel, storage A, vec4A, tileM 16, wgY 1; needs
-   * the `subgroups` feature and a subgroup size of exactly 8). All invocations of a workgroup row
-   * share m0, so the 16 A vec4 a thread needs per K step are the same for every lane: each lane
-   * loads 2 of them and `subgroupBroadcast` hands all 16 to every lane (2 storage loads instead of
-   * 16). Lanes past N are kept alive (clamped loads, guarded stores) since broadcasting from an
-   * exited lane is undefined.
+   * Share the A loads across a subgroup (register kernel, storage A, vec4A, tileM a multiple of 8,
+   * wgY 1; needs the `subgroups` feature and a subgroup size of exactly 8). All invocations of a
+   * workgroup row share m0, so the tileM A vec4 a thread needs per K step are the same for every
+   * lane: each lane loads tileM / 8 of them and `subgroupBroadcast` hands all of them to every lane.
+   * Lanes past N are kept alive (clamped loads, guarded stores) since broadcasting from an exited
+   * lane is undefined.
    */
   subgroupA?: boolean;
   /**
