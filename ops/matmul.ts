@@ -121,7 +121,7 @@ function encodeMatmul(
   p: Plan,
   cfg: MatmulShaderConfig,
 ): void {
-  const { kind, limits } = deviceInfo();
+  const { limits } = deviceInfo();
   const uniforms = [
     p.m,
     p.n,
@@ -140,29 +140,43 @@ function encodeMatmul(
     uniforms: new Uint32Array(uniforms),
     workgroups: matmulWorkgroups(cfg, p.m, p.n, p.batch),
   };
-  // Without subgroups (e.g. GL) an untransposed A goes through a texture: there each invocation
-  // reads its own rows of A, the pattern where textureLoad beats storage loads on llvmpipe
-  // (~1.1-1.3x end to end, copy included); for Aᵀ, and for B in any layout, it measured no faster.
-  // The subgroup kernels need no copy and are faster still.
-  const aRows = (p.aBatched ? p.batch : 1) * p.m;
-  const tex = kind === "cpu" && !transA && cfg.kind === "reg" && cfg.vec4A && !cfg.subgroupA &&
-      !cfg.subgroupB && 2 * p.batch * p.m * p.n * p.k >= textureMinFlops
-    ? matmulTexLayout(aRows, p.k, limits.maxTextureDimension2D)
+  if (cfg.subgroupA) call.name += "_sgA";
+  if (cfg.subgroupB) call.name += "_sgB";
+  if (cfg.kind === "smem") call.name += "_smem";
+  const aRows = (p.aBatched ? p.batch : 1) * (transA ? p.k : p.m);
+  const aRowLen = transA ? p.m : p.k;
+  const tex = useTextureA(cfg, p)
+    ? matmulTexLayout(aRows, aRowLen, limits.maxTextureDimension2D)
     : null;
   if (tex) {
-    const texCfg: MatmulShaderConfig = { ...cfg, texA: true };
     call.name += "_tex";
-    call.code = matmulShader(texCfg);
+    call.code = matmulShader({ ...cfg, texA: true });
     call.inputs = [b.binding()];
     call.uniforms = new Uint32Array([...uniforms, tex.shift, 0, 0, 0]);
-    call.textures = [copyToTexture(a, aRows, p.k, tex)];
+    call.textures = [copyToTexture(a, aRows, aRowLen, tex)];
   } else {
-    if (cfg.subgroupA) call.name += "_sgA";
-    if (cfg.subgroupB) call.name += "_sgB";
-    if (cfg.kind === "smem") call.name += "_smem";
     call.code = matmulShader(cfg);
   }
   dispatch(call);
+}
+
+/**
+ * Whether A goes through an rgba32float texture (register kernels on "cpu" adapters, vec4 A, big
+ * enough products). textureLoad fetches the 8 lanes' texels in straight-line code, where a storage
+ * load is a per-lane loop with branches, so it pays where A's loads miss the cache:
+ *  - Aᵀ with the B-sharing kernel: each K step reads 4 rows of Aᵀ that lie M floats apart, which
+ *    the prefetcher does not follow; textured it measured 1.3-3x faster at M = 352...2048
+ *    (e.g. the weight gradient dW = dYᵀ·X), and no slower elsewhere.
+ *  - untransposed A in the plain register kernel (no subgroups, e.g. GL): each invocation reads
+ *    its own rows; ~1.1-1.3x end to end, copy included.
+ * Elsewhere it measured no faster than storage, so the copy is not paid.
+ */
+function useTextureA(cfg: MatmulShaderConfig, p: Plan): boolean {
+  if (deviceInfo().kind !== "cpu" || cfg.kind !== "reg" || !cfg.vec4A || cfg.subgroupA) {
+    return false;
+  }
+  if (2 * p.batch * p.m * p.n * p.k < textureMinFlops) return false;
+  return cfg.subgroupB ? cfg.transA : !cfg.transA;
 }
 
 /**
@@ -212,11 +226,11 @@ export function setMatmulKernel(kernel: MatmulKernel): MatmulKernel {
 let textureMinFlops = 2 ** 26;
 
 /**
- * Sets the minimum 2·batch·M·N·K at which a register-tiled matmul without subgroup sharing
- * (adapters without subgroups of 8, or {@link setMatmulKernel} `"register"`) with untransposed A
- * on a "cpu" (llvmpipe) adapter reads A through an rgba32float texture; returns the previous value.
- * `0` uses the texture path whenever the shape allows it (K % 4 == 0, texture within
- * maxTextureDimension2D), `Infinity` never. Meant for tests and benchmarks.
+ * Sets the minimum 2·batch·M·N·K at which a matmul on a "cpu" (llvmpipe) adapter reads A through
+ * an rgba32float texture where that pays (Aᵀ in the B-sharing kernel, untransposed A in the plain
+ * register kernel); returns the previous value. `0` uses the texture path whenever the shape
+ * allows it (A's rows a multiple of 4 long, texture within maxTextureDimension2D), `Infinity`
+ * never. Meant for tests and benchmarks.
  */
 export function setMatmulTextureThreshold(minFlops: number): number {
   const prev = textureMinFlops;

@@ -235,47 +235,49 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
 
 Deno.test("matmul: the texture path for A (forced on) matches the float64 reference", async () => {
   const prev = setMatmulTextureThreshold(0);
-  // The subgroup kernels, where the device has them, replace the texture path: force it here.
-  const prevKernel = setMatmulKernel("register");
-  const profiling = deviceInfo().timestamps;
+  const prevKernel = setMatmulKernel("auto");
   try {
-    // [A shape, B shape, transB]. K = 64 packs one A row per texture row, K = 40 eight (with 37
-    // rows, so a partial last texture row), K = 44 sixteen, K = 1376 two; 17000 rows of K = 64 are
-    // over maxTextureDimension2D (16384 on lavapipe) and need two rows per texture row.
-    const cases: [number[], number[], boolean][] = [
-      [[130, 64], [64, 129], false],
-      [[37, 40], [40, 20], false],
-      [[2, 33, 44], [2, 44, 17], false],
-      [[33, 12], [3, 12, 9], false], // A shared across the batch
-      [[3, 12, 8], [8, 7], false], // folded x[b, t, k] · W
-      [[50, 1376], [20, 1376], true],
-      [[2, 9, 16], [2, 11, 16], true],
-      [[17000, 64], [64, 4], false],
-      [[5, 6], [6, 7], false], // K % 4 != 0: not texturable, storage path
-    ];
-    if (profiling) startProfile();
-    for (const [as, bs, tB] of cases) {
-      const A = randomArr(as, sizeOf(as));
-      const B = randomArr(bs, sizeOf(bs) + 1);
-      const x = toTensor(A);
-      const y = toTensor(B);
-      const z = matmul(x, y, { transB: tB });
-      const [got] = await readAll([z]);
-      assertClose(got, matmulRef(A, B, false, tB).data, {
-        atol: 1e-3,
-        rtol: 1e-4,
-        what: `${as} · ${bs}${tB ? "ᵀ" : ""}`,
-      });
-      for (const t of [x, y, z]) t.dispose();
+    // Untransposed A, in the register kernel (the path of adapters without subgroups). K = 64
+    // packs one A row per texture row, K = 40 eight (with 37 rows, so a partial last texture row),
+    // K = 44 sixteen, K = 1376 two; 17000 rows of K = 64 are over maxTextureDimension2D (16384 on
+    // lavapipe) and need two rows per texture row.
+    setMatmulKernel("register");
+    const plain = await runCases([
+      [[130, 64], [64, 129], false, false],
+      [[37, 40], [40, 20], false, false],
+      [[2, 33, 44], [2, 44, 17], false, false],
+      [[33, 12], [3, 12, 9], false, false], // A shared across the batch
+      [[3, 12, 8], [8, 7], false, false], // folded x[b, t, k] · W
+      [[50, 1376], [20, 1376], false, true],
+      [[2, 9, 16], [2, 11, 16], false, true],
+      [[17000, 64], [64, 4], false, false],
+      [[5, 6], [6, 7], false, false], // K % 4 != 0: not texturable, storage path
+    ], { atol: 1e-3, rtol: 1e-4 });
+    // Aᵀ (rows of K, M long), in the B-sharing kernel where the device has subgroups of 8:
+    // batched, shared across the batch, a split-K product, and M % 4 != 0 (storage path).
+    setMatmulKernel("auto");
+    const transposed = await runCases([
+      [[37, 44], [37, 16], true, false],
+      [[2, 21, 8], [2, 21, 12], true, false],
+      [[21, 8], [3, 21, 12], true, false],
+      [[1024, 8], [1024, 8], true, false],
+      [[40, 12], [7, 40], true, true],
+      [[9, 6], [9, 8], true, false],
+    ], { atol: 1e-3, rtol: 1e-4 });
+    const info = deviceInfo();
+    if (info.timestamps && info.kind === "cpu") {
+      for (const n of ["matmul_NN_tex", "matmul_NT_tex"]) assert.ok(plain.has(n), `${[...plain]}`);
+      if (info.subgroupSize === 8) {
+        for (const n of ["matmul_TN_sgB_tex", "matmul_TT_sgB_tex"]) {
+          assert.ok(transposed.has(n), `${[...transposed]}`);
+        }
+      }
     }
-    if (profiling && deviceInfo().kind === "cpu") {
-      const names = (await stopProfile()).map((e) => e.name);
-      assert.ok(names.includes("matmul_NN_tex") && names.includes("matmul_NT_tex"), `${names}`);
-    }
-    // Gradients too: backward runs NN and NT matmuls, which now take the texture path.
-    await checkRandomCases(20);
+    // Gradients too: backward runs NN, NT and TN matmuls, which now take the texture paths.
+    await checkRandomCases(12);
+    setMatmulKernel("register");
+    await checkRandomCases(12);
   } finally {
-    if (profiling) await stopProfile();
     setMatmulTextureThreshold(prev);
     setMatmulKernel(prevKernel);
   }
