@@ -24,6 +24,23 @@ export {
   init,
   type InitOptions,
 } from "./core/device.ts";
+export {
+  type Bindable,
+  type BindingArgs,
+  type Builtin,
+  type CustomGrid,
+  defineKernel,
+  type Grid,
+  type Kernel,
+  kernelFamily,
+  type KernelSpec,
+  type StorageType,
+  type TextureType,
+  type UniformArgs,
+  type UniformScalar,
+  type UniformType,
+  type Workgroups,
+} from "./core/define_kernel.ts";
 export type { DType, TensorData } from "./core/dtype.ts";
 export {
   DeviceError,

@@ -7,7 +7,7 @@
  * reps of `inner` matmuls recorded into one submit and one sync; time = median over reps of rep
  * time / inner, where inner makes a rep last about `targetRepMs`.
  *
- * `--compare=K1,K2` adds a column per kernel family forced with `setMatmulKernel` (default
+ * `--compare=K1,K2` adds a column per kernel family forced with `setMatmulFamily` (default
  * `register`: every invocation loads its own operands, no subgroups, no textures), its reps
  * alternating with the default's, so each ratio is a same-run one.
  *
@@ -25,8 +25,8 @@ import { randomUniform, tensor } from "../core/tensor.ts";
 import {
   addScalar,
   matmul,
-  type MatmulKernel,
-  setMatmulKernel,
+  type MatmulFamily,
+  setMatmulFamily,
   setMatmulTextureThreshold,
 } from "../ops/mod.ts";
 import {
@@ -67,25 +67,25 @@ async function timeOurs(
   k: number,
   n: number,
   layout: Layout,
-  compare: MatmulKernel[],
+  compare: MatmulFamily[],
 ): Promise<number[]> {
   const tA = layout === "TN";
   const tB = layout === "NT";
   const lead = batch > 1 ? [batch] : [];
   const a = randomUniform([...lead, ...(tA ? [k, m] : [m, k])], -1, 1, { seed: 1 });
   const b = randomUniform([...lead, ...(tB ? [n, k] : [k, n])], -1, 1, { seed: 2 });
-  const once = async (inner: number, kernel: MatmulKernel) => {
-    const prevKernel = setMatmulKernel(kernel);
+  const once = async (inner: number, kernel: MatmulFamily) => {
+    const prevKernel = setMatmulFamily(kernel);
     const prevTex = kernel === "auto" ? null : setMatmulTextureThreshold(Infinity);
     const t0 = performance.now();
     for (let i = 0; i < inner; i++) matmul(a, b, { transA: tA, transB: tB }).dispose();
     await sync();
     const ms = performance.now() - t0;
-    setMatmulKernel(prevKernel);
+    setMatmulFamily(prevKernel);
     if (prevTex !== null) setMatmulTextureThreshold(prevTex);
     return ms;
   };
-  const kernels: MatmulKernel[] = ["auto", ...compare];
+  const kernels: MatmulFamily[] = ["auto", ...compare];
   for (const kn of kernels) await once(1, kn); // compile
   const probe = await once(1, "auto");
   const inner = Math.max(1, Math.min(64, Math.round(targetRepMs / probe)));
@@ -201,7 +201,7 @@ const tiny: Shape[] = [
 ];
 const shapes: Shape[] = (flags.quick ? [big[2], big[7], tiny[0], tiny[5]] : [...big, ...tiny])
   .filter(([label]) => label.includes(flags.only));
-const compare = flags.compare ? flags.compare.split(",") as MatmulKernel[] : [];
+const compare = flags.compare ? flags.compare.split(",") as MatmulFamily[] : [];
 
 const peers = flags["no-peers"] ? [] : PEERS;
 console.log(

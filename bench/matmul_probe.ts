@@ -27,7 +27,7 @@
  */
 import {
   chooseMatmulConfig,
-  type MatmulKernel,
+  type MatmulFamily,
   matmulShader,
   type MatmulShaderConfig,
   matmulTexLayout,
@@ -246,7 +246,7 @@ function textures(o: Operands): NonNullable<Operands["tex"]> {
   device.queue.writeBuffer(
     U,
     0,
-    new Uint32Array([M, N, K, batch, o.strideA, o.strideB, o.strideC, 0, shiftA, shiftB, 0, 0]),
+    new Uint32Array([M, N, K, batch, o.strideA, o.strideB, o.strideC, shiftA, shiftB, 0, 0, 0]),
   );
   o.tex = { A, B, U };
   return o.tex;
@@ -667,8 +667,11 @@ async function check(): Promise<void> {
     });
   }
   // Config variants checked per case.
-  const table = (kernel: MatmulKernel, kind: "cpu" | "gpu" = "cpu") => (pr: Problem) =>
-    chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, kind, { subgroupSize, kernel });
+  const table = (kernel: MatmulFamily, kind: "cpu" | "gpu" = "cpu") => (pr: Problem) =>
+    chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, kind, {
+      subgroupSize,
+      family: kernel,
+    });
   const shaped = (base: Partial<MatmulShaderConfig>) => (pr: Problem) =>
     withShape(base, pr.M, pr.N, pr.K, pr.transA, pr.transB);
   const variants: [string, (pr: Problem) => MatmulShaderConfig][] = [

@@ -18,10 +18,10 @@
  * @module
  */
 import { init } from "../core/device.ts";
-import { dispatch, sync } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { sync } from "../core/kernel.ts";
 import { readAll, Tensor, tensor } from "../core/tensor.ts";
 import { gatherFlat, matmul, sddmm, transpose } from "../ops/mod.ts";
-import { flatGrid, flatMain } from "../ops/wgsl.ts";
 
 const [T, rows, cols] = [2048, 1376, 512].map((d, i) => Number(Deno.args[i] ?? d));
 const density = Number(Deno.args[3] ?? 0.03);
@@ -51,36 +51,25 @@ const bT = transpose(b);
 const I = tensor(idxData, [nnz], "u32");
 await sync();
 
-function stridedDirect(a: Tensor, b: Tensor, idx: Tensor): Tensor {
-  const out = Tensor_empty(nnz);
-  dispatch({
-    name: "sddmm_strided_bench",
-    code: `
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read> idx: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-struct U { tv: u32, rows: u32, cols: u32, nnz: u32 }
-@group(0) @binding(4) var<uniform> u: U;
-${
-      flatMain(`  if (i >= u.nnz) { return; }
-  let j = idx[i];
+// The strided layout read directly, without the transposes sddmm makes first.
+const STRIDED_DIRECT = defineKernel({
+  name: "sddmm_strided_bench",
+  inputs: { a: "f32", b: "f32", idx: "u32" },
+  outputs: { out: "f32" },
+  uniforms: { tv: "u32", rows: "u32", cols: "u32" },
+  grid: "flat",
+  body: `  let j = idx[i];
   let r = j / u.cols;
   let c = j % u.cols;
   var acc = 0.0;
   for (var t = 0u; t < u.tv; t += 1u) { acc += a[t * u.rows + r] * b[t * u.cols + c]; }
-  out[i] = acc;`)
-    }`,
-    inputs: [a.binding(), b.binding(), idx.binding()],
-    outputs: [out.binding()],
-    uniforms: new Uint32Array([T, rows, cols, nnz]),
-    workgroups: flatGrid(nnz),
-  });
-  return out;
-}
+  out[i] = acc;`,
+});
 
-function Tensor_empty(n: number): Tensor {
-  return Tensor.empty([n]);
+function stridedDirect(a: Tensor, b: Tensor, idx: Tensor): Tensor {
+  const out = Tensor.empty([nnz]);
+  STRIDED_DIRECT({ a, b, idx, out }, { n: nnz, tv: T, rows, cols });
+  return out;
 }
 
 /** Float64 check of 64 sampled outputs. */

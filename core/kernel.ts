@@ -8,12 +8,20 @@ import { DeviceError } from "./errors.ts";
 import { DeviceLimitError } from "./errors.ts";
 import type { Storage } from "./memory.ts";
 
-/** A storage bound to a kernel, with a description (`tensor [2, 3] f32`) for limit errors. */
+/**
+ * A storage bound to a kernel, with a description (`tensor [2, 3] f32`) for limit errors. A window
+ * (`offset`, `size`) binds part of the storage, e.g. to process a tensor larger than
+ * `maxStorageBufferBindingSize` in several dispatches.
+ */
 export interface Binding {
-  /** The storage to bind (bound from offset 0). */
+  /** The storage to bind. */
   storage: Storage;
   /** Human-readable description used in error messages. */
   what: string;
+  /** Start of the window in bytes (default 0); a multiple of minStorageBufferOffsetAlignment. */
+  offset?: number;
+  /** Bytes of the window (default: the rest of the storage from `offset`). */
+  size?: number;
 }
 
 /**
@@ -108,16 +116,25 @@ function uniformBuffer(data: ArrayBufferView): GPUBuffer {
   return buf;
 }
 
-function bindingSize(b: Binding, op: string): number {
-  const limit = gpuDevice().limits.maxStorageBufferBindingSize;
-  const size = Math.max(16, Math.ceil(b.storage.bytes / 16) * 16);
+function bindingResource(b: Binding, op: string): GPUBufferBinding {
+  const { maxStorageBufferBindingSize: limit, minStorageBufferOffsetAlignment: align } =
+    gpuDevice().limits;
+  const offset = b.offset ?? 0;
+  const bytes = b.size ?? b.storage.bytes - offset;
+  if (offset % align !== 0 || offset < 0 || bytes < 0 || offset + bytes > b.storage.bytes) {
+    throw new RangeError(
+      `${op}: window [${offset}, ${offset + bytes}) of ${b.what} (${b.storage.bytes} bytes) ` +
+        `is out of range or not aligned to ${align} bytes`,
+    );
+  }
+  const size = Math.max(16, Math.ceil(bytes / 16) * 16);
   if (size > limit) {
     throw new DeviceLimitError(
-      `${op}: ${b.what} is ${b.storage.bytes} bytes, over the device's ` +
+      `${op}: ${b.what} is ${bytes} bytes, over the device's ` +
         `maxStorageBufferBindingSize of ${limit} bytes`,
     );
   }
-  return Math.min(size, b.storage.buffer.size);
+  return { buffer: b.storage.buffer, offset, size: Math.min(size, b.storage.buffer.size - offset) };
 }
 
 function currentEncoder(): GPUCommandEncoder {
@@ -144,7 +161,7 @@ export function dispatch(call: KernelCall): void {
   const all = [...call.inputs, ...call.outputs];
   const entries: GPUBindGroupEntry[] = all.map((b, i) => ({
     binding: i,
-    resource: { buffer: b.storage.buffer, size: bindingSize(b, call.name) },
+    resource: bindingResource(b, call.name),
   }));
   if (call.uniforms) {
     entries.push({ binding: all.length, resource: { buffer: uniformBuffer(call.uniforms) } });

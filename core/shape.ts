@@ -86,3 +86,30 @@ export function normalizeAxes(
   }
   return norm.sort((x, y) => x - y);
 }
+
+/**
+ * Drops size-1 axes and merges neighbours that are contiguous in every stride list (the outer
+ * stride equals the inner stride times the inner size), so a broadcast, reduction or transpose of
+ * [B, T, H, D] usually runs at rank 1-3: fewer index divisions per element and fewer distinct
+ * pipelines. Returns the merged sizes and one merged stride list per input list (empty when every
+ * axis has size 1).
+ */
+export function collapseAxes(
+  dims: Shape,
+  strides: readonly (readonly number[])[],
+): { dims: number[]; strides: number[][] } {
+  const d: number[] = [];
+  const st: number[][] = strides.map(() => []);
+  for (let a = 0; a < dims.length; a++) {
+    if (dims[a] === 1) continue;
+    const k = d.length - 1;
+    if (k >= 0 && strides.every((s, j) => st[j][k] === s[a] * dims[a])) {
+      d[k] *= dims[a];
+      strides.forEach((s, j) => (st[j][k] = s[a]));
+    } else {
+      d.push(dims[a]);
+      strides.forEach((s, j) => st[j].push(s[a]));
+    }
+  }
+  return { dims: d, strides: st };
+}

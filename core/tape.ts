@@ -4,7 +4,7 @@
  * @module
  */
 import { DTypeError, GradientError } from "./errors.ts";
-import { dispatch, grid1d } from "./kernel.ts";
+import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
 import { adopt, captureCreated, collectTensors, ones, Tensor, zeros } from "./tensor.ts";
 
@@ -270,26 +270,18 @@ export class Tape {
   }
 }
 
+// Core cannot use the ops' add (ops import core), so the tape keeps this one kernel.
+const ADD = defineKernel({
+  name: "grad_accumulate",
+  inputs: { a: "f32", b: "f32" },
+  outputs: { out: "f32" },
+  grid: "flat",
+  body: "  store_out(i, load_a(i) + load_b(i));",
+});
+
 function accumulate(a: Tensor, b: Tensor): Tensor {
   const out = Tensor.empty(a.shape);
-  dispatch({
-    name: "grad_accumulate",
-    code: `
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-struct U { n: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-const WG = 256u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * WG);
-  if (i < u.n) { out[i] = a[i] + b[i]; }
-}`,
-    inputs: [a.binding(), b.binding()],
-    outputs: [out.binding()],
-    uniforms: new Uint32Array([a.size, 0, 0, 0]),
-    workgroups: grid1d(a.size, 256),
-  });
+  ADD({ a, b, out }, { n: a.size });
   return out;
 }
 

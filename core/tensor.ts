@@ -4,14 +4,8 @@
  */
 import { allocTyped, type DType, dtypeOf, type TensorData } from "./dtype.ts";
 import { DisposedError, DTypeError, ShapeError } from "./errors.ts";
-import {
-  type Binding,
-  dispatch,
-  encodeClear,
-  encodeUpload,
-  grid1d,
-  readBuffers,
-} from "./kernel.ts";
+import { defineKernel } from "./define_kernel.ts";
+import { type Binding, encodeClear, encodeUpload, readBuffers } from "./kernel.ts";
 import { allocStorage, releaseStorage, type Storage } from "./memory.ts";
 import { Rng } from "./rng.ts";
 import { checkShape, fmtShape, type Shape, sizeOf } from "./shape.ts";
@@ -317,31 +311,22 @@ export function ones(shape: Shape, dtype: DType = "f32"): Tensor {
   return full(shape, 1, dtype);
 }
 
+const fill = (dtype: DType) =>
+  defineKernel({
+    name: "full",
+    outputs: { out: dtype },
+    uniforms: { value: dtype },
+    grid: "flat",
+    body: "  store_out(i, u.value);",
+  });
+const FILL = { f32: fill("f32"), i32: fill("i32"), u32: fill("u32") };
+
 /** A tensor filled with `value` (filled on the GPU). */
 export function full(shape: Shape, value: number, dtype: DType = "f32"): Tensor {
   checkValues([value], dtype);
   if (value === 0 && !Object.is(value, -0)) return zeros(shape, dtype);
   const t = Tensor.empty(shape, dtype);
-  const u = new ArrayBuffer(16);
-  if (dtype === "f32") new Float32Array(u)[0] = value;
-  else new Int32Array(u)[0] = value | 0;
-  new Uint32Array(u)[1] = t.size;
-  dispatch({
-    name: "full",
-    code: `
-@group(0) @binding(0) var<storage, read_write> out: array<u32>;
-struct U { bits: u32, n: u32 }
-@group(0) @binding(1) var<uniform> u: U;
-const WG = 256u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * WG);
-  if (i < u.n) { out[i] = u.bits; }
-}`,
-    inputs: [],
-    outputs: [t.binding()],
-    uniforms: new Uint32Array(u),
-    workgroups: grid1d(t.size, 256),
-  });
+  FILL[dtype]({ out: t }, { n: t.size, value });
   return t;
 }
 

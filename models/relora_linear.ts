@@ -5,43 +5,30 @@
  * neither.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
 import { mapN } from "../ops/elementwise.ts";
 import { matmul } from "../ops/matmul.ts";
-import { flatGrid, flatMain } from "../ops/wgsl.ts";
 
 // ba ← w + s·ba in place: one out × in temporary instead of two. Same expression as ReLoRA's merge
 // (optim/refactor.ts), so the effective weight before a merge equals the merged W to the bit.
-const MERGE_INPLACE = `
-@group(0) @binding(0) var<storage, read> w: array<f32>;
-@group(0) @binding(1) var<storage, read_write> ba: array<f32>;
-struct U { n: u32, s: f32, p0: u32, p1: u32 }
-@group(0) @binding(2) var<uniform> u: U;
-${
-  flatMain(`  if (i >= u.n) { return; }
-  ba[i] = w[i] + u.s * ba[i];`)
-}`;
+const MERGE_INPLACE = defineKernel({
+  name: "relora_weight",
+  inputs: { w: "f32" },
+  outputs: { ba: "f32" },
+  uniforms: { s: "f32" },
+  grid: "flat",
+  body: "  store_ba(i, load_w(i) + u.s * load_ba(i));",
+});
 
 /** W + s·B·A [out, in], not recorded; the caller owns it. */
 function effectiveWeight(W: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
   const out = untracked(() => matmul(B, A));
-  if (out.size > 0) {
-    const u = new Uint32Array(4);
-    u[0] = out.size;
-    new Float32Array(u.buffer)[1] = s;
-    dispatch({
-      name: "relora_weight",
-      code: MERGE_INPLACE,
-      inputs: [W.binding()],
-      outputs: [out.binding()],
-      uniforms: u,
-      workgroups: flatGrid(out.size),
-    });
-  }
+  MERGE_INPLACE({ w: W, ba: out }, { n: out.size, s });
   return out;
 }
 
@@ -55,11 +42,7 @@ function scaled(t: Tensor, s: number): Tensor {
  * for dx); the VJP gives dx = g·W_eff, dB = s·gᵀ·(x·Aᵀ), dA = s·(g·B)ᵀ·x and no gradient for W.
  */
 export function reloraLinear(x: Tensor, W: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
-  for (const [name, t] of [["x", x], ["W", W], ["B", B], ["A", A]] as const) {
-    if (t.dtype !== "f32") {
-      throw new DTypeError(`reloraLinear: ${name} must be f32, got ${t.dtype}`);
-    }
-  }
+  assertF32("reloraLinear", ["x", x], ["W", W], ["B", B], ["A", A]);
   const [out, inF] = W.shape;
   if (
     W.rank !== 2 || B.rank !== 2 || A.rank !== 2 || B.shape[0] !== out || A.shape[1] !== inF ||

@@ -1,112 +1,136 @@
 /**
  * @internal The softmax cross-entropy kernels shared by `crossEntropy` (ops/cross_entropy.ts) and
  * `lmHeadCrossEntropy` (ops/lm_head.ts): the per-row log-sum-exp and loss, the deterministic
- * reduction to a mean or sum and a target count, their uniform block and their input checks. One
- * copy of the arithmetic is what makes the two ops agree to the bit on equal logits.
+ * reduction to a mean or sum and a target count, the gradient with respect to the logits, and
+ * their input checks. One copy of the arithmetic is what makes the two ops agree to the bit on
+ * equal logits, in forward and backward.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
-import { fmtShape } from "../core/shape.ts";
+import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { assertDType } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import type { Tensor } from "../core/tensor.ts";
 import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
-import { rowGrid, rowMain } from "./wgsl.ts";
 
-/** Fields of {@link CE_UNIFORM}; the ones left out are 0. */
-export interface CeUniforms {
+/** Reduction modes of the kernels' `mode` uniform. */
+export const CE_MODE = { mean: 0, sum: 1, none: 2 } as const;
+
+/** Sizes and options of a cross-entropy kernel call. */
+export interface CeArgs {
+  /** Rows of logits (targets) the call covers. */
   rows: number;
+  /** Number of classes; a target outside [0, v) that is not `ignore` gives NaN. */
   v: number;
+  /** The ignore index. */
   ignore: number;
+  /** A {@link CE_MODE} value (default mean). */
   mode?: number;
-  off?: number;
-  v0?: number;
-  n?: number;
 }
 
-/**
- * rows/v/ignore/nan_bits/mode/off/v0/n: one layout for every cross-entropy kernel. mode: 0 mean,
- * 1 sum, 2 none; off, v0 and n are for chunked callers.
- */
-export const CE_UNIFORM = `
-struct U { rows: u32, v: u32, ignore: i32, nan_bits: u32, mode: u32, off: u32, v0: u32, n: u32 }`;
-
-/** Packs {@link CE_UNIFORM} (nan_bits is a quiet NaN). */
-export function ceUniforms(f: CeUniforms): Uint32Array {
-  const u = new Uint32Array(8);
-  const view = new DataView(u.buffer);
-  view.setUint32(0, f.rows, true);
-  view.setUint32(4, f.v, true);
-  view.setInt32(8, f.ignore, true);
-  view.setUint32(12, 0x7fc00000, true);
-  view.setUint32(16, f.mode ?? 0, true);
-  view.setUint32(20, f.off ?? 0, true);
-  view.setUint32(24, f.v0 ?? 0, true);
-  view.setUint32(28, f.n ?? 0, true);
-  return u;
-}
+// Targets are bound as i32 (a u32 target >= 2^31 reads as negative, i.e. out of range). An
+// out-of-range target that is not the ignore index gives NaN: the GPU cannot throw, and a NaN loss
+// is loud. (NaN travels in the uniform: WGSL has no NaN literal.)
 
 // One invocation per row of a block of `rows` logits rows that starts at global row `off`:
 // log-sum-exp in three branch-free passes, then lse - x[target], both written at the global row so
-// chunks fill shared [N] buffers without a concat. Targets are bound as i32 (a u32 target >= 2^31
-// reads as negative, i.e. out of range). An out-of-range target that is not the ignore index gives
-// NaN: the GPU cannot throw, and a NaN loss is loud.
-const ROWS = `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> tg: array<i32>;
-@group(0) @binding(2) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(4) var<uniform> u: U;
-${CE_UNIFORM}
-${
-  rowMain(`  let base = r * u.v;
-  ${accDecl("m", "x[base]")}
-  ${forUnrolled("j", "0u", "u.v", (i, k) => `m${k} = max(m${k}, x[base + ${i}]);`)}
+// chunks fill shared [N] buffers without a concat.
+const rowsKernel = kernelFamily((name: string) =>
+  defineKernel({
+    name,
+    inputs: { x: "f32", tg: "i32" },
+    outputs: { loss: "f32", lse: "f32" },
+    uniforms: { v: "u32", off: "u32", ignore: "i32", nan: "f32" },
+    grid: "row",
+    body: `  let base = r * u.v;
+  ${accDecl("m", "load_x(base)")}
+  ${forUnrolled("j", "0u", "u.v", (i, k) => `m${k} = max(m${k}, load_x(base + ${i}));`)}
   let m = ${accCombine("m", "max")};
   ${accDecl("s", "0.0")}
-  ${forUnrolled("j", "0u", "u.v", (i, k) => `s${k} += exp(x[base + ${i}] - m);`)}
+  ${forUnrolled("j", "0u", "u.v", (i, k) => `s${k} += exp(load_x(base + ${i}) - m);`)}
   let s = ${accCombine("s", "+")};
   let l = m + log(s);
   let gr = u.off + r;
-  lse[gr] = l;
-  let t = tg[gr];
+  store_lse(gr, l);
+  let t = load_tg(gr);
   if (t == u.ignore) {
-    loss[gr] = 0.0;
+    store_loss(gr, 0.0);
   } else if (t < 0 || t >= i32(u.v)) {
-    loss[gr] = bitcast<f32>(u.nan_bits);
+    store_loss(gr, u.nan);
   } else {
-    loss[gr] = l - x[base + u32(t)];
-  }`)
-}`;
+    store_loss(gr, l - load_x(base + u32(t)));
+  }`,
+  })
+);
 
 // A single invocation sums the row losses (16 interleaved partial sums) and counts the non-ignored
 // targets; a fixed order keeps the result deterministic. out = sum / count (mean, 0 if count is 0)
 // or sum.
-const REDUCE = `
-@group(0) @binding(0) var<storage, read> loss: array<f32>;
-@group(0) @binding(1) var<storage, read> tg: array<i32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read_write> count: array<f32>;
-@group(0) @binding(4) var<uniform> u: U;
-${CE_UNIFORM}
-@compute @workgroup_size(1) fn main() {
-  ${accDecl("s", "0.0")}
+const reduceKernel = kernelFamily((name: string) =>
+  defineKernel({
+    name,
+    inputs: { loss: "f32", tg: "i32" },
+    outputs: { out: "f32", count: "f32" },
+    uniforms: { rows: "u32", ignore: "i32", mode: "u32" },
+    grid: { workgroupSize: [1] },
+    body: `  ${accDecl("s", "0.0")}
   var c = 0u;
   ${
-  forUnrolled("j", "0u", "u.rows", (i, k) =>
-    `s${k} += loss[${i}]; c += select(0u, 1u, tg[${i}] != u.ignore);`)
-}
+      forUnrolled(
+        "j",
+        "0u",
+        "u.rows",
+        (i, k) => `s${k} += load_loss(${i}); c += select(0u, 1u, load_tg(${i}) != u.ignore);`,
+      )
+    }
   let total = ${accCombine("s", "+")};
-  count[0] = f32(c);
-  if (u.mode == 0u) {
-    out[0] = select(0.0, total / f32(c), c > 0u);
+  store_count(0u, f32(c));
+  if (u.mode == ${CE_MODE.mean}u) {
+    store_out(0u, select(0.0, total / f32(c), c > 0u));
   } else {
-    out[0] = total;
+    store_out(0u, total);
+  }`,
+  })
+);
+
+// d = scale_r·(exp(x - lse_r) - onehot(target_r)) over a [rows, cols] block of logits whose first
+// column is class v0; 0 on ignored rows; scale_r = g/count (mean), g (sum) or g[r] (none: count is
+// bound but not read). One body, two binding layouts: logits in, gradient out (crossEntropy), or
+// the gradient written over the logits (the LM head's recomputed blocks, so no second block).
+const gradKernel = kernelFamily((name: string, inPlace: boolean) => {
+  const load = inPlace ? "load_d" : "load_x";
+  return defineKernel({
+    name,
+    inputs: {
+      ...(inPlace ? {} : { x: "f32" as const }),
+      tg: "i32",
+      lse: "f32",
+      count: "f32",
+      g: "f32",
+    },
+    outputs: { d: "f32" },
+    uniforms: { cols: "u32", v: "u32", v0: "u32", ignore: "i32", nan: "f32", mode: "u32" },
+    grid: "flat",
+    body: `  let r = i / u.cols;
+  let j = i - r * u.cols;
+  let t = load_tg(r);
+  if (t == u.ignore) { store_d(i, 0.0); return; }
+  if (t < 0 || t >= i32(u.v)) { store_d(i, u.nan); return; }
+  var scale: f32;
+  if (u.mode == ${CE_MODE.mean}u) {
+    scale = load_g(0u) / load_count(0u);
+  } else if (u.mode == ${CE_MODE.sum}u) {
+    scale = load_g(0u);
+  } else {
+    scale = load_g(r);
   }
-}`;
+  let p = exp(${load}(i) - load_lse(r));
+  store_d(i, scale * (p - select(0.0, 1.0, u32(t) == u.v0 + j)));`,
+  });
+});
 
 /**
- * Row log-sum-exp and loss of `logits` [f.rows, f.v] (row r is global row `f.off + r`) into `lse`
- * and `loss` [N] at the global rows; `targets` [N]. Nothing is dispatched for 0 rows.
+ * Row log-sum-exp and loss of `logits` [rows, v] (row r is global row `off + r`) into `lse` and
+ * `loss` [N] at the global rows; `targets` [N]. Nothing is dispatched for 0 rows.
  */
 export function ceRowLosses(
   name: string,
@@ -114,22 +138,20 @@ export function ceRowLosses(
   targets: Tensor,
   loss: Tensor,
   lse: Tensor,
-  f: CeUniforms,
+  f: CeArgs & { off?: number },
 ): void {
-  if (f.rows === 0) return;
-  dispatch({
-    name,
-    code: ROWS,
-    inputs: [logits.binding(), targets.binding()],
-    outputs: [loss.binding(), lse.binding()],
-    uniforms: ceUniforms(f),
-    workgroups: rowGrid(f.rows),
+  rowsKernel(name)({ x: logits, tg: targets, loss, lse }, {
+    rows: f.rows,
+    v: f.v,
+    off: f.off ?? 0,
+    ignore: f.ignore,
+    nan: NaN,
   });
 }
 
 /**
- * Reduces the `f.rows` row losses into `out` (a scalar: the mean if `f.mode` is 0, else the sum) and
- * `count` (a scalar: the number of targets not equal to `f.ignore`).
+ * Reduces the `f.rows` row losses into `out` (a scalar: the mean if `f.mode` is mean, else the
+ * sum) and `count` (a scalar: the number of targets not equal to `f.ignore`).
  */
 export function ceReduce(
   name: string,
@@ -137,25 +159,45 @@ export function ceReduce(
   targets: Tensor,
   out: Tensor,
   count: Tensor,
-  f: CeUniforms,
+  f: CeArgs,
 ): void {
-  dispatch({
-    name,
-    code: REDUCE,
-    inputs: [loss.binding(), targets.binding()],
-    outputs: [out.binding(), count.binding()],
-    uniforms: ceUniforms(f),
-    workgroups: [1],
-  });
+  reduceKernel(name)({ loss, tg: targets, out, count }, {
+    rows: f.rows,
+    ignore: f.ignore,
+    mode: f.mode ?? CE_MODE.mean,
+  }, [1]);
+}
+
+/**
+ * The gradient with respect to a [f.rows, cols] block of logits whose first column is class `v0`
+ * (see `gradKernel` above), written into `d`. With `logits` null, `d` holds the block's logits and
+ * is overwritten in place. `lse` [rows] and `targets` [rows] cover all rows; `g` is the output
+ * gradient (a scalar, or [rows] for mode none).
+ */
+export function ceGrad(
+  name: string,
+  d: Tensor,
+  logits: Tensor | null,
+  saved: { targets: Tensor; lse: Tensor; count: Tensor; g: Tensor },
+  f: CeArgs & { cols: number; v0?: number },
+): void {
+  const { targets: tg, lse, count, g } = saved;
+  const uniforms = {
+    n: f.rows * f.cols,
+    cols: f.cols,
+    v: f.v,
+    v0: f.v0 ?? 0,
+    ignore: f.ignore,
+    nan: NaN,
+    mode: f.mode ?? CE_MODE.mean,
+  };
+  if (logits) gradKernel(name, false)({ x: logits, tg, lse, count, g, d }, uniforms);
+  else gradKernel(name, true)({ tg, lse, count, g, d }, uniforms);
 }
 
 /** Throws unless `targets` is i32 or u32. */
 export function checkTargets(op: string, targets: Tensor): void {
-  if (targets.dtype !== "i32" && targets.dtype !== "u32") {
-    throw new DTypeError(
-      `${op}: targets must be i32 (or u32), got ${targets.dtype} ${fmtShape(targets.shape)}`,
-    );
-  }
+  assertDType(op, ["i32", "u32"], ["targets", targets]);
 }
 
 /** Throws unless `ignoreIndex` is an i32. */

@@ -4,22 +4,22 @@
  * anything back), and the VJP `(softmax - onehot) * scale` as one element-wise kernel.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
 import {
-  CE_UNIFORM,
+  CE_MODE,
+  ceGrad,
   ceReduce,
   ceRowLosses,
-  ceUniforms,
   checkCeLoops,
   checkIgnore,
   checkTargets,
 } from "./ce_kernels.ts";
 import { checkLoopBudget, forUnrolled, unrolledEdges } from "./loop.ts";
-import { flatGrid, flatMain } from "./wgsl.ts";
 
 /** How {@link crossEntropy} reduces the per-target losses. */
 export type Reduction = "mean" | "sum" | "none";
@@ -35,48 +35,16 @@ export interface CrossEntropyOptions {
   reduction?: Reduction;
 }
 
-const MODE = { mean: 0, sum: 1, none: 2 } as const;
-
-// dx = scale_r * (exp(x - lse_r) - onehot(target_r)), 0 on ignored rows; scale_r = g / count (mean),
-// g (sum) or g[r] (none; count is then not read).
-const BACKWARD = `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> tg: array<i32>;
-@group(0) @binding(2) var<storage, read> lse: array<f32>;
-@group(0) @binding(3) var<storage, read> count: array<f32>;
-@group(0) @binding(4) var<storage, read> g: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(6) var<uniform> u: U;
-${CE_UNIFORM}
-${
-  flatMain(`  if (i >= u.rows * u.v) { return; }
-  let r = i / u.v;
-  let j = i - r * u.v;
-  let t = tg[r];
-  if (t == u.ignore) { dx[i] = 0.0; return; }
-  if (t < 0 || t >= i32(u.v)) { dx[i] = bitcast<f32>(u.nan_bits); return; }
-  var scale: f32;
-  if (u.mode == 0u) {
-    scale = g[0] / count[0];
-  } else if (u.mode == 1u) {
-    scale = g[0];
-  } else {
-    scale = g[r];
-  }
-  let p = exp(x[i] - lse[r]);
-  dx[i] = scale * (p - select(0.0, 1.0, u32(t) == j));`)
-}`;
-
-const COUNT = `
-@group(0) @binding(0) var<storage, read> tg: array<i32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> u: U;
-${CE_UNIFORM}
-@compute @workgroup_size(1) fn main() {
-  var count = 0u;
-  ${forUnrolled("j", "0u", "u.rows", (i) => `count += select(0u, 1u, tg[${i}] != u.ignore);`)}
-  out[0] = f32(count);
-}`;
+const COUNT = defineKernel({
+  name: "count_targets",
+  inputs: { tg: "i32" },
+  outputs: { out: "f32" },
+  uniforms: { rows: "u32", ignore: "i32" },
+  grid: { workgroupSize: [1] },
+  body: `  var count = 0u;
+  ${forUnrolled("j", "0u", "u.rows", (i) => `count += select(0u, 1u, load_tg(${i}) != u.ignore);`)}
+  store_out(0u, f32(count));`,
+});
 
 /**
  * Softmax cross-entropy of `logits` [..., V] (f32) against class indices `targets` [...] (i32 or
@@ -95,14 +63,10 @@ export function crossEntropy(
 ): Tensor {
   const { ignoreIndex = -100, reduction = "mean" } = opts;
   const op = "crossEntropy";
-  if (logits.dtype !== "f32") {
-    throw new DTypeError(
-      `${op}: logits must be f32, got ${logits.dtype} ${fmtShape(logits.shape)}`,
-    );
-  }
+  assertF32(op, ["logits", logits]);
   checkTargets(op, targets);
   checkIgnore(op, ignoreIndex);
-  if (!(reduction in MODE)) throw new ShapeError(`${op}: unknown reduction "${reduction}"`);
+  if (!(reduction in CE_MODE)) throw new ShapeError(`${op}: unknown reduction "${reduction}"`);
   if (logits.rank === 0 || !shapesEqual(logits.shape.slice(0, -1), targets.shape)) {
     throw new ShapeError(
       `${op}: logits ${
@@ -117,7 +81,7 @@ export function crossEntropy(
   }
   const rows = targets.size;
   checkCeLoops(op, v, rows);
-  const f = { rows, v, ignore: ignoreIndex, mode: MODE[reduction] };
+  const f = { rows, v, ignore: ignoreIndex, mode: CE_MODE[reduction] };
 
   const rowLoss = Tensor.empty(targets.shape);
   const lse = Tensor.empty(targets.shape);
@@ -134,22 +98,7 @@ export function crossEntropy(
   if (isRecording()) {
     recordOp(op, [logits, targets], out, (g) => {
       const dx = Tensor.empty(logits.shape);
-      if (dx.size > 0) {
-        dispatch({
-          name: "cross_entropy_backward",
-          code: BACKWARD,
-          inputs: [
-            logits.binding(),
-            targets.binding(),
-            lse.binding(),
-            count.binding(),
-            g.binding(),
-          ],
-          outputs: [dx.binding()],
-          uniforms: ceUniforms(f),
-          workgroups: flatGrid(dx.size),
-        });
-      }
+      ceGrad("cross_entropy_backward", dx, logits, { targets, lse, count, g }, { ...f, cols: v });
       return [dx, null];
     }, saved);
   } else {
@@ -168,13 +117,6 @@ export function countTargets(targets: Tensor, opts: { ignoreIndex?: number } = {
   checkIgnore("countTargets", ignoreIndex);
   checkLoopBudget("countTargets", unrolledEdges(targets.size), `${targets.size} targets`);
   const out = Tensor.empty([]);
-  dispatch({
-    name: "count_targets",
-    code: COUNT,
-    inputs: [targets.binding()],
-    outputs: [out.binding()],
-    uniforms: ceUniforms({ rows: targets.size, v: 0, ignore: ignoreIndex }),
-    workgroups: [1],
-  });
+  COUNT({ tg: targets, out }, { rows: targets.size, ignore: ignoreIndex }, [1]);
   return out;
 }

@@ -1,129 +1,17 @@
 /**
  * Elementwise ops with NumPy broadcasting, their scalar forms, and comparisons. Each op is one
- * generated kernel; a kernel is compiled once per (expression, rank) and shapes travel in a uniform.
+ * {@link mapN} kernel (ops/map.ts), compiled once per (expression, rank); shapes travel in a
+ * uniform.
  * @module
  */
-import { dispatch } from "../core/kernel.ts";
-import { DTypeError } from "../core/errors.ts";
-import {
-  broadcastShapes,
-  fmtShape,
-  type Shape,
-  shapesEqual,
-  sizeOf,
-  stridesOf,
-} from "../core/shape.ts";
+import { assertF32 } from "../core/dtype.ts";
 import { recordOp } from "../core/tape.ts";
-import { Tensor } from "../core/tensor.ts";
+import type { Tensor } from "../core/tensor.ts";
+import { mapN } from "./map.ts";
 import { sumTo } from "./reduce.ts";
-import { flatGrid, flatMain, packUniforms, uget } from "./wgsl.ts";
 
-/** Throws a DTypeError unless every tensor is f32. */
-export function assertF32(op: string, ...ts: Tensor[]): void {
-  for (const t of ts) {
-    if (t.dtype !== "f32") {
-      throw new DTypeError(`${op}: expected an f32 tensor, got ${t.dtype} ${fmtShape(t.shape)}`);
-    }
-  }
-}
-
-/**
- * Collapses runs of axes that are contiguous in the output and in every input, so most broadcasts
- * become rank 1-3 and share pipelines.
- */
-function collapse(out: Shape, strides: number[][]): { dims: number[]; strides: number[][] } {
-  const dims: number[] = [];
-  const st: number[][] = strides.map(() => []);
-  for (let d = 0; d < out.length; d++) {
-    if (out[d] === 1) continue;
-    const k = dims.length - 1;
-    const mergeable = k >= 0 && strides.every((s, j) => st[j][k] === s[d] * out[d]);
-    if (mergeable) {
-      dims[k] *= out[d];
-      strides.forEach((s, j) => (st[j][k] = s[d]));
-    } else {
-      dims.push(out[d]);
-      strides.forEach((s, j) => st[j].push(s[d]));
-    }
-  }
-  return { dims, strides: st };
-}
-
-function broadcastStrides(inShape: Shape, out: Shape): number[] {
-  const s = stridesOf(inShape);
-  const off = out.length - inShape.length;
-  return out.map((_, d) => (d < off || inShape[d - off] === 1 ? 0 : s[d - off]));
-}
-
-/**
- * Runs an n-ary elementwise kernel: `expr` is a WGSL f32 expression over `v0, v1, ...` (the
- * broadcast input values). Inputs are read as f32 unless `inTypes` says otherwise.
- */
-export function mapN(
-  name: string,
-  inputs: readonly Tensor[],
-  expr: string,
-  outShape?: Shape,
-  uniformsF32: readonly number[] = [],
-): Tensor {
-  const shape = outShape ??
-    inputs.map((t) => t.shape).reduce((a, b) => broadcastShapes(a, b, name), [] as number[]);
-  const out = Tensor.empty(shape);
-  const n = sizeOf(shape);
-  if (n === 0) return out;
-  const same = inputs.every((t) => shapesEqual(t.shape, shape));
-  const k = inputs.length;
-  const decls = inputs.map((t, j) =>
-    `@group(0) @binding(${j}) var<storage, read> in${j}: array<${t.dtype}>;`
-  ).join("\n");
-  const scal = uniformsF32.map((_, j) => `let c${j} = bitcast<f32>(${uget("c", j)});`).join("\n  ");
-  let body: string;
-  const fields: Record<string, number[]> = {
-    n: [n],
-    c: uniformsF32.map((c) => new Uint32Array(new Float32Array([c]).buffer)[0]),
-  };
-  const cast = (j: number) => (inputs[j].dtype === "f32" ? `in${j}[o${j}]` : `f32(in${j}[o${j}])`);
-  if (same) {
-    body = `  if (i >= ${uget("n", 0)}) { return; }
-  ${scal}
-  ${inputs.map((_, j) => `let o${j} = i;`).join(" ")}
-  ${inputs.map((_, j) => `let v${j} = ${cast(j)};`).join(" ")}
-  out[i] = ${expr};`;
-  } else {
-    const { dims, strides } = collapse(shape, inputs.map((t) => broadcastStrides(t.shape, shape)));
-    fields.dims = dims;
-    strides.forEach((s, j) => (fields[`s${j}`] = s));
-    const r = dims.length;
-    const lines: string[] = [];
-    for (let d = r - 1; d >= 0; d--) {
-      lines.push(`  { let c = rem % ${uget("dims", d)}; rem = rem / ${uget("dims", d)};`);
-      for (let j = 0; j < k; j++) lines.push(`    o${j} += c * ${uget(`s${j}`, d)};`);
-      lines.push("  }");
-    }
-    body = `  if (i >= ${uget("n", 0)}) { return; }
-  ${scal}
-  var rem = i;
-  ${inputs.map((_, j) => `var o${j} = 0u;`).join(" ")}
-${lines.join("\n")}
-  ${inputs.map((_, j) => `let v${j} = ${cast(j)};`).join(" ")}
-  out[i] = ${expr};`;
-  }
-  const { data, decl } = packUniforms(fields);
-  const code = `${decls}
-@group(0) @binding(${k}) var<storage, read_write> out: array<f32>;
-${decl}
-@group(0) @binding(${k + 1}) var<uniform> u: U;
-${flatMain(body)}`;
-  dispatch({
-    name,
-    code,
-    inputs: inputs.map((t) => t.binding()),
-    outputs: [out.binding()],
-    uniforms: data,
-    workgroups: flatGrid(n),
-  });
-  return out;
-}
+// Re-exported: part of the public API (and optim/ imports them from here).
+export { assertF32, mapN };
 
 function unary(
   name: string,

@@ -3,64 +3,50 @@
  * zero table without float atomics.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch, grid1d } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { assertDType, assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forUnrolled, LOOP_BUDGET, UNROLL } from "./loop.ts";
-import { flatGrid, flatMain } from "./wgsl.ts";
 
 // ids are bound as u32 whatever their dtype: a negative i32 reads as a huge u32, so one range
 // check `id < V` rejects both negative and too-large ids.
-const GATHER = `
-@group(0) @binding(0) var<storage, read> table: array<f32>;
-@group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-struct U { n: u32, v: u32, d: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-${
-  flatMain(`  if (i >= u.n * u.d) { return; }
-  let t = i / u.d;
+const GATHER = defineKernel({
+  name: "embedding",
+  inputs: { table: "f32", ids: "u32" },
+  outputs: { out: "f32" },
+  uniforms: { v: "u32", d: "u32" },
+  grid: "flat",
+  body: `  let t = i / u.d;
   let c = i - t * u.d;
-  let id = ids[t];
-  out[i] = select(0.0, table[id * u.d + c], id < u.v);`)
-}`;
+  let id = load_ids(t);
+  store_out(i, select(0.0, load_table(id * u.d + c), id < u.v));`,
+});
 
 // One invocation per column of the (zeroed) table walks the tokens t0..t1 in order and adds g[t, c]
 // into row ids[t]. Each output element has exactly one writer (race-free) and a fixed summation
-// order (deterministic). Work is N*D, parallelism D.
-const SCATTER_ADD = `
-@group(0) @binding(0) var<storage, read> g: array<f32>;
-@group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dt: array<f32>;
-struct U { n: u32, v: u32, d: u32, t0: u32, t1: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-const WG = 64u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let c = gid.x + gid.y * (nwg.x * WG);
-  if (c >= u.d) { return; }
+// order (deterministic). Work is N*D, parallelism D, hence small workgroups.
+const SCATTER_ADD = defineKernel({
+  name: "embedding_backward",
+  inputs: { g: "f32", ids: "u32" },
+  outputs: { dt: "f32" },
+  uniforms: { v: "u32", t0: "u32", t1: "u32" },
+  grid: "flat",
+  workgroupSize: 64,
+  body: `  let d = u.n;
   ${
-  forUnrolled(
-    "t",
-    "u.t0",
-    "u.t1",
-    (i) => `{ let id = ids[${i}]; if (id < u.v) { dt[id * u.d + c] += g[${i} * u.d + c]; } }`,
-  )
-}
-}`;
+    forUnrolled("t", "u.t0", "u.t1", (t) =>
+      `{ let id = load_ids(${t}); if (id < u.v) { store_dt(id * d + i, load_dt(id * d + i) + load_g(${t} * d + i)); } }`)
+  }`,
+});
 
 // Tokens per scatter-add dispatch, so one invocation stays inside the loop budget.
 const TOKENS_PER_DISPATCH = (LOOP_BUDGET - 2 * UNROLL) * UNROLL;
 
-function uniforms(n: number, v: number, d: number, t0 = 0, t1 = 0): Uint32Array {
-  return new Uint32Array([n, v, d, t0, t1, 0, 0, 0]);
-}
-
 function checkIdsDtype(op: string, ids: Tensor): void {
-  if (ids.dtype !== "i32" && ids.dtype !== "u32") {
-    throw new DTypeError(`${op}: ids must be i32 or u32, got ${ids.dtype} ${fmtShape(ids.shape)}`);
-  }
+  assertDType(op, ["i32", "u32"], ["ids", ids]);
 }
 
 /**
@@ -72,11 +58,7 @@ function checkIdsDtype(op: string, ids: Tensor): void {
  * {@link checkIds} to validate ids on the CPU when that matters.
  */
 export function embedding(table: Tensor, ids: Tensor): Tensor {
-  if (table.dtype !== "f32") {
-    throw new DTypeError(
-      `embedding: table must be f32, got ${table.dtype} ${fmtShape(table.shape)}`,
-    );
-  }
+  assertF32("embedding", ["table", table]);
   checkIdsDtype("embedding", ids);
   if (table.rank !== 2) {
     throw new ShapeError(`embedding: table must be 2-D [V, D], got ${fmtShape(table.shape)}`);
@@ -84,29 +66,13 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
   const [v, d] = table.shape;
   const n = ids.size;
   const out = Tensor.empty([...ids.shape, d]);
-  if (out.size > 0) {
-    dispatch({
-      name: "embedding",
-      code: GATHER,
-      inputs: [table.binding(), ids.binding()],
-      outputs: [out.binding()],
-      uniforms: uniforms(n, v, d),
-      workgroups: flatGrid(n * d),
-    });
-  }
+  GATHER({ table, ids, out }, { n: n * d, v, d });
   if (isRecording()) {
     recordOp("embedding", [table, ids], out, (g) => {
       const dt = zeros([v, d]);
       if (dt.size > 0) {
         for (let t0 = 0; t0 < n; t0 += TOKENS_PER_DISPATCH) {
-          dispatch({
-            name: "embedding_backward",
-            code: SCATTER_ADD,
-            inputs: [g.binding(), ids.binding()],
-            outputs: [dt.binding()],
-            uniforms: uniforms(n, v, d, t0, Math.min(n, t0 + TOKENS_PER_DISPATCH)),
-            workgroups: grid1d(d, 64),
-          });
+          SCATTER_ADD({ g, ids, dt }, { n: d, v, t0, t1: Math.min(n, t0 + TOKENS_PER_DISPATCH) });
         }
       }
       return [dt, null];

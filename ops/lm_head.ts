@@ -9,22 +9,23 @@
  * inputs, the per-row log-sum-exp and the target count, nothing of size V·N.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
 import { isRecording, recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import {
-  CE_UNIFORM,
+  CE_MODE,
+  ceGrad,
   ceReduce,
   ceRowLosses,
-  ceUniforms,
   checkCeLoops,
   checkIgnore,
   checkTargets,
 } from "./ce_kernels.ts";
 import { matmul } from "./matmul.ts";
-import { flatGrid, flatMain } from "./wgsl.ts";
+import { stridedCopy } from "./strided.ts";
 
 /** Default bytes of one chunk of logits (forward rows or backward vocabulary block). */
 export const LM_HEAD_CHUNK_BYTES: number = 32 * 1024 * 1024;
@@ -51,81 +52,21 @@ export interface LossSums {
   count: Tensor;
 }
 
-// In place on the logits of vocabulary block [v0, v0 + n) for all rows ([rows, n]):
-// d = scale·(softmax - onehot), 0 on ignored rows; scale = g/count (mean) or g (sum).
-const BACKWARD = `
-@group(0) @binding(0) var<storage, read> tg: array<i32>;
-@group(0) @binding(1) var<storage, read> lse: array<f32>;
-@group(0) @binding(2) var<storage, read> count: array<f32>;
-@group(0) @binding(3) var<storage, read> g: array<f32>;
-@group(0) @binding(4) var<storage, read_write> d: array<f32>;
-@group(0) @binding(5) var<uniform> u: U;
-${CE_UNIFORM}
-${
-  flatMain(`  if (i >= u.rows * u.n) { return; }
-  let r = i / u.n;
-  let j = i - r * u.n;
-  let t = tg[r];
-  if (t == u.ignore) { d[i] = 0.0; return; }
-  if (t < 0 || t >= i32(u.v)) { d[i] = bitcast<f32>(u.nan_bits); return; }
-  var scale = g[0];
-  if (u.mode == 0u) { scale = scale / count[0]; }
-  let p = exp(d[i] - lse[r]);
-  d[i] = scale * (p - select(0.0, 1.0, u32(t) == u.v0 + j));`)
-}`;
-
-// dst[v0 + i] = src[off + i] for i < n: contiguous row ranges in and out of [rows, D] tensors.
-const COPY = `
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<uniform> u: U;
-${CE_UNIFORM}
-${
-  flatMain(`  if (i >= u.n) { return; }
-  dst[u.v0 + i] = src[u.off + i];`)
-}`;
-
-const ADD_INPLACE = `
-@group(0) @binding(0) var<storage, read> part: array<f32>;
-@group(0) @binding(1) var<storage, read_write> acc: array<f32>;
-@group(0) @binding(2) var<uniform> u: U;
-${CE_UNIFORM}
-${
-  flatMain(`  if (i >= u.n) { return; }
-  acc[i] = acc[i] + part[i];`)
-}`;
-
-function copyInto(src: Tensor, srcOff: number, dst: Tensor, dstOff: number, n: number): void {
-  if (n === 0) return;
-  dispatch({
-    name: "lm_head_copy",
-    code: COPY,
-    inputs: [src.binding()],
-    outputs: [dst.binding()],
-    uniforms: ceUniforms({ rows: 0, v: 0, ignore: 0, off: srcOff, v0: dstOff, n }),
-    workgroups: flatGrid(n),
-  });
-}
+const ADD_INPLACE = defineKernel({
+  name: "lm_head_accumulate",
+  inputs: { part: "f32" },
+  outputs: { acc: "f32" },
+  grid: "flat",
+  body: "  store_acc(i, load_acc(i) + load_part(i));",
+});
 
 /** Rows [r0, r0 + n) of a [R, D] tensor as a fresh [n, D] tensor (the whole tensor as a view). */
 function rowsOf(x: Tensor, r0: number, n: number): Tensor {
   const d = x.shape[1];
   if (r0 === 0 && n === x.shape[0]) return x.view(x.shape);
   const out = Tensor.empty([n, d]);
-  copyInto(x, r0 * d, out, 0, n * d);
+  stridedCopy("lm_head_copy", "gather", x, out, [n * d], [1], r0 * d);
   return out;
-}
-
-function addInPlace(acc: Tensor, part: Tensor): void {
-  if (acc.size === 0) return;
-  dispatch({
-    name: "lm_head_accumulate",
-    code: ADD_INPLACE,
-    inputs: [part.binding()],
-    outputs: [acc.binding()],
-    uniforms: ceUniforms({ rows: 0, v: 0, ignore: 0, n: acc.size }),
-    workgroups: flatGrid(acc.size),
-  });
 }
 
 interface Checked {
@@ -139,9 +80,7 @@ interface Checked {
 function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossOptions): Checked {
   const shapes = () =>
     `h ${fmtShape(h.shape)}, lmHead ${fmtShape(w.shape)}, targets ${fmtShape(targets.shape)}`;
-  if (h.dtype !== "f32" || w.dtype !== "f32") {
-    throw new DTypeError(`${op}: h and lmHead must be f32, got ${h.dtype}, ${w.dtype}`);
-  }
+  assertF32(op, ["h", h], ["lmHead", w]);
   checkTargets(op, targets);
   if (
     h.rank < 1 || w.rank !== 2 || w.shape[1] !== h.shape[h.rank - 1] ||
@@ -222,24 +161,25 @@ function backwardPass(
       const m = Math.min(cols, v - v0);
       const wb = rowsOf(w, v0, m);
       const dl = matmul(h2, wb, { transB: true });
-      dispatch({
-        name: "lm_head_backward",
-        code: BACKWARD,
-        inputs: [targets.binding(), lse.binding(), count.binding(), g.binding()],
-        outputs: [dl.binding()],
-        uniforms: ceUniforms({ rows: n, v, ignore, mode, v0, n: m }),
-        workgroups: flatGrid(n * m),
+      // In place: the block's logits become its gradient.
+      ceGrad("lm_head_backward", dl, null, { targets, lse, count, g }, {
+        rows: n,
+        cols: m,
+        v,
+        v0,
+        ignore,
+        mode,
       });
       // Block rows of dW are final: written straight into the output, never accumulated.
       const dWb = matmul(dl, h2, { transA: true });
-      copyInto(dWb, 0, dW, v0 * d, m * d);
+      stridedCopy("lm_head_copy", "scatter", dWb, dW, [m * d], [1], v0 * d);
       dWb.dispose();
       const part = matmul(dl, wb);
       dl.dispose();
       wb.dispose();
       if (dh === null) dh = part;
       else {
-        addInPlace(dh, part);
+        ADD_INPLACE({ part, acc: dh }, { n: dh.size });
         part.dispose();
       }
     }
@@ -275,7 +215,7 @@ export function lmHeadCrossEntropy(
     throw new ShapeError(`${op}: reduction must be "mean" or "sum", got "${reduction}"`);
   }
   const c = check(op, h, lmHead, targets, opts);
-  const mode = reduction === "mean" ? 0 : 1;
+  const mode = CE_MODE[reduction];
   const { out, count, lse } = forwardPass(h, lmHead, targets, c, mode);
   if (isRecording()) {
     recordOp(op, [h, lmHead, targets], out, (g) => {
@@ -302,7 +242,7 @@ export function lmHeadLossSums(
   opts: LmHeadLossOptions = {},
 ): LossSums {
   const c = check("lmHeadLossSums", h, lmHead, targets, opts);
-  const { out, count, lse } = forwardPass(h, lmHead, targets, c, 1);
+  const { out, count, lse } = forwardPass(h, lmHead, targets, c, CE_MODE.sum);
   lse.dispose();
   return { sum: out, count };
 }

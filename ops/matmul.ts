@@ -6,20 +6,15 @@
  */
 import { deviceInfo, gpuDevice } from "../core/device.ts";
 import { ShapeError } from "../core/errors.ts";
-import {
-  destroyAfterSubmit,
-  dispatch,
-  encodeCopyToTexture,
-  type KernelCall,
-} from "../core/kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
+import { destroyAfterSubmit, encodeCopyToTexture } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
-import { assertF32 } from "./elementwise.ts";
 import {
   chooseMatmulConfig,
-  type MatmulKernel,
-  matmulShader,
+  type MatmulFamily,
+  matmulKernel,
   type MatmulShaderConfig,
   type MatmulTexLayout,
   matmulTexLayout,
@@ -92,7 +87,7 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
   const { kind, subgroupSize } = deviceInfo();
   const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
     subgroupSize,
-    kernel: forcedKernel,
+    family: forcedFamily,
   });
   const parts = splitKParts(cfg, p, transA, transB);
   if (parts > 1) {
@@ -122,42 +117,32 @@ function encodeMatmul(
   cfg: MatmulShaderConfig,
 ): void {
   const { limits } = deviceInfo();
-  const uniforms = [
-    p.m,
-    p.n,
-    p.k,
-    p.batch,
-    p.aBatched ? p.m * p.k : 0,
-    p.bBatched ? p.k * p.n : 0,
-    p.m * p.n,
-    0,
-  ];
-  const call: KernelCall = {
-    name: `matmul_${transA ? "T" : "N"}${transB ? "T" : "N"}`,
-    code: "",
-    inputs: [a.binding(), b.binding()],
-    outputs: [out.binding()],
-    uniforms: new Uint32Array(uniforms),
-    workgroups: matmulWorkgroups(cfg, p.m, p.n, p.batch),
+  const uniforms = {
+    M: p.m,
+    N: p.n,
+    K: p.k,
+    batch: p.batch,
+    strideA: p.aBatched ? p.m * p.k : 0,
+    strideB: p.bBatched ? p.k * p.n : 0,
+    strideC: p.m * p.n,
   };
-  if (cfg.subgroupA) call.name += "_sgA";
-  if (cfg.subgroupB) call.name += "_sgB";
-  if (cfg.kind === "smem") call.name += "_smem";
+  const workgroups = matmulWorkgroups(cfg, p.m, p.n, p.batch);
   const aRows = (p.aBatched ? p.batch : 1) * (transA ? p.k : p.m);
   const aRowLen = transA ? p.m : p.k;
   const tex = useTextureA(cfg, p)
     ? matmulTexLayout(aRows, aRowLen, limits.maxTextureDimension2D)
     : null;
   if (tex) {
-    call.name += "_tex";
-    call.code = matmulShader({ ...cfg, texA: true });
-    call.inputs = [b.binding()];
-    call.uniforms = new Uint32Array([...uniforms, tex.shift, 0, 0, 0]);
-    call.textures = [copyToTexture(a, aRows, aRowLen, tex)];
+    const tA = copyToTexture(a, aRows, aRowLen, tex);
+    const shifts = { shiftA: tex.shift, shiftB: 0 };
+    matmulKernel({ ...cfg, texA: true })(
+      { B: b, C: out, tA },
+      { ...uniforms, ...shifts },
+      workgroups,
+    );
   } else {
-    call.code = matmulShader(cfg);
+    matmulKernel(cfg)({ A: a, B: b, C: out }, uniforms, workgroups);
   }
-  dispatch(call);
 }
 
 /**
@@ -206,18 +191,18 @@ function splitKParts(
 const SPLIT_MIN_WORKGROUPS = 8;
 const SPLIT_MIN_K = 256;
 
-export type { MatmulKernel } from "./matmul_wgsl.ts";
+export type { MatmulFamily } from "./matmul_wgsl.ts";
 
-let forcedKernel: MatmulKernel = "auto";
+let forcedFamily: MatmulFamily = "auto";
 
 /**
  * Forces a kernel family for every later matmul where the shape and device allow it (see
- * {@link MatmulKernel}); `"auto"` (the default) restores the per-adapter table. Returns the
+ * {@link MatmulFamily}); `"auto"` (the default) restores the per-adapter table. Returns the
  * previous setting. Meant for tests and benchmarks.
  */
-export function setMatmulKernel(kernel: MatmulKernel): MatmulKernel {
-  const prev = forcedKernel;
-  forcedKernel = kernel;
+export function setMatmulFamily(family: MatmulFamily): MatmulFamily {
+  const prev = forcedFamily;
+  forcedFamily = family;
   return prev;
 }
 

@@ -4,44 +4,68 @@
  * spread over all workgroups instead of looping in a handful of invocations.
  * @module
  */
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
-import { fmtShape, normalizeAxes, type Shape, sizeOf, stridesOf } from "../core/shape.ts";
+import {
+  collapseAxes,
+  fmtShape,
+  normalizeAxes,
+  type Shape,
+  sizeOf,
+  stridesOf,
+} from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
-import { assertF32, mapN } from "./elementwise.ts";
-import { flatGrid, flatMain, packUniforms, uget } from "./wgsl.ts";
+import { mapN } from "./map.ts";
 
 type ReduceKind = "sum" | "max";
-
-function merge(dims: number[], strides: number[]): { dims: number[]; strides: number[] } {
-  const d: number[] = [];
-  const s: number[] = [];
-  dims.forEach((n, i) => {
-    if (n === 1) return;
-    const k = d.length - 1;
-    if (k >= 0 && s[k] === strides[i] * n) {
-      d[k] *= n;
-      s[k] = strides[i];
-    } else {
-      d.push(n);
-      s.push(strides[i]);
-    }
-  });
-  return { dims: d, strides: s };
-}
 
 const SPLIT_MIN = 8192;
 const MAX_CHUNK = 16384;
 
+type Axes = { dims: number[]; strides: number[] };
+
+// Invocation i computes part p = i % parts of output i / parts: the kept coordinates give the base
+// offset, then the reduced elements [p·chunk, min((p+1)·chunk, total)) are walked in order.
+const reduceKernelOf = kernelFamily((kind: ReduceKind, keptRank: number, redRank: number) => {
+  const decode = (v: string, dims: string, strides: string, acc: string, rank: number) =>
+    Array.from({ length: rank }, (_, k) => rank - 1 - k).map((d) =>
+      `{ let c = ${v} % u_${dims}(${d}u); ${v} = ${v} / u_${dims}(${d}u); ${acc} += c * u_${strides}(${d}u); }`
+    ).join("\n    ");
+  const arrays = (names: string[], rank: number) =>
+    rank === 0 ? {} : Object.fromEntries(names.map((n) => [n, ["u32", rank] as const]));
+  return defineKernel({
+    name: kind,
+    inputs: { x: "f32" },
+    outputs: { out: "f32" },
+    uniforms: {
+      parts: "u32",
+      chunk: "u32",
+      total: "u32",
+      ...arrays(["kd", "ks"], keptRank),
+      ...arrays(["rd", "rs"], redRank),
+    },
+    grid: "flat",
+    body: `  let p = i % u.parts;
+  var rem = i / u.parts;
+  var base = 0u;
+  ${decode("rem", "kd", "ks", "base", keptRank)}
+  let r0 = p * u.chunk;
+  let r1 = min(r0 + u.chunk, u.total);
+  var acc = ${kind === "sum" ? "0.0" : "bitcast<f32>(0xff800000u)"};
+  for (var r = r0; r < r1; r++) {
+    var rr = r;
+    var off = base;
+    ${decode("rr", "rd", "rs", "off", redRank)}
+    ${kind === "sum" ? "acc = acc + load_x(off);" : "acc = max(acc, load_x(off));"}
+  }
+  store_out(i, acc);`,
+  });
+});
+
 /** Reduces a flat f32 tensor described by kept/reduced (dims, strides) groups into `outShape`. */
-function reduceKernel(
-  kind: ReduceKind,
-  x: Tensor,
-  kept: { dims: number[]; strides: number[] },
-  red: { dims: number[]; strides: number[] },
-  outShape: Shape,
-): Tensor {
+function reduceKernel(kind: ReduceKind, x: Tensor, kept: Axes, red: Axes, outShape: Shape): Tensor {
   const outSize = sizeOf(kept.dims);
   const redSize = sizeOf(red.dims);
   if (outSize === 0) return Tensor.empty(outShape);
@@ -57,58 +81,20 @@ function reduceKernel(
   );
   const chunk = Math.ceil(redSize / parts);
   const out = parts === 1 ? Tensor.empty(outShape) : Tensor.empty([outSize, parts]);
-  const { data, decl } = packUniforms({
-    n: [outSize * parts, parts, chunk, redSize],
-    kd: kept.dims,
-    ks: kept.strides,
-    rd: red.dims,
-    rs: red.strides,
-  });
-  const keptDecode: string[] = [];
-  for (let d = kept.dims.length - 1; d >= 0; d--) {
-    keptDecode.push(
-      `{ let c = rem % ${uget("kd", d)}; rem = rem / ${uget("kd", d)}; base += c * ${
-        uget("ks", d)
-      }; }`,
-    );
-  }
-  const redDecode: string[] = [];
-  for (let d = red.dims.length - 1; d >= 0; d--) {
-    redDecode.push(
-      `{ let c = rr % ${uget("rd", d)}; rr = rr / ${uget("rd", d)}; off += c * ${uget("rs", d)}; }`,
-    );
-  }
-  const init = kind === "sum" ? "0.0" : "bitcast<f32>(0xff800000u)";
-  const combine = kind === "sum" ? "acc = acc + x[off];" : "acc = max(acc, x[off]);";
-  const code = `@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-${decl}
-@group(0) @binding(2) var<uniform> u: U;
-${
-    flatMain(`  if (i >= ${uget("n", 0)}) { return; }
-  let p = i % ${uget("n", 1)};
-  var rem = i / ${uget("n", 1)};
-  var base = 0u;
-  ${keptDecode.join("\n  ")}
-  let r0 = p * ${uget("n", 2)};
-  let r1 = min(r0 + ${uget("n", 2)}, ${uget("n", 3)});
-  var acc = ${init};
-  for (var r = r0; r < r1; r++) {
-    var rr = r;
-    var off = base;
-    ${redDecode.join("\n    ")}
-    ${combine}
-  }
-  out[i] = acc;`)
-  }`;
-  dispatch({
-    name: kind,
-    code,
-    inputs: [x.binding()],
-    outputs: [out.binding()],
-    uniforms: data,
-    workgroups: flatGrid(outSize * parts),
-  });
+  const k = reduceKernelOf(kind, kept.dims.length, red.dims.length);
+  k(
+    { x, out },
+    {
+      n: outSize * parts,
+      parts,
+      chunk,
+      total: redSize,
+      kd: kept.dims,
+      ks: kept.strides,
+      rd: red.dims,
+      rs: red.strides,
+    } as Parameters<typeof k>[1],
+  );
   if (parts === 1) return out;
   const second = reduceKernel(kind, out, { dims: [outSize], strides: [parts] }, {
     dims: [parts],
@@ -118,17 +104,19 @@ ${
   return second;
 }
 
+// Kept and reduced axes as separate (dims, strides) groups, each collapsed.
+function split(shape: Shape, isRed: (d: number) => boolean): { kept: Axes; red: Axes } {
+  const strides = stridesOf(shape);
+  const group = (red: boolean): Axes => {
+    const c = collapseAxes(shape.map((n, d) => (isRed(d) === red ? n : 1)), [strides]);
+    return { dims: c.dims, strides: c.strides[0] };
+  };
+  return { kept: group(false), red: group(true) };
+}
+
 function reduceAxes(kind: ReduceKind, x: Tensor, axesList: number[], keepdims: boolean): Tensor {
-  const strides = stridesOf(x.shape);
   const isRed = (d: number) => axesList.includes(d);
-  const kept = merge(
-    x.shape.map((n, d) => (isRed(d) ? 1 : n)),
-    strides,
-  );
-  const red = merge(
-    x.shape.map((n, d) => (isRed(d) ? n : 1)),
-    strides,
-  );
+  const { kept, red } = split(x.shape, isRed);
   const outShape = keepdims
     ? x.shape.map((n, d) => (isRed(d) ? 1 : n))
     : x.shape.filter((_, d) => !isRed(d));

@@ -4,8 +4,9 @@
  * `(x[i], x[i + Dh/2])`; the VJP is the same kernel rotating the other way.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch, grid1d } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
@@ -22,30 +23,25 @@ export interface RopeOptions {
 // to f32 once, like HF's `inv_freq`, and no per-call upload.
 const MAX_HALF = 512;
 
-const KERNEL = `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-struct U { pairs: u32, t: u32, half: u32, offset: u32, sign: f32, freqs: array<vec4<f32>, ${
-  MAX_HALF / 4
-}> }
-@group(0) @binding(2) var<uniform> u: U;
-const WG = 256u;
-@compute @workgroup_size(WG) fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let p = gid.x + gid.y * (nwg.x * WG);
-  if (p >= u.pairs) { return; }
-  let row = p / u.half;
-  let i = p - row * u.half;
+const KERNEL = defineKernel({
+  name: "rope",
+  inputs: { x: "f32" },
+  outputs: { y: "f32" },
+  uniforms: { t: "u32", half: "u32", offset: "u32", sign: "f32", freqs: ["f32", MAX_HALF] },
+  grid: "flat", // one invocation per pair
+  body: `  let row = i / u.half;
+  let j = i - row * u.half;
   let pos = f32(row % u.t + u.offset);
-  let angle = pos * u.freqs[i / 4u][i % 4u];
+  let angle = pos * u_freqs(j);
   let c = cos(angle);
   let s = u.sign * sin(angle);
-  let a = row * 2u * u.half + i;
+  let a = row * 2u * u.half + j;
   let b = a + u.half;
-  let x1 = x[a];
-  let x2 = x[b];
-  y[a] = x1 * c - x2 * s;
-  y[b] = x2 * c + x1 * s;
-}`;
+  let x1 = load_x(a);
+  let x2 = load_x(b);
+  store_y(a, x1 * c - x2 * s);
+  store_y(b, x2 * c + x1 * s);`,
+});
 
 function apply(
   x: Tensor,
@@ -56,22 +52,8 @@ function apply(
   sign: number,
 ): Tensor {
   const y = Tensor.empty(x.shape);
-  const pairs = x.size / 2;
-  if (pairs === 0) return y;
-  // Layout: pairs, t, half, offset (u32), sign (f32), 3 words of padding, then the vec4 array.
-  const u = new Uint32Array(8 + MAX_HALF);
-  const f = new Float32Array(u.buffer);
-  u.set([pairs, t, half, offset]);
-  f[4] = sign;
-  for (let i = 0; i < half; i++) f[8 + i] = Math.pow(base, (-2 * i) / (2 * half));
-  dispatch({
-    name: "rope",
-    code: KERNEL,
-    inputs: [x.binding()],
-    outputs: [y.binding()],
-    uniforms: u,
-    workgroups: grid1d(pairs, 256),
-  });
+  const freqs = Array.from({ length: half }, (_, i) => Math.pow(base, (-2 * i) / (2 * half)));
+  KERNEL({ x, y }, { n: x.size / 2, t, half, offset, sign, freqs });
   return y;
 }
 
@@ -82,9 +64,7 @@ function apply(
  */
 export function rope(x: Tensor, opts: RopeOptions = {}): Tensor {
   const { base = 10000, offset = 0 } = opts;
-  if (x.dtype !== "f32") {
-    throw new DTypeError(`rope: x must be f32, got ${x.dtype} ${fmtShape(x.shape)}`);
-  }
+  assertF32("rope", ["x", x]);
   if (x.rank < 2) throw new ShapeError(`rope: x must be [..., T, Dh], got ${fmtShape(x.shape)}`);
   const dh = x.shape[x.rank - 1];
   const t = x.shape[x.rank - 2];

@@ -7,15 +7,15 @@
  * is what makes the layer's memory scale with its parameters instead of with out × in.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
+import { assertDType, assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
 import { mapN, mulScalar } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
 import { sddmm } from "./sparse.ts";
-import { flatGrid, flatMain } from "./wgsl.ts";
 
 export { sampleSupport } from "./support.ts";
 
@@ -25,25 +25,23 @@ export { sampleSupport } from "./support.ts";
  * order: race-free for any sorted list, one add per invocation for SLTrain's sorted unique supports.
  * Indices >= out·in are ignored, like the sparse ops.
  */
-const SCATTER_INPLACE = `
-@group(0) @binding(0) var<storage, read> idx: array<u32>;
-@group(0) @binding(1) var<storage, read> vals: array<f32>;
-@group(0) @binding(2) var<storage, read_write> w: array<f32>;
-struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-${
-  flatMain(`  if (i >= u.nnz) { return; }
-  let j = idx[i];
-  if (j >= u.n || (i > 0u && idx[i - 1u] == j)) { return; }
-  var acc = w[j];
+const SCATTER_INPLACE = defineKernel({
+  name: "sltrain_scatter_inplace",
+  inputs: { idx: "u32", vals: "f32" },
+  outputs: { w: "f32" },
+  uniforms: { size: "u32" },
+  grid: "flat", // over the nnz list entries
+  body: `  let j = load_idx(i);
+  if (j >= u.size || (i > 0u && load_idx(i - 1u) == j)) { return; }
+  var acc = load_w(j);
   var k = i;
   loop {
-    acc += vals[k];
+    acc += load_vals(k);
     k += 1u;
-    if (k >= u.nnz || idx[k] != j) { break; }
+    if (k >= u.n || load_idx(k) != j) { break; }
   }
-  w[j] = acc;`)
-}`;
+  store_w(j, acc);`,
+});
 
 /** W = (s·B)·A ⊕_I V. Call it untracked (it is internal to the op); the caller disposes it. */
 function buildW(B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): Tensor {
@@ -51,16 +49,7 @@ function buildW(B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): Tensor {
   const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
   const W = matmul(sB, A);
   sB.dispose();
-  if (I.size > 0) {
-    dispatch({
-      name: "sltrain_scatter_inplace",
-      code: SCATTER_INPLACE,
-      inputs: [I.binding(), V.binding()],
-      outputs: [W.binding()],
-      uniforms: new Uint32Array([W.size, I.size, 0, 0]),
-      workgroups: flatGrid(I.size),
-    });
-  }
+  SCATTER_INPLACE({ idx: I, vals: V, w: W }, { n: I.size, size: W.size });
   return W;
 }
 
@@ -68,14 +57,8 @@ function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number)
   const shapes = () =>
     `x ${fmtShape(x.shape)}, B ${fmtShape(B.shape)}, A ${fmtShape(A.shape)}, ` +
     `V ${fmtShape(V.shape)}, I ${fmtShape(I.shape)}`;
-  for (const [name, t] of [["x", x], ["B", B], ["A", A], ["V", V]] as const) {
-    if (t.dtype !== "f32") {
-      throw new DTypeError(`sltrainLinear: ${name} must be f32, got ${t.dtype} (${shapes()})`);
-    }
-  }
-  if (I.dtype !== "u32") {
-    throw new DTypeError(`sltrainLinear: I must be u32, got ${I.dtype} (${shapes()})`);
-  }
+  assertF32("sltrainLinear", ["x", x], ["B", B], ["A", A], ["V", V]);
+  assertDType("sltrainLinear", ["u32"], ["I", I]);
   const bad = (why: string) => new ShapeError(`sltrainLinear: ${why} (${shapes()})`);
   if (B.rank !== 2 || A.rank !== 2) throw bad("B [out, r] and A [r, in] must be 2-D");
   if (B.shape[1] !== A.shape[0]) {
@@ -161,11 +144,7 @@ export function sltrainLinear(
  * VJP is matmul's; the scale is applied to whichever of x·Aᵀ or B is smaller.
  */
 export function lowRankLinear(x: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
-  if (x.dtype !== "f32" || B.dtype !== "f32" || A.dtype !== "f32") {
-    throw new DTypeError(
-      `lowRankLinear: x, B, A must be f32, got ${x.dtype}, ${B.dtype}, ${A.dtype}`,
-    );
-  }
+  assertF32("lowRankLinear", ["x", x], ["B", B], ["A", A]);
   if (
     B.rank !== 2 || A.rank !== 2 || B.shape[1] !== A.shape[0] || x.rank < 2 ||
     x.shape[x.rank - 1] !== A.shape[1]

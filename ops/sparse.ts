@@ -10,29 +10,19 @@
  * SLTrain's supports are sorted and unique, which takes the fast paths.
  * @module
  */
-import { DTypeError, ShapeError } from "../core/errors.ts";
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { assertDType, assertF32 } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
 import { fmtShape, type Shape, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
 import { matmul } from "./matmul.ts";
 import { permuteCopy } from "./strided.ts";
-import { flatGrid, flatMain } from "./wgsl.ts";
 
 function checkIndices(op: string, indices: Tensor): void {
-  if (indices.dtype !== "u32") {
-    throw new DTypeError(
-      `${op}: indices must be u32, got ${indices.dtype} ${fmtShape(indices.shape)}`,
-    );
-  }
+  assertDType(op, ["u32"], ["indices", indices]);
   if (indices.rank !== 1) {
     throw new ShapeError(`${op}: indices must be 1-D, got ${fmtShape(indices.shape)}`);
-  }
-}
-
-function checkF32(op: string, what: string, t: Tensor): void {
-  if (t.dtype !== "f32") {
-    throw new DTypeError(`${op}: ${what} must be f32, got ${t.dtype} ${fmtShape(t.shape)}`);
   }
 }
 
@@ -50,54 +40,53 @@ function checkF32(op: string, what: string, t: Tensor): void {
  *     deterministic for any indices, slow only for lists nobody should pass.
  */
 
-function initCode(fromDense: boolean): string {
-  return `
-${fromDense ? "@group(0) @binding(0) var<storage, read> dense: array<f32>;" : ""}
-@group(0) @binding(${fromDense ? 1 : 0}) var<storage, read_write> out: array<f32>;
-@group(0) @binding(${fromDense ? 2 : 1}) var<storage, read_write> flag: array<u32>;
-struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
-@group(0) @binding(${fromDense ? 3 : 2}) var<uniform> u: U;
-${
-    flatMain(`  if (i == 0u) { flag[0] = 0u; }
-  if (i < u.n) { out[i] = ${fromDense ? "dense[i]" : "0.0"}; }`)
-  }`;
-}
+// Dispatched over max(size, 1) invocations, so the flag is cleared even for an empty output.
+const init = (fromDense: boolean) =>
+  defineKernel({
+    name: "scatterAdd_init",
+    inputs: fromDense ? { dense: "f32" } : {},
+    outputs: { out: "f32", flag: "u32" },
+    uniforms: { size: "u32" },
+    grid: "flat",
+    body: `  if (i == 0u) { store_flag(0u, 0u); }
+  if (i < u.size) { store_out(i, ${fromDense ? "load_dense(i)" : "0.0"}); }`,
+  });
+const INIT = { dense: init(true), zeros: init(false) };
 
-const CHECK_CODE = `
-@group(0) @binding(0) var<storage, read> idx: array<u32>;
-@group(0) @binding(1) var<storage, read_write> flag: array<atomic<u32>>;
-struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
-@group(0) @binding(2) var<uniform> u: U;
-${flatMain(`  if (i + 1u < u.nnz && idx[i] > idx[i + 1u]) { atomicStore(&flag[0], 1u); }`)}`;
+const CHECK = defineKernel({
+  name: "scatterAdd_check",
+  inputs: { idx: "u32" },
+  outputs: { flag: "atomic<u32>" },
+  grid: "flat", // over nnz - 1 neighbour pairs
+  body: "  if (load_idx(i) > load_idx(i + 1u)) { atomicStore(&flag[0], 1u); }",
+});
 
-const SCATTER_CODE = `
-@group(0) @binding(0) var<storage, read> idx: array<u32>;
-@group(0) @binding(1) var<storage, read> vals: array<f32>;
-@group(0) @binding(2) var<storage, read> flag: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-struct U { n: u32, nnz: u32, k0: u32, k1: u32 }
-@group(0) @binding(4) var<uniform> u: U;
-${
-  flatMain(`  let i0 = i + u.k0;
-  if (i0 >= u.k1) { return; }
-  if (flag[0] == 0u) {
-    let j = idx[i0];
-    if ((i0 > u.k0 && idx[i0 - 1u] == j) || j >= u.n) { return; }
-    var acc = out[j];
+// Over the entries k0 + i < k1 of one chunk.
+const SCATTER = defineKernel({
+  name: "scatterAdd",
+  inputs: { idx: "u32", vals: "f32", flag: "u32" },
+  outputs: { out: "f32" },
+  uniforms: { size: "u32", k0: "u32", k1: "u32" },
+  grid: "flat",
+  body: `  let i0 = i + u.k0;
+  if (load_flag(0u) == 0u) {
+    let j = load_idx(i0);
+    if ((i0 > u.k0 && load_idx(i0 - 1u) == j) || j >= u.size) { return; }
+    var acc = load_out(j);
     var k = i0;
     loop {
-      acc += vals[k];
+      acc += load_vals(k);
       k += 1u;
-      if (k >= u.k1 || idx[k] != j) { break; }
+      if (k >= u.k1 || load_idx(k) != j) { break; }
     }
-    out[j] = acc;
+    store_out(j, acc);
   } else if (i0 == u.k0) {
     for (var k = u.k0; k < u.k1; k += 1u) {
-      let j = idx[k];
-      if (j < u.n) { out[j] += vals[k]; }
+      let j = load_idx(k);
+      if (j < u.size) { store_out(j, load_out(j) + load_vals(k)); }
     }
-  }`)
-}`;
+  }`,
+});
 
 /**
  * List entries per scatter dispatch. llvmpipe silently stops any invocation after 65535 loop
@@ -117,33 +106,13 @@ function scatterAddKernel(
   const n = sizeOf(shape);
   const nnz = indices.size;
   const flag = Tensor.empty([1], "u32");
-  const u = new Uint32Array([n, nnz, 0, 0]);
-  dispatch({
-    name: "scatterAdd_init",
-    code: initCode(dense !== null),
-    inputs: dense ? [dense.binding()] : [],
-    outputs: [out.binding(), flag.binding()],
-    uniforms: u,
-    workgroups: flatGrid(Math.max(n, 1)),
-  });
-  dispatch({
-    name: "scatterAdd_check",
-    code: CHECK_CODE,
-    inputs: [indices.binding()],
-    outputs: [flag.binding()],
-    uniforms: u,
-    workgroups: flatGrid(nnz - 1),
-  });
+  const size = { n: Math.max(n, 1), size: n };
+  if (dense) INIT.dense({ dense, out, flag }, size);
+  else INIT.zeros({ out, flag }, size);
+  CHECK({ idx: indices, flag }, { n: Math.max(nnz - 1, 0) });
   for (let k0 = 0; k0 < nnz; k0 += SCATTER_CHUNK) {
     const k1 = Math.min(nnz, k0 + SCATTER_CHUNK);
-    dispatch({
-      name: "scatterAdd",
-      code: SCATTER_CODE,
-      inputs: [indices.binding(), values.binding(), flag.binding()],
-      outputs: [out.binding()],
-      uniforms: new Uint32Array([n, nnz, k0, k1]),
-      workgroups: flatGrid(k1 - k0),
-    });
+    SCATTER({ idx: indices, vals: values, flag, out }, { n: k1 - k0, size: n, k0, k1 });
   }
   flag.dispose();
   return out;
@@ -156,8 +125,7 @@ function scatterAddKernel(
  * VJPs: dense gets g, values get `gatherFlat(g, indices)`.
  */
 export function scatterAdd(dense: Tensor, indices: Tensor, values: Tensor): Tensor {
-  checkF32("scatterAdd", "dense", dense);
-  checkF32("scatterAdd", "values", values);
+  assertF32("scatterAdd", ["dense", dense], ["values", values]);
   checkIndices("scatterAdd", indices);
   if (values.rank !== 1 || values.size !== indices.size) {
     throw new ShapeError(
@@ -175,7 +143,7 @@ export function scatterAdd(dense: Tensor, indices: Tensor, values: Tensor): Tens
  * matrix made dense). Same index contract as {@link scatterAdd}.
  */
 export function scatterToDense(shape: Shape, indices: Tensor, values: Tensor): Tensor {
-  checkF32("scatterToDense", "values", values);
+  assertF32("scatterToDense", ["values", values]);
   checkIndices("scatterToDense", indices);
   if (values.rank !== 1 || values.size !== indices.size) {
     throw new ShapeError(
@@ -191,35 +159,26 @@ export function scatterToDense(shape: Shape, indices: Tensor, values: Tensor): T
 // ---------------------------------------------------------------------------------------------
 // gatherFlat
 
-const GATHER_CODE = `
-@group(0) @binding(0) var<storage, read> dense: array<f32>;
-@group(0) @binding(1) var<storage, read> idx: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-struct U { n: u32, nnz: u32, p0: u32, p1: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-${
-  flatMain(`  if (i >= u.nnz) { return; }
-  let j = idx[i];
-  out[i] = select(0.0, dense[min(j, u.n - 1u)], j < u.n);`)
-}`;
+const GATHER = defineKernel({
+  name: "gatherFlat",
+  inputs: { dense: "f32", idx: "u32" },
+  outputs: { out: "f32" },
+  uniforms: { size: "u32" },
+  grid: "flat",
+  body: `  let j = load_idx(i);
+  store_out(i, select(0.0, load_dense(min(j, u.size - 1u)), j < u.size));`,
+});
 
 /**
  * `out[k] = dense.flat[indices[k]]` as a 1-D tensor of `indices.size` values (0 for an index
  * `>= dense.size`). `dense` may have any shape. VJP: the gradient scatter-added into zeros.
  */
 export function gatherFlat(dense: Tensor, indices: Tensor): Tensor {
-  checkF32("gatherFlat", "dense", dense);
+  assertF32("gatherFlat", ["dense", dense]);
   checkIndices("gatherFlat", indices);
   const out = Tensor.empty([indices.size]);
   if (dense.size > 0) {
-    dispatch({
-      name: "gatherFlat",
-      code: GATHER_CODE,
-      inputs: [dense.binding(), indices.binding()],
-      outputs: [out.binding()],
-      uniforms: new Uint32Array([dense.size, indices.size, 0, 0]),
-      workgroups: flatGrid(indices.size),
-    });
+    GATHER({ dense, idx: indices, out }, { n: indices.size, size: dense.size });
   } else if (indices.size > 0) {
     throw new ShapeError(`gatherFlat: cannot gather ${indices.size} values from an empty tensor`);
   }
@@ -256,22 +215,27 @@ export interface SddmmOptions {
  * all G dot products, which cuts the loads per FMA from 2 to (1 + G) / G. On a contended 2-core
  * lavapipe that was within noise of G = 1 (bench/sddmm.ts): the b-row stream dominates.
  */
-function sddmmCode(vec4: boolean, G: number): string {
-  const ty = vec4 ? "vec4f" : "f32";
+const sddmmKernel = kernelFamily((vec4: boolean, G: number) => {
   const prod = (x: string, y: string) => (vec4 ? `dot(${x}, ${y})` : `${x} * ${y}`);
-  const rng = (f: (g: number) => string, sep = "\n") =>
-    Array.from({ length: G }, (_, g) => f(g)).join(sep);
-  return `
-@group(0) @binding(0) var<storage, read> a: array<${ty}>;
-@group(0) @binding(1) var<storage, read> b: array<${ty}>;
-@group(0) @binding(2) var<storage, read> idx: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-struct U { tv: u32, rows: u32, cols: u32, nnz: u32, t0: u32, t1: u32, accumulate: u32, p: u32 }
-@group(0) @binding(4) var<uniform> u: U;
-const G = ${G}u;
+  const rng = (f: (g: number) => string) => Array.from({ length: G }, (_, g) => f(g)).join("\n");
+  return defineKernel({
+    name: "sddmm",
+    inputs: { a: vec4 ? "vec4f" : "f32", b: vec4 ? "vec4f" : "f32", idx: "u32" },
+    outputs: { out: "f32" },
+    uniforms: {
+      tv: "u32",
+      rows: "u32",
+      cols: "u32",
+      nnz: "u32",
+      t0: "u32",
+      t1: "u32",
+      accumulate: "u32",
+    },
+    grid: "flat", // over ceil(nnz / G) groups of entries
+    helpers: `const G = ${G}u;
 
 fn one(k: u32) -> f32 {
-  let j = idx[k];
+  let j = load_idx(k);
   if (j >= u.rows * u.cols) { return 0.0; }
   let ra = (j / u.cols) * u.tv;
   let cb = (j % u.cols) * u.tv;
@@ -288,19 +252,17 @@ fn one(k: u32) -> f32 {
 
 // Slabs of T after the first add to what the earlier ones wrote.
 fn put(k: u32, v: f32) {
-  out[k] = select(0.0, out[k], u.accumulate != 0u) + v;
-}
-${
-    flatMain(`  let k0 = i * G;
-  if (k0 >= u.nnz) { return; }
+  store_out(k, select(0.0, load_out(k), u.accumulate != 0u) + v);
+}`,
+    body: `  let k0 = i * G;
   let n = u.rows * u.cols;
   let last = min(k0 + G, u.nnz) - 1u;
   // All G entries exist, are in range and lie in one row: share the a-row loads.
-  let r0 = idx[k0] / u.cols;
+  let r0 = load_idx(k0) / u.cols;
   var same = last == k0 + G - 1u;
 ${
       rng((g) =>
-        `  let j${g} = idx[min(k0 + ${g}u, last)];\n  same = same && j${g} < n && j${g} / u.cols == r0;`
+        `  let j${g} = load_idx(min(k0 + ${g}u, last));\n  same = same && j${g} < n && j${g} / u.cols == r0;`
       )
     }
   if (same) {
@@ -314,9 +276,9 @@ ${rng((g) => `      acc${g} += ${prod("av", `b[cb${g} + t]`)};`)}
 ${rng((g) => `    put(k0 + ${g}u, acc${g});`)}
   } else {
     for (var k = k0; k <= last; k += 1u) { put(k, one(k)); }
-  }`)
-  }`;
-}
+  }`,
+  });
+});
 
 /**
  * Sampled dense-dense product: `out[k] = Σ_t a[t, row_k] · b[t, col_k]` with
@@ -327,8 +289,7 @@ ${rng((g) => `    put(k0 + ${g}u, acc${g});`)}
  * indices; SLTrain never runs them (dV is a leaf gradient).
  */
 export function sddmm(a: Tensor, b: Tensor, indices: Tensor, opts: SddmmOptions = {}): Tensor {
-  checkF32("sddmm", "a", a);
-  checkF32("sddmm", "b", b);
+  assertF32("sddmm", ["a", a], ["b", b]);
   checkIndices("sddmm", indices);
   const { aT = false, bT = false, group = 4 } = opts;
   if (![1, 2, 4, 8].includes(group)) {
@@ -362,22 +323,15 @@ export function sddmm(a: Tensor, b: Tensor, indices: Tensor, opts: SddmmOptions 
     const slab = Math.floor(32768 / group);
     // At least one slab, so T = 0 writes zeros.
     for (let t0 = 0; t0 === 0 || t0 < units; t0 += slab) {
-      dispatch({
-        name: "sddmm",
-        code: sddmmCode(vec4, group),
-        inputs: [at.binding(), bt.binding(), indices.binding()],
-        outputs: [out.binding()],
-        uniforms: new Uint32Array([
-          units,
-          rows,
-          cols,
-          nnz,
-          t0,
-          Math.min(units, t0 + slab),
-          t0 > 0 ? 1 : 0,
-          0,
-        ]),
-        workgroups: flatGrid(Math.ceil(nnz / group)),
+      sddmmKernel(vec4, group)({ a: at, b: bt, idx: indices, out }, {
+        n: Math.ceil(nnz / group),
+        tv: units,
+        rows,
+        cols,
+        nnz,
+        t0,
+        t1: Math.min(units, t0 + slab),
+        accumulate: t0 > 0 ? 1 : 0,
       });
     }
     if (at !== a) at.dispose();

@@ -2,8 +2,8 @@ import fc from "fast-check";
 import assert from "node:assert/strict";
 import {
   matmul,
-  type MatmulKernel,
-  setMatmulKernel,
+  type MatmulFamily,
+  setMatmulFamily,
   setMatmulTextureThreshold,
 } from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
@@ -166,13 +166,13 @@ Deno.test("matmul: the subgroup kernels (subgroups of 8) are the ones used, and 
 });
 
 Deno.test("matmul: every kernel family, forced, matches on random and edge shapes", async () => {
-  const kernels: [MatmulKernel, string][] = [
+  const kernels: [MatmulFamily, string][] = [
     ["subgroupA", "sgA"],
     ["register", ""],
     ["workgroupMemory", "smem"],
   ];
   for (const [kernel, tag] of kernels) {
-    const prev = setMatmulKernel(kernel);
+    const prev = setMatmulFamily(kernel);
     try {
       const names = [...(await runCases(subgroupCases)).keys()];
       const info = deviceInfo();
@@ -181,7 +181,7 @@ Deno.test("matmul: every kernel family, forced, matches on random and edge shape
       }
       await checkRandomCases(8);
     } finally {
-      setMatmulKernel(prev);
+      setMatmulFamily(prev);
     }
   }
 });
@@ -235,13 +235,13 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
 
 Deno.test("matmul: the texture path for A (forced on) matches the float64 reference", async () => {
   const prev = setMatmulTextureThreshold(0);
-  const prevKernel = setMatmulKernel("auto");
+  const prevKernel = setMatmulFamily("auto");
   try {
     // Untransposed A, in the register kernel (the path of adapters without subgroups). K = 64
     // packs one A row per texture row, K = 40 eight (with 37 rows, so a partial last texture row),
     // K = 44 sixteen, K = 1376 two; 17000 rows of K = 64 are over maxTextureDimension2D (16384 on
     // lavapipe) and need two rows per texture row.
-    setMatmulKernel("register");
+    setMatmulFamily("register");
     const plain = await runCases([
       [[130, 64], [64, 129], false, false],
       [[37, 40], [40, 20], false, false],
@@ -255,7 +255,7 @@ Deno.test("matmul: the texture path for A (forced on) matches the float64 refere
     ], { atol: 1e-3, rtol: 1e-4 });
     // Aᵀ (rows of K, M long), in the B-sharing kernel where the device has subgroups of 8:
     // batched, shared across the batch, a split-K product, and M % 4 != 0 (storage path).
-    setMatmulKernel("auto");
+    setMatmulFamily("auto");
     const transposed = await runCases([
       [[37, 44], [37, 16], true, false],
       [[2, 21, 8], [2, 21, 12], true, false],
@@ -275,11 +275,11 @@ Deno.test("matmul: the texture path for A (forced on) matches the float64 refere
     }
     // Gradients too: backward runs NN, NT and TN matmuls, which now take the texture paths.
     await checkRandomCases(12);
-    setMatmulKernel("register");
+    setMatmulFamily("register");
     await checkRandomCases(12);
   } finally {
     setMatmulTextureThreshold(prev);
-    setMatmulKernel(prevKernel);
+    setMatmulFamily(prevKernel);
   }
 });
 
