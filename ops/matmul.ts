@@ -89,7 +89,7 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     subgroupSize,
     family: forcedFamily,
   });
-  const parts = splitKParts(cfg, p, transA, transB);
+  const parts = splitKParts(cfg, p);
   if (parts > 1) {
     // Aᵀ·B over K = parts·Ks is the sum of `parts` products over consecutive row blocks of A and
     // B: a batched product with batch strides Ks·M and Ks·N, then a sum over the batch.
@@ -97,25 +97,20 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     const partial = Tensor.empty([parts, p.m, p.n]);
     const sub: Plan = { ...p, batch: parts, k: ks, aBatched: true, bBatched: true };
     // Same config: for Aᵀ·B the vec4 flags depend on M and N only.
-    encodeMatmul(a, b, partial, transA, transB, sub, cfg);
+    encodeMatmul(a, b, partial, sub, cfg);
     const out = untracked(() => sum(partial, 0)); // [M, N]: split products are 2-D only
     partial.dispose();
     return out;
   }
   const out = Tensor.empty(p.outShape);
-  encodeMatmul(a, b, out, transA, transB, p, cfg);
+  encodeMatmul(a, b, out, p, cfg);
   return out;
 }
 
-function encodeMatmul(
-  a: Tensor,
-  b: Tensor,
-  out: Tensor,
-  transA: boolean,
-  transB: boolean,
-  p: Plan,
-  cfg: MatmulShaderConfig,
-): void {
+// Records one product into `out` (which has the plan's shape): texture copy of A if it pays, then
+// the kernel of `cfg`.
+function encodeMatmul(a: Tensor, b: Tensor, out: Tensor, p: Plan, cfg: MatmulShaderConfig): void {
+  const { transA } = cfg;
   const { limits } = deviceInfo();
   const uniforms = {
     M: p.m,
@@ -170,13 +165,8 @@ function useTextureA(cfg: MatmulShaderConfig, p: Plan): boolean {
  * few workgroups to keep every llvmpipe thread busy while K is long: the weight gradient
  * dW = dYᵀ·X with K = tokens and a small layer (e.g. 32x128 over 2048 tokens).
  */
-function splitKParts(
-  cfg: MatmulShaderConfig,
-  p: Plan,
-  transA: boolean,
-  transB: boolean,
-): number {
-  if (!transA || transB || p.batch !== 1 || cfg.kind !== "reg") return 1;
+function splitKParts(cfg: MatmulShaderConfig, p: Plan): number {
+  if (!cfg.transA || cfg.transB || p.batch !== 1 || cfg.kind !== "reg") return 1;
   const [x, y] = matmulWorkgroups(cfg, p.m, p.n, 1);
   let parts = 1;
   while (
