@@ -763,7 +763,8 @@ export interface MatmulChooseOptions {
  *    A vec4 of its own rows and 4 of the B vec4 the whole subgroup needs, 12 loads per 256 vec4
  *    FMAs. Its 64x32 subgroup tile is the squarest for 256 accumulators per lane; 512 (8x64,
  *    16x32) measured no faster.
- *  - subgroupA 16x16 (lanes along N, A shared) where B is not vec4-able: 18 loads per 256 FMAs.
+ *  - subgroupA 16x16 (lanes along N, A shared) where B is not vec4-able or the output is too
+ *    short for subgroupB's 64 rows: 18 loads per 256 FMAs.
  *  - register 16x16 otherwise: 32 loads per 256 FMAs.
  */
 export function chooseMatmulConfig(
@@ -786,7 +787,12 @@ export function chooseMatmulConfig(
     return { ...base, tileM: t, tileN: t, wgX: 16, wgY: 16, kind: "smem" };
   }
   const sg8 = opts.subgroupSize === 8;
-  if (sg8 && vec4B && (want === "auto" || want === "subgroupB")) {
+  // Lanes that compute past the output's edge are wasted: subgroupB's subgroup tile is 64x32,
+  // subgroupA's 16x128, so a short output (M below 64, e.g. a low-rank factor's gradient with
+  // M = r = 32) goes to subgroupA where that wastes fewer lanes than subgroupB's lead is worth.
+  const fill = (n: number, t: number) => n / (Math.ceil(n / t) * t);
+  const bOverA = fill(M, 64) * fill(N, 32) >= SUBGROUP_A_SPEED * fill(M, 16) * fill(N, 128);
+  if (sg8 && vec4B && (want === "subgroupB" || (want === "auto" && (bOverA || !vec4A)))) {
     return { ...base, tileM: 8, tileN: 32, wgX: 8, wgY: 1, kind: "reg", subgroupB: true };
   }
   if (sg8 && vec4A && want !== "register") {
@@ -794,3 +800,7 @@ export function chooseMatmulConfig(
   }
   return { ...base, tileM: 16, tileN: 16, wgX: 8, wgY: 2, kind: "reg" };
 }
+
+// subgroupA's speed relative to subgroupB's on full tiles (lavapipe, 2048x512x1376, quiet:
+// 43-46 against 58-64 GFLOP/s in all three layouts).
+const SUBGROUP_A_SPEED = 0.7;
