@@ -11,6 +11,8 @@
  * `register`: every invocation loads its own operands, no subgroups, no textures), its reps
  * alternating with the default's, so each ratio is a same-run one.
  *
+ * A last table times split-K against the unsplit product (`setMatmulSplitK`).
+ *
  * Shapes: the issue's large ones, the `tiny` model's (2048 tokens, d 128, FFN 352; forward NT,
  * dX NN, dW TN), SLTrain's low-rank factors (r = 32) and batched attention ([B·H, T, T]·[B·H, T,
  * Dh]); peers run on the 2-D shapes only.
@@ -27,6 +29,7 @@ import {
   matmul,
   type MatmulFamily,
   setMatmulFamily,
+  setMatmulSplitK,
   setMatmulTextureThreshold,
 } from "../ops/mod.ts";
 import {
@@ -97,6 +100,35 @@ async function timeOurs(
   b.dispose();
   const flop = 2 * batch * m * n * k;
   return times.map((t) => flop / (median(t) * 1e6));
+}
+
+/**
+ * GFLOP/s of Aᵀ·B with few outputs and a long K, with split-K (the default) and without, reps
+ * alternating.
+ */
+async function splitK(m: number, k: number, n: number): Promise<[number, number]> {
+  const a = randomUniform([k, m], -1, 1, { seed: 1 });
+  const b = randomUniform([k, n], -1, 1, { seed: 2 });
+  const once = async (inner: number, split: boolean) => {
+    const prev = setMatmulSplitK(split ? 8 : 0);
+    const t0 = performance.now();
+    for (let i = 0; i < inner; i++) matmul(a, b, { transA: true }).dispose();
+    await sync();
+    setMatmulSplitK(prev);
+    return performance.now() - t0;
+  };
+  await once(1, true);
+  await once(1, false);
+  const inner = Math.max(1, Math.min(64, Math.round(targetRepMs / (await once(1, true)))));
+  const on: number[] = [], off: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    on.push((await once(inner, true)) / inner);
+    off.push((await once(inner, false)) / inner);
+  }
+  a.dispose();
+  b.dispose();
+  const flop = 2 * m * n * k;
+  return [flop / (median(on) * 1e6), flop / (median(off) * 1e6)];
 }
 
 async function trainingStep(): Promise<{ ms: number; gflops: number; parts: number[] }> {
@@ -204,14 +236,15 @@ const shapes: Shape[] = (flags.quick ? [big[2], big[7], tiny[0], tiny[5]] : [...
 const compare = flags.compare ? flags.compare.split(",") as MatmulFamily[] : [];
 
 const peers = flags["no-peers"] ? [] : PEERS;
-console.log(
-  `| shape M×K×N | layout | ours GFLOP/s | ${compare.map((c) => `${c} | `).join("")}${
-    peers.map((p) => `${p} | ours/${p}`).join(" | ")
-  } |`,
-);
-console.log(
-  `|---|---|---|${compare.map(() => "---|").join("")}${peers.map(() => "---|---|").join("")}`,
-);
+const row = (cells: string[]) => console.log(`| ${cells.join(" | ")} |`);
+row([
+  "shape M×K×N",
+  "layout",
+  "ours GFLOP/s",
+  ...compare,
+  ...peers.flatMap((p) => [p, `ours/${p}`]),
+]);
+row(Array(3 + compare.length + 2 * peers.length).fill("---"));
 const notes: string[] = [];
 // A peer's best speed so far predicts its time on bigger shapes, so hopeless cells are skipped.
 const best = new Map<string, number>();
@@ -235,16 +268,22 @@ for (const [label, batch, m, k, n, layout] of shapes) {
     }
   }
   if (batch > 1) { for (const _ of peers) cells.push("–", "–"); }
-  console.log(
-    `| ${label} | ${layout} | ${fmt(ours)} | ${forced.map((f) => `${fmt(f)} | `).join("")}${
-      cells.join(" | ")
-    } |`,
-  );
+  row([label, layout, fmt(ours), ...forced.map((f) => fmt(f)), ...cells]);
 }
 if (notes.length) console.log(`\n${notes.map((x) => `- ${x}`).join("\n")}`);
 if (peers.length) {
   console.log(`\npeer versions: ${JSON.stringify(await peerVersions())}`);
   closePeers();
+}
+
+console.log(
+  `\n## Split-K: Aᵀ·B with few outputs over a long K (weight gradients of small layers)\n`,
+);
+console.log(`| M×K×N | GFLOP/s split | GFLOP/s unsplit | split/unsplit |`);
+console.log(`|---|---|---|---|`);
+for (const [m, k, n] of [[32, 2048, 32], [32, 2048, 128], [64, 4096, 64]]) {
+  const [on, off] = await splitK(m, k, n);
+  console.log(`| ${m}×${k}×${n} | ${fmt(on)} | ${fmt(off)} | ${fmt(on / off)}× |`);
 }
 
 const ts = await trainingStep();

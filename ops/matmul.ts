@@ -170,7 +170,7 @@ function splitKParts(cfg: MatmulShaderConfig, p: Plan): number {
   const [x, y] = matmulWorkgroups(cfg, p.m, p.n, 1);
   let parts = 1;
   while (
-    x * y * parts < SPLIT_MIN_WORKGROUPS && p.k % (2 * parts) === 0 &&
+    x * y * parts < splitMinWorkgroups && p.k % (2 * parts) === 0 &&
     p.k / (2 * parts) >= SPLIT_MIN_K
   ) parts *= 2;
   return parts;
@@ -178,8 +178,18 @@ function splitKParts(cfg: MatmulShaderConfig, p: Plan): number {
 
 // Split-K targets: at least this many workgroups (llvmpipe runs one thread per core, 2 here; more
 // workgroups than threads evens out the tail), each with a K block of at least SPLIT_MIN_K.
-const SPLIT_MIN_WORKGROUPS = 8;
+let splitMinWorkgroups = 8;
 const SPLIT_MIN_K = 256;
+
+/**
+ * Sets the number of workgroups split-K aims for (default 8; 0 switches split-K off); returns the
+ * previous value. Meant for tests and benchmarks.
+ */
+export function setMatmulSplitK(minWorkgroups: number): number {
+  const prev = splitMinWorkgroups;
+  splitMinWorkgroups = minWorkgroups;
+  return prev;
+}
 
 export type { MatmulFamily } from "./matmul_wgsl.ts";
 
