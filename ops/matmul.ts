@@ -22,6 +22,8 @@ import {
 } from "./matmul_wgsl.ts";
 import { sum } from "./reduce.ts";
 
+export type { MatmulFamily } from "./matmul_wgsl.ts";
+
 /** Layout flags of {@link matmul}. */
 export interface MatmulOptions {
   /** Use Aᵀ: A is stored [..., K, M]. */
@@ -145,8 +147,9 @@ function encodeMatmul(a: Tensor, b: Tensor, out: Tensor, p: Plan, cfg: MatmulSha
  * enough products). textureLoad fetches the 8 lanes' texels in straight-line code, where a storage
  * load is a per-lane loop with branches, so it pays where A's loads miss the cache:
  *  - Aᵀ with the B-sharing kernel: each K step reads 4 rows of Aᵀ that lie M floats apart, which
- *    the prefetcher does not follow; textured it measured 1.3-3x faster at M = 352...2048
- *    (e.g. the weight gradient dW = dYᵀ·X), and no slower elsewhere.
+ *    the prefetcher does not follow; textured it measured 1.03-2x faster, copy included (same
+ *    run: 1024³ 1.13x, 1376x2048x512 2.0x, 2048x512x1376 1.10x, 352x2048x128 1.04x), e.g. the
+ *    weight gradient dW = dYᵀ·X.
  *  - untransposed A in the plain register kernel (no subgroups, e.g. GL): each invocation reads
  *    its own rows; ~1.1-1.3x end to end, copy included.
  * Elsewhere it measured no faster than storage, so the copy is not paid.
@@ -190,8 +193,6 @@ export function setMatmulSplitK(minWorkgroups: number): number {
   splitMinWorkgroups = minWorkgroups;
   return prev;
 }
-
-export type { MatmulFamily } from "./matmul_wgsl.ts";
 
 let forcedFamily: MatmulFamily = "auto";
 
