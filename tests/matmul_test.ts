@@ -166,18 +166,18 @@ Deno.test("matmul: the subgroup kernels (subgroups of 8) are the ones used, and 
 });
 
 Deno.test("matmul: every kernel family, forced, matches on random and edge shapes", async () => {
-  const kernels: [MatmulFamily, string][] = [
+  const families: [MatmulFamily, string][] = [
     ["subgroupA", "sgA"],
     ["register", ""],
     ["workgroupMemory", "smem"],
   ];
-  for (const [kernel, tag] of kernels) {
-    const prev = setMatmulFamily(kernel);
+  for (const [family, tag] of families) {
+    const prev = setMatmulFamily(family);
     try {
       const names = [...(await runCases(subgroupCases)).keys()];
       const info = deviceInfo();
       if (tag && info.timestamps && (tag !== "sgA" || info.subgroupSize === 8)) {
-        assert.ok(names.some((n) => n.endsWith(`_${tag}`)), `${kernel}: ${names}`);
+        assert.ok(names.some((n) => n.endsWith(`_${tag}`)), `${family}: ${names}`);
       }
       await checkRandomCases(8);
     } finally {
