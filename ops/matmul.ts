@@ -179,14 +179,15 @@ function splitKParts(cfg: MatmulShaderConfig, p: Plan): number {
   return parts;
 }
 
-// Split-K targets: at least this many workgroups (llvmpipe runs one thread per core, 2 here; more
-// workgroups than threads evens out the tail), each with a K block of at least SPLIT_MIN_K.
-let splitMinWorkgroups = 8;
+// Split-K targets: one workgroup per core (llvmpipe runs one thread per core), each with a K block
+// of at least SPLIT_MIN_K. Only outputs with fewer workgroups than cores split, so the extra sum
+// dispatch is paid only where a core would otherwise idle.
+let splitMinWorkgroups = navigator.hardwareConcurrency || 2;
 const SPLIT_MIN_K = 256;
 
 /**
- * Sets the number of workgroups split-K aims for (default 8; 0 switches split-K off); returns the
- * previous value. Meant for tests and benchmarks.
+ * Sets the number of workgroups split-K aims for (default: the number of cores; 0 switches
+ * split-K off); returns the previous value. Meant for tests and benchmarks.
  */
 export function setMatmulSplitK(minWorkgroups: number): number {
   const prev = splitMinWorkgroups;

@@ -4,6 +4,7 @@ import {
   matmul,
   type MatmulFamily,
   setMatmulFamily,
+  setMatmulSplitK,
   setMatmulTextureThreshold,
 } from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
@@ -187,26 +188,31 @@ Deno.test("matmul: every kernel family, forced, matches on random and edge shape
 });
 
 Deno.test("matmul: split-K (Aᵀ·B with few outputs, long K) matches, gradients too", async () => {
-  // 8x8 and 40x24 outputs over K = 2048 split into K blocks; K = 1030 does not split evenly
-  // past 2 parts; a batched product never splits.
-  const cases: [number[], number[], boolean, boolean][] = [
-    [[2048, 8], [2048, 8], true, false],
-    [[2048, 40], [2048, 24], true, false],
-    [[1030, 5], [1030, 3], true, false],
-    [[2, 1024, 8], [2, 1024, 8], true, false],
-  ];
-  const counts = await runCases(cases, { atol: 1e-3, rtol: 1e-4 });
-  if (deviceInfo().kind === "cpu" && deviceInfo().timestamps) {
-    // The three 2-D cases split, each product followed by a sum over its K blocks.
-    assert.equal(counts.get("sum"), 3, `${[...counts]}`);
+  // Aim for 8 workgroups whatever this machine's core count: 8x8 and 40x24 outputs (one
+  // workgroup each) over K = 2048 split 8 ways; K = 1030 does not split evenly past 2 parts; a
+  // batched product never splits.
+  const prev = setMatmulSplitK(8);
+  try {
+    const counts = await runCases([
+      [[2048, 8], [2048, 8], true, false],
+      [[2048, 40], [2048, 24], true, false],
+      [[1030, 5], [1030, 3], true, false],
+      [[2, 1024, 8], [2, 1024, 8], true, false],
+    ], { atol: 1e-3, rtol: 1e-4 });
+    if (deviceInfo().kind === "cpu" && deviceInfo().timestamps) {
+      // The three 2-D cases split, each product followed by a sum over its K blocks.
+      assert.equal(counts.get("sum"), 3, `${[...counts]}`);
+    }
+    await checkOp({
+      op: ([x, y]) => matmul(x, y, { transA: true }),
+      ref: ([x, y]) => matmulRef(x, y, true, false),
+      inputs: [randomArr([1024, 4], 11), randomArr([1024, 4], 12)],
+      fwd: { atol: 1e-3, rtol: 1e-4 },
+      grad: { atol: 5e-2, rtol: 5e-3 },
+    });
+  } finally {
+    setMatmulSplitK(prev);
   }
-  await checkOp({
-    op: ([x, y]) => matmul(x, y, { transA: true }),
-    ref: ([x, y]) => matmulRef(x, y, true, false),
-    inputs: [randomArr([1024, 4], 11), randomArr([1024, 4], 12)],
-    fwd: { atol: 1e-3, rtol: 1e-4 },
-    grad: { atol: 5e-2, rtol: 5e-3 },
-  });
 });
 
 Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference", async () => {
