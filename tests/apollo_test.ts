@@ -8,6 +8,7 @@
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
+import { memoryStats } from "../core/memory.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import {
@@ -230,6 +231,25 @@ Deno.test("apollo per parameter equals apollo on the whole tree, bit for bit (pr
     return out;
   };
   assert.deepEqual(await run(perParameter(opt)), await run(opt));
+});
+
+Deno.test("apollo's state after steps is exactly its analytic size, and a step leaves nothing else behind", async () => {
+  const shapes = [[10, 16], [16, 10]];
+  const r = 3;
+  const opt = chain(apollo({ rank: r, updateProjGap: 2 }), scaleByLearningRate(0.01));
+  let params = shapes.map((s, i) => up(rand(s, i), s));
+  const live0 = memoryStats().liveBytes;
+  let state = opt.init(params);
+  for (let t = 0; t < 3; t++) {
+    const res = await opt.update(shapes.map((s, i) => up(rand(s, 9 + t + i), s)), state, params);
+    state = res.state;
+    params = applyUpdates(params, res.updates);
+  }
+  // Per matrix: moments 2·r·max(m,n) and the limiter's norm (no projector); f32.
+  const want = 2 * 4 * (2 * r * 16 + 1);
+  assert.equal(tree.bytes(state), want);
+  assert.equal(memoryStats().liveBytes - live0, want);
+  tree.dispose([params, state]);
 });
 
 Deno.test("apollo refuses bad options and shapes, naming them", () => {

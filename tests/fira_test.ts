@@ -7,6 +7,7 @@
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
+import { memoryStats } from "../core/memory.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import {
@@ -175,6 +176,25 @@ Deno.test("fira per parameter equals fira on the whole tree, bit for bit", async
     return out;
   };
   assert.deepEqual(await run(layerwise), await run(opt));
+});
+
+Deno.test("fira's state after steps is exactly its analytic size, and a step leaves nothing else behind", async () => {
+  const shapes = [[10, 16], [16, 10]];
+  const r = 3;
+  const opt = chain(fira(scaleByAdam(), { rank: r, updateProjGap: 2 }), scaleByLearningRate(0.01));
+  let params = shapes.map((s, i) => up(rand(s, i), s));
+  const live0 = memoryStats().liveBytes;
+  let state = opt.init(params);
+  for (let t = 0; t < 3; t++) {
+    const res = await opt.update(shapes.map((s, i) => up(rand(s, 9 + t + i), s)), state, params);
+    state = res.state;
+    params = applyUpdates(params, res.updates);
+  }
+  // Per matrix: projector min(m,n)·r, moments 2·r·max(m,n), the limiter's norm; f32.
+  const want = 2 * 4 * (10 * r + 2 * r * 16 + 1);
+  assert.equal(tree.bytes(state), want);
+  assert.equal(memoryStats().liveBytes - live0, want);
+  tree.dispose([params, state]);
 });
 
 Deno.test("fira refuses bad options and shapes, naming them", () => {
