@@ -11,7 +11,8 @@
  * - side and shape: as GaLore's, the smaller side is projected: P [m, r] with R = Pᵀ·G when m < n,
  *   else P [r, n] with R = G·Pᵀ;
  * - per-refresh key: refresh k = ⌊count / T⌋ (a new matrix at count 0, T, 2T, …, as the reference's
- *   `iter % update_proj_gap == 0`); key = h(h(h(seed) ⊕ fnv1a(path)) ⊕ k), with h the 32-bit
+ *   `iter % update_proj_gap == 0`); key = h(h(h(seed) ⊕ fnv1a(path)) ⊕ k) (a seed of 2³² or more
+ *   enters as h(lo ⊕ h(hi)) of its 32-bit words), with h the 32-bit
  *   integer hash "lowbias32" (x ^= x≫16; x *= 0x7feb352d; x ^= x≫15; x *= 0x846ca68b; x ^= x≫16),
  *   fnv1a the 32-bit FNV-1a hash of the parameter's path in UTF-8 (e.g. `layers.0.attn.q.w`), ⊕
  *   XOR. So every matrix and every refresh gets its own matrix, identical whether the parameter
@@ -63,7 +64,7 @@ export interface ApolloOptions {
   scale?: number;
   /** `"channel"` (default): one factor per channel; `"tensor"`: one per matrix. */
   granularity?: Granularity;
-  /** Seed of the projections (an integer in [0, 2³²)); default 0. */
+  /** Seed of the projections (a non-negative safe integer); default 0. */
   seed?: number;
   /** γ of the norm-growth limiter (see `fira`); default 1.01; 0 turns it off. */
   limiter?: number;
@@ -80,8 +81,6 @@ export interface ApolloState {
   /** The limiter's stored norm per matrix ([1] each); empty when the limiter is off. */
   norm: Tensor[];
 }
-
-const MASK32 = 0xffffffff;
 
 /** lowbias32 (Chris Wellons' integer hash), on unsigned 32-bit integers. */
 function hash32(x: number): number {
@@ -118,12 +117,14 @@ const GOLDEN = 0x9e3779b9;
  */
 export function apolloProjectionKey(seed: number, path: string, refresh: number): number {
   checkSeed(seed);
-  return hash32((hash32((hash32(seed) ^ fnv1a(path)) >>> 0) ^ refresh) >>> 0);
+  // h(lo ⊕ h(hi)) = h(seed) below 2³², since h(0) = 0.
+  const hs = hash32(((seed >>> 0) ^ hash32(Math.floor(seed / 2 ** 32))) >>> 0);
+  return hash32((hash32((hs ^ fnv1a(path)) >>> 0) ^ refresh) >>> 0);
 }
 
 function checkSeed(seed: number): void {
-  if (!Number.isSafeInteger(seed) || seed < 0 || seed > MASK32) {
-    throw new RangeError(`apollo: seed must be an integer in [0, 2^32), got ${seed}`);
+  if (!Number.isSafeInteger(seed) || seed < 0) {
+    throw new RangeError(`apollo: seed must be a non-negative safe integer, got ${seed}`);
   }
 }
 

@@ -80,6 +80,8 @@ Deno.test("projection entries: mean 0, variance 1/r, bounded by 6/√r", () => {
 Deno.test("projection keys: the same for the same seed, path and refresh; different otherwise", () => {
   const k = apolloProjectionKey(3, "layers.0.attn.q.w", 2);
   assert.equal(apolloProjectionKey(3, "layers.0.attn.q.w", 2), k);
+  // Seeds past 32 bits are folded in, not cut: 2³² + 3 is not 3.
+  assert.notEqual(apolloProjectionKey(2 ** 32 + 3, "layers.0.attn.q.w", 2), k);
   const others = [
     apolloProjectionKey(4, "layers.0.attn.q.w", 2),
     apolloProjectionKey(3, "layers.0.attn.k.w", 2),
@@ -260,7 +262,10 @@ Deno.test("apollo refuses bad options and shapes, naming them", () => {
     () => apollo({ rank: 2, granularity: "row" as Granularity }),
     /apollo: granularity must be one of channel, tensor, got "row"/,
   );
-  assert.throws(() => apollo({ rank: 2, seed: -1 }), /apollo: seed must be an integer/);
+  assert.throws(
+    () => apollo({ rank: 2, seed: -1 }),
+    /apollo: seed must be a non-negative safe integer, got -1/,
+  );
   assert.throws(() => apollo({ rank: 2, limiter: 0.9 }), /apollo: limiter must be 0 \(off\)/);
   const opt = apollo({ rank: 5 });
   const p = { up: up(new Float64Array(35), [7, 5]) };
