@@ -24,7 +24,13 @@ import {
 } from "./cli/flags.ts";
 import { Progress } from "./cli/progress.ts";
 import { lossPlot, summaryTable } from "./cli/report.ts";
-import { linearMethod, type MethodName, optimizerSpec, type RunConfig } from "./cli/run_config.ts";
+import {
+  isProjected,
+  linearMethod,
+  type MethodName,
+  optimizerSpec,
+  type RunConfig,
+} from "./cli/run_config.ts";
 import { estimateMemory } from "./models/estimate.ts";
 import { GRANULARITIES, type Granularity } from "./optim/apollo.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
@@ -51,7 +57,7 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
     rank,
     delta: num(flags, "delta", 0.03, (v) => v > 0 && v < 1, "in (0, 1)"),
     alpha: num(flags, "alpha", rank / 4, (v) => v > 0, "positive"),
-    lr: num(flags, "lr", PROJECTED_LR.has(method) ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
+    lr: num(flags, "lr", isProjected(method) ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
     warmup: num(flags, "warmup", warmupDefault, natInt, "a non-negative integer"),
     steps,
     minLrRatio: num(flags, "min-lr-ratio", 0.1, (v) => v >= 0 && v <= 1, "in [0, 1]"),
@@ -106,9 +112,6 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
   }
   return run;
 }
-
-/** Methods whose default peak learning rate is the reference scripts' 1e-2. */
-const PROJECTED_LR: ReadonlySet<MethodName> = new Set(["galore", "fira", "apollo", "apollo-mini"]);
 
 /** Fira's and APOLLO's settings, present only in the runs of those methods. */
 function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig> {

@@ -140,8 +140,15 @@ export function optimizerSpec(run: RunConfig): OptimizerSpec {
   }
 }
 
-/** Methods that train dense block weights through a projected optimizer. */
 const PROJECTED: ReadonlySet<MethodName> = new Set(["galore", "fira", "apollo", "apollo-mini"]);
+
+/**
+ * True for the methods that train dense block weights through a projected optimizer (GaLore,
+ * Fira, APOLLO, APOLLO-Mini); their reference scripts use a peak learning rate of 1e-2.
+ */
+export function isProjected(method: MethodName): boolean {
+  return PROJECTED.has(method);
+}
 
 /** Rank of the projection of a projected method: `rank`, or 1 for APOLLO-Mini. */
 export function projectionRank(run: RunConfig): number {
@@ -204,7 +211,7 @@ export function lrSchedule(run: RunConfig): (step: number) => number {
  * 2-D weights of block linears.
  */
 export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
-  return PROJECTED.has(run.method) && entry.role === "block" && entry.factor === "w";
+  return isProjected(run.method) && entry.role === "block" && entry.factor === "w";
 }
 
 /**

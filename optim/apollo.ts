@@ -11,12 +11,12 @@
  * - side and shape: as GaLore's, the smaller side is projected: P [m, r] with R = Pᵀ·G when m < n,
  *   else P [r, n] with R = G·Pᵀ;
  * - per-refresh key: refresh k = ⌊count / T⌋ (a new matrix at count 0, T, 2T, …, as the reference's
- *   `iter % update_proj_gap == 0`); key = h(h(h(seed) ⊕ fnv1a(path)) ⊕ k) (a seed of 2³² or more
- *   enters as h(lo ⊕ h(hi)) of its 32-bit words), with h the 32-bit
+ *   `iter % update_proj_gap == 0`); key = h(h(h(seed) ⊕ fnv1a(path)) ⊕ k), with h the 32-bit
  *   integer hash "lowbias32" (x ^= x≫16; x *= 0x7feb352d; x ^= x≫15; x *= 0x846ca68b; x ^= x≫16),
  *   fnv1a the 32-bit FNV-1a hash of the parameter's path in UTF-8 (e.g. `layers.0.attn.q.w`), ⊕
- *   XOR. So every matrix and every refresh gets its own matrix, identical whether the parameter
- *   is updated alone (`perParameter`), in a group (`partition`) or with the whole tree;
+ *   XOR (a seed of 2³² or more enters as h(lo ⊕ h(hi)) of its 32-bit words). So every matrix and
+ *   every refresh gets its own matrix, identical whether the parameter is updated alone
+ *   (`perParameter`), in a group (`partition`) or with the whole tree;
  * - entry e (row-major index into P): x = h(key ⊕ h(e)); w_j = h(x + j·0x9e3779b9 mod 2³²) for
  *   j = 1..6; S = the sum of the twelve 16-bit halves of w_1..w_6; P[e] = (S − 393210) · c with
  *   c = f32(2⁻¹⁶/√r). S − 393210 is an Irwin–Hall sum of twelve uniforms, centred, with variance
@@ -30,18 +30,18 @@
  * @module
  */
 import { defineKernel } from "../core/define_kernel.ts";
-import { Tensor, zeros } from "../core/tensor.ts";
+import { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { scaleByAdam } from "./adamw.ts";
-import { channelsOf, checkScalingOptions, strictGeometries } from "./fira.ts";
 import { project } from "./galore.ts";
-import { scaleInPlace } from "./inplace.ts";
 import {
   channelNorms,
   type Channels,
-  limitNormGrowth,
-  normRatioInPlace,
-  scaleChannelsInPlace,
+  channelsOf,
+  checkScalingOptions,
+  initScaled,
+  scaleByNormRatio,
+  strictGeometries,
 } from "./norm_scaling.ts";
 import { andThen, type GradientTransformation } from "./transform.ts";
 
@@ -191,8 +191,10 @@ export function apolloProjectionCpu(
  * ```
  *
  * As in `fira`, the limiter sees the inner transform's output, which for `scaleByAdam` includes
- * Adam's bias correction (the reference applies it after the limiter). Dispatches per matrix and
- * step: the projection, one matmul, the inner transform's, and about eight small kernels.
+ * Adam's bias correction (the reference applies it after the limiter), and eps is added to √v̂.
+ * The reference's `scale_front` (limiter after the scale instead of before) changes nothing but
+ * the 1e-8 in the limiter's ratio, so it is not an option. Dispatches per matrix and step: the
+ * projection, one matmul, the inner transform's, and about eight small kernels.
  */
 export function apollo(opts: ApolloOptions): GradientTransformation<ApolloState> {
   const {
@@ -216,11 +218,8 @@ export function apollo(opts: ApolloOptions): GradientTransformation<ApolloState>
   const post = Math.sqrt(scale);
   return {
     init(params) {
-      const geos = strictGeometries("apollo", params, rank);
-      const standIns = geos.map((g) => Tensor.empty(g.small));
-      const innerState = inner.init(tree.unflatten(params, standIns));
-      tree.dispose(standIns);
-      return { count: 0, inner: innerState, norm: limiter > 0 ? geos.map(() => zeros([1])) : [] };
+      const { inner: innerState, norm } = initScaled("apollo", inner, params, rank, limiter);
+      return { count: 0, inner: innerState, norm };
     },
     update(updates, state) {
       const g = tree.flatten(updates);
@@ -247,23 +246,15 @@ export function apollo(opts: ApolloOptions): GradientTransformation<ApolloState>
       return andThen(inner.update(tree.unflatten(updates, small), state.inner), (res) => {
         const norm: Tensor[] = [];
         const out = tree.flatten(res.updates).map((ni, i) => {
-          const phi = normRatioInPlace(channelNorms(ni, channels[i]), den[i]);
+          const s = scaleByNormRatio(g[i], ni, den[i], channels[i], {
+            gamma: limiter,
+            first: state.count === 0,
+            prev: state.norm[i],
+            post,
+          });
           ni.dispose();
-          den[i].dispose();
-          let s = scaleChannelsInPlace(g[i], phi, channels[i]);
-          phi.dispose();
-          if (limiter > 0) {
-            const l = limitNormGrowth(s, state.norm[i], {
-              gamma: limiter,
-              first: state.count === 0,
-              post,
-            });
-            s = l.x;
-            norm.push(l.prev);
-          } else if (post !== 1) {
-            s = scaleInPlace(s, post);
-          }
-          return s;
+          if (s.prev) norm.push(s.prev);
+          return s.x;
         });
         return {
           updates: tree.unflatten(updates, out),

@@ -6,25 +6,17 @@
  * stored norm per matrix.
  * @module
  */
-import { ShapeError } from "../core/errors.ts";
-import { fmtShape } from "../core/shape.ts";
-import { Tensor, zeros } from "../core/tensor.ts";
+import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import {
-  type GaLoreOptions,
-  project,
-  projectBack,
-  type ProjectionGeometry,
-  projectionGeometry,
-  withProjectors,
-} from "./galore.ts";
+import { type GaLoreOptions, project, projectBack, withProjectors } from "./galore.ts";
 import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
 import {
   channelNorms,
-  type Channels,
-  limitNormGrowth,
-  normRatioInPlace,
-  scaleChannelsInPlace,
+  channelsOf,
+  checkScalingOptions,
+  initScaled,
+  scaleByNormRatio,
+  strictGeometries,
 } from "./norm_scaling.ts";
 import { andThen, type GradientTransformation } from "./transform.ts";
 
@@ -52,58 +44,6 @@ export interface FiraState {
   norm: Tensor[];
 }
 
-/** Fira's and APOLLO's channels: the columns when the left side is projected (m < n), else the rows. */
-export function channelsOf(geo: ProjectionGeometry): Channels {
-  return geo.left ? "columns" : "rows";
-}
-
-/**
- * Checks what Fira and APOLLO share: a positive integer rank, a positive scale, a limiter γ that
- * is 0 (off) or at least 1, and a positive integer refresh gap. Throws a RangeError naming the
- * option.
- */
-export function checkScalingOptions(
-  op: string,
-  o: { rank: number; scale: number; limiter: number; updateProjGap: number },
-): void {
-  if (!Number.isSafeInteger(o.rank) || o.rank < 1) {
-    throw new RangeError(`${op}: rank must be a positive integer, got ${o.rank}`);
-  }
-  if (!(o.scale > 0) || !Number.isFinite(o.scale)) {
-    throw new RangeError(`${op}: scale must be a finite number > 0, got ${o.scale}`);
-  }
-  if (!(o.limiter === 0 || (o.limiter >= 1 && Number.isFinite(o.limiter)))) {
-    throw new RangeError(
-      `${op}: limiter must be 0 (off) or a growth factor >= 1, got ${o.limiter}`,
-    );
-  }
-  if (!Number.isSafeInteger(o.updateProjGap) || o.updateProjGap < 1) {
-    throw new RangeError(
-      `${op}: updateProjGap must be a positive integer, got ${o.updateProjGap}`,
-    );
-  }
-}
-
-/**
- * The projection geometry of each tensor of `t`, refusing any that is not 2-D or whose smaller side
- * is not above the rank (a full-rank "projection" leaves nothing for Fira's residual and makes
- * APOLLO's projection pointless): a ShapeError naming the parameter's path and shape.
- */
-export function strictGeometries(op: string, t: unknown, rank: number): ProjectionGeometry[] {
-  const paths = tree.paths(t);
-  return tree.flatten(t).map((x, i) => {
-    const geo = projectionGeometry(x, rank, op);
-    if (rank >= Math.min(geo.m, geo.n)) {
-      throw new ShapeError(
-        `${op}: rank ${rank} must be < min(m, n) = ${Math.min(geo.m, geo.n)} of ${
-          paths[i] || "the parameter"
-        } ${fmtShape(x.shape)}`,
-      );
-    }
-    return geo;
-  });
-}
-
 /**
  * Fira around `inner` (e.g. `scaleByAdam()`), for 2-D weights whose smaller side exceeds the rank
  * (route the rest elsewhere with `partition`). Per matrix [m, n] and step, with P the GaLore
@@ -125,11 +65,12 @@ export function strictGeometries(op: string, t: unknown, rank: number): Projecti
  * chain(fira(scaleByAdam(), { rank: 128, updateProjGap: 200, scale: 0.25 }), addDecayedWeights(λ), scaleByLearningRate(lr))
  * ```
  *
- * One difference from the reference: its limiter sees Adam's raw m/(√v + eps) and multiplies by
- * the bias correction √(1−β2^t)/(1−β1^t) afterwards, while here `inner` (scaleByAdam) already
- * includes it, so the limiter sees that factor's growth too (with β = (0.9, 0.999) it grows by
- * more than 1 % per step only at steps 21 to 45 (by at most 1.2 %), where the limiter may then engage and
- * the reference's would not). Everything else equals the reference's update up to f32 rounding.
+ * Differences from the reference, both from where Adam's bias correction sits: its limiter sees
+ * Adam's raw m/(√v + eps) and multiplies by c_t = √(1−β2^t)/(1−β1^t) afterwards, while here the
+ * inner transform (scaleByAdam) already includes c_t, so the limiter also sees c_t's growth; with
+ * β = (0.9, 0.999) that exceeds 1 % per step only at steps 21 to 45 (at most 1.2 %), where this
+ * limiter may engage when the reference's would not. And eps is added to √v̂ rather than √v (as in
+ * `galore` here). Everything else equals the reference's update up to f32 rounding.
  *
  * A projector refresh reads the gradients back (a promise, as in GaLore); every other update is
  * synchronous. Transient memory per matrix: two m×n buffers besides the gradient.
@@ -142,16 +83,8 @@ export function fira(
   checkScalingOptions("fira", { rank, scale, limiter, updateProjGap });
   return {
     init(params) {
-      const geos = strictGeometries("fira", params, rank);
-      const standIns = geos.map((g) => Tensor.empty(g.small));
-      const innerState = inner.init(tree.unflatten(params, standIns));
-      tree.dispose(standIns);
-      return {
-        count: 0,
-        proj: geos.map(() => null),
-        inner: innerState,
-        norm: limiter > 0 ? geos.map(() => zeros([1])) : [],
-      };
+      const { geos, inner: innerState, norm } = initScaled("fira", inner, params, rank, limiter);
+      return { count: 0, proj: geos.map(() => null), inner: innerState, norm };
     },
     update(updates, state) {
       const g = tree.flatten(updates);
@@ -176,23 +109,17 @@ export function fira(
         return andThen(inner.update(tree.unflatten(updates, small), state.inner), (res) => {
           const norm: Tensor[] = [];
           const out = tree.flatten(res.updates).map((ni, i) => {
-            const phi = normRatioInPlace(channelNorms(ni, channels[i]), den[i]);
-            den[i].dispose();
-            let resid = scaleChannelsInPlace(g[i], phi, channels[i]);
-            phi.dispose();
-            if (limiter > 0) {
-              const l = limitNormGrowth(resid, state.norm[i], {
-                gamma: limiter,
-                first: state.count === 0,
-              });
-              resid = l.x;
-              norm.push(l.prev);
-            }
+            const s = scaleByNormRatio(g[i], ni, den[i], channels[i], {
+              gamma: limiter,
+              first: state.count === 0,
+              prev: state.norm[i],
+            });
+            if (s.prev) norm.push(s.prev);
             const scaled = scale === 1 ? ni : scaleInPlace(ni, scale);
             const back = projectBack(scaled, proj[i], geos[i].left);
             scaled.dispose();
-            const u = axpbyInPlace(back, 1, resid, 1);
-            resid.dispose();
+            const u = axpbyInPlace(back, 1, s.x, 1);
+            s.x.dispose();
             return u;
           });
           return {

@@ -32,6 +32,16 @@ export * from "./galore.ts";
 export * from "./partition.ts";
 export * from "./multi_steps.ts";
 export * from "./per_parameter.ts";
-export * from "./norm_scaling.ts";
+export {
+  channelNorms,
+  type Channels,
+  type LimiterOptions,
+  limitNormGrowth,
+  NORM_EPS,
+  normRatioInPlace,
+  type RatioLimit,
+  scaleByNormRatio,
+  scaleChannelsInPlace,
+} from "./norm_scaling.ts";
 export * from "./fira.ts";
 export * from "./apollo.ts";

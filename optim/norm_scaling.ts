@@ -1,8 +1,8 @@
 /**
  * What Fira and APOLLO share: a full-size matrix scaled by the ratio of two norms taken in a
- * projected space — per channel (a row or a column) or over the whole tensor — and Fira's
- * norm-growth limiter. Everything stays on the device: norms, ratios and the limiter's factor are
- * small tensors, so neither method ever waits for the GPU.
+ * projected space — per channel (a row or a column) or over the whole tensor — Fira's norm-growth
+ * limiter, and their option checks and state init. Everything stays on the device: norms, ratios
+ * and the limiter's factor are small tensors, so neither method ever waits for the GPU.
  * @module
  */
 import { defineKernel } from "../core/define_kernel.ts";
@@ -10,10 +10,14 @@ import { donate } from "../core/donate.ts";
 import { assertF32 } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { Tensor } from "../core/tensor.ts";
+import { Tensor, zeros } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
+import type { TensorTree } from "../core/tree.ts";
 import { accCombine, accDecl, checkLoopBudget, forUnrolled, unrolledEdges } from "../ops/loop.ts";
 import { globalNorm } from "./clip.ts";
-import { scaleByTensorInPlace } from "./inplace.ts";
+import { type ProjectionGeometry, projectionGeometry } from "./galore.ts";
+import { scaleByTensorInPlace, scaleInPlace } from "./inplace.ts";
+import type { GradientTransformation } from "./transform.ts";
 
 /**
  * How a scaling factor is shared: `"rows"` one per row, `"columns"` one per column, `"tensor"`
@@ -174,4 +178,113 @@ export function limitNormGrowth(
   const out = scaleByTensorInPlace(x, factor);
   factor.dispose();
   return { x: out, prev: stored };
+}
+
+/** Fira's and APOLLO's channels: the columns when the left side is projected (m < n), else the rows. */
+export function channelsOf(geo: ProjectionGeometry): Channels {
+  return geo.left ? "columns" : "rows";
+}
+
+/**
+ * Checks what Fira and APOLLO share: a positive integer rank, a positive scale, a limiter γ that
+ * is 0 (off) or at least 1, and a positive integer refresh gap. Throws a RangeError naming the
+ * option.
+ */
+export function checkScalingOptions(
+  op: string,
+  o: { rank: number; scale: number; limiter: number; updateProjGap: number },
+): void {
+  if (!Number.isSafeInteger(o.rank) || o.rank < 1) {
+    throw new RangeError(`${op}: rank must be a positive integer, got ${o.rank}`);
+  }
+  if (!(o.scale > 0) || !Number.isFinite(o.scale)) {
+    throw new RangeError(`${op}: scale must be a finite number > 0, got ${o.scale}`);
+  }
+  if (!(o.limiter === 0 || (o.limiter >= 1 && Number.isFinite(o.limiter)))) {
+    throw new RangeError(
+      `${op}: limiter must be 0 (off) or a growth factor >= 1, got ${o.limiter}`,
+    );
+  }
+  if (!Number.isSafeInteger(o.updateProjGap) || o.updateProjGap < 1) {
+    throw new RangeError(
+      `${op}: updateProjGap must be a positive integer, got ${o.updateProjGap}`,
+    );
+  }
+}
+
+/**
+ * The projection geometry of each tensor of `t`, refusing any that is not 2-D or whose smaller side
+ * is not above the rank (a full-rank "projection" leaves nothing for Fira's residual and makes
+ * APOLLO's projection pointless): a ShapeError naming the parameter's path and shape.
+ */
+export function strictGeometries(op: string, t: unknown, rank: number): ProjectionGeometry[] {
+  const paths = tree.paths(t);
+  return tree.flatten(t).map((x, i) => {
+    const geo = projectionGeometry(x, rank, op);
+    if (rank >= Math.min(geo.m, geo.n)) {
+      throw new ShapeError(
+        `${op}: rank ${rank} must be < min(m, n) = ${Math.min(geo.m, geo.n)} of ${
+          paths[i] || "the parameter"
+        } ${fmtShape(x.shape)}`,
+      );
+    }
+    return geo;
+  });
+}
+
+/**
+ * Init shared by Fira and APOLLO: the geometries of `params` (see {@link strictGeometries}), the
+ * inner transform's state over the projected shapes, and one zero limiter norm per matrix (none
+ * when `limiter` is 0).
+ */
+export function initScaled(
+  op: string,
+  inner: GradientTransformation,
+  params: TensorTree,
+  rank: number,
+  limiter: number,
+): { geos: ProjectionGeometry[]; inner: unknown; norm: Tensor[] } {
+  const geos = strictGeometries(op, params, rank);
+  // Shape stand-ins for the inner init (which reads shapes only), freed at once.
+  const standIns = geos.map((g) => Tensor.empty(g.small));
+  const innerState = inner.init(tree.unflatten(params, standIns));
+  tree.dispose(standIns);
+  return { geos, inner: innerState, norm: limiter > 0 ? geos.map(() => zeros([1])) : [] };
+}
+
+/** The limiter settings of one {@link scaleByNormRatio} call. */
+export interface RatioLimit {
+  /** γ, or 0 for no limiter. */
+  gamma: number;
+  /** True on the transform's first update. */
+  first: boolean;
+  /** The stored norm (consumed); required when γ > 0. */
+  prev?: Tensor;
+  /** Multiplies the result after the limiter; default 1. */
+  post?: number;
+}
+
+/**
+ * The step Fira and APOLLO share once the inner transform has mapped R to N: x ← x·φ with
+ * φ = ‖N‖ / (‖R‖ + 1e-8) per channel (`den` = {@link channelNorms} of R), then the norm-growth
+ * limiter and `post`. Consumes `x`, `den` and `limit.prev`; only reads `n`. Returns x and the new
+ * stored norm (null without a limiter).
+ */
+export function scaleByNormRatio(
+  x: Tensor,
+  n: Tensor,
+  den: Tensor,
+  channels: Channels,
+  limit: RatioLimit,
+): { x: Tensor; prev: Tensor | null } {
+  const phi = normRatioInPlace(channelNorms(n, channels), den);
+  den.dispose();
+  const scaled = scaleChannelsInPlace(x, phi, channels);
+  phi.dispose();
+  const post = limit.post ?? 1;
+  if (limit.gamma > 0) {
+    if (!limit.prev) throw new RangeError("scaleByNormRatio: the limiter needs the stored norm");
+    return limitNormGrowth(scaled, limit.prev, { gamma: limit.gamma, first: limit.first, post });
+  }
+  return { x: post === 1 ? scaled : scaleInPlace(scaled, post), prev: null };
 }

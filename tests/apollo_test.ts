@@ -8,8 +8,7 @@
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
-import { memoryStats } from "../core/memory.ts";
-import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { readAll } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import {
   apollo,
@@ -20,7 +19,6 @@ import {
   type ApolloState,
   applyUpdates,
   chain,
-  type GradientTransformation,
   type Granularity,
   perParameter,
   scaleByLearningRate,
@@ -30,16 +28,15 @@ import {
   limiterRef,
   phiRef,
   projectRef,
+  rand,
   type RefGeometry,
   scaleChannelsRef,
+  trainMatrices,
+  up,
 } from "./scaling_ref.ts";
-import { assertClose, randomArr, setup } from "./util.ts";
+import { assertClose, setup } from "./util.ts";
 
 await setup();
-
-const up = (d: ArrayLike<number>, shape: number[]): Tensor => tensor(Float32Array.from(d), shape);
-const rand = (shape: number[], seed: number, lo = -1, hi = 1) =>
-  randomArr(shape, seed, lo, hi).data;
 
 Deno.test("the device's projection equals its CPU regeneration bit for bit", async () => {
   await fc.assert(
@@ -194,64 +191,30 @@ Deno.test("apollo matches a float64 reference over 6 steps and 3 refreshes (both
 
 Deno.test("apolloMini is apollo at rank 1, tensor-wise, scale 128: state 2·max(m, n) per matrix", async () => {
   const shapes = [[6, 20], [20, 6]];
-  const run = async (o: GradientTransformation<ApolloState>) => {
-    let params = shapes.map((s, i) => up(rand(s, i), s));
-    let state = o.init(params);
-    for (let t = 0; t < 3; t++) {
-      const res = await o.update(shapes.map((s, i) => up(rand(s, 30 + 2 * t + i), s)), state);
-      state = res.state;
-      params = applyUpdates(params, res.updates);
-    }
-    assert.equal(tree.bytes(state), 4 * shapes.length * (2 * 20 + 1));
-    const out = await readAll(params);
-    tree.dispose([params, state]);
-    return out;
-  };
-  assert.deepEqual(
-    await run(apolloMini({ seed: 5 })),
-    await run(apollo({ rank: 1, granularity: "tensor", scale: 128, seed: 5 })),
+  const mini = await trainMatrices(apolloMini({ seed: 5 }), shapes);
+  const full = await trainMatrices(
+    apollo({ rank: 1, granularity: "tensor", scale: 128, seed: 5 }),
+    shapes,
   );
+  assert.deepEqual(mini.params, full.params);
+  assert.equal(mini.stateBytes, 4 * shapes.length * (2 * 20 + 1));
 });
 
 Deno.test("apollo per parameter equals apollo on the whole tree, bit for bit (projections follow paths)", async () => {
+  const opt = chain(apollo({ rank: 3, updateProjGap: 2, seed: 9 }), scaleByLearningRate(0.01));
   const shapes = [[8, 14], [14, 8]];
-  const opt: GradientTransformation = chain(
-    apollo({ rank: 3, updateProjGap: 2, seed: 9 }),
-    scaleByLearningRate(0.01),
-  );
-  const run = async (o: GradientTransformation) => {
-    let params = shapes.map((s, i) => up(rand(s, i), s));
-    let state = o.init(params);
-    for (let t = 0; t < 3; t++) {
-      const grads = shapes.map((s, i) => up(rand(s, 20 + 2 * t + i), s));
-      const res = await o.update(grads, state, params);
-      state = res.state;
-      params = applyUpdates(params, res.updates);
-    }
-    const out = await readAll(params);
-    tree.dispose([params, state]);
-    return out;
-  };
-  assert.deepEqual(await run(perParameter(opt)), await run(opt));
+  const a = await trainMatrices(perParameter(opt), shapes);
+  assert.deepEqual(a.params, (await trainMatrices(opt, shapes)).params);
 });
 
 Deno.test("apollo's state after steps is exactly its analytic size, and a step leaves nothing else behind", async () => {
-  const shapes = [[10, 16], [16, 10]];
   const r = 3;
   const opt = chain(apollo({ rank: r, updateProjGap: 2 }), scaleByLearningRate(0.01));
-  let params = shapes.map((s, i) => up(rand(s, i), s));
-  const live0 = memoryStats().liveBytes;
-  let state = opt.init(params);
-  for (let t = 0; t < 3; t++) {
-    const res = await opt.update(shapes.map((s, i) => up(rand(s, 9 + t + i), s)), state, params);
-    state = res.state;
-    params = applyUpdates(params, res.updates);
-  }
+  const { stateBytes, keptBytes } = await trainMatrices(opt, [[10, 16], [16, 10]]);
   // Per matrix: moments 2·r·max(m,n) and the limiter's norm (no projector); f32.
   const want = 2 * 4 * (2 * r * 16 + 1);
-  assert.equal(tree.bytes(state), want);
-  assert.equal(memoryStats().liveBytes - live0, want);
-  tree.dispose([params, state]);
+  assert.equal(stateBytes, want);
+  assert.equal(keptBytes, want);
 });
 
 Deno.test("apollo refuses bad options and shapes, naming them", () => {

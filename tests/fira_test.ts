@@ -7,15 +7,13 @@
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
-import { memoryStats } from "../core/memory.ts";
-import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { readAll, type Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import {
   applyUpdates,
   chain,
   fira,
   type FiraState,
-  type GradientTransformation,
   perParameter,
   scale,
   scaleByAdam,
@@ -27,16 +25,15 @@ import {
   phiRef,
   projectBackRef,
   projectRef,
+  rand,
   type RefGeometry,
   scaleChannelsRef,
+  trainMatrices,
+  up,
 } from "./scaling_ref.ts";
-import { assertClose, randomArr, setup } from "./util.ts";
+import { assertClose, setup } from "./util.ts";
 
 await setup();
-
-const up = (d: ArrayLike<number>, shape: number[]): Tensor => tensor(Float32Array.from(d), shape);
-const rand = (shape: number[], seed: number, lo = -1, hi = 1) =>
-  randomArr(shape, seed, lo, hi).data;
 
 /** One Fira matrix in float64: moments in the small shape and the limiter's stored norm. */
 class FiraRef {
@@ -156,45 +153,20 @@ Deno.test("fira with an identity inner transform: growing gradients grow the res
 });
 
 Deno.test("fira per parameter equals fira on the whole tree, bit for bit", async () => {
+  const opt = chain(fira(scaleByAdam(), { rank: 3, updateProjGap: 2 }), scaleByLearningRate(0.01));
   const shapes = [[8, 14], [14, 8]];
-  const opt: GradientTransformation = chain(
-    fira(scaleByAdam(), { rank: 3, updateProjGap: 2 }),
-    scaleByLearningRate(0.01),
-  );
-  const layerwise = perParameter(opt);
-  const run = async (o: GradientTransformation) => {
-    let params = shapes.map((s, i) => up(rand(s, i), s));
-    let state = o.init(params);
-    for (let t = 0; t < 3; t++) {
-      const grads = shapes.map((s, i) => up(rand(s, 20 + 2 * t + i), s));
-      const res = await o.update(grads, state, params);
-      state = res.state;
-      params = applyUpdates(params, res.updates);
-    }
-    const out = await readAll(params);
-    tree.dispose([params, state]);
-    return out;
-  };
-  assert.deepEqual(await run(layerwise), await run(opt));
+  const a = await trainMatrices(perParameter(opt), shapes);
+  assert.deepEqual(a.params, (await trainMatrices(opt, shapes)).params);
 });
 
 Deno.test("fira's state after steps is exactly its analytic size, and a step leaves nothing else behind", async () => {
-  const shapes = [[10, 16], [16, 10]];
   const r = 3;
   const opt = chain(fira(scaleByAdam(), { rank: r, updateProjGap: 2 }), scaleByLearningRate(0.01));
-  let params = shapes.map((s, i) => up(rand(s, i), s));
-  const live0 = memoryStats().liveBytes;
-  let state = opt.init(params);
-  for (let t = 0; t < 3; t++) {
-    const res = await opt.update(shapes.map((s, i) => up(rand(s, 9 + t + i), s)), state, params);
-    state = res.state;
-    params = applyUpdates(params, res.updates);
-  }
+  const { stateBytes, keptBytes } = await trainMatrices(opt, [[10, 16], [16, 10]]);
   // Per matrix: projector min(m,n)·r, moments 2·r·max(m,n), the limiter's norm; f32.
   const want = 2 * 4 * (10 * r + 2 * r * 16 + 1);
-  assert.equal(tree.bytes(state), want);
-  assert.equal(memoryStats().liveBytes - live0, want);
-  tree.dispose([params, state]);
+  assert.equal(stateBytes, want);
+  assert.equal(keptBytes, want);
 });
 
 Deno.test("fira refuses bad options and shapes, naming them", () => {

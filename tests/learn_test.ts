@@ -5,7 +5,7 @@
  * and the final validation loss must fall below a bound pinned 0.1 above that run's.
  */
 import assert from "node:assert/strict";
-import { type MethodName, METHODS } from "../cli/run_config.ts";
+import { isProjected, type MethodName, METHODS } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { byteTokenizer } from "../data/tokenizer.ts";
@@ -50,7 +50,7 @@ for (const method of METHODS as readonly MethodName[]) {
       rank: 32,
       alpha: 32,
       delta: 0.05,
-      lr: ["galore", "fira", "apollo", "apollo-mini"].includes(method) ? 1e-2 : 3e-3,
+      lr: isProjected(method) ? 1e-2 : 3e-3,
       warmup: 3,
       steps: STEPS,
       batch: 4,

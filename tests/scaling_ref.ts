@@ -1,9 +1,48 @@
 /**
- * Float64 CPU references of Fira's and APOLLO's steps (after the reference code,
- * xichen-fy/Fira `fira_adamw.py` and zhuhanqing/APOLLO `apollo.py`), with Adam as `scaleByAdam`
- * computes it. Matrices are row-major Float64Arrays.
+ * What the Fira and APOLLO tests share: float64 CPU references of their steps (after the reference
+ * code, xichen-fy/Fira `fira_adamw.py` and zhuhanqing/APOLLO `apollo.py`), with Adam as
+ * `scaleByAdam` computes it (matrices are row-major Float64Arrays), and a few-step training driver.
  */
-import { mm } from "./util.ts";
+import { memoryStats } from "../core/memory.ts";
+import type { TensorData } from "../core/dtype.ts";
+import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
+import { applyUpdates, type GradientTransformation } from "../optim/mod.ts";
+import { mm, randomArr } from "./util.ts";
+
+/** Uploads row-major data as an f32 tensor. */
+export const up = (d: ArrayLike<number>, shape: number[]): Tensor =>
+  tensor(Float32Array.from(d), shape);
+
+/** Seeded f32-rounded random matrix data in [lo, hi]. */
+export const rand = (shape: number[], seed: number, lo = -1, hi = 1): Float64Array =>
+  randomArr(shape, seed, lo, hi).data;
+
+/**
+ * `steps` updates of `opt` (applied) on seeded matrices of `shapes` with seeded gradients: the
+ * final parameters, the state's bytes, and the live bytes the run kept (state only, if nothing
+ * leaks). Everything is disposed.
+ */
+export async function trainMatrices(
+  opt: GradientTransformation,
+  shapes: number[][],
+  steps = 3,
+): Promise<{ params: TensorData[]; stateBytes: number; keptBytes: number }> {
+  let params = shapes.map((s, i) => up(rand(s, i), s));
+  const live0 = memoryStats().liveBytes;
+  let state = opt.init(params);
+  for (let t = 0; t < steps; t++) {
+    const grads = shapes.map((s, i) => up(rand(s, 20 + 2 * t + i), s));
+    const res = await opt.update(grads, state, params);
+    state = res.state;
+    params = applyUpdates(params, res.updates);
+  }
+  const stateBytes = tree.bytes(state);
+  const keptBytes = memoryStats().liveBytes - live0;
+  const out = await readAll(params);
+  tree.dispose([params, state]);
+  return { params: out, stateBytes, keptBytes };
+}
 
 /** Projector side and shapes of an [m, n] gradient at rank r (GaLore's rule: left when m < n). */
 export interface RefGeometry {
