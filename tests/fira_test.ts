@@ -75,6 +75,9 @@ Deno.test("fira matches a float64 reference over 6 steps and 3 projector refresh
     fc.asyncProperty(
       fc.integer({ min: 4, max: 12 }),
       fc.integer({ min: 13, max: 24 }),
+      // Rank ≥ 2: at rank 1 a column of R is one number, φ = |N|/|R| can be ~1e3 where R nearly
+      // cancels, and f32 rounding of R is amplified past any fixed tolerance (the method's
+      // conditioning, not an error; APOLLO-Mini is tensor-wise for this reason).
       fc.integer({ min: 2, max: 3 }),
       fc.constantFrom(0.25, 1),
       fc.constantFrom(1.01, 0),
