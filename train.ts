@@ -25,7 +25,15 @@ import {
 } from "./cli/flags.ts";
 import { Progress } from "./cli/progress.ts";
 import { lossPlot, summaryTable } from "./cli/report.ts";
-import { linearMethod, type MethodName, type RunConfig } from "./cli/run_config.ts";
+import {
+  isProjected,
+  linearMethod,
+  type MethodName,
+  optimizerSpec,
+  type RunConfig,
+} from "./cli/run_config.ts";
+import { estimateMemory } from "./models/estimate.ts";
+import { GRANULARITIES, type Granularity } from "./optim/apollo.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
@@ -62,7 +70,7 @@ async function buildRun(
     rank,
     delta: num(flags, "delta", 0.03, (v) => v > 0 && v < 1, "in (0, 1)"),
     alpha: num(flags, "alpha", rank / 4, (v) => v > 0, "positive"),
-    lr: num(flags, "lr", method === "galore" ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
+    lr: num(flags, "lr", isProjected(method) ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
     warmup: num(flags, "warmup", warmupDefault, natInt, "a non-negative integer"),
     steps,
     minLrRatio: num(flags, "min-lr-ratio", 0.1, (v) => v >= 0 && v <= 1, "in [0, 1]"),
@@ -94,6 +102,7 @@ async function buildRun(
     seed: num(flags, "seed", 42, natInt, "a non-negative integer"),
     logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
   };
+  Object.assign(run, scalingSettings(flags, method));
   if ((flags.optimizer ?? "adamw") !== "adamw") {
     throw new FlagError(`--optimizer ${flags.optimizer}: unknown optimizer (expected adamw)`);
   }
@@ -109,10 +118,41 @@ async function buildRun(
   }
   try {
     validateMethod(model, linearMethod(run));
+    // Checks the optimizer's rank too (Fira and APOLLO need rank < min(out, in) of every linear).
+    estimateMemory(model, { method: linearMethod(run), optimizer: optimizerSpec(run) }, "ours");
   } catch (e) {
     throw new FlagError(`--method ${method}: ${(e as Error).message}`);
   }
   return run;
+}
+
+/** Fira's and APOLLO's settings, present only in the runs of those methods. */
+function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig> {
+  const granularity = String(flags["apollo-granularity"] ?? "channel");
+  if (!(GRANULARITIES as readonly string[]).includes(granularity)) {
+    throw new FlagError(
+      `--apollo-granularity ${granularity}: unknown granularity (expected ${
+        GRANULARITIES.join(" or ")
+      })`,
+    );
+  }
+  const limiter = num(flags, "limiter", 1.01, (v) => v === 0 || v >= 1, "0 (off) or >= 1");
+  const apolloScale = num(
+    flags,
+    "apollo-scale",
+    method === "apollo-mini" ? 128 : 1,
+    (v) => v > 0,
+    "positive",
+  );
+  if (method === "fira") return { limiter };
+  if (method === "apollo" || method === "apollo-mini") {
+    return {
+      limiter,
+      apolloScale,
+      apolloGranularity: method === "apollo-mini" ? "tensor" : granularity as Granularity,
+    };
+  }
+  return {};
 }
 
 const CKPT = "checkpoint.safetensors";

@@ -30,7 +30,7 @@ export const FLAGS: Record<string, FlagSpec> = {
   rank: {
     type: "string",
     default: "hidden/4",
-    help: "rank r of low-rank factors, ReLoRA adapters and GaLore",
+    help: "rank r of low-rank factors, ReLoRA adapters, GaLore, Fira and APOLLO (apollo-mini: 1)",
   },
   delta: {
     type: "string",
@@ -42,7 +42,11 @@ export const FLAGS: Record<string, FlagSpec> = {
     default: "r/4",
     help: "low-rank scale numerator α (the factor product is scaled by α/r)",
   },
-  lr: { type: "string", default: "3e-3 (galore: 1e-2)", help: "peak learning rate" },
+  lr: {
+    type: "string",
+    default: "3e-3 (galore, fira, apollo, apollo-mini: 1e-2)",
+    help: "peak learning rate",
+  },
   warmup: {
     type: "string",
     default: "max(10% of steps, 60), at most half",
@@ -64,8 +68,27 @@ export const FLAGS: Record<string, FlagSpec> = {
     type: "boolean",
     help: "update each parameter during backward (no full gradient set resident)",
   },
-  "galore-gap": { type: "string", default: "200", help: "GaLore projector refresh interval T" },
-  "galore-scale": { type: "string", default: "0.25", help: "GaLore scale α" },
+  "galore-gap": {
+    type: "string",
+    default: "200",
+    help: "GaLore, Fira and APOLLO projection refresh interval T",
+  },
+  "galore-scale": { type: "string", default: "0.25", help: "GaLore and Fira scale α" },
+  limiter: {
+    type: "string",
+    default: "1.01",
+    help: "Fira and APOLLO norm-growth limiter γ (0 = off)",
+  },
+  "apollo-scale": {
+    type: "string",
+    default: "1 (apollo-mini: 128)",
+    help: "APOLLO scale s: the update is multiplied by √s",
+  },
+  "apollo-granularity": {
+    type: "string",
+    default: "channel",
+    help: "APOLLO scaling factors per channel or tensor (apollo-mini: always tensor)",
+  },
   "refactor-every": {
     type: "string",
     default: "0",
@@ -88,7 +111,11 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   "eval-tokens": { type: "string", default: "16384", help: "validation tokens per evaluation" },
   "log-every": { type: "string", default: "10", help: "read the training loss back every k steps" },
-  seed: { type: "string", default: "42", help: "seed of weights, sparse supports and batch order" },
+  seed: {
+    type: "string",
+    default: "42",
+    help: "seed of weights, sparse supports, batch order and APOLLO projections",
+  },
   data: {
     type: "string",
     default: "Brown corpus",
@@ -146,6 +173,7 @@ export function helpText(): string {
       "examples:",
       "  deno run -A train.ts",
       "  deno run -A train.ts --compare full,lowrank,sltrain,galore --steps 200",
+      "  deno run -A train.ts --compare full,galore,fira,apollo,apollo-mini --model small",
     ],
   );
 }

@@ -10,10 +10,13 @@ import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.t
 import {
   adamw,
   addDecayedWeights,
+  apollo,
   chain,
   clipByGlobalNorm,
+  fira,
   galore,
   type GradientTransformation,
+  type Granularity,
   multiSteps,
   partition,
   quickRecovery,
@@ -23,7 +26,16 @@ import {
 } from "../optim/mod.ts";
 
 /** The methods the trainer compares. */
-export const METHODS = ["full", "lowrank", "sltrain", "relora", "galore"] as const;
+export const METHODS = [
+  "full",
+  "lowrank",
+  "sltrain",
+  "relora",
+  "galore",
+  "fira",
+  "apollo",
+  "apollo-mini",
+] as const;
 
 /** A training method: how block linears are parameterized and optimized. */
 export type MethodName = (typeof METHODS)[number];
@@ -66,6 +78,12 @@ export interface RunConfig {
   galoreGap: number;
   /** GaLore scale α. */
   galoreScale: number;
+  /** Fira / APOLLO norm-growth limiter γ (0 = off); set only for those methods. */
+  limiter?: number;
+  /** APOLLO scale s (the update is multiplied by √s); set only for apollo and apollo-mini. */
+  apolloScale?: number;
+  /** APOLLO scaling granularity; set only for apollo and apollo-mini (always "tensor"). */
+  apolloGranularity?: Granularity;
   /** SLTrain: refactorize B, A and reset momentum every k steps (0 = never). */
   refactorEvery: number;
   /** ReLoRA: merge the adapters every k steps. */
@@ -87,6 +105,9 @@ export function linearMethod(run: RunConfig): LinearMethod {
   switch (run.method) {
     case "full":
     case "galore":
+    case "fira":
+    case "apollo":
+    case "apollo-mini":
       return { kind: "dense" };
     case "lowrank":
       return { kind: "lowrank", rank: run.rank, alpha: run.alpha };
@@ -105,7 +126,63 @@ export function linearMethod(run: RunConfig): LinearMethod {
 
 /** The optimizer as the memory estimate sees it. */
 export function optimizerSpec(run: RunConfig): OptimizerSpec {
-  return run.method === "galore" ? { kind: "galore", rank: run.rank } : { kind: "adam" };
+  const limiter = (run.limiter ?? 1.01) > 0;
+  switch (run.method) {
+    case "galore":
+      return { kind: "galore", rank: run.rank };
+    case "fira":
+      return { kind: "fira", rank: run.rank, limiter };
+    case "apollo":
+    case "apollo-mini":
+      return { kind: "apollo", rank: projectionRank(run), limiter };
+    default:
+      return { kind: "adam" };
+  }
+}
+
+const PROJECTED: ReadonlySet<MethodName> = new Set(["galore", "fira", "apollo", "apollo-mini"]);
+
+/**
+ * True for the methods that train dense block weights through a projected optimizer (GaLore,
+ * Fira, APOLLO, APOLLO-Mini); their reference scripts use a peak learning rate of 1e-2.
+ */
+export function isProjected(method: MethodName): boolean {
+  return PROJECTED.has(method);
+}
+
+/** Rank of the projection of a projected method: `rank`, or 1 for APOLLO-Mini. */
+export function projectionRank(run: RunConfig): number {
+  return run.method === "apollo-mini" ? 1 : run.rank;
+}
+
+/**
+ * The transform of a projected method's block weights, before weight decay and the learning rate:
+ * GaLore or Fira around `inner` (Adam unless given, e.g. with 8-bit states), or APOLLO /
+ * APOLLO-Mini with `inner` as the moments of its projection; null for the other methods.
+ */
+export function blockTransform(
+  run: RunConfig,
+  inner: GradientTransformation = scaleByAdam(),
+): GradientTransformation | null {
+  const shared = { rank: projectionRank(run), updateProjGap: run.galoreGap };
+  switch (run.method) {
+    case "galore":
+      return galore(inner, { ...shared, scale: run.galoreScale });
+    case "fira":
+      return fira(inner, { ...shared, scale: run.galoreScale, limiter: run.limiter });
+    case "apollo":
+    case "apollo-mini":
+      return apollo({
+        ...shared,
+        scale: run.apolloScale ?? (run.method === "apollo-mini" ? 128 : 1),
+        granularity: run.method === "apollo-mini" ? "tensor" : run.apolloGranularity,
+        seed: run.seed,
+        limiter: run.limiter,
+        inner,
+      });
+    default:
+      return null;
+  }
 }
 
 /** Steps at which momentum is reset (SLTrain refactorization) or adapters merge (ReLoRA); 0 = never. */
@@ -129,13 +206,17 @@ export function lrSchedule(run: RunConfig): (step: number) => number {
     : base;
 }
 
-/** True for the tensors GaLore projects under this run: the dense 2-D weights of block linears. */
+/**
+ * True for the tensors a projected method (GaLore, Fira, APOLLO) trains under this run: the dense
+ * 2-D weights of block linears.
+ */
 export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
-  return run.method === "galore" && entry.role === "block" && entry.factor === "w";
+  return isProjected(run.method) && entry.role === "block" && entry.factor === "w";
 }
 
 /**
- * The optimizer of a run: fused AdamW, with GaLore-Adam on the block weights for `galore`, behind
+ * The optimizer of a run: fused AdamW, with {@link blockTransform} on the block weights for the
+ * projected methods (GaLore, Fira, APOLLO, APOLLO-Mini), behind
  * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
  * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
  * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
@@ -149,17 +230,14 @@ export function buildOptimizer(
   const schedule = lrSchedule(run);
   const lr = (count: number) => schedule(from + count);
   let opt: GradientTransformation = adamw({ lr, weightDecay: run.weightDecay });
-  if (run.method === "galore") {
+  const block = blockTransform(run);
+  if (block) {
     const targets = new Set(
       paramPaths(params).filter((e) => isGaloreTarget(run, e)).map((e) => e.path),
     );
-    const inner = galore(scaleByAdam(), {
-      rank: run.rank,
-      updateProjGap: run.galoreGap,
-      scale: run.galoreScale,
-    });
-    opt = partition((path) => (targets.has(path) ? "galore" : "adam"), {
-      galore: chain(inner, addDecayedWeights(run.weightDecay), scaleByLearningRate(lr)),
+    // The group is named after the method (checkpoints of GaLore runs keep their state names).
+    opt = partition((path) => (targets.has(path) ? run.method : "adam"), {
+      [run.method]: chain(block, addDecayedWeights(run.weightDecay), scaleByLearningRate(lr)),
       adam: opt,
     });
   }

@@ -68,6 +68,10 @@ export interface RunResult {
   measuredBytes: number;
   /** Peak live device bytes during a step. */
   peakBytes: number;
+  /** Measured bytes of the optimizer state alone (moments, projectors, limiter norms). */
+  stateBytes: number;
+  /** The estimate of the same (`optimizerStates + projector` of the memory estimate). */
+  estimatedStateBytes: number;
   /** Training tokens per second over the steps of this process. */
   tokensPerSec: number;
   /** Loss curves. */
@@ -292,6 +296,8 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     estimatedBytes: est.total,
     measuredBytes: tree.bytes(kept),
     peakBytes: peak,
+    stateBytes: tree.bytes(t.optState),
+    estimatedStateBytes: est.optimizerStates + est.projector,
     tokensPerSec: tokens / Math.max(1e-9, seconds),
     history: t.history,
     steps: t.step,

@@ -99,10 +99,29 @@ export const ACCOUNTING: Readonly<Record<"paper" | "ours", ByteSizes>> = Object.
  * each block linear [m, n] a projector min(m, n)·rank and two moments rank·max(m, n); every other
  * parameter gets plain Adam. `bytesPerState` overrides the accounting's state size (e.g. 1 plus the
  * per-block scale overhead for 8-bit block-quantized states); projectors stay at weight size.
+ * `fira` and `apollo`: see {@link ScalingOptimizerSpec}.
  */
 export type OptimizerSpec =
   | { readonly kind: "adam"; readonly bytesPerState?: number }
-  | { readonly kind: "galore"; readonly rank: number; readonly bytesPerState?: number };
+  | { readonly kind: "galore"; readonly rank: number; readonly bytesPerState?: number }
+  | ScalingOptimizerSpec;
+
+/**
+ * Fira: GaLore's states, plus the norm-growth limiter's stored norm (one value per block linear,
+ * at weight size, unless `limiter` is false). APOLLO: two moments rank·max(m, n) and the limiter's
+ * norm per block linear, no projector (it is regenerated from a seed); APOLLO-Mini is rank 1.
+ * Both need rank < min(m, n) of every block linear.
+ */
+export interface ScalingOptimizerSpec {
+  /** Which of the two. */
+  readonly kind: "fira" | "apollo";
+  /** Rank of the projection. */
+  readonly rank: number;
+  /** Whether the norm-growth limiter (and its stored norm) is on; default true. */
+  readonly limiter?: boolean;
+  /** Bytes per moment entry, as for the other kinds. */
+  readonly bytesPerState?: number;
+}
 
 /** What to estimate: the block parameterization and the optimizer (Adam when omitted). */
 export interface TrainingSetup {
@@ -116,11 +135,14 @@ export interface TrainingSetup {
 export interface MemoryEstimate {
   /** All stored values (`params.total`, frozen ones included) at the weight size. */
   readonly weights: number;
-  /** Adam moments of the trainable values (in GaLore's projected shapes for GaLore matrices). */
+  /**
+   * Adam moments of the trainable values (in the projected shapes for GaLore, Fira and APOLLO
+   * matrices), plus Fira's and APOLLO's limiter norms.
+   */
   readonly optimizerStates: number;
   /** Sparse indices, one per sparse value. */
   readonly indices: number;
-  /** GaLore projectors (0 for Adam). */
+  /** GaLore and Fira projectors (0 for Adam and APOLLO). */
   readonly projector: number;
   /** Sum of the above. */
   readonly total: number;
@@ -159,6 +181,7 @@ export function estimateMemory(
   const params = countParams(config, setup.method);
   let stateEntries: number;
   let projectorEntries = 0;
+  let limiterEntries = 0;
   if (optimizer.kind === "adam") {
     stateEntries = 2 * params.trainable;
   } else if (optimizer.kind === "galore") {
@@ -175,15 +198,20 @@ export function estimateMemory(
       blockStates += config.layers * 2 * r * Math.max(m, n);
     }
     stateEntries = 2 * (params.trainable - params.byPart.blocks) + blockStates;
+  } else if (optimizer.kind === "fira" || optimizer.kind === "apollo") {
+    const e = scalingEntries(config, setup.method, optimizer);
+    stateEntries = 2 * (params.trainable - params.byPart.blocks) + e.blockStates;
+    projectorEntries = e.projector;
+    limiterEntries = e.limiter;
   } else {
     throw new ConfigError(
-      `optimizer.kind must be "adam" or "galore", got ${
+      `optimizer.kind must be "adam", "galore", "fira" or "apollo", got ${
         show((optimizer as { kind?: unknown }).kind)
       }`,
     );
   }
   const weights = params.total * sizes.weight;
-  const optimizerStates = stateEntries * stateBytes;
+  const optimizerStates = stateEntries * stateBytes + limiterEntries * sizes.weight;
   const indices = params.nnz * sizes.index;
   const projector = projectorEntries * sizes.weight;
   return {
@@ -194,4 +222,26 @@ export function estimateMemory(
     total: weights + optimizerStates + indices + projector,
     params,
   };
+}
+
+// Block-linear entries of Fira and APOLLO: moments, projectors (Fira only) and limiter norms.
+function scalingEntries(
+  config: LlamaConfig,
+  method: LinearMethod,
+  spec: ScalingOptimizerSpec,
+): { blockStates: number; projector: number; limiter: number } {
+  if (method.kind !== "dense") {
+    throw new ConfigError(
+      `optimizer ${spec.kind} needs method "dense" (it projects full gradients), got ` +
+        `${show(method.kind)}`,
+    );
+  }
+  const r = checkRank(config, spec.rank, spec.kind);
+  const out = { blockStates: 0, projector: 0, limiter: 0 };
+  for (const { shape: [m, n] } of blockLinearShapes(config)) {
+    out.blockStates += config.layers * 2 * r * Math.max(m, n);
+    if (spec.kind === "fira") out.projector += config.layers * Math.min(m, n) * r;
+    if (spec.limiter !== false) out.limiter += config.layers;
+  }
+  return out;
 }

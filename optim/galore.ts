@@ -44,18 +44,30 @@ export interface GaLoreState {
   inner: unknown;
 }
 
-interface Geometry {
+/**
+ * Where a rank-r projection of an [m, n] gradient lives: a left projector [m, r] when m < n
+ * (R = Pᵀ·G is [r, n]), else a right one [r, n] (R = G·Qᵀ is [m, r]), so the smaller side is the
+ * one compressed. Shared by GaLore, Fira and APOLLO.
+ */
+export interface ProjectionGeometry {
+  /** Rows of the gradient. */
   m: number;
+  /** Columns of the gradient. */
   n: number;
+  /** Rank used (GaLore clamps it to min(m, n)). */
   r: number;
+  /** True for a left projector (m < n). */
   left: boolean;
+  /** Shape of the projector. */
   projShape: [number, number];
+  /** Shape of the projected gradient. */
   small: [number, number];
 }
 
-function geometry(p: Tensor, rank: number): Geometry {
+/** The {@link ProjectionGeometry} of a 2-D tensor at `rank` (clamped to min(m, n)). */
+export function projectionGeometry(p: Tensor, rank: number, op = "galore"): ProjectionGeometry {
   if (p.rank !== 2) {
-    throw new ShapeError(`galore: needs 2-D weights, got ${fmtShape(p.shape)}; route it elsewhere`);
+    throw new ShapeError(`${op}: needs 2-D weights, got ${fmtShape(p.shape)}; route it elsewhere`);
   }
   const [m, n] = p.shape;
   const r = Math.min(rank, m, n);
@@ -95,7 +107,7 @@ export async function computeProjectors(
   rank: number,
   gram: GramMode = "cpu64",
 ): Promise<Tensor[]> {
-  const geos = grads.map((g) => geometry(g, rank));
+  const geos = grads.map((g) => projectionGeometry(g, rank));
   if (gram === "gpu32") {
     const cs = grads.map((g, i) =>
       geos[i].left ? matmul(g, g, { transB: true }) : matmul(g, g, { transA: true })
@@ -112,6 +124,34 @@ export async function computeProjectors(
     const { basis } = topSubspace(data[i], geo.m, geo.n, geo.r);
     return tensor(Float32Array.from(basis), geo.projShape);
   });
+}
+
+/**
+ * Calls `step` with the projectors for this update: the state's, or, when a refresh is due
+ * (count % T == 0, or none yet), new ones built from the gradients `g` (one readback; the old ones
+ * are disposed), in which case the result is a promise. On a failed refresh the gradients are
+ * disposed. The refresh rule of {@link galore}, shared with `fira`.
+ */
+export function withProjectors<T>(
+  g: Tensor[],
+  state: { count: number; proj: (Tensor | null)[] },
+  opts: { rank: number; updateProjGap: number; gram?: GramMode },
+  step: (proj: Tensor[]) => MaybePromise<T>,
+): MaybePromise<T> {
+  // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
+  const due = g.length > 0 &&
+    (state.count % opts.updateProjGap === 0 || state.proj.some((q) => q === null));
+  if (!due) return step(state.proj as Tensor[]);
+  return computeProjectors(g, opts.rank, opts.gram).then(
+    (proj) => {
+      tree.dispose(state.proj);
+      return step(proj);
+    },
+    (e) => {
+      tree.dispose(g);
+      throw e;
+    },
+  );
 }
 
 /**
@@ -140,14 +180,14 @@ export function galore(
   return {
     init(params) {
       // Shape stand-ins for the inner init (which reads shapes only), freed at once.
-      const standIns = tree.map(params, (p) => Tensor.empty(geometry(p, rank).small));
+      const standIns = tree.map(params, (p) => Tensor.empty(projectionGeometry(p, rank).small));
       const innerState = inner.init(standIns);
       tree.dispose(standIns);
       return { count: 0, proj: tree.flatten(params).map(() => null), inner: innerState };
     },
     update(updates, state) {
       const g = tree.flatten(updates);
-      const geos = g.map((gi) => geometry(gi, rank));
+      const geos = g.map((gi) => projectionGeometry(gi, rank));
       if (state.proj.length !== g.length) {
         throw new RangeError(
           `galore: state has ${state.proj.length} projectors for ${g.length} updates`,
@@ -172,20 +212,7 @@ export function galore(
           };
         });
       };
-      // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
-      const due = g.length > 0 &&
-        (state.count % updateProjGap === 0 || state.proj.some((q) => q === null));
-      if (!due) return step(state.proj as Tensor[]);
-      return computeProjectors(g, rank, opts.gram).then(
-        (proj) => {
-          tree.dispose(state.proj);
-          return step(proj);
-        },
-        (e) => {
-          tree.dispose(g);
-          throw e;
-        },
-      );
+      return withProjectors(g, state, { rank, updateProjGap, gram: opts.gram }, step);
     },
   };
 }

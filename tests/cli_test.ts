@@ -115,6 +115,13 @@ Deno.test("train.ts as a user runs it", async (t) => {
         [["--method", "foo"], /--method foo: unknown method/],
         [["--compare", "full,foo"], /--compare foo: unknown method/],
         [["--rank", "128"], /rank 128 must be < min\(out, in\) = 128/],
+        [["--method", "fira", "--rank", "128"], /--method fira: fira.rank 128 must be < min/],
+        [["--method", "apollo", "--apollo-scale", "0"], /--apollo-scale 0: must be positive/],
+        [
+          ["--method", "apollo", "--apollo-granularity", "row"],
+          /--apollo-granularity row: unknown/,
+        ],
+        [["--method", "fira", "--galore-scale", "0"], /--galore-scale 0: must be positive/],
         [["--delta", "0"], /--delta 0: must be in \(0, 1\)/],
         [["--delta", "1.5"], /--delta 1\.5: must be in \(0, 1\)/],
         [["--steps", "two"], /--steps two: must be a positive integer/],

@@ -8,6 +8,7 @@ import {
   type LinearMethod,
   type LlamaConfig,
   loadConfig,
+  type OptimizerSpec,
   parseConfig,
   PRESETS,
   validateConfig,
@@ -98,6 +99,31 @@ Deno.test("pinned paper figures: GaLore memory", () => {
   assert.equal(e.optimizerStates, 2 * (2 * 32_776_704 + 8 * 2 * 128 * (4 * 512 + 3 * 1376)));
   assert.equal(e.indices, 0);
   assert.equal(e.total, 279_890_944);
+});
+
+Deno.test("Fira, APOLLO and APOLLO-Mini memory at 60M, derived by hand", () => {
+  const est = (optimizer: OptimizerSpec) =>
+    estimateMemory(PRESETS["60m"], { method: dense, optimizer }, "paper");
+  const galore = est({ kind: "galore", rank: 128 });
+  // Per layer: 4 linears [512, 512] and 3 with max side 1376; 8 layers; one limiter norm each.
+  const moments = (r: number) => 8 * 2 * r * (4 * 512 + 3 * 1376);
+  const nonBlock = 2 * 2 * 32_776_704;
+  const fira = est({ kind: "fira", rank: 128 });
+  assert.equal(fira.projector, galore.projector);
+  assert.equal(fira.optimizerStates, galore.optimizerStates + 2 * 8 * 7);
+  assert.equal(fira.total, 279_890_944 + 112);
+  const apollo = est({ kind: "apollo", rank: 128 });
+  assert.equal(apollo.projector, 0);
+  assert.equal(apollo.optimizerStates, nonBlock + 2 * moments(128) + 2 * 8 * 7);
+  assert.equal(apollo.total, 272_551_024);
+  const mini = est({ kind: "apollo", rank: 1 });
+  assert.equal(mini.optimizerStates, nonBlock + 2 * moments(1) + 2 * 8 * 7);
+  assert.equal(mini.total, 247_451_760);
+  const off = est({ kind: "apollo", rank: 1, limiter: false });
+  assert.equal(off.total, mini.total - 112);
+  // 8-bit moments: the limiter norms stay at the weight size.
+  const eight = est({ kind: "fira", rank: 128, bytesPerState: 1 });
+  assert.equal(eight.optimizerStates, galore.optimizerStates / 2 + 2 * 8 * 7);
 });
 
 Deno.test("countParams: parts and nnz", () => {
@@ -242,6 +268,17 @@ Deno.test("errors: rank, delta, galore options", () => {
     () => estimateMemory(c, { method: dense, optimizer: { kind: "galore", rank: 513 } }, "ours"),
     /galore.rank 513.*\[512, 512\]/,
   );
+  for (const kind of ["fira", "apollo"] as const) {
+    assert.throws(
+      () => estimateMemory(c, { method: sltrain(8), optimizer: { kind, rank: 8 } }, "ours"),
+      new RegExp(`optimizer ${kind} needs method "dense"`),
+    );
+    // Unlike GaLore's, their rank must stay below every side: 512 is refused.
+    assert.throws(
+      () => estimateMemory(c, { method: dense, optimizer: { kind, rank: 512 } }, "ours"),
+      (e) => e instanceof ConfigError && new RegExp(`${kind}.rank 512 must be <`).test(e.message),
+    );
+  }
   // The rank bound names the smallest dimension of whichever linear violates it.
   const narrow = validateConfig({ ...PRESETS.tiny, intermediate: 64 });
   assert.throws(() => countParams(narrow, lowrank(64)), /gate linear \[64, 128\]/);

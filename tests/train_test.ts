@@ -39,7 +39,7 @@ async function params(dir: string): Promise<Map<string, Uint32Array>> {
   );
 }
 
-for (const method of ["sltrain", "galore"] as const) {
+for (const method of ["sltrain", "galore", "fira", "apollo"] as const) {
   Deno.test(`resume: ${method} stopped at step 3 and resumed equals an uninterrupted run bit for bit`, async () => {
     const a = await Deno.makeTempDir();
     const b = await Deno.makeTempDir();
@@ -151,20 +151,37 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
   tree.dispose([std, pl, model, batch]);
 });
 
-Deno.test("per-layer GaLore (projector refresh inside backward, 2 micro-batches per step) matches the standard step", async () => {
-  const dirs: string[] = [];
-  for (const perLayer of [false, true]) {
-    const dir = await Deno.makeTempDir();
-    dirs.push(dir);
-    await trainRun(
-      { ...runConfig("galore", 4), perLayer, gradAccum: 2 },
-      data(),
-      quietIO(dir, { resume: false, shouldStop: () => false }),
-    );
+for (const method of ["galore", "fira", "apollo"] as const) {
+  Deno.test(`per-layer ${method} (projection refresh inside backward, 2 micro-batches per step) matches the standard step`, async () => {
+    const dirs: string[] = [];
+    for (const perLayer of [false, true]) {
+      const dir = await Deno.makeTempDir();
+      dirs.push(dir);
+      await trainRun(
+        { ...runConfig(method, 4), perLayer, gradAccum: 2 },
+        data(),
+        quietIO(dir, { resume: false, shouldStop: () => false }),
+      );
+    }
+    const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
+    for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
+    for (const d of dirs) await Deno.remove(d, { recursive: true });
+  });
+}
+
+Deno.test("measured memory equals the estimate to the byte, optimizer state included, for every full-rank-weight method", async () => {
+  for (const method of ["full", "galore", "fira", "apollo", "apollo-mini"] as const) {
+    for (const perLayer of [false, true]) {
+      const r = await trainRun(
+        { ...runConfig(method, 2), perLayer },
+        data(),
+        quietIO("", { resume: false }),
+      );
+      const what = `${method}${perLayer ? " per layer" : ""}`;
+      assert.equal(r.stateBytes, r.estimatedStateBytes, `${what}: optimizer state`);
+      assert.equal(r.measuredBytes, r.estimatedBytes, `${what}: all`);
+    }
   }
-  const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
-  for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
-  for (const d of dirs) await Deno.remove(d, { recursive: true });
 });
 
 Deno.test("SLTrain refactorization + momentum reset and ReLoRA merges: resume across them is bit-exact", async () => {
