@@ -14,7 +14,7 @@ import {
 } from "./adam_core.ts";
 import type { GradientTransformation } from "./transform.ts";
 
-export type { AdamOptions, AdamWOptions } from "./adam_core.ts";
+export type { AdamOptions, AdamWOptions, MomentsState } from "./adam_core.ts";
 
 /** State of {@link scaleByAdam} and {@link adamw}: the update count and f32 moments per parameter. */
 export type AdamState = MomentsState<Tensor>;
