@@ -6,7 +6,8 @@
  * `scale`, `clipByGlobalNorm` (on the GPU, no readback), `galore` around any inner transform,
  * `partition` by path, `multiSteps` (gradient accumulation), `perParameter` (per-layer updates
  * during backward); `adamw` is the fused one-kernel form of
- * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`.
+ * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`, and `adamw8bit` /
+ * `scaleByAdam8bit` the same with 8-bit block-quantized moments.
  *
  * @example
  * ```ts
@@ -25,6 +26,7 @@ export * from "./transform.ts";
 export * from "./inplace.ts";
 export * from "./scale.ts";
 export * from "./adamw.ts";
+export * from "./adam8bit.ts";
 export * from "./schedule.ts";
 export * from "./clip.ts";
 export * from "./galore.ts";
