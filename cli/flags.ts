@@ -4,7 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type MethodName, METHODS } from "./run_config.ts";
+import { type MethodName, METHODS, type OptimizerName, OPTIMIZERS } from "./run_config.ts";
 
 /** A flag: value kind, default (shown in --help) and description. */
 export interface FlagSpec {
@@ -52,7 +52,11 @@ export const FLAGS: Record<string, FlagSpec> = {
   seq: { type: "string", default: "128", help: "tokens per sequence" },
   "grad-accum": { type: "string", default: "1", help: "micro-batches per optimizer step" },
   clip: { type: "string", default: "0", help: "global gradient-norm clip (0 = off)" },
-  optimizer: { type: "string", default: "adamw", help: "optimizer (adamw)" },
+  optimizer: {
+    type: "string",
+    default: "adamw",
+    help: `optimizer: ${OPTIMIZERS.join(", ")} (8-bit block-quantized moments)`,
+  },
   "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
   "per-layer": {
     type: "boolean",
@@ -206,6 +210,16 @@ export function num(
 export const posInt = (v: number): boolean => Number.isInteger(v) && v > 0;
 /** Non-negative integer check. */
 export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
+
+/** Checks an `--optimizer` value against {@link OPTIMIZERS}. */
+export function optimizerName(s: string): OptimizerName {
+  if (!(OPTIMIZERS as readonly string[]).includes(s)) {
+    throw new FlagError(
+      `--optimizer ${s}: unknown optimizer (expected one of ${OPTIMIZERS.join(", ")})`,
+    );
+  }
+  return s as OptimizerName;
+}
 
 /** Validates a method name. */
 export function methodName(s: string, flag = "method"): MethodName {
