@@ -14,7 +14,7 @@ import { memoryStats } from "../core/memory.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { randomNormal, readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { matmul, mean, mul, sub } from "../ops/mod.ts";
+import { cast, matmul, mean, mul, sub } from "../ops/mod.ts";
 import { dynamicMap, nearestCode, QUANT_BLOCK } from "../ops/quant_maps.ts";
 import {
   type Adam8bitState,
@@ -31,7 +31,7 @@ import {
   scaleByAdam8bit,
   scaleByLearningRate,
 } from "../optim/mod.ts";
-import { randomArr, setup } from "./util.ts";
+import { backward, randomArr, setup } from "./util.ts";
 
 await setup();
 
@@ -447,5 +447,52 @@ Deno.test("perParameter(adamw8bit) inside backward equals the whole-tree update 
   );
   assert.equal(a.length, b.length);
   a.forEach((x, i) => assert.deepEqual(b[i], x, `tensor ${i}`));
+  tree.dispose([whole, perLeaf, targets]);
+});
+
+Deno.test("per-layer updates with bf16 weights and 8-bit states: bf16 gradients from the tape, parameters stay bf16, equal to the whole-tree update bit for bit", async () => {
+  const shapes: Record<string, number[]> = { w: [64, 80], n: [80], e: [50, 100] };
+  const names = Object.keys(shapes);
+  const fresh = () =>
+    Object.fromEntries(
+      names.map((k, i) => [
+        k,
+        tensor(Float32Array.from(randomArr(shapes[k], i).data), shapes[k], "bf16"),
+      ]),
+    );
+  const targets = Object.fromEntries(
+    names.map((
+      k,
+      i,
+    ) => [k, tensor(Float32Array.from(randomArr(shapes[k], 9 + i).data), shapes[k])]),
+  );
+  const lossOf = (p: Record<string, Tensor>) =>
+    names.map((k) => {
+      const x = cast(p[k], "f32");
+      return mean(mul(mul(x, x), targets[k]));
+    }).reduce((a, b) => sub(a, b));
+  const opt = adamw8bit({ lr: 0.01, weightDecay: 0.1 });
+  const layerwise = perParameter(opt);
+  const a0 = fresh(), b0 = fresh();
+  const [w0] = await readAll([a0.w]);
+  let whole = { params: a0, state: opt.init(a0) };
+  let perLeaf = { params: b0, state: layerwise.init(b0) };
+  const gradDTypes = new Set<string>();
+  for (let t = 0; t < 3; t++) {
+    const grads = backward(whole.params, lossOf);
+    grads.forEach((g) => gradDTypes.add(g.dtype));
+    const r = await opt.update(tree.unflatten(whole.params, grads), whole.state, whole.params);
+    whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
+    const s = layerwise.start(perLeaf.params, perLeaf.state);
+    backward(perLeaf.params, lossOf, s.onGrad);
+    perLeaf = await s.finish();
+  }
+  assert.deepEqual([...gradDTypes], ["bf16"]);
+  assert.ok(tree.flatten(perLeaf.params).every((p) => p.dtype === "bf16"));
+  assert.ok(isQuantized(perLeaf.state[0].m[0]), "the [64, 80] weight has 8-bit moments");
+  const a = await readAll(tree.flatten(whole.params));
+  const b = await readAll(tree.flatten(perLeaf.params));
+  a.forEach((x, i) => assert.deepEqual(b[i], x, `parameter ${names[i]}`));
+  assert.notDeepEqual(a[0], w0, "the weights moved");
   tree.dispose([whole, perLeaf, targets]);
 });

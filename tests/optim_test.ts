@@ -9,8 +9,9 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
 import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
+import { gpuDevice } from "../core/device.ts";
 import { memoryStats } from "../core/memory.ts";
-import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { full, readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { qr } from "../ops/svd.ts";
 import { add, mul, sum } from "../ops/mod.ts";
@@ -613,4 +614,23 @@ Deno.test("bf16 parameters and gradients: adamw computes in f32 and rounds the u
     assert.deepEqual([...(await s.data())], [...p0].map((x) => bf(f(3 * x))));
     tree.dispose([next, r.state, s]);
   }
+});
+
+Deno.test("clipping a tensor past one storage binding: the norm spans every window, the scale reaches both ends", async () => {
+  const limit = gpuDevice().limits.maxStorageBufferBindingSize;
+  const n = limit / 4 + 5000;
+  const clip = clipByGlobalNorm(1, { keepNorm: true });
+  const r = clip.update([full([n], 0.5), full([3], 2, "bf16")], clip.init([])) as {
+    updates: Tensor[];
+    state: ClipState;
+  };
+  const norm = Math.sqrt(0.25 * n + 12);
+  const flat = r.updates[0];
+  const ends = [flat.rows(0, 4), flat.rows(n - 4, 4)];
+  const [nd, a, b, small] = await readAll([r.state.norm!, ...ends, r.updates[1]]);
+  assertClose(nd, [norm], { rtol: 1e-5, what: "norm" });
+  const scale = 1 / (norm + 1e-6);
+  assertClose([...a, ...b], new Array(8).fill(0.5 * scale), { rtol: 1e-5, what: "clipped" });
+  assertClose(small, new Array(3).fill(2 * scale), { rtol: 2 ** -8, what: "clipped bf16" });
+  tree.dispose([r, ends]);
 });

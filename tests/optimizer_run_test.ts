@@ -116,6 +116,24 @@ Deno.test("adamw8bit changes the run (not a silent f32 fallback), and resume ref
   }
 });
 
+Deno.test("per-layer GaLore8bit and SLTrain with adamw8bit (updates inside backward, a projector refresh among them) equal the standard step bit for bit", async () => {
+  for (const method of ["galore", "sltrain"] as const) {
+    const dirs: string[] = [];
+    try {
+      for (const perLayer of [false, true]) {
+        dirs.push(await Deno.makeTempDir());
+        await trainRun(run(method, { perLayer, steps: 4 }), data(), quietIO(dirs.at(-1)!));
+      }
+      const [ca, cb] = [await checkpoint(dirs[0]), await checkpoint(dirs[1])];
+      for (const [k, v] of ca) {
+        if (k.startsWith("params.")) assert.deepEqual(cb.get(k), v, `${method}: ${k} differs`);
+      }
+    } finally {
+      for (const d of dirs) await Deno.remove(d, { recursive: true });
+    }
+  }
+});
+
 Deno.test("measured bytes of weights, buffers and optimizer state equal estimateMemory('ours') to the byte: f32/bf16 weights × adamw/adamw8bit × whole-tree/per-layer, every method", () => {
   for (const method of METHODS) {
     for (const optimizer of ["adamw", "adamw8bit"] as const) {
