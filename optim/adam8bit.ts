@@ -23,6 +23,8 @@ import * as tree from "../core/tree.ts";
 import { forEachWindow } from "../core/windows.ts";
 import { dynamicMap, MIN_8BIT_SIZE, QUANT_BLOCK } from "../ops/quant_maps.ts";
 import {
+  ADAM_SCALARS,
+  ADAM_WGSL,
   type AdamOptions,
   type AdamScalars,
   adamTransforms,
@@ -89,12 +91,7 @@ const adam8bitKernel = kernelFamily((gType: "f32" | "bf16", pType: "f32" | "bf16
     inputs,
     outputs: { x: gType, mc: "u8", vc: "u8", ma: "f32", va: "f32" },
     uniforms: {
-      b1: "f32",
-      b2: "f32",
-      eps: "f32",
-      stepSize: "f32",
-      invSqrtBc2: "f32",
-      decay: "f32",
+      ...Object.fromEntries(ADAM_SCALARS.map((name) => [name, "f32" as const])),
       count: "u32",
       blocks: "u32",
       maps: ["f32", 2 * 256],
@@ -107,6 +104,7 @@ const adam8bitKernel = kernelFamily((gType: "f32" | "bf16", pType: "f32" | "bf16
 var<workgroup> mapU: array<f32, 256>;
 var<workgroup> redM: array<f32, ${WG}>;
 var<workgroup> redV: array<f32, ${WG}>;
+${ADAM_WGSL}
 ${nearest("mapS")}
 ${nearest("mapU")}`,
     body: `  let b = wid.x + wid.y * nwg.x;
@@ -132,16 +130,14 @@ ${nearest("mapU")}`,
   for (var j = 0u; j < 4u; j++) {
     let k = first + j;
     if (k < u.count) {
-      let gi = load_x(k);
       let m0 = mapS[(mw >> (8u * j)) & 255u] * oldM;
       let v0 = mapU[(vw >> (8u * j)) & 255u] * oldV;
-      let mi = u.b1 * m0 + (1.0 - u.b1) * gi;
-      let vi = u.b2 * v0 + (1.0 - u.b2) * gi * gi;
-      upd[j] = u.stepSize * mi / (sqrt(vi) * u.invSqrtBc2 + u.eps)${decay};
-      mNew[j] = mi;
-      vNew[j] = vi;
-      amM = max(amM, abs(mi));
-      amV = max(amV, vi);
+      let mv = adam_moments(load_x(k), m0, v0);
+      upd[j] = adam_direction(mv)${decay};
+      mNew[j] = mv.x;
+      vNew[j] = mv.y;
+      amM = max(amM, abs(mv.x));
+      amV = max(amV, mv.y);
     }
   }
 ${storeUpdate}

@@ -75,30 +75,41 @@ export interface MomentsState<M> {
   v: M[];
 }
 
+/**
+ * The Adam arithmetic every kernel shares, in WGSL over the uniforms of {@link AdamScalars}:
+ * `adam_moments(g, m, v)` gives the new (m, v), `adam_direction(mv)` the step without decay.
+ */
+export const ADAM_WGSL = `fn adam_moments(g: f32, m: f32, v: f32) -> vec2f {
+  return vec2f(u.b1 * m + (1.0 - u.b1) * g, u.b2 * v + (1.0 - u.b2) * g * g);
+}
+fn adam_direction(mv: vec2f) -> f32 {
+  return u.stepSize * mv.x / (sqrt(mv.y) * u.invSqrtBc2 + u.eps);
+}`;
+
+/** The f32 uniforms of {@link AdamScalars}, in order. */
+export const ADAM_SCALARS = ["b1", "b2", "eps", "stepSize", "invSqrtBc2", "decay"] as const;
+
 // One kernel for both: g turns into the update in place, m and v are updated in place, and with
 // `decay` the parameter p adds decay·p. Every per-step scalar rides in the uniform, so one compiled
 // pipeline serves every step and every parameter (per dtype of g and p).
 const ADAM_ELEM = (decay: boolean) =>
-  `  let gi = load_x(k);
-  let mi = u.b1 * load_mt(k) + (1.0 - u.b1) * gi;
-  let vi = u.b2 * load_vt(k) + (1.0 - u.b2) * gi * gi;
-  store_mt(k, mi);
-  store_vt(k, vi);
-  return u.stepSize * mi / (sqrt(vi) * u.invSqrtBc2 + u.eps)${
-    decay ? " + u.decay * load_p(k)" : ""
-  };`;
-const SCALARS = ["b1", "b2", "eps", "stepSize", "invSqrtBc2", "decay"];
+  `  let mv = adam_moments(load_x(k), load_mt(k), load_vt(k));
+  store_mt(k, mv.x);
+  store_vt(k, mv.y);
+  return adam_direction(mv)${decay ? " + u.decay * load_p(k)" : ""};`;
 const ADAM = elementwiseInPlace({
   name: "adam",
   updates: ["mt", "vt"],
-  uniforms: SCALARS,
+  uniforms: ADAM_SCALARS,
+  helpers: ADAM_WGSL,
   elem: ADAM_ELEM(false),
 });
 const ADAMW = elementwiseInPlace({
   name: "adamw",
   reads: ["p"],
   updates: ["mt", "vt"],
-  uniforms: SCALARS,
+  uniforms: ADAM_SCALARS,
+  helpers: ADAM_WGSL,
   elem: ADAM_ELEM(true),
 });
 

@@ -29,6 +29,8 @@ export interface ElementwiseSpec {
   whole?: readonly string[];
   /** f32 uniforms besides the window's element count. */
   uniforms?: readonly string[];
+  /** Module-scope WGSL placed before `elem` (functions it calls). */
+  helpers?: string;
   /**
    * Statements of `fn elem(k: u32) -> f32`, returning the new value of x[k]: read operands with
    * `load_name(k)`, uniforms as `u.name`.
@@ -71,7 +73,7 @@ export function elementwiseInPlace(spec: ElementwiseSpec): ElementwiseInPlace {
       outputs,
       uniforms,
       grid: "flat",
-      helpers: `fn elem(k: u32) -> f32 {\n${spec.elem}\n}`,
+      helpers: `${spec.helpers ?? ""}\nfn elem(k: u32) -> f32 {\n${spec.elem}\n}`,
       // A bf16 invocation owns the word of elements 2i, 2i+1 (the second absent at an odd end).
       body: pairs
         ? `  let k = 2u * i;
