@@ -6,9 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { buildOptimizer, linearMethod, type RunConfig } from "../cli/run_config.ts";
+import { loadCheckpoint, saveCheckpoint } from "../cli/checkpoint.ts";
 import { openSafetensors } from "../cli/safetensors.ts";
 import { type RunData, trainRun } from "../cli/trainer.ts";
 import { Rng } from "../core/rng.ts";
+import * as tree from "../core/tree.ts";
 import { packedSequences } from "../data/batches.ts";
 import { validateConfig } from "../models/config.ts";
 import { estimateMemory } from "../models/estimate.ts";
@@ -113,6 +115,30 @@ Deno.test("adamw8bit changes the run (not a silent f32 fallback), and resume ref
   } finally {
     await Deno.remove(a, { recursive: true });
     await Deno.remove(b, { recursive: true });
+  }
+});
+
+Deno.test("a checkpoint from before --optimizer existed (no optimizer in its config) resumes as adamw, and is refused for adamw8bit", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/checkpoint.safetensors`;
+    await trainRun(run("sltrain", { optimizer: "adamw", steps: 2 }), data(), quietIO(dir));
+    const ck = await loadCheckpoint(path);
+    delete (ck.meta.run as Partial<RunConfig>).optimizer;
+    await saveCheckpoint(path, ck);
+    tree.dispose(ck);
+    await assert.rejects(
+      () => trainRun(run("sltrain", { steps: 3 }), data(), quietIO(dir, { resume: true })),
+      /optimizer: checkpoint "adamw", now "adamw8bit"/,
+    );
+    const r = await trainRun(
+      run("sltrain", { optimizer: "adamw", steps: 3 }),
+      data(),
+      quietIO(dir, { resume: true }),
+    );
+    assert.equal(r.steps, 3);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
