@@ -226,6 +226,34 @@ Deno.test("adamw8bit from zero state: the first step is Adam's ±lr, and an all-
   assert.equal(got.absM[1], 0);
 });
 
+Deno.test("the kernel's quantizer picks the nearest code at every code, around every midpoint and decade boundary, and below the smallest code", async () => {
+  const around = (x: number) => [x * (1 - 1e-5), x, x * (1 + 1e-5)];
+  const targets = (map: Float32Array) =>
+    [
+      ...map,
+      ...[...map].slice(1).flatMap((c, k) => around((c + map[k]) / 2)),
+      ...[0, 1, 2, 3, 4, 5, 6, 7].flatMap((d) => around(10 ** -d)),
+      1e-8,
+      3e-9,
+      0,
+    ].filter((x) => Math.abs(x) <= 1);
+  // m normalizes to g / max|g| and v to g² / max g²: one pass aims at the signed codes with g,
+  // one at the unsigned codes with g = √y. Element 0 of every block is 1, the block's absmax.
+  for (const values of [targets(MAP_S), targets(MAP_U).map(Math.sqrt)]) {
+    const per = QUANT_BLOCK - 1;
+    const n = Math.max(4096, Math.ceil(values.length / per) * QUANT_BLOCK);
+    const g = new Float64Array(n);
+    for (let b = 0; b * QUANT_BLOCK < n; b++) {
+      g[b * QUANT_BLOCK] = 1;
+      values.slice(b * per, (b + 1) * per).forEach((x, i) => (g[b * QUANT_BLOCK + 1 + i] = x));
+    }
+    const c = randomCase(n, 1, (x) => x);
+    c.g = g.map(Math.fround);
+    for (const a of [c.codesM, c.codesV, c.absM, c.absV]) a.fill(0);
+    await checkStep(c, "f32", "f32", 1, 0.01, 0);
+  }
+});
+
 Deno.test("adamw8bit on a tensor past one storage binding: windows of whole blocks, every seam exact", async () => {
   const limit = gpuDevice().limits.maxStorageBufferBindingSize;
   const n = limit / 4 + 1000; // two windows; the last block partial
