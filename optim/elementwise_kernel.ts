@@ -90,21 +90,22 @@ export function elementwiseInPlace(spec: ElementwiseSpec): ElementwiseInPlace {
       if (t === undefined) throw new TypeError(`${spec.name}: missing operand ${name}`);
       return t;
     };
-    const same = [...reads, ...updates].map(get);
+    const names = [...reads, ...updates];
+    const same = names.map(get);
     const small = whole.map(get);
     assertDType(spec.name, FLOAT_DTYPES, ["x", x], ...reads.map((r, i) => [r, same[i]] as const));
     assertDType(spec.name, ["f32"], ...updates.map((m, i) => [m, same[reads.length + i]] as const));
     assertDType(spec.name, ["f32"], ...whole.map((w, i) => [w, small[i]] as const));
     for (const [i, t] of same.entries()) {
       if (t.size !== x.size) {
-        const name = [...reads, ...updates][i];
         throw new ShapeError(
-          `${spec.name}: ${name} ${fmtShape(t.shape)} and x ${fmtShape(x.shape)} differ in size`,
+          `${spec.name}: ${names[i]} ${fmtShape(t.shape)} and x ${
+            fmtShape(x.shape)
+          } differ in size`,
         );
       }
     }
     const kernel = make(x.dtype, reads.map((_, i) => same[i].dtype));
-    const names = [...reads, ...updates];
     const out = donate(x);
     forEachWindow([out, ...same], ([xv, ...views], _start, count) => {
       const bindings: Record<string, Tensor> = { x: xv };
