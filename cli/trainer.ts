@@ -92,6 +92,14 @@ export interface RunIO {
   log: (record: Record<string, unknown>) => void;
   /** Polled after each step; true stops the run with a checkpoint (Ctrl-C). */
   shouldStop: () => boolean;
+  /**
+   * The weights a fresh run starts from (default: `initLlama` with the run's seed), e.g. a
+   * Hugging Face model (`train.ts --init`). Not called when resuming.
+   */
+  initModel?: (
+    run: RunConfig,
+    method: LinearMethod,
+  ) => Promise<{ params: LlamaParams; buffers: LlamaBuffers }>;
 }
 
 /**
@@ -163,7 +171,9 @@ async function startRun(
   const stream = new BatchStream(train, run.batch, run.seed);
   const history: History = { train: [], val: [] };
   if (!(io.resume && ckptPath)) {
-    const { params, buffers } = initLlama(run.model, method, run.seed);
+    const { params, buffers } = io.initModel
+      ? await io.initModel(run, method)
+      : initLlama(run.model, method, run.seed);
     const o = optimizerAt(run, params, 0);
     return {
       run,
