@@ -56,7 +56,7 @@ export {
   type UniformType,
   type Workgroups,
 } from "./core/define_kernel.ts";
-export type { DType, TensorData } from "./core/dtype.ts";
+export { assertDType, assertF32, type DType, type TensorData } from "./core/dtype.ts";
 export {
   DeviceError,
   DeviceLimitError,

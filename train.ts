@@ -17,6 +17,7 @@ import {
   methodName,
   natInt,
   num,
+  optimizerName,
   packingFlag,
   parseFlags,
   posInt,
@@ -67,6 +68,7 @@ async function buildRun(
     model,
     modelName,
     method,
+    optimizer: optimizerName(String(flags.optimizer ?? "adamw")),
     rank,
     delta: num(flags, "delta", 0.03, (v) => v > 0 && v < 1, "in (0, 1)"),
     alpha: num(flags, "alpha", rank / 4, (v) => v > 0, "positive"),
@@ -103,9 +105,6 @@ async function buildRun(
     logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
   };
   Object.assign(run, scalingSettings(flags, method));
-  if ((flags.optimizer ?? "adamw") !== "adamw") {
-    throw new FlagError(`--optimizer ${flags.optimizer}: unknown optimizer (expected adamw)`);
-  }
   if (run.perLayer && (run.clip > 0 || run.gradAccum > 1)) {
     throw new FlagError(
       "--per-layer updates each weight during backward, so it cannot be combined with --clip or --grad-accum > 1",

@@ -3,7 +3,7 @@
  * optimizer update and `applyUpdates`, one sync), tokens/s, dispatches per step, and optionally the GPU time per kernel.
  *
  * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
- *   [--batch 8] [--seq 128] [--reps 5] [--profile]`
+ *   [--optimizer adamw|adamw8bit] [--batch 8] [--seq 128] [--reps 5] [--profile]`
  * @module
  */
 import { parseArgs } from "node:util";
@@ -22,7 +22,7 @@ import {
   type MethodName,
   type RunConfig,
 } from "../cli/run_config.ts";
-import { methodName } from "../cli/flags.ts";
+import { methodName, optimizerName } from "../cli/flags.ts";
 
 const { values: f } = parseArgs({
   options: {
@@ -32,6 +32,7 @@ const { values: f } = parseArgs({
     seq: { type: "string", default: "128" },
     reps: { type: "string", default: "5" },
     vocab: { type: "string", default: "256" },
+    optimizer: { type: "string", default: "adamw" },
     profile: { type: "boolean", default: false },
   },
 });
@@ -40,7 +41,7 @@ const model = withVocab(await loadConfig(f.model!), Number(f.vocab));
 const [B, T, reps] = [Number(f.batch), Number(f.seq), Number(f.reps)];
 const rank = Math.floor(model.hidden / 4);
 console.log(
-  `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${deviceInfo().description}\n`,
+  `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${f.optimizer}, ${deviceInfo().description}\n`,
 );
 console.log("| method | ms/step (median) | tokens/s | dispatches/step |");
 console.log("|---|---|---|---|");
@@ -52,6 +53,7 @@ for (const name of f.methods!.split(",")) {
   const run = {
     model,
     method,
+    optimizer: optimizerName(f.optimizer!),
     rank,
     delta: 0.03,
     alpha: rank / 4,

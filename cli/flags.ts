@@ -4,7 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type MethodName, METHODS } from "./run_config.ts";
+import { type MethodName, METHODS, type OptimizerName, OPTIMIZERS } from "./run_config.ts";
 import type { Packing } from "../data/batches.ts";
 
 /** A flag: value kind, default (shown in --help) and description. */
@@ -62,7 +62,11 @@ export const FLAGS: Record<string, FlagSpec> = {
   seq: { type: "string", default: "128", help: "tokens per sequence" },
   "grad-accum": { type: "string", default: "1", help: "micro-batches per optimizer step" },
   clip: { type: "string", default: "0", help: "global gradient-norm clip (0 = off)" },
-  optimizer: { type: "string", default: "adamw", help: "optimizer (adamw)" },
+  optimizer: {
+    type: "string",
+    default: "adamw",
+    help: `optimizer: ${OPTIMIZERS.join(", ")} (8-bit block-quantized moments)`,
+  },
   "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
   "per-layer": {
     type: "boolean",
@@ -241,6 +245,16 @@ export function num(
 export const posInt = (v: number): boolean => Number.isInteger(v) && v > 0;
 /** Non-negative integer check. */
 export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
+
+/** Checks an `--optimizer` value against {@link OPTIMIZERS}. */
+export function optimizerName(s: string): OptimizerName {
+  if (!(OPTIMIZERS as readonly string[]).includes(s)) {
+    throw new FlagError(
+      `--optimizer ${s}: unknown optimizer (expected one of ${OPTIMIZERS.join(", ")})`,
+    );
+  }
+  return s as OptimizerName;
+}
 
 /** The --packing flag: `packed` (default) or `none`. */
 export function packingFlag(flags: RawFlags): Packing {

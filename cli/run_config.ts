@@ -9,6 +9,8 @@ import type { OptimizerSpec } from "../models/estimate.ts";
 import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.ts";
 import {
   adamw,
+  adamw8bit,
+  type AdamWOptions,
   addDecayedWeights,
   apollo,
   chain,
@@ -21,6 +23,7 @@ import {
   partition,
   quickRecovery,
   scaleByAdam,
+  scaleByAdam8bit,
   scaleByLearningRate,
   warmupCosine,
 } from "../optim/mod.ts";
@@ -40,6 +43,27 @@ export const METHODS = [
 /** A training method: how block linears are parameterized and optimized. */
 export type MethodName = (typeof METHODS)[number];
 
+/**
+ * The optimizers a run can use: AdamW with f32 moments, or with 8-bit block-quantized moments
+ * (also inside GaLore: GaLore8bit).
+ */
+export const OPTIMIZERS = ["adamw", "adamw8bit"] as const;
+
+/** An optimizer of {@link OPTIMIZERS}. */
+export type OptimizerName = (typeof OPTIMIZERS)[number];
+
+/**
+ * What each optimizer builds a run from: the fused AdamW over parameters, and the Adam direction
+ * GaLore wraps (in the projected shape).
+ */
+const ADAM_FAMILY: Record<OptimizerName, {
+  fused: (opts: AdamWOptions) => GradientTransformation;
+  direction: () => GradientTransformation;
+}> = {
+  adamw: { fused: adamw, direction: () => scaleByAdam() },
+  adamw8bit: { fused: adamw8bit, direction: () => scaleByAdam8bit() },
+};
+
 /** Everything one run needs besides data. */
 export interface RunConfig {
   /** Model shapes (vocab already matched to the tokenizer). */
@@ -48,6 +72,8 @@ export interface RunConfig {
   modelName: string;
   /** Method. */
   method: MethodName;
+  /** Optimizer (GaLore runs it on the projected gradients of the block weights). */
+  optimizer: OptimizerName;
   /** Rank r of low-rank factors, adapters and GaLore subspaces. */
   rank: number;
   /** SLTrain density δ. */
@@ -127,16 +153,17 @@ export function linearMethod(run: RunConfig): LinearMethod {
 /** The optimizer as the memory estimate sees it. */
 export function optimizerSpec(run: RunConfig): OptimizerSpec {
   const limiter = (run.limiter ?? 1.01) > 0;
+  const states = run.optimizer === "adamw8bit" ? "8bit" : "f32";
   switch (run.method) {
     case "galore":
-      return { kind: "galore", rank: run.rank };
+      return { kind: "galore", rank: run.rank, states };
     case "fira":
-      return { kind: "fira", rank: run.rank, limiter };
+      return { kind: "fira", rank: run.rank, limiter, states };
     case "apollo":
     case "apollo-mini":
-      return { kind: "apollo", rank: projectionRank(run), limiter };
+      return { kind: "apollo", rank: projectionRank(run), limiter, states };
     default:
-      return { kind: "adam" };
+      return { kind: "adam", states };
   }
 }
 
@@ -215,8 +242,9 @@ export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
 }
 
 /**
- * The optimizer of a run: fused AdamW, with {@link blockTransform} on the block weights for the
- * projected methods (GaLore, Fira, APOLLO, APOLLO-Mini), behind
+ * The optimizer of a run: fused AdamW (f32 or 8-bit moments, as `run.optimizer` says), with
+ * {@link blockTransform} around the same Adam on the block weights for the projected methods
+ * (GaLore, Fira, APOLLO, APOLLO-Mini), behind
  * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
  * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
  * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
@@ -227,10 +255,16 @@ export function buildOptimizer(
   params: LlamaParams,
   from = 0,
 ): GradientTransformation {
+  const family = ADAM_FAMILY[run.optimizer];
+  if (family === undefined) {
+    throw new RangeError(
+      `optimizer ${run.optimizer}: unknown (expected one of ${OPTIMIZERS.join(", ")})`,
+    );
+  }
   const schedule = lrSchedule(run);
   const lr = (count: number) => schedule(from + count);
-  let opt: GradientTransformation = adamw({ lr, weightDecay: run.weightDecay });
-  const block = blockTransform(run);
+  let opt: GradientTransformation = family.fused({ lr, weightDecay: run.weightDecay });
+  const block = blockTransform(run, family.direction());
   if (block) {
     const targets = new Set(
       paramPaths(params).filter((e) => isGaloreTarget(run, e)).map((e) => e.path),

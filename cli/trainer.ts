@@ -192,7 +192,9 @@ async function startRun(
     };
   }
   const ck = await loadCheckpoint(ckptPath);
-  const conflicts = resumeConflicts(run, ck.meta.run as RunConfig);
+  // Checkpoints from before --optimizer existed were all trained with adamw.
+  const saved = { optimizer: "adamw", ...(ck.meta.run as Partial<RunConfig>) } as RunConfig;
+  const conflicts = resumeConflicts(run, saved);
   if (conflicts.length > 0) {
     tree.dispose(ck);
     throw new Error(

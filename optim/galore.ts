@@ -5,6 +5,7 @@
  * with a scale. Weight decay and the learning rate compose outside it, as stages of a chain.
  * @module
  */
+import { convert } from "../core/convert.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { readAll, Tensor, tensor } from "../core/tensor.ts";
@@ -82,6 +83,17 @@ export function projectionGeometry(p: Tensor, rank: number, op = "galore"): Proj
   };
 }
 
+/** `fn` of `g` in f32: a bf16 gradient is converted for the projections (a transient copy). */
+function withF32(g: Tensor, fn: (x: Tensor) => Tensor): Tensor {
+  if (g.dtype === "f32") return fn(g);
+  const x = convert(g, "f32");
+  try {
+    return fn(x);
+  } finally {
+    x.dispose();
+  }
+}
+
 /** R = Pᵀ·G ([r, n]) for a left projector, G·Qᵀ ([m, r]) for a right one. */
 export function project(g: Tensor, proj: Tensor, left: boolean): Tensor {
   return left ? matmul(proj, g, { transA: true }) : matmul(g, proj, { transB: true });
@@ -110,7 +122,10 @@ export async function computeProjectors(
   const geos = grads.map((g) => projectionGeometry(g, rank));
   if (gram === "gpu32") {
     const cs = grads.map((g, i) =>
-      geos[i].left ? matmul(g, g, { transB: true }) : matmul(g, g, { transA: true })
+      withF32(
+        g,
+        (x) => geos[i].left ? matmul(x, x, { transB: true }) : matmul(x, x, { transA: true }),
+      )
     );
     const data = await readAll(cs);
     tree.dispose(cs);
@@ -195,7 +210,7 @@ export function galore(
       }
       const step = (proj: Tensor[]): MaybePromise<TransformResult<GaLoreState>> => {
         const small = g.map((gi, i) => {
-          const r = project(gi, proj[i], geos[i].left);
+          const r = withF32(gi, (x) => project(x, proj[i], geos[i].left));
           gi.dispose();
           return r;
         });

@@ -7,7 +7,8 @@
  * transform, `apollo` / `apolloMini` (random projections, no SVD),
  * `partition` by path, `multiSteps` (gradient accumulation), `perParameter` (per-layer updates
  * during backward); `adamw` is the fused one-kernel form of
- * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`.
+ * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`, and `adamw8bit` /
+ * `scaleByAdam8bit` the same with 8-bit block-quantized moments.
  *
  * @example
  * ```ts
@@ -26,6 +27,7 @@ export * from "./transform.ts";
 export * from "./inplace.ts";
 export * from "./scale.ts";
 export * from "./adamw.ts";
+export * from "./adam8bit.ts";
 export * from "./schedule.ts";
 export * from "./clip.ts";
 export * from "./galore.ts";

@@ -25,6 +25,7 @@ export function toyRun(overrides: Partial<RunConfig> = {}): RunConfig {
     model: toyConfig(40, 64),
     modelName: "test",
     method: "sltrain",
+    optimizer: "adamw",
     rank: 4,
     delta: 0.1,
     alpha: 4,
