@@ -103,6 +103,7 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
 }
 
 const CKPT = "checkpoint.safetensors";
+const LOG = "log.jsonl";
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -117,7 +118,7 @@ async function exists(path: string): Promise<boolean> {
 interface OutDir {
   out: string;
   created: boolean;
-  /** Run folders that hold a checkpoint to resume from. */
+  /** Run folders that hold a run (a checkpoint, or a log of one killed before its first). */
   resumable: Set<string>;
 }
 
@@ -136,7 +137,7 @@ async function prepareOut(
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
-      if (e.name === CKPT || e.name === "log.jsonl" || e.isDirectory) {
+      if (e.name === CKPT || e.name === LOG || e.isDirectory) {
         throw new FlagError(
           `--out ${out}: already holds a run; pass --resume to continue it, or choose another --out`,
         );
@@ -146,10 +147,12 @@ async function prepareOut(
   if (!info && flags.resume) throw new FlagError(`--resume: ${out} does not exist`);
   const resumable = new Set<string>();
   if (flags.resume) {
-    for (const d of dirs(out)) if (await exists(`${d}/${CKPT}`)) resumable.add(d);
+    for (const d of dirs(out)) {
+      if (await exists(`${d}/${CKPT}`) || await exists(`${d}/${LOG}`)) resumable.add(d);
+    }
     // A compare whose later runs never started (Ctrl-C) resumes the rest from scratch.
     if (resumable.size === 0) {
-      throw new FlagError(`--resume: ${out} holds no ${CKPT} to resume from`);
+      throw new FlagError(`--resume: ${out} holds no ${CKPT} or ${LOG} to resume from`);
     }
   }
   await Deno.mkdir(out, { recursive: true });
@@ -157,16 +160,13 @@ async function prepareOut(
 }
 
 /**
- * Removes what a fresh run wrote when it failed before its first checkpoint, so that the same
- * --out can simply be run again (a log without a checkpoint would block it). Synchronous because
- * it also runs on a second Ctrl-C right before exiting.
+ * Removes what a fresh run wrote when it ended before its first optimizer step (a model over the
+ * device's limits, a failed first evaluation, a second Ctrl-C at once): nothing in it is worth
+ * keeping, and the same command can then simply be run again. Any run that took a step keeps its
+ * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
-function discardFresh(dir: string, outDir: OutDir): void {
-  try {
-    Deno.statSync(`${dir}/${CKPT}`);
-    return;
-  } catch { /* no checkpoint: nothing worth keeping */ }
-  for (const f of ["log.jsonl", "summary.json", "loss.svg"]) {
+function discardUnstarted(dir: string, outDir: OutDir): void {
+  for (const f of [LOG, "summary.json", "loss.svg"]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
     } catch { /* not written */ }
@@ -246,40 +246,42 @@ async function main(argv: string[]): Promise<number> {
   });
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok));
+  const keep = num(flags, "keep", 1, posInt, "a positive integer");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
+  const info = await init();
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
     (out) => methods.map((m) => runDir(out, m)),
   );
   const out = outDir.out;
-  const info = await init();
   console.error(`${info.summary}\ndata: ${desc}\nout: ${out}`);
 
-  let stop = false;
-  let current: string | null = null;
-  const onSigint = () => {
+  // Ctrl-C or SIGTERM: stop after this step with a checkpoint; the second one quits at once.
+  let stop: Deno.Signal | null = null;
+  // The fresh run in progress that has not completed a step yet (it leaves nothing if it ends).
+  let unstarted: string | null = null;
+  const onSignal = (signal: Deno.Signal) => () => {
     if (stop) {
-      if (current) discardFresh(current, outDir);
-      Deno.exit(130);
+      if (unstarted) discardUnstarted(unstarted, outDir);
+      Deno.exit(exitCode(signal));
     }
-    stop = true;
+    stop = signal;
     console.error(
-      "\nstopping after this step and writing a checkpoint (Ctrl-C again to quit at once)",
+      `\n${signal}: stopping after this step and writing a checkpoint (again to quit at once)`,
     );
   };
-  Deno.addSignalListener("SIGINT", onSigint);
+  const handlers = SIGNALS.map((s) => [s, onSignal(s)] as const);
+  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   const results: RunResult[] = [];
   try {
     for (const run of runs) {
       const dir = runDir(out, run.method);
       const resume = outDir.resumable.has(dir);
       await Deno.mkdir(dir, { recursive: true });
-      current = resume ? null : dir;
-      const logFile = await Deno.open(`${dir}/log.jsonl`, { append: true, create: true });
-      const enc = new TextEncoder();
+      unstarted = resume ? null : dir;
       console.error(
         `\n${run.method} on ${run.modelName}: ${run.steps} steps × ${
           run.batch * run.gradAccum
@@ -289,12 +291,11 @@ async function main(argv: string[]): Promise<number> {
         const result = await trainRun(run, data, {
           out: dir,
           resume,
+          keep,
           progress: new Progress(run.method, run.logEvery),
-          log: (rec) =>
-            logFile.writeSync(
-              enc.encode(JSON.stringify({ time: new Date().toISOString(), ...rec }) + "\n"),
-            ),
-          shouldStop: () => stop,
+          log: () => {},
+          shouldStop: () => stop !== null,
+          onStep: () => (unstarted = null),
         });
         results.push(result);
         await Deno.writeTextFile(
@@ -306,19 +307,15 @@ async function main(argv: string[]): Promise<number> {
           lossPlot([result], `${run.method} on ${run.modelName}`),
         );
       } catch (e) {
-        logFile.close();
-        if (!resume) discardFresh(dir, outDir);
-        if (!resume && await exists(`${dir}/${CKPT}`)) {
-          (e as Error).message += ` (the last checkpoint is in ${dir}; --resume continues from it)`;
-        }
+        if (unstarted) discardUnstarted(dir, outDir);
+        else (e as Error).message += await whatIsKept(dir);
         throw e;
       }
-      logFile.close();
-      current = null;
+      unstarted = null;
       if (stop) break;
     }
   } finally {
-    Deno.removeSignalListener("SIGINT", onSigint);
+    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
@@ -336,7 +333,24 @@ async function main(argv: string[]): Promise<number> {
       }loss curve: ${dir}/loss.svg; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
     );
   }
-  return stop ? 130 : 0;
+  return stop ? exitCode(stop) : 0;
+}
+
+const SIGNALS: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+
+/** The shell's exit status for a run stopped by `signal`: 128 + its number. */
+function exitCode(signal: Deno.Signal): number {
+  return signal === "SIGTERM" ? 143 : 130;
+}
+
+/** What a failed run leaves for the user, appended to its error. */
+async function whatIsKept(dir: string): Promise<string> {
+  const ckpt = await exists(`${dir}/${CKPT}`);
+  return `\n(the run's log is kept in ${dir}/${LOG}; ${
+    ckpt
+      ? `the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`
+      : "it has no checkpoint yet, so --resume starts it again from step 0"
+  })`;
 }
 
 if (import.meta.main) await runCli(main);

@@ -105,7 +105,15 @@ export const FLAGS: Record<string, FlagSpec> = {
     default: "runs/<method>-<time>",
     help: "output folder: log.jsonl, checkpoint, loss.svg, summary.json",
   },
-  resume: { type: "boolean", help: "continue from the checkpoint in --out" },
+  resume: {
+    type: "boolean",
+    help: "continue the run in --out from its checkpoint (from step 0 if it has none yet)",
+  },
+  keep: {
+    type: "string",
+    default: "1",
+    help: "checkpoints to keep: the latest and the k-1 before it (checkpoint.step-N.safetensors)",
+  },
   compare: { type: "string", help: "comma-separated methods to run on the same data and budget" },
   help: { type: "boolean", help: "show this help" },
 };

@@ -28,9 +28,10 @@ import {
   type PerParameter,
   perParameter,
 } from "../optim/mod.ts";
-import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { loadCheckpoint, removeStaleTemps, saveCheckpoint } from "./checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
 import type { Progress } from "./progress.ts";
+import { type LogRecord, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
   cycleLength,
@@ -82,16 +83,27 @@ export interface RunResult {
 
 /** Where a run writes and how it reports. */
 export interface RunIO {
-  /** Output folder (checkpoint, log, plot); null keeps nothing on disk. */
+  /**
+   * Output folder: `checkpoint.safetensors` and `log.jsonl` (see `runlog.ts`); null keeps nothing
+   * on disk.
+   */
   out: string | null;
-  /** Continue from `out/checkpoint.safetensors`. */
+  /**
+   * Continue the run in `out`: from its checkpoint, or from step 0 when it has none yet (a run
+   * killed before its first checkpoint). Either way the log is cut back to what the starting point
+   * covers, so no step is logged twice.
+   */
   resume: boolean;
+  /** Checkpoints to keep: the latest and `keep − 1` before it (default 1). */
+  keep?: number;
   /** Progress display. */
   progress: Progress;
-  /** Appends a record to the run's JSONL log. */
-  log: (record: Record<string, unknown>) => void;
+  /** Sees each record as it is appended to the log (with its time). */
+  log: (record: LogRecord) => void;
   /** Polled after each step; true stops the run with a checkpoint (Ctrl-C). */
   shouldStop: () => boolean;
+  /** Called after each completed optimizer step with its number. */
+  onStep?: (step: number) => void;
 }
 
 /**
@@ -129,6 +141,8 @@ interface Training {
   optState: unknown;
   /** Completed optimizer steps. */
   step: number;
+  /** True when the run continues from a checkpoint. */
+  readonly resumed: boolean;
   readonly stream: BatchStream;
   readonly history: History;
 }
@@ -162,7 +176,7 @@ async function startRun(
   const method = linearMethod(run);
   const stream = new BatchStream(train, run.batch, run.seed);
   const history: History = { train: [], val: [] };
-  if (!(io.resume && ckptPath)) {
+  if (!(io.resume && ckptPath && await exists(ckptPath))) {
     const { params, buffers } = initLlama(run.model, method, run.seed);
     const o = optimizerAt(run, params, 0);
     return {
@@ -173,6 +187,7 @@ async function startRun(
       ...o,
       optState: o.opt.init(params),
       step: 0,
+      resumed: false,
       stream,
       history,
     };
@@ -197,18 +212,67 @@ async function startRun(
     ...optimizerAt(run, params, ck.step),
     optState: ck.optState,
     step: ck.step,
+    resumed: true,
     stream,
     history,
   };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+/**
+ * Opens the run's log cut back to the step the run starts from (all of it for a fresh start),
+ * removes what a killed checkpoint write left, and returns the function that writes a record.
+ */
+async function openLog(t: Training, io: RunIO, ckptPath: string | null) {
+  let file: RunLog | null = null;
+  let cut = 0;
+  if (io.out) {
+    ({ log: file, cut } = await RunLog.open(`${io.out}/log.jsonl`, t.resumed ? t.step : null));
+    if (ckptPath) await removeStaleTemps(ckptPath);
+  }
+  const write = (rec: LogRecord) => {
+    const full = { time: new Date().toISOString(), ...rec };
+    file?.append(full);
+    io.log(full);
+  };
+  if (io.resume) write({ kind: "resume", step: t.step, cut });
+  return { file, write };
 }
 
 /** Trains one run to `run.steps` (or until stopped) and reports. */
 export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promise<RunResult> {
   const ckptPath = io.out ? `${io.out}/checkpoint.safetensors` : null;
   const t = await startRun(run, data.train, ckptPath, io);
+  let log;
+  try {
+    log = await openLog(t, io, ckptPath);
+  } catch (e) {
+    tree.dispose([t.params, t.buffers, t.optState]);
+    throw e;
+  }
+  try {
+    return await train(t, data, io, log.write, () => {
+      log.file?.sync();
+      return ckptPath ? saveCheckpoint(ckptPath, checkpointOf(t), { keep: io.keep }) : undefined;
+    });
+  } finally {
+    log.file?.close();
+  }
+}
+
+async function train(
+  t: Training,
+  data: RunData,
+  io: RunIO,
+  record: (rec: LogRecord) => void,
+  save: () => Promise<void> | undefined,
+): Promise<RunResult> {
+  const run = t.run;
   const lr = lrSchedule(run);
-  const save = () => ckptPath ? saveCheckpoint(ckptPath, checkpointOf(t)) : Promise.resolve();
-  const evalNow = () => evaluateNow(t, data.val, io);
+  const evalNow = () => evaluateNow(t, data.val, io, record);
   // Losses stay on the device until a log step reads them back together (one sync).
   let pending: [number, Tensor][] = [];
   const flushLosses = async () => {
@@ -216,7 +280,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     const vals = await readAll(pending.map(([, l]) => l));
     pending.forEach(([step, l], i) => {
       t.history.train.push([step, vals[i][0]]);
-      io.log({ kind: "train", step, loss: vals[i][0], lr: lr(step - 1) });
+      record({ kind: "train", step, loss: vals[i][0], lr: lr(step - 1) });
       l.dispose();
     });
     pending = [];
@@ -234,7 +298,8 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     tokens += r.tokens;
     pending.push([t.step, r.loss]);
     const cycle = cycleLength(run);
-    if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) await resetCycle(t, io);
+    if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) await resetCycle(t, record);
+    io.onStep?.(t.step);
     peak = Math.max(peak, memoryStats().peakBytes);
     const last = t.step === run.steps;
     if (t.step % run.logEvery === 0 || last) {
@@ -266,8 +331,8 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   const seconds = (performance.now() - t0) / 1000;
   if (!interrupted && (t.history.val.at(-1)?.[0] ?? -1) !== t.step) await evalNow();
   await save();
-  if (interrupted && ckptPath) {
-    io.progress.log(`interrupted at step ${t.step}; checkpoint written to ${ckptPath}`);
+  if (interrupted && io.out) {
+    io.progress.log(`interrupted at step ${t.step}; checkpoint written to ${io.out}`);
   }
   const counts = countParams(run.model, t.method);
   const est = estimateMemory(
@@ -359,7 +424,7 @@ async function layerwiseMicroStep(
  * The end of a cycle: SLTrain refactorizes every B·A, ReLoRA merges its adapters; then the momentum
  * reset (a fresh optimizer whose learning rate picks up the quick-recovery ramp).
  */
-async function resetCycle(t: Training, io: RunIO): Promise<void> {
+async function resetCycle(t: Training, record: (rec: LogRecord) => void): Promise<void> {
   const relora = t.run.method === "relora";
   t.params = relora
     ? mergeRelora(modelOf(t), t.params, t.run.seed + t.step)
@@ -367,13 +432,18 @@ async function resetCycle(t: Training, io: RunIO): Promise<void> {
   tree.dispose(t.optState);
   Object.assign(t, optimizerAt(t.run, t.params, t.step));
   t.optState = t.opt.init(t.params);
-  io.log({ kind: relora ? "merge" : "refactor", step: t.step });
+  record({ kind: relora ? "merge" : "refactor", step: t.step });
 }
 
-async function evaluateNow(t: Training, val: Sequences, io: RunIO): Promise<void> {
+async function evaluateNow(
+  t: Training,
+  val: Sequences,
+  io: RunIO,
+  record: (rec: LogRecord) => void,
+): Promise<void> {
   const r = await evaluate(modelOf(t), t.params, val, t.run.batch, t.run.evalTokens);
   t.history.val.push([t.step, r.loss]);
-  io.log({
+  record({
     kind: "eval",
     step: t.step,
     valLoss: r.loss,
