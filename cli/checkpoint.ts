@@ -117,7 +117,10 @@ export async function saveCheckpoint(
       skeleton: JSON.stringify(parts, checkStorable),
       meta: JSON.stringify(state.meta),
     },
-    { checksums: true, beforeRename: keep > 1 ? () => keepPrevious(path) : undefined },
+    {
+      checksums: true,
+      beforeRename: keep > 1 ? () => keepPrevious(path, state.step) : undefined,
+    },
   );
   if (keep > 1) await pruneKept(path, keep - 1);
 }
@@ -217,8 +220,9 @@ function splitPath(path: string): { dir: string; stem: string } {
   return { dir, stem };
 }
 
-// A hard link: the old checkpoint is never absent from `path` while the new one is renamed in.
-async function keepPrevious(path: string): Promise<void> {
+// A hard link: the old checkpoint is never absent from `path` while the new one is renamed in. One
+// of the same step as the new one is simply replaced.
+async function keepPrevious(path: string, next: number): Promise<void> {
   let step: number;
   try {
     const f = await openSafetensors(path);
@@ -227,6 +231,7 @@ async function keepPrevious(path: string): Promise<void> {
   } catch {
     return; // nothing there yet, or unreadable: nothing worth keeping under a step name
   }
+  if (!Number.isSafeInteger(step) || step === next) return;
   const { dir, stem } = splitPath(path);
   const target = `${dir}/${stem}.step-${step}.safetensors`;
   await Deno.remove(target).catch(() => {});

@@ -273,6 +273,12 @@ async function train(
   const run = t.run;
   const lr = lrSchedule(run);
   const evalNow = () => evaluateNow(t, data.val, io, record);
+  let saved = t.resumed ? t.step : -1;
+  const saveNow = async () => {
+    if (saved === t.step) return;
+    await save();
+    saved = t.step;
+  };
   // Losses stay on the device until a log step reads them back together (one sync).
   let pending: [number, Tensor][] = [];
   const flushLosses = async () => {
@@ -319,7 +325,7 @@ async function train(
     if (run.evalEvery > 0 && t.step % run.evalEvery === 0 && !last) {
       await flushLosses();
       await evalNow();
-      await save();
+      await saveNow();
     }
     if (io.shouldStop()) {
       interrupted = true;
@@ -330,7 +336,7 @@ async function train(
   io.progress.done();
   const seconds = (performance.now() - t0) / 1000;
   if (!interrupted && (t.history.val.at(-1)?.[0] ?? -1) !== t.step) await evalNow();
-  await save();
+  await saveNow();
   if (interrupted && io.out) {
     io.progress.log(`interrupted at step ${t.step}; checkpoint written to ${io.out}`);
   }
