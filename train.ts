@@ -17,6 +17,7 @@ import {
   methodName,
   natInt,
   num,
+  oneOf,
   parseFlags,
   posInt,
   type RawFlags,
@@ -27,6 +28,8 @@ import { lossPlot, summaryTable } from "./cli/report.ts";
 import { linearMethod, type MethodName, type RunConfig } from "./cli/run_config.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
+import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
+import { NONFINITE_POLICIES } from "./cli/guard.ts";
 
 const PAPER_PRESETS = new Set(["60m", "130m", "350m", "1b", "7b"]);
 
@@ -80,9 +83,16 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
     evalTokens: num(flags, "eval-tokens", 16384, posInt, "a positive integer"),
     seed: num(flags, "seed", 42, natInt, "a non-negative integer"),
     logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
+    onNonfinite: oneOf(flags, "on-nonfinite", NONFINITE_POLICIES),
   };
   if ((flags.optimizer ?? "adamw") !== "adamw") {
     throw new FlagError(`--optimizer ${flags.optimizer}: unknown optimizer (expected adamw)`);
+  }
+  if (run.perLayer && run.onNonfinite === "skip") {
+    throw new FlagError(
+      "--on-nonfinite skip: --per-layer applies each weight's update during backward, before the " +
+        "whole gradient is known to be finite, so it can only stop",
+    );
   }
   if (run.perLayer && (run.clip > 0 || run.gradAccum > 1)) {
     throw new FlagError(
@@ -102,7 +112,7 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
   return run;
 }
 
-const CKPT = "checkpoint.safetensors";
+const CKPT = CHECKPOINT_FILE;
 const LOG = "log.jsonl";
 
 async function exists(path: string): Promise<boolean> {

@@ -20,6 +20,9 @@ import {
   writeSafetensorsStream,
 } from "./safetensors.ts";
 
+/** The file name of a run's latest checkpoint inside its output folder. */
+export const CHECKPOINT_FILE = "checkpoint.safetensors";
+
 /** Format tag stored in every checkpoint (v2: checksummed; v1 files still load). */
 export const CHECKPOINT_FORMAT = "sltrain-checkpoint-v2";
 const FORMATS_WITHOUT_CHECKSUMS = new Set(["sltrain-checkpoint-v1"]);

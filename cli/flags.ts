@@ -82,6 +82,12 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   "eval-tokens": { type: "string", default: "16384", help: "validation tokens per evaluation" },
   "log-every": { type: "string", default: "10", help: "read the training loss back every k steps" },
+  "on-nonfinite": {
+    type: "string",
+    default: "stop",
+    help: "a step with a NaN/Inf loss or gradient: stop (keep the last good checkpoint) or skip " +
+      "(its update is not applied)",
+  },
   seed: { type: "string", default: "42", help: "seed of weights, sparse supports and batch order" },
   data: {
     type: "string",
@@ -208,6 +214,16 @@ export function num(
     throw new FlagError(`--${name} ${raw}: must be ${what}`);
   }
   return v;
+}
+
+/** A flag whose value is one of `choices` (the first is the default). */
+export function oneOf<T extends string>(flags: RawFlags, name: string, choices: readonly T[]): T {
+  const raw = flags[name];
+  if (raw === undefined) return choices[0];
+  if (!(choices as readonly unknown[]).includes(raw)) {
+    throw new FlagError(`--${name} ${raw}: expected ${choices.join(" or ")}`);
+  }
+  return raw as T;
 }
 
 /** Positive integer check. */

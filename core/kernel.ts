@@ -1,7 +1,8 @@
 /**
  * Kernel dispatch: WGSL pipelines cached by source, dispatches recorded into one command encoder
  * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readRanges}
- * (and {@link readBuffers}, {@link sync}).
+ * (and {@link readBuffers}, {@link sync}). {@link gated} makes a stretch of dispatches
+ * conditional on flags the GPU computed, still without waiting.
  * @module
  */
 import { deviceInfo, gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
@@ -171,6 +172,7 @@ export function dispatch(call: KernelCall): void {
   if (x * y * z === 0) return;
   const pipeline = pipelineFor(call.name, call.code);
   const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  if (gate && gate.triples.length >= 3 * GATE_SEGMENT) flush();
   if (profiler) {
     // One pass per dispatch, so the pass timestamps bracket exactly this kernel.
     endPass();
@@ -179,7 +181,14 @@ export function dispatch(call: KernelCall): void {
   pass ??= currentEncoder().beginComputePass();
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, bindGroup);
-  pass.dispatchWorkgroups(x, y, z);
+  if (gate) {
+    gate.args ??= device.createBuffer({
+      size: 12 * GATE_SEGMENT,
+      usage: GPUBufferUsage.INDIRECT | GPUBufferUsage.STORAGE,
+    });
+    pass.dispatchWorkgroupsIndirect(gate.args, 4 * gate.triples.length);
+    gate.triples.push(x, y, z);
+  } else pass.dispatchWorkgroups(x, y, z);
   if (profiler) endPass();
   batchOps.add(call.name);
   totalDispatches++;
@@ -276,11 +285,103 @@ export function flush(): void {
   batchDispatches = 0;
   stagedBytes = 0;
   profiler?.resolve(enc);
-  scoped(`batch [${ops}]`, () => gpuDevice().queue.submit([enc.finish()]));
+  const armed = gate ? armGate(gate) : [];
+  scoped(`batch [${ops}]`, () => gpuDevice().queue.submit([...armed, enc.finish()]));
   profiler?.collect();
   totalSubmits++;
   for (const b of toDestroy) b.destroy();
   toDestroy = [];
+}
+
+// Gated dispatches read their workgroup counts from `args`, which a small kernel fills, right
+// before them, with the real counts when every flag is zero and with zeros otherwise.
+interface Gate {
+  flags: Binding;
+  words: number;
+  /** Indirect arguments of this segment's dispatches (3 words each); made at the first one. */
+  args: GPUBuffer | null;
+  /** Their real workgroup counts. */
+  triples: number[];
+}
+
+let gate: Gate | null = null;
+// Dispatches per segment: one args buffer of 12 KiB; a longer region is armed in several.
+const GATE_SEGMENT = 1024;
+
+const ARM_CODE = `@group(0) @binding(0) var<storage, read> flags: array<u32>;
+@group(0) @binding(1) var<storage, read> triples: array<u32>;
+@group(0) @binding(2) var<storage, read_write> args: array<u32>;
+struct U { words: u32, count: u32, p0: u32, p1: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_id) lid: vec3u) {
+  var any = 0u;
+  for (var k = 0u; k < u.words; k++) { any = any | flags[k]; }
+  let keep = select(0u, 1u, any == 0u);
+  for (var k = lid.x; k < u.count; k += 64u) { args[k] = triples[k] * keep; }
+}`;
+
+// A command buffer, submitted before the segment's own, that writes its indirect arguments.
+function armGate(g: Gate): GPUCommandBuffer[] {
+  if (!g.args || g.triples.length === 0) return [];
+  const device = gpuDevice();
+  const triples = device.createBuffer({
+    size: 4 * g.triples.length,
+    usage: GPUBufferUsage.STORAGE,
+    mappedAtCreation: true,
+  });
+  new Uint32Array(triples.getMappedRange()).set(g.triples);
+  triples.unmap();
+  const pipeline = pipelineFor("gate", ARM_CODE);
+  const enc = device.createCommandEncoder();
+  const p = enc.beginComputePass();
+  p.setPipeline(pipeline);
+  p.setBindGroup(
+    0,
+    device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: bindingResource(g.flags, "gate") },
+        { binding: 1, resource: { buffer: triples } },
+        { binding: 2, resource: { buffer: g.args } },
+        {
+          binding: 3,
+          resource: { buffer: uniformBuffer(new Uint32Array([g.words, g.triples.length, 0, 0])) },
+        },
+      ],
+    }),
+  );
+  p.dispatchWorkgroups(1);
+  p.end();
+  toDestroy.push(triples, g.args);
+  g.args = null;
+  g.triples = [];
+  return [enc.finish()];
+}
+
+/**
+ * Runs `fn` with every dispatch it records made conditional on the GPU: each runs only if all
+ * `words` u32 words of `flags` are zero when the GPU gets to it, and is skipped (zero workgroups)
+ * otherwise. No GPU→CPU sync: the decision is made on the device, so work that overwrites its
+ * inputs in place (an optimizer update, say) can be skipped after the fact. Copies, clears and
+ * uploads inside `fn` are not gated: `fn` must change existing buffers through kernels only
+ * (writing fresh buffers any way is fine). Work recorded before the call is submitted first, so
+ * the flags are final when the gate reads them. Regions do not nest.
+ */
+export async function gated<T>(
+  flags: Binding,
+  words: number,
+  fn: () => T | Promise<T>,
+): Promise<T> {
+  if (gate) throw new DeviceError("gated: regions do not nest");
+  flush();
+  gate = { flags, words, args: null, triples: [] };
+  try {
+    return await fn();
+  } finally {
+    flush();
+    gate = null;
+  }
 }
 
 /** A byte range of a storage to read back. */

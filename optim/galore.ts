@@ -5,13 +5,13 @@
  * with a scale. Weight decay and the learning rate compose outside it, as stages of a chain.
  * @module
  */
-import { ShapeError } from "../core/errors.ts";
+import { NonFiniteError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { readAll, Tensor, tensor } from "../core/tensor.ts";
+import { readAll, Tensor, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { matmul } from "../ops/matmul.ts";
 import { subspaceFromGram, topSubspace } from "../ops/svd.ts";
-import { scaleInPlace } from "./inplace.ts";
+import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
 import {
   andThen,
   type GradientTransformation,
@@ -88,14 +88,36 @@ export type GramMode = "cpu64" | "gpu32";
  * top-r eigenvectors of each smaller-side Gram matrix in float64 on the CPU (see `svd.ts`),
  * uploaded as f32. `gram: "cpu64"` (default) reads the gradients and forms G·Gᵀ in float64;
  * `"gpu32"` forms it with an f32 matmul on the device and reads back only the min(m,n)² Gram:
- * faster for large matrices, with subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²).
+ * faster for large matrices, with subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²). A gradient
+ * holding NaN or ±Infinity has no subspace: a {@link NonFiniteError} names it.
  */
 export async function computeProjectors(
   grads: readonly Tensor[],
   rank: number,
   gram: GramMode = "cpu64",
 ): Promise<Tensor[]> {
+  const proj = await projectorsOrNull(grads, rank, gram);
+  const bad = proj.indexOf(null);
+  if (bad >= 0) {
+    tree.dispose(proj);
+    throw new NonFiniteError(
+      `computeProjectors: gradient ${bad} ${fmtShape(grads[bad].shape)} is not finite`,
+    );
+  }
+  return proj as Tensor[];
+}
+
+// computeProjectors, with null for a gradient (or Gram) that holds NaN or ±Infinity.
+async function projectorsOrNull(
+  grads: readonly Tensor[],
+  rank: number,
+  gram: GramMode,
+): Promise<(Tensor | null)[]> {
   const geos = grads.map((g) => geometry(g, rank));
+  const finite = (d: ArrayLike<number>) => {
+    for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) return false;
+    return true;
+  };
   if (gram === "gpu32") {
     const cs = grads.map((g, i) =>
       geos[i].left ? matmul(g, g, { transB: true }) : matmul(g, g, { transA: true })
@@ -103,12 +125,14 @@ export async function computeProjectors(
     const data = await readAll(cs);
     tree.dispose(cs);
     return geos.map((geo, i) => {
+      if (!finite(data[i])) return null;
       const { basis } = subspaceFromGram(data[i], geo.m, geo.n, geo.r);
       return tensor(Float32Array.from(basis), geo.projShape);
     });
   }
   const data = await readAll(grads);
   return geos.map((geo, i) => {
+    if (!finite(data[i])) return null;
     const { basis } = topSubspace(data[i], geo.m, geo.n, geo.r);
     return tensor(Float32Array.from(basis), geo.projShape);
   });
@@ -153,19 +177,23 @@ export function galore(
           `galore: state has ${state.proj.length} projectors for ${g.length} updates`,
         );
       }
-      const step = (proj: Tensor[]): MaybePromise<TransformResult<GaLoreState>> => {
+      const step = (proj: (Tensor | null)[]): MaybePromise<TransformResult<GaLoreState>> => {
+        // A matrix without a projector (its refresh saw a non-finite gradient) projects with
+        // zeros for this step and refreshes again at the next.
+        const use = proj.map((p, i) => p ?? zeros(geos[i].projShape));
         const small = g.map((gi, i) => {
-          const r = project(gi, proj[i], geos[i].left);
+          const r = project(gi, use[i], geos[i].left);
           gi.dispose();
           return r;
         });
         return andThen(inner.update(tree.unflatten(updates, small), state.inner), (r) => {
           const back = tree.flatten(r.updates).map((ni, i) => {
             const scaled = scale === 1 ? ni : scaleInPlace(ni, scale);
-            const b = projectBack(scaled, proj[i], geos[i].left);
+            const b = projectBack(scaled, use[i], geos[i].left);
             scaled.dispose();
             return b;
           });
+          use.forEach((u, i) => u !== proj[i] && u.dispose());
           return {
             updates: tree.unflatten(updates, back),
             state: { count: state.count + 1, proj, inner: r.state },
@@ -175,10 +203,20 @@ export function galore(
       // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
       const due = g.length > 0 &&
         (state.count % updateProjGap === 0 || state.proj.some((q) => q === null));
-      if (!due) return step(state.proj as Tensor[]);
-      return computeProjectors(g, rank, opts.gram).then(
-        (proj) => {
-          tree.dispose(state.proj);
+      if (!due) return step(state.proj);
+      return projectorsOrNull(g, rank, opts.gram ?? "cpu64").then(
+        (fresh) => {
+          // A new projector is written into the old one's buffer by a kernel, so an update
+          // skipped on the GPU (see `gated` in core/kernel.ts) keeps the old one too. A
+          // non-finite gradient keeps the matrix's previous projector (a NaN basis would poison
+          // every later step); with none yet, the next update tries again.
+          const proj = fresh.map((p, i) => {
+            const old = state.proj[i];
+            if (!p || !old) return p ?? old;
+            const kept = axpbyInPlace(old, 0, p, 1);
+            p.dispose();
+            return kept;
+          });
           return step(proj);
         },
         (e) => {
