@@ -3,7 +3,7 @@
  * corpus or your own text, on whatever WebGPU adapter Deno finds. `--help` lists every flag.
  * @module
  */
-import { init } from "./core/device.ts";
+import { deviceLostError, init } from "./core/device.ts";
 import { loadBrown, splitEvery } from "./data/brown.ts";
 import { tokenizeCached } from "./data/cache.ts";
 import { holdOut, loadCorpus } from "./data/corpus.ts";
@@ -235,7 +235,17 @@ async function loadData(
   };
 }
 
-async function main(argv: string[]): Promise<number> {
+/** Test hooks of {@link main}; the command line passes none. */
+export interface MainHooks {
+  /** Called after each completed optimizer step (e.g. to inject a fault). */
+  onStep?: (step: number) => void;
+}
+
+/**
+ * The command: parses `argv`, trains, reports; returns the exit status (0, or 130/143 when
+ * stopped by SIGINT/SIGTERM). Errors are thrown for {@link runCli} to print.
+ */
+export async function main(argv: string[], hooks: MainHooks = {}): Promise<number> {
   const flags = parseFlags(argv);
   if (flags.help) {
     console.log(helpText());
@@ -305,7 +315,10 @@ async function main(argv: string[]): Promise<number> {
           progress: new Progress(run.method, run.logEvery),
           log: () => {},
           shouldStop: () => stop !== null,
-          onStep: () => (unstarted = null),
+          onStep: (step) => {
+            unstarted = null;
+            hooks.onStep?.(step);
+          },
         });
         results.push(result);
         await Deno.writeTextFile(
@@ -317,9 +330,11 @@ async function main(argv: string[]): Promise<number> {
           lossPlot([result], `${run.method} on ${run.modelName}`),
         );
       } catch (e) {
+        // A lost device makes later calls fail in odd ways: its loss is the error to report.
+        const cause = await deviceLostError() ?? e;
         if (unstarted) discardUnstarted(dir, outDir);
-        else (e as Error).message += await whatIsKept(dir);
-        throw e;
+        else throw new Error(`${errorText(cause)}${await whatIsKept(dir)}`, { cause });
+        throw cause;
       }
       unstarted = null;
       if (stop) break;
@@ -351,6 +366,10 @@ const SIGNALS: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGI
 /** The shell's exit status for a run stopped by `signal`: 128 + its number. */
 function exitCode(signal: Deno.Signal): number {
   return signal === "SIGTERM" ? 143 : 130;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }
 
 /** What a failed run leaves for the user, appended to its error. */

@@ -189,12 +189,17 @@ export function parseFlags(argv: string[]): RawFlags {
   return parseFlagsWith(FLAGS, argv);
 }
 
-/** Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error. */
+/**
+ * Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error, printed
+ * as one `error: ...` message (with its stack only when SLTRAIN_DEBUG is set).
+ */
 export async function runCli(main: (argv: string[]) => Promise<number>): Promise<never> {
   try {
     Deno.exit(await main(Deno.args));
   } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
+    const err = e instanceof Error ? e : new Error(String(e));
+    console.error(`error: ${err.message || err.name}`);
+    if (Deno.env.get("SLTRAIN_DEBUG")) console.error(err.stack, "\ncaused by:", err.cause);
     Deno.exit(e instanceof FlagError ? 2 : 1);
   }
 }

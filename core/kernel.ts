@@ -5,7 +5,14 @@
  * conditional on flags the GPU computed, still without waiting.
  * @module
  */
-import { deviceInfo, gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
+import {
+  captureErrors,
+  deviceInfo,
+  gpuDevice,
+  noteWork,
+  settleErrors,
+  throwPendingErrors,
+} from "./device.ts";
 import { DeviceError } from "./errors.ts";
 import { DeviceLimitError } from "./errors.ts";
 import type { Storage } from "./memory.ts";
@@ -60,7 +67,6 @@ let batchOps = new Set<string>();
 let batchDispatches = 0;
 let toDestroy: (GPUBuffer | GPUTexture)[] = [];
 let stagedBytes = 0;
-const outstanding: Promise<void>[] = [];
 let totalDispatches = 0;
 let totalSubmits = 0;
 
@@ -72,22 +78,18 @@ export function dispatchStats(): { dispatches: number; submits: number; pipeline
   return { dispatches: totalDispatches, submits: totalSubmits, pipelines: pipelines.size };
 }
 
-function scoped(op: string, fn: () => void): void {
-  const device = gpuDevice();
-  device.pushErrorScope("validation");
-  fn();
-  outstanding.push(
-    device.popErrorScope().then((e) => {
-      if (e) reportGpuError(op, e.message);
-    }),
-  );
+/** `op(inputs → outputs; workgroups)` with each binding's shape: how errors name a dispatch. */
+function describe(call: KernelCall): string {
+  const list = (bs: Binding[]) => bs.map((b) => b.what).join(", ");
+  const [x, y = 1, z = 1] = call.workgroups;
+  return `${call.name}(${list(call.inputs)} → ${list(call.outputs)}; ${x}x${y}x${z} workgroups)`;
 }
 
-function pipelineFor(name: string, code: string): GPUComputePipeline {
+function pipelineFor(name: string, code: string, what = name): GPUComputePipeline {
   let p = pipelines.get(code);
   if (!p) {
     const device = gpuDevice();
-    scoped(name, () => {
+    captureErrors(`building the pipeline of ${what}`, () => {
       const module = device.createShaderModule({ code, label: name });
       p = device.createComputePipeline({
         layout: "auto",
@@ -110,9 +112,7 @@ function uniformBuffer(data: ArrayBufferView): GPUBuffer {
       uniformCache.clear();
     }
     const size = Math.max(16, Math.ceil(bytes.byteLength / 16) * 16);
-    buf = gpuDevice().createBuffer({ size, usage: GPUBufferUsage.UNIFORM, mappedAtCreation: true });
-    new Uint8Array(buf.getMappedRange()).set(bytes);
-    buf.unmap();
+    buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms");
     uniformCache.set(key, buf);
   }
   return buf;
@@ -139,6 +139,56 @@ function bindingResource(b: Binding, op: string): GPUBufferBinding {
   return { buffer: b.storage.buffer, offset, size: Math.min(size, b.storage.buffer.size - offset) };
 }
 
+// What WebGPU would only reject at submit, as one error for a whole batch: named here instead.
+function checkBindings(call: KernelCall, limits: GPUSupportedLimits): void {
+  const all = [...call.inputs, ...call.outputs];
+  if (all.length > limits.maxStorageBuffersPerShaderStage) {
+    throw new DeviceLimitError(
+      `${describe(call)}: ${all.length} storage bindings, over the device's ` +
+        `maxStorageBuffersPerShaderStage of ${limits.maxStorageBuffersPerShaderStage}`,
+    );
+  }
+  for (const out of call.outputs) {
+    const other = all.find((b) => b !== out && b.storage.buffer === out.storage.buffer);
+    if (other) {
+      throw new RangeError(
+        `${describe(call)}: output ${out.what} shares its buffer with ${other.what}; a kernel ` +
+          "cannot write a buffer it also binds elsewhere",
+      );
+    }
+  }
+}
+
+/**
+ * `getMappedRange`, whose failure (a buffer made invalid by a lost device) becomes a DeviceError
+ * naming the transfer.
+ */
+function mappedRange(buf: GPUBuffer, what: string): ArrayBuffer {
+  try {
+    return buf.getMappedRange();
+  } catch (e) {
+    throw new DeviceError(
+      `${what}: ${(e as Error).message} (the GPU device is probably lost or out of memory)`,
+    );
+  }
+}
+
+/** A new buffer of `size` bytes (>= data) holding `data`, written at creation. */
+function filledBuffer(
+  usage: GPUBufferUsageFlags,
+  data: Uint8Array,
+  size: number,
+  what: string,
+): GPUBuffer {
+  let buf: GPUBuffer;
+  captureErrors(`${what} (${size} bytes)`, () => {
+    buf = gpuDevice().createBuffer({ size, usage, mappedAtCreation: true });
+  });
+  new Uint8Array(mappedRange(buf!, what), 0, data.byteLength).set(data);
+  buf!.unmap();
+  return buf!;
+}
+
 function currentEncoder(): GPUCommandEncoder {
   encoder ??= gpuDevice().createCommandEncoder();
   return encoder;
@@ -161,6 +211,7 @@ export function dispatch(call: KernelCall): void {
     );
   }
   const all = [...call.inputs, ...call.outputs];
+  checkBindings(call, device.limits);
   const entries: GPUBindGroupEntry[] = all.map((b, i) => ({
     binding: i,
     resource: bindingResource(b, call.name),
@@ -170,8 +221,14 @@ export function dispatch(call: KernelCall): void {
   }
   for (const view of call.textures ?? []) entries.push({ binding: entries.length, resource: view });
   if (x * y * z === 0) return;
-  const pipeline = pipelineFor(call.name, call.code);
-  const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  const what = describe(call);
+  const pipeline = pipelineFor(call.name, call.code, what);
+  // The label is how wgpu's validation messages (at submit) name the op and its shapes.
+  const bindGroup = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries,
+    label: what,
+  });
   if (gate && gate.triples.length >= 3 * GATE_SEGMENT) flush();
   if (profiler) {
     // One pass per dispatch, so the pass timestamps bracket exactly this kernel.
@@ -204,6 +261,15 @@ export function encodeCopy(
   srcOffset = 0,
 ): void {
   if (bytes === 0) return;
+  if (
+    [bytes, dstOffset, srcOffset].some((v) => v % 4 !== 0 || v < 0) ||
+    srcOffset + bytes > src.size || dstOffset + bytes > dst.size || src === dst
+  ) {
+    throw new RangeError(
+      `copy of ${bytes} bytes from byte ${srcOffset} of a ${src.size}-byte buffer to byte ` +
+        `${dstOffset} of a ${dst.size}-byte buffer is out of range, unaligned or in place`,
+    );
+  }
   endPass();
   currentEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
 }
@@ -260,13 +326,12 @@ export function encodeUpload(s: Storage, data: ArrayBufferView, dstOffset = 0): 
   for (let off = 0; off < bytes; off += TRANSFER_CHUNK_BYTES) {
     const n = Math.min(TRANSFER_CHUNK_BYTES, bytes - off);
     const padded = Math.ceil(n / 4) * 4;
-    const staging = gpuDevice().createBuffer({
-      size: padded,
-      usage: GPUBufferUsage.COPY_SRC,
-      mappedAtCreation: true,
-    });
-    new Uint8Array(staging.getMappedRange(), 0, n).set(src.subarray(off, off + n));
-    staging.unmap();
+    const staging = filledBuffer(
+      GPUBufferUsage.COPY_SRC,
+      src.subarray(off, off + n),
+      padded,
+      `upload of ${bytes} bytes`,
+    );
     encodeCopy(staging, s.buffer, padded, dstOffset + off);
     toDestroy.push(staging);
     stagedBytes += n;
@@ -286,7 +351,9 @@ export function flush(): void {
   stagedBytes = 0;
   profiler?.resolve(enc);
   const armed = gate ? armGate(gate) : [];
-  scoped(`batch [${ops}]`, () => gpuDevice().queue.submit([...armed, enc.finish()]));
+  const what = `the batch of [${ops}]`;
+  captureErrors(what, () => gpuDevice().queue.submit([...armed, enc.finish()]));
+  noteWork(what);
   profiler?.collect();
   totalSubmits++;
   for (const b of toDestroy) b.destroy();
@@ -325,13 +392,12 @@ fn main(@builtin(local_invocation_id) lid: vec3u) {
 function armGate(g: Gate): GPUCommandBuffer[] {
   if (!g.args || g.triples.length === 0) return [];
   const device = gpuDevice();
-  const triples = device.createBuffer({
-    size: 4 * g.triples.length,
-    usage: GPUBufferUsage.STORAGE,
-    mappedAtCreation: true,
-  });
-  new Uint32Array(triples.getMappedRange()).set(g.triples);
-  triples.unmap();
+  const triples = filledBuffer(
+    GPUBufferUsage.STORAGE,
+    new Uint8Array(new Uint32Array(g.triples).buffer),
+    4 * g.triples.length,
+    "gate arguments",
+  );
   const pipeline = pipelineFor("gate", ARM_CODE);
   const enc = device.createCommandEncoder();
   const p = enc.beginComputePass();
@@ -413,11 +479,11 @@ export async function readRanges(
   let used = 0;
   const drain = async () => {
     if (pieces.length === 0) return;
-    const what = `readback of ${used} bytes (${pieces.length} piece(s) of ${
-      [...new Set(pieces.map((p) => ranges[p.index].storage.bytes))].join(", ")
-    }-byte storages)`;
+    const what = `readback of ${used} bytes (${pieces.length} piece(s), from storages of up to ${
+      Math.max(...pieces.map((p) => ranges[p.index].storage.bytes))
+    } bytes)`;
     let staging: GPUBuffer | undefined;
-    scoped(what, () => {
+    captureErrors(what, () => {
       staging = device.createBuffer({
         size: Math.max(4, used),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -436,13 +502,13 @@ export async function readRanges(
         await buf.mapAsync(GPUMapMode.READ);
       } catch (e) {
         // The GPU's own errors (validation, out of memory, device lost) say more than the map's.
-        await Promise.all(outstanding.splice(0));
+        await settleErrors();
         throwPendingErrors();
         throw new DeviceError(`${what}: ${(e as Error).message}`);
       }
-      await Promise.all(outstanding.splice(0));
+      await settleErrors();
       throwPendingErrors();
-      const mapped = new Uint8Array(buf.getMappedRange());
+      const mapped = new Uint8Array(mappedRange(buf, what));
       for (const p of pieces) await onPiece(p.index, mapped.subarray(p.at, p.at + p.bytes), p.into);
     } finally {
       buf.destroy();
@@ -491,7 +557,7 @@ export async function readBuffers(list: readonly Storage[]): Promise<ArrayBuffer
 export async function sync(): Promise<void> {
   flush();
   await gpuDevice().queue.onSubmittedWorkDone();
-  await Promise.all(outstanding.splice(0));
+  await settleErrors();
   throwPendingErrors();
 }
 
