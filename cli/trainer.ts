@@ -109,7 +109,10 @@ export interface RunIO {
   log: (record: LogRecord) => void;
   /** Polled after each step; true stops the run with a checkpoint (Ctrl-C). */
   shouldStop: () => boolean;
-  /** Called after each completed optimizer step with its number. */
+  /**
+   * Called after each completed optimizer step with its number, once that step's reads,
+   * evaluation and checkpoint (if any) are done.
+   */
   onStep?: (step: number) => void;
 }
 
@@ -305,7 +308,6 @@ class RunLoop {
         if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) {
           this.record(await resetCycle(t));
         }
-        io.onStep?.(t.step);
         this.#peak = Math.max(this.#peak, memoryStats().peakBytes);
         const last = t.step === run.steps;
         if (t.step % run.logEvery === 0 || last) await this.read();
@@ -314,6 +316,7 @@ class RunLoop {
           await this.evaluate();
           await this.save();
         }
+        io.onStep?.(t.step);
         if (io.shouldStop()) {
           interrupted = true;
           break;

@@ -59,7 +59,8 @@ export interface KernelCall {
 
 const pipelines = new Map<string, GPUComputePipeline>();
 const uniformCache = new Map<string, GPUBuffer>();
-const UNIFORM_CACHE_MAX = 8192;
+let uniformCacheLimit = 4096;
+let uniformsCreated = 0;
 
 let encoder: GPUCommandEncoder | null = null;
 let pass: GPUComputePassEncoder | null = null;
@@ -76,6 +77,30 @@ const AUTO_FLUSH_STAGED_BYTES = 256 * 1024 * 1024;
 /** Counters of the dispatcher: total dispatches, submits and cached pipelines. */
 export function dispatchStats(): { dispatches: number; submits: number; pipelines: number } {
   return { dispatches: totalDispatches, submits: totalSubmits, pipelines: pipelines.size };
+}
+
+const caches = new Map<string, () => number>();
+
+/**
+ * Registers a cache for {@link cacheStats}: `size` returns its current number of entries. Every
+ * module-level cache of GPU objects registers, so a test can show none grows without bound.
+ */
+export function registerCache(name: string, size: () => number): void {
+  caches.set(name, size);
+}
+
+/**
+ * Entries of every cache of GPU objects: pipelines, uniform buffers (and `uniformsCreated`, how
+ * many were ever made), and the registered ones.
+ */
+export function cacheStats(): Record<string, number> {
+  const out: Record<string, number> = {
+    pipelines: pipelines.size,
+    uniforms: uniformCache.size,
+    uniformsCreated,
+  };
+  for (const [name, size] of caches) out[name] = size();
+  return out;
 }
 
 /** `op(inputs → outputs; workgroups)` with each binding's shape: how errors name a dispatch. */
@@ -102,20 +127,36 @@ function pipelineFor(name: string, code: string, what = name): GPUComputePipelin
   return p!;
 }
 
+// Uniform buffers by content, least recently used first (Map order): values that recur (shapes,
+// constant scalars) stay; values used once (an optimizer's per-step scalars) age out.
 function uniformBuffer(data: ArrayBufferView): GPUBuffer {
   const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const key = Array.from(new Uint32Array(bytes.slice().buffer, 0, bytes.byteLength >> 2)).join(",");
   let buf = uniformCache.get(key);
-  if (!buf) {
-    if (uniformCache.size >= UNIFORM_CACHE_MAX) {
-      for (const b of uniformCache.values()) toDestroy.push(b);
-      uniformCache.clear();
+  if (buf) {
+    uniformCache.delete(key);
+  } else {
+    for (const [k, old] of uniformCache) {
+      if (uniformCache.size < uniformCacheLimit) break;
+      uniformCache.delete(k);
+      destroyAfterSubmit(old);
     }
     const size = Math.max(16, Math.ceil(bytes.byteLength / 16) * 16);
     buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms");
-    uniformCache.set(key, buf);
+    uniformsCreated++;
   }
+  uniformCache.set(key, buf);
   return buf;
+}
+
+/**
+ * Sets how many uniform buffers the dispatcher keeps for reuse (least recently used go first);
+ * returns the previous limit. Meant for tests.
+ */
+export function setUniformCacheLimit(n: number): number {
+  const prev = uniformCacheLimit;
+  uniformCacheLimit = Math.max(1, n);
+  return prev;
 }
 
 function bindingResource(b: Binding, op: string): GPUBufferBinding {
