@@ -179,8 +179,17 @@ export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]):
     return values as RawFlags;
   } catch (e) {
     if (e instanceof FlagError) throw e;
-    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
-    throw new FlagError(`${msg}; see --help`);
+    const msg = (e as Error).message;
+    // node:util's "argument is ambiguous" case: a value that starts with a dash.
+    const dash = /^Option '(--[\w-]+)' argument is ambiguous/.exec(msg);
+    if (dash) {
+      throw new FlagError(
+        `${dash[1]}: a value starting with "-" must be written ${dash[1]}=VALUE (or it is missing)`,
+      );
+    }
+    throw new FlagError(
+      `${msg.replace(/\. To specify a positional argument.*$/s, "")}; see --help`,
+    );
   }
 }
 

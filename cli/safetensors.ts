@@ -11,7 +11,7 @@
  * a flipped bit or a cut file is an error that names the tensor, never a silently different model.
  * @module
  */
-import { Checksum, checksumOf } from "./checksum.ts";
+import { Checksum, checksumOf } from "../core/checksum.ts";
 
 /** Element types this library reads and writes (safetensors' names). */
 export type SafetensorsDType = "F32" | "I32" | "U32" | "BF16" | "F16" | "U8";

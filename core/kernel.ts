@@ -59,7 +59,7 @@ export interface KernelCall {
 
 const pipelines = new Map<string, GPUComputePipeline>();
 const uniformCache = new Map<string, GPUBuffer>();
-let uniformCacheLimit = 4096;
+let uniformCacheLimit = 2048;
 let uniformsCreated = 0;
 
 let encoder: GPUCommandEncoder | null = null;

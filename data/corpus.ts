@@ -30,8 +30,55 @@ export async function loadCorpus(path: string): Promise<Doc[]> {
   return docs;
 }
 
+/**
+ * A file's text. Training on mis-decoded bytes would be silently wrong, so a file that is not
+ * UTF-8 (another encoding, or a mix) or that holds NUL bytes (binary) is refused with the offset
+ * of the first offending byte. A UTF-8 byte-order mark is dropped.
+ */
+export async function readText(path: string): Promise<string> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    throw new Error(`cannot read data file ${path}: ${(e as Error).message}`);
+  }
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) {
+    throw new Error(`data file ${path} looks binary (a NUL byte at offset ${nul}), not text`);
+  }
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new Error(
+      `data file ${path} is not valid UTF-8 (first bad byte at offset ${firstBadUtf8(bytes)}); ` +
+        "convert it, e.g. iconv -f latin1 -t utf-8",
+    );
+  }
+}
+
+// The offset of the first byte that does not start or continue a UTF-8 sequence (for the message;
+// the decoder above is the judge, and also refuses overlong forms and surrogates).
+function firstBadUtf8(b: Uint8Array): number {
+  for (let i = 0; i < b.length;) {
+    const c = b[i];
+    const n = c < 0x80
+      ? 0
+      : c >= 0xc2 && c < 0xe0
+      ? 1
+      : c >= 0xe0 && c < 0xf0
+      ? 2
+      : c < 0xf5
+      ? 3
+      : -1;
+    if (n < 0 || (c >= 0x80 && c < 0xc2)) return i;
+    for (let k = 1; k <= n; k++) if (i + k >= b.length || (b[i + k] & 0xc0) !== 0x80) return i;
+    i += n + 1;
+  }
+  return 0;
+}
+
 async function loadFile(path: string): Promise<Doc[]> {
-  const text = await Deno.readTextFile(path);
+  const text = await readText(path);
   if (!/\.jsonl$/i.test(path)) return [{ id: path, text }];
   const docs: Doc[] = [];
   text.split("\n").forEach((line, i) => {
