@@ -59,6 +59,7 @@ async function runUntil(
   dir: string,
   env: Record<string, string>,
   trigger: Trigger | null,
+  signals: Deno.Signal[] = ["SIGKILL"],
 ): Promise<{ killed: boolean; code: number; err: string; tmpAtKill: boolean }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "train.ts", ...args],
@@ -72,9 +73,11 @@ async function runUntil(
   const kill = () => {
     if (ended) return;
     tmpAtKill = [...Deno.readDirSync(dir)].some((e) => e.name.includes(".tmp-"));
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
+    for (const signal of signals) {
+      try {
+        child.kill(signal);
+      } catch { /* already gone */ }
+    }
   };
   const later = (ms: number) => timers.push(setTimeout(kill, ms));
   if (trigger?.kind === "time") later(trigger.ms);
@@ -118,30 +121,53 @@ async function files(dir: string): Promise<Map<string, Uint8Array>> {
   return m;
 }
 
-Deno.test("kill -9 at random moments, then --resume: the run ends bit-identical to an uninterrupted one", async () => {
+/** A temp folder, the data file, the flags, and the files of an uninterrupted run. */
+async function reference() {
   const tmp = await Deno.makeTempDir({ prefix: "sltrain-crash-" });
+  const env = { SLTRAIN_CACHE: `${tmp}/cache` };
+  const data = `${tmp}/train.jsonl`;
+  await Deno.writeTextFile(
+    data,
+    Array.from(
+      { length: 6 },
+      (_, i) => JSON.stringify({ text: `Document ${i}. The jury said it was fair. `.repeat(8) }),
+    ).join("\n") + "\n",
+  );
+  const args = [...ARGS, "--data", data];
+  const ref = `${tmp}/ref`;
+  const r = await runUntil([...args, "--out", ref], tmp, env, null);
+  assert.equal(r.code, 0, r.err);
+  const refFiles = await files(ref);
+  assert.deepEqual([...refFiles.keys()], [
+    "checkpoint.safetensors",
+    "checkpoint.step-6.safetensors",
+  ]);
+  const refLog = strip((await readLog(`${ref}/log.jsonl`)).records);
+  /** Asserts that the run in `dir` ended with the reference's files and log. */
+  const sameAsReference = async (dir: string, what: string) => {
+    const got = await files(dir);
+    assert.deepEqual([...got.keys()], [...refFiles.keys()]);
+    for (const [name, bytes] of refFiles) {
+      assert.ok(
+        bytes.length === got.get(name)!.length && bytes.every((b, i) => b === got.get(name)![i]),
+        `${name} differs from the uninterrupted run's (${what})`,
+      );
+    }
+    const log = await readLog(`${dir}/log.jsonl`);
+    assert.equal(log.torn, false);
+    assert.deepEqual(strip(log.records), refLog, `log (${what})`);
+    assert.deepEqual(
+      [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes(".tmp-")),
+      [],
+    );
+  };
+  return { tmp, env, args, sameAsReference };
+}
+
+Deno.test("kill -9 at random moments, then --resume: the run ends bit-identical to an uninterrupted one", async () => {
+  const { tmp, env, args, sameAsReference } = await reference();
   const stats = { cases: 0, attempts: 0, kills: 0, midWrite: 0, torn: 0, noCheckpointYet: 0 };
   try {
-    const env = { SLTRAIN_CACHE: `${tmp}/cache` };
-    const data = `${tmp}/train.jsonl`;
-    await Deno.writeTextFile(
-      data,
-      Array.from(
-        { length: 6 },
-        (_, i) => JSON.stringify({ text: `Document ${i}. The jury said it was fair. `.repeat(8) }),
-      ).join("\n") + "\n",
-    );
-    const args = [...ARGS, "--data", data];
-    const ref = `${tmp}/ref`;
-    const r = await runUntil([...args, "--out", ref], tmp, env, null);
-    assert.equal(r.code, 0, r.err);
-    const refFiles = await files(ref);
-    assert.deepEqual([...refFiles.keys()], [
-      "checkpoint.safetensors",
-      "checkpoint.step-6.safetensors",
-    ]);
-    const refLog = strip((await readLog(`${ref}/log.jsonl`)).records);
-
     let k = 0;
     await fc.assert(
       fc.asyncProperty(
@@ -179,32 +205,74 @@ Deno.test("kill -9 at random moments, then --resume: the run ends bit-identical 
             }
             if ((await readLog(`${dir}/log.jsonl`)).torn) stats.torn++;
           }
-          const got = await files(dir);
-          assert.deepEqual([...got.keys()], [...refFiles.keys()]);
-          for (const [name, bytes] of refFiles) {
-            assert.ok(
-              bytes.length === got.get(name)!.length &&
-                bytes.every((b, i) => b === got.get(name)![i]),
-              `${name} differs from the uninterrupted run's (triggers ${JSON.stringify(triggers)})`,
-            );
-          }
-          const log = await readLog(`${dir}/log.jsonl`);
-          assert.equal(log.torn, false);
-          assert.deepEqual(
-            strip(log.records),
-            refLog,
-            `log (triggers ${JSON.stringify(triggers)})`,
-          );
-          assert.deepEqual(
-            [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes(".tmp-")),
-            [],
-          );
+          await sameAsReference(dir, `triggers ${JSON.stringify(triggers)}`);
           await Deno.remove(dir, { recursive: true });
         },
       ),
       { numRuns: 10, seed: 7, endOnFailure: true },
     );
     console.log(`kill -9 property: ${JSON.stringify(stats)}`);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("SIGTERM behaves like Ctrl-C: the run stops after its step with a checkpoint (exit 143); twice quits at once; --resume ends bit-identical", async () => {
+  const { tmp, env, args, sameAsReference } = await reference();
+  const stats = { cases: 0, stoppedAfterStep: 0, quitAtOnce: 0, endedFirst: 0 };
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        // From the run's first line on (the signal handlers are in place by then).
+        fc.integer({ min: 5, max: 9 }),
+        fc.integer({ min: 0, max: 40 }),
+        fc.boolean(),
+        async (n, ms, twice) => {
+          const dir = await Deno.makeTempDir({ dir: tmp });
+          const signals: Deno.Signal[] = twice ? ["SIGTERM", "SIGTERM"] : ["SIGTERM"];
+          const res = await runUntil(
+            [...args, "--out", dir],
+            dir,
+            env,
+            { kind: "line", n, ms },
+            signals,
+          );
+          stats.cases++;
+          if (!res.err.includes("SIGTERM: stopping")) {
+            stats.endedFirst++;
+            assert.equal(res.code, 0, res.err); // it had ended before the signal
+          } else if (!twice) {
+            stats.stoppedAfterStep++;
+            assert.equal(res.code, 143, res.err);
+            const step = Number(/interrupted at step (\d+)/.exec(res.err)?.[1]);
+            const ck = await readSafetensors(`${dir}/checkpoint.safetensors`);
+            assert.equal(
+              Number(ck.metadata.step),
+              step,
+              "the checkpoint is the step it stopped at",
+            );
+            const trained = (await readLog(`${dir}/log.jsonl`)).records.filter((r) =>
+              r.kind === "train"
+            );
+            assert.equal(trained.at(-1)?.step, step, "every step up to the stop is logged");
+          } else {
+            stats.quitAtOnce++;
+            assert.equal(res.code, 143, res.err);
+          }
+          const hasRun = await Deno.stat(`${dir}/log.jsonl`).then(() => true, () => false);
+          const rest = await runUntil(
+            [...args, ...(hasRun ? ["--resume"] : []), "--out", dir],
+            dir,
+            env,
+            null,
+          );
+          assert.equal(rest.code, 0, rest.err);
+          await sameAsReference(dir, `SIGTERM after line ${n} + ${ms} ms${twice ? ", twice" : ""}`);
+        },
+      ),
+      { numRuns: 4, seed: 8, endOnFailure: true },
+    );
+    console.log(`SIGTERM property: ${JSON.stringify(stats)}`);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
