@@ -290,7 +290,8 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     }
     stop = signal;
     console.error(
-      `\n${signal}: stopping after this step and writing a checkpoint (again to quit at once)`,
+      `\n${signal}: stopping after this step and writing a checkpoint (Ctrl-C or SIGTERM again ` +
+        "to quit at once)",
     );
   };
   const handlers = SIGNALS.map((s) => [s, onSignal(s)] as const);

@@ -2,6 +2,12 @@
  * The training loop of one run. A step reads like llm.c's: forward + backward, update (clipping
  * and accumulation are stages of the optimizer), log; setup and resume, evaluation, checkpoints
  * and the SLTrain refactorization / ReLoRA merge cycle are small functions of their own.
+ *
+ * What a run promises (see README, "A run never loses work"): losses and non-finite flags stay on
+ * the device until they are read together every `logEvery` steps (see `guard.ts`); a checkpoint
+ * is written only once every step it covers has been read, found finite and logged durably; the
+ * log (`runlog.ts`) is cut back to the checkpoint a run resumes from, so each step is logged once
+ * however often the run was killed and resumed.
  * @module
  */
 import { NonFiniteError } from "../core/errors.ts";
@@ -251,7 +257,11 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
       const opened = await RunLog.open(`${io.out}/log.jsonl`, t.resumed ? t.step : null);
       log = opened.log;
       if (ckptPath) await removeStaleTemps(ckptPath);
-      if (io.resume) log.append(stamped({ kind: "resume", step: t.step, cut: opened.cut }));
+      if (io.resume) {
+        const rec = stamped({ kind: "resume", step: t.step, cut: opened.cut });
+        log.append(rec);
+        io.log(rec);
+      }
     }
     return await new RunLoop(t, data, io, log, ckptPath).run();
   } finally {

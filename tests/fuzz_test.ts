@@ -12,16 +12,14 @@ import { FlagError } from "../cli/flags.ts";
 import { readLog } from "../cli/runlog.ts";
 import { trainRun } from "../cli/trainer.ts";
 import { SLTrainError } from "../core/errors.ts";
-import { Rng } from "../core/rng.ts";
 import { readAll } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { packedSequences } from "../data/batches.ts";
 import { tokenizeCached } from "../data/cache.ts";
 import { loadCorpus } from "../data/corpus.ts";
 import { byteTokenizer } from "../data/tokenizer.ts";
 import { parseConfig } from "../models/config.ts";
 import { main } from "../train.ts";
-import { quietIO, toyRun } from "./fixtures.ts";
+import { quietIO, toyData, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
@@ -89,13 +87,7 @@ const sameBytes = (a: Uint8Array, b: Uint8Array) =>
 Deno.test("fuzz: damaged checkpoints are a named error, or load exactly what was saved", async () => {
   const tmp = await Deno.makeTempDir({ prefix: "sltrain-fuzz-" });
   try {
-    const rng = new Rng(2);
-    const doc = () => Uint32Array.from({ length: 60 }, () => 1 + rng.nextInt(39));
-    const data = {
-      train: packedSequences([doc(), doc()], 8, 0, 0),
-      val: packedSequences([doc()], 8, 0, 0),
-    };
-    await trainRun(toyRun({ method: "sltrain", steps: 2 }), data, quietIO(tmp));
+    await trainRun(toyRun({ method: "sltrain", steps: 2 }), toyData(), quietIO(tmp));
     const path = `${tmp}/checkpoint.safetensors`;
     const good = await Deno.readFile(path);
     const headerEnd = 8 + Number(new DataView(good.buffer).getBigUint64(0, true));

@@ -10,30 +10,22 @@ import { loadCheckpoint } from "../cli/checkpoint.ts";
 import { NonFiniteGuard } from "../cli/guard.ts";
 import { readLog } from "../cli/runlog.ts";
 import { buildOptimizer, type RunConfig } from "../cli/run_config.ts";
-import { type RunData, trainRun } from "../cli/trainer.ts";
+import { trainRun } from "../cli/trainer.ts";
 import { NonFiniteError } from "../core/errors.ts";
-import { Rng } from "../core/rng.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { BatchStream, packedSequences } from "../data/batches.ts";
+import { BatchStream } from "../data/batches.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
 import { mulScalar } from "../ops/mod.ts";
 import { applyUpdates } from "../optim/mod.ts";
 import { linearMethod } from "../cli/run_config.ts";
-import { quietIO, toyRun } from "./fixtures.ts";
+import { quietIO, toyData, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
 
-function data(): RunData {
-  const rng = new Rng(1);
-  const doc = () => Uint32Array.from({ length: 60 }, () => 1 + rng.nextInt(39));
-  return {
-    train: packedSequences([doc(), doc(), doc()], 8, 0, 0),
-    val: packedSequences([doc()], 8, 0, 0),
-  };
-}
+const data = toyData;
 
 /**
  * The reference: the trainer's steps written out, reading every loss and gradient back to the CPU
