@@ -184,12 +184,14 @@ function rangesOf(ts: Tensor[]) {
 
 function checkFinite(name: string, dtype: DType, bytes: Uint8Array, offset: number): void {
   let bad = -1;
+  // Typed views need aligned bytes: a view when they are (readback chunks are), else a copy.
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
   if (dtype === "f32") {
-    const v = new Float32Array(bytes.slice().buffer);
+    const v = new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >> 2);
     for (let i = 0; i < v.length && bad < 0; i++) if (v[i] - v[i] !== 0) bad = i;
     offset /= 4;
   } else if (dtype === "bf16") {
-    const v = new Uint16Array(bytes.slice().buffer);
+    const v = new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >> 1);
     for (let i = 0; i < v.length && bad < 0; i++) if ((v[i] & 0x7f80) === 0x7f80) bad = i;
     offset /= 2;
   }
