@@ -334,7 +334,9 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
         // A lost device makes later calls fail in odd ways: its loss is the error to report.
         const cause = await deviceLostError() ?? e;
         if (unstarted) discardUnstarted(dir, outDir);
-        else throw new Error(`${errorText(cause)}${await whatIsKept(dir)}`, { cause });
+        else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
+            cause,
+          });}
         throw cause;
       }
       unstarted = null;
@@ -373,14 +375,15 @@ function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/** What a failed run leaves for the user, appended to its error. */
-async function whatIsKept(dir: string): Promise<string> {
+/** What a failed run leaves for the user, appended to its error (unless `said` says it). */
+async function whatIsKept(dir: string, said: string): Promise<string> {
   const ckpt = await exists(`${dir}/${CKPT}`);
-  return `\n(the run's log is kept in ${dir}/${LOG}; ${
-    ckpt
-      ? `the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`
-      : "it has no checkpoint yet, so --resume starts it again from step 0"
-  })`;
+  const next = said.includes(`${dir}/${CKPT}`)
+    ? ""
+    : ckpt
+    ? `; the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`
+    : "; it has no checkpoint yet, so --resume starts it again from step 0";
+  return `\n(the run's log is kept in ${dir}/${LOG}${next})`;
 }
 
 if (import.meta.main) await runCli(main);

@@ -96,13 +96,17 @@ export function describeNonFinite(bad: NonFiniteStep): string {
   return `step ${bad.step}: the loss is ${bad.loss}; ${grads}`;
 }
 
-/** The error a `stop` run ends with, saying what to do next. */
-export function nonFiniteStop(what: string, lastCheckpoint: string | null): NonFiniteError {
+/** The error a run stopped by non-finite values ends with, saying what to do next. */
+export function nonFiniteStop(
+  what: string,
+  lastCheckpoint: string | null,
+  policy: NonFinitePolicy,
+): NonFiniteError {
   return new NonFiniteError(
     `non-finite values at ${what}. The run stopped without checkpointing them; ` +
       (lastCheckpoint
-        ? `the last good checkpoint is ${lastCheckpoint}: --resume continues from it ` +
-          "(add --on-nonfinite skip to step over such steps)"
+        ? `the last good checkpoint is ${lastCheckpoint}: --resume continues from it` +
+          (policy === "stop" ? " (add --on-nonfinite skip to step over such steps)" : "")
         : "no checkpoint had been written yet"),
   );
 }

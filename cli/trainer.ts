@@ -387,13 +387,10 @@ class RunLoop {
         lr,
         nonfinite: bad.params,
       });
-      if (t.guard.policy === "stop") throw nonFiniteStop(what, this.lastCheckpoint());
+      if (t.guard.policy === "stop") throw this.stopped(what);
       this.io.progress.log(`${what}: skipped`);
       if (++this.#skipsInARow >= MAX_CONSECUTIVE_SKIPS) {
-        throw nonFiniteStop(
-          `${MAX_CONSECUTIVE_SKIPS} steps in a row (the last ${what})`,
-          this.lastCheckpoint(),
-        );
+        throw this.stopped(`${MAX_CONSECUTIVE_SKIPS} steps in a row (the last ${what})`);
       }
     }
     const elapsed = (performance.now() - this.#t0) / 1000;
@@ -410,18 +407,19 @@ class RunLoop {
     });
   }
 
-  lastCheckpoint(): string | null {
-    return this.ckptPath && this.#saved >= 0 ? `${this.ckptPath} (step ${this.#saved})` : null;
+  /** The error that stops the run at non-finite values, naming the last good checkpoint. */
+  stopped(what: string): Error {
+    const last = this.ckptPath && this.#saved >= 0
+      ? `${this.ckptPath} (step ${this.#saved})`
+      : null;
+    return nonFiniteStop(what, last, this.t.guard.policy);
   }
 
   async evaluate(): Promise<void> {
     const { t, io } = this;
     const r = await evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens);
     if (!Number.isFinite(r.loss)) {
-      throw nonFiniteStop(
-        `step ${t.step}: the validation loss is ${r.loss}`,
-        this.lastCheckpoint(),
-      );
+      throw this.stopped(`step ${t.step}: the validation loss is ${r.loss}`);
     }
     t.history.val.push([t.step, r.loss]);
     this.record({
@@ -452,7 +450,7 @@ class RunLoop {
     } catch (e) {
       // A parameter can overflow in a step whose loss and gradients were still finite.
       if (e instanceof NonFiniteError) {
-        throw nonFiniteStop(`step ${t.step}: ${e.message}`, this.lastCheckpoint());
+        throw this.stopped(`step ${t.step}: ${e.message}`);
       }
       throw e;
     }
