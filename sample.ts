@@ -1,11 +1,11 @@
 /**
  * `deno run -A sample.ts --checkpoint runs/x --prompt "The jury"`: generate text from a checkpoint
- * written by train.ts, streaming it to stdout. `--help` lists every flag. See cli/generate.ts (a
- * full forward per token, no KV cache).
+ * written by train.ts or a Hugging Face LLaMA folder, streaming it to stdout until the tokenizer's
+ * end of text or `--tokens`. `--help` lists every flag. See cli/generate.ts (a KV cache, or a full
+ * forward per token with `--no-cache`).
  * @module
  */
 import { init } from "./core/device.ts";
-import { type Tokenizer, tokenizerByName } from "./data/tokenizer.ts";
 import {
   FlagError,
   type FlagSpec,
@@ -13,17 +13,18 @@ import {
   num,
   parseFlagsWith,
   posInt,
-  type RawFlags,
   renderHelp,
   runCli,
 } from "./cli/flags.ts";
-import { disposeLoaded, generate, loadModel, textStream } from "./cli/generate.ts";
+import { generate, textStream } from "./cli/generate.ts";
+import { disposeAny, loadAnyModel, modelTokenizer } from "./cli/load_any.ts";
 
 /** Flags of sample.ts, in --help order: [type, default shown in --help, description]. */
 export const SAMPLE_FLAGS: Record<string, FlagSpec> = {
   checkpoint: {
     type: "string",
-    help: "checkpoint.safetensors, or a train.ts --out folder holding one (required)",
+    help:
+      "checkpoint.safetensors, a train.ts --out folder holding one, or a Hugging Face LLaMA folder (required)",
   },
   prompt: { type: "string", help: "text to continue (required, non-empty)" },
   tokens: { type: "string", default: "200", help: "tokens to generate" },
@@ -38,8 +39,12 @@ export const SAMPLE_FLAGS: Record<string, FlagSpec> = {
   },
   tokenizer: {
     type: "string",
-    default: "from the vocab size: 256 bytes, 32000 llama",
-    help: "bytes or llama",
+    default: "the model folder's tokenizer.json, else by vocab size: 256 bytes, 32000 llama",
+    help: "bytes, llama, or a tokenizer.json (or a folder holding one)",
+  },
+  "no-cache": {
+    type: "boolean",
+    help: "recompute the whole window for every token instead of using the KV cache (slower)",
   },
   help: { type: "boolean", help: "show this help" },
 };
@@ -56,28 +61,6 @@ export function sampleHelp(): string {
   );
 }
 
-async function pickTokenizer(flags: RawFlags, vocab: number): Promise<Tokenizer> {
-  const name = typeof flags.tokenizer === "string"
-    ? flags.tokenizer
-    : vocab === 256
-    ? "bytes"
-    : vocab === 32000
-    ? "llama"
-    : null;
-  if (name === null) {
-    throw new FlagError(`the checkpoint's vocabulary has ${vocab} ids; pass --tokenizer`);
-  }
-  const tok = await tokenizerByName(name).catch((e) => {
-    throw new FlagError(`--tokenizer: ${(e as Error).message}`);
-  });
-  if (tok.vocabSize !== vocab) {
-    throw new FlagError(
-      `--tokenizer ${name} has ${tok.vocabSize} ids but the checkpoint's model has ${vocab}`,
-    );
-  }
-  return tok;
-}
-
 async function main(argv: string[]): Promise<number> {
   const flags = parseFlagsWith(SAMPLE_FLAGS, argv);
   if (flags.help) {
@@ -85,7 +68,9 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (typeof flags.checkpoint !== "string" || flags.checkpoint === "") {
-    throw new FlagError("--checkpoint is required (a checkpoint file or a train.ts --out folder)");
+    throw new FlagError(
+      "--checkpoint is required (a checkpoint file, a train.ts --out folder or a Hugging Face folder)",
+    );
   }
   const prompt = flags.prompt;
   if (typeof prompt !== "string" || prompt === "") {
@@ -99,20 +84,19 @@ async function main(argv: string[]): Promise<number> {
   const seqFlag = num(flags, "seq", 0, posInt, "a positive integer");
 
   await init();
-  const loaded = await loadModel(flags.checkpoint);
+  const loaded = await loadAnyModel(flags.checkpoint);
   try {
-    const tok = await pickTokenizer(flags, loaded.model.config.vocabSize);
+    const tok = await modelTokenizer(flags.tokenizer, loaded);
     const ids = tok.encode(prompt);
     if (ids.length === 0) throw new FlagError("--prompt encodes to no tokens");
-    const window = seqFlag || (loaded.model.config.maxSeqLen ?? loaded.run.seq);
-    const { run } = loaded;
+    const window = seqFlag || loaded.maxSeq;
+    const cache = flags["no-cache"] !== true;
     console.error(
-      `${run.method} on ${run.modelName} after ${loaded.step} steps; ${tok.name}; ` +
-        `window ${window}; ${
-          flags.greedy || temperature === 0
-            ? "greedy"
-            : `temperature ${temperature}, top-k ${topK || "all"}, seed ${seed}`
-        }`,
+      `${loaded.label}; ${tok.name}; window ${window}; ${cache ? "KV cache" : "no cache"}; ${
+        flags.greedy || temperature === 0
+          ? "greedy"
+          : `temperature ${temperature}, top-k ${topK || "all"}, seed ${seed}`
+      }`,
     );
     const enc = new TextEncoder();
     const write = (s: string) => Deno.stdout.writeSync(enc.encode(s));
@@ -125,6 +109,8 @@ async function main(argv: string[]): Promise<number> {
       greedy: flags.greedy === true,
       temperature,
       topK,
+      cache,
+      stopAt: tok.eos,
       onToken: (id) => {
         const piece = stream.push(id);
         if (piece) write(piece);
@@ -132,7 +118,7 @@ async function main(argv: string[]): Promise<number> {
     });
     write(`${stream.flush()}\n`);
   } finally {
-    disposeLoaded(loaded);
+    disposeAny(loaded);
   }
   return 0;
 }

@@ -8,7 +8,7 @@ import { loadBrown, splitEvery } from "./data/brown.ts";
 import { tokenizeCached } from "./data/cache.ts";
 import { holdOut, loadCorpus } from "./data/corpus.ts";
 import { documentSequences, packedSequences } from "./data/batches.ts";
-import { type Tokenizer, tokenizerByName } from "./data/tokenizer.ts";
+import type { Tokenizer } from "./data/tokenizer.ts";
 import { loadConfig, withVocab } from "./models/config.ts";
 import { validateMethod } from "./models/method.ts";
 import {
@@ -18,6 +18,7 @@ import {
   natInt,
   num,
   oneOf,
+  packingFlag,
   parseFlags,
   posInt,
   type RawFlags,
@@ -30,12 +31,24 @@ import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
+import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
+import { type HfInit, hfInitFlag } from "./cli/hf_import.ts";
 
 const PAPER_PRESETS = new Set(["60m", "130m", "350m", "1b", "7b"]);
 
-async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Promise<RunConfig> {
-  const modelName = String(flags.model ?? "tiny");
-  const model = withVocab(await loadConfig(modelName), tok.vocabSize);
+async function buildRun(
+  flags: RawFlags,
+  method: MethodName,
+  tok: Tokenizer,
+  init: HfInit | null,
+): Promise<RunConfig> {
+  const modelName = init ? `hf:${init.dir}` : String(flags.model ?? "tiny");
+  const model = init?.hf.config ?? withVocab(await loadConfig(modelName), tok.vocabSize);
+  if (model.vocabSize !== tok.vocabSize) {
+    throw new FlagError(
+      `--tokenizer ${tok.name} has ${tok.vocabSize} ids but ${modelName} has ${model.vocabSize}`,
+    );
+  }
   const steps = num(flags, "steps", 300, posInt, "a positive integer");
   const rank = num(
     flags,
@@ -212,11 +225,7 @@ async function loadData(
   const t0 = performance.now();
   const tr = await tokenizeCached(train, tok);
   const va = await tokenizeCached(val, tok);
-  const packing = String(flags.packing ?? "packed");
-  if (packing !== "packed" && packing !== "none") {
-    throw new FlagError(`--packing ${packing}: expected packed or none`);
-  }
-  const make = packing === "packed" ? packedSequences : documentSequences;
+  const make = packingFlag(flags) === "packed" ? packedSequences : documentSequences;
   const ntr = tr.docs.reduce((n, d) => n + d.length, 0);
   const nva = va.docs.reduce((n, d) => n + d.length, 0);
   if (ntr === 0) throw new FlagError("the training data has no tokens");
@@ -255,20 +264,25 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
+  const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
+  const initVocab = hfInit?.hf.config.vocabSize;
   const tokName = typeof flags.tokenizer === "string"
     ? flags.tokenizer
+    : hfInit
+    ? hfInit.tokenizer ?? (initVocab === 256 ? "bytes" : "llama")
     : PAPER_PRESETS.has(modelName)
     ? "llama"
     : "bytes";
-  const tok = await tokenizerByName(tokName).catch((e) => {
-    throw new FlagError(`--tokenizer: ${(e as Error).message}`);
-  });
+  const shards = await shardFlag(flags);
+  const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
   const runs: RunConfig[] = [];
-  for (const m of methods) runs.push(await buildRun(flags, m, tok));
+  for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
   const keep = num(flags, "keep", 1, posInt, "a positive integer");
   // Data errors (missing or empty files) come before anything is created on disk.
-  const { data, desc } = await loadData(flags, tok, runs[0].seq);
+  const { data, desc } = shards
+    ? shardRunData(shards, tok, flags, runs[0].seq)
+    : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
   const info = await init();
   const outDir = await prepareOut(
@@ -320,6 +334,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
             unstarted = null;
             hooks.onStep?.(step);
           },
+          initModel: hfInit?.initModel,
         });
         results.push(result);
         await Deno.writeTextFile(

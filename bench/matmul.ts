@@ -7,17 +7,31 @@
  * reps of `inner` matmuls recorded into one submit and one sync; time = median over reps of rep
  * time / inner, where inner makes a rep last about `targetRepMs`.
  *
- * "ours, storage" is the same op with the texture path for A and the subgroup kernel switched off
- * (see `setMatmulTextureThreshold`, `setMatmulSubgroups`), its reps alternating with the default's,
- * so the gain of either is a same-run ratio.
+ * `--compare=K1,K2` adds a column per kernel family forced with `setMatmulFamily` (default
+ * `register`: every invocation loads its own operands, no subgroups, no textures), its reps
+ * alternating with the default's, so each ratio is a same-run one.
  *
- * Flags: `--quick` (fewer shapes and reps), `--no-peers`, `--reps N`.
+ * A last table times split-K against the unsplit product (`setMatmulSplitK`).
+ *
+ * Shapes: the issue's large ones, the `tiny` model's (2048 tokens, d 128, FFN 352; forward NT,
+ * dX NN, dW TN), SLTrain's low-rank factors (r = 32) and batched attention ([B·H, T, T]·[B·H, T,
+ * Dh]); peers run on the 2-D shapes only.
+ *
+ * Flags: `--quick` (fewer shapes and reps), `--no-peers`, `--reps N`, `--compare K1,K2`,
+ * `--only SUBSTRING` (shapes whose label contains it).
  */
 import { parseArgs } from "node:util";
 import { deviceInfo, init } from "../core/device.ts";
 import { sync } from "../core/kernel.ts";
 import { randomUniform, tensor } from "../core/tensor.ts";
-import { addScalar, matmul, setMatmulSubgroups, setMatmulTextureThreshold } from "../ops/mod.ts";
+import {
+  addScalar,
+  matmul,
+  type MatmulFamily,
+  setMatmulFamily,
+  setMatmulSplitK,
+  setMatmulTextureThreshold,
+} from "../ops/mod.ts";
 import {
   benchPeerMatmul,
   closePeers,
@@ -33,6 +47,8 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-peers": { type: "boolean", default: false },
     reps: { type: "string", default: "5" },
+    compare: { type: "string", default: "register" },
+    only: { type: "string", default: "" },
   },
 });
 const reps = Number(flags.reps);
@@ -44,45 +60,75 @@ function median(xs: number[]): number {
 }
 
 /**
- * GFLOP/s of our matmul with the texture path at its default threshold and switched off, reps
- * alternating between the two so a busy machine skews both alike.
+ * GFLOP/s of our matmul with the default kernel table and with each kernel family in `compare`
+ * forced, reps alternating between them so a busy machine skews all alike. A forced family also
+ * switches the texture path off, so `register` is the plain storage-buffer kernel.
  */
 async function timeOurs(
+  batch: number,
   m: number,
   k: number,
   n: number,
   layout: Layout,
-): Promise<{ ours: number; storage: number }> {
+  compare: MatmulFamily[],
+): Promise<number[]> {
   const tA = layout === "TN";
   const tB = layout === "NT";
-  const a = randomUniform(tA ? [k, m] : [m, k], -1, 1, { seed: 1 });
-  const b = randomUniform(tB ? [n, k] : [k, n], -1, 1, { seed: 2 });
-  const once = async (inner: number, storageOnly: boolean) => {
-    const prev = storageOnly ? setMatmulTextureThreshold(Infinity) : 0;
-    const prevSg = storageOnly ? setMatmulSubgroups(false) : true;
+  const lead = batch > 1 ? [batch] : [];
+  const a = randomUniform([...lead, ...(tA ? [k, m] : [m, k])], -1, 1, { seed: 1 });
+  const b = randomUniform([...lead, ...(tB ? [n, k] : [k, n])], -1, 1, { seed: 2 });
+  const once = async (inner: number, kernel: MatmulFamily) => {
+    const prevKernel = setMatmulFamily(kernel);
+    const prevTex = kernel === "auto" ? null : setMatmulTextureThreshold(Infinity);
     const t0 = performance.now();
     for (let i = 0; i < inner; i++) matmul(a, b, { transA: tA, transB: tB }).dispose();
     await sync();
     const ms = performance.now() - t0;
-    if (storageOnly) {
-      setMatmulTextureThreshold(prev);
-      setMatmulSubgroups(prevSg);
-    }
+    setMatmulFamily(prevKernel);
+    if (prevTex !== null) setMatmulTextureThreshold(prevTex);
     return ms;
   };
-  await once(1, false); // compile
-  await once(1, true);
-  const probe = await once(1, false);
-  const inner = Math.max(1, Math.min(16, Math.round(targetRepMs / probe)));
-  const times: number[] = [], storageTimes: number[] = [];
+  const kernels: MatmulFamily[] = ["auto", ...compare];
+  for (const kn of kernels) await once(1, kn); // compile
+  const probe = await once(1, "auto");
+  const inner = Math.max(1, Math.min(64, Math.round(targetRepMs / probe)));
+  const times: number[][] = kernels.map(() => []);
   for (let r = 0; r < reps; r++) {
-    times.push((await once(inner, false)) / inner);
-    storageTimes.push((await once(inner, true)) / inner);
+    for (let i = 0; i < kernels.length; i++) times[i].push((await once(inner, kernels[i])) / inner);
+  }
+  a.dispose();
+  b.dispose();
+  const flop = 2 * batch * m * n * k;
+  return times.map((t) => flop / (median(t) * 1e6));
+}
+
+/**
+ * GFLOP/s of Aᵀ·B with few outputs and a long K, with split-K (the default) and without, reps
+ * alternating.
+ */
+async function splitK(m: number, k: number, n: number): Promise<[number, number]> {
+  const a = randomUniform([k, m], -1, 1, { seed: 1 });
+  const b = randomUniform([k, n], -1, 1, { seed: 2 });
+  const once = async (inner: number, split: boolean) => {
+    const prev = setMatmulSplitK(split ? navigator.hardwareConcurrency || 2 : 0);
+    const t0 = performance.now();
+    for (let i = 0; i < inner; i++) matmul(a, b, { transA: true }).dispose();
+    await sync();
+    setMatmulSplitK(prev);
+    return performance.now() - t0;
+  };
+  await once(1, true);
+  await once(1, false);
+  const inner = Math.max(1, Math.min(64, Math.round(targetRepMs / (await once(1, true)))));
+  const on: number[] = [], off: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    on.push((await once(inner, true)) / inner);
+    off.push((await once(inner, false)) / inner);
   }
   a.dispose();
   b.dispose();
   const flop = 2 * m * n * k;
-  return { ours: flop / (median(times) * 1e6), storage: flop / (median(storageTimes) * 1e6) };
+  return [flop / (median(on) * 1e6), flop / (median(off) * 1e6)];
 }
 
 async function trainingStep(): Promise<{ ms: number; gflops: number; parts: number[] }> {
@@ -153,34 +199,59 @@ console.log(
   }\n`,
 );
 
-const shapes: [string, number, number, number, Layout][] = flags.quick
-  ? [["1024³", 1024, 1024, 1024, "NN"], ["2048×512×1376", 2048, 512, 1376, "NT"]]
-  : [
-    ["256³", 256, 256, 256, "NN"],
-    ["512³", 512, 512, 512, "NN"],
-    ["1024³", 1024, 1024, 1024, "NN"],
-    ["1024³", 1024, 1024, 1024, "NT"],
-    ["1024³", 1024, 1024, 1024, "TN"],
-    ["2048³", 2048, 2048, 2048, "NN"],
-    ["2048×512×1376", 2048, 512, 1376, "NN"],
-    ["2048×512×1376", 2048, 512, 1376, "NT"],
-    ["2048×512×1376", 2048, 512, 1376, "TN"],
-  ];
+// [label, batch, M, K, N, layout]; the label names the role of the tiny-model shapes.
+type Shape = [string, number, number, number, number, Layout];
+const big: Shape[] = [
+  ["256³", 1, 256, 256, 256, "NN"],
+  ["512³", 1, 512, 512, 512, "NN"],
+  ["1024³", 1, 1024, 1024, 1024, "NN"],
+  ["1024³", 1, 1024, 1024, 1024, "NT"],
+  ["1024³", 1, 1024, 1024, 1024, "TN"],
+  ["2048³", 1, 2048, 2048, 2048, "NN"],
+  ["2048×512×1376", 1, 2048, 512, 1376, "NN"],
+  ["2048×512×1376", 1, 2048, 512, 1376, "NT"],
+  ["2048×512×1376", 1, 2048, 512, 1376, "TN"],
+];
+const tiny: Shape[] = [
+  ["tiny up x·W1ᵀ 2048×128×352", 1, 2048, 128, 352, "NT"],
+  ["tiny down h·W2ᵀ 2048×352×128", 1, 2048, 352, 128, "NT"],
+  ["tiny qkvo x·Wᵀ 2048×128×128", 1, 2048, 128, 128, "NT"],
+  ["tiny dX up g·W1 2048×352×128", 1, 2048, 352, 128, "NN"],
+  ["tiny dX down g·W2 2048×128×352", 1, 2048, 128, 352, "NN"],
+  ["tiny dW up gᵀ·x 352×2048×128", 1, 352, 2048, 128, "TN"],
+  ["tiny dW down gᵀ·h 128×2048×352", 1, 128, 2048, 352, "TN"],
+  ["tiny dW qkvo gᵀ·x 128×2048×128", 1, 128, 2048, 128, "TN"],
+  ["low-rank x·Aᵀ 2048×512×32", 1, 2048, 512, 32, "NT"],
+  ["low-rank u·Bᵀ 2048×32×1376", 1, 2048, 32, 1376, "NT"],
+  ["low-rank W = B·A 1376×32×512", 1, 1376, 32, 512, "NN"],
+  ["low-rank dA gᵀ·x 32×2048×512", 1, 32, 2048, 512, "TN"],
+  ["low-rank dB gᵀ·u 1376×2048×32", 1, 1376, 2048, 32, "TN"],
+  ["attn scores q·kᵀ 32×[128×32×128]", 32, 128, 32, 128, "NT"],
+  ["attn P·V 32×[128×128×32]", 32, 128, 128, 32, "NN"],
+  ["attn dP dO·Vᵀ 32×[128×32×128]", 32, 128, 32, 128, "NT"],
+  ["attn dV Pᵀ·dO 32×[128×128×32]", 32, 128, 128, 32, "TN"],
+];
+const shapes: Shape[] = (flags.quick ? [big[2], big[7], tiny[0], tiny[5]] : [...big, ...tiny])
+  .filter(([label]) => label.includes(flags.only));
+const compare = flags.compare ? flags.compare.split(",") as MatmulFamily[] : [];
 
 const peers = flags["no-peers"] ? [] : PEERS;
-console.log(
-  `| shape M×K×N | layout | ours GFLOP/s | ours, storage | ${
-    peers.map((p) => `${p} | ours/${p}`).join(" | ")
-  } |`,
-);
-console.log(`|---|---|---|---|${peers.map(() => "---|---|").join("")}`);
+const row = (cells: string[]) => console.log(`| ${cells.join(" | ")} |`);
+row([
+  "shape M×K×N",
+  "layout",
+  "ours GFLOP/s",
+  ...compare,
+  ...peers.flatMap((p) => [p, `ours/${p}`]),
+]);
+row(Array(3 + compare.length + 2 * peers.length).fill("---"));
 const notes: string[] = [];
 // A peer's best speed so far predicts its time on bigger shapes, so hopeless cells are skipped.
 const best = new Map<string, number>();
-for (const [label, m, k, n, layout] of shapes) {
-  const { ours, storage: storageOnly } = await timeOurs(m, k, n, layout);
+for (const [label, batch, m, k, n, layout] of shapes) {
+  const [ours, ...forced] = await timeOurs(batch, m, k, n, layout, compare);
   const cells: string[] = [];
-  for (const p of peers) {
+  for (const p of batch > 1 ? [] : peers) {
     const key = `${p}/${layout}`;
     const r: PeerResult = await benchPeerMatmul(p as PeerName, m, k, n, layout, {
       reps,
@@ -196,14 +267,23 @@ for (const [label, m, k, n, layout] of shapes) {
       if (r.note && !notes.some((x) => x.startsWith(`${p}:`))) notes.push(`${p}: ${r.note}`);
     }
   }
-  console.log(
-    `| ${label} | ${layout} | ${fmt(ours)} | ${fmt(storageOnly)} | ${cells.join(" | ")} |`,
-  );
+  if (batch > 1) { for (const _ of peers) cells.push("–", "–"); }
+  row([label, layout, fmt(ours), ...forced.map((f) => fmt(f)), ...cells]);
 }
 if (notes.length) console.log(`\n${notes.map((x) => `- ${x}`).join("\n")}`);
 if (peers.length) {
   console.log(`\npeer versions: ${JSON.stringify(await peerVersions())}`);
   closePeers();
+}
+
+console.log(
+  `\n## Split-K: Aᵀ·B with few outputs over a long K (weight gradients of small layers)\n`,
+);
+console.log(`| M×K×N | GFLOP/s split | GFLOP/s unsplit | split/unsplit |`);
+console.log(`|---|---|---|---|`);
+for (const [m, k, n] of [[32, 2048, 32], [64, 4096, 32], [16, 8192, 16]]) {
+  const [on, off] = await splitK(m, k, n);
+  console.log(`| ${m}×${k}×${n} | ${fmt(on)} | ${fmt(off)} | ${fmt(on / off)}× |`);
 }
 
 const ts = await trainingStep();

@@ -8,13 +8,18 @@
  *     compiles each candidate config, checks it against a float64 CPU reference (sampled outputs
  *     for big shapes) and prints median GFLOP/s per shape and layout.
  *
- *   deno run -A bench/matmul_probe.ts --check [--seed=1] [--cases=300]
+ *   deno run -A bench/matmul_probe.ts --check [--seed=1] [--cases=300] [--variants=a,b]
  *     correctness sweep over ragged, skinny and batched shapes in all layouts, every vec4 flag
- *     combination, the chosen table configs and the "gpu" (workgroup-memory) kernel.
+ *     combination, the table's configs, each kernel family forced, and textured operands.
  *
- * Timed runs during which other processes used > 0.15 cores (from /proc/stat) are discarded and
- * retried after waiting for a quiet moment (`--quiet-wait=S` seconds at most); cells where not
- * enough clean runs were found are starred in the summary table.
+ * Candidate names: see {@link parseCandidate}, plus `table` (the "cpu" table without subgroups)
+ * and `table-sg` (with this device's subgroups). Shapes are `S` (S³), `MxKxN` or `BxMxKxN`
+ * (batched), optionally with a layout suffix (`:NT`).
+ *
+ * All configs of one shape are compiled, checked and warmed first, then timed in alternating
+ * rounds, so a busy machine slows them alike; the ratio to the first config is printed. Rounds
+ * during which other processes used > 0.15 cores (from /proc/stat) are counted as contended and
+ * cells where most were are starred in the summary table.
  *
  * Always run with DENO_WEBGPU_BACKEND=vulkan XDG_RUNTIME_DIR=<0700 dir> on the CPU machines.
  *
@@ -22,8 +27,10 @@
  */
 import {
   chooseMatmulConfig,
+  type MatmulFamily,
   matmulShader,
   type MatmulShaderConfig,
+  matmulTexLayout,
   matmulWorkgroups,
 } from "../ops/matmul_wgsl.ts";
 
@@ -142,6 +149,9 @@ interface Operands {
   B: GPUBuffer;
   C: GPUBuffer;
   U: GPUBuffer;
+  pr: Problem;
+  /** Operands copied into rgba32float textures (made on first use), with their row shifts. */
+  tex?: { A: GPUTexture | null; B: GPUTexture | null; U: GPUBuffer };
   strideA: number;
   strideB: number;
   strideC: number;
@@ -172,6 +182,7 @@ function makeOperands(pr: Problem, rand: () => number): Operands {
     B: makeBuffer(b),
     C: makeBuffer(c0),
     U,
+    pr,
     strideA,
     strideB,
     strideC,
@@ -184,9 +195,75 @@ function destroyOperands(o: Operands): void {
   o.B.destroy();
   o.C.destroy();
   o.U.destroy();
+  o.tex?.A?.destroy();
+  o.tex?.B?.destroy();
+  o.tex?.U.destroy();
 }
 
-function bindGroup(pipe: GPUComputePipeline, o: Operands): GPUBindGroup {
+/** The operand (rows x rowLen f32 in `buf`) as a texture laid out by matmulTexLayout. */
+function toTexture(buf: GPUBuffer, rows: number, rowLen: number): [GPUTexture, number] {
+  const lay = matmulTexLayout(rows, rowLen, device.limits.maxTextureDimension2D);
+  if (!lay) throw new Error(`no texture layout for ${rows}x${rowLen}`);
+  const texture = device.createTexture({
+    size: [lay.width, lay.height],
+    format: "rgba32float",
+    usage: GPUTextureUsage.COPY_DST | GPUTextureUsage.TEXTURE_BINDING,
+  });
+  const enc = device.createCommandEncoder();
+  const g = 2 ** lay.shift;
+  const full = Math.floor(rows / g);
+  if (full > 0) {
+    enc.copyBufferToTexture({ buffer: buf, bytesPerRow: lay.bytesPerRow, rowsPerImage: full }, {
+      texture,
+    }, [lay.width, full]);
+  }
+  const rest = rows - full * g;
+  if (rest > 0) {
+    enc.copyBufferToTexture(
+      { buffer: buf, offset: full * lay.bytesPerRow },
+      { texture, origin: [0, full] },
+      [(rest * rowLen) / 4, 1],
+    );
+  }
+  device.queue.submit([enc.finish()]);
+  return [texture, lay.shift];
+}
+
+function textures(o: Operands): NonNullable<Operands["tex"]> {
+  if (o.tex) return o.tex;
+  const { M, N, K, batch } = o.pr;
+  const nA = o.pr.broadcastA ? 1 : batch, nB = o.pr.broadcastB ? 1 : batch;
+  const [A, shiftA] = (o.pr.transA ? M : K) % 4 === 0
+    ? toTexture(o.A, nA * (o.pr.transA ? K : M), o.pr.transA ? M : K)
+    : [null, 0];
+  const [B, shiftB] = (o.pr.transB ? K : N) % 4 === 0
+    ? toTexture(o.B, nB * (o.pr.transB ? N : K), o.pr.transB ? K : N)
+    : [null, 0];
+  const U = device.createBuffer({
+    size: 48,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(
+    U,
+    0,
+    new Uint32Array([M, N, K, batch, o.strideA, o.strideB, o.strideC, shiftA, shiftB, 0, 0, 0]),
+  );
+  o.tex = { A, B, U };
+  return o.tex;
+}
+
+function bindGroup(pipe: GPUComputePipeline, o: Operands, cfg: MatmulShaderConfig): GPUBindGroup {
+  if (cfg.texA || cfg.texB) {
+    const t = textures(o);
+    const entries: GPUBindGroupEntry[] = [];
+    if (!cfg.texA) entries.push({ binding: 0, resource: { buffer: o.A } });
+    if (!cfg.texB) entries.push({ binding: entries.length, resource: { buffer: o.B } });
+    entries.push({ binding: entries.length, resource: { buffer: o.C } });
+    entries.push({ binding: entries.length, resource: { buffer: t.U } });
+    if (cfg.texA) entries.push({ binding: entries.length, resource: t.A!.createView() });
+    if (cfg.texB) entries.push({ binding: entries.length, resource: t.B!.createView() });
+    return device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
+  }
   return device.createBindGroup({
     layout: pipe.getBindGroupLayout(0),
     entries: [
@@ -298,33 +375,34 @@ function withShape(
 // ---------------------------------------------------------------------------------------------
 // Candidates for the benchmark
 
-const CANDIDATES: Record<string, Partial<MatmulShaderConfig>> = {
-  "r8x8_wg8x8": { tileM: 8, tileN: 8, wgX: 8, wgY: 8 },
-  "r8x16_wg8x8": { tileM: 8, tileN: 16, wgX: 8, wgY: 8 },
-  "r16x16_wg8x2": { tileM: 16, tileN: 16, wgX: 8, wgY: 2 },
-  "r16x16_wg8x8": { tileM: 16, tileN: 16, wgX: 8, wgY: 8 },
-  "r16x16_wg8x1": { tileM: 16, tileN: 16, wgX: 8, wgY: 1 },
-  "r16x16_wg4x4": { tileM: 16, tileN: 16, wgX: 4, wgY: 4 },
-  "r16x16_wg2x8": { tileM: 16, tileN: 16, wgX: 2, wgY: 8 },
-  "r16x16_wg16x4": { tileM: 16, tileN: 16, wgX: 16, wgY: 4 },
-  "r16x24_wg8x2": { tileM: 16, tileN: 24, wgX: 8, wgY: 2 },
-  "r24x16_wg8x2": { tileM: 24, tileN: 16, wgX: 8, wgY: 2 },
-  "r16x32_wg8x2": { tileM: 16, tileN: 32, wgX: 8, wgY: 2 },
-  "r32x16_wg8x2": { tileM: 32, tileN: 16, wgX: 8, wgY: 2 },
-  "r24x24_wg8x2": { tileM: 24, tileN: 24, wgX: 8, wgY: 2 },
-  "r32x32_wg8x1": { tileM: 32, tileN: 32, wgX: 8, wgY: 1 },
-  "table": {},
-  "table-large": {},
-  "table-sg": {},
-  // subgroupA at other workgroup widths (the table uses 8x1); vec4-able A only.
-  "sg16x16_wg16x1": { tileM: 16, tileN: 16, wgX: 16, wgY: 1, subgroupA: true },
-  "sg16x16_wg32x1": { tileM: 16, tileN: 16, wgX: 32, wgY: 1, subgroupA: true },
-};
+/**
+ * Candidates by name: `sgA32x16` (A shared across the subgroup, 32x16 per invocation, wg 8x1),
+ * `sgB8x32` (B shared, wg 8x1 along M), `r16x16_wg8x2` (no subgroup, wg 8x2 by default); a suffix
+ * `_tA` / `_tB` reads that operand through a texture.
+ */
+function parseCandidate(name: string): Partial<MatmulShaderConfig> | undefined {
+  const m = /^(r|sgA|sgB)(\d+)x(\d+)(?:_wg(\d+)x(\d+))?(_tA)?(_tB)?$/.exec(name);
+  if (!m) return undefined;
+  const [tileM, tileN] = [Number(m[2]), Number(m[3])];
+  const wg = m[4] ? [Number(m[4]), Number(m[5])] : m[1] === "r" ? [8, 2] : [8, 1];
+  return {
+    tileM,
+    tileN,
+    wgX: wg[0],
+    wgY: wg[1],
+    subgroupA: m[1] === "sgA",
+    subgroupB: m[1] === "sgB",
+    texA: !!m[6],
+    texB: !!m[7],
+  };
+}
 
-function parseShape(s: string): [number, number, number] {
+/** `S` (S³), `MxKxN` or `BxMxKxN` (batched) as [batch, M, K, N]. */
+function parseShape(s: string): [number, number, number, number] {
   const parts = s.split("x").map(Number);
-  if (parts.length === 1) return [parts[0], parts[0], parts[0]];
-  if (parts.length === 3) return [parts[0], parts[1], parts[2]]; // MxKxN
+  if (parts.length === 1) return [1, parts[0], parts[0], parts[0]];
+  if (parts.length === 3) return [1, parts[0], parts[1], parts[2]];
+  if (parts.length === 4) return [parts[0], parts[1], parts[2], parts[3]];
   throw new Error(`bad shape ${s}`);
 }
 
@@ -352,16 +430,6 @@ function otherCores(a: ReturnType<typeof cpuSample>, b: ReturnType<typeof cpuSam
   return Math.max(0, (b.busy - a.busy) - (b.self - a.self)) / dt;
 }
 
-/** Wait (up to `maxMs`) until other processes use < 0.1 cores over a 250 ms window. */
-async function waitQuiet(maxMs: number): Promise<void> {
-  const end = performance.now() + maxMs;
-  while (performance.now() < end) {
-    const a = cpuSample();
-    await new Promise((r) => setTimeout(r, 250));
-    if (otherCores(a, cpuSample()) < 0.1) return;
-  }
-}
-
 function median(xs: number[]): number {
   const s = [...xs].sort((x, y) => x - y);
   const h = s.length >> 1;
@@ -369,7 +437,7 @@ function median(xs: number[]): number {
 }
 
 async function bench(): Promise<void> {
-  const cfgNames = (argv.get("configs") ?? "r8x16_wg8x8,r16x16_wg8x2,table").split(",");
+  const cfgNames = (argv.get("configs") ?? "table-sg,sgA16x16,r16x16").split(",");
   // Shapes are given as M x K x N (the training shape 2048x512x1376 is M=2048, K=512, N=1376).
   // A shape may carry a layout suffix (":NT") to run only that layout. "train" expands to the
   // three matmuls of one linear layer x[2048,512]·W[1376,512]ᵀ: forward y (NT), dX (NN), dW (TN).
@@ -379,86 +447,100 @@ async function bench(): Promise<void> {
   const layouts = (argv.get("layouts") ?? "NN,NT,TN").split(",");
   const runs = Number(argv.get("runs") ?? 5);
   const targetFlops = Number(argv.get("flops") ?? 3e9);
-  const quietWait = Number(argv.get("quiet-wait") ?? 20) * 1000;
   const rand = rng(42);
-  const rows: string[] = [];
   const table: Record<string, Record<string, string>> = {};
   console.log(`device: ${adapter!.info.description || adapter!.info.vendor}; runs=${runs}`);
   for (const spec of shapes) {
     const [shape, only] = spec.split(":");
-    const [M, K, N] = parseShape(shape);
+    const [batch, M, K, N] = parseShape(shape);
     for (const lay of only ? [only] : layouts) {
       const transA = lay[0] === "T", transB = lay[1] === "T";
       const pr: Problem = {
         M,
         N,
         K,
-        batch: 1,
+        batch,
         transA,
         transB,
         broadcastA: false,
         broadcastB: false,
       };
       const o = makeOperands(pr, rand);
+      const flops = 2 * M * N * K * batch;
+      // Compile, check and warm every config, then time them in alternating rounds so that a busy
+      // machine slows all of them alike.
+      const runsOf: {
+        tag: string;
+        go: (times: number) => GPUCommandBuffer;
+        gf: number[];
+        dirty: number;
+        line: string;
+        bad: string | null;
+      }[] = [];
       for (const name of cfgNames) {
-        const base = CANDIDATES[name];
+        const base = name.startsWith("table") ? {} : parseCandidate(name);
         if (!base) throw new Error(`unknown config ${name}`);
         const cfg = name === "table"
           ? chooseMatmulConfig(M, N, K, transA, transB, "cpu")
-          : name === "table-large"
-          ? chooseMatmulConfig(M, N, K, transA, transB, "cpu", { largeTiles: true })
           : name === "table-sg"
           ? chooseMatmulConfig(M, N, K, transA, transB, "cpu", { subgroupSize })
           : withShape(base, M, N, K, transA, transB);
         const { pipe, fresh } = pipelineFor(cfg);
-        const bg = bindGroup(pipe, o);
-        const wg = matmulWorkgroups(cfg, M, N, 1);
-        const flops = 2 * M * N * K;
-        // First dispatch (compile if fresh) + correctness.
-        let t0 = performance.now();
+        const bg = bindGroup(pipe, o, cfg);
+        const wg = matmulWorkgroups(cfg, M, N, batch);
+        const t0 = performance.now();
         device.queue.submit([encode(pipe, bg, wg, 1)]);
         await device.queue.onSubmittedWorkDone();
         const first = performance.now() - t0;
         const c = await readBuffer(o.C);
-        const samples = M * N <= 256 * 256 ? 0 : 512;
+        const samples = batch * M * N <= 256 * 256 ? 0 : 512;
         const { maxRel, bad } = verify(pr, o, c, samples, rand);
         if (bad) console.error(`  WRONG ${name} ${shape} ${lay}: ${bad}`);
-        // Timing: several dispatches per submit, one warmup, median of `runs`.
-        const times = Math.max(1, Math.min(64, Math.round(targetFlops / flops)));
-        device.queue.submit([encode(pipe, bg, wg, times)]);
-        await device.queue.onSubmittedWorkDone();
-        // Runs during which other processes used > 0.15 cores are discarded (up to 4x retries).
-        const gf: number[] = [], dirty: number[] = [];
-        for (let r = 0; gf.length < runs && r < 4 * runs; r++) {
-          if (r > 0 && dirty.length) await waitQuiet(quietWait);
-          const c0 = cpuSample();
-          t0 = performance.now();
-          device.queue.submit([encode(pipe, bg, wg, times)]);
-          await device.queue.onSubmittedWorkDone();
-          const g = (flops * times) / ((performance.now() - t0) * 1e6);
-          (otherCores(c0, cpuSample()) > 0.15 ? dirty : gf).push(g);
-        }
-        const contended = gf.length < runs;
-        if (contended) gf.push(...dirty);
-        const med = median(gf);
         const tag = name.startsWith("table")
-          ? `${name}(${cfg.tileM}x${cfg.tileN}_wg${cfg.wgX}x${cfg.wgY})`
+          ? `${name}(${
+            cfg.subgroupA ? "sgA" : cfg.subgroupB ? "sgB" : "r"
+          }${cfg.tileM}x${cfg.tileN})`
           : name;
-        const line =
-          `${tag.padEnd(26)} ${shape.padEnd(14)} ${lay}  ${med.toFixed(2).padStart(6)} GFLOP/s` +
-          `  [${Math.min(...gf).toFixed(2)}..${Math.max(...gf).toFixed(2)}] x${times}` +
-          `  first=${first.toFixed(0)}ms${fresh ? " (compile)" : ""}  maxrel=${
+        runsOf.push({
+          tag,
+          go: (times) => encode(pipe, bg, wg, times),
+          gf: [],
+          dirty: 0,
+          bad,
+          line: `first=${first.toFixed(0)}ms${fresh ? " (compile)" : ""}  maxrel=${
             maxRel.toExponential(1)
-          }` +
-          (dirty.length
-            ? `  (${dirty.length} contended runs${contended ? " USED" : " dropped"})`
-            : "") +
-          (bad ? "  WRONG" : "");
+          }`,
+        });
+      }
+      const times = Math.max(1, Math.min(64, Math.round(targetFlops / flops)));
+      for (const r of runsOf) {
+        device.queue.submit([r.go(times)]);
+        await device.queue.onSubmittedWorkDone();
+      }
+      for (let round = 0; round < runs; round++) {
+        for (const r of runsOf) {
+          const c0 = cpuSample();
+          const t0 = performance.now();
+          device.queue.submit([r.go(times)]);
+          await device.queue.onSubmittedWorkDone();
+          r.gf.push((flops * times) / ((performance.now() - t0) * 1e6));
+          if (otherCores(c0, cpuSample()) > 0.15) r.dirty++;
+        }
+      }
+      const ref = median(runsOf[0].gf);
+      for (const r of runsOf) {
+        const med = median(r.gf);
+        const line =
+          `${r.tag.padEnd(26)} ${shape.padEnd(14)} ${lay}  ${med.toFixed(2).padStart(6)} GFLOP/s (${
+            (med / ref).toFixed(2)
+          }x)  [${Math.min(...r.gf).toFixed(2)}..${
+            Math.max(...r.gf).toFixed(2)
+          }] x${times}  ${r.line}` + (r.dirty ? `  (${r.dirty} contended runs)` : "") +
+          (r.bad ? "  WRONG" : "");
         console.log(line);
-        rows.push(line);
-        (table[tag] ??= {})[`${shape} ${lay}`] = bad
+        (table[r.tag] ??= {})[`${shape} ${lay}`] = r.bad
           ? "WRONG"
-          : med.toFixed(1) + (contended ? "*" : "");
+          : med.toFixed(1) + (r.dirty * 2 > runs ? "*" : "");
       }
       destroyOperands(o);
     }
@@ -564,45 +646,25 @@ async function check(): Promise<void> {
     });
   }
   // Config variants checked per case.
+  const table = (kernel: MatmulFamily, kind: "cpu" | "gpu" = "cpu") => (pr: Problem) =>
+    chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, kind, {
+      subgroupSize,
+      family: kernel,
+    });
+  const shaped = (base: Partial<MatmulShaderConfig>) => (pr: Problem) =>
+    withShape(base, pr.M, pr.N, pr.K, pr.transA, pr.transB);
   const variants: [string, (pr: Problem) => MatmulShaderConfig][] = [
-    ["table-cpu", (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "cpu")],
-    ["table-gpu", (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "gpu")],
-    [
-      // The subgroup-shared-A kernel (falls back to table-cpu where it does not apply, e.g. no
-      // subgroups of size 8 or A not vec4-able).
-      "table-sg",
-      (pr) => chooseMatmulConfig(pr.M, pr.N, pr.K, pr.transA, pr.transB, "cpu", { subgroupSize }),
-    ],
-    [
-      "scalar16x16",
-      (pr) =>
-        withShape(
-          { vec4A: false, vec4B: false, vec4C: false },
-          pr.M,
-          pr.N,
-          pr.K,
-          pr.transA,
-          pr.transB,
-        ),
-    ],
-    [
-      "vec4-8x16",
-      (pr) =>
-        withShape({ tileM: 8, tileN: 16, wgX: 8, wgY: 8 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
-    ],
-    [
-      "vec4-16x32",
-      (pr) =>
-        withShape({ tileM: 16, tileN: 32, wgX: 8, wgY: 2 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
-    ],
+    // The table, and each family forced (each falls back down the table where it cannot apply,
+    // e.g. subgroupB without vec4-able B or without subgroups of 8).
+    ["table-cpu", table("auto")],
+    ["table-gpu", table("auto", "gpu")],
+    ["subgroupA", table("subgroupA")],
+    ["register", table("register")],
+    ["smem8x8", shaped({ kind: "smem", tileM: 8, tileN: 8, wgX: 16, wgY: 16 })],
+    ["scalar16x16", shaped({ vec4A: false, vec4B: false, vec4C: false })],
+    ["vec4-8x16", shaped({ tileM: 8, tileN: 16, wgX: 8, wgY: 8 })],
+    ["tex16x16", shaped({ texA: true, texB: true })],
   ];
-  // 32x32 tiles (the opt-in "largeTiles" table entry): NN/TN with all-vec4 shapes only, since each
-  // such pipeline costs ~7 s to compile cold.
-  variants.push([
-    "r32x32",
-    (pr) =>
-      withShape({ tileM: 32, tileN: 32, wgX: 8, wgY: 1 }, pr.M, pr.N, pr.K, pr.transA, pr.transB),
-  ]);
   const extra = argv.get("variants");
   const useVariants = extra ? variants.filter(([n]) => extra.split(",").includes(n)) : variants;
   let worst = 0, failures = 0, n = 0, sgRuns = 0;
@@ -612,12 +674,13 @@ async function check(): Promise<void> {
     const o = makeOperands(pr, rand);
     for (const [vname, mk] of useVariants) {
       const cfg = mk(pr);
-      if (vname === "r32x32" && (pr.transB || !cfg.vec4A || !cfg.vec4B || !cfg.vec4C)) continue;
-      if (cfg.subgroupA) sgRuns++;
+      if (cfg.texA && !cfg.vec4A) cfg.texA = false;
+      if (cfg.texB && !cfg.vec4B) cfg.texB = false;
+      if (cfg.subgroupA || cfg.subgroupB) sgRuns++;
       const { pipe } = pipelineFor(cfg);
       // reset C to the sentinel
       device.queue.writeBuffer(o.C, 0, new Float32Array(o.C.size / 4).fill(SENTINEL));
-      const bg = bindGroup(pipe, o);
+      const bg = bindGroup(pipe, o, cfg);
       device.queue.submit([encode(pipe, bg, matmulWorkgroups(cfg, pr.M, pr.N, pr.batch), 1)]);
       const c = await readBuffer(o.C);
       const { maxRel, bad } = verify(pr, o, c, 0, rand);
@@ -638,7 +701,7 @@ async function check(): Promise<void> {
   console.log(
     `check: ${cases.length} shapes x ${useVariants.length} variants = ${n} runs, ${failures} failures, ` +
       `max rel err ${worst.toExponential(2)}, ${pipelineCache.size} pipelines, ` +
-      `${((performance.now() - t0) / 1000).toFixed(1)} s, ${sgRuns} subgroupA runs ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s, ${sgRuns} subgroup-kernel runs ` +
       `(subgroup size ${subgroupSize ?? "n/a"})`,
   );
   for (const [v, e] of perVariant) {

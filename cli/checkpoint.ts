@@ -270,11 +270,21 @@ function fileBytes(t: Tensor): number {
   return t.dtype === "bf16" ? t.size * 2 : t.dtype === "u8" ? t.size : t.size * 4;
 }
 
+/** Options of {@link loadCheckpoint}. */
+export interface LoadCheckpointOptions {
+  /** Load the optimizer state (default true); false leaves `optState` null and allocates none of it. */
+  readonly optState?: boolean;
+}
+
 /**
  * Reads a checkpoint, streaming each tensor from the file to the device in bounded chunks; errors
  * name the file and the problem.
  */
-export async function loadCheckpoint(path: string): Promise<TrainingState> {
+export async function loadCheckpoint(
+  path: string,
+  opts: LoadCheckpointOptions = {},
+): Promise<TrainingState> {
+  const withOpt = opts.optState ?? true;
   const file = await openSafetensors(path);
   const md = file.metadata;
   let meta: Record<string, unknown>;
@@ -307,6 +317,7 @@ export async function loadCheckpoint(path: string): Promise<TrainingState> {
     const parts = scope(() =>
       JSON.parse(md.skeleton, (_, v) => {
         if (typeof v !== "object" || v === null || typeof v.$tensor !== "string") return v;
+        if (!withOpt && /^opt(\.|$)/.test(v.$tensor)) return null;
         const e = file.entries.get(v.$tensor);
         if (!e) throw new Error(`${path}: tensor ${v.$tensor} is missing (corrupt checkpoint?)`);
         const dtype = FROM_FILE[e.dtype];
@@ -331,7 +342,8 @@ export async function loadCheckpoint(path: string): Promise<TrainingState> {
       tree.dispose(parts);
       throw e;
     }
-    return { params: parts.params, buffers: parts.buffers, optState: parts.optState, step, meta };
+    const optState = withOpt ? parts.optState : null;
+    return { params: parts.params, buffers: parts.buffers, optState, step, meta };
   } finally {
     file.close();
   }

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { type MethodName, METHODS } from "./run_config.ts";
+import type { Packing } from "../data/batches.ts";
 
 /** A flag: value kind, default (shown in --help) and description. */
 export interface FlagSpec {
@@ -19,6 +20,11 @@ export const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     default: "tiny",
     help: "preset (tiny, small, 60m, 130m, 350m, 1b, 7b) or a JSON config file",
+  },
+  init: {
+    type: "string",
+    help:
+      "start from a Hugging Face LLaMA folder (its config.json replaces --model; sltrain/lowrank factorize its weights, relora freezes them)",
   },
   method: { type: "string", default: "sltrain", help: `training method: ${METHODS.join(", ")}` },
   rank: {
@@ -92,14 +98,15 @@ export const FLAGS: Record<string, FlagSpec> = {
   data: {
     type: "string",
     default: "Brown corpus",
-    help: "training text: a .txt file, a folder of text files, or .jsonl with a text field",
+    help:
+      "training text: a .txt file, a folder of text files, .jsonl with a text field, or a prepare.ts shard folder",
   },
   "val-data": { type: "string", help: "validation text (default: a held-out part of --data)" },
   "val-fraction": { type: "string", default: "0.1", help: "held-out fraction of --data documents" },
   tokenizer: {
     type: "string",
-    default: "bytes for tiny/small, llama otherwise",
-    help: "bytes or llama",
+    default: "bytes for tiny/small, llama otherwise; a shard folder's own",
+    help: "bytes, llama, or a tokenizer.json (or a folder holding one)",
   },
   packing: {
     type: "string",
@@ -244,6 +251,15 @@ export function oneOf<T extends string>(flags: RawFlags, name: string, choices: 
 export const posInt = (v: number): boolean => Number.isInteger(v) && v > 0;
 /** Non-negative integer check. */
 export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
+
+/** The --packing flag: `packed` (default) or `none`. */
+export function packingFlag(flags: RawFlags): Packing {
+  const packing = String(flags.packing ?? "packed");
+  if (packing !== "packed" && packing !== "none") {
+    throw new FlagError(`--packing ${packing}: expected packed or none`);
+  }
+  return packing;
+}
 
 /** Validates a method name. */
 export function methodName(s: string, flag = "method"): MethodName {

@@ -2,9 +2,11 @@
  * Text generation from a training checkpoint: rebuild the model from the checkpoint's run config,
  * then sample token by token (greedy, or temperature + top-k with a seeded generator).
  *
- * There is no KV cache: every new token runs a full forward over the last `window` tokens, so a
- * step costs O(window²) attention and one GPU sync to read the last position's logits back.
- * That is plenty for looking at what a small model learned, and keeps the model code training-only.
+ * By default a KV cache (models/kv_cache.ts) runs the prompt once and then one token per step,
+ * with every block linear merged into its dense weight first (models/merge.ts); `cache: false`
+ * runs a full forward over the last `window` tokens for every new token instead (O(window²)
+ * attention per step), the reference the cached path is tested against. Either way a step costs
+ * one GPU sync to read the logits back.
  * @module
  */
 import { Rng } from "../core/rng.ts";
@@ -20,6 +22,8 @@ import {
 } from "../models/llama.ts";
 import { matmul } from "../ops/matmul.ts";
 import { slice } from "../ops/shape.ts";
+import { disposeCache, extend, type KVCache } from "../models/kv_cache.ts";
+import { denseModel } from "../models/merge.ts";
 import { loadCheckpoint } from "./checkpoint.ts";
 import { linearMethod, type RunConfig } from "./run_config.ts";
 
@@ -80,7 +84,7 @@ export interface LoadedModel {
 
 /**
  * Loads `path` (a checkpoint file, or a run folder holding `checkpoint.safetensors`); the
- * optimizer state is freed at once. Errors name the file and what is wrong with it.
+ * optimizer state is not loaded. Errors name the file and what is wrong with it.
  */
 export async function loadModel(path: string): Promise<LoadedModel> {
   // A folder is a run's --out; the file inside has a fixed name.
@@ -93,8 +97,7 @@ export async function loadModel(path: string): Promise<LoadedModel> {
   if (file !== path && !(await Deno.stat(file).catch(() => null))) {
     throw new Error(`${path} holds no checkpoint.safetensors`);
   }
-  const ck = await loadCheckpoint(file);
-  tree.dispose(ck.optState);
+  const ck = await loadCheckpoint(file, { optState: false });
   const run = ck.meta.run as RunConfig | undefined;
   const cfg = run?.model as LlamaConfig | undefined;
   if (!run || !cfg || typeof cfg.vocabSize !== "number" || typeof run.method !== "string") {
@@ -147,6 +150,14 @@ export interface GenerateOptions extends SamplingOptions {
   seed: number;
   /** Called with each new token id as soon as it is chosen (e.g. to stream text). */
   onToken?: (id: number) => void | Promise<void>;
+  /** Stop when this id is chosen (the tokenizer's end of text); it is neither returned nor streamed. */
+  stopAt?: number;
+  /**
+   * Use the KV cache (default true). The cached path sees the same context as the full recompute
+   * while prompt + generated tokens fit the window; past it, it restarts from the last half window
+   * (one prefill) rather than sliding by one token, so its tokens may differ from there on.
+   */
+  cache?: boolean;
 }
 
 /** Generates `opts.tokens` ids after `prompt` (ids, non-empty) and returns them. */
@@ -163,14 +174,60 @@ export async function generate(
   const rng = new Rng(opts.seed);
   const ids = [...prompt];
   const out: number[] = [];
-  for (let i = 0; i < opts.tokens; i++) {
-    const logits = await nextLogits(loaded.model, loaded.params, ids.slice(-opts.window));
-    const id = sampleToken(logits, opts, rng);
-    ids.push(id);
-    out.push(id);
-    await opts.onToken?.(id);
+  const next = opts.cache === false
+    ? { logits: () => nextLogits(loaded.model, loaded.params, ids.slice(-opts.window)), done() {} }
+    : cachedLogits(loaded, ids, opts.window);
+  try {
+    for (let i = 0; i < opts.tokens; i++) {
+      const id = sampleToken(await next.logits(), opts, rng);
+      if (id === opts.stopAt) break;
+      ids.push(id);
+      out.push(id);
+      await opts.onToken?.(id);
+    }
+  } finally {
+    next.done();
   }
   return out;
+}
+
+/**
+ * Next-token logits for the growing list `ids` (appended to by the caller between calls), from a
+ * KV cache over a dense copy of the model: the first call prefills the last `window` ids, each
+ * later call runs the one id added since; a cache that reaches `window` restarts from the last
+ * half window. `done` frees the cache and the dense copy.
+ */
+function cachedLogits(
+  loaded: { model: LlamaModel; params: LlamaParams },
+  ids: readonly number[],
+  window: number,
+): { logits(): Promise<Float32Array>; done(): void } {
+  const dense = denseModel(loaded.model, loaded.params);
+  let cache: KVCache | null = null;
+  return {
+    async logits() {
+      const full = cache !== null && cache.length >= window;
+      if (full) disposeCache(cache!);
+      const step = cache && !full
+        ? extend(dense.model, dense.params, cache, ids.slice(-1))
+        : extend(
+          dense.model,
+          dense.params,
+          null,
+          ids.slice(full ? -Math.ceil(window / 2) : -window),
+        );
+      cache = step.cache;
+      try {
+        return (await step.logits.data()) as Float32Array;
+      } finally {
+        step.logits.dispose();
+      }
+    },
+    done() {
+      if (cache) disposeCache(cache);
+      dense.dispose();
+    },
+  };
 }
 
 /** Incremental decoding for streaming output; see {@link textStream}. */

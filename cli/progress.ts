@@ -1,5 +1,6 @@
 /**
- * Training progress: a redrawn one-line bar on a TTY, plain periodic lines otherwise.
+ * Progress of training or any long job: a redrawn one-line bar on a TTY, plain periodic lines
+ * otherwise.
  * @module
  */
 import { fmtBytes, fmtDuration } from "./format.ts";
@@ -41,19 +42,33 @@ export class Progress {
   /** Shows an update (redraw on a TTY; a line every `every` steps otherwise). */
   update(p: ProgressInfo): void {
     const eta = p.step > 0 ? (p.elapsed / p.step) * (p.total - p.step) : NaN;
-    const text = `${this.#label} step ${p.step}/${p.total}  loss ${p.loss.toFixed(4)}  lr ${
-      p.lr.toExponential(2)
-    }  ${Math.round(p.tokensPerSec)} tok/s  ETA ${fmtDuration(eta)}  mem ${
-      fmtBytes(p.liveBytes)
-    } (peak ${fmtBytes(p.peakBytes)})`;
+    this.show(
+      p.step,
+      p.total,
+      `step ${p.step}/${p.total}  loss ${p.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  ${
+        Math.round(p.tokensPerSec)
+      } tok/s  ETA ${fmtDuration(eta)}  mem ${fmtBytes(p.liveBytes)} (peak ${
+        fmtBytes(p.peakBytes)
+      })`,
+    );
+  }
+
+  /**
+   * Shows `text` for `done` of `total` units of any kind: a redrawn bar on a TTY, otherwise a
+   * line each time `every` more units are done, and once at the end.
+   */
+  show(done: number, total: number, text: string): void {
+    const line = `${this.#label} ${text}`;
     if (this.#tty) {
       const width = 24;
-      const done = Math.round((p.step / Math.max(1, p.total)) * width);
-      const bar = `[${"#".repeat(done)}${".".repeat(width - done)}]`;
-      Deno.stderr.writeSync(this.#enc.encode(`\r\x1b[2K${bar} ${text}`));
-    } else if (p.step - this.#lastLine >= this.#every || p.step === p.total) {
-      this.#lastLine = p.step;
-      console.error(text);
+      const filled = Math.round((Math.min(done, total) / Math.max(1, total)) * width);
+      const bar = `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
+      Deno.stderr.writeSync(this.#enc.encode(`\r\x1b[2K${bar} ${line}`));
+    } else if (
+      done - this.#lastLine >= this.#every || (done === total && this.#lastLine !== total)
+    ) {
+      this.#lastLine = done;
+      console.error(line);
     }
   }
 

@@ -120,6 +120,14 @@ export interface RunIO {
    * evaluation and checkpoint (if any) are done.
    */
   onStep?: (step: number) => void;
+  /**
+   * The weights a fresh run starts from (default: `initLlama` with the run's seed), e.g. a
+   * Hugging Face model (`train.ts --init`). Not called when resuming.
+   */
+  initModel?: (
+    run: RunConfig,
+    method: LinearMethod,
+  ) => Promise<{ params: LlamaParams; buffers: LlamaBuffers }>;
 }
 
 /**
@@ -198,7 +206,9 @@ async function startRun(
   const guardOf = (params: LlamaParams) =>
     new NonFiniteGuard(tree.paths(params), run.onNonfinite ?? "stop");
   if (!(io.resume && ckptPath && await exists(ckptPath))) {
-    const { params, buffers } = initLlama(run.model, method, run.seed);
+    const { params, buffers } = io.initModel
+      ? await io.initModel(run, method)
+      : initLlama(run.model, method, run.seed);
     const o = optimizerAt(run, params, 0);
     return {
       run,

@@ -7,7 +7,7 @@ import { Rng } from "../core/rng.ts";
 import type { TokenizedDocs } from "./cache.ts";
 
 /** Label value of targets that the loss ignores (padding). */
-export const IGNORE_INDEX = -100;
+export const IGNORE_INDEX: number = -100;
 
 /** How documents become sequences. */
 export type Packing = "packed" | "none";
@@ -22,54 +22,72 @@ export interface Sequences {
   fill(i: number, inputs: Int32Array, targets: Int32Array, offset: number): void;
 }
 
+/** Random access to a token stream (in memory, or token shards on disk). */
+export interface TokenSource {
+  /** Number of tokens. */
+  readonly length: number;
+  /** Tokens `[start, end)`, `0 <= start <= end <= length`. */
+  read(start: number, end: number): ArrayLike<number>;
+}
+
 /**
- * Packs documents, each followed by `eos`, into one stream and cuts windows of `seq + 1` tokens
- * that overlap by one (window k = stream[k·seq … k·seq + seq]): every token is an input exactly
- * once per epoch and a target exactly once (but the first). The last window is padded with `pad`
- * inputs and ignored targets.
+ * Windows of `seq + 1` tokens that overlap by one (window k = stream[k·seq … k·seq + seq]): every
+ * token is an input exactly once per epoch and a target exactly once (but the first). The last
+ * window is padded with `pad` inputs and ignored targets.
  */
+export function packedWindows(stream: TokenSource, seq: number, pad: number): Sequences {
+  const total = stream.length;
+  return {
+    count: Math.ceil(total / seq),
+    seq,
+    fill(i, inputs, targets, o) {
+      const start = i * seq;
+      const w = stream.read(start, Math.min(start + seq + 1, total));
+      for (let t = 0; t < seq; t++) {
+        inputs[o + t] = t < w.length ? w[t] : pad;
+        targets[o + t] = t + 1 < w.length ? w[t + 1] : IGNORE_INDEX;
+      }
+    },
+  };
+}
+
+/** Packs documents, each followed by `eos`, into one stream cut by {@link packedWindows}. */
 export function packedSequences(
   docs: TokenizedDocs,
   seq: number,
   eos: number,
   pad: number,
 ): Sequences {
-  const total = docs.reduce((n, d) => n + d.length + 1, 0);
-  const stream = new Uint32Array(total);
+  const stream = new Uint32Array(docs.reduce((n, d) => n + d.length + 1, 0));
   let off = 0;
   for (const d of docs) {
     stream.set(d, off);
     stream[off + d.length] = eos;
     off += d.length + 1;
   }
-  const count = Math.ceil(total / seq);
-  return {
-    count,
+  return packedWindows(
+    { length: stream.length, read: (a, b) => stream.subarray(a, b) },
     seq,
-    fill(i, inputs, targets, o) {
-      const start = i * seq;
-      for (let t = 0; t < seq; t++) {
-        const p = start + t;
-        inputs[o + t] = p < total ? stream[p] : pad;
-        targets[o + t] = p + 1 < total && p < total ? stream[p + 1] : IGNORE_INDEX;
-      }
-    },
-  };
+    pad,
+  );
 }
 
-/** One document per sequence: its tokens plus `eos`, truncated to `seq + 1`, padded with ignored targets. */
-export function documentSequences(
-  docs: TokenizedDocs,
+/**
+ * One document per sequence: its tokens plus `eos`, truncated to `seq + 1`, padded with ignored
+ * targets. `doc(i)` returns document i (at least its first `seq + 1` tokens, or all of it).
+ */
+export function documentWindows(
+  count: number,
+  doc: (i: number) => ArrayLike<number>,
   seq: number,
   eos: number,
   pad: number,
 ): Sequences {
-  const list = docs.filter((d) => d.length > 0);
   return {
-    count: list.length,
+    count,
     seq,
     fill(i, inputs, targets, o) {
-      const d = list[i];
+      const d = doc(i);
       const n = d.length + 1; // with eos
       const at = (p: number) => (p < d.length ? d[p] : eos);
       for (let t = 0; t < seq; t++) {
@@ -78,6 +96,17 @@ export function documentSequences(
       }
     },
   };
+}
+
+/** {@link documentWindows} over in-memory documents; empty documents are skipped. */
+export function documentSequences(
+  docs: TokenizedDocs,
+  seq: number,
+  eos: number,
+  pad: number,
+): Sequences {
+  const list = docs.filter((d) => d.length > 0);
+  return documentWindows(list.length, (i) => list[i], seq, eos, pad);
 }
 
 /** A batch of `batch` sequences, row-major [batch, seq]. */

@@ -5,23 +5,10 @@
 import { Checksum } from "../core/checksum.ts";
 import type { Doc } from "./brown.ts";
 import type { Tokenizer } from "./tokenizer.ts";
+import { sha256OfParts } from "./hash.ts";
 
 /** Tokenized documents: one Uint32Array of ids per document. */
 export type TokenizedDocs = Uint32Array[];
-
-async function sha256Hex(parts: readonly string[]): Promise<string> {
-  const enc = new TextEncoder();
-  const chunks = parts.map((p) => enc.encode(p));
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length + 4, 0));
-  let off = 0;
-  for (const c of chunks) {
-    new DataView(all.buffer).setUint32(off, c.length);
-    all.set(c, off + 4);
-    off += c.length + 4;
-  }
-  const h = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
-  return Array.from(h, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 /** Default cache folder: `$SLTRAIN_CACHE` or `~/.cache/sltrain/tokens`. */
 export function defaultCacheDir(): string {
@@ -41,7 +28,7 @@ export async function tokenizeCached(
   tok: Tokenizer,
   cacheDir: string | null = defaultCacheDir(),
 ): Promise<{ docs: TokenizedDocs; cached: boolean }> {
-  const key = await sha256Hex([tok.name, ...docs.map((d) => d.text)]);
+  const key = await sha256OfParts([tok.name, ...docs.map((d) => d.text)]);
   const file = cacheDir ? `${cacheDir}/${key}.bin` : null;
   if (file) {
     const hit = await readCache(file, docs.length);

@@ -1,6 +1,7 @@
 /**
  * LLaMA model configs, block-linear parameterizations (dense, low-rank, SLTrain, ReLoRA) and
- * analytic parameter and memory estimates.
+ * analytic parameter and memory estimates, merging into dense weights, factorizing dense weights,
+ * and KV-cached decoding.
  * @module
  */
 export {
@@ -42,3 +43,6 @@ export * from "./llama.ts";
 export * from "./memory.ts";
 export * from "./refactor.ts";
 export * from "./relora.ts";
+export * from "./merge.ts";
+export * from "./kv_cache.ts";
+export * from "./factorize.ts";

@@ -9,16 +9,20 @@ import { ShapeError } from "../core/errors.ts";
 import { assertF32 } from "../core/dtype.ts";
 import { destroyAfterSubmit, encodeCopyToTexture, registerCache } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
-import { recordOp } from "../core/tape.ts";
+import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import {
   chooseMatmulConfig,
+  type MatmulFamily,
   matmulKernel,
+  type MatmulShaderConfig,
   type MatmulTexLayout,
   matmulTexLayout,
   matmulWorkgroups,
 } from "./matmul_wgsl.ts";
 import { sum } from "./reduce.ts";
+
+export type { MatmulFamily } from "./matmul_wgsl.ts";
 
 /** Layout flags of {@link matmul}. */
 export interface MatmulOptions {
@@ -80,16 +84,36 @@ function plan(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Plan {
 }
 
 function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
-  const out = Tensor.empty(p.outShape);
-  if (sizeOf(p.outShape) === 0) return out;
-  if (p.k === 0) {
-    out.dispose();
-    return zeros(p.outShape);
-  }
-  const { kind, limits, subgroupSize } = deviceInfo();
+  if (sizeOf(p.outShape) === 0) return Tensor.empty(p.outShape);
+  if (p.k === 0) return zeros(p.outShape);
+  const { kind, subgroupSize } = deviceInfo();
   const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
-    subgroupSize: useSubgroups ? subgroupSize : undefined,
+    subgroupSize,
+    family: forcedFamily,
   });
+  const parts = splitKParts(cfg, p);
+  if (parts > 1) {
+    // Aᵀ·B over K = parts·Ks is the sum of `parts` products over consecutive row blocks of A and
+    // B: a batched product with batch strides Ks·M and Ks·N, then a sum over the batch.
+    const ks = p.k / parts;
+    const partial = Tensor.empty([parts, p.m, p.n]);
+    const sub: Plan = { ...p, batch: parts, k: ks, aBatched: true, bBatched: true };
+    // Same config: for Aᵀ·B the vec4 flags depend on M and N only.
+    encodeMatmul(a, b, partial, sub, cfg);
+    const out = untracked(() => sum(partial, 0)); // [M, N]: split products are 2-D only
+    partial.dispose();
+    return out;
+  }
+  const out = Tensor.empty(p.outShape);
+  encodeMatmul(a, b, out, p, cfg);
+  return out;
+}
+
+// Records one product into `out` (which has the plan's shape): texture copy of A if it pays, then
+// the kernel of `cfg`.
+function encodeMatmul(a: Tensor, b: Tensor, out: Tensor, p: Plan, cfg: MatmulShaderConfig): void {
+  const { transA } = cfg;
+  const { limits } = deviceInfo();
   const uniforms = {
     M: p.m,
     N: p.n,
@@ -100,19 +124,13 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     strideC: p.m * p.n,
   };
   const workgroups = matmulWorkgroups(cfg, p.m, p.n, p.batch);
-  // Only untransposed A goes through a texture: there each invocation reads its own rows of A, the
-  // pattern where textureLoad beats storage loads on llvmpipe (~1.1-1.3x end to end, copy
-  // included); for Aᵀ, and for B in any layout, it measured no faster or slower. Where the
-  // subgroup kernel was chosen (subgroups of 8, e.g. lavapipe) it replaces the texture path: its
-  // A loads are shared across the subgroup and need no copy; the texture path remains the
-  // fallback on adapters without fixed-size-8 subgroups (e.g. GL).
-  const aRows = (p.aBatched ? p.batch : 1) * p.m;
-  const tex = kind === "cpu" && !transA && cfg.kind === "reg" && cfg.vec4A && !cfg.subgroupA &&
-      2 * p.batch * p.m * p.n * p.k >= textureMinFlops
-    ? matmulTexLayout(aRows, p.k, limits.maxTextureDimension2D)
+  const aRows = (p.aBatched ? p.batch : 1) * (transA ? p.k : p.m);
+  const aRowLen = transA ? p.m : p.k;
+  const tex = useTextureA(cfg, p)
+    ? matmulTexLayout(aRows, aRowLen, limits.maxTextureDimension2D)
     : null;
   if (tex) {
-    const tA = copyToTexture(a, aRows, p.k, tex);
+    const tA = copyToTexture(a, aRows, aRowLen, tex);
     const shifts = { shiftA: tex.shift, shiftB: 0 };
     matmulKernel({ ...cfg, texA: true })(
       { B: b, C: out, tA },
@@ -122,19 +140,71 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
   } else {
     matmulKernel(cfg)({ A: a, B: b, C: out }, uniforms, workgroups);
   }
-  return out;
 }
 
-let useSubgroups = true;
+/**
+ * Whether A goes through an rgba32float texture (register kernels on "cpu" adapters, vec4 A, big
+ * enough products). textureLoad fetches the 8 lanes' texels in straight-line code, where a storage
+ * load is a per-lane loop with branches, so it pays where A's loads miss the cache:
+ *  - Aᵀ with the B-sharing kernel: each K step reads 4 rows of Aᵀ that lie M floats apart, which
+ *    the prefetcher does not follow; textured it measured 1.03-2x faster, copy included (same
+ *    run: 1024³ 1.13x, 1376x2048x512 2.0x, 2048x512x1376 1.10x, 352x2048x128 1.04x), e.g. the
+ *    weight gradient dW = dYᵀ·X.
+ *  - untransposed A in the plain register kernel (no subgroups, e.g. GL): each invocation reads
+ *    its own rows; ~1.1-1.3x end to end, copy included.
+ * Elsewhere it measured no faster than storage, so the copy is not paid.
+ */
+function useTextureA(cfg: MatmulShaderConfig, p: Plan): boolean {
+  if (deviceInfo().kind !== "cpu" || cfg.kind !== "reg" || !cfg.vec4A || cfg.subgroupA) {
+    return false;
+  }
+  if (2 * p.batch * p.m * p.n * p.k < textureMinFlops) return false;
+  return cfg.subgroupB ? cfg.transA : !cfg.transA;
+}
 
 /**
- * Allows (default) or forbids the subgroup kernel for "cpu" adapters with subgroups of exactly 8
- * (A loads shared across the subgroup; it replaces the texture path there); returns the previous
- * setting. Meant for tests and benchmarks.
+ * Number of K blocks for split-K, or 1. Only Aᵀ·B splits (its K blocks are contiguous row blocks of
+ * both operands, so a split is a batched product), and only 2-D products whose output gives too
+ * few workgroups to keep every llvmpipe thread busy while K is long: the weight gradient
+ * dW = dYᵀ·X with K = tokens and a small layer (e.g. 32x128 over 2048 tokens).
  */
-export function setMatmulSubgroups(enabled: boolean): boolean {
-  const prev = useSubgroups;
-  useSubgroups = enabled;
+function splitKParts(cfg: MatmulShaderConfig, p: Plan): number {
+  if (!cfg.transA || cfg.transB || p.batch !== 1 || cfg.kind !== "reg") return 1;
+  const [x, y] = matmulWorkgroups(cfg, p.m, p.n, 1);
+  let parts = 1;
+  while (
+    x * y * parts < splitMinWorkgroups && p.k % (2 * parts) === 0 &&
+    p.k / (2 * parts) >= SPLIT_MIN_K
+  ) parts *= 2;
+  return parts;
+}
+
+// Split-K targets: one workgroup per core (llvmpipe runs one thread per core), each with a K block
+// of at least SPLIT_MIN_K. Only outputs with fewer workgroups than cores split, so the extra sum
+// dispatch is paid only where a core would otherwise idle.
+let splitMinWorkgroups = navigator.hardwareConcurrency || 2;
+const SPLIT_MIN_K = 256;
+
+/**
+ * Sets the number of workgroups split-K aims for (default: the number of cores; 0 switches
+ * split-K off); returns the previous value. Meant for tests and benchmarks.
+ */
+export function setMatmulSplitK(minWorkgroups: number): number {
+  const prev = splitMinWorkgroups;
+  splitMinWorkgroups = minWorkgroups;
+  return prev;
+}
+
+let forcedFamily: MatmulFamily = "auto";
+
+/**
+ * Forces a kernel family for every later matmul where the shape and device allow it (see
+ * {@link MatmulFamily}); `"auto"` (the default) restores the per-adapter table. Returns the
+ * previous setting. Meant for tests and benchmarks.
+ */
+export function setMatmulFamily(family: MatmulFamily): MatmulFamily {
+  const prev = forcedFamily;
+  forcedFamily = family;
   return prev;
 }
 
@@ -143,9 +213,10 @@ export function setMatmulSubgroups(enabled: boolean): boolean {
 let textureMinFlops = 2 ** 26;
 
 /**
- * Sets the minimum 2·batch·M·N·K at which a matmul with untransposed A on a "cpu" (llvmpipe)
- * adapter reads A through an rgba32float texture; returns the previous value. `0` uses the texture
- * path whenever the shape allows it (K % 4 == 0, texture within maxTextureDimension2D), `Infinity`
+ * Sets the minimum 2·batch·M·N·K at which a matmul on a "cpu" (llvmpipe) adapter reads A through
+ * an rgba32float texture where that pays (Aᵀ in the B-sharing kernel, untransposed A in the plain
+ * register kernel); returns the previous value. `0` uses the texture path whenever the shape
+ * allows it (A's rows a multiple of 4 long, texture within maxTextureDimension2D), `Infinity`
  * never. Meant for tests and benchmarks.
  */
 export function setMatmulTextureThreshold(minFlops: number): number {

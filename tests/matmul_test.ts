@@ -1,6 +1,12 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
-import { matmul, setMatmulSubgroups, setMatmulTextureThreshold } from "../ops/mod.ts";
+import {
+  matmul,
+  type MatmulFamily,
+  setMatmulFamily,
+  setMatmulSplitK,
+  setMatmulTextureThreshold,
+} from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { deviceInfo } from "../core/device.ts";
 import { startProfile, stopProfile } from "../core/kernel.ts";
@@ -101,25 +107,15 @@ Deno.test("matmul: every layout, ragged/batched/broadcast shapes: forward and bo
   await checkRandomCases(40);
 });
 
-Deno.test("matmul: the subgroup kernel (subgroups of 8) is the one used, and matches", async () => {
-  const info = deviceInfo();
-  const sg = info.kind === "cpu" && info.subgroupSize === 8;
-  const profiling = info.timestamps && sg;
-  // [A shape, B shape, transA, transB]: A vec4-able (K % 4 == 0, or M % 4 == 0 for Aᵀ), M and N
-  // ragged against the 16x16 tile and the 8-lane workgroup, batched and shared operands, and
-  // Aᵀ with K % 4 != 0 (the K tail loads without broadcasts).
-  const cases: [number[], number[], boolean, boolean][] = [
-    [[130, 64], [64, 129], false, false],
-    [[37, 40], [20, 40], false, true],
-    [[1, 8], [8, 300], false, false],
-    [[2, 33, 44], [2, 44, 17], false, false],
-    [[33, 12], [3, 12, 9], false, false],
-    [[3, 12, 8], [8, 7], false, false],
-    [[13, 36], [13, 150], true, false],
-    [[2, 7, 20], [2, 7, 3], true, false],
-    [[64, 4], [64, 257], true, false],
-    [[9, 8], [5, 9], true, true],
-  ];
+/**
+ * Runs each case, checks it against the float64 reference and returns the dispatch counts per
+ * kernel name (empty without timestamp queries).
+ */
+async function runCases(
+  cases: readonly [number[], number[], boolean, boolean][],
+  tol = { atol: 1e-4, rtol: 1e-4 },
+): Promise<Map<string, number>> {
+  const profiling = deviceInfo().timestamps;
   if (profiling) startProfile();
   try {
     for (const [as, bs, tA, tB] of cases) {
@@ -130,20 +126,92 @@ Deno.test("matmul: the subgroup kernel (subgroups of 8) is the one used, and mat
       const z = matmul(x, y, { transA: tA, transB: tB });
       const [got] = await readAll([z]);
       assertClose(got, matmulRef(A, B, tA, tB).data, {
-        atol: 1e-4,
-        rtol: 1e-4,
+        ...tol,
         what: `${as}${tA ? "ᵀ" : ""} · ${bs}${tB ? "ᵀ" : ""}`,
       });
       for (const t of [x, y, z]) t.dispose();
     }
-    if (profiling) {
-      const names = (await stopProfile()).map((e) => e.name);
-      for (const n of ["matmul_NN_sg", "matmul_NT_sg", "matmul_TN_sg", "matmul_TT_sg"]) {
-        assert.ok(names.includes(n), `${n} not in ${names}`);
-      }
-    }
+    return new Map(profiling ? (await stopProfile()).map((e) => [e.name, e.count]) : []);
   } finally {
     if (profiling) await stopProfile();
+  }
+}
+
+// [A shape, B shape, transA, transB]: vec4-able operands with M and N ragged against the tiles and
+// the 8-lane workgroups, batched and shared operands, and K % 4 != 0 where the layout allows it
+// (the K tail loads without broadcasts).
+const subgroupCases: [number[], number[], boolean, boolean][] = [
+  [[130, 64], [64, 129], false, false], // B not vec4-able: the A-sharing kernel
+  [[130, 64], [64, 132], false, false],
+  [[37, 40], [20, 40], false, true],
+  [[1, 8], [8, 300], false, false],
+  [[2, 33, 44], [2, 44, 16], false, false],
+  [[33, 12], [3, 12, 8], false, false],
+  [[3, 12, 8], [8, 7], false, false],
+  [[13, 36], [13, 152], true, false],
+  [[2, 7, 20], [2, 7, 4], true, false],
+  [[64, 4], [64, 257], true, false],
+  [[9, 8], [5, 9], true, true],
+  [[8, 9], [5, 8], true, true],
+];
+
+Deno.test("matmul: the subgroup kernels (subgroups of 8) are the ones used, and match", async () => {
+  const info = deviceInfo();
+  const names = [...(await runCases(subgroupCases)).keys()];
+  if (info.kind === "cpu" && info.subgroupSize === 8 && info.timestamps) {
+    for (const l of ["NN", "NT", "TN", "TT"]) {
+      assert.ok(names.includes(`matmul_${l}_sgB`), `matmul_${l}_sgB not in ${names}`);
+    }
+    assert.ok(names.includes("matmul_NN_sgA"), `matmul_NN_sgA not in ${names}`);
+  }
+});
+
+Deno.test("matmul: every kernel family, forced, matches on random and edge shapes", async () => {
+  const families: [MatmulFamily, string][] = [
+    ["subgroupA", "sgA"],
+    ["register", ""],
+    ["workgroupMemory", "smem"],
+  ];
+  for (const [family, tag] of families) {
+    const prev = setMatmulFamily(family);
+    try {
+      const names = [...(await runCases(subgroupCases)).keys()];
+      const info = deviceInfo();
+      if (tag && info.timestamps && (tag !== "sgA" || info.subgroupSize === 8)) {
+        assert.ok(names.some((n) => n.endsWith(`_${tag}`)), `${family}: ${names}`);
+      }
+      await checkRandomCases(8);
+    } finally {
+      setMatmulFamily(prev);
+    }
+  }
+});
+
+Deno.test("matmul: split-K (Aᵀ·B with few outputs, long K) matches, gradients too", async () => {
+  // Aim for 8 workgroups whatever this machine's core count: 8x8 and 40x24 outputs (one
+  // workgroup each) over K = 2048 split 8 ways; K = 1030 does not split evenly past 2 parts; a
+  // batched product never splits.
+  const prev = setMatmulSplitK(8);
+  try {
+    const counts = await runCases([
+      [[2048, 8], [2048, 8], true, false],
+      [[2048, 40], [2048, 24], true, false],
+      [[1030, 5], [1030, 3], true, false],
+      [[2, 1024, 8], [2, 1024, 8], true, false],
+    ], { atol: 1e-3, rtol: 1e-4 });
+    if (deviceInfo().kind === "cpu" && deviceInfo().timestamps) {
+      // The three 2-D cases split, each product followed by a sum over its K blocks.
+      assert.equal(counts.get("sum"), 3, `${[...counts]}`);
+    }
+    await checkOp({
+      op: ([x, y]) => matmul(x, y, { transA: true }),
+      ref: ([x, y]) => matmulRef(x, y, true, false),
+      inputs: [randomArr([1024, 4], 11), randomArr([1024, 4], 12)],
+      fwd: { atol: 1e-3, rtol: 1e-4 },
+      grad: { atol: 5e-2, rtol: 5e-3 },
+    });
+  } finally {
+    setMatmulSplitK(prev);
   }
 });
 
@@ -173,49 +241,51 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
 
 Deno.test("matmul: the texture path for A (forced on) matches the float64 reference", async () => {
   const prev = setMatmulTextureThreshold(0);
-  // The subgroup kernel, where the device has one, replaces the texture path: switch it off here.
-  const prevSg = setMatmulSubgroups(false);
-  const profiling = deviceInfo().timestamps;
+  const prevKernel = setMatmulFamily("auto");
   try {
-    // [A shape, B shape, transB]. K = 64 packs one A row per texture row, K = 40 eight (with 37
-    // rows, so a partial last texture row), K = 44 sixteen, K = 1376 two; 17000 rows of K = 64 are
-    // over maxTextureDimension2D (16384 on lavapipe) and need two rows per texture row.
-    const cases: [number[], number[], boolean][] = [
-      [[130, 64], [64, 129], false],
-      [[37, 40], [40, 20], false],
-      [[2, 33, 44], [2, 44, 17], false],
-      [[33, 12], [3, 12, 9], false], // A shared across the batch
-      [[3, 12, 8], [8, 7], false], // folded x[b, t, k] · W
-      [[50, 1376], [20, 1376], true],
-      [[2, 9, 16], [2, 11, 16], true],
-      [[17000, 64], [64, 4], false],
-      [[5, 6], [6, 7], false], // K % 4 != 0: not texturable, storage path
-    ];
-    if (profiling) startProfile();
-    for (const [as, bs, tB] of cases) {
-      const A = randomArr(as, sizeOf(as));
-      const B = randomArr(bs, sizeOf(bs) + 1);
-      const x = toTensor(A);
-      const y = toTensor(B);
-      const z = matmul(x, y, { transB: tB });
-      const [got] = await readAll([z]);
-      assertClose(got, matmulRef(A, B, false, tB).data, {
-        atol: 1e-3,
-        rtol: 1e-4,
-        what: `${as} · ${bs}${tB ? "ᵀ" : ""}`,
-      });
-      for (const t of [x, y, z]) t.dispose();
+    // Untransposed A, in the register kernel (the path of adapters without subgroups). K = 64
+    // packs one A row per texture row, K = 40 eight (with 37 rows, so a partial last texture row),
+    // K = 44 sixteen, K = 1376 two; 17000 rows of K = 64 are over maxTextureDimension2D (16384 on
+    // lavapipe) and need two rows per texture row.
+    setMatmulFamily("register");
+    const plain = await runCases([
+      [[130, 64], [64, 129], false, false],
+      [[37, 40], [40, 20], false, false],
+      [[2, 33, 44], [2, 44, 17], false, false],
+      [[33, 12], [3, 12, 9], false, false], // A shared across the batch
+      [[3, 12, 8], [8, 7], false, false], // folded x[b, t, k] · W
+      [[50, 1376], [20, 1376], false, true],
+      [[2, 9, 16], [2, 11, 16], false, true],
+      [[17000, 64], [64, 4], false, false],
+      [[5, 6], [6, 7], false, false], // K % 4 != 0: not texturable, storage path
+    ], { atol: 1e-3, rtol: 1e-4 });
+    // Aᵀ (rows of K, M long), in the B-sharing kernel where the device has subgroups of 8:
+    // batched, shared across the batch, a split-K product, and M % 4 != 0 (storage path).
+    setMatmulFamily("auto");
+    const transposed = await runCases([
+      [[37, 44], [37, 16], true, false],
+      [[2, 21, 8], [2, 21, 12], true, false],
+      [[21, 8], [3, 21, 12], true, false],
+      [[1024, 8], [1024, 8], true, false],
+      [[40, 12], [7, 40], true, true],
+      [[9, 6], [9, 8], true, false],
+    ], { atol: 1e-3, rtol: 1e-4 });
+    const info = deviceInfo();
+    if (info.timestamps && info.kind === "cpu") {
+      for (const n of ["matmul_NN_tex", "matmul_NT_tex"]) assert.ok(plain.has(n), `${[...plain]}`);
+      if (info.subgroupSize === 8) {
+        for (const n of ["matmul_TN_sgB_tex", "matmul_TT_sgB_tex"]) {
+          assert.ok(transposed.has(n), `${[...transposed]}`);
+        }
+      }
     }
-    if (profiling && deviceInfo().kind === "cpu") {
-      const names = (await stopProfile()).map((e) => e.name);
-      assert.ok(names.includes("matmul_NN_tex") && names.includes("matmul_NT_tex"), `${names}`);
-    }
-    // Gradients too: backward runs NN and NT matmuls, which now take the texture path.
-    await checkRandomCases(20);
+    // Gradients too: backward runs NN, NT and TN matmuls, which now take the texture paths.
+    await checkRandomCases(12);
+    setMatmulFamily("register");
+    await checkRandomCases(12);
   } finally {
-    if (profiling) await stopProfile();
     setMatmulTextureThreshold(prev);
-    setMatmulSubgroups(prevSg);
+    setMatmulFamily(prevKernel);
   }
 });
 
