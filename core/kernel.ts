@@ -264,7 +264,7 @@ export function dispatch(call: KernelCall): void {
   if (x * y * z === 0) return;
   const what = describe(call);
   const pipeline = pipelineFor(call.name, call.code, what);
-  // The label is how wgpu's validation messages (at submit) name the op and its shapes.
+  // Labelled, so that wgpu's messages about the bind group name the op and its shapes.
   const bindGroup = device.createBindGroup({
     layout: pipeline.getBindGroupLayout(0),
     entries,
