@@ -217,6 +217,10 @@ Deno.test("fuzz: model configs with wrong types, missing and extra fields: a Con
 const textArb = fc.oneof(
   fc.constant(new Uint8Array(0)),
   fc.uint8Array({ maxLength: 200 }), // binary
+  fc.tuple(fc.string({ maxLength: 20 }), fc.nat(20)).map(([s, at]) => {
+    const u = new TextEncoder().encode(s + "\n" + s);
+    return Uint8Array.from([...u.subarray(0, at), 0, ...u.subarray(at)]); // text with a NUL
+  }),
   fc.string({ maxLength: 80 }).map((s) => new TextEncoder().encode(s)), // UTF-8
   fc.string({ maxLength: 40 }).map((s) => Uint8Array.from(s, (c) => c.charCodeAt(0) & 255)), // latin-1
   fc.tuple(fc.string({ maxLength: 20 }), fc.string({ maxLength: 20 })).map(([a, b]) => {
