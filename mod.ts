@@ -63,13 +63,16 @@ export {
   DisposedError,
   DTypeError,
   GradientError,
+  NonFiniteError,
   ShapeError,
   SLTrainError,
 } from "./core/errors.ts";
 export {
   type Binding,
+  cacheStats,
   dispatch,
   dispatchStats,
+  gated,
   type KernelCall,
   type ProfileEntry,
   startProfile,

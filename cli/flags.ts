@@ -115,6 +115,12 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   "eval-tokens": { type: "string", default: "16384", help: "validation tokens per evaluation" },
   "log-every": { type: "string", default: "10", help: "read the training loss back every k steps" },
+  "on-nonfinite": {
+    type: "string",
+    default: "stop",
+    help: "a step with a NaN/Inf loss or gradient: stop (keep the last good checkpoint) or skip " +
+      "(its update is not applied)",
+  },
   seed: {
     type: "string",
     default: "42",
@@ -143,7 +149,15 @@ export const FLAGS: Record<string, FlagSpec> = {
     default: "runs/<method>-<time>",
     help: "output folder: log.jsonl, checkpoint, loss.svg, summary.json",
   },
-  resume: { type: "boolean", help: "continue from the checkpoint in --out" },
+  resume: {
+    type: "boolean",
+    help: "continue the run in --out from its checkpoint (from step 0 if it has none yet)",
+  },
+  keep: {
+    type: "string",
+    default: "1",
+    help: "checkpoints to keep: the latest and the k-1 before it (checkpoint.step-N.safetensors)",
+  },
   compare: { type: "string", help: "comma-separated methods to run on the same data and budget" },
   help: { type: "boolean", help: "show this help" },
 };
@@ -204,8 +218,17 @@ export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]):
     return values as RawFlags;
   } catch (e) {
     if (e instanceof FlagError) throw e;
-    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
-    throw new FlagError(`${msg}; see --help`);
+    const msg = (e as Error).message;
+    // node:util's "argument is ambiguous" case: a value that starts with a dash.
+    const dash = /^Option '(--[\w-]+)' argument is ambiguous/.exec(msg);
+    if (dash) {
+      throw new FlagError(
+        `${dash[1]}: a value starting with "-" must be written ${dash[1]}=VALUE (or it is missing)`,
+      );
+    }
+    throw new FlagError(
+      `${msg.replace(/\. To specify a positional argument.*$/s, "")}; see --help`,
+    );
   }
 }
 
@@ -214,12 +237,17 @@ export function parseFlags(argv: string[]): RawFlags {
   return parseFlagsWith(FLAGS, argv);
 }
 
-/** Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error. */
+/**
+ * Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error, printed
+ * as one `error: ...` message (with its stack only when SLTRAIN_DEBUG is set).
+ */
 export async function runCli(main: (argv: string[]) => Promise<number>): Promise<never> {
   try {
     Deno.exit(await main(Deno.args));
   } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
+    const err = e instanceof Error ? e : new Error(String(e));
+    console.error(`error: ${err.message || err.name}`);
+    if (Deno.env.get("SLTRAIN_DEBUG")) console.error(err.stack, "\ncaused by:", err.cause);
     Deno.exit(e instanceof FlagError ? 2 : 1);
   }
 }
@@ -239,6 +267,16 @@ export function num(
     throw new FlagError(`--${name} ${raw}: must be ${what}`);
   }
   return v;
+}
+
+/** A flag whose value is one of `choices` (the first is the default). */
+export function oneOf<T extends string>(flags: RawFlags, name: string, choices: readonly T[]): T {
+  const raw = flags[name];
+  if (raw === undefined) return choices[0];
+  if (!(choices as readonly unknown[]).includes(raw)) {
+    throw new FlagError(`--${name} ${raw}: expected ${choices.join(" or ")}`);
+  }
+  return raw as T;
 }
 
 /** Positive integer check. */

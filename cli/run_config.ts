@@ -3,6 +3,7 @@
  * schedule and an optimizer.
  * @module
  */
+import type { NonFinitePolicy } from "./guard.ts";
 import type { LlamaConfig } from "../models/config.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
@@ -124,6 +125,8 @@ export interface RunConfig {
   seed: number;
   /** Read the loss back every k steps (each read is a GPU sync). */
   logEvery: number;
+  /** What a step with a non-finite loss or gradient does (see `guard.ts`); default stop. */
+  onNonfinite?: NonFinitePolicy;
 }
 
 /** The block-linear parameterization of a run. */

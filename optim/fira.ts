@@ -95,13 +95,13 @@ export function fira(
         );
       }
       const channels = geos.map(channelsOf);
-      return withProjectors(g, state, { rank, updateProjGap, gram: opts.gram }, (proj) => {
+      return withProjectors(g, state, { rank, updateProjGap, gram: opts.gram }, (use, proj) => {
         // Before the inner transform consumes R: its channel norms, and the residual in G's buffer.
         const den: Tensor[] = [];
         const small = g.map((gi, i) => {
-          const r = project(gi, proj[i], geos[i].left);
+          const r = project(gi, use[i], geos[i].left);
           den.push(channelNorms(r, channels[i]));
-          const sub = projectBack(r, proj[i], geos[i].left);
+          const sub = projectBack(r, use[i], geos[i].left);
           g[i] = axpbyInPlace(gi, 1, sub, -scale);
           sub.dispose();
           return r;
@@ -116,7 +116,7 @@ export function fira(
             });
             if (s.prev) norm.push(s.prev);
             const scaled = scale === 1 ? ni : scaleInPlace(ni, scale);
-            const back = projectBack(scaled, proj[i], geos[i].left);
+            const back = projectBack(scaled, use[i], geos[i].left);
             scaled.dispose();
             const u = axpbyInPlace(back, 1, s.x, 1);
             s.x.dispose();

@@ -1,10 +1,8 @@
 import assert from "node:assert/strict";
 import { readSafetensors } from "../cli/safetensors.ts";
 import type { RunConfig } from "../cli/run_config.ts";
-import { resumeConflicts, type RunData, trainRun } from "../cli/trainer.ts";
-import { packedSequences } from "../data/batches.ts";
-import { Rng } from "../core/rng.ts";
-import { quietIO, toyRun } from "./fixtures.ts";
+import { resumeConflicts, trainRun } from "../cli/trainer.ts";
+import { quietIO, toyData, toyRun } from "./fixtures.ts";
 import { backward, setup } from "./util.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { readAll, tensor } from "../core/tensor.ts";
@@ -21,14 +19,7 @@ function runConfig(method: RunConfig["method"], steps: number): RunConfig {
   return toyRun({ method, steps });
 }
 
-function data(): RunData {
-  const rng = new Rng(1);
-  const doc = () => Uint32Array.from({ length: 60 }, () => 1 + rng.nextInt(39));
-  return {
-    train: packedSequences([doc(), doc(), doc()], 8, 0, 0),
-    val: packedSequences([doc()], 8, 0, 0),
-  };
-}
+const data = toyData;
 
 async function params(dir: string): Promise<Map<string, Uint32Array>> {
   const f = await readSafetensors(`${dir}/checkpoint.safetensors`);
