@@ -8,7 +8,7 @@ import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
 import { convert } from "./convert.ts";
 import { forEachWindow } from "./windows.ts";
-import { adopt, captureCreated, ones, Tensor, zeros } from "./tensor.ts";
+import { adopt, captureCreated, ones, scope, Tensor, zeros } from "./tensor.ts";
 import * as tree from "./tree.ts";
 import type { TensorTree } from "./tree.ts";
 
@@ -69,6 +69,12 @@ export interface BackwardOptions {
    * for that entry. This is what lets an optimizer update each parameter during backward.
    */
   onGrad?: (grad: Tensor, index: number) => void;
+  /**
+   * The gradient of `output` to start from (its shape; not consumed). Default: one, which needs a
+   * scalar output. A vector-Jacobian product of a non-scalar output, e.g. a recomputed segment's
+   * (see {@link checkpoint}).
+   */
+  outputGrad?: Tensor;
 }
 
 /**
@@ -150,9 +156,14 @@ export class Tape {
     opts: BackwardOptions = {},
   ): (Tensor | undefined)[] {
     if (this.#used) throw new GradientError("this tape has already been used for backward");
-    if (output.size !== 1) {
+    const seed = opts.outputGrad;
+    if (seed ? !shapesEqual(seed.shape, output.shape) : output.size !== 1) {
       throw new GradientError(
-        `backward needs a scalar output, got shape ${fmtShape(output.shape)}`,
+        seed
+          ? `backward: outputGrad ${fmtShape(seed.shape)} does not match the output ${
+            fmtShape(output.shape)
+          }`
+          : `backward needs a scalar output, got shape ${fmtShape(output.shape)}`,
       );
     }
     if (!this.#tracked.has(output)) {
@@ -199,7 +210,7 @@ export class Tape {
     };
 
     try {
-      slots.set(output, ones(output.shape));
+      slots.set(output, seed ? seed.view(seed.shape) : ones(output.shape));
       for (let i = nodes.length - 1; i >= 0; i--) {
         const node = nodes[i];
         const g = slots.get(node.output);
@@ -302,6 +313,43 @@ function accumulate(a: Tensor, b: Tensor): Tensor {
   a32.dispose();
   b32.dispose();
   return out;
+}
+
+/**
+ * Activation recomputation: `fn(inputs)` as ONE tape node that saves nothing of its insides.
+ * Forward runs `fn` without recording and frees its intermediates at once; the VJP runs `fn`
+ * again under a fresh tape and backpropagates the output gradient through it, returning the
+ * gradients of the float `inputs` (null for the others). So the tape holds a segment's inputs and
+ * output instead of all its activations, for one extra forward of the segment in backward.
+ *
+ * `inputs` must list every tensor of `fn` that needs a gradient (the segment's input and its
+ * parameters); tensors `fn` closes over are constants to it. `fn` must be deterministic (every
+ * kernel here is), which makes the gradients equal to the unsegmented ones bit for bit. Without a
+ * running tape this is just `fn(inputs)`.
+ */
+export function checkpoint(
+  fn: (inputs: readonly Tensor[]) => Tensor,
+  inputs: readonly Tensor[],
+): Tensor {
+  if (!active) return fn(inputs);
+  const y = untracked(() => scope(() => fn(inputs)));
+  recordOp("checkpoint", inputs, y, (g) => {
+    const tape = new Tape();
+    const wrt = inputs.filter((t) => t.dtype === "f32" || t.dtype === "bf16");
+    try {
+      tape.watch(...wrt);
+      const again = tape.run(() => fn(inputs));
+      const grads = tape.backward(again, wrt, { outputGrad: g });
+      again.dispose();
+      return inputs.map((t) => {
+        const k = wrt.indexOf(t);
+        return k < 0 ? null : grads[k];
+      });
+    } finally {
+      tape.dispose();
+    }
+  });
+  return y;
 }
 
 /**
