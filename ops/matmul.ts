@@ -5,8 +5,10 @@
  * @module
  */
 import { deviceInfo, gpuDevice } from "../core/device.ts";
-import { ShapeError } from "../core/errors.ts";
-import { assertF32 } from "../core/dtype.ts";
+import { DeviceLimitError, ShapeError } from "../core/errors.ts";
+import { convert } from "../core/convert.ts";
+import { assertDType, bytesPerElement } from "../core/dtype.ts";
+import { defineKernel } from "../core/define_kernel.ts";
 import { destroyAfterSubmit, encodeCopyToTexture } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
@@ -18,7 +20,9 @@ import {
   matmulTexLayout,
   matmulWorkgroups,
 } from "./matmul_wgsl.ts";
+import { forEachRowWindow, maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import { sum } from "./reduce.ts";
+import { stridedCopy } from "./strided.ts";
 
 /** Layout flags of {@link matmul}. */
 export interface MatmulOptions {
@@ -79,13 +83,9 @@ function plan(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Plan {
   };
 }
 
-function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
-  const out = Tensor.empty(p.outShape);
-  if (sizeOf(p.outShape) === 0) return out;
-  if (p.k === 0) {
-    out.dispose();
-    return zeros(p.outShape);
-  }
+// One dispatch (plus a texture copy) of op(a)·op(b) into `out` (f32, maybe a window of a larger
+// tensor); a and b are f32 and fit one binding each.
+function run(a: Tensor, b: Tensor, out: Tensor, transA: boolean, transB: boolean, p: Plan): void {
   const { kind, limits, subgroupSize } = deviceInfo();
   const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
     subgroupSize: useSubgroups ? subgroupSize : undefined,
@@ -122,6 +122,140 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
   } else {
     matmulKernel(cfg)({ A: a, B: b, C: out }, uniforms, workgroups);
   }
+}
+
+// The interim bf16 path: a bf16 operand (block) is widened to a transient f32 copy for one
+// dispatch and freed right after it (the dispatch is already recorded), so the tape keeps the
+// bf16 tensor. A kernel reading bf16 directly would need neither copy.
+function runWidened(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  transA: boolean,
+  transB: boolean,
+  p: Plan,
+): void {
+  const [a32, b32] = [convert(a, "f32"), convert(b, "f32")];
+  try {
+    run(a32, b32, out, transA, transB, p);
+  } finally {
+    a32.dispose();
+    b32.dispose();
+  }
+}
+
+/**
+ * op(a)·op(b) into `out` [..., M, N]. Operands and output that fit one storage binding (as f32)
+ * take one dispatch. A larger 2-D product runs in blocks of M, N and K, each operand block a
+ * zero-copy row window where the split axis is the operand's rows (M of C and of an untransposed
+ * A, N of a transposed B, K of a transposed A or an untransposed B) and a gathered copy of its
+ * columns otherwise (then the small operand, in a training step the activations); blocks over K
+ * add up into their block of C. A batched product over the limit throws a DeviceLimitError.
+ */
+function multiplyInto(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  transA: boolean,
+  transB: boolean,
+  p: Plan,
+): void {
+  const limit = maxWindowBytes();
+  const f32 = (t: Tensor) => t.size * 4;
+  if (f32(a) <= limit && f32(b) <= limit && out.bytes <= limit) {
+    runWidened(a, b, out, transA, transB, p);
+    return;
+  }
+  const { m, n, k } = p;
+  const refuse = (why: string) =>
+    new DeviceLimitError(
+      `matmul: ${fmtShape(a.shape)} ${a.dtype}${transA ? "ᵀ" : ""} · ${
+        fmtShape(b.shape)
+      } ${b.dtype}${transB ? "ᵀ" : ""} -> ${
+        fmtShape(out.shape)
+      }: ${why} (one storage binding holds ${limit} bytes)`,
+    );
+  if (p.batch > 1 || p.aBatched || p.bBatched) {
+    throw refuse("a batched product over one binding cannot be windowed");
+  }
+  const [bytesA, bytesB] = [bytesPerElement(a.dtype), bytesPerElement(b.dtype)];
+  // A window of an axis of `size` such that blocks `other` elements across fit the limit as f32,
+  // starting on aligned offsets of the operands whose rows the axis indexes (cut as views).
+  const window = (size: number, other: number, rowBytes: number[]) => {
+    if (4 * size * other <= limit) return size;
+    const step = rowAlignment(...rowBytes);
+    const w = Math.floor(limit / (4 * other) / step) * step;
+    if (w < 1) throw refuse(`a block ${step} x ${other} does not fit one binding`);
+    return w;
+  };
+  // N: rows of a transposed B. K: rows of an untransposed B and of a transposed A. M: rows of C
+  // and of an untransposed A. Each later window accounts for the earlier ones.
+  const nw = transB ? window(n, k, [k * bytesB]) : n;
+  const kRows = [...(transB ? [] : [n * bytesB]), ...(transA ? [m * bytesA] : [])];
+  const kw = kRows.length === 0 ? k : window(k, Math.max(transB ? 0 : nw, transA ? m : 0), kRows);
+  const mw = window(m, Math.max(nw, transA ? 0 : kw), [4 * n, ...(transA ? [] : [k * bytesA])]);
+  const a2 = a.view(transA ? [k, m] : [m, k]);
+  const b2 = b.view(transB ? [n, k] : [k, n]);
+  const c2 = out.view([m, n]);
+  try {
+    forEachRowWindow(m, mw, (m0, rows) => {
+      const cRows = rows === m ? c2.view(c2.shape) : c2.rows(m0, rows);
+      forEachRowWindow(n, nw, (n0, cols) => {
+        // The block of C: C's own rows when it spans every column, else a block copied in after.
+        const target = cols === n ? cRows : Tensor.empty([rows, cols]);
+        forEachRowWindow(k, kw, (k0, depth) => {
+          const aBlk = block(a2, !transA, [m0, rows], [k0, depth]);
+          const bBlk = block(b2, !transB, [k0, depth], [n0, cols]);
+          const dims = { ...p, m: rows, n: cols, k: depth, outShape: [rows, cols] };
+          const part = k0 === 0 ? target : Tensor.empty([rows, cols]);
+          runWidened(aBlk, bBlk, part, transA, transB, dims);
+          if (part !== target) {
+            ADD_INTO({ part, acc: target }, { n: part.size });
+            part.dispose();
+          }
+          aBlk.dispose();
+          bBlk.dispose();
+        });
+        if (target !== cRows) {
+          stridedCopy("matmul_columns", "scatter", target, cRows, [rows, cols], [n, 1], n0);
+          target.dispose();
+        }
+      });
+      cRows.dispose();
+    });
+  } finally {
+    for (const t of [a2, b2, c2]) t.dispose();
+  }
+}
+
+const ADD_INTO = defineKernel({
+  name: "matmul_accumulate",
+  inputs: { part: "f32" },
+  outputs: { acc: "f32" },
+  grid: "flat",
+  body: "  store_acc(i, load_acc(i) + load_part(i));",
+});
+
+/**
+ * The block [r0, r0 + nr) x [c0, c0 + nc) of a stored 2-D operand, in its stored layout; `rowsFirst`
+ * says whether the first range indexes the stored rows (else the stored matrix is its transpose).
+ * Row ranges are zero-copy windows; a column range is gathered into a new f32 tensor.
+ */
+function block(
+  t: Tensor,
+  rowsFirst: boolean,
+  first: [number, number],
+  second: [number, number],
+): Tensor {
+  const [[r0, nr], [c0, nc]] = rowsFirst ? [first, second] : [second, first];
+  const [rows, cols] = t.shape;
+  const view = nr === rows ? t.view(t.shape) : t.rows(r0, nr);
+  if (nc === cols) return view;
+  const src = convert(view, "f32");
+  view.dispose();
+  const out = Tensor.empty([nr, nc]);
+  stridedCopy("matmul_columns", "gather", src, out, [nr, nc], [cols, 1], c0);
+  src.dispose();
   return out;
 }
 
@@ -199,7 +333,7 @@ function copyToTexture(
   const full = Math.floor(rows / g);
   if (full > 0) {
     encodeCopyToTexture(
-      { buffer, bytesPerRow: lay.bytesPerRow, rowsPerImage: full },
+      { buffer, offset: x.offset, bytesPerRow: lay.bytesPerRow, rowsPerImage: full },
       { texture },
       [lay.width, full],
     );
@@ -207,7 +341,7 @@ function copyToTexture(
   const rest = rows - full * g;
   if (rest > 0) {
     encodeCopyToTexture(
-      { buffer, offset: full * lay.bytesPerRow },
+      { buffer, offset: x.offset + full * lay.bytesPerRow },
       { texture, origin: [0, full] },
       [(rest * rowLen) / 4, 1],
     );
@@ -215,19 +349,31 @@ function copyToTexture(
   return texture.createView();
 }
 
+function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
+  if (sizeOf(p.outShape) > 0 && p.k === 0) return zeros(p.outShape);
+  const out = Tensor.empty(p.outShape);
+  if (out.size > 0) multiplyInto(a, b, out, transA, transB, p);
+  return out;
+}
+
 /**
- * Matrix product op(A)·op(B) with op = identity or transpose per {@link MatmulOptions}.
+ * Matrix product op(A)·op(B) with op = identity or transpose per {@link MatmulOptions}, in f32.
  *
  * Shapes: A [..., M, K] (or [..., K, M] with `transA`), B [..., K, N] (or [..., N, K] with `transB`).
  * Leading (batch) dims must match, or one operand may be 2-D and is shared across the batch. A 2-D B
  * with an untransposed A of any rank multiplies the last axis: `x [B, T, D] · W [D, N] -> [B, T, N]`.
+ *
+ * Operands may be bf16 (weights): for now each is widened to a transient f32 copy per dispatch,
+ * which is freed at once; the tape keeps the bf16 operand, and its gradient comes out f32 (a bf16
+ * leaf's is stored as bf16 by the tape). Products larger than one storage binding run in row
+ * windows of A and C, or of a transposed B (see `multiplyInto` above).
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
-  assertF32("matmul", a, b);
+  assertDType("matmul", ["f32", "bf16"], a, b);
   const p = plan(a, b, transA, transB);
-  const y = run(a, b, transA, transB, p);
+  const y = product(a, b, transA, transB, p);
   const folded = b.rank === 2 && !transA;
   recordOp("matmul", [a, b], y, (g) => {
     const { ga, gb } = folded
