@@ -10,7 +10,7 @@ import { convert } from "../core/convert.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { defineKernel } from "../core/define_kernel.ts";
 import { destroyAfterSubmit, encodeCopyToTexture } from "../core/kernel.ts";
-import { fmtShape, sizeOf } from "../core/shape.ts";
+import { fmtShape, shapesEqual, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import {
@@ -146,11 +146,13 @@ function runWidened(
 
 /**
  * op(a)·op(b) into `out` [..., M, N]. Operands and output that fit one storage binding (as f32)
- * take one dispatch. A larger 2-D product runs in blocks of M, N and K, each operand block a
- * zero-copy row window where the split axis is the operand's rows (M of C and of an untransposed
- * A, N of a transposed B, K of a transposed A or an untransposed B) and a gathered copy of its
- * columns otherwise (then the small operand, in a training step the activations); blocks over K
- * add up into their block of C. A batched product over the limit throws a DeviceLimitError.
+ * take one dispatch. A larger 2-D product runs in blocks of M, N and K. A large operand is cut
+ * along its rows into zero-copy windows (M of an untransposed A, N of a transposed B, K of a
+ * transposed A or an untransposed B); other blocks are gathered copies (of the small operands: in
+ * a training step the activations, or of a large operand's row windows where a layout cuts it
+ * along its columns). Blocks over K add up into their block of C, which is a row window of a
+ * large C or copied into a small one. A batched product over the limit throws a DeviceLimitError
+ * naming the shapes.
  */
 function multiplyInto(
   a: Tensor,
@@ -189,20 +191,31 @@ function multiplyInto(
     return w;
   };
   // N: rows of a transposed B. K: rows of an untransposed B and of a transposed A. M: rows of C
-  // and of an untransposed A. Each later window accounts for the earlier ones.
-  const nw = transB ? window(n, k, [k * bytesB]) : n;
-  const kRows = [...(transB ? [] : [n * bytesB]), ...(transA ? [m * bytesA] : [])];
-  const kw = kRows.length === 0 ? k : window(k, Math.max(transB ? 0 : nw, transA ? m : 0), kRows);
-  const mw = window(m, Math.max(nw, transA ? 0 : kw), [4 * n, ...(transA ? [] : [k * bytesA])]);
+  // and of an untransposed A. Each later window accounts for the earlier ones. Only what does not
+  // fit one binding is cut into views (and needs aligned windows): the blocks of a small operand
+  // and of a small C are copies.
+  const [bigA, bigB, bigC] = [f32(a) > limit, f32(b) > limit, out.bytes > limit];
+  const nw = transB ? window(n, k, bigB ? [k * bytesB] : []) : n;
+  const kw = transB && !transA ? k : window(
+    k,
+    Math.max(transB ? 0 : nw, transA ? m : 0),
+    [...(!transB && bigB ? [n * bytesB] : []), ...(transA && bigA ? [m * bytesA] : [])],
+  );
+  const mRows = [...(bigC ? [4 * n] : []), ...(!transA && bigA ? [k * bytesA] : [])];
+  const mw = window(m, Math.max(nw, transA ? 0 : kw), mRows);
+  const cWhole = !bigC;
   const a2 = a.view(transA ? [k, m] : [m, k]);
   const b2 = b.view(transB ? [n, k] : [k, n]);
   const c2 = out.view([m, n]);
   try {
     forEachRowWindow(m, mw, (m0, rows) => {
-      const cRows = rows === m ? c2.view(c2.shape) : c2.rows(m0, rows);
+      const cRows = rows === m || cWhole ? c2.view(c2.shape) : c2.rows(m0, rows);
+      // Where this M block starts in cRows.
+      const base = cWhole ? m0 * n : 0;
       forEachRowWindow(n, nw, (n0, cols) => {
-        // The block of C: C's own rows when it spans every column, else a block copied in after.
-        const target = cols === n ? cRows : Tensor.empty([rows, cols]);
+        // The block of C: C's own rows when it spans them, else a block copied in after.
+        const own = cols === n && (rows === m || !cWhole);
+        const target = own ? cRows : Tensor.empty([rows, cols]);
         forEachRowWindow(k, kw, (k0, depth) => {
           const aBlk = block(a2, !transA, [m0, rows], [k0, depth]);
           const bBlk = block(b2, !transB, [k0, depth], [n0, cols]);
@@ -217,7 +230,7 @@ function multiplyInto(
           bBlk.dispose();
         });
         if (target !== cRows) {
-          stridedCopy("matmul_columns", "scatter", target, cRows, [rows, cols], [n, 1], n0);
+          stridedCopy("matmul_block", "scatter", target, cRows, [rows, cols], [n, 1], base + n0);
           target.dispose();
         }
       });
@@ -239,7 +252,9 @@ const ADD_INTO = defineKernel({
 /**
  * The block [r0, r0 + nr) x [c0, c0 + nc) of a stored 2-D operand, in its stored layout; `rowsFirst`
  * says whether the first range indexes the stored rows (else the stored matrix is its transpose).
- * Row ranges are zero-copy windows; a column range is gathered into a new f32 tensor.
+ * A range of whole rows starting on an aligned offset is a zero-copy window; anything else is
+ * gathered into a new f32 tensor (from the row window, or from the whole operand when the window
+ * would be misaligned: then the operand is a small one, see the windows of `multiplyInto`).
  */
 function block(
   t: Tensor,
@@ -249,12 +264,16 @@ function block(
 ): Tensor {
   const [[r0, nr], [c0, nc]] = rowsFirst ? [first, second] : [second, first];
   const [rows, cols] = t.shape;
-  const view = nr === rows ? t.view(t.shape) : t.rows(r0, nr);
-  if (nc === cols) return view;
+  if (nr === rows && nc === cols) return t.view(t.shape);
+  const align = gpuDevice().limits.minStorageBufferOffsetAlignment;
+  const aligned = (t.offset + r0 * cols * bytesPerElement(t.dtype)) % align === 0;
+  if (aligned && nc === cols) return t.rows(r0, nr);
+  const view = aligned ? t.rows(r0, nr) : t.view(t.shape);
   const src = convert(view, "f32");
   view.dispose();
   const out = Tensor.empty([nr, nc]);
-  stridedCopy("matmul_columns", "gather", src, out, [nr, nc], [cols, 1], c0);
+  const off = (aligned ? 0 : r0 * cols) + c0;
+  stridedCopy("matmul_block", "gather", src, out, [nr, nc], [cols, 1], off);
   src.dispose();
   return out;
 }
@@ -354,6 +373,27 @@ function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan
   const out = Tensor.empty(p.outShape);
   if (out.size > 0) multiplyInto(a, b, out, transA, transB, p);
   return out;
+}
+
+/**
+ * Writes the 2-D product op(A)·op(B) (f32 or bf16 operands) into `out`, an f32 [M, N] tensor or a
+ * {@link Tensor.rows} window of a larger one, e.g. a block of a gradient written in place. Not
+ * recorded on any tape; `out`'s previous contents are overwritten.
+ */
+export function matmulInto(a: Tensor, b: Tensor, out: Tensor, opts: MatmulOptions = {}): void {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  assertDType("matmulInto", ["f32", "bf16"], a, b);
+  assertDType("matmulInto", ["f32"], ["out", out]);
+  const p = plan(a, b, transA, transB);
+  if (a.rank !== 2 || b.rank !== 2 || !shapesEqual(out.shape, p.outShape)) {
+    throw new ShapeError(
+      `matmulInto: needs 2-D operands and out ${fmtShape(p.outShape)}, got ${fmtShape(a.shape)}, ` +
+        `${fmtShape(b.shape)} and out ${fmtShape(out.shape)}`,
+    );
+  }
+  if (out.size > 0 && p.k === 0) throw new ShapeError("matmulInto: inner dimension 0");
+  if (out.size > 0) multiplyInto(a, b, out, transA, transB, p);
 }
 
 /**
