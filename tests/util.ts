@@ -31,9 +31,9 @@ export function arr(shape: number[], data: ArrayLike<number>): Arr {
   return { shape, data: Float64Array.from(data) };
 }
 
-/** Uploads an Arr as an f32 (or bf16, rounding to nearest even) tensor. */
-export function toTensor(a: Arr, dtype: "f32" | "bf16" = "f32"): Tensor {
-  return tensor(Float32Array.from(a.data), a.shape, dtype);
+/** Uploads an Arr as an f32 tensor. */
+export function toTensor(a: Arr): Tensor {
+  return tensor(Float32Array.from(a.data), a.shape);
 }
 
 /** The Arr with every value rounded to bf16 (what a bf16 tensor of it holds). */
@@ -135,7 +135,7 @@ export async function checkOp(opts: {
   const expected = ref(inputs);
   const w = randomArr(expected.shape, seed, -1, 1);
   const diff = opts.diff ?? inputs.map(() => true);
-  const xs = inputs.map((a, i) => toTensor(a, dtypes[i]));
+  const xs = inputs.map((a, i) => tensor(Float32Array.from(a.data), a.shape, dtypes[i]));
   const wt = toTensor(w);
   const f = valueAndGrad((ps: Tensor[]) => {
     const all = xs.map((x, i) => (diff[i] ? ps[diff.slice(0, i).filter(Boolean).length] : x));
