@@ -7,6 +7,7 @@ import { memoryStats } from "../core/memory.ts";
 import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { LlamaConfig } from "./config.ts";
+import type { WeightDType } from "./linear.ts";
 import { initLlama, type Llama } from "./llama.ts";
 import type { LinearMethod } from "./method.ts";
 
@@ -32,6 +33,8 @@ export interface MeasuredMemory {
 export interface MeasureMemoryOptions {
   /** Weight seed (default 0); sizes do not depend on it. */
   readonly seed?: number;
+  /** Weight storage (default f32), as in `initLlama`. */
+  readonly dtype?: WeightDType;
   /**
    * Called on the built model; the tensors it returns are counted as `extra`, then disposed. The
    * hook for optimizer state: `extra: (m) => adamw.init(m.params)`.
@@ -59,7 +62,7 @@ export function measureMemory(
     return before - live();
   };
   const start = live();
-  const model = initLlama(config, method, opts.seed ?? 0);
+  const model = initLlama(config, method, opts.seed ?? 0, { dtype: opts.dtype });
   const built = live() - start;
   let extra = 0;
   let extraGrowth = 0;
