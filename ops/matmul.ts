@@ -163,46 +163,51 @@ function multiplyInto(
   p: Plan,
 ): void {
   const limit = maxWindowBytes();
+  // Output rows and columns per dispatch stay within the workgroup-count limit (each workgroup
+  // covers at least one of them).
+  const cap = gpuDevice().limits.maxComputeWorkgroupsPerDimension;
   const f32 = (t: Tensor) => t.size * 4;
-  if (f32(a) <= limit && f32(b) <= limit && out.bytes <= limit) {
+  const { m, n, k } = p;
+  const batched = p.batch > 1 || p.aBatched || p.bBatched;
+  if (
+    f32(a) <= limit && f32(b) <= limit && out.bytes <= limit && (batched || (m <= cap && n <= cap))
+  ) {
     runWidened(a, b, out, transA, transB, p);
     return;
   }
-  const { m, n, k } = p;
   const refuse = (why: string) =>
     new DeviceLimitError(
       `matmul: ${fmtShape(a.shape)} ${a.dtype}${transA ? "ᵀ" : ""} · ${
         fmtShape(b.shape)
       } ${b.dtype}${transB ? "ᵀ" : ""} -> ${
         fmtShape(out.shape)
-      }: ${why} (one storage binding holds ${limit} bytes)`,
+      }: ${why} (one storage binding holds ${limit} bytes: maxStorageBufferBindingSize)`,
     );
-  if (p.batch > 1 || p.aBatched || p.bBatched) {
-    throw refuse("a batched product over one binding cannot be windowed");
-  }
+  if (batched) throw refuse("a batched product over one binding cannot be windowed");
   const [bytesA, bytesB] = [bytesPerElement(a.dtype), bytesPerElement(b.dtype)];
-  // A window of an axis of `size` such that blocks `other` elements across fit the limit as f32,
-  // starting on aligned offsets of the operands whose rows the axis indexes (cut as views).
-  const window = (size: number, other: number, rowBytes: number[]) => {
-    if (4 * size * other <= limit) return size;
+  // A window of an axis of `size` (at most `most`) such that blocks `other` elements across fit
+  // the limit as f32, starting on aligned offsets of the operands whose rows the axis indexes.
+  const window = (size: number, other: number, rowBytes: number[], most = Infinity) => {
+    if (4 * size * other <= limit && size <= most) return size;
     const step = rowAlignment(...rowBytes);
-    const w = Math.floor(limit / (4 * other) / step) * step;
+    const w = Math.floor(Math.min(limit / (4 * other), most) / step) * step;
     if (w < 1) throw refuse(`a block ${step} x ${other} does not fit one binding`);
     return w;
   };
+  // Only what does not fit one binding is cut into row views (aligned, and whole rows even where
+  // a block uses some of the columns); blocks of small operands and of a small C are copies.
   // N: rows of a transposed B. K: rows of an untransposed B and of a transposed A. M: rows of C
-  // and of an untransposed A. Each later window accounts for the earlier ones. Only what does not
-  // fit one binding is cut into views (and needs aligned windows): the blocks of a small operand
-  // and of a small C are copies.
+  // and of an untransposed A. Each later window accounts for the earlier ones.
   const [bigA, bigB, bigC] = [f32(a) > limit, f32(b) > limit, out.bytes > limit];
-  const nw = transB ? window(n, k, bigB ? [k * bytesB] : []) : n;
-  const kw = transB && !transA ? k : window(
+  const nw = window(n, transB ? k : 1, transB && bigB ? [k * bytesB] : [], cap);
+  const kw = window(
     k,
-    Math.max(transB ? 0 : nw, transA ? m : 0),
+    Math.max(transB ? 0 : bigB ? n : nw, transA && bigA ? m : 0),
     [...(!transB && bigB ? [n * bytesB] : []), ...(transA && bigA ? [m * bytesA] : [])],
   );
   const mRows = [...(bigC ? [4 * n] : []), ...(!transA && bigA ? [k * bytesA] : [])];
-  const mw = window(m, Math.max(nw, transA ? 0 : kw), mRows);
+  const aWidth = transA ? (bigA ? 0 : kw) : bigA ? k : kw;
+  const mw = window(m, Math.max(bigC ? n : nw, aWidth), mRows, cap);
   const cWhole = !bigC;
   const a2 = a.view(transA ? [k, m] : [m, k]);
   const b2 = b.view(transB ? [n, k] : [k, n]);

@@ -163,6 +163,8 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
     [130, 129, 131, false, false],
     [64, 256, 3, true, false],
     [257, 64, 1, false, false],
+    [70000, 4, 8, false, false], // more rows than workgroups per dimension: split along M
+    [8, 70000, 4, false, true], // more columns than workgroups per dimension: split along N
   ];
   for (const [m, n, k, tA, tB] of cases) {
     const A = randomArr(tA ? [k, m] : [m, k], m + n);
