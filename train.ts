@@ -10,6 +10,7 @@ import { holdOut, loadCorpus } from "./data/corpus.ts";
 import { documentSequences, packedSequences } from "./data/batches.ts";
 import { type Tokenizer, tokenizerByName } from "./data/tokenizer.ts";
 import { loadConfig, withVocab } from "./models/config.ts";
+import type { WeightDType } from "./models/linear.ts";
 import { validateMethod } from "./models/method.ts";
 import {
   FlagError,
@@ -80,6 +81,8 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
     evalTokens: num(flags, "eval-tokens", 16384, posInt, "a positive integer"),
     seed: num(flags, "seed", 42, natInt, "a non-negative integer"),
     logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
+    dtype: weightDType(flags.dtype),
+    recompute: flags.recompute === true,
   };
   if ((flags.optimizer ?? "adamw") !== "adamw") {
     throw new FlagError(`--optimizer ${flags.optimizer}: unknown optimizer (expected adamw)`);
@@ -100,6 +103,14 @@ async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Pr
     throw new FlagError(`--method ${method}: ${(e as Error).message}`);
   }
   return run;
+}
+
+function weightDType(raw: string | boolean | undefined): WeightDType {
+  const v = raw ?? "f32";
+  if (v !== "f32" && v !== "bf16") {
+    throw new FlagError(`--dtype ${v}: unknown dtype (expected f32 or bf16)`);
+  }
+  return v;
 }
 
 const CKPT = "checkpoint.safetensors";

@@ -54,6 +54,15 @@ export const FLAGS: Record<string, FlagSpec> = {
   clip: { type: "string", default: "0", help: "global gradient-norm clip (0 = off)" },
   optimizer: { type: "string", default: "adamw", help: "optimizer (adamw)" },
   "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
+  dtype: {
+    type: "string",
+    default: "f32",
+    help: "weight storage: f32, or bf16 (2-D weights and SLTrain's V; norm gains stay f32)",
+  },
+  recompute: {
+    type: "boolean",
+    help: "recompute each block's activations in backward (less memory, same gradients)",
+  },
   "per-layer": {
     type: "boolean",
     help: "update each parameter during backward (no full gradient set resident)",

@@ -4,6 +4,7 @@
  * @module
  */
 import type { LlamaConfig } from "../models/config.ts";
+import type { WeightDType } from "../models/linear.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
 import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.ts";
@@ -80,6 +81,10 @@ export interface RunConfig {
   seed: number;
   /** Read the loss back every k steps (each read is a GPU sync). */
   logEvery: number;
+  /** Weight storage: f32, or bf16 for every 2-D weight and SLTrain's V (norm gains stay f32). */
+  dtype: WeightDType;
+  /** Recompute each block's activations in backward instead of keeping them (same gradients). */
+  recompute: boolean;
 }
 
 /** The block-linear parameterization of a run. */

@@ -104,6 +104,8 @@ const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
   "evalEvery",
   "evalTokens",
   "logEvery",
+  // Recomputation gives the same gradients to the bit: only memory and time differ.
+  "recompute",
 ]);
 
 /** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
@@ -163,7 +165,7 @@ async function startRun(
   const stream = new BatchStream(train, run.batch, run.seed);
   const history: History = { train: [], val: [] };
   if (!(io.resume && ckptPath)) {
-    const { params, buffers } = initLlama(run.model, method, run.seed);
+    const { params, buffers } = initLlama(run.model, method, run.seed, { dtype: run.dtype });
     const o = optimizerAt(run, params, 0);
     return {
       run,
@@ -324,7 +326,8 @@ async function trainStep(t: Training): Promise<{ loss: Tensor; tokens: number }>
 /** Forward + backward, then update: gradients of all weights at once. */
 async function microStep(t: Training, batch: Batch): Promise<Tensor> {
   const model = modelOf(t);
-  const { value, grads } = valueAndGrad((p: LlamaParams) => loss(model, p, batch))(t.params);
+  const lossOf = (p: LlamaParams) => loss(model, p, batch, { recompute: t.run.recompute });
+  const { value, grads } = valueAndGrad(lossOf)(t.params);
   const r = await t.opt.update(grads, t.optState, t.params);
   t.optState = r.state;
   t.params = applyUpdates(t.params, r.updates);
@@ -345,7 +348,7 @@ async function layerwiseMicroStep(
   const tape = new Tape();
   try {
     tape.watch(...leaves);
-    const value = tape.run(() => loss(model, t.params, batch));
+    const value = tape.run(() => loss(model, t.params, batch, { recompute: t.run.recompute }));
     const update = layerwise.start(t.params, t.optState as unknown[]);
     tape.backward(value, leaves, { onGrad: update.onGrad });
     ({ params: t.params, state: t.optState } = await update.finish());
