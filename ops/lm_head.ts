@@ -105,14 +105,18 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
 
 /**
  * Vocabulary rows per block: logits [N, m] within `chunkBytes` and one binding window, and the
- * block of W (as f32) within one binding window; block starts aligned for views of W and dW. At least one aligned group of
+ * block of W (as f32) within one binding window (a bf16 block: within `chunkBytes`); block starts
+ * aligned for views of W and dW. At least one aligned group of
  * rows, so a tiny `chunkBytes` is a soft bound.
  */
 function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: number): number {
   const window = maxWindowBytes();
+  // A bf16 block is widened to f32 (and so is its dW block before it is stored): keep those
+  // copies within chunkBytes too.
+  const wBytes = w.dtype === "f32" ? window : Math.min(window, chunkBytes);
   const cols = Math.min(
     Math.floor(Math.min(chunkBytes, window) / (4 * Math.max(n, 1))),
-    Math.floor(window / (4 * Math.max(d, 1))),
+    Math.floor(wBytes / (4 * Math.max(d, 1))),
   );
   if (cols >= v) return Math.max(v, 1);
   const step = rowAlignment(d * bytesPerElement(w.dtype));
@@ -228,7 +232,8 @@ function backwardPass(
  * [0, V) that are not `ignoreIndex` give NaN, as in `crossEntropy`.
  *
  * Blocks take ⌊chunkBytes / 4N⌋ vocabulary rows (fewer if W's block would not fit one storage
- * binding as f32; rounded down to the offset alignment of W's rows, at least one aligned group),
+ * binding as f32, or for bf16 W not `chunkBytes` as f32; rounded down to the offset alignment of
+ * W's rows, at least one aligned group),
  * in forward and backward alike; a single block gives `crossEntropy`'s loss to the bit. The VJP
  * recomputes the logits (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D] in lmHead's dtype;
  * targets get no gradient.
