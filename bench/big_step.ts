@@ -59,7 +59,9 @@ let t0 = performance.now();
 const model = initLlama(config, method, 1, { dtype });
 let params: LlamaParams = model.params;
 await tree.flatten(params)[0].data(); // wait for the uploads
-console.log(`init: ${((performance.now() - t0) / 1000).toFixed(1)} s, live ${gb(memoryStats().liveBytes)}`);
+console.log(
+  `init: ${((performance.now() - t0) / 1000).toFixed(1)} s, live ${gb(memoryStats().liveBytes)}`,
+);
 
 const rng = new Rng(7);
 const ids = Int32Array.from({ length: B * T + 1 }, () => rng.nextInt(config.vocabSize));
@@ -94,7 +96,9 @@ before.dispose();
 params = tree.unflatten(params, next);
 const after = loss(model, params, batch);
 console.log(
-  `step: ${stepSeconds.toFixed(1)} s; loss ${loss0.toFixed(4)} -> ${(await after.item()).toFixed(4)} ` +
+  `step: ${stepSeconds.toFixed(1)} s; loss ${loss0.toFixed(4)} -> ${
+    (await after.item()).toFixed(4)
+  } ` +
     `on the same batch (ln V = ${Math.log(config.vocabSize).toFixed(4)})`,
 );
 console.log(
