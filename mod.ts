@@ -33,6 +33,7 @@
  */
 export {
   type AdapterKind,
+  type Backend,
   type DeviceInfo,
   deviceInfo,
   init,
