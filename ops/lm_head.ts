@@ -14,7 +14,6 @@
  * @module
  */
 import { convert, convertInto } from "../core/convert.ts";
-import { defineKernel } from "../core/define_kernel.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
@@ -32,6 +31,7 @@ import {
   checkTargets,
 } from "./ce_kernels.ts";
 import { matmul, matmulInto } from "./matmul.ts";
+import { addInto } from "./strided.ts";
 
 /** Default bytes of one block of logits ([N, m] for m vocabulary rows). */
 export const LM_HEAD_CHUNK_BYTES: number = 32 * 1024 * 1024;
@@ -57,14 +57,6 @@ export interface LossSums {
   /** Number of non-ignored targets. */
   count: Tensor;
 }
-
-const ADD_INPLACE = defineKernel({
-  name: "lm_head_accumulate",
-  inputs: { part: "f32" },
-  outputs: { acc: "f32" },
-  grid: "flat",
-  body: "  store_acc(i, load_acc(i) + load_part(i));",
-});
 
 interface Checked {
   n: number;
@@ -211,7 +203,7 @@ function backwardPass(
       wb.dispose();
       if (dh === null) dh = part;
       else {
-        ADD_INPLACE({ part, acc: dh }, { n: dh.size });
+        addInto(part, dh);
         part.dispose();
       }
     });

@@ -8,7 +8,6 @@ import { deviceInfo, gpuDevice } from "../core/device.ts";
 import { DeviceLimitError, ShapeError } from "../core/errors.ts";
 import { convert } from "../core/convert.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
-import { defineKernel } from "../core/define_kernel.ts";
 import { destroyAfterSubmit, encodeCopyToTexture } from "../core/kernel.ts";
 import { fmtShape, shapesEqual, sizeOf } from "../core/shape.ts";
 import { recordOp } from "../core/tape.ts";
@@ -22,7 +21,7 @@ import {
 } from "./matmul_wgsl.ts";
 import { forEachRowWindow, maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import { sum } from "./reduce.ts";
-import { stridedCopy } from "./strided.ts";
+import { addInto, stridedCopy } from "./strided.ts";
 
 /** Layout flags of {@link matmul}. */
 export interface MatmulOptions {
@@ -228,7 +227,7 @@ function multiplyInto(
           const part = k0 === 0 ? target : Tensor.empty([rows, cols]);
           runWidened(aBlk, bBlk, part, transA, transB, dims);
           if (part !== target) {
-            ADD_INTO({ part, acc: target }, { n: part.size });
+            addInto(part, target);
             part.dispose();
           }
           aBlk.dispose();
@@ -245,14 +244,6 @@ function multiplyInto(
     for (const t of [a2, b2, c2]) t.dispose();
   }
 }
-
-const ADD_INTO = defineKernel({
-  name: "matmul_accumulate",
-  inputs: { part: "f32" },
-  outputs: { acc: "f32" },
-  grid: "flat",
-  body: "  store_acc(i, load_acc(i) + load_part(i));",
-});
 
 /**
  * The block [r0, r0 + nr) x [c0, c0 + nc) of a stored 2-D operand, in its stored layout; `rowsFirst`

@@ -7,11 +7,10 @@
  * `matmul(x, W, { transB: true })` and `matmul(g, W)`.
  * @module
  */
-import { defineKernel } from "../core/define_kernel.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forEachRowWindow, maxWindowBytes, rowWindow } from "../core/windows.ts";
 import { matmul } from "./matmul.ts";
-import { stridedCopy } from "./strided.ts";
+import { addInto, stridedCopy } from "./strided.ts";
 
 /** Builds rows [r0, r0 + n) of the weight as a new f32 [n, in] tensor (the caller frees it). */
 export type WeightRows = (r0: number, n: number) => Tensor;
@@ -26,19 +25,6 @@ export function weightBlockRows(out: number, inF: number, alsoAligned: number[])
   if (4 * out * inF <= limit) return Math.max(out, 1);
   return rowWindow(4 * inF, limit, "a row of the built weight", alsoAligned);
 }
-
-// acc[t, c0 + j] += part[t, j] over a [T, n] part and a [T, N] accumulator.
-const ADD_COLUMNS = defineKernel({
-  name: "add_columns",
-  inputs: { part: "f32" },
-  outputs: { acc: "f32" },
-  uniforms: { cols: "u32", width: "u32", c0: "u32" },
-  grid: "flat",
-  body: `  let t = i / u.cols;
-  let j = i - t * u.cols;
-  let o = t * u.width + u.c0 + j;
-  store_acc(o, load_acc(o) + load_part(i));`,
-});
 
 /**
  * y = x·Wᵀ [T, out] for x [T, in], W built by `build` in blocks of `per` rows; with `init` [T,
@@ -63,7 +49,7 @@ export function productByRows(
     const w = build(r0, n);
     const part = matmul(x, w, { transB: true });
     w.dispose();
-    ADD_COLUMNS({ part, acc: y }, { n: t * n, cols: n, width: out, c0: r0 });
+    addInto(part, y, r0);
     part.dispose();
   });
   return y;
@@ -95,7 +81,7 @@ export function inputGradByRows(
     const part = matmul(gCols, w);
     if (gCols !== g) gCols.dispose();
     w.dispose();
-    ADD_COLUMNS({ part, acc: dx }, { n: t * inF, cols: inF, width: inF, c0: 0 });
+    addInto(part, dx);
     part.dispose();
   });
   return dx;
