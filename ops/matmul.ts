@@ -401,8 +401,8 @@ export function matmulInto(a: Tensor, b: Tensor, out: Tensor, opts: MatmulOption
  *
  * Operands may be bf16 (weights): for now each is widened to a transient f32 copy per dispatch,
  * which is freed at once; the tape keeps the bf16 operand, and its gradient comes out f32 (a bf16
- * leaf's is stored as bf16 by the tape). Products larger than one storage binding run in row
- * windows of A and C, or of a transposed B (see `multiplyInto` above).
+ * leaf's is stored as bf16 by the tape). 2-D products whose operands or output exceed one storage
+ * binding run in blocks (see `multiplyInto` above); batched ones throw a DeviceLimitError.
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false;
