@@ -155,11 +155,13 @@ Deno.test("sltrainLinear is one tape node and leaves nothing but y behind", () =
   for (const t of [x, B, A, V, I, y]) t.dispose();
 });
 
-Deno.test("lowRankLinear = s·(x·Aᵀ)·Bᵀ, forward and gradients vs finite differences", async () => {
+Deno.test("lowRankLinear = s·(x·Aᵀ)·Bᵀ with f32 or bf16 factors, forward and gradients vs finite differences", async () => {
   await fc.assert(
     fc.asyncProperty(
       layerArb.filter((c) => sizeOf(c.lead) * c.inF <= 64 && c.out * c.inF <= 96),
-      async ({ lead, out, inF, r, s, seed }) => {
+      fc.boolean(),
+      async ({ lead, out, inF, r, s, seed }, bf16) => {
+        const p = bf16 ? "bf16" : "f32";
         await checkOp({
           op: ([x, B, A]) => lowRankLinear(x, B, A, s),
           ref: ([x, B, A]) =>
@@ -169,12 +171,13 @@ Deno.test("lowRankLinear = s·(x·Aᵀ)·Bᵀ, forward and gradients vs finite d
             randomArr([out, r], seed + 1, -1, 1),
             randomArr([r, inF], seed + 2, -1, 1),
           ],
+          dtypes: ["f32", p, p],
           fwd: { atol: 1e-4, rtol: 1e-4 },
-          grad: { atol: 2e-3, rtol: 1e-3 },
+          grad: bf16 ? { atol: 2e-2, rtol: 1e-2 } : { atol: 2e-3, rtol: 1e-3 },
         });
       },
     ),
-    { ...FC, numRuns: 6 },
+    { ...FC, numRuns: 8 },
   );
 });
 
