@@ -8,7 +8,7 @@ import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
 import { convert } from "./convert.ts";
 import { forEachWindow } from "./windows.ts";
-import { adopt, captureCreated, ones, scope, Tensor, zeros } from "./tensor.ts";
+import { adopt, captureCreated, keep, ones, scope, Tensor, zeros } from "./tensor.ts";
 import * as tree from "./tree.ts";
 import type { TensorTree } from "./tree.ts";
 
@@ -26,6 +26,13 @@ interface TapeNode {
 }
 
 let active: Tape | null = null;
+
+/**
+ * While a VJP runs inside a backward with an `onGrad` hook: hands the gradient of one of the
+ * node's inputs over now, if it is a watched leaf that this contribution makes final (see
+ * {@link checkpoint}). Null otherwise.
+ */
+let handOverNow: ((input: Tensor, grad: Tensor) => boolean) | null = null;
 
 /** True while a tape is recording (ops may skip work that only backward needs). */
 export function isRecording(): boolean {
@@ -188,7 +195,7 @@ export class Tape {
 
     const slots = new Map<Tensor, Tensor>();
     const grads: (Tensor | undefined)[] = new Array(wrt.length).fill(undefined);
-    const handOut = (k: number) => {
+    const handOut = (k: number, early = false) => {
       const w = wrt[k];
       const earlier = wrt.indexOf(w);
       if (earlier < k) {
@@ -205,8 +212,23 @@ export class Tape {
         g = c;
       }
       slots.delete(w);
+      // Handed over from inside a VJP: the hook owns it, not the VJP's frame.
+      if (early) keep(g);
       if (opts.onGrad) opts.onGrad(g, k);
       else grads[k] = g;
+    };
+    // A leaf whose only use is node i (no other contribution in its slot) is final with node i's
+    // contribution: a segment's VJP may hand it over before the VJP returns.
+    const early = (i: number) => (input: Tensor, grad: Tensor) => {
+      const ks = finalAt.get(i) ?? [];
+      const k = ks.find((j) => wrt[j] === input);
+      if (k === undefined || wrt.indexOf(input) !== wrt.lastIndexOf(input) || slots.has(input)) {
+        return false;
+      }
+      finalAt.set(i, ks.filter((j) => j !== k));
+      slots.set(input, grad);
+      handOut(k, true);
+      return true;
     };
 
     try {
@@ -216,9 +238,12 @@ export class Tape {
         const g = slots.get(node.output);
         if (g) {
           slots.delete(node.output);
+          const outer = handOverNow;
+          handOverNow = opts.onGrad ? early(i) : null;
           try {
             this.#applyVjp(node, g, slots);
           } finally {
+            handOverNow = outer;
             g.dispose();
           }
         }
@@ -324,8 +349,11 @@ function accumulate(a: Tensor, b: Tensor): Tensor {
  *
  * `inputs` must list every tensor of `fn` that needs a gradient (the segment's input and its
  * parameters); tensors `fn` closes over are constants to it. `fn` must be deterministic (every
- * kernel here is), which makes the gradients equal to the unsegmented ones bit for bit. Without a
- * running tape this is just `fn(inputs)`.
+ * kernel here is), which makes the gradients equal to the unsegmented ones bit for bit (for a bf16
+ * input also used outside the segment, its parts are rounded before they are added). Under a
+ * backward with an `onGrad` hook, a parameter used only by the segment is handed to the hook as
+ * soon as its gradient is final inside the recomputed backward. Without a running tape this is
+ * just `fn(inputs)`.
  */
 export function checkpoint(
   fn: (inputs: readonly Tensor[]) => Tensor,
@@ -335,16 +363,23 @@ export function checkpoint(
   const y = untracked(() => scope(() => fn(inputs)));
   recordOp("checkpoint", inputs, y, (g) => {
     const tape = new Tape();
-    const wrt = inputs.filter((t) => t.dtype === "f32" || t.dtype === "bf16");
+    const wrt = [...new Set(inputs.filter((t) => t.dtype === "f32" || t.dtype === "bf16"))];
+    const grads: (Tensor | null)[] = wrt.map(() => null);
+    // Under an outer onGrad hook (per-layer updates) each parameter's gradient goes to the hook
+    // as soon as it is final here, not all together when the segment's backward ends.
+    const handOver = handOverNow;
     try {
       tape.watch(...wrt);
       const again = tape.run(() => fn(inputs));
-      const grads = tape.backward(again, wrt, { outputGrad: g });
-      again.dispose();
-      return inputs.map((t) => {
-        const k = wrt.indexOf(t);
-        return k < 0 ? null : grads[k];
+      tape.backward(again, wrt, {
+        outputGrad: g,
+        onGrad: (grad, k) => {
+          if (!handOver?.(wrt[k], grad)) grads[k] = grad;
+        },
       });
+      again.dispose();
+      // A tensor listed twice gets its whole gradient once.
+      return inputs.map((t, j) => (inputs.indexOf(t) === j ? grads[wrt.indexOf(t)] ?? null : null));
     } finally {
       tape.dispose();
     }

@@ -84,10 +84,11 @@ Deno.test("recompute at the small preset: backward holds about one block's activ
     `recompute grows by ${rec4 - rec1} B over 3 blocks`,
   );
   // The peak is one block's worth: a one-block model's plain peak, the other blocks' inputs, and
-  // (the price of recomputing) that block's parameter gradients, which its inner backward hands
-  // over together when it ends rather than one by one.
+  // the recomputed block's output and output gradient. (Each parameter gradient goes to the hook
+  // as soon as it is final inside the recomputed backward; were they held until the block's
+  // backward ended, they would add one block's parameters: 3.2 MB here.)
   assert.ok(
-    rec4 <= plain1 + 3 * boundary * 1.05 + blockParams,
+    rec4 <= plain1 + 5 * boundary * 1.05,
     `recompute peak ${rec4} B, one block's parameters ${blockParams} B`,
   );
   tree.dispose(batch);
