@@ -8,7 +8,17 @@ import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
 import { convert } from "./convert.ts";
 import { forEachWindow } from "./windows.ts";
-import { adopt, captureCreated, keep, ones, scope, Tensor, zeros } from "./tensor.ts";
+import {
+  adopt,
+  atScopeDepth,
+  captureCreated,
+  keep,
+  ones,
+  scope,
+  scopeDepth,
+  Tensor,
+  zeros,
+} from "./tensor.ts";
 import * as tree from "./tree.ts";
 import type { TensorTree } from "./tree.ts";
 
@@ -195,6 +205,7 @@ export class Tape {
 
     const slots = new Map<Tensor, Tensor>();
     const grads: (Tensor | undefined)[] = new Array(wrt.length).fill(undefined);
+    const depth = scopeDepth();
     const handOut = (k: number, early = false) => {
       const w = wrt[k];
       const earlier = wrt.indexOf(w);
@@ -212,10 +223,14 @@ export class Tape {
         g = c;
       }
       slots.delete(w);
-      // Handed over from inside a VJP: the hook owns it, not the VJP's frame.
-      if (early) keep(g);
-      if (opts.onGrad) opts.onGrad(g, k);
-      else grads[k] = g;
+      if (!opts.onGrad) grads[k] = g;
+      else if (!early) opts.onGrad(g, k);
+      else {
+        // Handed over from inside a VJP: the hook owns g, and what the hook creates (an updated
+        // parameter, optimizer state) belongs to the backward's caller, not to the VJP's frame.
+        keep(g);
+        atScopeDepth(depth, () => opts.onGrad!(g, k));
+      }
     };
     // A leaf whose only use is node i (no other contribution in its slot) is final with node i's
     // contribution: a segment's VJP may hand it over before the VJP returns.
