@@ -91,6 +91,7 @@ export { Rng, type RngState } from "./core/rng.ts";
 export type { Shape } from "./core/shape.ts";
 export {
   type BackwardOptions,
+  checkpoint,
   isRecording,
   recordOp,
   Tape,

@@ -10,6 +10,7 @@ import { holdOut, loadCorpus } from "./data/corpus.ts";
 import { documentSequences, packedSequences } from "./data/batches.ts";
 import type { Tokenizer } from "./data/tokenizer.ts";
 import { loadConfig, withVocab } from "./models/config.ts";
+import type { WeightDType } from "./models/linear.ts";
 import { validateMethod } from "./models/method.ts";
 import {
   FlagError,
@@ -107,6 +108,8 @@ async function buildRun(
     seed: num(flags, "seed", 42, natInt, "a non-negative integer"),
     logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
     onNonfinite: oneOf(flags, "on-nonfinite", NONFINITE_POLICIES),
+    dtype: weightDType(flags.dtype),
+    recompute: flags.recompute === true,
   };
   Object.assign(run, scalingSettings(flags, method));
   if (run.perLayer && run.onNonfinite === "skip") {
@@ -166,6 +169,14 @@ function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig
 
 const CKPT = CHECKPOINT_FILE;
 const LOG = "log.jsonl";
+
+function weightDType(raw: string | boolean | undefined): WeightDType {
+  const v = raw ?? "f32";
+  if (v !== "f32" && v !== "bf16") {
+    throw new FlagError(`--dtype ${v}: unknown dtype (expected f32 or bf16)`);
+  }
+  return v;
+}
 
 async function exists(path: string): Promise<boolean> {
   try {

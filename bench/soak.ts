@@ -81,6 +81,8 @@ for (const [name, overrides] of CONFIGS) {
     evalTokens: 1024,
     seed: 42,
     logEvery: 1,
+    dtype: "f32",
+    recompute: false,
     ...overrides,
   };
   const dir = await Deno.makeTempDir({ prefix: "sltrain-soak-" });

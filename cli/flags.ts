@@ -68,6 +68,15 @@ export const FLAGS: Record<string, FlagSpec> = {
     help: `optimizer: ${OPTIMIZERS.join(", ")} (8-bit block-quantized moments)`,
   },
   "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
+  dtype: {
+    type: "string",
+    default: "f32",
+    help: "weight storage: f32, or bf16 (2-D weights and SLTrain's V; norm gains stay f32)",
+  },
+  recompute: {
+    type: "boolean",
+    help: "recompute each block's activations in backward (less memory, same gradients)",
+  },
   "per-layer": {
     type: "boolean",
     help: "update each parameter during backward (no full gradient set resident)",

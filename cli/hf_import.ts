@@ -10,13 +10,20 @@
  * Weights stream from the files to the device tensor by tensor; what a failure allocated is freed.
  * @module
  */
+import { convert } from "../core/convert.ts";
 import { Rng } from "../core/rng.ts";
 import { randomUniform, type Tensor, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { factorize } from "../models/factorize.ts";
-import type { LinearParams } from "../models/linear.ts";
+import type { LinearParams, WeightDType } from "../models/linear.ts";
 import { linearScale } from "../models/linear.ts";
-import type { LayerBuffers, LayerParams, LlamaModel, LlamaParams } from "../models/llama.ts";
+import {
+  type LayerBuffers,
+  type LayerParams,
+  type LlamaModel,
+  type LlamaParams,
+  paramPaths,
+} from "../models/llama.ts";
 import { denseWeight } from "../models/merge.ts";
 import {
   BLOCK_LINEARS,
@@ -235,7 +242,7 @@ export interface HfInit {
   readonly tokenizer?: string;
   /** Loads the weights for a fresh run (the trainer's `initModel`), printing what conversion did. */
   initModel(
-    run: { seed: number },
+    run: { seed: number; dtype?: WeightDType },
     method: LinearMethod,
   ): Promise<{ params: LlamaParams; buffers: LlamaModel["buffers"] }>;
 }
@@ -270,7 +277,24 @@ export async function hfInitFlag(
     async initModel(run, method) {
       const loaded = await loadHf(dir, method, { seed: run.seed });
       log(`initialized from ${dir}${loaded.notes.map((n) => `; ${n}`).join("")}`);
-      return { params: loaded.params, buffers: loaded.model.buffers };
+      if (run.dtype !== "bf16") return { params: loaded.params, buffers: loaded.model.buffers };
+      return inBf16(loaded.params, loaded.model.buffers);
     },
   };
+}
+
+// `--dtype bf16` from f32 weights: every 2-D weight and SLTrain's values rounded to bf16 as
+// `initLlama({ dtype: "bf16" })` stores them; norm gains and u32 supports stay as they are.
+function inBf16(
+  params: LlamaParams,
+  buffers: LlamaModel["buffers"],
+): { params: LlamaParams; buffers: LlamaModel["buffers"] } {
+  const round = (t: Tensor) => {
+    if (t.dtype !== "f32") return t;
+    const c = convert(t, "bf16");
+    t.dispose();
+    return c;
+  };
+  const leaves = paramPaths(params).map((e) => e.role === "norm" ? e.tensor : round(e.tensor));
+  return { params: tree.unflatten(params, leaves), buffers: tree.map(buffers, round) };
 }

@@ -5,6 +5,7 @@
  */
 import type { NonFinitePolicy } from "./guard.ts";
 import type { LlamaConfig } from "../models/config.ts";
+import type { WeightDType } from "../models/linear.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
 import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.ts";
@@ -127,6 +128,10 @@ export interface RunConfig {
   logEvery: number;
   /** What a step with a non-finite loss or gradient does (see `guard.ts`); default stop. */
   onNonfinite?: NonFinitePolicy;
+  /** Weight storage: f32, or bf16 for every 2-D weight and SLTrain's V (norm gains stay f32). */
+  dtype: WeightDType;
+  /** Recompute each block's activations in backward instead of keeping them (same gradients). */
+  recompute: boolean;
 }
 
 /** The block-linear parameterization of a run. */

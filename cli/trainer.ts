@@ -145,6 +145,8 @@ const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
   "evalTokens",
   "logEvery",
   "onNonfinite",
+  // Recomputation gives the same gradients to the bit: only memory and time differ.
+  "recompute",
 ]);
 
 /** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
@@ -212,7 +214,7 @@ async function startRun(
   if (!(io.resume && ckptPath && await exists(ckptPath))) {
     const { params, buffers } = io.initModel
       ? await io.initModel(run, method)
-      : initLlama(run.model, method, run.seed);
+      : initLlama(run.model, method, run.seed, { dtype: run.dtype });
     const o = optimizerAt(run, params, 0);
     return {
       run,
@@ -479,7 +481,7 @@ class RunLoop {
     const counts = countParams(run.model, t.method);
     const est = estimateMemory(
       run.model,
-      { method: t.method, optimizer: optimizerSpec(run) },
+      { method: t.method, optimizer: optimizerSpec(run), weights: run.dtype },
       "ours",
     );
     return {
@@ -537,7 +539,11 @@ async function trainStep(t: Training, flags: Tensor): Promise<{ loss: Tensor; to
  */
 async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tensor> {
   const model = modelOf(t);
-  const { value, grads } = valueAndGrad((p: LlamaParams) => loss(model, p, batch))(t.params);
+  const { value, grads } = valueAndGrad((p: LlamaParams) =>
+    loss(model, p, batch, { recompute: t.run.recompute })
+  )(
+    t.params,
+  );
   t.guard.checkLoss(flags, value);
   tree.flatten(grads).forEach((g, i) => t.guard.checkGrad(flags, g, i));
   await t.guard.update(flags, async () => {
@@ -564,7 +570,7 @@ async function layerwiseMicroStep(
   const tape = new Tape();
   try {
     tape.watch(...leaves);
-    const value = tape.run(() => loss(model, t.params, batch));
+    const value = tape.run(() => loss(model, t.params, batch, { recompute: t.run.recompute }));
     t.guard.checkLoss(flags, value);
     const update = layerwise.start(t.params, t.optState as unknown[]);
     tape.backward(value, leaves, {

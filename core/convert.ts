@@ -36,14 +36,41 @@ const TO_F32 = defineKernel({
  */
 export function convert(x: Tensor, dtype: "f32" | "bf16"): Tensor {
   if (x.dtype === dtype) return x.view(x.shape);
-  if (!((x.dtype === "f32" && dtype === "bf16") || (x.dtype === "bf16" && dtype === "f32"))) {
-    throw new DTypeError(`convert: cannot convert ${x.dtype} ${fmtShape(x.shape)} to ${dtype}`);
-  }
+  checkPair(x.dtype, dtype, x);
   const y = Tensor.empty(x.shape, dtype);
+  convertInto(x, y);
+  return y;
+}
+
+function checkPair(from: string, to: string, x: Tensor): void {
+  if (!((from === "f32" && to === "bf16") || (from === "bf16" && to === "f32"))) {
+    throw new DTypeError(`convert: cannot convert ${from} ${fmtShape(x.shape)} to ${to}`);
+  }
+}
+
+/**
+ * Writes `x` converted to `y`'s dtype into `y` (an f32 ↔ bf16 pair of equal sizes; `y` may be a
+ * {@link Tensor.rows} window of a larger tensor): how an op stores an f32 result block into a
+ * bf16 tensor without a full-size f32 copy.
+ */
+export function convertInto(x: Tensor, y: Tensor): void {
+  checkPair(x.dtype, y.dtype, x);
+  if (x.size !== y.size) {
+    throw new DTypeError(
+      `convertInto: sizes differ, ${fmtShape(x.shape)} into ${fmtShape(y.shape)}`,
+    );
+  }
+  // Stores write whole words: an odd-sized bf16 window inside a larger storage would clobber the
+  // element after it.
+  if (y.dtype === "bf16" && y.size % 2 === 1 && y.offset + y.bytes < y.storage.bytes) {
+    throw new DTypeError(
+      `convertInto: a bf16 window ${fmtShape(y.shape)} must end on a 32-bit word or at the end ` +
+        "of its storage",
+    );
+  }
   // Windows start on even elements, so no output word straddles two windows.
   forEachWindow([x, y], ([xv, yv], _start, count) => {
-    if (dtype === "bf16") TO_BF16({ x: xv, y: yv }, { n: Math.ceil(count / 2), size: count });
+    if (y.dtype === "bf16") TO_BF16({ x: xv, y: yv }, { n: Math.ceil(count / 2), size: count });
     else TO_F32({ x: xv, y: yv }, { n: count });
   }, 2);
-  return y;
 }

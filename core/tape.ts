@@ -8,7 +8,17 @@ import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
 import { convert } from "./convert.ts";
 import { forEachWindow } from "./windows.ts";
-import { adopt, captureCreated, ones, Tensor, zeros } from "./tensor.ts";
+import {
+  adopt,
+  atScopeDepth,
+  captureCreated,
+  keep,
+  ones,
+  scope,
+  scopeDepth,
+  Tensor,
+  zeros,
+} from "./tensor.ts";
 import * as tree from "./tree.ts";
 import type { TensorTree } from "./tree.ts";
 
@@ -26,6 +36,13 @@ interface TapeNode {
 }
 
 let active: Tape | null = null;
+
+/**
+ * While a VJP runs inside a backward with an `onGrad` hook: hands the gradient of one of the
+ * node's inputs over now, if it is a watched leaf that this contribution makes final (see
+ * {@link checkpoint}). Null otherwise.
+ */
+let handOverNow: ((input: Tensor, grad: Tensor) => boolean) | null = null;
 
 /** True while a tape is recording (ops may skip work that only backward needs). */
 export function isRecording(): boolean {
@@ -69,6 +86,12 @@ export interface BackwardOptions {
    * for that entry. This is what lets an optimizer update each parameter during backward.
    */
   onGrad?: (grad: Tensor, index: number) => void;
+  /**
+   * The gradient of `output` to start from (its shape; not consumed). Default: one, which needs a
+   * scalar output. A vector-Jacobian product of a non-scalar output, e.g. a recomputed segment's
+   * (see {@link checkpoint}).
+   */
+  outputGrad?: Tensor;
 }
 
 /**
@@ -150,9 +173,14 @@ export class Tape {
     opts: BackwardOptions = {},
   ): (Tensor | undefined)[] {
     if (this.#used) throw new GradientError("this tape has already been used for backward");
-    if (output.size !== 1) {
+    const seed = opts.outputGrad;
+    if (seed ? !shapesEqual(seed.shape, output.shape) : output.size !== 1) {
       throw new GradientError(
-        `backward needs a scalar output, got shape ${fmtShape(output.shape)}`,
+        seed
+          ? `backward: outputGrad ${fmtShape(seed.shape)} does not match the output ${
+            fmtShape(output.shape)
+          }`
+          : `backward needs a scalar output, got shape ${fmtShape(output.shape)}`,
       );
     }
     if (!this.#tracked.has(output)) {
@@ -177,7 +205,8 @@ export class Tape {
 
     const slots = new Map<Tensor, Tensor>();
     const grads: (Tensor | undefined)[] = new Array(wrt.length).fill(undefined);
-    const handOut = (k: number) => {
+    const depth = scopeDepth();
+    const handOut = (k: number, early = false) => {
       const w = wrt[k];
       const earlier = wrt.indexOf(w);
       if (earlier < k) {
@@ -194,20 +223,42 @@ export class Tape {
         g = c;
       }
       slots.delete(w);
-      if (opts.onGrad) opts.onGrad(g, k);
-      else grads[k] = g;
+      if (!opts.onGrad) grads[k] = g;
+      else if (!early) opts.onGrad(g, k);
+      else {
+        // Handed over from inside a VJP: the hook owns g, and what the hook creates (an updated
+        // parameter, optimizer state) belongs to the backward's caller, not to the VJP's frame.
+        keep(g);
+        atScopeDepth(depth, () => opts.onGrad!(g, k));
+      }
+    };
+    // A leaf whose only use is node i (no other contribution in its slot) is final with node i's
+    // contribution: a segment's VJP may hand it over before the VJP returns.
+    const early = (i: number) => (input: Tensor, grad: Tensor) => {
+      const ks = finalAt.get(i) ?? [];
+      const k = ks.find((j) => wrt[j] === input);
+      if (k === undefined || wrt.indexOf(input) !== wrt.lastIndexOf(input) || slots.has(input)) {
+        return false;
+      }
+      finalAt.set(i, ks.filter((j) => j !== k));
+      slots.set(input, grad);
+      handOut(k, true);
+      return true;
     };
 
     try {
-      slots.set(output, ones(output.shape));
+      slots.set(output, seed ? seed.view(seed.shape) : ones(output.shape));
       for (let i = nodes.length - 1; i >= 0; i--) {
         const node = nodes[i];
         const g = slots.get(node.output);
         if (g) {
           slots.delete(node.output);
+          const outer = handOverNow;
+          handOverNow = opts.onGrad ? early(i) : null;
           try {
             this.#applyVjp(node, g, slots);
           } finally {
+            handOverNow = outer;
             g.dispose();
           }
         }
@@ -302,6 +353,53 @@ function accumulate(a: Tensor, b: Tensor): Tensor {
   a32.dispose();
   b32.dispose();
   return out;
+}
+
+/**
+ * Activation recomputation: `fn(inputs)` as ONE tape node that saves nothing of its insides.
+ * Forward runs `fn` without recording and frees its intermediates at once; the VJP runs `fn`
+ * again under a fresh tape and backpropagates the output gradient through it, returning the
+ * gradients of the float `inputs` (null for the others). So the tape holds a segment's inputs and
+ * output instead of all its activations, for one extra forward of the segment in backward.
+ *
+ * `inputs` must list every tensor of `fn` that needs a gradient (the segment's input and its
+ * parameters); tensors `fn` closes over are constants to it. `fn` must be deterministic (every
+ * kernel here is), which makes the gradients equal to the unsegmented ones bit for bit (for a bf16
+ * input also used outside the segment, its parts are rounded before they are added). Under a
+ * backward with an `onGrad` hook, a parameter used only by the segment is handed to the hook as
+ * soon as its gradient is final inside the recomputed backward. Without a running tape this is
+ * just `fn(inputs)`.
+ */
+export function checkpoint(
+  fn: (inputs: readonly Tensor[]) => Tensor,
+  inputs: readonly Tensor[],
+): Tensor {
+  if (!active) return fn(inputs);
+  const y = untracked(() => scope(() => fn(inputs)));
+  recordOp("checkpoint", inputs, y, (g) => {
+    const tape = new Tape();
+    const wrt = [...new Set(inputs.filter((t) => t.dtype === "f32" || t.dtype === "bf16"))];
+    const grads: (Tensor | null)[] = wrt.map(() => null);
+    // Under an outer onGrad hook (per-layer updates) each parameter's gradient goes to the hook
+    // as soon as it is final here, not all together when the segment's backward ends.
+    const handOver = handOverNow;
+    try {
+      tape.watch(...wrt);
+      const again = tape.run(() => fn(inputs));
+      tape.backward(again, wrt, {
+        outputGrad: g,
+        onGrad: (grad, k) => {
+          if (!handOver?.(wrt[k], grad)) grads[k] = grad;
+        },
+      });
+      again.dispose();
+      // A tensor listed twice gets its whole gradient once.
+      return inputs.map((t, j) => (inputs.indexOf(t) === j ? grads[wrt.indexOf(t)] ?? null : null));
+    } finally {
+      tape.dispose();
+    }
+  });
+  return y;
 }
 
 /**

@@ -308,6 +308,25 @@ export function captureCreated<T>(fn: () => T): { result: T; created: Tensor[] }
   }
 }
 
+/** Number of open {@link scope} (and capture) frames; see {@link atScopeDepth}. */
+export function scopeDepth(): number {
+  return scopes.length;
+}
+
+/**
+ * Runs `fn` as if only the outer `depth` frames were open (as {@link scopeDepth} returned them):
+ * what `fn` creates belongs to those, not to frames opened since. How a tape runs a caller's hook
+ * from inside an op's VJP without the VJP's frame freeing what the hook made.
+ */
+export function atScopeDepth<T>(depth: number, fn: () => T): T {
+  const inner = scopes.splice(depth);
+  try {
+    return fn();
+  } finally {
+    scopes.push(...inner);
+  }
+}
+
 /** Registers a tensor with the innermost enclosing scope (if any). */
 export function adopt(t: Tensor): void {
   scopes.at(-1)?.add(t);

@@ -10,24 +10,58 @@ import { ShapeError } from "./errors.ts";
 import { fmtShape } from "./shape.ts";
 import type { Tensor } from "./tensor.ts";
 
-/** Bytes of the largest window a kernel may bind (the device's binding limit, rounded to 16). */
+let windowOverride: number | null = null;
+
+/**
+ * Bytes of the largest window a kernel may bind: the device's binding limit (rounded to 16), or
+ * less while a test has shrunk it with {@link setMaxWindowBytes}.
+ */
 export function maxWindowBytes(): number {
-  return Math.floor(gpuDevice().limits.maxStorageBufferBindingSize / 16) * 16;
+  const device = Math.floor(gpuDevice().limits.maxStorageBufferBindingSize / 16) * 16;
+  return windowOverride === null ? device : Math.min(device, windowOverride);
+}
+
+/**
+ * For tests: plans windows as if a binding held at most `bytes` (null restores the device's
+ * limit), so window-by-window code paths run on tiny tensors. Only the planning of windowed ops
+ * changes; what a dispatch may bind is still the device's limit. Returns the previous override.
+ */
+export function setMaxWindowBytes(bytes: number | null): number | null {
+  if (bytes !== null && !(Number.isInteger(bytes) && bytes >= 16)) {
+    throw new RangeError(`setMaxWindowBytes: need an integer >= 16 or null, got ${bytes}`);
+  }
+  const prev = windowOverride;
+  windowOverride = bytes;
+  return prev;
+}
+
+/**
+ * The smallest row count whose byte size, for every row size in `rowBytes`, is a multiple of the
+ * device's `minStorageBufferOffsetAlignment`: windows of tensors that share their row axis (a
+ * weight and its gradient, a matrix and its factor) start on multiples of it.
+ */
+export function rowAlignment(...rowBytes: number[]): number {
+  const align = gpuDevice().limits.minStorageBufferOffsetAlignment;
+  return rowBytes.reduce((step, b) => lcm(step, align / gcd(align, b)), 1);
 }
 
 /**
  * Rows per window of a tensor whose rows along axis 0 have `rowBytes` bytes: as many rows as fit in
  * `maxBytes` (default: one binding), rounded down so every window starts on the device's
- * `minStorageBufferOffsetAlignment`. Throws when even one aligned group of rows does not fit.
+ * `minStorageBufferOffsetAlignment` (for `alsoAligned` row sizes too: see {@link rowAlignment}).
+ * Throws when even one aligned group of rows does not fit.
  */
-export function rowWindow(rowBytes: number, maxBytes = maxWindowBytes(), what = "a row"): number {
-  const align = gpuDevice().limits.minStorageBufferOffsetAlignment;
-  // The smallest row count whose byte size is a multiple of the alignment.
-  const step = align / gcd(align, rowBytes);
+export function rowWindow(
+  rowBytes: number,
+  maxBytes = maxWindowBytes(),
+  what = "a row",
+  alsoAligned: readonly number[] = [],
+): number {
+  const step = rowAlignment(rowBytes, ...alsoAligned);
   const rows = Math.floor(maxBytes / rowBytes / step) * step;
   if (rows < 1) {
     throw new ShapeError(
-      `${what} of ${rowBytes} bytes (in groups of ${step} for ${align}-byte alignment) does not ` +
+      `${what} of ${rowBytes} bytes (in groups of ${step} rows for offset alignment) does not ` +
         `fit one binding window of ${maxBytes} bytes`,
     );
   }
@@ -37,6 +71,22 @@ export function rowWindow(rowBytes: number, maxBytes = maxWindowBytes(), what = 
 function gcd(a: number, b: number): number {
   while (b) [a, b] = [b, a % b];
   return a;
+}
+
+function lcm(a: number, b: number): number {
+  return (a / gcd(a, b)) * b;
+}
+
+/**
+ * Calls `fn(r0, n)` for consecutive row windows `[r0, r0 + n)` of `rows` rows, `per` rows each
+ * (the last one shorter); one call covering everything when `per >= rows`, none when rows is 0.
+ */
+export function forEachRowWindow(
+  rows: number,
+  per: number,
+  fn: (r0: number, n: number) => void,
+): void {
+  for (let r0 = 0; r0 < rows; r0 += per) fn(r0, Math.min(per, rows - r0));
 }
 
 /**
@@ -63,10 +113,10 @@ export function forEachWindow(
       );
     }
   }
-  const widest = Math.max(...tensors.map((t) => bytesPerElement(t.dtype)));
-  const align = gpuDevice().limits.minStorageBufferOffsetAlignment;
-  // Starts at multiples of `align` elements are aligned whatever the dtype (>= 1 byte each).
-  const step = (align * multiple) / gcd(align, multiple);
+  const sizes = tensors.map((t) => bytesPerElement(t.dtype));
+  const widest = Math.max(...sizes);
+  // Every tensor's window starts on an aligned byte offset (each element is a "row" here).
+  const step = lcm(rowAlignment(...sizes), multiple);
   const fits = tensors.every((t) => t.bytes <= maxBytes);
   const per = fits ? n : Math.floor(maxBytes / widest / step) * step;
   if (per < 1) throw new ShapeError(`no aligned window of ${step} elements fits ${maxBytes} bytes`);

@@ -53,10 +53,18 @@ export function linearBuffer(init: LinearInit): Tensor | undefined {
   return init.support ?? init.frozen;
 }
 
+/** Storage dtype of model weights: `f32`, or `bf16` (two per 32-bit word, f32 arithmetic). */
+export type WeightDType = "f32" | "bf16";
+
 /** Options of {@link initLinear}. */
 export interface InitLinearOptions {
   /** Std of the dense N(0, std) init (default 0.02, the reference `initializer_range`). */
   readonly std?: number;
+  /**
+   * Storage of every tensor of the linear but SLTrain's u32 support (default f32). bf16 values
+   * are the f32 draws rounded to nearest even (the same draws under the same seed).
+   */
+  readonly dtype?: WeightDType;
   /**
    * Seed of the SLTrain support (default: `method.seed`). A model passes one per linear so that
    * supports differ between linears but depend on `method.seed` alone, not on the weight seed.
@@ -88,28 +96,28 @@ export function initLinear(
   rng: Rng | number,
   opts: InitLinearOptions = {},
 ): LinearInit {
-  const r = typeof rng === "number" ? new Rng(rng) : rng;
+  const draw = { rng: typeof rng === "number" ? new Rng(rng) : rng, dtype: opts.dtype ?? "f32" };
   const kind = checkKind((method as { kind?: unknown }).kind);
   if (kind === "dense") {
-    return { params: { w: randomNormal([out, inF], 0, opts.std ?? 0.02, { rng: r }) } };
+    return { params: { w: randomNormal([out, inF], 0, opts.std ?? 0.02, draw) } };
   }
   const m = method as Exclude<LinearMethod, { kind: "dense" }>;
   const aBound = 1 / Math.sqrt(inF);
   if (m.kind === "relora") {
-    const frozen = randomNormal([out, inF], 0, opts.std ?? 0.02, { rng: r });
-    const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
-    return { params: { A, B: zeros([out, m.rank]) }, frozen };
+    const frozen = randomNormal([out, inF], 0, opts.std ?? 0.02, draw);
+    const A = randomUniform([m.rank, inF], -aBound, aBound, draw);
+    return { params: { A, B: zeros([out, m.rank], draw.dtype) }, frozen };
   }
   if (m.kind === "lowrank") {
-    const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
+    const A = randomUniform([m.rank, inF], -aBound, aBound, draw);
     const bBound = 1 / Math.sqrt(m.rank);
-    const B = randomUniform([out, m.rank], -bBound, bBound, { rng: r });
+    const B = randomUniform([out, m.rank], -bBound, bBound, draw);
     return { params: { A, B } };
   }
   const indices = sampleSupport(out, inF, m.delta, opts.supportSeed ?? m.seed);
-  const A = randomUniform([m.rank, inF], -aBound, aBound, { rng: r });
-  const B = zeros([out, m.rank]);
-  const V = randomUniform([indices.length], -aBound, aBound, { rng: r });
+  const A = randomUniform([m.rank, inF], -aBound, aBound, draw);
+  const B = zeros([out, m.rank], draw.dtype);
+  const V = randomUniform([indices.length], -aBound, aBound, draw);
   return { params: { A, B, V }, support: tensor(indices, [indices.length], "u32") };
 }
 

@@ -5,6 +5,7 @@
  * @module
  */
 import { Rng } from "../core/rng.ts";
+import { checkpoint } from "../core/tape.ts";
 import { ones, randomNormal, scope, type Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
@@ -19,7 +20,13 @@ import { rope } from "../ops/rope.ts";
 import { reshape, transpose } from "../ops/shape.ts";
 import { headDim, type LlamaConfig, validateConfig } from "./config.ts";
 import { ConfigError } from "./errors.ts";
-import { applyLinear, initLinear, linearBuffer, type LinearParams } from "./linear.ts";
+import {
+  applyLinear,
+  initLinear,
+  linearBuffer,
+  type LinearParams,
+  type WeightDType,
+} from "./linear.ts";
 import {
   BLOCK_LINEARS,
   type BlockLinearName,
@@ -101,9 +108,23 @@ export interface Batch {
 /** Target value that contributes no loss (padding), as in PyTorch and the reference code. */
 export const IGNORE_INDEX: number = -100;
 
+/** Options of {@link initLlama}. */
+export interface InitLlamaOptions {
+  /**
+   * Storage of the weights (default f32). Under `bf16`, every 2-D weight (embedding, lm_head,
+   * dense block weights, low-rank factors A and B, ReLoRA's frozen W) and SLTrain's values V are
+   * bf16; the norm gains stay f32. A gain is a vector of numbers near 1, where bf16's spacing is
+   * 2^-7 ≈ 0.008: an AdamW step of lr ≈ 1e-4 (late in a cosine schedule) moves a gain by about lr,
+   * less than half that spacing, so round-to-nearest would drop every such update and the gains
+   * would stop training; they are tiny (hidden-sized), so f32 costs nothing.
+   */
+  readonly dtype?: WeightDType;
+}
+
 /**
  * Builds a model with weights drawn from `seed`. Norms start at one; embedding and lm_head are
- * N(0, initStd); block linears follow `initLinear` (see `models/linear.ts`).
+ * N(0, initStd); block linears follow `initLinear` (see `models/linear.ts`). Under
+ * `dtype: "bf16"` the same seed draws the same values, rounded to bf16.
  *
  * Determinism: every tensor draws from its own generator, seeded in a fixed order from `seed`
  * (embed, lm_head, then each block's q, k, v, o, gate, up, down), so the same seed gives the same
@@ -111,7 +132,16 @@ export const IGNORE_INDEX: number = -100;
  * supports are seeded the same way from `method.seed` alone, so two weight seeds share a support.
  * A ReLoRA model's frozen W equals the dense model's w under the same seed.
  */
-export function initLlama(config: LlamaConfig, method: LinearMethod, seed: number): Llama {
+export function initLlama(
+  config: LlamaConfig,
+  method: LinearMethod,
+  seed: number,
+  opts: InitLlamaOptions = {},
+): Llama {
+  const dtype = opts.dtype ?? "f32";
+  if (dtype !== "f32" && dtype !== "bf16") {
+    throw new ConfigError(`initLlama: dtype must be "f32" or "bf16", got ${JSON.stringify(dtype)}`);
+  }
   const cfg = validateConfig(config);
   validateMethod(cfg, method);
   const root = new Rng(seed);
@@ -120,8 +150,8 @@ export function initLlama(config: LlamaConfig, method: LinearMethod, seed: numbe
   const shapes = blockLinearShapes(cfg);
   // scope: a throw midway (e.g. a tensor over the device's limits) frees what was built so far.
   return scope(() => {
-    const embed = randomNormal([vocab, d], 0, std, { seed: root.nextU32() });
-    const lmHead = randomNormal([vocab, d], 0, std, { seed: root.nextU32() });
+    const embed = randomNormal([vocab, d], 0, std, { seed: root.nextU32(), dtype });
+    const lmHead = randomNormal([vocab, d], 0, std, { seed: root.nextU32(), dtype });
     const layers: LayerParams[] = [];
     const layerBuffers: LayerBuffers[] = [];
     for (let i = 0; i < cfg.layers; i++) {
@@ -131,6 +161,7 @@ export function initLlama(config: LlamaConfig, method: LinearMethod, seed: numbe
         const init = initLinear(method, out, inF, root.nextU32(), {
           std,
           supportSeed: supportRng?.nextU32(),
+          dtype,
         });
         lin[name] = init.params;
         const buffer = linearBuffer(init);
@@ -162,12 +193,28 @@ function checkTokens(what: string, t: Tensor): [number, number] {
   return [t.shape[0], t.shape[1]];
 }
 
+/** Options of {@link hiddenStates}. */
+export interface HiddenStatesOptions {
+  /**
+   * Recompute each decoder block in backward instead of keeping its activations on the tape
+   * (`checkpoint` per block): the tape then holds the blocks' inputs and outputs, and backward
+   * holds one block's activations at a time, for one extra forward of every block. Gradients are
+   * bit-identical. No effect without a running tape.
+   */
+  readonly recompute?: boolean;
+}
+
 /**
  * The final-norm output [B, T, D] for token ids `tokens` (i32 [B, T]): everything of the model but
  * the lm_head. Issues kernels only, no GPU sync. Token ids outside [0, V) give zero embeddings (the
  * GPU cannot throw); validate them on the CPU beforehand if that matters.
  */
-export function hiddenStates(model: LlamaModel, params: LlamaParams, tokens: Tensor): Tensor {
+export function hiddenStates(
+  model: LlamaModel,
+  params: LlamaParams,
+  tokens: Tensor,
+  opts: HiddenStatesOptions = {},
+): Tensor {
   const { config, method, buffers } = model;
   const [b, t] = checkTokens("hiddenStates: tokens", tokens);
   if (params.layers.length !== config.layers || buffers.layers.length !== config.layers) {
@@ -181,21 +228,27 @@ export function hiddenStates(model: LlamaModel, params: LlamaParams, tokens: Ten
   // [B, T, D] <-> [B, H, T, Dh], the layout attention and RoPE take.
   const split = (y: Tensor) => transpose(reshape(y, [b, t, h, dh]), [0, 2, 1, 3]);
   const merge = (y: Tensor) => reshape(transpose(y, [0, 2, 1, 3]), [b, t, d]);
+  const block = (x: Tensor, p: LayerParams, sup: LayerBuffers) => {
+    const lin = (name: BlockLinearName, y: Tensor) => applyLinear(method, p[name], sup[name], y);
+    const n1 = rmsNorm(x, p.attnNorm, eps);
+    const q = rope(split(lin("q", n1)), { base });
+    const k = rope(split(lin("k", n1)), { base });
+    const v = split(lin("v", n1));
+    const hAttn = add(x, lin("o", merge(causalSelfAttention(q, k, v))));
+    const n2 = rmsNorm(hAttn, p.mlpNorm, eps);
+    return add(hAttn, lin("down", mul(silu(lin("gate", n2)), lin("up", n2))));
+  };
   return scope(() => {
     let x = embedding(params.embed, tokens);
     params.layers.forEach((p, i) => {
       const sup = buffers.layers[i];
-      const lin = (name: BlockLinearName, y: Tensor) => applyLinear(method, p[name], sup[name], y);
       // One scope per block: without a tape its activations die here, not at the end.
-      x = scope(() => {
-        const n1 = rmsNorm(x, p.attnNorm, eps);
-        const q = rope(split(lin("q", n1)), { base });
-        const k = rope(split(lin("k", n1)), { base });
-        const v = split(lin("v", n1));
-        const hAttn = add(x, lin("o", merge(causalSelfAttention(q, k, v))));
-        const n2 = rmsNorm(hAttn, p.mlpNorm, eps);
-        return add(hAttn, lin("down", mul(silu(lin("gate", n2)), lin("up", n2))));
-      });
+      x = opts.recompute
+        ? checkpoint(
+          ([h, ...leaves]) => block(h, tree.unflatten(p, leaves), sup),
+          [x, ...tree.flatten(p)],
+        )
+        : scope(() => block(x, p, sup));
     });
     return rmsNorm(x, params.finalNorm, eps);
   });
@@ -211,8 +264,8 @@ export function forward(model: LlamaModel, params: LlamaParams, tokens: Tensor):
 }
 
 /** Options of {@link loss} and {@link evalLossSums}. */
-export interface LossOptions {
-  /** Bytes of one chunk of logits in the fused head (default `LM_HEAD_CHUNK_BYTES`, 32 MiB). */
+export interface LossOptions extends HiddenStatesOptions {
+  /** Bytes of one block of logits in the fused head (default `LM_HEAD_CHUNK_BYTES`, 32 MiB). */
   readonly chunkBytes?: number;
 }
 
@@ -242,10 +295,15 @@ export function loss(
 ): Tensor {
   checkBatch("loss", batch);
   return scope(() =>
-    lmHeadCrossEntropy(hiddenStates(model, params, batch.inputs), params.lmHead, batch.targets, {
-      ignoreIndex: IGNORE_INDEX,
-      chunkBytes: opts.chunkBytes,
-    })
+    lmHeadCrossEntropy(
+      hiddenStates(model, params, batch.inputs, opts),
+      params.lmHead,
+      batch.targets,
+      {
+        ignoreIndex: IGNORE_INDEX,
+        chunkBytes: opts.chunkBytes,
+      },
+    )
   );
 }
 

@@ -27,7 +27,8 @@ export interface Refactored {
  * returns B' = U·√S and A' = √S·Vᵀ, so B'·A' = B·A up to rounding (≈1e-7 relative in f32) and
  * both factors carry the same scale. Computed as QR(B) = Q_b R_b, QR(Aᵀ) = Q_a R_a, then a
  * one-sided Jacobi SVD of the r×r core R_b·R_aᵀ: never forms the out×in product, and accurate for
- * small singular values too. One readback. With `donate` (default true) disposes the old B and A.
+ * small singular values too. One readback. The new factors have the old ones' dtypes (f32 or bf16).
+ * With `donate` (default true) disposes the old B and A.
  */
 export async function refactorFactors(
   b: Tensor,
@@ -91,7 +92,12 @@ export async function refactorFactors(
     b.dispose();
     a.dispose();
   }
-  return { b: tensor(nb, [out, r]), a: tensor(na, [r, inp]), singularValues: s };
+  // The new factors keep the old ones' storage (bf16 rounds once, here).
+  return {
+    b: tensor(nb, [out, r], b.dtype),
+    a: tensor(na, [r, inp], a.dtype),
+    singularValues: s,
+  };
 }
 
 /**

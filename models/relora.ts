@@ -4,6 +4,7 @@
  * with the function unchanged.
  * @module
  */
+import { convert } from "../core/convert.ts";
 import { ShapeError } from "../core/errors.ts";
 import { Rng } from "../core/rng.ts";
 import { fmtShape } from "../core/shape.ts";
@@ -44,13 +45,19 @@ export function reloraMerge(
     );
   }
   const ba = matmul(b, a);
-  const merged = mapN("relora_merge", [w, ba], "v0 + c0 * v1", undefined, [scale]);
+  const sum = mapN("relora_merge", [w, ba], "v0 + c0 * v1", undefined, [scale]);
   ba.dispose();
+  // Each tensor keeps its storage dtype (a bf16 W is rounded once, after the f32 sum).
+  const merged = convert(sum, w.dtype as "f32" | "bf16");
+  sum.dispose();
   const bound = 1 / Math.sqrt(inp);
   const fresh = {
     w: merged,
-    b: zeros(b.shape),
-    a: randomUniform(a.shape, -bound, bound, { seed: opts.seed ?? 0 }),
+    b: zeros(b.shape, b.dtype),
+    a: randomUniform(a.shape, -bound, bound, {
+      seed: opts.seed ?? 0,
+      dtype: a.dtype as "f32" | "bf16",
+    }),
   };
   if (opts.donate ?? true) {
     w.dispose();

@@ -62,6 +62,103 @@ const rowsKernel = kernelFamily((name: string) =>
   })
 );
 
+// The LM head's vocabulary blocks: one invocation per row of a [rows, cols] block of logits whose
+// first column is class v0 folds the block into the row's running max `mx`, its sum of exp(x - mx)
+// `se` (rescaled when the max grows: the online log-sum-exp) and, when the target falls in the
+// block, the target's logit `tl`. The first block starts the state (what the buffers held before
+// is discarded by select). Same passes and order as rowsKernel, so a single block gives its
+// log-sum-exp and loss to the bit.
+const blockKernel = kernelFamily((name: string) =>
+  defineKernel({
+    name,
+    inputs: { x: "f32", tg: "i32" },
+    outputs: { mx: "f32", se: "f32", tl: "f32" },
+    uniforms: { cols: "u32", v0: "u32", first: "u32" },
+    grid: "row",
+    body: `  let base = r * u.cols;
+  ${accDecl("m", "load_x(base)")}
+  ${forUnrolled("j", "0u", "u.cols", (i, k) => `m${k} = max(m${k}, load_x(base + ${i}));`)}
+  let bm = ${accCombine("m", "max")};
+  let first = u.first == 1u;
+  let prev = load_mx(r);
+  let m = select(max(prev, bm), bm, first);
+  ${accDecl("s", "0.0")}
+  ${forUnrolled("j", "0u", "u.cols", (i, k) => `s${k} += exp(load_x(base + ${i}) - m);`)}
+  let bs = ${accCombine("s", "+")};
+  store_se(r, select(load_se(r) * exp(prev - m) + bs, bs, first));
+  store_mx(r, m);
+  let t = load_tg(r);
+  if (t >= i32(u.v0) && t - i32(u.v0) < i32(u.cols)) { store_tl(r, load_x(base + u32(t) - u.v0)); }`,
+  })
+);
+
+// After the last block: lse = mx + log(se) and the row loss, as rowsKernel writes them.
+const finishKernel = kernelFamily((name: string) =>
+  defineKernel({
+    name,
+    inputs: { mx: "f32", se: "f32", tl: "f32", tg: "i32" },
+    outputs: { loss: "f32", lse: "f32" },
+    uniforms: { v: "u32", ignore: "i32", nan: "f32" },
+    grid: "row",
+    body: `  let l = load_mx(r) + log(load_se(r));
+  store_lse(r, l);
+  let t = load_tg(r);
+  if (t == u.ignore) {
+    store_loss(r, 0.0);
+  } else if (t < 0 || t >= i32(u.v)) {
+    store_loss(r, u.nan);
+  } else {
+    store_loss(r, l - load_tl(r));
+  }`,
+  })
+);
+
+/** Running state of the online log-sum-exp over vocabulary blocks, one f32 per row each. */
+export interface OnlineLse {
+  /** Running max of the row's logits. */
+  mx: Tensor;
+  /** Running sum of exp(logit - mx). */
+  se: Tensor;
+  /** The target's logit, once its block has been seen. */
+  tl: Tensor;
+}
+
+/**
+ * Folds a [rows, cols] block of logits, classes [v0, v0 + cols), into the online log-sum-exp
+ * `state` (rows = all targets); `first` starts it.
+ */
+export function ceBlock(
+  name: string,
+  logits: Tensor,
+  targets: Tensor,
+  state: OnlineLse,
+  f: { rows: number; cols: number; v0: number; first: boolean },
+): void {
+  blockKernel(name)({ x: logits, tg: targets, ...state }, {
+    rows: f.rows,
+    cols: f.cols,
+    v0: f.v0,
+    first: f.first ? 1 : 0,
+  });
+}
+
+/** Turns a finished online state into each row's log-sum-exp and loss (as {@link ceRowLosses}). */
+export function ceFinish(
+  name: string,
+  state: OnlineLse,
+  targets: Tensor,
+  loss: Tensor,
+  lse: Tensor,
+  f: CeArgs,
+): void {
+  finishKernel(name)({ ...state, tg: targets, loss, lse }, {
+    rows: f.rows,
+    v: f.v,
+    ignore: f.ignore,
+    nan: NaN,
+  });
+}
+
 // A single invocation sums the row losses (16 interleaved partial sums) and counts the non-ignored
 // targets; a fixed order keeps the result deterministic. out = sum / count (mean, 0 if count is 0)
 // or sum.

@@ -1,40 +1,46 @@
 /**
- * The untied LM head fused with softmax cross-entropy, `CE(h·Wᵀ, targets)`, computed in chunks so
- * that the [N, V] logits never exist whole: at N = 2048 tokens and V = 32000 they take 262 MB and
- * overflow a 128 MiB storage binding.
+ * The untied LM head fused with softmax cross-entropy, `CE(h·Wᵀ, targets)`, computed in
+ * vocabulary blocks so that the [N, V] logits never exist whole (at N = 2048 tokens and V = 32000
+ * they take 262 MB and overflow a 128 MiB storage binding), and W may be of any size (at 1B and
+ * 7B it is itself over one binding).
  *
- * Forward walks row chunks of h and keeps one log-sum-exp per row. Backward recomputes the logits
- * in vocabulary blocks: each block's dW rows are final at once (no [V, D] accumulator beside the
- * output), and only dh [N, D], small next to W, is accumulated across blocks. The tape keeps the
- * inputs, the per-row log-sum-exp and the target count, nothing of size V·N.
+ * Each block of W is a zero-copy row window `W.rows(v0, m)`. Forward folds each block's logits
+ * into an online log-sum-exp per row (running max and sum, plus the target's logit). Backward
+ * recomputes each block's logits: the block's dW rows are final at once and are written straight
+ * into the same rows of dW (no [V, D] accumulator, no copy), and only dh [N, D], small next to W,
+ * is accumulated across blocks. The tape keeps the inputs, the per-row log-sum-exp and the target
+ * count, nothing of size V·N. W may be bf16: each block is widened for its products, and dW is
+ * bf16 too.
  * @module
  */
-import { defineKernel } from "../core/define_kernel.ts";
-import { assertF32 } from "../core/dtype.ts";
+import { convert, convertInto } from "../core/convert.ts";
+import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
 import { isRecording, recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
+import { forEachRowWindow, maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import {
   CE_MODE,
+  ceBlock,
+  ceFinish,
   ceGrad,
   ceReduce,
-  ceRowLosses,
   checkCeLoops,
   checkIgnore,
   checkTargets,
 } from "./ce_kernels.ts";
-import { matmul } from "./matmul.ts";
-import { stridedCopy } from "./strided.ts";
+import { matmul, matmulInto } from "./matmul.ts";
+import { addInto } from "./strided.ts";
 
-/** Default bytes of one chunk of logits (forward rows or backward vocabulary block). */
+/** Default bytes of one block of logits ([N, m] for m vocabulary rows). */
 export const LM_HEAD_CHUNK_BYTES: number = 32 * 1024 * 1024;
 
 /** Options of {@link lmHeadCrossEntropy} and {@link lmHeadLossSums}. */
 export interface LmHeadLossOptions {
   /** Targets equal to this value contribute no loss, no gradient and no count (default -100). */
   ignoreIndex?: number;
-  /** Upper bound on the bytes of one chunk of f32 logits (default {@link LM_HEAD_CHUNK_BYTES}). */
+  /** Upper bound on the bytes of one block of f32 logits (default {@link LM_HEAD_CHUNK_BYTES}). */
   chunkBytes?: number;
 }
 
@@ -52,35 +58,20 @@ export interface LossSums {
   count: Tensor;
 }
 
-const ADD_INPLACE = defineKernel({
-  name: "lm_head_accumulate",
-  inputs: { part: "f32" },
-  outputs: { acc: "f32" },
-  grid: "flat",
-  body: "  store_acc(i, load_acc(i) + load_part(i));",
-});
-
-/** Rows [r0, r0 + n) of a [R, D] tensor as a fresh [n, D] tensor (the whole tensor as a view). */
-function rowsOf(x: Tensor, r0: number, n: number): Tensor {
-  const d = x.shape[1];
-  if (r0 === 0 && n === x.shape[0]) return x.view(x.shape);
-  const out = Tensor.empty([n, d]);
-  stridedCopy("lm_head_copy", "gather", x, out, [n * d], [1], r0 * d);
-  return out;
-}
-
 interface Checked {
   n: number;
   d: number;
   v: number;
   ignore: number;
-  chunkBytes: number;
+  /** Vocabulary rows per block. */
+  block: number;
 }
 
 function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossOptions): Checked {
   const shapes = () =>
     `h ${fmtShape(h.shape)}, lmHead ${fmtShape(w.shape)}, targets ${fmtShape(targets.shape)}`;
-  assertF32(op, ["h", h], ["lmHead", w]);
+  assertDType(op, ["f32"], ["h", h]);
+  assertDType(op, ["f32", "bf16"], ["lmHead", w]);
   checkTargets(op, targets);
   if (
     h.rank < 1 || w.rank !== 2 || w.shape[1] !== h.shape[h.rank - 1] ||
@@ -101,13 +92,39 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
   const n = targets.size;
   if (v === 0 && n > 0) throw new ShapeError(`${op}: lmHead has no rows (${shapes()})`);
   checkCeLoops(op, v, n);
-  return { n, d, v, ignore, chunkBytes };
+  return { n, d, v, ignore, block: vocabBlock(n, d, v, w, chunkBytes) };
 }
 
-// At least one row or column per chunk, however small the budget.
-const chunk = (bytes: number, other: number) => Math.max(1, Math.floor(bytes / (4 * other)));
+/**
+ * Vocabulary rows per block: logits [N, m] within `chunkBytes` and one binding window, and the
+ * block of W (as f32) within one binding window (a bf16 block: within `chunkBytes`); block starts
+ * aligned for views of W and dW. At least one aligned group of
+ * rows, so a tiny `chunkBytes` is a soft bound.
+ */
+function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: number): number {
+  const window = maxWindowBytes();
+  // A bf16 block is widened to f32 (and so is its dW block before it is stored): keep those
+  // copies within chunkBytes too.
+  const wBytes = w.dtype === "f32" ? window : Math.min(window, chunkBytes);
+  const cols = Math.min(
+    Math.floor(Math.min(chunkBytes, window) / (4 * Math.max(n, 1))),
+    Math.floor(wBytes / (4 * Math.max(d, 1))),
+  );
+  if (cols >= v) return Math.max(v, 1);
+  const step = rowAlignment(d * bytesPerElement(w.dtype));
+  return Math.max(step, Math.floor(cols / step) * step);
+}
 
-/** Forward over row chunks: the reduced loss, the target count and the per-row log-sum-exp. */
+/** Rows [v0, v0 + m) of W as f32: a view, or for bf16 a widened copy of the view. */
+function blockOf(w: Tensor, v0: number, m: number): Tensor {
+  const view = m === w.shape[0] ? w.view(w.shape) : w.rows(v0, m);
+  if (view.dtype === "f32") return view;
+  const wide = convert(view, "f32");
+  view.dispose();
+  return wide;
+}
+
+/** Forward over vocabulary blocks: the reduced loss, the target count and the per-row lse. */
 function forwardPass(
   h: Tensor,
   w: Tensor,
@@ -116,21 +133,24 @@ function forwardPass(
   mode: number,
 ): { out: Tensor; count: Tensor; lse: Tensor } {
   const { n, d, v, ignore } = c;
-  // untracked: the chunk matmuls are internals of this op's single tape node.
+  // untracked: the block matmuls are internals of this op's single tape node.
   return untracked(() => {
     const h2 = h.view([n, d]);
-    const rowLoss = Tensor.empty([n]);
-    const lse = Tensor.empty([n]);
-    const rows = chunk(c.chunkBytes, v);
-    for (let r0 = 0; r0 < n; r0 += rows) {
-      const m = Math.min(rows, n - r0);
-      const hc = rowsOf(h2, r0, m);
-      const logits = matmul(hc, w, { transB: true });
-      hc.dispose();
-      ceRowLosses("lm_head_rows", logits, targets, rowLoss, lse, { rows: m, v, ignore, off: r0 });
-      logits.dispose();
+    const state = { mx: Tensor.empty([n]), se: Tensor.empty([n]), tl: Tensor.empty([n]) };
+    if (n > 0) {
+      forEachRowWindow(v, c.block, (v0, m) => {
+        const wb = blockOf(w, v0, m);
+        const logits = matmul(h2, wb, { transB: true });
+        wb.dispose();
+        ceBlock("lm_head_block", logits, targets, state, { rows: n, cols: m, v0, first: v0 === 0 });
+        logits.dispose();
+      });
     }
     h2.dispose();
+    const rowLoss = Tensor.empty([n]);
+    const lse = Tensor.empty([n]);
+    ceFinish("lm_head_finish", state, targets, rowLoss, lse, { rows: n, v, ignore });
+    for (const t of Object.values(state)) t.dispose();
     const out = Tensor.empty([]);
     const count = Tensor.empty([]);
     ceReduce("lm_head_reduce", rowLoss, targets, out, count, { rows: n, v, ignore, mode });
@@ -151,15 +171,13 @@ function backwardPass(
   g: Tensor,
 ): [Tensor, Tensor] {
   const { n, d, v, ignore } = c;
-  if (n === 0) return [zeros(h.shape), zeros(w.shape)];
+  if (n === 0) return [zeros(h.shape), zeros(w.shape, w.dtype)];
   return untracked(() => {
     const h2 = h.view([n, d]);
-    const cols = chunk(c.chunkBytes, n);
-    const dW = Tensor.empty([v, d]);
+    const dW = Tensor.empty([v, d], w.dtype);
     let dh: Tensor | null = null;
-    for (let v0 = 0; v0 < v; v0 += cols) {
-      const m = Math.min(cols, v - v0);
-      const wb = rowsOf(w, v0, m);
+    forEachRowWindow(v, c.block, (v0, m) => {
+      const wb = blockOf(w, v0, m);
       const dl = matmul(h2, wb, { transB: true });
       // In place: the block's logits become its gradient.
       ceGrad("lm_head_backward", dl, null, { targets, lse, count, g }, {
@@ -170,19 +188,25 @@ function backwardPass(
         ignore,
         mode,
       });
-      // Block rows of dW are final: written straight into the output, never accumulated.
-      const dWb = matmul(dl, h2, { transA: true });
-      stridedCopy("lm_head_copy", "scatter", dWb, dW, [m * d], [1], v0 * d);
+      // The block's rows of dW are final: written straight into them, never accumulated.
+      const dWb = m === v ? dW.view(dW.shape) : dW.rows(v0, m);
+      if (dWb.dtype === "f32") {
+        matmulInto(dl, h2, dWb, { transA: true });
+      } else {
+        const wide = matmul(dl, h2, { transA: true });
+        convertInto(wide, dWb);
+        wide.dispose();
+      }
       dWb.dispose();
       const part = matmul(dl, wb);
       dl.dispose();
       wb.dispose();
       if (dh === null) dh = part;
       else {
-        ADD_INPLACE({ part, acc: dh }, { n: dh.size });
+        addInto(part, dh);
         part.dispose();
       }
-    }
+    });
     h2.dispose();
     const dhOut = dh!.view(h.shape);
     dh!.dispose();
@@ -192,16 +216,19 @@ function backwardPass(
 
 /**
  * Cross-entropy of the untied LM head, `crossEntropy(h·lmHeadᵀ, targets)`, as one tape node whose
- * peak memory is one chunk of logits instead of all of them.
+ * peak memory is one block of logits instead of all of them.
  *
- * Shapes: h [..., D] f32, lmHead [V, D] f32, targets [...] (i32 or u32; h's shape without its last
- * axis) → a scalar: the mean over non-ignored targets (0 if there are none) or, with
+ * Shapes: h [..., D] f32, lmHead [V, D] f32 or bf16, targets [...] (i32 or u32; h's shape without
+ * its last axis) → a scalar: the mean over non-ignored targets (0 if there are none) or, with
  * `reduction: "sum"`, their sum. Everything stays on the device (the count too). Targets outside
  * [0, V) that are not `ignoreIndex` give NaN, as in `crossEntropy`.
  *
- * Chunks hold at most `chunkBytes` of f32 logits: forward takes ⌊chunkBytes / 4V⌋ rows at a time,
- * backward ⌊chunkBytes / 4N⌋ vocabulary rows (each at least 1). The VJP recomputes the logits
- * (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D]; targets get no gradient.
+ * Blocks take ⌊chunkBytes / 4N⌋ vocabulary rows (fewer if W's block would not fit one storage
+ * binding as f32, or for bf16 W not `chunkBytes` as f32; rounded down to the offset alignment of
+ * W's rows, at least one aligned group),
+ * in forward and backward alike; a single block gives `crossEntropy`'s loss to the bit. The VJP
+ * recomputes the logits (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D] in lmHead's dtype;
+ * targets get no gradient.
  */
 export function lmHeadCrossEntropy(
   h: Tensor,

@@ -10,12 +10,15 @@ import type { DType } from "../core/dtype.ts";
 import {
   broadcastShapes,
   collapseAxes,
+  fmtShape,
   type Shape,
   shapesEqual,
   sizeOf,
   stridesOf,
 } from "../core/shape.ts";
+import { DeviceLimitError } from "../core/errors.ts";
 import { Tensor } from "../core/tensor.ts";
+import { forEachWindow, maxWindowBytes } from "../core/windows.ts";
 
 function broadcastStrides(inShape: Shape, out: Shape): number[] {
   const s = stridesOf(inShape);
@@ -73,8 +76,12 @@ const mapKernel = kernelFamily((
 
 /**
  * Runs an n-ary elementwise kernel: `expr` is a WGSL f32 expression over `v0, v1, ...` (the
- * broadcast input values, integer inputs converted to f32) and `c0, c1, ...` (the numbers in
- * `consts`). The output is f32, shaped `outShape` or the broadcast of the inputs' shapes.
+ * broadcast input values, integer and bf16 inputs converted to f32) and `c0, c1, ...` (the numbers
+ * in `consts`). The output is f32, shaped `outShape` or the broadcast of the inputs' shapes.
+ *
+ * An output or input larger than one storage binding is processed in windows of the flat range:
+ * inputs shaped like the output are bound window by window, one-element inputs (broadcast
+ * scalars) whole. Other broadcasts at that size throw a DeviceLimitError.
  */
 export function mapN(
   name: string,
@@ -88,6 +95,11 @@ export function mapN(
   const out = Tensor.empty(shape);
   const n = sizeOf(shape);
   if (n === 0) return out;
+  const limit = maxWindowBytes();
+  if (out.bytes > limit || inputs.some((t) => t.bytes > limit)) {
+    mapWindows(name, inputs, out, expr, consts, limit);
+    return out;
+  }
   const bindings: Record<string, Tensor> = { out };
   inputs.forEach((t, j) => (bindings[`in${j}`] = t));
   const uniforms: Record<string, number | number[]> = { n, c: [...consts] };
@@ -103,4 +115,49 @@ export function mapN(
   }
   mapKernel(name, inputs.map((t) => t.dtype), expr, consts.length, rank)(bindings, uniforms);
   return out;
+}
+
+// Window by window over the flat range: full-size operands as views of each window, broadcast
+// scalars whole (rank-1 decoding with stride 0).
+function mapWindows(
+  name: string,
+  inputs: readonly Tensor[],
+  out: Tensor,
+  expr: string,
+  consts: readonly number[],
+  limit: number,
+): void {
+  const full = inputs.map((t) => t.size === out.size && t.size > 1);
+  const bad = inputs.find((t, j) => !full[j] && t.size !== 1);
+  if (bad) {
+    out.dispose();
+    throw new DeviceLimitError(
+      `${name}: output ${fmtShape(out.shape)} (${out.bytes} bytes) exceeds one storage binding ` +
+        `(${limit} bytes) and input ${fmtShape(bad.shape)} broadcasts into it; windows need ` +
+        "inputs of the output's size or single elements",
+    );
+  }
+  const big = inputs.filter((_, j) => full[j]);
+  const kernel = mapKernel(name, inputs.map((t) => t.dtype), expr, consts.length, 1);
+  // Window starts are multiples of the offset alignment (>= 4 elements): packed inputs start on
+  // whole words.
+  forEachWindow(
+    [out, ...big],
+    ([ov, ...views], _start, count) => {
+      const bindings: Record<string, Tensor> = { out: ov };
+      const uniforms: Record<string, number | number[]> = {
+        n: count,
+        c: [...consts],
+        dims: [count],
+      };
+      let k = 0;
+      inputs.forEach((t, j) => {
+        bindings[`in${j}`] = full[j] ? views[k++] : t;
+        uniforms[`s${j}`] = [full[j] ? 1 : 0];
+      });
+      kernel(bindings, uniforms);
+    },
+    1,
+    limit,
+  );
 }

@@ -5,10 +5,11 @@
  * @module
  */
 import { deviceInfo, gpuDevice } from "../core/device.ts";
-import { ShapeError } from "../core/errors.ts";
-import { assertF32 } from "../core/dtype.ts";
+import { DeviceLimitError, ShapeError } from "../core/errors.ts";
+import { convert } from "../core/convert.ts";
+import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { destroyAfterSubmit, encodeCopyToTexture, registerCache } from "../core/kernel.ts";
-import { fmtShape, sizeOf } from "../core/shape.ts";
+import { fmtShape, shapesEqual, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import {
@@ -20,7 +21,9 @@ import {
   matmulTexLayout,
   matmulWorkgroups,
 } from "./matmul_wgsl.ts";
+import { forEachRowWindow, maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import { sum } from "./reduce.ts";
+import { addInto, stridedCopy } from "./strided.ts";
 
 export type { MatmulFamily } from "./matmul_wgsl.ts";
 
@@ -83,9 +86,9 @@ function plan(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Plan {
   };
 }
 
-function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
-  if (sizeOf(p.outShape) === 0) return Tensor.empty(p.outShape);
-  if (p.k === 0) return zeros(p.outShape);
+// op(a)·op(b) into `out` (f32, maybe a window of a larger tensor); a and b are f32 and fit one
+// binding each. One dispatch (plus a texture copy), or a split-K product and its sum.
+function run(a: Tensor, b: Tensor, out: Tensor, transA: boolean, transB: boolean, p: Plan): void {
   const { kind, subgroupSize } = deviceInfo();
   const cfg = chooseMatmulConfig(p.m, p.n, p.k, transA, transB, kind, {
     subgroupSize,
@@ -100,13 +103,13 @@ function run(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): T
     const sub: Plan = { ...p, batch: parts, k: ks, aBatched: true, bBatched: true };
     // Same config: for Aᵀ·B the vec4 flags depend on M and N only.
     encodeMatmul(a, b, partial, sub, cfg);
-    const out = untracked(() => sum(partial, 0)); // [M, N]: split products are 2-D only
+    const total = untracked(() => sum(partial, 0)); // [M, N]: split products are 2-D only
     partial.dispose();
-    return out;
+    stridedCopy("matmul_split_k", "scatter", total, out, [p.m, p.n], [p.n, 1], 0);
+    total.dispose();
+    return;
   }
-  const out = Tensor.empty(p.outShape);
   encodeMatmul(a, b, out, p, cfg);
-  return out;
 }
 
 // Records one product into `out` (which has the plan's shape): texture copy of A if it pays, then
@@ -140,6 +143,157 @@ function encodeMatmul(a: Tensor, b: Tensor, out: Tensor, p: Plan, cfg: MatmulSha
   } else {
     matmulKernel(cfg)({ A: a, B: b, C: out }, uniforms, workgroups);
   }
+}
+
+// The interim bf16 path: a bf16 operand (block) is widened to a transient f32 copy for one
+// dispatch and freed right after it (the dispatch is already recorded), so the tape keeps the
+// bf16 tensor. A kernel reading bf16 directly would need neither copy.
+function runWidened(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  transA: boolean,
+  transB: boolean,
+  p: Plan,
+): void {
+  const [a32, b32] = [convert(a, "f32"), convert(b, "f32")];
+  try {
+    run(a32, b32, out, transA, transB, p);
+  } finally {
+    a32.dispose();
+    b32.dispose();
+  }
+}
+
+/**
+ * op(a)·op(b) into `out` [..., M, N]. Operands and output that fit one storage binding (as f32)
+ * take one dispatch. A larger 2-D product runs in blocks of M, N and K. A large operand is cut
+ * along its rows into zero-copy windows (M of an untransposed A, N of a transposed B, K of a
+ * transposed A or an untransposed B); other blocks are gathered copies (of the small operands: in
+ * a training step the activations, or of a large operand's row windows where a layout cuts it
+ * along its columns). Blocks over K add up into their block of C, which is a row window of a
+ * large C or copied into a small one. A batched product over the limit throws a DeviceLimitError
+ * naming the shapes.
+ */
+function multiplyInto(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  transA: boolean,
+  transB: boolean,
+  p: Plan,
+): void {
+  const limit = maxWindowBytes();
+  // Output rows and columns per dispatch stay within the workgroup-count limit (each workgroup
+  // covers at least one of them).
+  const cap = gpuDevice().limits.maxComputeWorkgroupsPerDimension;
+  const f32 = (t: Tensor) => t.size * 4;
+  const { m, n, k } = p;
+  const batched = p.batch > 1 || p.aBatched || p.bBatched;
+  if (
+    f32(a) <= limit && f32(b) <= limit && out.bytes <= limit && (batched || (m <= cap && n <= cap))
+  ) {
+    runWidened(a, b, out, transA, transB, p);
+    return;
+  }
+  const refuse = (why: string) =>
+    new DeviceLimitError(
+      `matmul: ${fmtShape(a.shape)} ${a.dtype}${transA ? "ᵀ" : ""} · ${
+        fmtShape(b.shape)
+      } ${b.dtype}${transB ? "ᵀ" : ""} -> ${
+        fmtShape(out.shape)
+      }: ${why} (one storage binding holds ${limit} bytes: maxStorageBufferBindingSize)`,
+    );
+  if (batched) throw refuse("a batched product over one binding cannot be windowed");
+  const [bytesA, bytesB] = [bytesPerElement(a.dtype), bytesPerElement(b.dtype)];
+  // A window of an axis of `size` (at most `most`) such that blocks `other` elements across fit
+  // the limit as f32, starting on aligned offsets of the operands whose rows the axis indexes.
+  const window = (size: number, other: number, rowBytes: number[], most = Infinity) => {
+    if (4 * size * other <= limit && size <= most) return size;
+    const step = rowAlignment(...rowBytes);
+    const w = Math.floor(Math.min(limit / (4 * other), most) / step) * step;
+    if (w < 1) throw refuse(`a block ${step} x ${other} does not fit one binding`);
+    return w;
+  };
+  // Only what does not fit one binding is cut into row views (aligned, and whole rows even where
+  // a block uses some of the columns); blocks of small operands and of a small C are copies.
+  // N: rows of a transposed B. K: rows of an untransposed B and of a transposed A. M: rows of C
+  // and of an untransposed A. Each later window accounts for the earlier ones.
+  const [bigA, bigB, bigC] = [f32(a) > limit, f32(b) > limit, out.bytes > limit];
+  const nw = window(n, transB ? k : 1, transB && bigB ? [k * bytesB] : [], cap);
+  const kw = window(
+    k,
+    Math.max(transB ? 0 : bigB ? n : nw, transA && bigA ? m : 0),
+    [...(!transB && bigB ? [n * bytesB] : []), ...(transA && bigA ? [m * bytesA] : [])],
+  );
+  const mRows = [...(bigC ? [4 * n] : []), ...(!transA && bigA ? [k * bytesA] : [])];
+  const aWidth = transA ? (bigA ? 0 : kw) : bigA ? k : kw;
+  const mw = window(m, Math.max(bigC ? n : nw, aWidth), mRows, cap);
+  const cWhole = !bigC;
+  const a2 = a.view(transA ? [k, m] : [m, k]);
+  const b2 = b.view(transB ? [n, k] : [k, n]);
+  const c2 = out.view([m, n]);
+  try {
+    forEachRowWindow(m, mw, (m0, rows) => {
+      const cRows = rows === m || cWhole ? c2.view(c2.shape) : c2.rows(m0, rows);
+      // Where this M block starts in cRows.
+      const base = cWhole ? m0 * n : 0;
+      forEachRowWindow(n, nw, (n0, cols) => {
+        // The block of C: C's own rows when it spans them, else a block copied in after.
+        const own = cols === n && (rows === m || !cWhole);
+        const target = own ? cRows : Tensor.empty([rows, cols]);
+        forEachRowWindow(k, kw, (k0, depth) => {
+          const aBlk = block(a2, !transA, [m0, rows], [k0, depth]);
+          const bBlk = block(b2, !transB, [k0, depth], [n0, cols]);
+          const dims = { ...p, m: rows, n: cols, k: depth, outShape: [rows, cols] };
+          const part = k0 === 0 ? target : Tensor.empty([rows, cols]);
+          runWidened(aBlk, bBlk, part, transA, transB, dims);
+          if (part !== target) {
+            addInto(part, target);
+            part.dispose();
+          }
+          aBlk.dispose();
+          bBlk.dispose();
+        });
+        if (target !== cRows) {
+          stridedCopy("matmul_block", "scatter", target, cRows, [rows, cols], [n, 1], base + n0);
+          target.dispose();
+        }
+      });
+      cRows.dispose();
+    });
+  } finally {
+    for (const t of [a2, b2, c2]) t.dispose();
+  }
+}
+
+/**
+ * The block [r0, r0 + nr) x [c0, c0 + nc) of a stored 2-D operand, in its stored layout; `rowsFirst`
+ * says whether the first range indexes the stored rows (else the stored matrix is its transpose).
+ * A range of whole rows starting on an aligned offset is a zero-copy window; anything else is
+ * gathered into a new f32 tensor (from the row window, or from the whole operand when the window
+ * would be misaligned: then the operand is a small one, see the windows of `multiplyInto`).
+ */
+function block(
+  t: Tensor,
+  rowsFirst: boolean,
+  first: [number, number],
+  second: [number, number],
+): Tensor {
+  const [[r0, nr], [c0, nc]] = rowsFirst ? [first, second] : [second, first];
+  const [rows, cols] = t.shape;
+  if (nr === rows && nc === cols) return t.view(t.shape);
+  const align = gpuDevice().limits.minStorageBufferOffsetAlignment;
+  const aligned = (t.offset + r0 * cols * bytesPerElement(t.dtype)) % align === 0;
+  if (aligned && nc === cols) return t.rows(r0, nr);
+  const view = aligned ? t.rows(r0, nr) : t.view(t.shape);
+  const src = convert(view, "f32");
+  view.dispose();
+  const out = Tensor.empty([nr, nc]);
+  const off = (aligned ? 0 : r0 * cols) + c0;
+  stridedCopy("matmul_block", "gather", src, out, [nr, nc], [cols, 1], off);
+  src.dispose();
+  return out;
 }
 
 /**
@@ -271,7 +425,7 @@ function copyToTexture(
   const full = Math.floor(rows / g);
   if (full > 0) {
     encodeCopyToTexture(
-      { buffer, bytesPerRow: lay.bytesPerRow, rowsPerImage: full },
+      { buffer, offset: x.offset, bytesPerRow: lay.bytesPerRow, rowsPerImage: full },
       { texture },
       [lay.width, full],
     );
@@ -279,7 +433,7 @@ function copyToTexture(
   const rest = rows - full * g;
   if (rest > 0) {
     encodeCopyToTexture(
-      { buffer, offset: full * lay.bytesPerRow },
+      { buffer, offset: x.offset + full * lay.bytesPerRow },
       { texture, origin: [0, full] },
       [(rest * rowLen) / 4, 1],
     );
@@ -287,19 +441,52 @@ function copyToTexture(
   return texture.createView();
 }
 
+function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
+  if (sizeOf(p.outShape) > 0 && p.k === 0) return zeros(p.outShape);
+  const out = Tensor.empty(p.outShape);
+  if (out.size > 0) multiplyInto(a, b, out, transA, transB, p);
+  return out;
+}
+
 /**
- * Matrix product op(A)·op(B) with op = identity or transpose per {@link MatmulOptions}.
+ * Writes the 2-D product op(A)·op(B) (f32 or bf16 operands) into `out`, an f32 [M, N] tensor or a
+ * {@link Tensor.rows} window of a larger one, e.g. a block of a gradient written in place. Not
+ * recorded on any tape; `out`'s previous contents are overwritten.
+ */
+export function matmulInto(a: Tensor, b: Tensor, out: Tensor, opts: MatmulOptions = {}): void {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  assertDType("matmulInto", ["f32", "bf16"], a, b);
+  assertDType("matmulInto", ["f32"], ["out", out]);
+  const p = plan(a, b, transA, transB);
+  if (a.rank !== 2 || b.rank !== 2 || !shapesEqual(out.shape, p.outShape)) {
+    throw new ShapeError(
+      `matmulInto: needs 2-D operands and out ${fmtShape(p.outShape)}, got ${fmtShape(a.shape)}, ` +
+        `${fmtShape(b.shape)} and out ${fmtShape(out.shape)}`,
+    );
+  }
+  if (out.size > 0 && p.k === 0) throw new ShapeError("matmulInto: inner dimension 0");
+  if (out.size > 0) multiplyInto(a, b, out, transA, transB, p);
+}
+
+/**
+ * Matrix product op(A)·op(B) with op = identity or transpose per {@link MatmulOptions}, in f32.
  *
  * Shapes: A [..., M, K] (or [..., K, M] with `transA`), B [..., K, N] (or [..., N, K] with `transB`).
  * Leading (batch) dims must match, or one operand may be 2-D and is shared across the batch. A 2-D B
  * with an untransposed A of any rank multiplies the last axis: `x [B, T, D] · W [D, N] -> [B, T, N]`.
+ *
+ * Operands may be bf16 (weights): for now each is widened to a transient f32 copy per dispatch,
+ * which is freed at once; the tape keeps the bf16 operand, and its gradient comes out f32 (a bf16
+ * leaf's is stored as bf16 by the tape). 2-D products whose operands or output exceed one storage
+ * binding run in blocks (see `multiplyInto` above); batched ones throw a DeviceLimitError.
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
-  assertF32("matmul", a, b);
+  assertDType("matmul", ["f32", "bf16"], a, b);
   const p = plan(a, b, transA, transB);
-  const y = run(a, b, transA, transB, p);
+  const y = product(a, b, transA, transB, p);
   const folded = b.rank === 2 && !transA;
   recordOp("matmul", [a, b], y, (g) => {
     const { ga, gb } = folded

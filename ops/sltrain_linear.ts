@@ -4,60 +4,112 @@
  *
  * The weight `W = s·B·A ⊕_I V` ([out, in]) exists only transiently: built for the forward product,
  * freed at once, rebuilt once in backward for dx, and never differentiated as a dense matrix. That
- * is what makes the layer's memory scale with its parameters instead of with out × in.
+ * is what makes the layer's memory scale with its parameters instead of with out × in. Where
+ * building W costs more than it saves (few tokens against out·in: a batch of one at 350M to 7B),
+ * the layer instead goes through the factors, `s·(x·Aᵀ)·Bᵀ`, plus the product with the sparse part
+ * alone, `S = 0 ⊕_I V` (see {@link SLTrainPath}). A W or S larger than one storage binding is built
+ * and used block by block of its rows (ops/weight_rows.ts). B, A and V may be bf16.
  * @module
  */
-import { defineKernel } from "../core/define_kernel.ts";
-import { assertDType, assertF32 } from "../core/dtype.ts";
+import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
-import type { Tensor } from "../core/tensor.ts";
+import { type Tensor, zeros } from "../core/tensor.ts";
+import { cast } from "./cast.ts";
 import { mapN, mulScalar } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
 import { sddmm } from "./sparse.ts";
+import { inputGradByRows, productByRows, weightBlockRows, type WeightRows } from "./weight_rows.ts";
 
 export { sampleSupport } from "./support.ts";
 
 /*
- * In-place scatter-add of V at I into the freshly built dense W (which this op owns), so building W
- * costs no second out × in buffer. Each invocation heads a run of equal indices and adds the run in
- * order: race-free for any sorted list, one add per invocation for SLTrain's sorted unique supports.
- * Indices >= out·in are ignored, like the sparse ops.
+ * In-place scatter-add of V at I into a freshly built block of W (which this op owns): rows
+ * [r0, r0 + n) of W, i.e. flat indices [base, base + size) with base = r0·in, so building W costs
+ * no second out × in buffer. Each invocation heads a run of equal indices and adds the run in
+ * order: race-free for any sorted list, one add per invocation for SLTrain's sorted unique
+ * supports. Indices outside the block (e.g. >= out·in) are ignored, like the sparse ops.
  */
-const SCATTER_INPLACE = defineKernel({
-  name: "sltrain_scatter_inplace",
-  inputs: { idx: "u32", vals: "f32" },
-  outputs: { w: "f32" },
-  uniforms: { size: "u32" },
-  grid: "flat", // over the nnz list entries
-  body: `  let j = load_idx(i);
-  if (j >= u.size || (i > 0u && load_idx(i - 1u) == j)) { return; }
-  var acc = load_w(j);
+const scatterInPlace = kernelFamily((vals: "f32" | "bf16") =>
+  defineKernel({
+    name: "sltrain_scatter_inplace",
+    inputs: { idx: "u32", vals },
+    outputs: { w: "f32" },
+    uniforms: { base: "u32", size: "u32" },
+    grid: "flat", // over the nnz list entries
+    body: `  let j = load_idx(i);
+  if (j < u.base || j - u.base >= u.size || (i > 0u && load_idx(i - 1u) == j)) { return; }
+  var acc = load_w(j - u.base);
   var k = i;
   loop {
     acc += load_vals(k);
     k += 1u;
     if (k >= u.n || load_idx(k) != j) { break; }
   }
-  store_w(j, acc);`,
-});
+  store_w(j - u.base, acc);`,
+  })
+);
 
-/** W = (s·B)·A ⊕_I V. Call it untracked (it is internal to the op); the caller disposes it. */
-function buildW(B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): Tensor {
-  // Scaling the out×r factor (not the out×in product) folds s into the matmul for free.
-  const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
-  const W = matmul(sB, A);
-  sB.dispose();
-  SCATTER_INPLACE({ idx: I, vals: V, w: W }, { n: I.size, size: W.size });
-  return W;
+/**
+ * How {@link sltrainLinear} computes its products:
+ * - `dense`: build W = s·B·A ⊕_I V (2·out·r·in FLOPs) and multiply by it (2·T·out·in);
+ * - `factored`: go through the factors, s·(x·Aᵀ)·Bᵀ (2·T·r·(in + out)), plus the product with
+ *   S = 0 ⊕_I V built alone (2·T·out·in, no out·r·in build);
+ * - `auto` (default): the one with fewer FLOPs, i.e. `factored` iff T·(in + out) < out·in (the
+ *   same test in forward and backward, where dx pays the same costs).
+ */
+export type SLTrainPath = "auto" | "dense" | "factored";
+
+/** Options of {@link sltrainLinear}. */
+export interface SLTrainLinearOptions {
+  /** Which products to compute (default `auto`): see {@link SLTrainPath}. */
+  path?: SLTrainPath;
+}
+
+/** The path `auto` takes for T tokens through an [out, in] layer: the one with fewer FLOPs. */
+export function sltrainPath(tokens: number, out: number, inF: number): "dense" | "factored" {
+  return tokens * (inF + out) < out * inF ? "factored" : "dense";
+}
+
+/** The builder of W's rows (with `lowRank`) or of S's rows (without). */
+function weightRows(
+  B: Tensor,
+  A: Tensor,
+  V: Tensor,
+  I: Tensor,
+  s: number,
+  lowRank: boolean,
+): WeightRows {
+  const [out, inF] = [B.shape[0], A.shape[1]];
+  return (r0, n) => {
+    let w: Tensor;
+    if (lowRank) {
+      // Scaling the n×r factor (not the n×in product) folds s into the matmul for free.
+      const rows = n === out ? B.view(B.shape) : B.rows(r0, n);
+      const sB = mapN("sltrain_scale", [rows], "v0 * c0", undefined, [s]);
+      rows.dispose();
+      w = matmul(sB, A);
+      sB.dispose();
+    } else {
+      w = zeros([n, inF]);
+    }
+    scatterInPlace(V.dtype as "f32" | "bf16")({ idx: I, vals: V, w }, {
+      n: I.size,
+      base: r0 * inF,
+      size: n * inF,
+    });
+    return w;
+  };
 }
 
 function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): void {
   const shapes = () =>
     `x ${fmtShape(x.shape)}, B ${fmtShape(B.shape)}, A ${fmtShape(A.shape)}, ` +
     `V ${fmtShape(V.shape)}, I ${fmtShape(I.shape)}`;
-  assertF32("sltrainLinear", ["x", x], ["B", B], ["A", A], ["V", V]);
+  assertDType("sltrainLinear", ["f32"], ["x", x]);
+  assertDType("sltrainLinear", ["f32", "bf16"], ["B", B], ["A", A], ["V", V]);
   assertDType("sltrainLinear", ["u32"], ["I", I]);
   const bad = (why: string) => new ShapeError(`sltrainLinear: ${why} (${shapes()})`);
   if (B.rank !== 2 || A.rank !== 2) throw bad("B [out, r] and A [r, in] must be 2-D");
@@ -76,15 +128,17 @@ function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number)
 /**
  * SLTrain linear: `y = x·Wᵀ` with `W = s·B·A ⊕_I V`, as one tape node.
  *
- * Shapes: x [..., in], B [out, r], A [r, in], V [nnz] f32, I [nnz] u32 → y [..., out]. `I` holds
- * flat indices `row · in + col` into W, sorted and unique (what {@link sampleSupport} returns;
- * sorted lists with repeats also work, unsorted lists with repeats race). Indices >= out·in add
- * nothing. `s` is the low-rank scale α/r.
+ * Shapes: x [..., in] f32, B [out, r], A [r, in], V [nnz] (f32 or bf16), I [nnz] u32 → y [...,
+ * out] f32. `I` holds flat indices `row · in + col` into W, sorted and unique (what
+ * {@link sampleSupport} returns; sorted lists with repeats also work, unsorted lists with repeats
+ * race). Indices >= out·in add nothing. `s` is the low-rank scale α/r.
  *
- * The dense W is built (matmul, then scatter-add of V in place), used and freed inside the forward;
- * nothing beyond the inputs is saved. Backward with g = ∂L/∂y never forms a dense gradient:
- * dx = g·W (W rebuilt transiently), dB = s·gᵀ·(x·Aᵀ), dA = (g·s·B)ᵀ·x, dV = (gᵀ·x) sampled at I
- * (SDDMM); I gets no gradient.
+ * Dense path: W is built (matmul, then scatter-add of V in place), used and freed inside the
+ * forward; nothing beyond the inputs is saved. Backward with g = ∂L/∂y never forms a dense
+ * gradient: dx = g·W (W rebuilt transiently), dB = s·gᵀ·(x·Aᵀ), dA = (g·s·B)ᵀ·x, dV = (gᵀ·x)
+ * sampled at I (SDDMM); I gets no gradient. The factored path computes y = s·(x·Aᵀ)·Bᵀ + x·Sᵀ and
+ * dx = (g·s·B)·A + g·S instead (see {@link SLTrainPath}); the gradients are the same up to f32
+ * rounding. Gradients of bf16 factors come out bf16 (the tape rounds them once).
  */
 export function sltrainLinear(
   x: Tensor,
@@ -93,18 +147,31 @@ export function sltrainLinear(
   V: Tensor,
   I: Tensor,
   s: number,
+  opts: SLTrainLinearOptions = {},
 ): Tensor {
   check(x, B, A, V, I, s);
   const [out, inF] = [B.shape[0], A.shape[1]];
   const lead = x.shape.slice(0, -1);
   const T = sizeOf(lead);
+  const choice = opts.path ?? "auto";
+  const factored = choice === "auto"
+    ? sltrainPath(T, out, inF) === "factored"
+    : choice === "factored";
+  const per = weightBlockRows(out, inF, [B.shape[1] * bytesPerElement(B.dtype)]);
+  const build = weightRows(B, A, V, I, s, !factored);
   // The internals use recorded ops (matmul, sddmm); the layer must stay one tape node.
   const y = untracked(() => {
-    const W = buildW(B, A, V, I, s);
     const x2 = x.view([T, inF]);
-    const y2 = matmul(x2, W, { transB: true });
+    let init: Tensor | undefined;
+    if (factored) {
+      const xA = matmul(x2, A, { transB: true });
+      const sxA = mapN("sltrain_scale", [xA], "v0 * c0", undefined, [s]);
+      xA.dispose();
+      init = matmul(sxA, B, { transB: true });
+      sxA.dispose();
+    }
+    const y2 = productByRows(x2, out, per, build, init);
     x2.dispose();
-    W.dispose();
     const out3 = y2.view([...lead, out]);
     y2.dispose();
     return out3;
@@ -112,18 +179,18 @@ export function sltrainLinear(
   recordOp("sltrainLinear", [x, B, A, V, I], y, (g) => {
     const g2 = g.view([T, out]);
     const xf = x.view([T, inF]);
-    // dx first, so the transient W is gone before the other temporaries exist.
-    const Wb = buildW(B, A, V, I, s);
-    const dx2 = matmul(g2, Wb);
-    Wb.dispose();
-    const dx = dx2.view(x.shape);
-    dx2.dispose();
-    // dA = (g·(s·B))ᵀ·x: the scale rides on the small out×r factor.
+    // g·(s·B): the scale rides on the small out×r factor. dA = (g·s·B)ᵀ·x; the factored dx
+    // starts from (g·s·B)·A.
     const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
     const gB = matmul(g2, sB);
     sB.dispose();
     const dA = matmul(gB, xf, { transA: true });
+    const init = factored ? matmul(gB, A) : undefined;
     gB.dispose();
+    // dx = g·W (or g·S): the transient out × in blocks are gone before the other temporaries.
+    const dx2 = inputGradByRows(g2, inF, per, build, init);
+    const dx = dx2.view(x.shape);
+    dx2.dispose();
     // dB = s·gᵀ·(x·Aᵀ)
     const xA = matmul(xf, A, { transB: true });
     const gtxA = matmul(g2, xA, { transA: true });
@@ -139,12 +206,13 @@ export function sltrainLinear(
 }
 
 /**
- * Low-rank linear `y = s·(x·Aᵀ)·Bᵀ` (x [..., in], A [r, in], B [out, r] → y [..., out]), the
- * factorized baseline SLTrain adds a sparse part to. A plain composition of recorded ops, so its
- * VJP is matmul's; the scale is applied to whichever of x·Aᵀ or B is smaller.
+ * Low-rank linear `y = s·(x·Aᵀ)·Bᵀ` (x [..., in] f32, A [r, in], B [out, r] f32 or bf16 → y
+ * [..., out]), the factorized baseline SLTrain adds a sparse part to. A plain composition of
+ * recorded ops, so its VJP is matmul's; the scale is applied to whichever of x·Aᵀ or B is smaller.
  */
 export function lowRankLinear(x: Tensor, B: Tensor, A: Tensor, s: number): Tensor {
-  assertF32("lowRankLinear", ["x", x], ["B", B], ["A", A]);
+  assertDType("lowRankLinear", ["f32"], ["x", x]);
+  assertDType("lowRankLinear", ["f32", "bf16"], ["B", B], ["A", A]);
   if (
     B.rank !== 2 || A.rank !== 2 || B.shape[1] !== A.shape[0] || x.rank < 2 ||
     x.shape[x.rank - 1] !== A.shape[1]
@@ -170,7 +238,10 @@ export function lowRankLinear(x: Tensor, B: Tensor, A: Tensor, s: number): Tenso
     sxA.dispose();
     return y;
   }
-  const sB = mulScalar(B, s);
+  // A bf16 B is widened (recorded: its gradient passes through) before it is scaled.
+  const wide = B.dtype === "bf16" ? cast(B, "f32") : B;
+  const sB = mulScalar(wide, s);
+  if (wide !== B) wide.dispose();
   const y = matmul(xA, sB, { transB: true });
   xA.dispose();
   sB.dispose();

@@ -84,3 +84,28 @@ export function permuteCopy(x: Tensor, perm: readonly number[]): Tensor {
   stridedCopy("transpose", "gather", x, out, outShape, perm.map((a) => xs[a]), 0);
   return out;
 }
+
+// acc[t, c0 + j] += part[t, j] over a [T, cols] part and a [T, width] accumulator.
+const ADD_COLUMNS = defineKernel({
+  name: "add_columns",
+  inputs: { part: "f32" },
+  outputs: { acc: "f32" },
+  uniforms: { cols: "u32", width: "u32", c0: "u32" },
+  grid: "flat",
+  body: `  let t = i / u.cols;
+  let j = i - t * u.cols;
+  let o = t * u.width + u.c0 + j;
+  store_acc(o, load_acc(o) + load_part(i));`,
+});
+
+/**
+ * Adds `part` [T, n] (f32) into columns [c0, c0 + n) of `acc` [T, N] (f32) in place, or, with
+ * `c0` omitted and equal sizes, `part` into `acc` elementwise (any shapes). Not recorded on any
+ * tape: for ops that accumulate blocks of their own outputs.
+ */
+export function addInto(part: Tensor, acc: Tensor, c0?: number): void {
+  const [cols, width] = c0 === undefined
+    ? [part.size, part.size]
+    : [part.shape[part.rank - 1], acc.shape[acc.rank - 1]];
+  ADD_COLUMNS({ part, acc }, { n: part.size, cols, width, c0: c0 ?? 0 });
+}

@@ -1,11 +1,21 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
 import * as o from "../ops/mod.ts";
-import { DTypeError, ShapeError } from "../core/errors.ts";
+import { DeviceLimitError, DTypeError, ShapeError } from "../core/errors.ts";
 import { memoryStats } from "../core/memory.ts";
 import { broadcastShapes, sizeOf, stridesOf } from "../core/shape.ts";
 import { type Tensor, tensor, zeros } from "../core/tensor.ts";
-import { type Arr, checkOp, FC, randomArr, setup } from "./util.ts";
+import {
+  type Arr,
+  assertClose,
+  checkOp,
+  FC,
+  randomArr,
+  roundBf16,
+  setup,
+  toTensor,
+  withWindowBytes,
+} from "./util.ts";
 
 await setup();
 
@@ -169,4 +179,29 @@ Deno.test("bad input: mismatched shapes and integer operands are specific errors
   assert.throws(() => o.sum(a, 2), ShapeError);
   assert.deepEqual(memoryStats().liveBytes, before.liveBytes);
   for (const t of [a, b, i]) t.dispose();
+});
+
+Deno.test("mapN over one binding: same-shape operands in windows, broadcast scalars whole, bf16 inputs widened; other broadcasts refused by name", async () => {
+  const n = 1000; // 4000 bytes of f32 output: four windows of 1 KiB
+  const a = randomArr([n], 3);
+  const b = randomArr([n], 4);
+  const x = toTensor(a);
+  const y = tensor(Float32Array.from(b.data), [n], "bf16");
+  const c = tensor([0.25]);
+  const row = toTensor(randomArr([10, 100], 5));
+  const bias = toTensor(randomArr([100], 6));
+  await withWindowBytes(1024, async () => {
+    const out = o.mapN("test_fma", [x, y, c], "v0 * v1 + v2 + c0", undefined, [1.5]);
+    const yr = roundBf16(b).data;
+    const want = a.data.map((v, i) => Math.fround(v * yr[i]) + 0.25 + 1.5);
+    assertClose(await out.data(), want, { atol: 1e-6, rtol: 1e-6 });
+    out.dispose();
+    assert.throws(
+      () => o.add(row, bias),
+      (e: Error) =>
+        e instanceof DeviceLimitError && /add: output \[10, 100\]/.test(e.message) &&
+        /input \[100\] broadcasts/.test(e.message),
+    );
+  });
+  for (const t of [x, y, c, row, bias]) t.dispose();
 });

@@ -5,7 +5,15 @@ import { DTypeError, ShapeError } from "../core/errors.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import { sizeOf } from "../core/shape.ts";
-import { type Arr, checkOp, FC, randomArr, setup } from "./util.ts";
+import {
+  alignedRowsBytes,
+  type Arr,
+  checkOp,
+  FC,
+  randomArr,
+  setup,
+  withWindowBytes,
+} from "./util.ts";
 
 await setup();
 
@@ -47,6 +55,40 @@ Deno.test("embedding: gather matches reference exactly; table gradient (scatter-
         inputs: [randomArr([v, d], seed)],
         fwd: { atol: 0, rtol: 0 },
       });
+      idsT.dispose();
+    }),
+    FC,
+  );
+});
+
+// Tables over several windows (window sizes shrunk to a few aligned rows), f32 or bf16; the rows
+// of a bf16 table's gradient are summed in f32 and rounded once.
+const windowedArb = fc.record({
+  d: fc.constantFrom(3, 8, 64),
+  windows: fc.integer({ min: 1, max: 4 }),
+  k: fc.integer({ min: 1, max: 2 }),
+  n: fc.integer({ min: 1, max: 40 }),
+  dtype: fc.constantFrom("f32" as const, "bf16" as const),
+  seed: fc.integer({ min: 1, max: 1e6 }),
+});
+
+Deno.test("embedding: f32 and bf16 tables read and differentiated in windows of rows match the float64 reference", async () => {
+  await fc.assert(
+    fc.asyncProperty(windowedArb, async ({ d, windows, k, n, dtype, seed }) => {
+      // The window is k aligned row groups of the f32 row (the bf16 gradient's f32 blocks).
+      const bytes = k * alignedRowsBytes(4 * d) * (dtype === "bf16" ? 2 : 1);
+      const v = Math.max(1, Math.floor((windows * bytes) / (4 * d)) - 1);
+      const ids = randomIds(n, v + 2, seed); // some ids out of range
+      const idsT = tensor(ids, [n], "i32");
+      await withWindowBytes(bytes, () =>
+        checkOp({
+          op: ([table]) => o.embedding(table, idsT),
+          ref: ([table]) => embeddingRef(table, ids, [n]),
+          inputs: [randomArr([v, d], seed)],
+          dtypes: [dtype],
+          fwd: { atol: 0, rtol: 0 },
+          grad: dtype === "bf16" ? { atol: 2e-3, rtol: 1e-2 } : {},
+        }));
       idsT.dispose();
     }),
     FC,

@@ -50,6 +50,8 @@ export function toyRun(overrides: Partial<RunConfig> = {}): RunConfig {
     evalTokens: 32,
     seed: 5,
     logEvery: 2,
+    dtype: "f32",
+    recompute: false,
     ...overrides,
   };
 }

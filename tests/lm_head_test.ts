@@ -5,7 +5,7 @@ import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import { countTargets, crossEntropy } from "../ops/cross_entropy.ts";
 import { lmHeadCrossEntropy, lmHeadLossSums } from "../ops/lm_head.ts";
 import { matmul } from "../ops/matmul.ts";
-import { type Arr, assertClose, checkOp, randomArr, setup } from "./util.ts";
+import { type Arr, assertClose, checkOp, randomArr, setup, withWindowBytes } from "./util.ts";
 
 await setup();
 
@@ -38,8 +38,9 @@ function ref(h: Arr, w: Arr, tg: Int32Array, reduction: "mean" | "sum"): Arr {
   return { shape: [], data: Float64Array.of(value) };
 }
 
-// 13 rows, 37 classes: chunkBytes 740 gives forward chunks of 5, 5, 3 rows and backward blocks of
-// 14, 14, 9 vocabulary rows, so every uneven edge is exercised.
+// 13 rows, 37 classes, D = 8 (32-byte rows of W, so blocks start on multiples of 8 rows):
+// chunkBytes 740 allows 14 vocabulary rows per block, which gives blocks of 8, 8, 8, 8, 5 rows in
+// forward (the online log-sum-exp) and backward, so every uneven edge is exercised.
 const N = 13, D = 8, V = 37, CHUNK = 4 * V * 5;
 
 for (const reduction of ["mean", "sum"] as const) {
@@ -57,8 +58,15 @@ for (const reduction of ["mean", "sum"] as const) {
     };
     const chunked = run(([h, w]) => lmHeadCrossEntropy(h, w, tg, { reduction, chunkBytes: CHUNK }));
     const plain = run(([h, w]) => crossEntropy(matmul(h, w, { transB: true }), tg, { reduction }));
-    const [c, p] = [await readAll(chunked.slice(0, 3)), await readAll(plain.slice(0, 3))];
-    for (const t of [...chunked, ...plain, tg]) t.dispose();
+    const whole = run(([h, w]) => lmHeadCrossEntropy(h, w, tg, { reduction }));
+    const [c, p, [one]] = [
+      await readAll(chunked.slice(0, 3)),
+      await readAll(plain.slice(0, 3)),
+      await readAll(whole.slice(0, 1)),
+    ];
+    for (const t of [...chunked, ...plain, ...whole, tg]) t.dispose();
+    // One vocabulary block runs crossEntropy's passes in its order: the same loss to the bit.
+    assert.equal(one[0], p[0][0]);
     assertClose(c[0], p[0], { atol: 1e-6, rtol: 1e-6, what: "loss" });
     assertClose(c[1], p[1], { atol: 1e-6, rtol: 1e-5, what: "dh" });
     assertClose(c[2], p[2], { atol: 1e-6, rtol: 1e-5, what: "dW" });
@@ -75,6 +83,24 @@ for (const reduction of ["mean", "sum"] as const) {
       inputs: [randomArr([N, D], 6, -1, 1), randomArr([V, D], 7, -1, 1)],
       grad: { atol: 2e-4, rtol: 2e-3 },
     });
+    tg.dispose();
+  });
+}
+
+for (const dtype of ["f32", "bf16"] as const) {
+  Deno.test(`lmHeadCrossEntropy: ${dtype} lmHead over several binding windows (views of W, dW written block by block) matches float64 finite differences`, async () => {
+    const tgData = targetsFor(N, V, 17);
+    const tg = tensor(tgData, [N], "i32");
+    // 1 KiB windows: 4 rows of W (D = 64) per block, h and every product windowed too.
+    await withWindowBytes(1024, () =>
+      checkOp({
+        op: ([h, w]) => lmHeadCrossEntropy(h, w, tg),
+        ref: ([h, w]) => ref(h, w, tgData, "mean"),
+        inputs: [randomArr([N, 64], 18, -0.5, 0.5), randomArr([V, 64], 19, -0.5, 0.5)],
+        dtypes: ["f32", dtype],
+        fwd: { atol: 1e-5, rtol: 1e-5 },
+        grad: dtype === "bf16" ? { atol: 1e-3, rtol: 1e-2 } : { atol: 2e-4, rtol: 2e-3 },
+      }));
     tg.dispose();
   });
 }

@@ -7,13 +7,22 @@ import {
   setMatmulSplitK,
   setMatmulTextureThreshold,
 } from "../ops/mod.ts";
-import { DTypeError, ShapeError } from "../core/errors.ts";
+import { DeviceLimitError, DTypeError, ShapeError } from "../core/errors.ts";
 import { deviceInfo } from "../core/device.ts";
 import { startProfile, stopProfile } from "../core/kernel.ts";
 import { memoryStats } from "../core/memory.ts";
 import { sizeOf } from "../core/shape.ts";
 import { readAll, tensor } from "../core/tensor.ts";
-import { type Arr, assertClose, checkOp, FC, randomArr, setup, toTensor } from "./util.ts";
+import {
+  type Arr,
+  assertClose,
+  checkOp,
+  FC,
+  randomArr,
+  setup,
+  toTensor,
+  withWindowBytes,
+} from "./util.ts";
 
 await setup();
 
@@ -222,6 +231,8 @@ Deno.test("matmul: large skinny and tile-edge shapes match the float64 reference
     [130, 129, 131, false, false],
     [64, 256, 3, true, false],
     [257, 64, 1, false, false],
+    [70000, 4, 8, false, false], // more rows than workgroups per dimension: split along M
+    [8, 70000, 4, false, true], // more columns than workgroups per dimension: split along N
   ];
   for (const [m, n, k, tA, tB] of cases) {
     const A = randomArr(tA ? [k, m] : [m, k], m + n);
@@ -303,4 +314,80 @@ Deno.test("matmul: mismatched inner or batch dims and integer operands are speci
   assert.throws(() => matmul(i, a, { transB: true }), DTypeError);
   assert.ok(memoryStats().liveBytes <= before + 12);
   for (const t of [a, b, c, d, i, v]) t.dispose();
+});
+
+Deno.test("matmul: bf16 operands (widened per dispatch) match the float64 reference on the rounded values; their gradients are bf16", async () => {
+  await fc.assert(
+    fc.asyncProperty(caseArb, fc.integer({ min: 1, max: 3 }), async (c, which) => {
+      const { a, b, tA } = shapesFor(c);
+      await checkOp({
+        op: ([x, y]) => matmul(x, y, { transA: tA, transB: c.tB }),
+        ref: ([x, y]) => matmulRef(x, y, tA, c.tB),
+        inputs: [randomArr(a, c.seed), randomArr(b, c.seed + 1)],
+        dtypes: [which & 1 ? "bf16" : "f32", which & 2 ? "bf16" : "f32"],
+        fwd: { atol: 1e-4, rtol: 1e-4 },
+        // A bf16 operand's gradient is rounded to bf16 (relative error <= 2^-9).
+        grad: { atol: 2e-2, rtol: 1e-2 },
+      });
+    }),
+    { ...FC, numRuns: 12 },
+  );
+});
+
+// Every 2-D layout with products and operands over the (shrunk) binding: M, N and K are split into
+// blocks, operand blocks cut as row windows or gathered columns, K blocks summed; with and without
+// the texture path for A (which reads a window of A at its byte offset).
+const windowCaseArb = fc.record({
+  m: fc.constantFrom(16, 32, 64),
+  ragged: fc.boolean(),
+  n: fc.constantFrom(16, 32),
+  k: fc.constantFrom(16, 32),
+  tA: fc.boolean(),
+  tB: fc.boolean(),
+  bf16: fc.boolean(),
+  texture: fc.boolean(),
+  seed: fc.integer({ min: 1, max: 1e6 }),
+});
+
+Deno.test("matmul: operands and products over one binding run in blocks and match the reference", async () => {
+  await fc.assert(
+    fc.asyncProperty(windowCaseArb, async (c) => {
+      // A ragged M (not a whole number of aligned rows) where M indexes no transposed operand.
+      const m = c.ragged && !c.tA ? c.m + 3 : c.m;
+      const prev = setMatmulTextureThreshold(c.texture ? 0 : Infinity);
+      const prevFamily = setMatmulFamily(c.texture ? "register" : "auto");
+      try {
+        // 2 KiB: every operand and product above 512 elements is split, and every aligned block
+        // of these shapes still fits.
+        await withWindowBytes(2048, () =>
+          checkOp({
+            op: ([x, y]) => matmul(x, y, { transA: c.tA, transB: c.tB }),
+            ref: ([x, y]) => matmulRef(x, y, c.tA, c.tB),
+            inputs: [
+              randomArr(c.tA ? [c.k, m] : [m, c.k], c.seed),
+              randomArr(c.tB ? [c.n, c.k] : [c.k, c.n], c.seed + 1),
+            ],
+            dtypes: c.bf16 ? ["bf16", "bf16"] : ["f32", "f32"],
+            fwd: { atol: 1e-4, rtol: 1e-4 },
+            grad: c.bf16 ? { atol: 2e-2, rtol: 1e-2 } : { atol: 2e-3, rtol: 2e-3 },
+          }));
+      } finally {
+        setMatmulTextureThreshold(prev);
+        setMatmulFamily(prevFamily);
+      }
+    }),
+    { ...FC, numRuns: 12 },
+  );
+});
+
+Deno.test("matmul: a batched product over one binding throws a DeviceLimitError naming the shapes and the limit", async () => {
+  const b3 = toTensor(randomArr([2, 64, 64], 3));
+  await withWindowBytes(4096, () => {
+    assert.throws(() => matmul(b3, b3), (e: Error) =>
+      e instanceof DeviceLimitError &&
+      /matmul: \[2, 64, 64\] f32 · \[2, 64, 64\] f32 -> \[2, 64, 64\]: a batched/.test(e.message) &&
+      /4096 bytes/.test(e.message));
+    return Promise.resolve();
+  });
+  b3.dispose();
 });

@@ -167,7 +167,7 @@ Deno.test("measured bytes of weights, buffers and optimizer state equal estimate
         for (const perLayer of [false, true]) {
           const r = run(method, { optimizer, perLayer });
           const m = measureMemory(r.model, linearMethod(r), {
-            weights,
+            dtype: weights,
             extra: (model) => {
               const opt = buildOptimizer(r, model.params);
               return (perLayer ? perParameter(opt) : opt).init(model.params);

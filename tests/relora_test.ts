@@ -19,7 +19,18 @@ import type { ReLoRALinearParams } from "../models/linear.ts";
 import { BLOCK_LINEARS, type LinearMethod } from "../models/method.ts";
 import { mergeRelora, reloraMerge } from "../models/relora.ts";
 import { toyConfig } from "./fixtures.ts";
-import { assertClose, mm, randomArr, setup, toTensor } from "./util.ts";
+import { reloraLinear } from "../ops/relora_linear.ts";
+import {
+  alignedRowsBytes,
+  type Arr,
+  assertClose,
+  checkOp,
+  mm,
+  randomArr,
+  setup,
+  toTensor,
+  withWindowBytes,
+} from "./util.ts";
 
 await setup();
 
@@ -166,3 +177,30 @@ Deno.test("reloraMerge folds scale·B·A into W and restarts the adapter at B = 
   assert.ok(b.every((x) => x === 0));
   tree.dispose(res);
 });
+
+for (const dtype of ["f32", "bf16"] as const) {
+  Deno.test(`reloraLinear: ${dtype} W, B, A, the effective weight built in row blocks, matches float64 and finite differences (W gets no gradient)`, async () => {
+    const [t, out, inF, r, s] = [5, 40, 16, 8, 0.75];
+    const ref = ([x, w, b, a]: Arr[]): Arr => {
+      const ba = mm(b.data, a.data, out, r, inF);
+      const weff = w.data.map((v, i) => v + s * ba[i]);
+      return { shape: [t, out], data: mm(x.data, weff, t, inF, out, false, true) };
+    };
+    // Blocks of 16 rows of the [40, 16] effective weight.
+    await withWindowBytes(alignedRowsBytes(4 * inF) * 4, () =>
+      checkOp({
+        op: ([x, w, b, a]) => reloraLinear(x, w, b, a, s),
+        ref,
+        inputs: [
+          randomArr([t, inF], 1),
+          randomArr([out, inF], 2, -1, 1),
+          randomArr([out, r], 3, -1, 1),
+          randomArr([r, inF], 4, -1, 1),
+        ],
+        diff: [true, false, true, true],
+        dtypes: ["f32", dtype, dtype, dtype],
+        fwd: { atol: 1e-4, rtol: 1e-4 },
+        grad: dtype === "bf16" ? { atol: 2e-2, rtol: 1e-2 } : { atol: 2e-3, rtol: 1e-3 },
+      }));
+  });
+}

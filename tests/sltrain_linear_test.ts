@@ -9,6 +9,7 @@ import {
   sampleSupport,
   scatterToDense,
   sltrainLinear,
+  sltrainPath,
   sum,
 } from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
@@ -16,7 +17,17 @@ import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { sizeOf } from "../core/shape.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
-import { type Arr, assertClose, checkOp, FC, randomArr, setup, toTensor } from "./util.ts";
+import {
+  alignedRowsBytes,
+  type Arr,
+  assertClose,
+  checkOp,
+  FC,
+  randomArr,
+  setup,
+  toTensor,
+  withWindowBytes,
+} from "./util.ts";
 
 await setup();
 
@@ -144,11 +155,13 @@ Deno.test("sltrainLinear is one tape node and leaves nothing but y behind", () =
   for (const t of [x, B, A, V, I, y]) t.dispose();
 });
 
-Deno.test("lowRankLinear = s·(x·Aᵀ)·Bᵀ, forward and gradients vs finite differences", async () => {
+Deno.test("lowRankLinear = s·(x·Aᵀ)·Bᵀ with f32 or bf16 factors, forward and gradients vs finite differences", async () => {
   await fc.assert(
     fc.asyncProperty(
       layerArb.filter((c) => sizeOf(c.lead) * c.inF <= 64 && c.out * c.inF <= 96),
-      async ({ lead, out, inF, r, s, seed }) => {
+      fc.boolean(),
+      async ({ lead, out, inF, r, s, seed }, bf16) => {
+        const p = bf16 ? "bf16" : "f32";
         await checkOp({
           op: ([x, B, A]) => lowRankLinear(x, B, A, s),
           ref: ([x, B, A]) =>
@@ -158,12 +171,13 @@ Deno.test("lowRankLinear = s·(x·Aᵀ)·Bᵀ, forward and gradients vs finite d
             randomArr([out, r], seed + 1, -1, 1),
             randomArr([r, inF], seed + 2, -1, 1),
           ],
+          dtypes: ["f32", p, p],
           fwd: { atol: 1e-4, rtol: 1e-4 },
-          grad: { atol: 2e-3, rtol: 1e-3 },
+          grad: bf16 ? { atol: 2e-2, rtol: 1e-2 } : { atol: 2e-3, rtol: 1e-3 },
         });
       },
     ),
-    { ...FC, numRuns: 6 },
+    { ...FC, numRuns: 8 },
   );
 });
 
@@ -340,4 +354,55 @@ Deno.test("sltrainLinear / lowRankLinear: bad shapes, dtypes and scales throw na
   })();
   assert.match(err!, /\[3, 7\].*\[6, 2\].*\[2, 8\]/);
   for (const u of [x, B, A, V, I, ...Object.values(bad)]) u.dispose();
+});
+
+// ---------------------------------------------------------------------------------------------
+// paths, bf16 factors and weights over one binding
+
+const pathArb = fc.record({
+  t: fc.integer({ min: 1, max: 6 }),
+  out: fc.constantFrom(8, 24, 40),
+  delta: fc.double({ min: 0.05, max: 0.5, noNaN: true }),
+  s: fc.constantFrom(0.5, 2),
+  path: fc.constantFrom("dense" as const, "factored" as const),
+  bf16: fc.boolean(),
+  small: fc.boolean(),
+  seed: fc.integer({ min: 1, max: 1e6 }),
+});
+
+Deno.test("sltrainLinear: both paths, with f32 or bf16 B, A, V and with W built in row blocks, match float64 and finite differences", async () => {
+  const [inF, r] = [16, 8];
+  await fc.assert(
+    fc.asyncProperty(pathArb, async ({ t, out, delta, s, path, bf16, small, seed }) => {
+      const idx = sampleSupport(out, inF, delta, seed);
+      const I = u32(idx);
+      const p = bf16 ? "bf16" : "f32";
+      // One aligned group of W's rows per block (and of B's rows): blocks of 8 or 16 rows.
+      const window = alignedRowsBytes(4 * inF) * (bf16 ? 4 : 2);
+      const run = () =>
+        checkOp({
+          op: ([x, B, A, V]) => sltrainLinear(x, B, A, V, I, s, { path }),
+          ref: (ins) => sltrainRef(ins, idx, s),
+          inputs: [
+            randomArr([t, inF], seed),
+            randomArr([out, r], seed + 1, -1, 1),
+            randomArr([r, inF], seed + 2, -1, 1),
+            randomArr([idx.length], seed + 3, -1, 1),
+          ],
+          dtypes: ["f32", p, p, p],
+          fwd: { atol: 1e-4, rtol: 1e-4 },
+          grad: bf16 ? { atol: 2e-2, rtol: 1e-2 } : { atol: 2e-3, rtol: 1e-3 },
+        });
+      await (small ? withWindowBytes(window, run) : run());
+      I.dispose();
+    }),
+    { ...FC, numRuns: 12 },
+  );
+});
+
+Deno.test("sltrainLinear: auto takes the path with fewer FLOPs (factored iff T·(in + out) < out·in)", () => {
+  assert.equal(sltrainPath(256, 11008, 4096), "factored"); // 7B MLP, a batch of one
+  assert.equal(sltrainPath(128, 352, 128), "dense"); // tiny, 4×32 tokens
+  assert.equal(sltrainPath(1024, 688, 256), "dense"); // small, 8×128 tokens
+  assert.equal(sltrainPath(2048, 1376, 512), "dense"); // 60M, 8×256 tokens
 });

@@ -160,7 +160,7 @@ for (const method of ["galore", "fira", "apollo"] as const) {
   });
 }
 
-Deno.test("measured memory equals the estimate to the byte, optimizer state included, for every full-rank-weight method", async () => {
+Deno.test("measured memory equals the estimate to the byte, optimizer state included, for every full-rank-weight method and bf16 weights", async () => {
   for (const method of ["full", "galore", "fira", "apollo", "apollo-mini"] as const) {
     for (const perLayer of [false, true]) {
       const r = await trainRun(
@@ -172,6 +172,15 @@ Deno.test("measured memory equals the estimate to the byte, optimizer state incl
       assert.equal(r.stateBytes, r.estimatedStateBytes, `${what}: optimizer state`);
       assert.equal(r.measuredBytes, r.estimatedBytes, `${what}: all`);
     }
+  }
+  // bf16 weights with 8-bit states, as the summary table reports them.
+  for (const method of ["full", "sltrain"] as const) {
+    const r = await trainRun(
+      { ...runConfig(method, 2), dtype: "bf16", optimizer: "adamw8bit" },
+      data(),
+      quietIO("", { resume: false }),
+    );
+    assert.equal(r.measuredBytes, r.estimatedBytes, `${method} bf16 adamw8bit`);
   }
 });
 

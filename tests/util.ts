@@ -3,11 +3,13 @@
  * arbitraries. Tolerances are stated where they are used.
  */
 import fc from "fast-check";
+import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
 import { init } from "../core/device.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import * as tree from "../core/tree.ts";
 import { sizeOf } from "../core/shape.ts";
+import { rowAlignment, setMaxWindowBytes } from "../core/windows.ts";
 import { mul, sum } from "../ops/mod.ts";
 
 /** Initializes the shared device once per test file. */
@@ -32,6 +34,11 @@ export function arr(shape: number[], data: ArrayLike<number>): Arr {
 /** Uploads an Arr as an f32 tensor. */
 export function toTensor(a: Arr): Tensor {
   return tensor(Float32Array.from(a.data), a.shape);
+}
+
+/** The Arr with every value rounded to bf16 (what a bf16 tensor of it holds). */
+export function roundBf16(a: Arr): Arr {
+  return { shape: a.shape, data: a.data.map((x) => fromBf16Bits(toBf16Bits(x))) };
 }
 
 /** Arbitrary shape with `rank` dims each in [1, maxDim]. */
@@ -107,7 +114,9 @@ export function finiteDiffGrads(
 /**
  * Checks an op forward against its float64 reference and its VJP against central finite differences
  * of that reference, using the scalar loss `sum(op(x) * w)` with random weights `w`.
- * `diff` selects which inputs are differentiated (default: all).
+ * `diff` selects which inputs are differentiated (default: all). `dtypes` uploads inputs as bf16
+ * where given: the reference then sees the bf16-rounded values, and the gradients of those inputs
+ * must come back as bf16 (compared after their own rounding: give `grad` a bf16 tolerance).
  */
 export async function checkOp(opts: {
   op: (inputs: Tensor[]) => Tensor;
@@ -115,15 +124,18 @@ export async function checkOp(opts: {
   inputs: Arr[];
   seed?: number;
   diff?: boolean[];
+  dtypes?: ("f32" | "bf16")[];
   fwd?: { atol?: number; rtol?: number };
   grad?: { atol?: number; rtol?: number };
   extra?: Tensor[];
 }): Promise<void> {
-  const { op, ref, inputs, seed = 7 } = opts;
+  const { op, ref, seed = 7 } = opts;
+  const dtypes = opts.dtypes ?? opts.inputs.map(() => "f32" as const);
+  const inputs = opts.inputs.map((a, i) => (dtypes[i] === "bf16" ? roundBf16(a) : a));
   const expected = ref(inputs);
   const w = randomArr(expected.shape, seed, -1, 1);
   const diff = opts.diff ?? inputs.map(() => true);
-  const xs = inputs.map(toTensor);
+  const xs = inputs.map((a, i) => tensor(Float32Array.from(a.data), a.shape, dtypes[i]));
   const wt = toTensor(w);
   const f = valueAndGrad((ps: Tensor[]) => {
     const all = xs.map((x, i) => (diff[i] ? ps[diff.slice(0, i).filter(Boolean).length] : x));
@@ -131,6 +143,10 @@ export async function checkOp(opts: {
   });
   const y = op(xs);
   const { value, grads } = f(xs.filter((_, i) => diff[i]));
+  grads.forEach((g, k) => {
+    const want = dtypes.filter((_, i) => diff[i])[k];
+    if (g.dtype !== want) throw new Error(`grad ${k} is ${g.dtype}, expected ${want}`);
+  });
   const [yd, ...gd] = await readAll([y, ...grads]);
   for (const t of [y, value, wt, ...grads, ...xs]) t.dispose();
   assertClose(yd, expected.data, { atol: 1e-5, rtol: 1e-4, what: "forward", ...opts.fwd });
@@ -193,4 +209,22 @@ export function backward<P>(
   const grads = tape.backward(value, leaves, { onGrad });
   value.dispose();
   return grads as Tensor[];
+}
+
+/**
+ * Runs `fn` with windows planned as if a storage binding held only `bytes` (see
+ * `setMaxWindowBytes`), so window-by-window code paths run on tiny tensors.
+ */
+export async function withWindowBytes<T>(bytes: number, fn: () => Promise<T>): Promise<T> {
+  const prev = setMaxWindowBytes(bytes);
+  try {
+    return await fn();
+  } finally {
+    setMaxWindowBytes(prev);
+  }
+}
+
+/** Bytes of the smallest aligned window holding a whole number of `rowBytes`-byte rows. */
+export function alignedRowsBytes(rowBytes: number): number {
+  return rowAlignment(rowBytes) * rowBytes;
 }
