@@ -13,6 +13,7 @@ export * from "./shape.ts";
 export * from "./sparse.ts";
 export * from "./matmul.ts";
 export * from "./attention.ts";
+export * from "./flash_attention.ts";
 export * from "./sltrain_linear.ts";
 export * from "./relora_linear.ts";
 export * from "./svd.ts";
