@@ -89,6 +89,8 @@ export type { Shape } from "./core/shape.ts";
 export {
   type BackwardOptions,
   isRecording,
+  type MultiVjp,
+  recordMultiOp,
   recordOp,
   Tape,
   type TensorTree,

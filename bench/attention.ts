@@ -10,7 +10,7 @@
  * and, with `--profile`, GPU time per kernel of one rep each.
  *
  * Usage: `deno run -A bench/attention.ts [--batch 8] [--seq 256] [--heads 8] [--dh 64] [--reps 7]
- *   [--variant auto|subgroup|workgroup] [--profile]`
+ *   [--target auto|cpu|gpu] [--profile]`
  * @module
  */
 import process from "node:process";
@@ -21,11 +21,8 @@ import { valueAndGrad } from "../core/tape.ts";
 import { randomUniform, type Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { causalSelfAttention, mul, rope, sum, transpose } from "../ops/mod.ts";
-import {
-  type AttentionVariant,
-  flashAttention,
-  setAttentionVariant,
-} from "../ops/flash_attention.ts";
+import { flashAttention } from "../ops/flash_attention.ts";
+import { type FusedTarget, setFusedTarget } from "../ops/fused_target.ts";
 
 const { values: f } = parseArgs({
   options: {
@@ -34,12 +31,12 @@ const { values: f } = parseArgs({
     heads: { type: "string", default: "8" },
     dh: { type: "string", default: "64" },
     reps: { type: "string", default: "7" },
-    variant: { type: "string", default: "auto" },
+    target: { type: "string", default: "auto" },
     profile: { type: "boolean", default: false },
   },
 });
 await init();
-setAttentionVariant(f.variant as AttentionVariant | "auto");
+setFusedTarget(f.target as FusedTarget);
 const [B, T, H, DH, reps] = [f.batch, f.seq, f.heads, f.dh, f.reps].map(Number);
 const shape = [B, T, H, DH];
 const [q, k, v, w] = [1, 2, 3, 4].map((seed) => randomUniform(shape, -1, 1, { seed }));

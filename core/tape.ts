@@ -17,12 +17,20 @@ export type { TensorTree };
 /** A VJP: given the gradient of the op's output, the gradients of its inputs (null = none). */
 export type Vjp = (g: Tensor) => readonly (Tensor | null | undefined)[];
 
+/**
+ * The VJP of an op with several outputs: given the gradient of each output (undefined for an
+ * output nothing downstream used), the gradients of its inputs (null = none).
+ */
+export type MultiVjp = (
+  grads: readonly (Tensor | undefined)[],
+) => readonly (Tensor | null | undefined)[];
+
 interface TapeNode {
   name: string;
   inputs: readonly Tensor[];
-  output: Tensor;
+  outputs: readonly Tensor[];
   saved: readonly Tensor[];
-  vjp: Vjp;
+  vjp: MultiVjp;
 }
 
 let active: Tape | null = null;
@@ -58,7 +66,23 @@ export function recordOp(
   vjp: Vjp,
   saved: readonly Tensor[] = [],
 ): void {
-  active?.record({ name, inputs, output, saved, vjp });
+  active?.record({ name, inputs, outputs: [output], saved, vjp: (gs) => vjp(gs[0]!) });
+}
+
+/**
+ * Records an op with several outputs (e.g. a fused residual add and norm, whose sum and normed
+ * value are both used downstream), so that its VJP sees every output's gradient at once and can
+ * fuse their use (e.g. add the residual gradient inside the norm's backward kernel). Like
+ * {@link recordOp} otherwise; the outputs must be distinct tensors.
+ */
+export function recordMultiOp(
+  name: string,
+  inputs: readonly Tensor[],
+  outputs: readonly Tensor[],
+  vjp: MultiVjp,
+  saved: readonly Tensor[] = [],
+): void {
+  active?.record({ name, inputs, outputs, saved, vjp });
 }
 
 /** Options of {@link Tape.backward}. */
@@ -106,8 +130,8 @@ export class Tape {
   record(node: TapeNode): void {
     if (!node.inputs.some((t) => this.#tracked.has(t))) return;
     this.#nodes.push(node);
-    this.#tracked.add(node.output);
-    for (const t of new Set([...node.inputs, node.output, ...node.saved])) {
+    for (const o of node.outputs) this.#tracked.add(o);
+    for (const t of new Set([...node.inputs, ...node.outputs, ...node.saved])) {
       const n = this.#refs.get(t) ?? 0;
       if (n === 0) t.pin();
       this.#refs.set(t, n + 1);
@@ -202,13 +226,13 @@ export class Tape {
       slots.set(output, ones(output.shape));
       for (let i = nodes.length - 1; i >= 0; i--) {
         const node = nodes[i];
-        const g = slots.get(node.output);
-        if (g) {
-          slots.delete(node.output);
+        const gs = node.outputs.map((o) => slots.get(o));
+        if (gs.some((g) => g)) {
+          for (const o of node.outputs) slots.delete(o);
           try {
-            this.#applyVjp(node, g, slots);
+            this.#applyVjp(node, gs, slots);
           } finally {
-            g.dispose();
+            for (const g of gs) g?.dispose();
           }
         }
         this.#release(node);
@@ -225,8 +249,8 @@ export class Tape {
     }
   }
 
-  #applyVjp(node: TapeNode, g: Tensor, slots: Map<Tensor, Tensor>): void {
-    const { result, created } = captureCreated(() => node.vjp(g));
+  #applyVjp(node: TapeNode, gs: (Tensor | undefined)[], slots: Map<Tensor, Tensor>): void {
+    const { result, created } = captureCreated(() => node.vjp(gs));
     const fresh = new Set(created);
     const claimed = new Set<Tensor>();
     node.inputs.forEach((x, j) => {
@@ -257,7 +281,7 @@ export class Tape {
   }
 
   #release(node: TapeNode): void {
-    for (const t of new Set([...node.inputs, node.output, ...node.saved])) {
+    for (const t of new Set([...node.inputs, ...node.outputs, ...node.saved])) {
       const n = (this.#refs.get(t) ?? 1) - 1;
       if (n > 0) {
         this.#refs.set(t, n);

@@ -22,11 +22,11 @@ import {
   attentionBackwardQKernel,
   attentionForwardKernel,
   type AttentionKernelConfig,
-  type AttentionVariant,
   attentionWorkgroups,
   ROPE_MAX_HALF,
   ropeQKKernel,
 } from "./flash_attention_wgsl.ts";
+import { fusedTarget } from "./fused_target.ts";
 import { checkLoopBudget } from "./loop.ts";
 import { ropeFrequencies } from "./rope.ts";
 
@@ -44,28 +44,17 @@ export interface FlashAttentionOptions {
 /** Largest head dim: its loops are unrolled into registers. */
 export const MAX_ATTENTION_HEAD_DIM = 256;
 
-let forcedVariant: AttentionVariant | "auto" = "auto";
-
-/**
- * Forces the attention kernels' variant where the device allows it (`"subgroup"` needs subgroups
- * of 8), `"auto"` (the default) picks per adapter: `subgroup` on software adapters with subgroups
- * of 8, `workgroup` (tiles in workgroup memory) elsewhere. Returns the previous setting. Meant for
- * tests and benchmarks.
- */
-export function setAttentionVariant(v: AttentionVariant | "auto"): AttentionVariant | "auto" {
-  const prev = forcedVariant;
-  forcedVariant = v;
-  return prev;
-}
-
 // Workgroup bytes of the largest kernel (dK/dV: q and dO tiles plus two scalars per row).
 const tileBytes = (wg: number, dh: number) => wg * (2 * dh + 2) * 4;
 
-/** The kernel config for head dim `dh` on this device. */
+/**
+ * The kernel config for head dim `dh`: on software adapters with subgroups of 8 the subgroup
+ * kernels, elsewhere (real GPUs, or no subgroups) tiles in workgroup memory, as large as the
+ * device's workgroup memory allows (`setFusedTarget("gpu")` forces the latter).
+ */
 export function attentionConfig(dh: number, rope: boolean): AttentionKernelConfig {
-  const { kind, subgroupSize, limits } = deviceInfo();
-  const sg = subgroupSize === 8 &&
-    (forcedVariant === "subgroup" || (forcedVariant === "auto" && kind === "cpu"));
+  const { subgroupSize, limits } = deviceInfo();
+  const sg = subgroupSize === 8 && fusedTarget() === "cpu";
   // Two rows per lane: 1.2-1.4x faster than one at Dh = 64 (CPU time, lavapipe), four no faster;
   // one above 64, where the unrolled shader would take long to compile.
   if (sg) return { dh, variant: "subgroup", wg: 8, rows: dh <= 64 ? 2 : 1, rope };

@@ -69,6 +69,17 @@ const BACKWARD_W = defineKernel({
 });
 
 /**
+ * @internal The weight gradient of RMSNorm, `Σ_rows g · x · rstd` per column of `x` [rows, D]
+ * (`rstd` [rows] from the forward), shared with the fused residual + RMSNorm op.
+ */
+export function rmsNormWeightGrad(x: Tensor, rstd: Tensor, g: Tensor): Tensor {
+  const d = x.shape[x.rank - 1];
+  const dw = Tensor.empty([d]);
+  BACKWARD_W({ x, rstd, g, dw }, { n: d, rows: rstd.size });
+  return dw;
+}
+
+/**
  * RMSNorm over the last axis: `x * rsqrt(mean(x^2, -1) + eps) * weight`, for `x` [..., D] and
  * `weight` [D] (both f32). Differentiable with respect to both.
  */
@@ -96,10 +107,8 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   }
   recordOp(op, [x, weight], y, (g) => {
     const dx = Tensor.empty(x.shape);
-    const dw = Tensor.empty([d]);
     BACKWARD_X({ x, w: weight, rstd, g, dx }, { rows, d });
-    BACKWARD_W({ x, rstd, g, dw }, { n: d, rows });
-    return [dx, dw];
+    return [dx, rmsNormWeightGrad(x, rstd, g)];
   }, [rstd]);
   return y;
 }

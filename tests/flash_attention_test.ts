@@ -6,12 +6,8 @@ import { DeviceLimitError, DTypeError, ShapeError } from "../core/errors.ts";
 import { memoryStats } from "../core/memory.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
-import {
-  attentionConfig,
-  type AttentionVariant,
-  flashAttention,
-  setAttentionVariant,
-} from "../ops/flash_attention.ts";
+import { attentionConfig, flashAttention } from "../ops/flash_attention.ts";
+import { type FusedTarget, setFusedTarget } from "../ops/fused_target.ts";
 import { type Arr, assertClose, checkOp, FC, randomArr, setup, toTensor } from "./util.ts";
 
 await setup();
@@ -68,13 +64,13 @@ function flashRef(q: Arr, k: Arr, v: Arr, base?: number, rows?: number[]): Arr {
   return { shape: q.shape, data: out };
 }
 
-/** Runs `fn` with the attention kernels forced to `variant`, restoring the setting after. */
-async function withVariant(variant: AttentionVariant | "auto", fn: () => Promise<void>) {
-  const prev = setAttentionVariant(variant);
+/** Runs `fn` with the fused kernels' configuration forced to `target`, restoring it after. */
+async function withTarget(target: FusedTarget, fn: () => Promise<void>) {
+  const prev = setFusedTarget(target);
   try {
     await fn();
   } finally {
-    setAttentionVariant(prev);
+    setFusedTarget(prev);
   }
 }
 
@@ -89,14 +85,14 @@ const caseArb = fc.record({
   seed: fc.integer({ min: 1, max: 1e6 }),
 });
 
-const variants: [AttentionVariant | "auto", string][] = [
-  ["auto", `the adapter's default (${deviceInfo().kind})`],
-  ["workgroup", "the workgroup-memory kernels of real GPUs, forced"],
+const targets: [FusedTarget, string][] = [
+  ["auto", `the adapter's kernels (${deviceInfo().kind})`],
+  ["gpu", "the workgroup-memory kernels of real GPUs, forced"],
 ];
 
-for (const [variant, what] of variants) {
+for (const [target, what] of targets) {
   Deno.test(`flashAttention with ${what}: random ragged shapes match float64 (atol 1e-5, rtol 1e-4) and finite differences for q, k, v (2e-3)`, async () => {
-    await withVariant(variant, async () => {
+    await withTarget(target, async () => {
       await fc.assert(
         fc.asyncProperty(caseArb, async ({ b, t, h, dh, rope, seed }) => {
           const base = rope ? 500 : undefined;
@@ -125,14 +121,14 @@ function composition(q: Tensor, k: Tensor, v: Tensor, base: number): Tensor {
   return o.transpose(y, [0, 2, 1, 3]);
 }
 
-Deno.test("flashAttention equals the composition it replaces (transposes, rope, causalSelfAttention) at model head dims, forward and gradients, every variant", async () => {
+Deno.test("flashAttention equals the composition it replaces (transposes, rope, causalSelfAttention) at model head dims, forward and gradients, both configurations", async () => {
   const cases = [
-    { b: 2, t: 37, h: 2, dh: 32, variant: "auto" },
-    { b: 1, t: 23, h: 3, dh: 64, variant: "auto" },
-    { b: 2, t: 19, h: 2, dh: 32, variant: "workgroup" },
+    { b: 2, t: 37, h: 2, dh: 32, target: "auto" },
+    { b: 1, t: 23, h: 3, dh: 64, target: "auto" },
+    { b: 2, t: 19, h: 2, dh: 32, target: "gpu" },
   ] as const;
-  for (const { b, t, h, dh, variant } of cases) {
-    await withVariant(variant, async () => {
+  for (const { b, t, h, dh, target } of cases) {
+    await withTarget(target, async () => {
       const shape = [b, t, h, dh];
       const [q, k, v, w] = [1, 2, 3, 4].map((s) => toTensor(randomArr(shape, 100 * t + s)));
       const lossOf = (f: (q: Tensor, k: Tensor, v: Tensor) => Tensor) =>
@@ -142,7 +138,7 @@ Deno.test("flashAttention equals the composition it replaces (transposes, rope, 
       const yf = flashAttention(q, k, v, { ropeBase: 10000 });
       const yr = composition(q, k, v, 10000);
       const got = await readAll([yf, ...fused.grads, yr, ...ref.grads]);
-      const what = `B ${b} T ${t} H ${h} Dh ${dh} (${variant})`;
+      const what = `B ${b} T ${t} H ${h} Dh ${dh} (${target})`;
       ["output", "dq", "dk", "dv"].forEach((name, i) => {
         assertClose(got[i], got[i + 4], { atol: 2e-6, rtol: 1e-4, what: `${what}: ${name}` });
       });
@@ -181,9 +177,11 @@ Deno.test("flashAttention runs a sequence whose [B, H, T, T] scores exceed one s
 
 Deno.test("flashAttention: configs per adapter; bad inputs throw the specific error", () => {
   const cfg = attentionConfig(64, true);
-  if (deviceInfo().subgroupSize === 8 && deviceInfo().kind === "cpu") {
-    assert.equal(cfg.variant, "subgroup");
-  } else assert.equal(cfg.variant, "workgroup");
+  const sg = deviceInfo().subgroupSize === 8 && deviceInfo().kind === "cpu";
+  assert.equal(cfg.variant, sg ? "subgroup" : "workgroup");
+  const prev = setFusedTarget("gpu");
+  assert.equal(attentionConfig(64, true).variant, "workgroup");
+  setFusedTarget(prev);
   const q = tensor(new Float32Array(24), [1, 3, 2, 4]);
   assert.throws(() => flashAttention(q, q, tensor(new Float32Array(24), [1, 3, 4, 2])), ShapeError);
   assert.throws(() => flashAttention(q.view([3, 2, 4]), q, q), ShapeError);
