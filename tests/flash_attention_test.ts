@@ -8,26 +8,23 @@ import { valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
 import { attentionConfig, flashAttention } from "../ops/flash_attention.ts";
 import { type FusedTarget, setFusedTarget } from "../ops/fused_target.ts";
-import { type Arr, assertClose, checkOp, FC, randomArr, setup, toTensor } from "./util.ts";
+import {
+  type Arr,
+  assertClose,
+  checkOp,
+  FC,
+  randomArr,
+  ropeRows,
+  setup,
+  toTensor,
+} from "./util.ts";
 
 await setup();
 
-/** Float64 rotate-half RoPE of [B, T, H, Dh] at position t, frequencies rounded to f32. */
+/** Float64 RoPE of [B, T, H, Dh]: row (b, t, h) is at position t. */
 function ropeRef(x: Arr, base: number): Arr {
-  const [b, t, h, dh] = x.shape;
-  const half = dh / 2;
-  const out = new Float64Array(x.data.length);
-  for (let row = 0; row < b * t * h; row++) {
-    const p = Math.floor(row / h) % t;
-    for (let i = 0; i < half; i++) {
-      const a = p * Math.fround(Math.pow(base, (-2 * i) / dh));
-      const [c, s] = [Math.cos(a), Math.sin(a)];
-      const x1 = x.data[row * dh + i], x2 = x.data[row * dh + half + i];
-      out[row * dh + i] = x1 * c - x2 * s;
-      out[row * dh + half + i] = x2 * c + x1 * s;
-    }
-  }
-  return { shape: x.shape, data: out };
+  const [, t, h] = x.shape;
+  return ropeRows(x, base, (row) => Math.floor(row / h) % t);
 }
 
 /**
