@@ -49,8 +49,11 @@ const tileBytes = (wg: number, dh: number) => wg * (2 * dh + 2) * 4;
 
 /**
  * The kernel config for head dim `dh`: on software adapters with subgroups of 8 the subgroup
- * kernels, elsewhere (real GPUs, or no subgroups) tiles in workgroup memory, as large as the
- * device's workgroup memory allows (`setFusedTarget("gpu")` forces the latter).
+ * kernels; on real GPUs tiles in workgroup memory, as many rows (up to 64) as the device's
+ * workgroup memory allows (`setFusedTarget("gpu")` forces this one); on software adapters without
+ * subgroups (GL) tiles of 8 rows: llvmpipe's GL path turns dynamically indexed workgroup arrays
+ * into branch ladders, and with 64-row tiles a Dh = 32 backward took 100 s to compile (8 rows:
+ * 3 s; it then runs at 1.16x the composition's CPU time at the tiny model's shapes).
  */
 export function attentionConfig(dh: number, rope: boolean): AttentionKernelConfig {
   const { subgroupSize, limits } = deviceInfo();
@@ -58,7 +61,7 @@ export function attentionConfig(dh: number, rope: boolean): AttentionKernelConfi
   // Two rows per lane: 1.2-1.4x faster than one at Dh = 64 (CPU time, lavapipe), four no faster;
   // one above 64, where the unrolled shader would take long to compile.
   if (sg) return { dh, variant: "subgroup", wg: 8, rows: dh <= 64 ? 2 : 1, rope };
-  const wg = [64, 32, 16, 8].find((w) =>
+  const wg = (fusedTarget() === "cpu" ? [8] : [64, 32, 16, 8]).find((w) =>
     tileBytes(w, dh) <= limits.maxComputeWorkgroupStorageSize &&
     w <= limits.maxComputeInvocationsPerWorkgroup
   );

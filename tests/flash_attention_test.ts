@@ -173,11 +173,17 @@ Deno.test("flashAttention runs a sequence whose [B, H, T, T] scores exceed one s
 });
 
 Deno.test("flashAttention: configs per adapter; bad inputs throw the specific error", () => {
+  const { kind, subgroupSize } = deviceInfo();
   const cfg = attentionConfig(64, true);
-  const sg = deviceInfo().subgroupSize === 8 && deviceInfo().kind === "cpu";
-  assert.equal(cfg.variant, sg ? "subgroup" : "workgroup");
+  assert.equal(cfg.variant, kind === "cpu" && subgroupSize === 8 ? "subgroup" : "workgroup");
+  if (kind === "cpu" && cfg.variant === "workgroup") assert.equal(cfg.wg, 8);
   const prev = setFusedTarget("gpu");
-  assert.equal(attentionConfig(64, true).variant, "workgroup");
+  // The GPU configuration: the largest tile of 8..64 rows within the workgroup memory.
+  const { variant, wg } = attentionConfig(64, true);
+  assert.equal(variant, "workgroup");
+  const fits = (rows: number) =>
+    rows * (2 * 64 + 2) * 4 <= deviceInfo().limits.maxComputeWorkgroupStorageSize;
+  assert.ok(fits(wg) && (wg === 64 || !fits(2 * wg)), `${wg} rows`);
   setFusedTarget(prev);
   const q = tensor(new Float32Array(24), [1, 3, 2, 4]);
   assert.throws(() => flashAttention(q, q, tensor(new Float32Array(24), [1, 3, 4, 2])), ShapeError);
