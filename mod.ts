@@ -56,20 +56,23 @@ export {
   type UniformType,
   type Workgroups,
 } from "./core/define_kernel.ts";
-export type { DType, TensorData } from "./core/dtype.ts";
+export { assertDType, assertF32, type DType, type TensorData } from "./core/dtype.ts";
 export {
   DeviceError,
   DeviceLimitError,
   DisposedError,
   DTypeError,
   GradientError,
+  NonFiniteError,
   ShapeError,
   SLTrainError,
 } from "./core/errors.ts";
 export {
   type Binding,
+  cacheStats,
   dispatch,
   dispatchStats,
+  gated,
   type KernelCall,
   type ProfileEntry,
   startProfile,

@@ -3,7 +3,7 @@
  * corpus or your own text, on whatever WebGPU adapter Deno finds. `--help` lists every flag.
  * @module
  */
-import { init } from "./core/device.ts";
+import { deviceLostError, init } from "./core/device.ts";
 import { loadBrown, splitEvery } from "./data/brown.ts";
 import { tokenizeCached } from "./data/cache.ts";
 import { holdOut, loadCorpus } from "./data/corpus.ts";
@@ -17,6 +17,8 @@ import {
   methodName,
   natInt,
   num,
+  oneOf,
+  optimizerName,
   packingFlag,
   parseFlags,
   posInt,
@@ -25,9 +27,19 @@ import {
 } from "./cli/flags.ts";
 import { Progress } from "./cli/progress.ts";
 import { lossPlot, summaryTable } from "./cli/report.ts";
-import { linearMethod, type MethodName, type RunConfig } from "./cli/run_config.ts";
+import {
+  isProjected,
+  linearMethod,
+  type MethodName,
+  optimizerSpec,
+  type RunConfig,
+} from "./cli/run_config.ts";
+import { estimateMemory } from "./models/estimate.ts";
+import { GRANULARITIES, type Granularity } from "./optim/apollo.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
+import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
+import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
 import { type HfInit, hfInitFlag } from "./cli/hf_import.ts";
 
@@ -59,10 +71,11 @@ async function buildRun(
     model,
     modelName,
     method,
+    optimizer: optimizerName(String(flags.optimizer ?? "adamw")),
     rank,
     delta: num(flags, "delta", 0.03, (v) => v > 0 && v < 1, "in (0, 1)"),
     alpha: num(flags, "alpha", rank / 4, (v) => v > 0, "positive"),
-    lr: num(flags, "lr", method === "galore" ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
+    lr: num(flags, "lr", isProjected(method) ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
     warmup: num(flags, "warmup", warmupDefault, natInt, "a non-negative integer"),
     steps,
     minLrRatio: num(flags, "min-lr-ratio", 0.1, (v) => v >= 0 && v <= 1, "in [0, 1]"),
@@ -93,9 +106,14 @@ async function buildRun(
     evalTokens: num(flags, "eval-tokens", 16384, posInt, "a positive integer"),
     seed: num(flags, "seed", 42, natInt, "a non-negative integer"),
     logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
+    onNonfinite: oneOf(flags, "on-nonfinite", NONFINITE_POLICIES),
   };
-  if ((flags.optimizer ?? "adamw") !== "adamw") {
-    throw new FlagError(`--optimizer ${flags.optimizer}: unknown optimizer (expected adamw)`);
+  Object.assign(run, scalingSettings(flags, method));
+  if (run.perLayer && run.onNonfinite === "skip") {
+    throw new FlagError(
+      "--on-nonfinite skip: --per-layer applies each weight's update during backward, before the " +
+        "whole gradient is known to be finite, so it can only stop",
+    );
   }
   if (run.perLayer && (run.clip > 0 || run.gradAccum > 1)) {
     throw new FlagError(
@@ -109,13 +127,45 @@ async function buildRun(
   }
   try {
     validateMethod(model, linearMethod(run));
+    // Checks the optimizer's rank too (Fira and APOLLO need rank < min(out, in) of every linear).
+    estimateMemory(model, { method: linearMethod(run), optimizer: optimizerSpec(run) }, "ours");
   } catch (e) {
     throw new FlagError(`--method ${method}: ${(e as Error).message}`);
   }
   return run;
 }
 
-const CKPT = "checkpoint.safetensors";
+/** Fira's and APOLLO's settings, present only in the runs of those methods. */
+function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig> {
+  const granularity = String(flags["apollo-granularity"] ?? "channel");
+  if (!(GRANULARITIES as readonly string[]).includes(granularity)) {
+    throw new FlagError(
+      `--apollo-granularity ${granularity}: unknown granularity (expected ${
+        GRANULARITIES.join(" or ")
+      })`,
+    );
+  }
+  const limiter = num(flags, "limiter", 1.01, (v) => v === 0 || v >= 1, "0 (off) or >= 1");
+  const apolloScale = num(
+    flags,
+    "apollo-scale",
+    method === "apollo-mini" ? 128 : 1,
+    (v) => v > 0,
+    "positive",
+  );
+  if (method === "fira") return { limiter };
+  if (method === "apollo" || method === "apollo-mini") {
+    return {
+      limiter,
+      apolloScale,
+      apolloGranularity: method === "apollo-mini" ? "tensor" : granularity as Granularity,
+    };
+  }
+  return {};
+}
+
+const CKPT = CHECKPOINT_FILE;
+const LOG = "log.jsonl";
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -130,7 +180,7 @@ async function exists(path: string): Promise<boolean> {
 interface OutDir {
   out: string;
   created: boolean;
-  /** Run folders that hold a checkpoint to resume from. */
+  /** Run folders that hold a run (a checkpoint, or a log of one killed before its first). */
   resumable: Set<string>;
 }
 
@@ -149,7 +199,7 @@ async function prepareOut(
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
-      if (e.name === CKPT || e.name === "log.jsonl" || e.isDirectory) {
+      if (e.name === CKPT || e.name === LOG || e.isDirectory) {
         throw new FlagError(
           `--out ${out}: already holds a run; pass --resume to continue it, or choose another --out`,
         );
@@ -159,10 +209,12 @@ async function prepareOut(
   if (!info && flags.resume) throw new FlagError(`--resume: ${out} does not exist`);
   const resumable = new Set<string>();
   if (flags.resume) {
-    for (const d of dirs(out)) if (await exists(`${d}/${CKPT}`)) resumable.add(d);
+    for (const d of dirs(out)) {
+      if (await exists(`${d}/${CKPT}`) || await exists(`${d}/${LOG}`)) resumable.add(d);
+    }
     // A compare whose later runs never started (Ctrl-C) resumes the rest from scratch.
     if (resumable.size === 0) {
-      throw new FlagError(`--resume: ${out} holds no ${CKPT} to resume from`);
+      throw new FlagError(`--resume: ${out} holds no ${CKPT} or ${LOG} to resume from`);
     }
   }
   await Deno.mkdir(out, { recursive: true });
@@ -170,16 +222,13 @@ async function prepareOut(
 }
 
 /**
- * Removes what a fresh run wrote when it failed before its first checkpoint, so that the same
- * --out can simply be run again (a log without a checkpoint would block it). Synchronous because
- * it also runs on a second Ctrl-C right before exiting.
+ * Removes what a fresh run wrote when it ended before its first optimizer step (a model over the
+ * device's limits, a failed first evaluation, a second Ctrl-C at once): nothing in it is worth
+ * keeping, and the same command can then simply be run again. Any run that took a step keeps its
+ * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
-function discardFresh(dir: string, outDir: OutDir): void {
-  try {
-    Deno.statSync(`${dir}/${CKPT}`);
-    return;
-  } catch { /* no checkpoint: nothing worth keeping */ }
-  for (const f of ["log.jsonl", "summary.json", "loss.svg"]) {
+function discardUnstarted(dir: string, outDir: OutDir): void {
+  for (const f of [LOG, "summary.json", "loss.svg"]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
     } catch { /* not written */ }
@@ -234,7 +283,17 @@ async function loadData(
   };
 }
 
-async function main(argv: string[]): Promise<number> {
+/** Test hooks of {@link main}; the command line passes none. */
+export interface MainHooks {
+  /** Called after each completed optimizer step (e.g. to inject a fault). */
+  onStep?: (step: number) => void;
+}
+
+/**
+ * The command: parses `argv`, trains, reports; returns the exit status (0, or 130/143 when
+ * stopped by SIGINT/SIGTERM). Errors are thrown for {@link runCli} to print.
+ */
+export async function main(argv: string[], hooks: MainHooks = {}): Promise<number> {
   const flags = parseFlags(argv);
   if (flags.help) {
     console.log(helpText());
@@ -258,42 +317,45 @@ async function main(argv: string[]): Promise<number> {
   const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
+  const keep = num(flags, "keep", 1, posInt, "a positive integer");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards
     ? shardRunData(shards, tok, flags, runs[0].seq)
     : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
+  const info = await init();
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
     (out) => methods.map((m) => runDir(out, m)),
   );
   const out = outDir.out;
-  const info = await init();
   console.error(`${info.summary}\ndata: ${desc}\nout: ${out}`);
 
-  let stop = false;
-  let current: string | null = null;
-  const onSigint = () => {
+  // Ctrl-C or SIGTERM: stop after this step with a checkpoint; the second one quits at once.
+  let stop: Deno.Signal | null = null;
+  // The fresh run in progress that has not completed a step yet (it leaves nothing if it ends).
+  let unstarted: string | null = null;
+  const onSignal = (signal: Deno.Signal) => () => {
     if (stop) {
-      if (current) discardFresh(current, outDir);
-      Deno.exit(130);
+      if (unstarted) discardUnstarted(unstarted, outDir);
+      Deno.exit(exitCode(signal));
     }
-    stop = true;
+    stop = signal;
     console.error(
-      "\nstopping after this step and writing a checkpoint (Ctrl-C again to quit at once)",
+      `\n${signal}: stopping after this step and writing a checkpoint (Ctrl-C or SIGTERM again ` +
+        "to quit at once)",
     );
   };
-  Deno.addSignalListener("SIGINT", onSigint);
+  const handlers = SIGNALS.map((s) => [s, onSignal(s)] as const);
+  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   const results: RunResult[] = [];
   try {
     for (const run of runs) {
       const dir = runDir(out, run.method);
       const resume = outDir.resumable.has(dir);
       await Deno.mkdir(dir, { recursive: true });
-      current = resume ? null : dir;
-      const logFile = await Deno.open(`${dir}/log.jsonl`, { append: true, create: true });
-      const enc = new TextEncoder();
+      unstarted = resume ? null : dir;
       console.error(
         `\n${run.method} on ${run.modelName}: ${run.steps} steps × ${
           run.batch * run.gradAccum
@@ -303,12 +365,14 @@ async function main(argv: string[]): Promise<number> {
         const result = await trainRun(run, data, {
           out: dir,
           resume,
+          keep,
           progress: new Progress(run.method, run.logEvery),
-          log: (rec) =>
-            logFile.writeSync(
-              enc.encode(JSON.stringify({ time: new Date().toISOString(), ...rec }) + "\n"),
-            ),
-          shouldStop: () => stop,
+          log: () => {},
+          shouldStop: () => stop !== null,
+          onStep: (step) => {
+            unstarted = null;
+            hooks.onStep?.(step);
+          },
           initModel: hfInit?.initModel,
         });
         results.push(result);
@@ -321,19 +385,19 @@ async function main(argv: string[]): Promise<number> {
           lossPlot([result], `${run.method} on ${run.modelName}`),
         );
       } catch (e) {
-        logFile.close();
-        if (!resume) discardFresh(dir, outDir);
-        if (!resume && await exists(`${dir}/${CKPT}`)) {
-          (e as Error).message += ` (the last checkpoint is in ${dir}; --resume continues from it)`;
-        }
-        throw e;
+        // A lost device makes later calls fail in odd ways: its loss is the error to report.
+        const cause = await deviceLostError() ?? e;
+        if (unstarted) discardUnstarted(dir, outDir);
+        else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
+            cause,
+          });}
+        throw cause;
       }
-      logFile.close();
-      current = null;
+      unstarted = null;
       if (stop) break;
     }
   } finally {
-    Deno.removeSignalListener("SIGINT", onSigint);
+    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
@@ -351,7 +415,29 @@ async function main(argv: string[]): Promise<number> {
       }loss curve: ${dir}/loss.svg; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
     );
   }
-  return stop ? 130 : 0;
+  return stop ? exitCode(stop) : 0;
+}
+
+const SIGNALS: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+
+/** The shell's exit status for a run stopped by `signal`: 128 + its number. */
+function exitCode(signal: Deno.Signal): number {
+  return signal === "SIGTERM" ? 143 : 130;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** What a failed run leaves for the user, appended to its error (unless `said` says it). */
+async function whatIsKept(dir: string, said: string): Promise<string> {
+  const ckpt = await exists(`${dir}/${CKPT}`);
+  const next = said.includes(`${dir}/${CKPT}`)
+    ? ""
+    : ckpt
+    ? `; the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`
+    : "; it has no checkpoint yet, so --resume starts it again from step 0";
+  return `\n(the run's log is kept in ${dir}/${LOG}${next})`;
 }
 
 if (import.meta.main) await runCli(main);

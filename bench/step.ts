@@ -5,7 +5,7 @@
  * machine shared with other work moves much less than wall time.
  *
  * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
- *   [--batch 8] [--seq 128] [--reps 5] [--profile]`
+ *   [--optimizer adamw|adamw8bit] [--batch 8] [--seq 128] [--reps 5] [--profile]`
  * @module
  */
 import process from "node:process";
@@ -25,7 +25,7 @@ import {
   type MethodName,
   type RunConfig,
 } from "../cli/run_config.ts";
-import { methodName } from "../cli/flags.ts";
+import { methodName, optimizerName } from "../cli/flags.ts";
 
 const { values: f } = parseArgs({
   options: {
@@ -35,6 +35,7 @@ const { values: f } = parseArgs({
     seq: { type: "string", default: "128" },
     reps: { type: "string", default: "5" },
     vocab: { type: "string", default: "256" },
+    optimizer: { type: "string", default: "adamw" },
     profile: { type: "boolean", default: false },
   },
 });
@@ -43,7 +44,7 @@ const model = withVocab(await loadConfig(f.model!), Number(f.vocab));
 const [B, T, reps] = [Number(f.batch), Number(f.seq), Number(f.reps)];
 const rank = Math.floor(model.hidden / 4);
 console.log(
-  `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${deviceInfo().description}\n`,
+  `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${f.optimizer}, ${deviceInfo().description}\n`,
 );
 console.log("| method | ms/step (median) | tokens/s | dispatches/step | CPU ms/step (median) |");
 console.log("|---|---|---|---|---|");
@@ -55,6 +56,7 @@ for (const name of f.methods!.split(",")) {
   const run = {
     model,
     method,
+    optimizer: optimizerName(f.optimizer!),
     rank,
     delta: 0.03,
     alpha: rank / 4,

@@ -1,18 +1,31 @@
 /**
  * Training checkpoints: parameters, fixed buffers (sparse supports), optimizer state, step, data
- * position and history in one safetensors file with JSON metadata. Streamed both ways, tensor by
- * tensor in bounded chunks (a model of any size needs only a chunk of extra host memory);
- * written atomically and durably (temp file, fsync, rename); validated on load with errors that
- * say what does not match.
+ * position and history in one safetensors file with JSON metadata. Streamed both ways in bounded
+ * chunks (a model of any size needs only a chunk of extra host memory; small tensors share one
+ * readback); written atomically and durably (temp file, fsync, rename), checksummed, and never
+ * with a non-finite value in it; older checkpoints rotated by `keep`; validated on load with
+ * errors that say what does not match.
  * @module
  */
 import type { DType } from "../core/dtype.ts";
-import { scope, streamBytes, Tensor, writeBytes } from "../core/tensor.ts";
+import { NonFiniteError } from "../core/errors.ts";
+import { readRanges, TRANSFER_CHUNK_BYTES } from "../core/kernel.ts";
+import { scope, Tensor, writeBytes } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { openSafetensors, type SafetensorsDType, writeSafetensorsStream } from "./safetensors.ts";
+import {
+  openSafetensors,
+  type SafetensorsDType,
+  tempPrefix,
+  type TensorSource,
+  writeSafetensorsStream,
+} from "./safetensors.ts";
 
-/** Format tag stored in every checkpoint. */
-export const CHECKPOINT_FORMAT = "sltrain-checkpoint-v1";
+/** The file name of a run's latest checkpoint inside its output folder. */
+export const CHECKPOINT_FILE = "checkpoint.safetensors";
+
+/** Format tag stored in every checkpoint (v2: checksummed; v1 files still load). */
+export const CHECKPOINT_FORMAT = "sltrain-checkpoint-v2";
+const FORMATS_WITHOUT_CHECKSUMS = new Set(["sltrain-checkpoint-v1"]);
 
 /** Everything a run needs to continue exactly. */
 export interface TrainingState {
@@ -69,38 +82,188 @@ const FROM_FILE: Partial<Record<SafetensorsDType, DType>> = {
   U8: "u8",
 };
 
+/** Options of {@link saveCheckpoint}. */
+export interface SaveOptions {
+  /**
+   * How many checkpoints to keep: the new one at `path`, and the `keep − 1` before it as
+   * `<path without .safetensors>.step-<step>.safetensors` (see {@link keptCheckpoints}); default 1.
+   * The one being replaced stays whole until the new one is complete either way.
+   */
+  keep?: number;
+}
+
 /**
- * Writes a checkpoint, streaming each tensor from the device to the file in bounded chunks (a GPU
- * sync per chunk); atomic and durable: a temporary file is synced, then renamed over `path`.
+ * Writes a checkpoint: tensors stream from the device to the file (small ones share a readback,
+ * one GPU sync per {@link TRANSFER_CHUNK_BYTES}); atomic and durable (a temporary file is synced,
+ * then renamed over `path`), with checksums. A float tensor holding NaN or ±Infinity throws a
+ * {@link NonFiniteError} naming it, and nothing is written: a checkpoint is always one a run can
+ * continue from. With `keep` > 1 the replaced checkpoint is kept under its step's name first.
  */
-export async function saveCheckpoint(path: string, state: TrainingState): Promise<void> {
+export async function saveCheckpoint(
+  path: string,
+  state: TrainingState,
+  opts: SaveOptions = {},
+): Promise<void> {
   const tensors = new Map<string, Tensor>();
   const parts = {
     params: skeleton(state.params, "params", tensors),
     buffers: skeleton(state.buffers, "buffers", tensors),
     optState: skeleton(state.optState, "opt", tensors),
   };
+  const keep = opts.keep ?? 1;
   await writeSafetensorsStream(
     path,
-    [...tensors].map(([name, t]) => ({
-      name,
-      dtype: TO_FILE[t.dtype],
-      shape: [...t.shape],
-      // A packed tensor with an odd element count has a padding half-word the file does not keep.
-      write: (sink) =>
-        streamBytes(
-          t,
-          (bytes, off) =>
-            sink(bytes.subarray(0, Math.max(0, Math.min(bytes.byteLength, fileBytes(t) - off)))),
-        ),
-    })),
+    readbackSources([...tensors]),
     {
       format: CHECKPOINT_FORMAT,
       step: String(state.step),
       skeleton: JSON.stringify(parts, checkStorable),
       meta: JSON.stringify(state.meta),
     },
+    {
+      checksums: true,
+      beforeRename: keep > 1 ? () => keepPrevious(path, state.step) : undefined,
+    },
   );
+  if (keep > 1) await pruneKept(path, keep - 1);
+}
+
+/**
+ * The tensors as file sources, in order. Consecutive tensors that fit one transfer chunk together
+ * are read back at once (one GPU sync for all of them, not one each) by the first one's `write`
+ * and handed out from that buffer; a larger tensor streams alone. Each is checked for
+ * non-finite values on the way.
+ */
+function readbackSources(tensors: [string, Tensor][]): TensorSource[] {
+  const groups: [string, Tensor][][] = [];
+  let bytes = Infinity;
+  for (const e of tensors) {
+    const n = fileBytes(e[1]);
+    if (bytes + n > TRANSFER_CHUNK_BYTES) groups.push([]), bytes = 0;
+    groups.at(-1)!.push(e);
+    bytes += n;
+  }
+  return groups.flatMap((group) => {
+    let held: Uint8Array[] | null = null;
+    return group.map(([name, t], k): TensorSource => ({
+      name,
+      dtype: TO_FILE[t.dtype],
+      shape: [...t.shape],
+      async write(sink) {
+        if (k === 0 && group.length === 1) {
+          await readRanges(rangesOf([t]), async (_, b, off) => {
+            const piece = b.subarray(0, Math.max(0, Math.min(b.byteLength, fileBytes(t) - off)));
+            checkFinite(name, t.dtype, piece, off);
+            await sink(piece);
+          });
+          return;
+        }
+        if (k === 0) {
+          const out = group.map(([, x]) => new Uint8Array(fileBytes(x)));
+          await readRanges(rangesOf(group.map(([, x]) => x)), (i, b, off) => {
+            out[i].set(
+              b.subarray(0, Math.max(0, Math.min(b.byteLength, out[i].length - off))),
+              off,
+            );
+          });
+          held = out;
+        }
+        const mine = held![k];
+        checkFinite(name, t.dtype, mine, 0);
+        held![k] = new Uint8Array(0);
+        await sink(mine);
+      },
+    }));
+  });
+}
+
+// A packed tensor with an odd element count has a padding half-word the file does not keep.
+function rangesOf(ts: Tensor[]) {
+  return ts.map((t) => ({ storage: t.storage, offset: t.offset, bytes: t.bytes }));
+}
+
+function checkFinite(name: string, dtype: DType, bytes: Uint8Array, offset: number): void {
+  let bad = -1;
+  // Typed views need aligned bytes: a view when they are (readback chunks are), else a copy.
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  if (dtype === "f32") {
+    const v = new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >> 2);
+    for (let i = 0; i < v.length && bad < 0; i++) if (v[i] - v[i] !== 0) bad = i;
+    offset /= 4;
+  } else if (dtype === "bf16") {
+    const v = new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >> 1);
+    for (let i = 0; i < v.length && bad < 0; i++) if ((v[i] & 0x7f80) === 0x7f80) bad = i;
+    offset /= 2;
+  }
+  if (bad >= 0) {
+    throw new NonFiniteError(
+      `checkpoint: ${name} holds a non-finite value (element ${offset + bad}); not written`,
+    );
+  }
+}
+
+/** The checkpoints kept beside `path` by `keep`, oldest first: `[step, file]` pairs. */
+export async function keptCheckpoints(path: string): Promise<[number, string][]> {
+  const { dir, stem } = splitPath(path);
+  const found: [number, string][] = [];
+  const [head, tail] = [`${stem}.step-`, ".safetensors"];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      const step = e.name.slice(head.length, e.name.length - tail.length);
+      if (e.isFile && e.name.startsWith(head) && e.name.endsWith(tail) && /^\d+$/.test(step)) {
+        found.push([Number(step), `${dir}/${e.name}`]);
+      }
+    }
+  } catch { /* no folder: nothing kept */ }
+  return found.sort((a, b) => a[0] - b[0]);
+}
+
+function splitPath(path: string): { dir: string; stem: string } {
+  const slash = path.lastIndexOf("/");
+  const dir = slash >= 0 ? path.slice(0, slash) || "/" : ".";
+  const stem = path.slice(slash + 1).replace(/\.safetensors$/, "");
+  return { dir, stem };
+}
+
+// A hard link: the old checkpoint is never absent from `path` while the new one is renamed in. One
+// of the same step as the new one is simply replaced.
+async function keepPrevious(path: string, next: number): Promise<void> {
+  let step: number;
+  try {
+    const f = await openSafetensors(path);
+    step = Number(f.metadata.step);
+    f.close();
+  } catch {
+    return; // nothing there yet, or unreadable: nothing worth keeping under a step name
+  }
+  if (!Number.isSafeInteger(step) || step === next) return;
+  const { dir, stem } = splitPath(path);
+  const target = `${dir}/${stem}.step-${step}.safetensors`;
+  await Deno.remove(target).catch(() => {});
+  await Deno.link(path, target).catch(() => Deno.copyFile(path, target));
+}
+
+async function pruneKept(path: string, keep: number): Promise<void> {
+  const kept = await keptCheckpoints(path);
+  for (const [, file] of kept.slice(0, Math.max(0, kept.length - keep))) {
+    await Deno.remove(file).catch(() => {});
+  }
+}
+
+/** Removes temporary files left by a checkpoint write that was killed (they are never complete). */
+export async function removeStaleTemps(path: string): Promise<string[]> {
+  const { dir } = splitPath(path);
+  const prefix = tempPrefix(path).slice(dir.length + 1);
+  const removed: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isFile && e.name.startsWith(prefix)) {
+        await Deno.remove(`${dir}/${e.name}`);
+        removed.push(e.name);
+      }
+    }
+  } catch { /* no folder */ }
+  return removed;
 }
 
 function fileBytes(t: Tensor): number {
@@ -127,10 +290,13 @@ export async function loadCheckpoint(
   let meta: Record<string, unknown>;
   let step: number;
   try {
-    if (md.format !== CHECKPOINT_FORMAT) {
+    if (md.format !== CHECKPOINT_FORMAT && !FORMATS_WITHOUT_CHECKSUMS.has(md.format)) {
       throw new Error(
         `${path} is not an sltrain checkpoint (format ${JSON.stringify(md.format ?? null)})`,
       );
+    }
+    if (md.format === CHECKPOINT_FORMAT && !file.checksummed) {
+      throw new Error(`${path}: checkpoint checksums are missing (corrupt checkpoint?)`);
     }
     try {
       JSON.parse(md.skeleton);

@@ -4,7 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type MethodName, METHODS } from "./run_config.ts";
+import { type MethodName, METHODS, type OptimizerName, OPTIMIZERS } from "./run_config.ts";
 import type { Packing } from "../data/batches.ts";
 
 /** A flag: value kind, default (shown in --help) and description. */
@@ -30,7 +30,7 @@ export const FLAGS: Record<string, FlagSpec> = {
   rank: {
     type: "string",
     default: "hidden/4",
-    help: "rank r of low-rank factors, ReLoRA adapters and GaLore",
+    help: "rank r of low-rank factors, ReLoRA adapters, GaLore, Fira and APOLLO (apollo-mini: 1)",
   },
   delta: {
     type: "string",
@@ -42,7 +42,11 @@ export const FLAGS: Record<string, FlagSpec> = {
     default: "r/4",
     help: "low-rank scale numerator α (the factor product is scaled by α/r)",
   },
-  lr: { type: "string", default: "3e-3 (galore: 1e-2)", help: "peak learning rate" },
+  lr: {
+    type: "string",
+    default: "3e-3 (galore, fira, apollo, apollo-mini: 1e-2)",
+    help: "peak learning rate",
+  },
   warmup: {
     type: "string",
     default: "max(10% of steps, 60), at most half",
@@ -58,14 +62,37 @@ export const FLAGS: Record<string, FlagSpec> = {
   seq: { type: "string", default: "128", help: "tokens per sequence" },
   "grad-accum": { type: "string", default: "1", help: "micro-batches per optimizer step" },
   clip: { type: "string", default: "0", help: "global gradient-norm clip (0 = off)" },
-  optimizer: { type: "string", default: "adamw", help: "optimizer (adamw)" },
+  optimizer: {
+    type: "string",
+    default: "adamw",
+    help: `optimizer: ${OPTIMIZERS.join(", ")} (8-bit block-quantized moments)`,
+  },
   "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
   "per-layer": {
     type: "boolean",
     help: "update each parameter during backward (no full gradient set resident)",
   },
-  "galore-gap": { type: "string", default: "200", help: "GaLore projector refresh interval T" },
-  "galore-scale": { type: "string", default: "0.25", help: "GaLore scale α" },
+  "galore-gap": {
+    type: "string",
+    default: "200",
+    help: "GaLore, Fira and APOLLO projection refresh interval T",
+  },
+  "galore-scale": { type: "string", default: "0.25", help: "GaLore and Fira scale α" },
+  limiter: {
+    type: "string",
+    default: "1.01",
+    help: "Fira and APOLLO norm-growth limiter γ (0 = off)",
+  },
+  "apollo-scale": {
+    type: "string",
+    default: "1 (apollo-mini: 128)",
+    help: "APOLLO scale s: the update is multiplied by √s",
+  },
+  "apollo-granularity": {
+    type: "string",
+    default: "channel",
+    help: "APOLLO scaling factors per channel or tensor (apollo-mini: always tensor)",
+  },
   "refactor-every": {
     type: "string",
     default: "0",
@@ -88,7 +115,17 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   "eval-tokens": { type: "string", default: "16384", help: "validation tokens per evaluation" },
   "log-every": { type: "string", default: "10", help: "read the training loss back every k steps" },
-  seed: { type: "string", default: "42", help: "seed of weights, sparse supports and batch order" },
+  "on-nonfinite": {
+    type: "string",
+    default: "stop",
+    help: "a step with a NaN/Inf loss or gradient: stop (keep the last good checkpoint) or skip " +
+      "(its update is not applied)",
+  },
+  seed: {
+    type: "string",
+    default: "42",
+    help: "seed of weights, sparse supports, batch order and APOLLO projections",
+  },
   data: {
     type: "string",
     default: "Brown corpus",
@@ -112,7 +149,15 @@ export const FLAGS: Record<string, FlagSpec> = {
     default: "runs/<method>-<time>",
     help: "output folder: log.jsonl, checkpoint, loss.svg, summary.json",
   },
-  resume: { type: "boolean", help: "continue from the checkpoint in --out" },
+  resume: {
+    type: "boolean",
+    help: "continue the run in --out from its checkpoint (from step 0 if it has none yet)",
+  },
+  keep: {
+    type: "string",
+    default: "1",
+    help: "checkpoints to keep: the latest and the k-1 before it (checkpoint.step-N.safetensors)",
+  },
   compare: { type: "string", help: "comma-separated methods to run on the same data and budget" },
   help: { type: "boolean", help: "show this help" },
 };
@@ -146,6 +191,7 @@ export function helpText(): string {
       "examples:",
       "  deno run -A train.ts",
       "  deno run -A train.ts --compare full,lowrank,sltrain,galore --steps 200",
+      "  deno run -A train.ts --compare full,galore,fira,apollo,apollo-mini --model small",
     ],
   );
 }
@@ -172,8 +218,17 @@ export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]):
     return values as RawFlags;
   } catch (e) {
     if (e instanceof FlagError) throw e;
-    const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
-    throw new FlagError(`${msg}; see --help`);
+    const msg = (e as Error).message;
+    // node:util's "argument is ambiguous" case: a value that starts with a dash.
+    const dash = /^Option '(--[\w-]+)' argument is ambiguous/.exec(msg);
+    if (dash) {
+      throw new FlagError(
+        `${dash[1]}: a value starting with "-" must be written ${dash[1]}=VALUE (or it is missing)`,
+      );
+    }
+    throw new FlagError(
+      `${msg.replace(/\. To specify a positional argument.*$/s, "")}; see --help`,
+    );
   }
 }
 
@@ -182,12 +237,17 @@ export function parseFlags(argv: string[]): RawFlags {
   return parseFlagsWith(FLAGS, argv);
 }
 
-/** Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error. */
+/**
+ * Runs a CLI's main: exit code from main, or 2 for a FlagError and 1 for any other error, printed
+ * as one `error: ...` message (with its stack only when SLTRAIN_DEBUG is set).
+ */
 export async function runCli(main: (argv: string[]) => Promise<number>): Promise<never> {
   try {
     Deno.exit(await main(Deno.args));
   } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
+    const err = e instanceof Error ? e : new Error(String(e));
+    console.error(`error: ${err.message || err.name}`);
+    if (Deno.env.get("SLTRAIN_DEBUG")) console.error(err.stack, "\ncaused by:", err.cause);
     Deno.exit(e instanceof FlagError ? 2 : 1);
   }
 }
@@ -209,10 +269,30 @@ export function num(
   return v;
 }
 
+/** A flag whose value is one of `choices` (the first is the default). */
+export function oneOf<T extends string>(flags: RawFlags, name: string, choices: readonly T[]): T {
+  const raw = flags[name];
+  if (raw === undefined) return choices[0];
+  if (!(choices as readonly unknown[]).includes(raw)) {
+    throw new FlagError(`--${name} ${raw}: expected ${choices.join(" or ")}`);
+  }
+  return raw as T;
+}
+
 /** Positive integer check. */
 export const posInt = (v: number): boolean => Number.isInteger(v) && v > 0;
 /** Non-negative integer check. */
 export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
+
+/** Checks an `--optimizer` value against {@link OPTIMIZERS}. */
+export function optimizerName(s: string): OptimizerName {
+  if (!(OPTIMIZERS as readonly string[]).includes(s)) {
+    throw new FlagError(
+      `--optimizer ${s}: unknown optimizer (expected one of ${OPTIMIZERS.join(", ")})`,
+    );
+  }
+  return s as OptimizerName;
+}
 
 /** The --packing flag: `packed` (default) or `none`. */
 export function packingFlag(flags: RawFlags): Packing {

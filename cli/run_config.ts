@@ -3,30 +3,67 @@
  * schedule and an optimizer.
  * @module
  */
+import type { NonFinitePolicy } from "./guard.ts";
 import type { LlamaConfig } from "../models/config.ts";
 import type { LinearMethod } from "../models/method.ts";
 import type { OptimizerSpec } from "../models/estimate.ts";
 import { type LlamaParams, type ParamEntry, paramPaths } from "../models/llama.ts";
 import {
   adamw,
+  adamw8bit,
+  type AdamWOptions,
   addDecayedWeights,
+  apollo,
   chain,
   clipByGlobalNorm,
+  fira,
   galore,
   type GradientTransformation,
+  type Granularity,
   multiSteps,
   partition,
   quickRecovery,
   scaleByAdam,
+  scaleByAdam8bit,
   scaleByLearningRate,
   warmupCosine,
 } from "../optim/mod.ts";
 
 /** The methods the trainer compares. */
-export const METHODS = ["full", "lowrank", "sltrain", "relora", "galore"] as const;
+export const METHODS = [
+  "full",
+  "lowrank",
+  "sltrain",
+  "relora",
+  "galore",
+  "fira",
+  "apollo",
+  "apollo-mini",
+] as const;
 
 /** A training method: how block linears are parameterized and optimized. */
 export type MethodName = (typeof METHODS)[number];
+
+/**
+ * The optimizers a run can use: AdamW with f32 moments, or with 8-bit block-quantized moments
+ * (also inside GaLore: GaLore8bit).
+ */
+export const OPTIMIZERS = ["adamw", "adamw8bit"] as const;
+
+/** An optimizer of {@link OPTIMIZERS}. */
+export type OptimizerName = (typeof OPTIMIZERS)[number];
+
+/**
+ * What each optimizer builds a run from: the fused AdamW over parameters, and the Adam direction
+ * GaLore wraps (in the projected shape).
+ */
+const ADAM_FAMILY: Record<OptimizerName, {
+  fused: (opts: AdamWOptions) => GradientTransformation;
+  direction: () => GradientTransformation;
+}> = {
+  adamw: { fused: adamw, direction: () => scaleByAdam() },
+  adamw8bit: { fused: adamw8bit, direction: () => scaleByAdam8bit() },
+};
 
 /** Everything one run needs besides data. */
 export interface RunConfig {
@@ -36,6 +73,8 @@ export interface RunConfig {
   modelName: string;
   /** Method. */
   method: MethodName;
+  /** Optimizer (GaLore runs it on the projected gradients of the block weights). */
+  optimizer: OptimizerName;
   /** Rank r of low-rank factors, adapters and GaLore subspaces. */
   rank: number;
   /** SLTrain density δ. */
@@ -66,6 +105,12 @@ export interface RunConfig {
   galoreGap: number;
   /** GaLore scale α. */
   galoreScale: number;
+  /** Fira / APOLLO norm-growth limiter γ (0 = off); set only for those methods. */
+  limiter?: number;
+  /** APOLLO scale s (the update is multiplied by √s); set only for apollo and apollo-mini. */
+  apolloScale?: number;
+  /** APOLLO scaling granularity; set only for apollo and apollo-mini (always "tensor"). */
+  apolloGranularity?: Granularity;
   /** SLTrain: refactorize B, A and reset momentum every k steps (0 = never). */
   refactorEvery: number;
   /** ReLoRA: merge the adapters every k steps. */
@@ -80,6 +125,8 @@ export interface RunConfig {
   seed: number;
   /** Read the loss back every k steps (each read is a GPU sync). */
   logEvery: number;
+  /** What a step with a non-finite loss or gradient does (see `guard.ts`); default stop. */
+  onNonfinite?: NonFinitePolicy;
 }
 
 /** The block-linear parameterization of a run. */
@@ -87,6 +134,9 @@ export function linearMethod(run: RunConfig): LinearMethod {
   switch (run.method) {
     case "full":
     case "galore":
+    case "fira":
+    case "apollo":
+    case "apollo-mini":
       return { kind: "dense" };
     case "lowrank":
       return { kind: "lowrank", rank: run.rank, alpha: run.alpha };
@@ -105,7 +155,64 @@ export function linearMethod(run: RunConfig): LinearMethod {
 
 /** The optimizer as the memory estimate sees it. */
 export function optimizerSpec(run: RunConfig): OptimizerSpec {
-  return run.method === "galore" ? { kind: "galore", rank: run.rank } : { kind: "adam" };
+  const limiter = (run.limiter ?? 1.01) > 0;
+  const states = run.optimizer === "adamw8bit" ? "8bit" : "f32";
+  switch (run.method) {
+    case "galore":
+      return { kind: "galore", rank: run.rank, states };
+    case "fira":
+      return { kind: "fira", rank: run.rank, limiter, states };
+    case "apollo":
+    case "apollo-mini":
+      return { kind: "apollo", rank: projectionRank(run), limiter, states };
+    default:
+      return { kind: "adam", states };
+  }
+}
+
+const PROJECTED: ReadonlySet<MethodName> = new Set(["galore", "fira", "apollo", "apollo-mini"]);
+
+/**
+ * True for the methods that train dense block weights through a projected optimizer (GaLore,
+ * Fira, APOLLO, APOLLO-Mini); their reference scripts use a peak learning rate of 1e-2.
+ */
+export function isProjected(method: MethodName): boolean {
+  return PROJECTED.has(method);
+}
+
+/** Rank of the projection of a projected method: `rank`, or 1 for APOLLO-Mini. */
+export function projectionRank(run: RunConfig): number {
+  return run.method === "apollo-mini" ? 1 : run.rank;
+}
+
+/**
+ * The transform of a projected method's block weights, before weight decay and the learning rate:
+ * GaLore or Fira around `inner` (Adam unless given, e.g. with 8-bit states), or APOLLO /
+ * APOLLO-Mini with `inner` as the moments of its projection; null for the other methods.
+ */
+export function blockTransform(
+  run: RunConfig,
+  inner: GradientTransformation = scaleByAdam(),
+): GradientTransformation | null {
+  const shared = { rank: projectionRank(run), updateProjGap: run.galoreGap };
+  switch (run.method) {
+    case "galore":
+      return galore(inner, { ...shared, scale: run.galoreScale });
+    case "fira":
+      return fira(inner, { ...shared, scale: run.galoreScale, limiter: run.limiter });
+    case "apollo":
+    case "apollo-mini":
+      return apollo({
+        ...shared,
+        scale: run.apolloScale ?? (run.method === "apollo-mini" ? 128 : 1),
+        granularity: run.method === "apollo-mini" ? "tensor" : run.apolloGranularity,
+        seed: run.seed,
+        limiter: run.limiter,
+        inner,
+      });
+    default:
+      return null;
+  }
 }
 
 /** Steps at which momentum is reset (SLTrain refactorization) or adapters merge (ReLoRA); 0 = never. */
@@ -129,13 +236,18 @@ export function lrSchedule(run: RunConfig): (step: number) => number {
     : base;
 }
 
-/** True for the tensors GaLore projects under this run: the dense 2-D weights of block linears. */
+/**
+ * True for the tensors a projected method (GaLore, Fira, APOLLO) trains under this run: the dense
+ * 2-D weights of block linears.
+ */
 export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
-  return run.method === "galore" && entry.role === "block" && entry.factor === "w";
+  return isProjected(run.method) && entry.role === "block" && entry.factor === "w";
 }
 
 /**
- * The optimizer of a run: fused AdamW, with GaLore-Adam on the block weights for `galore`, behind
+ * The optimizer of a run: fused AdamW (f32 or 8-bit moments, as `run.optimizer` says), with
+ * {@link blockTransform} around the same Adam on the block weights for the projected methods
+ * (GaLore, Fira, APOLLO, APOLLO-Mini), behind
  * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
  * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
  * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
@@ -146,20 +258,23 @@ export function buildOptimizer(
   params: LlamaParams,
   from = 0,
 ): GradientTransformation {
+  const family = ADAM_FAMILY[run.optimizer];
+  if (family === undefined) {
+    throw new RangeError(
+      `optimizer ${run.optimizer}: unknown (expected one of ${OPTIMIZERS.join(", ")})`,
+    );
+  }
   const schedule = lrSchedule(run);
   const lr = (count: number) => schedule(from + count);
-  let opt: GradientTransformation = adamw({ lr, weightDecay: run.weightDecay });
-  if (run.method === "galore") {
+  let opt: GradientTransformation = family.fused({ lr, weightDecay: run.weightDecay });
+  const block = blockTransform(run, family.direction());
+  if (block) {
     const targets = new Set(
       paramPaths(params).filter((e) => isGaloreTarget(run, e)).map((e) => e.path),
     );
-    const inner = galore(scaleByAdam(), {
-      rank: run.rank,
-      updateProjGap: run.galoreGap,
-      scale: run.galoreScale,
-    });
-    opt = partition((path) => (targets.has(path) ? "galore" : "adam"), {
-      galore: chain(inner, addDecayedWeights(run.weightDecay), scaleByLearningRate(lr)),
+    // The group is named after the method (checkpoints of GaLore runs keep their state names).
+    opt = partition((path) => (targets.has(path) ? run.method : "adam"), {
+      [run.method]: chain(block, addDecayedWeights(run.weightDecay), scaleByLearningRate(lr)),
       adam: opt,
     });
   }

@@ -4,8 +4,14 @@
  * renames a fully written, fsynced temporary file over the target, and a reader that validates the
  * header and hands out each tensor's bytes in bounded chunks. Neither ever holds a whole model in
  * host memory. `encodeSafetensors`/`decodeSafetensors` do the same in memory for small files.
+ *
+ * Files this module writes with `checksums` carry two metadata entries that other readers ignore:
+ * a checksum of each tensor's bytes ({@link CHECKSUMS_KEY}) and one of the header
+ * ({@link HEADER_CHECKSUM_KEY}); this module's readers verify them whenever they are present, so
+ * a flipped bit or a cut file is an error that names the tensor, never a silently different model.
  * @module
  */
+import { Checksum, checksumOf } from "../core/checksum.ts";
 
 /** Element types this library reads and writes (safetensors' names). */
 export type SafetensorsDType = "F32" | "I32" | "U32" | "BF16" | "F16" | "U8";
@@ -64,6 +70,35 @@ export interface TensorSource {
 
 const MAX_HEADER = 100 * 1024 * 1024;
 
+/**
+ * Metadata key of the tensors' checksums: 16 hex digits per tensor, concatenated in the order of
+ * {@link checksumOrder}.
+ */
+export const CHECKSUMS_KEY = "sltrain.checksums";
+/** Metadata key of the header's checksum (every other metadata entry and every tensor entry). */
+export const HEADER_CHECKSUM_KEY = "sltrain.header_checksum";
+const DIGITS = 16;
+
+/** Tensor names in the order their checksums are stored: by data offset, then end, then name. */
+export function checksumOrder(entries: ReadonlyMap<string, SafetensorsEntry>): string[] {
+  return [...entries].sort(([n1, a], [n2, b]) =>
+    a.start - b.start || a.end - b.end || (n1 < n2 ? -1 : n1 > n2 ? 1 : 0)
+  ).map(([n]) => n);
+}
+
+function headerChecksum(
+  metadata: Record<string, string>,
+  entries: ReadonlyMap<string, SafetensorsEntry>,
+): string {
+  const md = Object.keys(metadata).filter((k) => k !== CHECKSUMS_KEY && k !== HEADER_CHECKSUM_KEY)
+    .sort().map((k) => [k, metadata[k]]);
+  const ts = checksumOrder(entries).map((n) => {
+    const e = entries.get(n)!;
+    return [n, e.dtype, e.shape, e.start, e.end];
+  });
+  return checksumOf(JSON.stringify([md, ts]));
+}
+
 /** Bytes of a tensor of `shape` and `dtype`. */
 export function tensorBytes(dtype: SafetensorsDType, shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
@@ -108,7 +143,12 @@ export function decodeHeader(
   prefix: Uint8Array,
   fileSize: number,
   source: string,
-): { metadata: Record<string, string>; entries: Map<string, SafetensorsEntry>; dataStart: number } {
+): {
+  metadata: Record<string, string>;
+  entries: Map<string, SafetensorsEntry>;
+  dataStart: number;
+  checksums: Map<string, string> | null;
+} {
   const bad = (why: string) => new Error(`${source} is not a valid safetensors file: ${why}`);
   if (fileSize < 8 || prefix.byteLength < 8) throw bad(`only ${fileSize} bytes (truncated?)`);
   const n = Number(new DataView(prefix.buffer, prefix.byteOffset).getBigUint64(0, true));
@@ -170,7 +210,35 @@ export function decodeHeader(
     end = b;
   }
   if (end !== dataLen) throw bad(`${dataLen - end} trailing bytes after the last tensor`);
-  return { metadata: md as Record<string, string>, entries, dataStart };
+  const metadata = md as Record<string, string>;
+  return { metadata, entries, dataStart, checksums: checksumsOf(metadata, entries, bad) };
+}
+
+// The stored checksums by tensor name, after checking the header's own; null when the file has
+// none (written elsewhere, or by an older version).
+function checksumsOf(
+  metadata: Record<string, string>,
+  entries: ReadonlyMap<string, SafetensorsEntry>,
+  bad: (why: string) => Error,
+): Map<string, string> | null {
+  const head = metadata[HEADER_CHECKSUM_KEY];
+  const sums = metadata[CHECKSUMS_KEY];
+  if (head === undefined && sums === undefined) return null;
+  if (head !== headerChecksum(metadata, entries)) {
+    throw bad("the header does not match its checksum (corrupt file?)");
+  }
+  const order = checksumOrder(entries);
+  if (typeof sums !== "string" || sums.length !== DIGITS * order.length) {
+    throw bad("the tensor checksums are missing or cut short (corrupt file?)");
+  }
+  return new Map(order.map((n, i) => [n, sums.slice(DIGITS * i, DIGITS * (i + 1))]));
+}
+
+function checksumError(source: string, name: string): Error {
+  return new Error(
+    `${source} is not a valid safetensors file: tensor ${name} does not match its checksum ` +
+      "(corrupt file?)",
+  );
 }
 
 async function syncDir(path: string): Promise<void> {
@@ -187,25 +255,54 @@ async function syncDir(path: string): Promise<void> {
   }
 }
 
+/** Options of {@link writeSafetensorsStream}. */
+export interface WriteOptions {
+  /** Store a checksum of each tensor and of the header (see the module doc); default false. */
+  checksums?: boolean;
+  /**
+   * Runs once the complete file is on disk under its temporary name, right before it is renamed
+   * over `path`; e.g. to keep the file it replaces under another name.
+   */
+  beforeRename?: () => Promise<void>;
+}
+
+/** The prefix of the temporary files {@link writeSafetensorsStream} writes next to `path`. */
+export function tempPrefix(path: string): string {
+  return `${path}.tmp-`;
+}
+
 /**
  * Writes a safetensors file from tensor sources, atomically and durably: a temporary file in the
  * same folder receives the header and each tensor's bytes as its source produces them, is synced to
  * disk, then renamed over `path` (and the folder synced), so a crash leaves either the old file or
- * the complete new one. Host memory: the header plus whatever chunk a source hands over.
+ * the complete new one (and maybe a stale temporary file). Host memory: the header plus whatever
+ * chunk a source hands over. With `checksums`, each tensor is hashed as it streams and its digest
+ * written into the header's reserved slot before the sync.
  */
 export async function writeSafetensorsStream(
   path: string,
   sources: readonly TensorSource[],
   metadata: Record<string, string>,
+  opts: WriteOptions = {},
 ): Promise<void> {
-  const { bytes, entries } = encodeHeader(sources, metadata);
-  const tmp = `${path}.tmp-${crypto.randomUUID()}`;
+  const placeholder = "0".repeat(DIGITS * sources.length);
+  let md = metadata;
+  if (opts.checksums) {
+    const { entries } = encodeHeader(sources, {});
+    md = { ...metadata, [CHECKSUMS_KEY]: placeholder };
+    md[HEADER_CHECKSUM_KEY] = headerChecksum(md, entries);
+  }
+  const { bytes, entries } = encodeHeader(sources, md);
+  const slots = opts.checksums ? checksumOrder(entries) : [];
+  const digests = new Map<string, string>();
+  const tmp = `${tempPrefix(path)}${crypto.randomUUID()}`;
   const file = await Deno.open(tmp, { write: true, createNew: true });
   let closed = false;
   try {
     await writeAll(file, bytes);
     for (const s of sources) {
       const want = entries.get(s.name)!;
+      const sum = new Checksum();
       let got = 0;
       await s.write(async (chunk) => {
         got += chunk.byteLength;
@@ -214,6 +311,7 @@ export async function writeSafetensorsStream(
             `safetensors: source ${s.name} wrote more than its ${want.end - want.start} bytes`,
           );
         }
+        if (opts.checksums) sum.update(chunk);
         await writeAll(file, chunk);
       });
       if (got !== want.end - want.start) {
@@ -221,10 +319,19 @@ export async function writeSafetensorsStream(
           `safetensors: source ${s.name} wrote ${got} of its ${want.end - want.start} bytes`,
         );
       }
+      digests.set(s.name, sum.digest());
+    }
+    if (opts.checksums) {
+      // The placeholder is the only place its quoted key appears unescaped in the header.
+      const key = new TextEncoder().encode(`${JSON.stringify(CHECKSUMS_KEY)}:"${placeholder}"`);
+      const at = indexOf(bytes, key) + key.length - 1 - placeholder.length;
+      await file.seek(at, Deno.SeekMode.Start);
+      await writeAll(file, new TextEncoder().encode(slots.map((n) => digests.get(n)).join("")));
     }
     await file.sync();
     file.close();
     closed = true;
+    await opts.beforeRename?.();
     await Deno.rename(tmp, path);
     await syncDir(path);
   } catch (e) {
@@ -232,6 +339,14 @@ export async function writeSafetensorsStream(
     await Deno.remove(tmp).catch(() => {});
     throw e;
   }
+}
+
+function indexOf(hay: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = 0; i + needle.length <= hay.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  throw new Error("safetensors: checksum slot not found in the header");
 }
 
 async function writeAll(file: Deno.FsFile, chunk: Uint8Array): Promise<void> {
@@ -245,10 +360,13 @@ export interface SafetensorsReader {
   readonly metadata: Record<string, string>;
   /** Header entries by tensor name. */
   readonly entries: ReadonlyMap<string, SafetensorsEntry>;
+  /** True when the file carries checksums (its header has been verified against its own). */
+  readonly checksummed: boolean;
   /**
    * Reads tensor `name`'s bytes in order, in chunks of at most `chunkBytes` (a multiple of the
    * element size), calling `onChunk(bytes, byteOffsetWithinTensor)` for each; the chunk buffer is
-   * reused between calls, so copy what must outlive one call.
+   * reused between calls, so copy what must outlive one call. In a checksummed file, a tensor
+   * whose bytes do not match their checksum throws after its last chunk.
    */
   read(
     name: string,
@@ -275,22 +393,26 @@ export async function openSafetensors(path: string): Promise<SafetensorsReader> 
     const head8 = await readAt(file, 0, Math.min(8, size));
     const n = head8.byteLength === 8 ? Number(new DataView(head8.buffer).getBigUint64(0, true)) : 0;
     const prefix = await readAt(file, 0, Math.min(size, 8 + Math.min(n, MAX_HEADER)));
-    const { metadata, entries, dataStart } = decodeHeader(prefix, size, path);
+    const { metadata, entries, dataStart, checksums } = decodeHeader(prefix, size, path);
     return {
       metadata,
       entries,
+      checksummed: checksums !== null,
       async read(name, onChunk, chunkBytes = STREAM_CHUNK_BYTES) {
         const e = entries.get(name);
         if (!e) throw new Error(`${path}: no tensor named ${name}`);
         const el = DTYPE_BYTES[e.dtype];
         const step = Math.max(el, Math.floor(chunkBytes / el) * el);
         const buf = new Uint8Array(Math.min(step, Math.max(1, e.end - e.start)));
+        const sum = new Checksum();
         for (let off = 0; off < e.end - e.start; off += step) {
           const len = Math.min(step, e.end - e.start - off);
           const chunk = buf.subarray(0, len);
           await readInto(file, dataStart + e.start + off, chunk, path);
+          if (checksums) sum.update(chunk);
           await onChunk(chunk, off);
         }
+        if (checksums && sum.digest() !== checksums.get(name)) throw checksumError(path, name);
       },
       close: () => file.close(),
     };
@@ -352,20 +474,26 @@ export function encodeSafetensors(file: SafetensorsFile): Uint8Array {
 
 /** Decodes and validates a small file held in memory; `data` of each tensor is a fresh copy. */
 export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): SafetensorsFile {
-  const { metadata, entries, dataStart } = decodeHeader(bytes, bytes.byteLength, source);
+  const { metadata, entries, dataStart, checksums } = decodeHeader(
+    bytes,
+    bytes.byteLength,
+    source,
+  );
   const tensors: Record<string, StoredTensor> = {};
   for (const [name, e] of entries) {
-    tensors[name] = {
-      dtype: e.dtype,
-      shape: e.shape,
-      data: bytes.slice(dataStart + e.start, dataStart + e.end),
-    };
+    const data = bytes.slice(dataStart + e.start, dataStart + e.end);
+    if (checksums && checksumOf(data) !== checksums.get(name)) throw checksumError(source, name);
+    tensors[name] = { dtype: e.dtype, shape: e.shape, data };
   }
   return { tensors, metadata };
 }
 
 /** Writes a small file held in memory, atomically and durably (see {@link writeSafetensorsStream}). */
-export async function writeSafetensors(path: string, file: SafetensorsFile): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  file: SafetensorsFile,
+  opts: WriteOptions = {},
+): Promise<void> {
   const names = Object.keys(file.tensors).sort();
   await writeSafetensorsStream(
     path,
@@ -376,6 +504,7 @@ export async function writeSafetensors(path: string, file: SafetensorsFile): Pro
       write: (sink) => sink(bytesOf(file.tensors[name].data)),
     })),
     file.metadata,
+    opts,
   );
 }
 

@@ -2,8 +2,15 @@
  * The training loop of one run. A step reads like llm.c's: forward + backward, update (clipping
  * and accumulation are stages of the optimizer), log; setup and resume, evaluation, checkpoints
  * and the SLTrain refactorization / ReLoRA merge cycle are small functions of their own.
+ *
+ * What a run promises (see README, "A run never loses work"): losses and non-finite flags stay on
+ * the device until they are read together every `logEvery` steps (see `guard.ts`); a checkpoint
+ * is written only once every step it covers has been read, found finite and logged durably; the
+ * log (`runlog.ts`) is cut back to the checkpoint a run resumes from, so each step is logged once
+ * however often the run was killed and resumed.
  * @module
  */
+import { NonFiniteError } from "../core/errors.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
@@ -28,9 +35,16 @@ import {
   type PerParameter,
   perParameter,
 } from "../optim/mod.ts";
-import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { CHECKPOINT_FILE, loadCheckpoint, removeStaleTemps, saveCheckpoint } from "./checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
+import {
+  describeNonFinite,
+  MAX_CONSECUTIVE_SKIPS,
+  NonFiniteGuard,
+  nonFiniteStop,
+} from "./guard.ts";
 import type { Progress } from "./progress.ts";
+import { type LogRecord, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
   cycleLength,
@@ -68,6 +82,10 @@ export interface RunResult {
   measuredBytes: number;
   /** Peak live device bytes during a step. */
   peakBytes: number;
+  /** Measured bytes of the optimizer state alone (moments, projectors, limiter norms). */
+  stateBytes: number;
+  /** The estimate of the same (`optimizerStates + projector` of the memory estimate). */
+  estimatedStateBytes: number;
   /** Training tokens per second over the steps of this process. */
   tokensPerSec: number;
   /** Loss curves. */
@@ -82,16 +100,30 @@ export interface RunResult {
 
 /** Where a run writes and how it reports. */
 export interface RunIO {
-  /** Output folder (checkpoint, log, plot); null keeps nothing on disk. */
+  /**
+   * Output folder: `checkpoint.safetensors` and `log.jsonl` (see `runlog.ts`); null keeps nothing
+   * on disk.
+   */
   out: string | null;
-  /** Continue from `out/checkpoint.safetensors`. */
+  /**
+   * Continue the run in `out`: from its checkpoint, or from step 0 when it has none yet (a run
+   * killed before its first checkpoint). Either way the log is cut back to what the starting point
+   * covers, so no step is logged twice.
+   */
   resume: boolean;
+  /** Checkpoints to keep: the latest and `keep − 1` before it (default 1). */
+  keep?: number;
   /** Progress display. */
   progress: Progress;
-  /** Appends a record to the run's JSONL log. */
-  log: (record: Record<string, unknown>) => void;
+  /** Sees each record as it is appended to the log (with its time). */
+  log: (record: LogRecord) => void;
   /** Polled after each step; true stops the run with a checkpoint (Ctrl-C). */
   shouldStop: () => boolean;
+  /**
+   * Called after each completed optimizer step with its number, once that step's reads,
+   * evaluation and checkpoint (if any) are done.
+   */
+  onStep?: (step: number) => void;
   /**
    * The weights a fresh run starts from (default: `initLlama` with the run's seed), e.g. a
    * Hugging Face model (`train.ts --init`). Not called when resuming.
@@ -112,6 +144,7 @@ const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
   "evalEvery",
   "evalTokens",
   "logEvery",
+  "onNonfinite",
 ]);
 
 /** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
@@ -137,8 +170,12 @@ interface Training {
   optState: unknown;
   /** Completed optimizer steps. */
   step: number;
+  /** True when the run continues from a checkpoint. */
+  readonly resumed: boolean;
   readonly stream: BatchStream;
   readonly history: History;
+  /** Non-finite flags and the update gate. */
+  readonly guard: NonFiniteGuard;
 }
 
 function modelOf(t: Training): LlamaModel {
@@ -170,7 +207,9 @@ async function startRun(
   const method = linearMethod(run);
   const stream = new BatchStream(train, run.batch, run.seed);
   const history: History = { train: [], val: [] };
-  if (!(io.resume && ckptPath)) {
+  const guardOf = (params: LlamaParams) =>
+    new NonFiniteGuard(tree.paths(params), run.onNonfinite ?? "stop");
+  if (!(io.resume && ckptPath && await exists(ckptPath))) {
     const { params, buffers } = io.initModel
       ? await io.initModel(run, method)
       : initLlama(run.model, method, run.seed);
@@ -183,12 +222,16 @@ async function startRun(
       ...o,
       optState: o.opt.init(params),
       step: 0,
+      resumed: false,
       stream,
       history,
+      guard: guardOf(params),
     };
   }
   const ck = await loadCheckpoint(ckptPath);
-  const conflicts = resumeConflicts(run, ck.meta.run as RunConfig);
+  // Checkpoints from before --optimizer existed were all trained with adamw.
+  const saved = { optimizer: "adamw", ...(ck.meta.run as Partial<RunConfig>) } as RunConfig;
+  const conflicts = resumeConflicts(run, saved);
   if (conflicts.length > 0) {
     tree.dispose(ck);
     throw new Error(
@@ -207,106 +250,261 @@ async function startRun(
     ...optimizerAt(run, params, ck.step),
     optState: ck.optState,
     step: ck.step,
+    resumed: true,
     stream,
     history,
+    guard: guardOf(params),
   };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
 }
 
 /** Trains one run to `run.steps` (or until stopped) and reports. */
 export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promise<RunResult> {
-  const ckptPath = io.out ? `${io.out}/checkpoint.safetensors` : null;
+  const ckptPath = io.out ? `${io.out}/${CHECKPOINT_FILE}` : null;
   const t = await startRun(run, data.train, ckptPath, io);
-  const lr = lrSchedule(run);
-  const save = () => ckptPath ? saveCheckpoint(ckptPath, checkpointOf(t)) : Promise.resolve();
-  const evalNow = () => evaluateNow(t, data.val, io);
-  // Losses stay on the device until a log step reads them back together (one sync).
-  let pending: [number, Tensor][] = [];
-  const flushLosses = async () => {
-    if (pending.length === 0) return;
-    const vals = await readAll(pending.map(([, l]) => l));
-    pending.forEach(([step, l], i) => {
-      t.history.train.push([step, vals[i][0]]);
-      io.log({ kind: "train", step, loss: vals[i][0], lr: lr(step - 1) });
-      l.dispose();
-    });
-    pending = [];
-  };
+  let log: RunLog | null = null;
+  try {
+    if (io.out) {
+      // Cut back to what the starting point covers (all of it for a fresh start); a checkpoint
+      // write that was killed leaves a temporary file, never a complete checkpoint.
+      const opened = await RunLog.open(`${io.out}/log.jsonl`, t.resumed ? t.step : null);
+      log = opened.log;
+      if (ckptPath) await removeStaleTemps(ckptPath);
+      if (io.resume) {
+        const rec = stamped({ kind: "resume", step: t.step, cut: opened.cut });
+        log.append(rec);
+        io.log(rec);
+      }
+    }
+    return await new RunLoop(t, data, io, log, ckptPath).run();
+  } finally {
+    log?.close();
+    tree.dispose([t.params, t.buffers, t.optState]);
+  }
+}
 
-  if (t.step === 0) await evalNow();
-  const t0 = performance.now();
-  let tokens = 0;
-  let peak = 0;
-  let interrupted = false;
-  while (t.step < run.steps) {
-    resetPeakBytes();
-    const r = await trainStep(t);
-    t.step++;
-    tokens += r.tokens;
-    pending.push([t.step, r.loss]);
-    const cycle = cycleLength(run);
-    if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) await resetCycle(t, io);
-    peak = Math.max(peak, memoryStats().peakBytes);
-    const last = t.step === run.steps;
-    if (t.step % run.logEvery === 0 || last) {
-      await flushLosses();
-      const elapsed = (performance.now() - t0) / 1000;
-      io.progress.update({
-        step: t.step,
-        total: run.steps,
-        loss: t.history.train.at(-1)?.[1] ?? NaN,
-        lr: lr(t.step - 1),
-        tokensPerSec: tokens / elapsed,
-        elapsed,
-        liveBytes: memoryStats().liveBytes,
-        peakBytes: peak,
+const stamped = (rec: LogRecord): LogRecord => ({ time: new Date().toISOString(), ...rec });
+
+/** A step's loss and non-finite flags, kept on the device until the next read. */
+interface PendingStep {
+  step: number;
+  loss: Tensor;
+  flags: Tensor;
+}
+
+/** The loop of one run: steps, reads, evaluations and checkpoints (see the module doc). */
+class RunLoop {
+  readonly #lr: (step: number) => number;
+  #pending: PendingStep[] = [];
+  /** Step of the checkpoint on disk (-1: none written by or loaded into this run). */
+  #saved: number;
+  #skipsInARow = 0;
+  #tokens = 0;
+  #peak = 0;
+  #t0 = performance.now();
+
+  constructor(
+    readonly t: Training,
+    readonly data: RunData,
+    readonly io: RunIO,
+    readonly log: RunLog | null,
+    readonly ckptPath: string | null,
+  ) {
+    this.#lr = lrSchedule(t.run);
+    this.#saved = t.resumed ? t.step : -1;
+  }
+
+  async run(): Promise<RunResult> {
+    const { t, io } = this;
+    const run = t.run;
+    let interrupted = false;
+    try {
+      if (t.step === 0) await this.evaluate();
+      while (t.step < run.steps) {
+        resetPeakBytes();
+        const flags = t.guard.flags();
+        const r = await trainStep(t, flags);
+        t.step++;
+        this.#tokens += r.tokens;
+        this.#pending.push({ step: t.step, loss: r.loss, flags });
+        const cycle = cycleLength(run);
+        if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) {
+          this.record(await resetCycle(t));
+        }
+        this.#peak = Math.max(this.#peak, memoryStats().peakBytes);
+        const last = t.step === run.steps;
+        if (t.step % run.logEvery === 0 || last) await this.read();
+        if (run.evalEvery > 0 && t.step % run.evalEvery === 0 && !last) {
+          await this.read();
+          await this.evaluate();
+          await this.save();
+        }
+        io.onStep?.(t.step);
+        if (io.shouldStop()) {
+          interrupted = true;
+          break;
+        }
+      }
+      await this.read();
+    } finally {
+      tree.dispose(this.#pending.map((p) => [p.loss, p.flags]));
+      this.#pending = [];
+    }
+    io.progress.done();
+    const seconds = (performance.now() - this.#t0) / 1000;
+    if (!interrupted && (t.history.val.at(-1)?.[0] ?? -1) !== t.step) await this.evaluate();
+    await this.save();
+    if (interrupted && io.out) {
+      io.progress.log(`interrupted at step ${t.step}; checkpoint written to ${io.out}`);
+    }
+    return this.result(seconds, interrupted);
+  }
+
+  /** Appends a record (with its time) to the log and shows it to `io.log`. */
+  record(rec: LogRecord): void {
+    const full = stamped(rec);
+    this.log?.append(full);
+    this.io.log(full);
+  }
+
+  /**
+   * Reads the losses and flags of the steps since the last read (one sync), logs them, and
+   * applies the non-finite policy to any bad step (see `guard.ts`).
+   */
+  async read(): Promise<void> {
+    const { t } = this;
+    const pending = this.#pending;
+    if (pending.length === 0) return;
+    this.#pending = [];
+    let vals;
+    try {
+      vals = await readAll(pending.flatMap((p) => [p.loss, p.flags]));
+    } finally {
+      tree.dispose(pending.map((p) => [p.loss, p.flags]));
+    }
+    for (const [i, { step }] of pending.entries()) {
+      const loss = vals[2 * i][0];
+      const lr = this.#lr(step - 1);
+      const bad = t.guard.verdict(step, loss, vals[2 * i + 1]);
+      if (!bad) {
+        this.#skipsInARow = 0;
+        t.history.train.push([step, loss]);
+        this.record({ kind: "train", step, loss, lr });
+        continue;
+      }
+      const what = describeNonFinite(bad);
+      this.record({
+        kind: t.guard.policy === "skip" ? "skip" : "nonfinite",
+        step,
+        loss: String(loss),
+        lr,
+        nonfinite: bad.params,
       });
+      if (t.guard.policy === "stop") throw this.stopped(what);
+      this.io.progress.log(`${what}: skipped`);
+      if (++this.#skipsInARow >= MAX_CONSECUTIVE_SKIPS) {
+        throw this.stopped(`${MAX_CONSECUTIVE_SKIPS} steps in a row (the last ${what})`);
+      }
     }
-    if (run.evalEvery > 0 && t.step % run.evalEvery === 0 && !last) {
-      await flushLosses();
-      await evalNow();
-      await save();
-    }
-    if (io.shouldStop()) {
-      interrupted = true;
-      break;
-    }
+    const elapsed = (performance.now() - this.#t0) / 1000;
+    const last = pending.at(-1)!.step;
+    this.io.progress.update({
+      step: last,
+      total: t.run.steps,
+      loss: t.history.train.at(-1)?.[1] ?? NaN,
+      lr: this.#lr(last - 1),
+      tokensPerSec: this.#tokens / elapsed,
+      elapsed,
+      liveBytes: memoryStats().liveBytes,
+      peakBytes: this.#peak,
+    });
   }
-  await flushLosses();
-  io.progress.done();
-  const seconds = (performance.now() - t0) / 1000;
-  if (!interrupted && (t.history.val.at(-1)?.[0] ?? -1) !== t.step) await evalNow();
-  await save();
-  if (interrupted && ckptPath) {
-    io.progress.log(`interrupted at step ${t.step}; checkpoint written to ${ckptPath}`);
+
+  /** The error that stops the run at non-finite values, naming the last good checkpoint. */
+  stopped(what: string): Error {
+    const last = this.ckptPath && this.#saved >= 0
+      ? `${this.ckptPath} (step ${this.#saved})`
+      : null;
+    return nonFiniteStop(what, last, this.t.guard.policy);
   }
-  const counts = countParams(run.model, t.method);
-  const est = estimateMemory(
-    run.model,
-    { method: t.method, optimizer: optimizerSpec(run) },
-    "ours",
-  );
-  const kept = { params: t.params, buffers: t.buffers, optState: t.optState };
-  const result: RunResult = {
-    run,
-    params: { trainable: counts.trainable, total: counts.total },
-    estimatedBytes: est.total,
-    measuredBytes: tree.bytes(kept),
-    peakBytes: peak,
-    tokensPerSec: tokens / Math.max(1e-9, seconds),
-    history: t.history,
-    steps: t.step,
-    seconds,
-    interrupted,
-  };
-  tree.dispose(kept);
-  return result;
+
+  async evaluate(): Promise<void> {
+    const { t, io } = this;
+    const r = await evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens);
+    if (!Number.isFinite(r.loss)) {
+      throw this.stopped(`step ${t.step}: the validation loss is ${r.loss}`);
+    }
+    t.history.val.push([t.step, r.loss]);
+    this.record({
+      kind: "eval",
+      step: t.step,
+      valLoss: r.loss,
+      valPpl: Math.exp(r.loss),
+      tokens: r.tokens,
+    });
+    io.progress.log(
+      `step ${t.step}: val loss ${r.loss.toFixed(4)}, ppl ${
+        Math.exp(r.loss).toFixed(2)
+      } (${r.tokens} tokens)`,
+    );
+  }
+
+  /**
+   * Writes a checkpoint of the current state once every step it covers has been read and found
+   * finite, and the log records of those steps are durable; never twice for one step.
+   */
+  async save(): Promise<void> {
+    const { t } = this;
+    if (!this.ckptPath || this.#saved === t.step) return;
+    await this.read();
+    this.log?.sync();
+    try {
+      await saveCheckpoint(this.ckptPath, checkpointOf(t), { keep: this.io.keep });
+    } catch (e) {
+      // A parameter can overflow in a step whose loss and gradients were still finite.
+      if (e instanceof NonFiniteError) {
+        throw this.stopped(`step ${t.step}: ${e.message}`);
+      }
+      throw e;
+    }
+    this.#saved = t.step;
+  }
+
+  result(seconds: number, interrupted: boolean): RunResult {
+    const { t } = this;
+    const run = t.run;
+    const counts = countParams(run.model, t.method);
+    const est = estimateMemory(
+      run.model,
+      { method: t.method, optimizer: optimizerSpec(run) },
+      "ours",
+    );
+    return {
+      run,
+      params: { trainable: counts.trainable, total: counts.total },
+      estimatedBytes: est.total,
+      measuredBytes: tree.bytes({ params: t.params, buffers: t.buffers, optState: t.optState }),
+      peakBytes: this.#peak,
+      stateBytes: tree.bytes(t.optState),
+      estimatedStateBytes: est.optimizerStates + est.projector,
+      tokensPerSec: this.#tokens / Math.max(1e-9, seconds),
+      history: t.history,
+      steps: t.step,
+      seconds,
+      interrupted,
+    };
+  }
 }
 
 /**
  * One optimizer step: forward + backward and an optimizer update per micro-batch (the optimizer
- * accumulates `gradAccum` of them before it changes anything); the loss is their mean.
+ * accumulates `gradAccum` of them before it changes anything); the loss is their mean. Every
+ * micro-batch's loss and gradients mark the step's non-finite `flags`.
  */
-async function trainStep(t: Training): Promise<{ loss: Tensor; tokens: number }> {
+async function trainStep(t: Training, flags: Tensor): Promise<{ loss: Tensor; tokens: number }> {
   const losses: Tensor[] = [];
   let tokens = 0;
   for (let k = 0; k < t.run.gradAccum; k++) {
@@ -317,7 +515,9 @@ async function trainStep(t: Training): Promise<{ loss: Tensor; tokens: number }>
     };
     try {
       losses.push(
-        t.layerwise ? await layerwiseMicroStep(t, t.layerwise, batch) : await microStep(t, batch),
+        t.layerwise
+          ? await layerwiseMicroStep(t, t.layerwise, batch, flags)
+          : await microStep(t, batch, flags),
       );
     } finally {
       batch.inputs.dispose();
@@ -331,24 +531,33 @@ async function trainStep(t: Training): Promise<{ loss: Tensor; tokens: number }>
   return { loss: mean, tokens };
 }
 
-/** Forward + backward, then update: gradients of all weights at once. */
-async function microStep(t: Training, batch: Batch): Promise<Tensor> {
+/**
+ * Forward + backward, then update: gradients of all weights at once. Under `--on-nonfinite skip`
+ * the update is gated on the step's flags (see `guard.ts`).
+ */
+async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tensor> {
   const model = modelOf(t);
   const { value, grads } = valueAndGrad((p: LlamaParams) => loss(model, p, batch))(t.params);
-  const r = await t.opt.update(grads, t.optState, t.params);
-  t.optState = r.state;
-  t.params = applyUpdates(t.params, r.updates);
+  t.guard.checkLoss(flags, value);
+  tree.flatten(grads).forEach((g, i) => t.guard.checkGrad(flags, g, i));
+  await t.guard.update(flags, async () => {
+    const r = await t.opt.update(grads, t.optState, t.params);
+    t.optState = r.state;
+    t.params = applyUpdates(t.params, r.updates);
+  });
   return value;
 }
 
 /**
  * Forward, then a backward whose `onGrad` hook updates each weight the moment its gradient is
- * final and frees that gradient: the full gradient set is never resident.
+ * final and frees that gradient: the full gradient set is never resident. (So the non-finite
+ * flags are set, but the update cannot wait for them: per-layer runs only stop.)
  */
 async function layerwiseMicroStep(
   t: Training,
   layerwise: PerParameter<unknown>,
   batch: Batch,
+  flags: Tensor,
 ): Promise<Tensor> {
   const model = modelOf(t);
   const leaves = tree.flatten(t.params);
@@ -356,8 +565,14 @@ async function layerwiseMicroStep(
   try {
     tape.watch(...leaves);
     const value = tape.run(() => loss(model, t.params, batch));
+    t.guard.checkLoss(flags, value);
     const update = layerwise.start(t.params, t.optState as unknown[]);
-    tape.backward(value, leaves, { onGrad: update.onGrad });
+    tape.backward(value, leaves, {
+      onGrad: (g, i) => {
+        t.guard.checkGrad(flags, g, i);
+        update.onGrad(g, i);
+      },
+    });
     ({ params: t.params, state: t.optState } = await update.finish());
     return value;
   } finally {
@@ -367,9 +582,10 @@ async function layerwiseMicroStep(
 
 /**
  * The end of a cycle: SLTrain refactorizes every B·A, ReLoRA merges its adapters; then the momentum
- * reset (a fresh optimizer whose learning rate picks up the quick-recovery ramp).
+ * reset (a fresh optimizer whose learning rate picks up the quick-recovery ramp). Returns the log
+ * record.
  */
-async function resetCycle(t: Training, io: RunIO): Promise<void> {
+async function resetCycle(t: Training): Promise<LogRecord> {
   const relora = t.run.method === "relora";
   t.params = relora
     ? mergeRelora(modelOf(t), t.params, t.run.seed + t.step)
@@ -377,24 +593,7 @@ async function resetCycle(t: Training, io: RunIO): Promise<void> {
   tree.dispose(t.optState);
   Object.assign(t, optimizerAt(t.run, t.params, t.step));
   t.optState = t.opt.init(t.params);
-  io.log({ kind: relora ? "merge" : "refactor", step: t.step });
-}
-
-async function evaluateNow(t: Training, val: Sequences, io: RunIO): Promise<void> {
-  const r = await evaluate(modelOf(t), t.params, val, t.run.batch, t.run.evalTokens);
-  t.history.val.push([t.step, r.loss]);
-  io.log({
-    kind: "eval",
-    step: t.step,
-    valLoss: r.loss,
-    valPpl: Math.exp(r.loss),
-    tokens: r.tokens,
-  });
-  io.progress.log(
-    `step ${t.step}: val loss ${r.loss.toFixed(4)}, ppl ${
-      Math.exp(r.loss).toFixed(2)
-    } (${r.tokens} tokens)`,
-  );
+  return { kind: relora ? "merge" : "refactor", step: t.step };
 }
 
 function checkpointOf(t: Training) {

@@ -36,7 +36,7 @@
  */
 import type { DType } from "./dtype.ts";
 import { DTypeError } from "./errors.ts";
-import { type Binding, dispatch, grid1d, WGSL_FLAT_INDEX } from "./kernel.ts";
+import { type Binding, dispatch, grid1d, registerCache, WGSL_FLAT_INDEX } from "./kernel.ts";
 import { fmtShape } from "./shape.ts";
 
 /**
@@ -429,6 +429,9 @@ export function defineKernel<
   return Object.assign(run, { code, kernelName: op }) as unknown as Kernel<I, O, U, T, G>;
 }
 
+const families: Map<string, unknown>[] = [];
+registerCache("kernelVariants", () => families.reduce((n, f) => n + f.size, 0));
+
 /**
  * Memoizes a kernel generator by its arguments (compared as JSON), for kernels whose source
  * depends on a few parameters (a rank, dtypes, an unroll factor): each variant is generated once,
@@ -442,6 +445,7 @@ export function defineKernel<
  */
 export function kernelFamily<A extends unknown[], K>(make: (...args: A) => K): (...args: A) => K {
   const cache = new Map<string, K>();
+  families.push(cache);
   return (...args: A) => {
     const key = JSON.stringify(args);
     let k = cache.get(key);

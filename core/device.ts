@@ -48,7 +48,12 @@ interface DeviceState {
   device: GPUDevice;
   info: DeviceInfo;
   lost: string | null;
+  /** GPU errors not thrown yet, each naming what caused it. */
   errors: string[];
+  /** Error scopes still to be popped. */
+  outstanding: Promise<void>[];
+  /** What was last handed to the GPU, for the device-lost message. */
+  lastWork: string;
 }
 
 let state: DeviceState | null = null;
@@ -184,10 +189,19 @@ async function createDevice(options: InitOptions): Promise<DeviceInfo> {
     backend,
     summary: summarize(description, kind, backend, device.features.has("shader-f16")),
   };
-  const s: DeviceState = { device, info, lost: null, errors: [] };
-  device.lost.then((l) => (s.lost = `${l.reason}: ${l.message}`));
+  const s: DeviceState = {
+    device,
+    info,
+    lost: null,
+    errors: [],
+    outstanding: [],
+    lastWork: "nothing yet",
+  };
+  device.lost.then((l) => (s.lost = `${l.reason}: ${l.message || "no message"}`));
   device.addEventListener("uncapturederror", (e) => {
-    s.errors.push((e as GPUUncapturedErrorEvent).error.message);
+    // Outside any scope; bind groups carry their op and shapes as labels, which wgpu quotes.
+    const err = (e as GPUUncapturedErrorEvent).error;
+    s.errors.push(`${errorKind(err)} error: ${err.message}`);
   });
   state = s;
   return info;
@@ -240,20 +254,89 @@ function current(): DeviceState {
       "sltrain is not initialized: call `await init()` before creating tensors",
     );
   }
-  if (state.lost !== null) throw new DeviceError(`the GPU device was lost (${state.lost})`);
+  if (state.lost !== null) {
+    throw new DeviceError(
+      `the GPU device was lost (${state.lost}); the last work handed to it was ${state.lastWork}`,
+    );
+  }
   return state;
 }
 
-/** Records an asynchronous GPU error against an op; it is thrown at the next {@link throwPendingErrors}. */
-export function reportGpuError(op: string, message: string): void {
-  current().errors.push(`${op}: ${message}`);
+function errorKind(e: GPUError): string {
+  return e instanceof GPUOutOfMemoryError
+    ? "out-of-memory"
+    : e instanceof GPUValidationError
+    ? "validation"
+    : "internal";
 }
 
-/** Throws a DeviceError if the device was lost or the GPU reported errors since the last check. */
+/** The error filters {@link captureErrors} listens to by default. */
+export const ALL_ERRORS: readonly GPUErrorFilter[] = ["validation", "out-of-memory", "internal"];
+
+/**
+ * Runs `fn` (which calls the device) inside error scopes: any validation, out-of-memory or
+ * internal error it causes is recorded against `what` (an op with its shapes, a copy, an
+ * allocation) and thrown by the next {@link throwPendingErrors}. Costs a few microseconds.
+ */
+export function captureErrors(
+  what: string,
+  fn: () => void,
+  filters: readonly GPUErrorFilter[] = ALL_ERRORS,
+): void {
+  const s = current();
+  for (const f of filters) s.device.pushErrorScope(f);
+  try {
+    fn();
+  } finally {
+    for (let k = 0; k < filters.length; k++) {
+      s.outstanding.push(
+        s.device.popErrorScope().then((e) => {
+          if (e) s.errors.push(`${errorKind(e)} error in ${what}: ${e.message}`);
+        }, () => {/* the device was lost: reported as such */}),
+      );
+    }
+  }
+}
+
+/**
+ * The device-lost error, if the device is lost: a WebGPU call that fails because the device went
+ * away often fails before the loss is reported (it arrives as a promise), so a caller handling a
+ * failure asks this first, which waits a moment for the report.
+ */
+export async function deviceLostError(): Promise<DeviceError | null> {
+  if (!state) return null;
+  await new Promise((r) => setTimeout(r, 10));
+  try {
+    current();
+    return null;
+  } catch (e) {
+    return e as DeviceError;
+  }
+}
+
+/** Notes what was just handed to the GPU, so that losing the device can say what was running. */
+export function noteWork(what: string): void {
+  current().lastWork = what;
+}
+
+/** Waits for the error scopes still open to report (part of every sync). */
+export async function settleErrors(): Promise<void> {
+  if (!state) return;
+  await Promise.all(state.outstanding.splice(0));
+}
+
+/**
+ * Throws a DeviceError if the device was lost or the GPU reported errors since the last check.
+ * The first error leads (later ones in the same batch are usually its consequences: a pipeline
+ * that failed to build makes every use of it invalid).
+ */
 export function throwPendingErrors(): void {
   const s = current();
   if (s.errors.length > 0) {
-    const msgs = s.errors.splice(0);
-    throw new DeviceError(`GPU error${msgs.length > 1 ? "s" : ""}: ${msgs.join("; ")}`);
+    const [first, ...rest] = s.errors.splice(0);
+    throw new DeviceError(
+      `GPU ${first}` +
+        (rest.length > 0 ? ` (and ${rest.length} more error(s) after it: ${rest[0]}...)` : ""),
+    );
   }
 }

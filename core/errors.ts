@@ -30,3 +30,6 @@ export class GradientError extends SLTrainError {}
 
 /** A tensor was used after `dispose()`. */
 export class DisposedError extends SLTrainError {}
+
+/** A value that must be finite (a loss, a gradient, a tensor about to be checkpointed) is NaN or ±Infinity. */
+export class NonFiniteError extends SLTrainError {}

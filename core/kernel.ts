@@ -1,10 +1,18 @@
 /**
  * Kernel dispatch: WGSL pipelines cached by source, dispatches recorded into one command encoder
  * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readRanges}
- * (and {@link readBuffers}, {@link sync}).
+ * (and {@link readBuffers}, {@link sync}). {@link gated} makes a stretch of dispatches
+ * conditional on flags the GPU computed, still without waiting.
  * @module
  */
-import { deviceInfo, gpuDevice, reportGpuError, throwPendingErrors } from "./device.ts";
+import {
+  captureErrors,
+  deviceInfo,
+  gpuDevice,
+  noteWork,
+  settleErrors,
+  throwPendingErrors,
+} from "./device.ts";
 import { DeviceError } from "./errors.ts";
 import { DeviceLimitError } from "./errors.ts";
 import type { Storage } from "./memory.ts";
@@ -51,7 +59,8 @@ export interface KernelCall {
 
 const pipelines = new Map<string, GPUComputePipeline>();
 const uniformCache = new Map<string, GPUBuffer>();
-const UNIFORM_CACHE_MAX = 8192;
+let uniformCacheLimit = 2048;
+let uniformsCreated = 0;
 
 let encoder: GPUCommandEncoder | null = null;
 let pass: GPUComputePassEncoder | null = null;
@@ -59,7 +68,6 @@ let batchOps = new Set<string>();
 let batchDispatches = 0;
 let toDestroy: (GPUBuffer | GPUTexture)[] = [];
 let stagedBytes = 0;
-const outstanding: Promise<void>[] = [];
 let totalDispatches = 0;
 let totalSubmits = 0;
 
@@ -71,22 +79,42 @@ export function dispatchStats(): { dispatches: number; submits: number; pipeline
   return { dispatches: totalDispatches, submits: totalSubmits, pipelines: pipelines.size };
 }
 
-function scoped(op: string, fn: () => void): void {
-  const device = gpuDevice();
-  device.pushErrorScope("validation");
-  fn();
-  outstanding.push(
-    device.popErrorScope().then((e) => {
-      if (e) reportGpuError(op, e.message);
-    }),
-  );
+const caches = new Map<string, () => number>();
+
+/**
+ * Registers a cache for {@link cacheStats}: `size` returns its current number of entries. Every
+ * module-level cache of GPU objects registers, so a test can show none grows without bound.
+ */
+export function registerCache(name: string, size: () => number): void {
+  caches.set(name, size);
 }
 
-function pipelineFor(name: string, code: string): GPUComputePipeline {
+/**
+ * Entries of every cache of GPU objects: pipelines, uniform buffers (and `uniformsCreated`, how
+ * many were ever made), and the registered ones.
+ */
+export function cacheStats(): Record<string, number> {
+  const out: Record<string, number> = {
+    pipelines: pipelines.size,
+    uniforms: uniformCache.size,
+    uniformsCreated,
+  };
+  for (const [name, size] of caches) out[name] = size();
+  return out;
+}
+
+/** `op(inputs → outputs; workgroups)` with each binding's shape: how errors name a dispatch. */
+function describe(call: KernelCall): string {
+  const list = (bs: Binding[]) => bs.map((b) => b.what).join(", ");
+  const [x, y = 1, z = 1] = call.workgroups;
+  return `${call.name}(${list(call.inputs)} → ${list(call.outputs)}; ${x}x${y}x${z} workgroups)`;
+}
+
+function pipelineFor(name: string, code: string, what = name): GPUComputePipeline {
   let p = pipelines.get(code);
   if (!p) {
     const device = gpuDevice();
-    scoped(name, () => {
+    captureErrors(`building the pipeline of ${what}`, () => {
       const module = device.createShaderModule({ code, label: name });
       p = device.createComputePipeline({
         layout: "auto",
@@ -99,22 +127,36 @@ function pipelineFor(name: string, code: string): GPUComputePipeline {
   return p!;
 }
 
+// Uniform buffers by content, least recently used first (Map order): values that recur (shapes,
+// constant scalars) stay; values used once (an optimizer's per-step scalars) age out.
 function uniformBuffer(data: ArrayBufferView): GPUBuffer {
   const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const key = Array.from(new Uint32Array(bytes.slice().buffer, 0, bytes.byteLength >> 2)).join(",");
   let buf = uniformCache.get(key);
-  if (!buf) {
-    if (uniformCache.size >= UNIFORM_CACHE_MAX) {
-      for (const b of uniformCache.values()) toDestroy.push(b);
-      uniformCache.clear();
+  if (buf) {
+    uniformCache.delete(key);
+  } else {
+    for (const [k, old] of uniformCache) {
+      if (uniformCache.size < uniformCacheLimit) break;
+      uniformCache.delete(k);
+      destroyAfterSubmit(old);
     }
     const size = Math.max(16, Math.ceil(bytes.byteLength / 16) * 16);
-    buf = gpuDevice().createBuffer({ size, usage: GPUBufferUsage.UNIFORM, mappedAtCreation: true });
-    new Uint8Array(buf.getMappedRange()).set(bytes);
-    buf.unmap();
-    uniformCache.set(key, buf);
+    buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms");
+    uniformsCreated++;
   }
+  uniformCache.set(key, buf);
   return buf;
+}
+
+/**
+ * Sets how many uniform buffers the dispatcher keeps for reuse (least recently used go first);
+ * returns the previous limit. Meant for tests.
+ */
+export function setUniformCacheLimit(n: number): number {
+  const prev = uniformCacheLimit;
+  uniformCacheLimit = Math.max(1, n);
+  return prev;
 }
 
 function bindingResource(b: Binding, op: string): GPUBufferBinding {
@@ -136,6 +178,56 @@ function bindingResource(b: Binding, op: string): GPUBufferBinding {
     );
   }
   return { buffer: b.storage.buffer, offset, size: Math.min(size, b.storage.buffer.size - offset) };
+}
+
+// What WebGPU would only reject at submit, as one error for a whole batch: named here instead.
+function checkBindings(call: KernelCall, limits: GPUSupportedLimits): void {
+  const all = [...call.inputs, ...call.outputs];
+  if (all.length > limits.maxStorageBuffersPerShaderStage) {
+    throw new DeviceLimitError(
+      `${describe(call)}: ${all.length} storage bindings, over the device's ` +
+        `maxStorageBuffersPerShaderStage of ${limits.maxStorageBuffersPerShaderStage}`,
+    );
+  }
+  for (const out of call.outputs) {
+    const other = all.find((b) => b !== out && b.storage.buffer === out.storage.buffer);
+    if (other) {
+      throw new RangeError(
+        `${describe(call)}: output ${out.what} shares its buffer with ${other.what}; a kernel ` +
+          "cannot write a buffer it also binds elsewhere",
+      );
+    }
+  }
+}
+
+/**
+ * `getMappedRange`, whose failure (a buffer made invalid by a lost device) becomes a DeviceError
+ * naming the transfer.
+ */
+function mappedRange(buf: GPUBuffer, what: string): ArrayBuffer {
+  try {
+    return buf.getMappedRange();
+  } catch (e) {
+    throw new DeviceError(
+      `${what}: ${(e as Error).message} (the GPU device is probably lost or out of memory)`,
+    );
+  }
+}
+
+/** A new buffer of `size` bytes (>= data) holding `data`, written at creation. */
+function filledBuffer(
+  usage: GPUBufferUsageFlags,
+  data: Uint8Array,
+  size: number,
+  what: string,
+): GPUBuffer {
+  let buf: GPUBuffer;
+  captureErrors(`${what} (${size} bytes)`, () => {
+    buf = gpuDevice().createBuffer({ size, usage, mappedAtCreation: true });
+  });
+  new Uint8Array(mappedRange(buf!, what), 0, data.byteLength).set(data);
+  buf!.unmap();
+  return buf!;
 }
 
 function currentEncoder(): GPUCommandEncoder {
@@ -160,6 +252,7 @@ export function dispatch(call: KernelCall): void {
     );
   }
   const all = [...call.inputs, ...call.outputs];
+  checkBindings(call, device.limits);
   const entries: GPUBindGroupEntry[] = all.map((b, i) => ({
     binding: i,
     resource: bindingResource(b, call.name),
@@ -169,8 +262,15 @@ export function dispatch(call: KernelCall): void {
   }
   for (const view of call.textures ?? []) entries.push({ binding: entries.length, resource: view });
   if (x * y * z === 0) return;
-  const pipeline = pipelineFor(call.name, call.code);
-  const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  const what = describe(call);
+  const pipeline = pipelineFor(call.name, call.code, what);
+  // Labelled, so that wgpu's messages about the bind group name the op and its shapes.
+  const bindGroup = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries,
+    label: what,
+  });
+  if (gate && gate.triples.length >= 3 * GATE_SEGMENT) flush();
   if (profiler) {
     // One pass per dispatch, so the pass timestamps bracket exactly this kernel.
     endPass();
@@ -179,7 +279,14 @@ export function dispatch(call: KernelCall): void {
   pass ??= currentEncoder().beginComputePass();
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, bindGroup);
-  pass.dispatchWorkgroups(x, y, z);
+  if (gate) {
+    gate.args ??= device.createBuffer({
+      size: 12 * GATE_SEGMENT,
+      usage: GPUBufferUsage.INDIRECT | GPUBufferUsage.STORAGE,
+    });
+    pass.dispatchWorkgroupsIndirect(gate.args, 4 * gate.triples.length);
+    gate.triples.push(x, y, z);
+  } else pass.dispatchWorkgroups(x, y, z);
   if (profiler) endPass();
   batchOps.add(call.name);
   totalDispatches++;
@@ -195,6 +302,15 @@ export function encodeCopy(
   srcOffset = 0,
 ): void {
   if (bytes === 0) return;
+  if (
+    [bytes, dstOffset, srcOffset].some((v) => v % 4 !== 0 || v < 0) ||
+    srcOffset + bytes > src.size || dstOffset + bytes > dst.size || src === dst
+  ) {
+    throw new RangeError(
+      `copy of ${bytes} bytes from byte ${srcOffset} of a ${src.size}-byte buffer to byte ` +
+        `${dstOffset} of a ${dst.size}-byte buffer is out of range, unaligned or in place`,
+    );
+  }
   endPass();
   currentEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
 }
@@ -251,13 +367,12 @@ export function encodeUpload(s: Storage, data: ArrayBufferView, dstOffset = 0): 
   for (let off = 0; off < bytes; off += TRANSFER_CHUNK_BYTES) {
     const n = Math.min(TRANSFER_CHUNK_BYTES, bytes - off);
     const padded = Math.ceil(n / 4) * 4;
-    const staging = gpuDevice().createBuffer({
-      size: padded,
-      usage: GPUBufferUsage.COPY_SRC,
-      mappedAtCreation: true,
-    });
-    new Uint8Array(staging.getMappedRange(), 0, n).set(src.subarray(off, off + n));
-    staging.unmap();
+    const staging = filledBuffer(
+      GPUBufferUsage.COPY_SRC,
+      src.subarray(off, off + n),
+      padded,
+      `upload of ${bytes} bytes`,
+    );
     encodeCopy(staging, s.buffer, padded, dstOffset + off);
     toDestroy.push(staging);
     stagedBytes += n;
@@ -276,11 +391,104 @@ export function flush(): void {
   batchDispatches = 0;
   stagedBytes = 0;
   profiler?.resolve(enc);
-  scoped(`batch [${ops}]`, () => gpuDevice().queue.submit([enc.finish()]));
+  const armed = gate ? armGate(gate) : [];
+  const what = `the batch of [${ops}]`;
+  captureErrors(what, () => gpuDevice().queue.submit([...armed, enc.finish()]));
+  noteWork(what);
   profiler?.collect();
   totalSubmits++;
   for (const b of toDestroy) b.destroy();
   toDestroy = [];
+}
+
+// Gated dispatches read their workgroup counts from `args`, which a small kernel fills, right
+// before them, with the real counts when every flag is zero and with zeros otherwise.
+interface Gate {
+  flags: Binding;
+  words: number;
+  /** Indirect arguments of this segment's dispatches (3 words each); made at the first one. */
+  args: GPUBuffer | null;
+  /** Their real workgroup counts. */
+  triples: number[];
+}
+
+let gate: Gate | null = null;
+// Dispatches per segment: one args buffer of 12 KiB; a longer region is armed in several.
+const GATE_SEGMENT = 1024;
+
+const ARM_CODE = `@group(0) @binding(0) var<storage, read> flags: array<u32>;
+@group(0) @binding(1) var<storage, read> triples: array<u32>;
+@group(0) @binding(2) var<storage, read_write> args: array<u32>;
+struct U { words: u32, count: u32, p0: u32, p1: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_id) lid: vec3u) {
+  var any = 0u;
+  for (var k = 0u; k < u.words; k++) { any = any | flags[k]; }
+  let keep = select(0u, 1u, any == 0u);
+  for (var k = lid.x; k < u.count; k += 64u) { args[k] = triples[k] * keep; }
+}`;
+
+// A command buffer, submitted before the segment's own, that writes its indirect arguments.
+function armGate(g: Gate): GPUCommandBuffer[] {
+  if (!g.args || g.triples.length === 0) return [];
+  const device = gpuDevice();
+  const triples = filledBuffer(
+    GPUBufferUsage.STORAGE,
+    new Uint8Array(new Uint32Array(g.triples).buffer),
+    4 * g.triples.length,
+    "gate arguments",
+  );
+  const pipeline = pipelineFor("gate", ARM_CODE);
+  const enc = device.createCommandEncoder();
+  const p = enc.beginComputePass();
+  p.setPipeline(pipeline);
+  p.setBindGroup(
+    0,
+    device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: bindingResource(g.flags, "gate") },
+        { binding: 1, resource: { buffer: triples } },
+        { binding: 2, resource: { buffer: g.args } },
+        {
+          binding: 3,
+          resource: { buffer: uniformBuffer(new Uint32Array([g.words, g.triples.length, 0, 0])) },
+        },
+      ],
+    }),
+  );
+  p.dispatchWorkgroups(1);
+  p.end();
+  toDestroy.push(triples, g.args);
+  g.args = null;
+  g.triples = [];
+  return [enc.finish()];
+}
+
+/**
+ * Runs `fn` with every dispatch it records made conditional on the GPU: each runs only if all
+ * `words` u32 words of `flags` are zero when the GPU gets to it, and is skipped (zero workgroups)
+ * otherwise. No GPU→CPU sync: the decision is made on the device, so work that overwrites its
+ * inputs in place (an optimizer update, say) can be skipped after the fact. Copies, clears and
+ * uploads inside `fn` are not gated: `fn` must change existing buffers through kernels only
+ * (writing fresh buffers any way is fine). Work recorded before the call is submitted first, so
+ * the flags are final when the gate reads them. Regions do not nest.
+ */
+export async function gated<T>(
+  flags: Binding,
+  words: number,
+  fn: () => T | Promise<T>,
+): Promise<T> {
+  if (gate) throw new DeviceError("gated: regions do not nest");
+  flush();
+  gate = { flags, words, args: null, triples: [] };
+  try {
+    return await fn();
+  } finally {
+    flush();
+    gate = null;
+  }
 }
 
 /** A byte range of a storage to read back. */
@@ -312,11 +520,11 @@ export async function readRanges(
   let used = 0;
   const drain = async () => {
     if (pieces.length === 0) return;
-    const what = `readback of ${used} bytes (${pieces.length} piece(s) of ${
-      [...new Set(pieces.map((p) => ranges[p.index].storage.bytes))].join(", ")
-    }-byte storages)`;
+    const what = `readback of ${used} bytes (${pieces.length} piece(s), from storages of up to ${
+      Math.max(...pieces.map((p) => ranges[p.index].storage.bytes))
+    } bytes)`;
     let staging: GPUBuffer | undefined;
-    scoped(what, () => {
+    captureErrors(what, () => {
       staging = device.createBuffer({
         size: Math.max(4, used),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -335,13 +543,13 @@ export async function readRanges(
         await buf.mapAsync(GPUMapMode.READ);
       } catch (e) {
         // The GPU's own errors (validation, out of memory, device lost) say more than the map's.
-        await Promise.all(outstanding.splice(0));
+        await settleErrors();
         throwPendingErrors();
         throw new DeviceError(`${what}: ${(e as Error).message}`);
       }
-      await Promise.all(outstanding.splice(0));
+      await settleErrors();
       throwPendingErrors();
-      const mapped = new Uint8Array(buf.getMappedRange());
+      const mapped = new Uint8Array(mappedRange(buf, what));
       for (const p of pieces) await onPiece(p.index, mapped.subarray(p.at, p.at + p.bytes), p.into);
     } finally {
       buf.destroy();
@@ -390,7 +598,7 @@ export async function readBuffers(list: readonly Storage[]): Promise<ArrayBuffer
 export async function sync(): Promise<void> {
   flush();
   await gpuDevice().queue.onSubmittedWorkDone();
-  await Promise.all(outstanding.splice(0));
+  await settleErrors();
   throwPendingErrors();
 }
 

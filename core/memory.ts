@@ -3,7 +3,7 @@
  * (live bytes, peak bytes, live buffers) that make memory use observable.
  * @module
  */
-import { gpuDevice } from "./device.ts";
+import { captureErrors, gpuDevice } from "./device.ts";
 import { DeviceLimitError } from "./errors.ts";
 
 /** A device buffer shared by one or more tensor handles (e.g. a tensor and its reshape). */
@@ -69,13 +69,18 @@ export function allocStorage(bytes: number, what: string): Storage {
   if (buffer) {
     pooledBytes -= size;
   } else {
-    buffer = gpuDevice().createBuffer({ size, usage: USAGE });
+    const device = gpuDevice();
+    captureErrors(
+      `allocating ${what} (${bytes} bytes, with ${liveBytes} bytes in ${liveBuffers} live ` +
+        `buffers and ${pooledBytes} pooled)`,
+      () => (buffer = device.createBuffer({ size, usage: USAGE })),
+    );
     reservedBytes += size;
   }
   liveBytes += bytes;
   liveBuffers++;
   if (liveBytes > peakBytes) peakBytes = liveBytes;
-  return new Storage(buffer, bytes);
+  return new Storage(buffer!, bytes);
 }
 
 /** Drops one reference; at zero the buffer goes back to the pool. */

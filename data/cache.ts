@@ -2,6 +2,7 @@
  * On-disk token cache keyed by the corpus content and the tokenizer, so a second run starts at once.
  * @module
  */
+import { Checksum } from "../core/checksum.ts";
 import type { Doc } from "./brown.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { sha256OfParts } from "./hash.ts";
@@ -18,7 +19,9 @@ export function defaultCacheDir(): string {
 
 /**
  * Tokenizes documents, reading from or writing to the cache. The file is a small header (magic,
- * count, lengths) followed by the ids; a file that fails validation is ignored and rewritten.
+ * count, lengths), the ids, and a checksum of all of it; a file that fails validation (cut, a
+ * flipped bit, an older format) is ignored and rewritten, so a damaged cache costs a
+ * re-tokenization, never different tokens.
  */
 export async function tokenizeCached(
   docs: readonly Doc[],
@@ -36,7 +39,8 @@ export async function tokenizeCached(
   return { docs: out, cached: false };
 }
 
-const MAGIC = 0x534c544b; // "SLTK"
+const MAGIC = 0x324c5453; // "STL2": the checksummed format
+const CHECKSUM_WORDS = 2;
 
 async function readCache(file: string, count: number): Promise<TokenizedDocs | null> {
   let bytes: Uint8Array;
@@ -45,8 +49,10 @@ async function readCache(file: string, count: number): Promise<TokenizedDocs | n
   } catch {
     return null;
   }
-  if (bytes.byteLength < 8 || bytes.byteLength % 4 !== 0) return null;
-  const u = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  if (bytes.byteLength < 8 + 4 * CHECKSUM_WORDS || bytes.byteLength % 4 !== 0) return null;
+  const body = bytes.subarray(0, bytes.byteLength - 4 * CHECKSUM_WORDS);
+  if (digestWords(body).some((w, i) => w !== tail(bytes)[i])) return null;
+  const u = new Uint32Array(body.buffer, body.byteOffset, body.byteLength / 4);
   if (u[0] !== MAGIC || u[1] !== count || u.length < 2 + count) return null;
   const lens = u.subarray(2, 2 + count);
   const total = lens.reduce((a, b) => a + b, 0);
@@ -60,9 +66,18 @@ async function readCache(file: string, count: number): Promise<TokenizedDocs | n
   return docs;
 }
 
+function tail(bytes: Uint8Array): Uint32Array {
+  return new Uint32Array(bytes.slice(bytes.byteLength - 4 * CHECKSUM_WORDS).buffer);
+}
+
+function digestWords(bytes: Uint8Array): Uint32Array {
+  const hex = new Checksum().update(bytes).digest();
+  return Uint32Array.from([parseInt(hex.slice(0, 8), 16), parseInt(hex.slice(8), 16)]);
+}
+
 async function writeCache(file: string, docs: TokenizedDocs): Promise<void> {
   const total = docs.reduce((a, d) => a + d.length, 0);
-  const u = new Uint32Array(2 + docs.length + total);
+  const u = new Uint32Array(2 + docs.length + total + CHECKSUM_WORDS);
   u[0] = MAGIC;
   u[1] = docs.length;
   docs.forEach((d, i) => (u[2 + i] = d.length));
@@ -71,6 +86,7 @@ async function writeCache(file: string, docs: TokenizedDocs): Promise<void> {
     u.set(d, off);
     off += d.length;
   }
+  u.set(digestWords(new Uint8Array(u.buffer, 0, 4 * off)), off);
   try {
     await Deno.mkdir(file.slice(0, file.lastIndexOf("/")), { recursive: true });
     const tmp = `${file}.${crypto.randomUUID()}.tmp`;

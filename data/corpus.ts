@@ -46,8 +46,61 @@ function jsonlText(path: string, lineNo: number, line: string): string {
   return t;
 }
 
+/**
+ * A file's text. Training on mis-decoded bytes would be silently wrong, so a file that is not
+ * UTF-8 (another encoding, or a mix) or that holds NUL bytes (binary) is refused with the offset
+ * of the first offending byte. A UTF-8 byte-order mark is dropped.
+ */
+async function readUtf8(path: string): Promise<string> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    throw new Error(`cannot read data file ${path}: ${(e as Error).message}`);
+  }
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) throw binaryFile(path, nul);
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw notUtf8(path, firstBadUtf8(bytes));
+  }
+}
+
+function binaryFile(path: string, offset: number): Error {
+  return new Error(`data file ${path} looks binary (a NUL byte at offset ${offset}), not text`);
+}
+
+function notUtf8(path: string, offset: number): Error {
+  return new Error(
+    `data file ${path} is not valid UTF-8 (first bad byte at offset ${offset}); convert it, ` +
+      "e.g. iconv -f latin1 -t utf-8",
+  );
+}
+
+// The offset of the first byte that does not start or continue a UTF-8 sequence (for the message;
+// the decoder above is the judge, and also refuses overlong forms and surrogates).
+function firstBadUtf8(b: Uint8Array): number {
+  for (let i = 0; i < b.length;) {
+    const c = b[i];
+    const n = c < 0x80
+      ? 0
+      : c >= 0xc2 && c < 0xe0
+      ? 1
+      : c >= 0xe0 && c < 0xf0
+      ? 2
+      : c < 0xf5
+      ? 3
+      : -1;
+    if (n < 0 || (c >= 0x80 && c < 0xc2)) return i;
+    for (let k = 1; k <= n; k++) if (i + k >= b.length || (b[i + k] & 0xc0) !== 0x80) return i;
+    i += n + 1;
+  }
+  return 0;
+}
+
 async function loadFile(path: string): Promise<Doc[]> {
-  const text = await Deno.readTextFile(path);
+  const text = await readUtf8(path);
   if (!isJsonl(path)) return [{ id: path, text }];
   const docs: Doc[] = [];
   text.split("\n").forEach((line, i) => {
@@ -84,20 +137,36 @@ function cutPoint(s: string, max: number): number {
   return c >= 0xd800 && c <= 0xdbff ? max - 1 : max; // never split a surrogate pair
 }
 
-/** Decoded text of a file in chunks, with the running byte count. */
+/** Decoded text of a file in chunks, with the running byte count; refused as {@link readUtf8} does. */
 async function* readText(
   path: string,
   readBytes: number,
 ): AsyncGenerator<{ text: string; bytes: number }> {
   using file = await Deno.open(path);
-  const dec = new TextDecoder();
+  const dec = new TextDecoder("utf-8", { fatal: true });
   const buf = new Uint8Array(readBytes);
+  let at = 0;
   for (;;) {
     const n = await file.read(buf);
     if (n === null) break;
-    yield { text: dec.decode(buf.subarray(0, n), { stream: true }), bytes: n };
+    const bytes = buf.subarray(0, n);
+    const nul = bytes.indexOf(0);
+    if (nul >= 0) throw binaryFile(path, at + nul);
+    let text;
+    try {
+      text = dec.decode(bytes, { stream: true });
+    } catch {
+      throw notUtf8(path, at + firstBadUtf8(bytes));
+    }
+    at += n;
+    yield { text, bytes: n };
   }
-  const rest = dec.decode();
+  let rest;
+  try {
+    rest = dec.decode();
+  } catch {
+    throw notUtf8(path, at);
+  }
   if (rest) yield { text: rest, bytes: 0 };
 }
 

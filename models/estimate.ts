@@ -1,9 +1,13 @@
 /**
  * Analytic parameter counts and memory estimates (weights + optimizer states + sparse indices +
  * GaLore projectors), in the paper's accounting (bf16 values, int64 indices, as in SLTrain's and
- * GaLore's Table 2) or ours (f32 values, u32 indices). Activations and workspace are not counted.
+ * GaLore's Table 2) or ours: the bytes this library allocates, tensor by tensor (f32 or bf16
+ * weights, f32 or 8-bit block-quantized Adam states, u32 indices), equal to the measured bytes.
+ * Activations and workspace are not counted.
  * @module
  */
+import { storageBytes } from "../core/dtype.ts";
+import { MIN_8BIT_SIZE, QUANT_BLOCK } from "../ops/quant_maps.ts";
 import type { LlamaConfig } from "./config.ts";
 import { ConfigError, show } from "./errors.ts";
 import {
@@ -83,12 +87,13 @@ export interface ByteSizes {
 
 /**
  * `paper`: bf16 weights and states, int64 indices, the accounting of SLTrain's and GaLore's
- * Table 2. `ours`: f32 weights and states, u32 indices, what this library allocates. Or explicit
- * sizes.
+ * Table 2. `ours`: what this library allocates, tensor by tensor: weights in the setup's
+ * `weights` dtype (norm gains f32), states as the optimizer keeps them, u32 indices, f32 GaLore
+ * projectors, every tensor a whole number of 32-bit words. Or explicit sizes per element.
  */
 export type Accounting = "paper" | "ours" | ByteSizes;
 
-/** Byte sizes of the two named accountings. */
+/** Byte sizes of the two named accountings (`ours` with f32 weights and states). */
 export const ACCOUNTING: Readonly<Record<"paper" | "ours", ByteSizes>> = Object.freeze({
   paper: Object.freeze({ weight: 2, state: 2, index: 8 }),
   ours: Object.freeze({ weight: 4, state: 4, index: 4 }),
@@ -97,30 +102,71 @@ export const ACCOUNTING: Readonly<Record<"paper" | "ours", ByteSizes>> = Object.
 /**
  * The optimizer whose states are counted. `adam`: two moments per trainable value. `galore`: for
  * each block linear [m, n] a projector min(m, n)·rank and two moments rank·max(m, n); every other
- * parameter gets plain Adam. `bytesPerState` overrides the accounting's state size (e.g. 1 plus the
- * per-block scale overhead for 8-bit block-quantized states); projectors stay at weight size.
+ * parameter gets plain Adam. `states: "8bit"` (8-bit Adam, GaLore8bit): a tensor's moments of at
+ * least 4096 elements are one byte each plus an f32 absmax per 256 (smaller ones keep the
+ * accounting's state size). `bytesPerState` instead counts every state entry at that size (e.g. a
+ * fractional average); projectors stay at weight size. `fira` and `apollo`: see
+ * {@link ScalingOptimizerSpec}.
  */
 export type OptimizerSpec =
-  | { readonly kind: "adam"; readonly bytesPerState?: number }
-  | { readonly kind: "galore"; readonly rank: number; readonly bytesPerState?: number };
+  | {
+    readonly kind: "adam";
+    readonly states?: "f32" | "8bit";
+    readonly bytesPerState?: number;
+  }
+  | {
+    readonly kind: "galore";
+    readonly rank: number;
+    readonly states?: "f32" | "8bit";
+    readonly bytesPerState?: number;
+  }
+  | ScalingOptimizerSpec;
 
-/** What to estimate: the block parameterization and the optimizer (Adam when omitted). */
+/**
+ * Fira: GaLore's states, plus the norm-growth limiter's stored norm (one f32 value per block
+ * linear, unless `limiter` is false). APOLLO: two moments rank·max(m, n) and the limiter's norm per
+ * block linear, no projector (it is regenerated from a seed); APOLLO-Mini is rank 1. Both need
+ * rank < min(m, n) of every block linear.
+ */
+export interface ScalingOptimizerSpec {
+  /** Which of the two. */
+  readonly kind: "fira" | "apollo";
+  /** Rank of the projection. */
+  readonly rank: number;
+  /** Whether the norm-growth limiter (and its stored norm) is on; default true. */
+  readonly limiter?: boolean;
+  /** Storage of the moments, as for the other kinds. */
+  readonly states?: "f32" | "8bit";
+  /** Bytes per moment entry, as for the other kinds. */
+  readonly bytesPerState?: number;
+}
+
+/** What to estimate: the block parameterization, the optimizer and the weights' storage. */
 export interface TrainingSetup {
   /** Parameterization of the block linears. */
   readonly method: LinearMethod;
   /** Optimizer whose states are counted; defaults to `{ kind: "adam" }`. */
   readonly optimizer?: OptimizerSpec;
+  /**
+   * Storage of the weights under the `ours` accounting (default f32): with `bf16`, every 2-D
+   * weight (embedding, lm_head, block weights and factors, ReLoRA's frozen W) and SLTrain's
+   * values V; norm gains stay f32. The other accountings have their own sizes.
+   */
+  readonly weights?: "f32" | "bf16";
 }
 
 /** Estimated bytes by kind; values can be fractional only with a fractional `bytesPerState`. */
 export interface MemoryEstimate {
-  /** All stored values (`params.total`, frozen ones included) at the weight size. */
+  /** All stored values (`params.total`, frozen ones included) at their storage size. */
   readonly weights: number;
-  /** Adam moments of the trainable values (in GaLore's projected shapes for GaLore matrices). */
+  /**
+   * Adam moments of the trainable values (in the projected shapes for GaLore, Fira and APOLLO
+   * matrices), plus Fira's and APOLLO's limiter norms.
+   */
   readonly optimizerStates: number;
   /** Sparse indices, one per sparse value. */
   readonly indices: number;
-  /** GaLore projectors (0 for Adam). */
+  /** GaLore and Fira projectors (0 for Adam and APOLLO). */
   readonly projector: number;
   /** Sum of the above. */
   readonly total: number;
@@ -128,17 +174,51 @@ export interface MemoryEstimate {
   readonly params: ParamCount;
 }
 
-/**
- * Estimates training memory for weights, optimizer states, sparse indices and GaLore projectors.
- * GaLore projects dense block gradients, so it requires the `dense` method. Throws
- * {@link ConfigError} for an invalid method, GaLore rank or byte size.
- */
-export function estimateMemory(
-  config: LlamaConfig,
-  setup: TrainingSetup,
-  accounting: Accounting,
-): MemoryEstimate {
-  const sizes = typeof accounting === "string" ? ACCOUNTING[accounting] : accounting;
+/** One stored tensor of a model, as the estimate sees it. */
+interface StoredTensor {
+  /** Elements. */
+  readonly size: number;
+  /** `weight`: stored in the weight dtype; `norm`: a norm gain (f32 in ours); `index`: u32. */
+  readonly kind: "weight" | "norm" | "index";
+  /** Updated by the optimizer (has states). */
+  readonly trainable: boolean;
+  /** [m, n] of a dense block weight (what GaLore projects). */
+  readonly dense?: readonly [number, number];
+}
+
+// Every tensor a model stores under `method`, in no particular order.
+function storedTensors(config: LlamaConfig, method: LinearMethod): StoredTensor[] {
+  const { vocabSize, hidden, layers } = config;
+  const out: StoredTensor[] = [
+    { size: vocabSize * hidden, kind: "weight", trainable: true },
+    { size: vocabSize * hidden, kind: "weight", trainable: true },
+  ];
+  for (let i = 0; i < 2 * layers + 1; i++) {
+    out.push({ size: hidden, kind: "norm", trainable: true });
+  }
+  const weight = (size: number, trainable = true): StoredTensor => ({
+    size,
+    kind: "weight",
+    trainable,
+  });
+  for (let l = 0; l < layers; l++) {
+    for (const { shape: [m, n] } of blockLinearShapes(config)) {
+      if (method.kind === "dense") {
+        out.push({ size: m * n, kind: "weight", trainable: true, dense: [m, n] });
+        continue;
+      }
+      out.push(weight(method.rank * n), weight(m * method.rank));
+      if (method.kind === "relora") out.push(weight(m * n, false));
+      if (method.kind === "sltrain") {
+        const nnz = sparseNnz(method.delta, m, n);
+        out.push(weight(nnz), { size: nnz, kind: "index", trainable: false });
+      }
+    }
+  }
+  return out;
+}
+
+function checkSizes(sizes: ByteSizes | undefined, accounting: unknown): ByteSizes {
   if (sizes === undefined) {
     throw new ConfigError(
       `accounting must be "paper", "ours" or byte sizes, got ${show(accounting)}`,
@@ -149,43 +229,104 @@ export function estimateMemory(
       throw new ConfigError(`accounting.${k} must be a non-negative byte count, got ${show(v)}`);
     }
   }
-  const optimizer: OptimizerSpec = setup.optimizer ?? { kind: "adam" };
-  const stateBytes = optimizer.bytesPerState ?? sizes.state;
-  if (typeof stateBytes !== "number" || !(stateBytes > 0) || !Number.isFinite(stateBytes)) {
+  return sizes;
+}
+
+const OPTIMIZER_KINDS = ["adam", "galore", "fira", "apollo"];
+
+function checkOptimizer(optimizer: OptimizerSpec, setup: TrainingSetup, config: LlamaConfig) {
+  if (!OPTIMIZER_KINDS.includes(optimizer.kind)) {
     throw new ConfigError(
-      `optimizer.bytesPerState must be a positive byte count, got ${show(stateBytes)}`,
-    );
-  }
-  const params = countParams(config, setup.method);
-  let stateEntries: number;
-  let projectorEntries = 0;
-  if (optimizer.kind === "adam") {
-    stateEntries = 2 * params.trainable;
-  } else if (optimizer.kind === "galore") {
-    if (setup.method.kind !== "dense") {
-      throw new ConfigError(
-        `optimizer galore needs method "dense" (it projects full gradients), got ` +
-          `${show(setup.method.kind)}`,
-      );
-    }
-    const r = checkRank(config, optimizer.rank, "galore", true);
-    let blockStates = 0;
-    for (const { shape: [m, n] } of blockLinearShapes(config)) {
-      projectorEntries += config.layers * Math.min(m, n) * r;
-      blockStates += config.layers * 2 * r * Math.max(m, n);
-    }
-    stateEntries = 2 * (params.trainable - params.byPart.blocks) + blockStates;
-  } else {
-    throw new ConfigError(
-      `optimizer.kind must be "adam" or "galore", got ${
+      `optimizer.kind must be "adam", "galore", "fira" or "apollo", got ${
         show((optimizer as { kind?: unknown }).kind)
       }`,
     );
   }
-  const weights = params.total * sizes.weight;
-  const optimizerStates = stateEntries * stateBytes;
-  const indices = params.nnz * sizes.index;
-  const projector = projectorEntries * sizes.weight;
+  const { states, bytesPerState } = optimizer;
+  if (states !== undefined && states !== "f32" && states !== "8bit") {
+    throw new ConfigError(`optimizer.states must be "f32" or "8bit", got ${show(states)}`);
+  }
+  if (bytesPerState !== undefined) {
+    if (
+      typeof bytesPerState !== "number" || !(bytesPerState > 0) || !Number.isFinite(bytesPerState)
+    ) {
+      throw new ConfigError(
+        `optimizer.bytesPerState must be a positive byte count, got ${show(bytesPerState)}`,
+      );
+    }
+    if (states !== undefined) {
+      throw new ConfigError("optimizer: give either states or bytesPerState, not both");
+    }
+  }
+  if (setup.weights !== undefined && setup.weights !== "f32" && setup.weights !== "bf16") {
+    throw new ConfigError(`weights must be "f32" or "bf16", got ${show(setup.weights)}`);
+  }
+  if (optimizer.kind !== "adam") {
+    if (setup.method.kind !== "dense") {
+      throw new ConfigError(
+        `optimizer ${optimizer.kind} needs method "dense" (it projects full gradients), got ` +
+          `${show(setup.method.kind)}`,
+      );
+    }
+    // GaLore clamps its rank per matrix; Fira and APOLLO need rank < min(m, n) everywhere.
+    checkRank(config, optimizer.rank, optimizer.kind, optimizer.kind === "galore");
+  }
+}
+
+/**
+ * Estimates training memory for weights, optimizer states, sparse indices and GaLore projectors,
+ * tensor by tensor. Under `ours` it is what this library allocates, to the byte: every tensor
+ * takes whole 32-bit words (a bf16 tensor of n values ceil(n/2)·4 bytes; 8-bit codes ceil(n/4)·4;
+ * one f32 absmax per 256 codes). GaLore projects dense block gradients, so it requires the `dense`
+ * method. Throws {@link ConfigError} for an invalid method, GaLore rank, byte size or dtype.
+ */
+export function estimateMemory(
+  config: LlamaConfig,
+  setup: TrainingSetup,
+  accounting: Accounting,
+): MemoryEstimate {
+  const ours = accounting === "ours";
+  const sizes = checkSizes(
+    typeof accounting === "string" ? ACCOUNTING[accounting] : accounting,
+    accounting,
+  );
+  const optimizer: OptimizerSpec = setup.optimizer ?? { kind: "adam" };
+  checkOptimizer(optimizer, setup, config);
+  const params = countParams(config, setup.method);
+  const weightDType = setup.weights ?? "f32";
+  const stored = (kind: StoredTensor["kind"], n: number) =>
+    !ours
+      ? n * (kind === "index" ? sizes.index : sizes.weight)
+      : storageBytes(kind === "index" ? "u32" : kind === "norm" ? "f32" : weightDType, n);
+  // Both moments of a tensor of n elements.
+  const moments = (n: number) => {
+    if (optimizer.bytesPerState !== undefined) return 2 * n * optimizer.bytesPerState;
+    if (optimizer.states === "8bit" && n >= MIN_8BIT_SIZE) {
+      const codes = ours ? storageBytes("u8", n) : n;
+      return 2 * (codes + 4 * Math.ceil(n / QUANT_BLOCK));
+    }
+    return 2 * n * sizes.state;
+  };
+  const r = optimizer.kind === "adam" ? 0 : optimizer.rank;
+  // Projectors and limiter norms are f32 whatever the weights (ours), at weight size otherwise.
+  const f32Bytes = ours ? 4 : sizes.weight;
+  const hasProjector = optimizer.kind === "galore" || optimizer.kind === "fira";
+  const hasLimiter = (optimizer.kind === "fira" || optimizer.kind === "apollo") &&
+    optimizer.limiter !== false;
+  let weights = 0, optimizerStates = 0, indices = 0, projector = 0;
+  for (const t of storedTensors(config, setup.method)) {
+    if (t.kind === "index") indices += stored("index", t.size);
+    else weights += stored(t.kind, t.size);
+    if (!t.trainable) continue;
+    if (r > 0 && t.dense) {
+      const [m, n] = t.dense;
+      const rank = Math.min(r, m, n);
+      if (hasProjector) projector += Math.min(m, n) * rank * f32Bytes;
+      optimizerStates += moments(rank * Math.max(m, n)) + (hasLimiter ? f32Bytes : 0);
+    } else {
+      optimizerStates += moments(t.size);
+    }
+  }
   return {
     weights,
     optimizerStates,

@@ -3,11 +3,12 @@
  * the analytic `estimateMemory` figures.
  * @module
  */
+import { convert } from "../core/convert.ts";
 import { memoryStats } from "../core/memory.ts";
 import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { LlamaConfig } from "./config.ts";
-import { initLlama, type Llama } from "./llama.ts";
+import { initLlama, type Llama, paramPaths } from "./llama.ts";
 import type { LinearMethod } from "./method.ts";
 
 /** Live device bytes by kind, each a difference of `memoryStats().liveBytes`. */
@@ -33,10 +34,35 @@ export interface MeasureMemoryOptions {
   /** Weight seed (default 0); sizes do not depend on it. */
   readonly seed?: number;
   /**
+   * Storage of the weights (default f32). `bf16` stores every 2-D weight (embedding, lm_head,
+   * block weights and factors, ReLoRA's frozen W) and SLTrain's values in bf16, norm gains in f32:
+   * what `estimateMemory`'s `weights: "bf16"` counts.
+   */
+  readonly weights?: "f32" | "bf16";
+  /**
    * Called on the built model; the tensors it returns are counted as `extra`, then disposed. The
    * hook for optimizer state: `extra: (m) => adamw.init(m.params)`.
    */
   readonly extra?: (model: Llama) => unknown;
+}
+
+/**
+ * `model` with its weights in `dtype` (the built f32 tensors converted and freed): every parameter
+ * but the norm gains, and the float buffers (ReLoRA's frozen W); u32 supports stay.
+ */
+function withWeights(model: Llama, dtype: "f32" | "bf16"): Llama {
+  if (dtype === "f32") return model;
+  const to = (t: Tensor) => {
+    const c = convert(t, dtype);
+    t.dispose();
+    return c;
+  };
+  const params = tree.unflatten(
+    model.params,
+    paramPaths(model.params).map((e) => e.role === "norm" ? e.tensor : to(e.tensor)),
+  );
+  const buffers = tree.map(model.buffers, (t) => (t.dtype === "f32" ? to(t) : t));
+  return { ...model, params, buffers };
 }
 
 /**
@@ -59,7 +85,7 @@ export function measureMemory(
     return before - live();
   };
   const start = live();
-  const model = initLlama(config, method, opts.seed ?? 0);
+  const model = withWeights(initLlama(config, method, opts.seed ?? 0), opts.weights ?? "f32");
   const built = live() - start;
   let extra = 0;
   let extraGrowth = 0;

@@ -36,6 +36,7 @@ export {
   type MemoryEstimate,
   type OptimizerSpec,
   type ParamCount,
+  type ScalingOptimizerSpec,
   type TrainingSetup,
 } from "./estimate.ts";
 export * from "./linear.ts";

@@ -10,8 +10,8 @@ import type { Tensor } from "../core/tensor.ts";
 import { mapN } from "./map.ts";
 import { sumTo } from "./reduce.ts";
 
-// Re-exported: part of the public API (and optim/ imports them from here).
-export { assertF32, mapN };
+// Re-exported: part of the public API.
+export { mapN };
 
 function unary(
   name: string,

@@ -7,7 +7,7 @@
 import { deviceInfo, gpuDevice } from "../core/device.ts";
 import { ShapeError } from "../core/errors.ts";
 import { assertF32 } from "../core/dtype.ts";
-import { destroyAfterSubmit, encodeCopyToTexture } from "../core/kernel.ts";
+import { destroyAfterSubmit, encodeCopyToTexture, registerCache } from "../core/kernel.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
@@ -229,6 +229,7 @@ export function setMatmulTextureThreshold(minFlops: number): number {
 // one command stream is safe because commands run in recording order. Oldest entries are evicted
 // once the cache holds more than TEX_CACHE_BYTES.
 const texCache = new Map<string, GPUTexture>();
+registerCache("matmulTextures", () => texCache.size);
 const TEX_CACHE_BYTES = 128 * 1024 * 1024;
 let texCacheBytes = 0;
 

@@ -22,3 +22,4 @@ export * from "./relora_linear.ts";
 export * from "./svd.ts";
 export * from "./lm_head.ts";
 export * from "./cast.ts";
+export * from "./finite.ts";

@@ -3,11 +3,13 @@
  * so clipping costs dispatches, never a readback (each sync costs >= 11 ms on software adapters).
  * @module
  */
-import { dispatch } from "../core/kernel.ts";
+import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { assertDType } from "../core/dtype.ts";
+import { forEachWindow } from "../core/windows.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
-import { assertF32 } from "../ops/elementwise.ts";
+import { FLOAT_DTYPES } from "./elementwise_kernel.ts";
 import { scaleByTensorInPlace } from "./inplace.ts";
 import type { GradientTransformation } from "./transform.ts";
 
@@ -17,51 +19,51 @@ const PER_THREAD = 16;
 const WG = 256;
 const CHUNK = WG * PER_THREAD;
 
-const PARTIAL_CODE = `@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-struct U { n: u32, offset: u32, pad0: u32, pad1: u32 }
-@group(0) @binding(2) var<uniform> u: U;
-var<workgroup> acc: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: vec3u) {
-  let base = wid.x * ${CHUNK}u + lid.x;
+const REDUCE = `  acc[lid.x] = s;
+  workgroupBarrier();
+  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
+    if (lid.x < w) { acc[lid.x] = acc[lid.x] + acc[lid.x + w]; }
+    workgroupBarrier();
+  }`;
+
+// Sums of squares of CHUNK elements per workgroup, into partials[offset + workgroup]. x is f32 or
+// bf16 (a kernel per dtype).
+const partialSums = kernelFamily((dtype: "f32" | "bf16") =>
+  defineKernel({
+    name: "clip_sumsq",
+    inputs: { x: dtype },
+    outputs: { partials: "f32" },
+    uniforms: { count: "u32", offset: "u32" },
+    grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id", wid: "workgroup_id" } },
+    helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
+    body: `  let base = wid.x * ${CHUNK}u + lid.x;
   var s = 0.0;
   for (var j = 0u; j < ${PER_THREAD}u; j++) {
     let k = base + j * ${WG}u;
-    if (k < u.n) { let e = x[k]; s = s + e * e; }
+    if (k < u.count) { let e = load_x(k); s = s + e * e; }
   }
-  acc[lid.x] = s;
-  workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
-    if (lid.x < w) { acc[lid.x] = acc[lid.x] + acc[lid.x + w]; }
-    workgroupBarrier();
-  }
-  if (lid.x == 0u) { partials[u.offset + wid.x] = acc[0]; }
-}`;
+${REDUCE}
+  if (lid.x == 0u) { partials[u.offset + wid.x] = acc[0]; }`,
+  })
+);
 
-const FINAL_CODE = `@group(0) @binding(0) var<storage, read> partials: array<f32>;
-@group(0) @binding(1) var<storage, read_write> norm: array<f32>;
-@group(0) @binding(2) var<storage, read_write> scale: array<f32>;
-struct U { n: u32, maxNorm: f32, pad0: u32, pad1: u32 }
-@group(0) @binding(3) var<uniform> u: U;
-var<workgroup> acc: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_id) lid: vec3u) {
-  var s = 0.0;
-  for (var k = lid.x; k < u.n; k = k + ${WG}u) { s = s + partials[k]; }
-  acc[lid.x] = s;
-  workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
-    if (lid.x < w) { acc[lid.x] = acc[lid.x] + acc[lid.x + w]; }
-    workgroupBarrier();
-  }
+const FINALIZE = defineKernel({
+  name: "clip_finalize",
+  inputs: { partials: "f32" },
+  outputs: { norm: "f32", scale: "f32" },
+  uniforms: { count: "u32", maxNorm: "f32" },
+  grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id" } },
+  helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
+  body: `  var s = 0.0;
+  for (var k = lid.x; k < u.count; k = k + ${WG}u) { s = s + partials[k]; }
+${REDUCE}
   if (lid.x == 0u) {
     let nrm = sqrt(acc[0]);
     norm[0] = nrm;
     // torch.nn.utils.clip_grad_norm_: coefficient max/(norm + 1e-6), clamped to 1.
     scale[0] = min(1.0, u.maxNorm / (nrm + 1e-6));
-  }
-}`;
+  }`,
+});
 
 /**
  * The global L2 norm of all gradients and the clip scale min(1, maxNorm / (norm + 1e-6)), both as
@@ -72,37 +74,25 @@ export function globalNormAndScale(
   maxNorm = Infinity,
 ): { norm: Tensor; scale: Tensor } {
   const leaves = tree.flatten(grads);
-  assertF32("globalNorm", ...leaves);
-  const counts = leaves.map((t) => Math.ceil(t.size / CHUNK));
-  const total = counts.reduce((a, b) => a + b, 0);
+  assertDType("globalNorm", FLOAT_DTYPES, ...leaves);
+  // Windows are whole chunks, so a tensor's partials are ceil(size / CHUNK) however it is split.
+  const total = leaves.reduce((a, t) => a + Math.ceil(t.size / CHUNK), 0);
   const partials = zeros([Math.max(1, total)]);
   let offset = 0;
-  leaves.forEach((t, i) => {
-    if (counts[i] > 0) {
-      dispatch({
-        name: "clip_sumsq",
-        code: PARTIAL_CODE,
-        inputs: [t.binding()],
-        outputs: [partials.binding()],
-        uniforms: new Uint32Array([t.size, offset, 0, 0]),
-        workgroups: [counts[i]],
-      });
-    }
-    offset += counts[i];
-  });
+  for (const t of leaves) {
+    const kernel = partialSums(t.dtype as "f32" | "bf16");
+    forEachWindow([t], ([x], _start, count) => {
+      const groups = Math.ceil(count / CHUNK);
+      kernel({ x, partials }, { count, offset }, [groups]);
+      offset += groups;
+    }, CHUNK);
+  }
   const norm = Tensor.empty([1]);
   const scale = Tensor.empty([1]);
-  const u = new ArrayBuffer(16);
-  new Uint32Array(u)[0] = total;
-  new Float32Array(u)[1] = Number.isFinite(maxNorm) ? maxNorm : 3.4e38;
-  dispatch({
-    name: "clip_finalize",
-    code: FINAL_CODE,
-    inputs: [partials.binding()],
-    outputs: [norm.binding(), scale.binding()],
-    uniforms: new Uint8Array(u),
-    workgroups: [1],
-  });
+  FINALIZE({ partials, norm, scale }, {
+    count: total,
+    maxNorm: Number.isFinite(maxNorm) ? maxNorm : 3.4e38,
+  }, [1]);
   partials.dispose();
   return { norm, scale };
 }

@@ -5,13 +5,14 @@
  * with a scale. Weight decay and the learning rate compose outside it, as stages of a chain.
  * @module
  */
-import { ShapeError } from "../core/errors.ts";
+import { convert } from "../core/convert.ts";
+import { NonFiniteError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { readAll, Tensor, tensor } from "../core/tensor.ts";
+import { readAll, Tensor, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { matmul } from "../ops/matmul.ts";
 import { subspaceFromGram, topSubspace } from "../ops/svd.ts";
-import { scaleInPlace } from "./inplace.ts";
+import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
 import {
   andThen,
   type GradientTransformation,
@@ -44,18 +45,30 @@ export interface GaLoreState {
   inner: unknown;
 }
 
-interface Geometry {
+/**
+ * Where a rank-r projection of an [m, n] gradient lives: a left projector [m, r] when m < n
+ * (R = Pᵀ·G is [r, n]), else a right one [r, n] (R = G·Qᵀ is [m, r]), so the smaller side is the
+ * one compressed. Shared by GaLore, Fira and APOLLO.
+ */
+export interface ProjectionGeometry {
+  /** Rows of the gradient. */
   m: number;
+  /** Columns of the gradient. */
   n: number;
+  /** Rank used (GaLore clamps it to min(m, n)). */
   r: number;
+  /** True for a left projector (m < n). */
   left: boolean;
+  /** Shape of the projector. */
   projShape: [number, number];
+  /** Shape of the projected gradient. */
   small: [number, number];
 }
 
-function geometry(p: Tensor, rank: number): Geometry {
+/** The {@link ProjectionGeometry} of a 2-D tensor at `rank` (clamped to min(m, n)). */
+export function projectionGeometry(p: Tensor, rank: number, op = "galore"): ProjectionGeometry {
   if (p.rank !== 2) {
-    throw new ShapeError(`galore: needs 2-D weights, got ${fmtShape(p.shape)}; route it elsewhere`);
+    throw new ShapeError(`${op}: needs 2-D weights, got ${fmtShape(p.shape)}; route it elsewhere`);
   }
   const [m, n] = p.shape;
   const r = Math.min(rank, m, n);
@@ -68,6 +81,17 @@ function geometry(p: Tensor, rank: number): Geometry {
     projShape: left ? [m, r] : [r, n],
     small: left ? [r, n] : [m, r],
   };
+}
+
+/** `fn` of `g` in f32: a bf16 gradient is converted for the projections (a transient copy). */
+function withF32(g: Tensor, fn: (x: Tensor) => Tensor): Tensor {
+  if (g.dtype === "f32") return fn(g);
+  const x = convert(g, "f32");
+  try {
+    return fn(x);
+  } finally {
+    x.dispose();
+  }
 }
 
 /** R = Pᵀ·G ([r, n]) for a left projector, G·Qᵀ ([m, r]) for a right one. */
@@ -88,30 +112,102 @@ export type GramMode = "cpu64" | "gpu32";
  * top-r eigenvectors of each smaller-side Gram matrix in float64 on the CPU (see `svd.ts`),
  * uploaded as f32. `gram: "cpu64"` (default) reads the gradients and forms G·Gᵀ in float64;
  * `"gpu32"` forms it with an f32 matmul on the device and reads back only the min(m,n)² Gram:
- * faster for large matrices, with subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²).
+ * faster for large matrices, with subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²). A gradient
+ * holding NaN or ±Infinity has no subspace: a {@link NonFiniteError} names it.
  */
 export async function computeProjectors(
   grads: readonly Tensor[],
   rank: number,
   gram: GramMode = "cpu64",
 ): Promise<Tensor[]> {
-  const geos = grads.map((g) => geometry(g, rank));
+  const proj = await projectorsOrNull(grads, rank, gram);
+  const bad = proj.indexOf(null);
+  if (bad >= 0) {
+    tree.dispose(proj);
+    throw new NonFiniteError(
+      `computeProjectors: gradient ${bad} ${fmtShape(grads[bad].shape)} is not finite`,
+    );
+  }
+  return proj as Tensor[];
+}
+
+function allFinite(d: ArrayLike<number>): boolean {
+  for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) return false;
+  return true;
+}
+
+// computeProjectors, with null for a gradient (or Gram) that holds NaN or ±Infinity.
+async function projectorsOrNull(
+  grads: readonly Tensor[],
+  rank: number,
+  gram: GramMode,
+): Promise<(Tensor | null)[]> {
+  const geos = grads.map((g) => projectionGeometry(g, rank));
   if (gram === "gpu32") {
     const cs = grads.map((g, i) =>
-      geos[i].left ? matmul(g, g, { transB: true }) : matmul(g, g, { transA: true })
+      withF32(
+        g,
+        (x) => geos[i].left ? matmul(x, x, { transB: true }) : matmul(x, x, { transA: true }),
+      )
     );
     const data = await readAll(cs);
     tree.dispose(cs);
     return geos.map((geo, i) => {
+      if (!allFinite(data[i])) return null;
       const { basis } = subspaceFromGram(data[i], geo.m, geo.n, geo.r);
       return tensor(Float32Array.from(basis), geo.projShape);
     });
   }
   const data = await readAll(grads);
   return geos.map((geo, i) => {
+    if (!allFinite(data[i])) return null;
     const { basis } = topSubspace(data[i], geo.m, geo.n, geo.r);
     return tensor(Float32Array.from(basis), geo.projShape);
   });
+}
+
+/**
+ * Calls `step(use, proj)` with the projectors for this update: the state's, or, when a refresh is
+ * due (count % T == 0, or none yet), new ones built from the gradients `g` (one readback), in
+ * which case the result is a promise. `proj` is what the new state keeps; `use` is the same with
+ * a zero stand-in (disposed after the step) for a matrix that has no projector — its refresh saw a
+ * non-finite gradient, which keeps the matrix's previous projector (a NaN basis would poison
+ * every later step) or, with none yet, retries at the next update. A refreshed projector is
+ * written into the old one's buffer by a kernel, so an update skipped on the GPU (see `gated` in
+ * core/kernel.ts) keeps the old one too. On a failed refresh the gradients are disposed. The
+ * refresh rule of {@link galore}, shared with `fira`.
+ */
+export function withProjectors<T>(
+  g: Tensor[],
+  state: { count: number; proj: (Tensor | null)[] },
+  opts: { rank: number; updateProjGap: number; gram?: GramMode },
+  step: (use: Tensor[], proj: (Tensor | null)[]) => MaybePromise<T>,
+): MaybePromise<T> {
+  const run = (proj: (Tensor | null)[]) => {
+    const use = proj.map((p, i) => p ?? zeros(projectionGeometry(g[i], opts.rank).projShape));
+    return andThen(step(use, proj), (r) => {
+      use.forEach((u, i) => u !== proj[i] && u.dispose());
+      return r;
+    });
+  };
+  // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
+  const due = g.length > 0 &&
+    (state.count % opts.updateProjGap === 0 || state.proj.some((q) => q === null));
+  if (!due) return run(state.proj);
+  return projectorsOrNull(g, opts.rank, opts.gram ?? "cpu64").then(
+    (fresh) =>
+      run(fresh.map((p, i) => {
+        const old = state.proj[i];
+        if (!p || !old) return p ?? old;
+        const kept = axpbyInPlace(old, 0, p, 1);
+        p.dispose();
+        return kept;
+      })),
+    (e) => {
+      tree.dispose(g);
+      throw e;
+    },
+  );
 }
 
 /**
@@ -140,29 +236,32 @@ export function galore(
   return {
     init(params) {
       // Shape stand-ins for the inner init (which reads shapes only), freed at once.
-      const standIns = tree.map(params, (p) => Tensor.empty(geometry(p, rank).small));
+      const standIns = tree.map(params, (p) => Tensor.empty(projectionGeometry(p, rank).small));
       const innerState = inner.init(standIns);
       tree.dispose(standIns);
       return { count: 0, proj: tree.flatten(params).map(() => null), inner: innerState };
     },
     update(updates, state) {
       const g = tree.flatten(updates);
-      const geos = g.map((gi) => geometry(gi, rank));
+      const geos = g.map((gi) => projectionGeometry(gi, rank));
       if (state.proj.length !== g.length) {
         throw new RangeError(
           `galore: state has ${state.proj.length} projectors for ${g.length} updates`,
         );
       }
-      const step = (proj: Tensor[]): MaybePromise<TransformResult<GaLoreState>> => {
+      const step = (
+        use: Tensor[],
+        proj: (Tensor | null)[],
+      ): MaybePromise<TransformResult<GaLoreState>> => {
         const small = g.map((gi, i) => {
-          const r = project(gi, proj[i], geos[i].left);
+          const r = withF32(gi, (x) => project(x, use[i], geos[i].left));
           gi.dispose();
           return r;
         });
         return andThen(inner.update(tree.unflatten(updates, small), state.inner), (r) => {
           const back = tree.flatten(r.updates).map((ni, i) => {
             const scaled = scale === 1 ? ni : scaleInPlace(ni, scale);
-            const b = projectBack(scaled, proj[i], geos[i].left);
+            const b = projectBack(scaled, use[i], geos[i].left);
             scaled.dispose();
             return b;
           });
@@ -172,20 +271,7 @@ export function galore(
           };
         });
       };
-      // An empty group (e.g. from `partition`) must not pay a readback sync for nothing.
-      const due = g.length > 0 &&
-        (state.count % updateProjGap === 0 || state.proj.some((q) => q === null));
-      if (!due) return step(state.proj as Tensor[]);
-      return computeProjectors(g, rank, opts.gram).then(
-        (proj) => {
-          tree.dispose(state.proj);
-          return step(proj);
-        },
-        (e) => {
-          tree.dispose(g);
-          throw e;
-        },
-      );
+      return withProjectors(g, state, { rank, updateProjGap, gram: opts.gram }, step);
     },
   };
 }

@@ -3,10 +3,12 @@
  * over trees, composed with `chain`, applied with `applyUpdates` (the only place parameters
  * change; it and every transform work in place on the buffers they consume). Building blocks:
  * `scaleByAdam`, `addDecayedWeights`, `scaleByLearningRate` (schedules of the update count),
- * `scale`, `clipByGlobalNorm` (on the GPU, no readback), `galore` around any inner transform,
+ * `scale`, `clipByGlobalNorm` (on the GPU, no readback), `galore` and `fira` around any inner
+ * transform, `apollo` / `apolloMini` (random projections, no SVD),
  * `partition` by path, `multiSteps` (gradient accumulation), `perParameter` (per-layer updates
  * during backward); `adamw` is the fused one-kernel form of
- * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`.
+ * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`, and `adamw8bit` /
+ * `scaleByAdam8bit` the same with 8-bit block-quantized moments.
  *
  * @example
  * ```ts
@@ -25,9 +27,23 @@ export * from "./transform.ts";
 export * from "./inplace.ts";
 export * from "./scale.ts";
 export * from "./adamw.ts";
+export * from "./adam8bit.ts";
 export * from "./schedule.ts";
 export * from "./clip.ts";
 export * from "./galore.ts";
 export * from "./partition.ts";
 export * from "./multi_steps.ts";
 export * from "./per_parameter.ts";
+export {
+  channelNorms,
+  type Channels,
+  type LimiterOptions,
+  limitNormGrowth,
+  NORM_EPS,
+  normRatioInPlace,
+  type RatioLimit,
+  scaleByNormRatio,
+  scaleChannelsInPlace,
+} from "./norm_scaling.ts";
+export * from "./fira.ts";
+export * from "./apollo.ts";

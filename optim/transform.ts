@@ -132,7 +132,8 @@ export function chain(...stages: GradientTransformation[]): GradientTransformati
 
 /**
  * params + updates, leaf by leaf, written into the parameters' buffers: consumes both trees and
- * returns the new parameters (a null update leaves its parameter as it is, same handle).
+ * returns the new parameters (a null update leaves its parameter as it is, same handle). Either
+ * may be f32 or bf16; a bf16 parameter's sum is formed in f32 and rounded once, to nearest even.
  */
 export function applyUpdates<P extends TensorTree>(params: P, updates: TensorTree): P {
   const u = tree.flatten(updates);

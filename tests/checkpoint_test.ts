@@ -1,7 +1,8 @@
 /** Checkpoints stream every dtype bit-exactly and leave nothing behind on failure. */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { loadCheckpoint, saveCheckpoint } from "../cli/checkpoint.ts";
+import { keptCheckpoints, loadCheckpoint, saveCheckpoint } from "../cli/checkpoint.ts";
+import { NonFiniteError } from "../core/errors.ts";
 import { memoryStats } from "../core/memory.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
@@ -73,6 +74,51 @@ Deno.test("a checkpoint that cannot be read frees whatever it had allocated", as
     const before = memoryStats().liveBytes;
     await assert.rejects(() => loadCheckpoint(path), /truncated/);
     assert.equal(memoryStats().liveBytes, before);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a tensor holding NaN or Inf is never checkpointed: a NonFiniteError names it, the old file stays", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/ck.safetensors`;
+    const good = [make("f32", 10, 1)];
+    await saveCheckpoint(path, { params: good, buffers: {}, optState: {}, step: 1, meta: {} });
+    const before = await Deno.readFile(path);
+    for (const [dtype, bad] of [["f32", NaN], ["bf16", Infinity], ["f32", -Infinity]] as const) {
+      const v = new Float32Array(300).fill(1);
+      v[257] = bad;
+      const params = { a: good[0], b: tensor(v, [300], dtype) };
+      await assert.rejects(
+        () => saveCheckpoint(path, { params, buffers: {}, optState: {}, step: 2, meta: {} }),
+        (e) =>
+          e instanceof NonFiniteError &&
+          /params\.b holds a non-finite value \(element 257\)/.test(e.message),
+      );
+      params.b.dispose();
+      assert.deepEqual(await Deno.readFile(path), before);
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["ck.safetensors"]);
+    }
+    tree.dispose(good);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--keep: the latest checkpoint and the keep - 1 before it; the same step again replaces, never rotates", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/checkpoint.safetensors`;
+    const params = [make("f32", 4, 1)];
+    const save = (step: number) =>
+      saveCheckpoint(path, { params, buffers: {}, optState: {}, step, meta: {} }, { keep: 3 });
+    for (const step of [1, 2, 3, 4, 5, 5]) await save(step);
+    assert.deepEqual((await keptCheckpoints(path)).map(([s]) => s), [3, 4]);
+    assert.equal((await loadCheckpoint(path)).step, 5);
+    const back = await loadCheckpoint(`${dir}/checkpoint.step-4.safetensors`);
+    assert.equal(back.step, 4);
+    tree.dispose([params, back.params]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -113,8 +113,19 @@ Deno.test("train.ts as a user runs it", async (t) => {
       const cases: [string[], RegExp][] = [
         [["--bogus"], /--bogus/],
         [["--method", "foo"], /--method foo: unknown method/],
+        [
+          ["--optimizer", "sgd"],
+          /--optimizer sgd: unknown optimizer \(expected one of adamw, adamw8bit\)/,
+        ],
         [["--compare", "full,foo"], /--compare foo: unknown method/],
         [["--rank", "128"], /rank 128 must be < min\(out, in\) = 128/],
+        [["--method", "fira", "--rank", "128"], /--method fira: fira.rank 128 must be < min/],
+        [["--method", "apollo", "--apollo-scale", "0"], /--apollo-scale 0: must be positive/],
+        [
+          ["--method", "apollo", "--apollo-granularity", "row"],
+          /--apollo-granularity row: unknown/,
+        ],
+        [["--method", "fira", "--galore-scale", "0"], /--galore-scale 0: must be positive/],
         [["--delta", "0"], /--delta 0: must be in \(0, 1\)/],
         [["--delta", "1.5"], /--delta 1\.5: must be in \(0, 1\)/],
         [["--steps", "two"], /--steps two: must be a positive integer/],
@@ -155,12 +166,16 @@ Deno.test("train.ts as a user runs it", async (t) => {
     );
 
     await t.step(
-      "--resume: a checkpoint from another config names the differing setting",
+      "--resume: a checkpoint from another config (rank, optimizer) names the differing setting",
       async () => {
         const before = await snapshot(run);
         await fails(
           [...SHORT, "--rank", "16", "--resume", "--out", run],
           /rank: checkpoint 32, now 16/,
+        );
+        await fails(
+          [...SHORT, "--optimizer", "adamw8bit", "--resume", "--out", run],
+          /optimizer: checkpoint "adamw", now "adamw8bit"/,
         );
         assert.deepEqual(await snapshot(run), before);
       },

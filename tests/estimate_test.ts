@@ -8,8 +8,10 @@ import {
   type LinearMethod,
   type LlamaConfig,
   loadConfig,
+  type OptimizerSpec,
   parseConfig,
   PRESETS,
+  sparseNnz,
   validateConfig,
   validateMethod,
   withVocab,
@@ -98,6 +100,80 @@ Deno.test("pinned paper figures: GaLore memory", () => {
   assert.equal(e.optimizerStates, 2 * (2 * 32_776_704 + 8 * 2 * 128 * (4 * 512 + 3 * 1376)));
   assert.equal(e.indices, 0);
   assert.equal(e.total, 279_890_944);
+});
+
+Deno.test("Fira, APOLLO and APOLLO-Mini memory at 60M, derived by hand", () => {
+  const est = (optimizer: OptimizerSpec) =>
+    estimateMemory(PRESETS["60m"], { method: dense, optimizer }, "paper");
+  const galore = est({ kind: "galore", rank: 128 });
+  // Per layer: 4 linears [512, 512] and 3 with max side 1376; 8 layers; one limiter norm each.
+  const moments = (r: number) => 8 * 2 * r * (4 * 512 + 3 * 1376);
+  const nonBlock = 2 * 2 * 32_776_704;
+  const fira = est({ kind: "fira", rank: 128 });
+  assert.equal(fira.projector, galore.projector);
+  assert.equal(fira.optimizerStates, galore.optimizerStates + 2 * 8 * 7);
+  assert.equal(fira.total, 279_890_944 + 112);
+  const apollo = est({ kind: "apollo", rank: 128 });
+  assert.equal(apollo.projector, 0);
+  assert.equal(apollo.optimizerStates, nonBlock + 2 * moments(128) + 2 * 8 * 7);
+  assert.equal(apollo.total, 272_551_024);
+  const mini = est({ kind: "apollo", rank: 1 });
+  assert.equal(mini.optimizerStates, nonBlock + 2 * moments(1) + 2 * 8 * 7);
+  assert.equal(mini.total, 247_451_760);
+  const off = est({ kind: "apollo", rank: 1, limiter: false });
+  assert.equal(off.total, mini.total - 112);
+  // 8-bit moments: the limiter norms stay at the weight size.
+  const eight = est({ kind: "fira", rank: 128, bytesPerState: 1 });
+  assert.equal(eight.optimizerStates, galore.optimizerStates / 2 + 2 * 8 * 7);
+});
+
+Deno.test("pinned 'ours' figures for 60M: bf16 weights, 8-bit states, GaLore8bit (derived by hand)", () => {
+  const c = PRESETS["60m"];
+  // Per layer: q, k, v, o [512, 512] (262,144 values), gate, up [1376, 512], down [512, 1376]
+  // (704,512); embedding and lm_head 32000·512 = 16,384,000; 17 norm gains of 512.
+  const bf16 = estimateMemory(c, { method: dense, weights: "bf16" }, "ours");
+  // bf16: 2 bytes per value except the norm gains (f32); every size is even.
+  assert.equal(bf16.weights, 2 * (2 * 16_384_000 + 8 * (4 * 262_144 + 3 * 704_512)) + 4 * 17 * 512);
+  assert.equal(bf16.weights, 116_164_608);
+  assert.equal(bf16.optimizerStates, 8 * 58_073_600, "f32 moments");
+  // 8-bit, per moment of n ≥ 4096 values: n code bytes + ceil(n/256) f32 absmax; norms f32.
+  const moment8 = (n: number) => n + 4 * Math.ceil(n / 256);
+  const eight = estimateMemory(
+    c,
+    { method: dense, optimizer: { kind: "adam", states: "8bit" }, weights: "bf16" },
+    "ours",
+  );
+  assert.equal(
+    eight.optimizerStates,
+    2 * (2 * moment8(16_384_000) + 8 * (4 * moment8(262_144) + 3 * moment8(704_512))) +
+      17 * 8 * 512,
+  );
+  assert.equal(eight.optimizerStates, 118_013_952); // 0.254× the f32 moments
+  assert.equal(eight.total, 116_164_608 + 118_013_952);
+  // GaLore8bit, rank 128: moments of 128·512 (q, k, v, o) and 128·1376 (gate, up, down) values,
+  // projectors 512·128 f32 each.
+  const g8 = estimateMemory(
+    c,
+    { method: dense, optimizer: { kind: "galore", rank: 128, states: "8bit" }, weights: "bf16" },
+    "ours",
+  );
+  assert.equal(
+    g8.optimizerStates,
+    2 * (2 * moment8(16_384_000) + 8 * (4 * moment8(128 * 512) + 3 * moment8(128 * 1376))) +
+      17 * 8 * 512,
+  );
+  assert.equal(g8.optimizerStates, 79_475_712);
+  assert.equal(g8.projector, 8 * 7 * 512 * 128 * 4);
+  // A bf16 tensor takes whole 32-bit words: SLTrain's V of odd nnz rounds up by 2 bytes.
+  const tiny = withVocab(PRESETS.tiny, 256);
+  const sl = sltrain(32, 0.03);
+  const odd = blockLinearShapes(tiny).filter(({ shape: [m, n] }) => sparseNnz(0.03, m, n) % 2);
+  assert.ok(odd.length > 0);
+  const f32 = estimateMemory(tiny, { method: sl }, "ours").weights;
+  const half = estimateMemory(tiny, { method: sl, weights: "bf16" }, "ours").weights;
+  const p = countParams(tiny, sl);
+  assert.equal(half, 2 * (p.total - p.byPart.norms) + 4 * p.byPart.norms + 2 * 4 * odd.length);
+  assert.ok(half < f32);
 });
 
 Deno.test("countParams: parts and nnz", () => {
@@ -241,6 +317,39 @@ Deno.test("errors: rank, delta, galore options", () => {
   assert.throws(
     () => estimateMemory(c, { method: dense, optimizer: { kind: "galore", rank: 513 } }, "ours"),
     /galore.rank 513.*\[512, 512\]/,
+  );
+  for (const kind of ["fira", "apollo"] as const) {
+    assert.throws(
+      () => estimateMemory(c, { method: sltrain(8), optimizer: { kind, rank: 8 } }, "ours"),
+      new RegExp(`optimizer ${kind} needs method "dense"`),
+    );
+    // Unlike GaLore's, their rank must stay below every side: 512 is refused.
+    assert.throws(
+      () => estimateMemory(c, { method: dense, optimizer: { kind, rank: 512 } }, "ours"),
+      (e) => e instanceof ConfigError && new RegExp(`${kind}.rank 512 must be <`).test(e.message),
+    );
+  }
+  assert.throws(
+    () => estimateMemory(c, { method: dense, weights: "f16" as "f32" }, "ours"),
+    /weights must be "f32" or "bf16", got "f16"/,
+  );
+  assert.throws(
+    () =>
+      estimateMemory(
+        c,
+        { method: dense, optimizer: { kind: "adam", states: "4bit" as "8bit" } },
+        "ours",
+      ),
+    /optimizer.states must be "f32" or "8bit"/,
+  );
+  assert.throws(
+    () =>
+      estimateMemory(
+        c,
+        { method: dense, optimizer: { kind: "adam", states: "8bit", bytesPerState: 1 } },
+        "ours",
+      ),
+    /either states or bytesPerState/,
   );
   // The rank bound names the smallest dimension of whichever linear violates it.
   const narrow = validateConfig({ ...PRESETS.tiny, intermediate: 64 });

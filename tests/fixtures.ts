@@ -1,7 +1,9 @@
 /** Small shared fixtures of the model and trainer tests. */
 import type { Progress } from "../cli/progress.ts";
 import type { RunConfig } from "../cli/run_config.ts";
-import type { RunIO } from "../cli/trainer.ts";
+import type { RunData, RunIO } from "../cli/trainer.ts";
+import { Rng } from "../core/rng.ts";
+import { packedSequences } from "../data/batches.ts";
 import { type LlamaConfig, validateConfig } from "../models/config.ts";
 
 /** The `tiny` code path at toy sizes: 2 heads of dim 8, 2 layers, vocab `vocab`. */
@@ -25,6 +27,7 @@ export function toyRun(overrides: Partial<RunConfig> = {}): RunConfig {
     model: toyConfig(40, 64),
     modelName: "test",
     method: "sltrain",
+    optimizer: "adamw",
     rank: 4,
     delta: 0.1,
     alpha: 4,
@@ -62,5 +65,15 @@ export function quietIO(
     log: () => {},
     progress: { update() {}, log() {}, done() {} } as unknown as Progress,
     shouldStop: opts.shouldStop ?? (() => false),
+  };
+}
+
+/** Random token documents for {@link toyRun}'s vocabulary of 40: three to train on, one to validate. */
+export function toyData(): RunData {
+  const rng = new Rng(1);
+  const doc = () => Uint32Array.from({ length: 60 }, () => 1 + rng.nextInt(39));
+  return {
+    train: packedSequences([doc(), doc(), doc()], 8, 0, 0),
+    val: packedSequences([doc()], 8, 0, 0),
   };
 }

@@ -5,7 +5,7 @@
  * and the final validation loss must fall below a bound pinned 0.1 above that run's.
  */
 import assert from "node:assert/strict";
-import { type MethodName, METHODS } from "../cli/run_config.ts";
+import { isProjected, type MethodName, METHODS } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { byteTokenizer } from "../data/tokenizer.ts";
@@ -34,6 +34,9 @@ const PINNED: Record<MethodName, { first: number[]; val: number }> = {
   sltrain: { first: [5.607, 5.586, 5.381, 5.102, 4.723, 4.360], val: 2.832 },
   relora: { first: [5.532, 5.545, 5.327, 5.164, 4.720, 4.307], val: 3.144 },
   galore: { first: [5.532, 5.545, 5.134, 4.524, 3.586, 3.370], val: 3.077 },
+  fira: { first: [5.532, 5.545, 5.108, 4.298, 3.641, 3.366], val: 3.079 },
+  apollo: { first: [5.532, 5.545, 5.121, 4.307, 3.655, 3.370], val: 3.038 },
+  "apollo-mini": { first: [5.532, 5.545, 5.110, 4.260, 3.829, 3.383], val: 3.119 },
 };
 
 for (const method of METHODS as readonly MethodName[]) {
@@ -47,7 +50,7 @@ for (const method of METHODS as readonly MethodName[]) {
       rank: 32,
       alpha: 32,
       delta: 0.05,
-      lr: method === "galore" ? 1e-2 : 3e-3,
+      lr: isProjected(method) ? 1e-2 : 3e-3,
       warmup: 3,
       steps: STEPS,
       batch: 4,

@@ -8,8 +8,10 @@
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
+import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
+import { gpuDevice } from "../core/device.ts";
 import { memoryStats } from "../core/memory.ts";
-import { readAll, type Tensor, tensor } from "../core/tensor.ts";
+import { full, readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { qr } from "../ops/svd.ts";
 import { add, mul, sum } from "../ops/mod.ts";
@@ -33,6 +35,7 @@ import {
   quickRecovery,
   scaleByAdam,
   scaleByLearningRate,
+  scaleInPlace,
   warmupCosine,
 } from "../optim/mod.ts";
 import { assertClose, backward, frob, mm, randomArr, setup } from "./util.ts";
@@ -571,4 +574,63 @@ Deno.test("measured optimizer-state bytes equal the analytic count (adam and gal
     }),
     want,
   );
+});
+
+Deno.test("bf16 parameters and gradients: adamw computes in f32 and rounds the update once; applyUpdates adds in f32 and rounds the parameter once (odd sizes included)", async () => {
+  const bf = (x: number) => fromBf16Bits(toBf16Bits(x));
+  for (const n of [1, 7, 300]) {
+    const p0 = rand([n], n).map(bf), g0 = rand([n], n + 1, -2, 2).map(bf);
+    const m0 = rand([n], n + 2, -0.5, 0.5), v0 = rand([n], n + 3, 0, 0.5);
+    const [lr, wd, t] = [0.01, 0.1, 3];
+    const opt = adamw({ lr, weightDecay: wd });
+    const p = tensor(Float32Array.from(p0), [n], "bf16");
+    const state: AdamState = { count: t - 1, m: [up(m0, [n])], v: [up(v0, [n])] };
+    const r = await opt.update([tensor(Float32Array.from(g0), [n], "bf16")], state, [p]);
+    const [u] = r.updates as Tensor[];
+    assert.equal(u.dtype, "bf16");
+    const [ud] = await readAll([u]);
+    const [next] = applyUpdates([p], [u]);
+    assert.equal(next.dtype, "bf16");
+    const [pd] = await readAll([next]);
+    const f = Math.fround;
+    for (let i = 0; i < n; i++) {
+      const m = f(0.9) * m0[i] + f(1 - f(0.9)) * g0[i];
+      const v = f(0.999) * v0[i] + f(1 - f(0.999)) * g0[i] ** 2;
+      const step = f(-lr / (1 - 0.9 ** t)) * m /
+        (Math.sqrt(v) * f(1 / Math.sqrt(1 - 0.999 ** t)) + f(1e-8));
+      const want = step + f(-lr * wd) * p0[i];
+      // One rounding to bf16 (2^-8 relative) on top of f32 arithmetic (1e-6 of the terms).
+      const scale = Math.abs(step) + Math.abs(f(-lr * wd) * p0[i]);
+      assert.ok(
+        Math.abs(ud[i] - want) <= 2 ** -8 * Math.abs(want) + 1e-6 * scale,
+        `u[${i}]: ${ud[i]} vs ${want}`,
+      );
+      assert.equal(ud[i], bf(ud[i]), "the update is a bf16 value");
+      // p + u in f32, then one rounding to nearest even.
+      assert.equal(pd[i], bf(f(p0[i] + ud[i])), `p[${i}]`);
+    }
+    // Scaling a bf16 tensor of odd size touches exactly its elements.
+    const s = scaleInPlace(tensor(Float32Array.from(p0), [n], "bf16"), 3);
+    assert.deepEqual([...(await s.data())], [...p0].map((x) => bf(f(3 * x))));
+    tree.dispose([next, r.state, s]);
+  }
+});
+
+Deno.test("clipping a tensor past one storage binding: the norm spans every window, the scale reaches both ends", async () => {
+  const limit = gpuDevice().limits.maxStorageBufferBindingSize;
+  const n = limit / 4 + 5000;
+  const clip = clipByGlobalNorm(1, { keepNorm: true });
+  const r = clip.update([full([n], 0.5), full([3], 2, "bf16")], clip.init([])) as {
+    updates: Tensor[];
+    state: ClipState;
+  };
+  const norm = Math.sqrt(0.25 * n + 12);
+  const flat = r.updates[0];
+  const ends = [flat.rows(0, 4), flat.rows(n - 4, 4)];
+  const [nd, a, b, small] = await readAll([r.state.norm!, ...ends, r.updates[1]]);
+  assertClose(nd, [norm], { rtol: 1e-5, what: "norm" });
+  const scale = 1 / (norm + 1e-6);
+  assertClose([...a, ...b], new Array(8).fill(0.5 * scale), { rtol: 1e-5, what: "clipped" });
+  assertClose(small, new Array(3).fill(2 * scale), { rtol: 2 ** -8, what: "clipped bf16" });
+  tree.dispose([r, ends]);
 });

@@ -148,3 +148,77 @@ Deno.test("safetensors: truncated, foreign and inconsistent files are clear erro
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("safetensors with checksums: any flipped bytes or cut are an error naming the file, or change nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/c.safetensors`;
+  let rejected = 0;
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        fileArb,
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), {
+          minLength: 1,
+          maxLength: 3,
+        }),
+        fc.option(fc.nat(), { freq: 4 }),
+        async (file, flips, cut) => {
+          await writeSafetensors(path, file, { checksums: true });
+          const bytes = await Deno.readFile(path);
+          for (const [at, x] of flips) bytes[at % bytes.length] ^= x;
+          const damaged = cut === null ? bytes : bytes.subarray(0, cut % bytes.length);
+          let back;
+          try {
+            back = decodeSafetensors(damaged, "ck");
+          } catch (e) {
+            rejected++;
+            assert.match((e as Error).message, /^ck is not a valid safetensors file: /);
+            return;
+          }
+          // Accepted: then it is the very same content (e.g. a flip inside header padding).
+          assert.deepEqual(
+            Object.fromEntries(
+              Object.entries(back.metadata).filter(([k]) => !k.startsWith("sltrain.")),
+            ),
+            { ...file.metadata },
+          );
+          assert.deepEqual(Object.keys(back.tensors).sort(), Object.keys(file.tensors).sort());
+          for (const [k, t] of Object.entries(file.tensors)) {
+            assert.deepEqual(back.tensors[k].data, t.data, k);
+          }
+        },
+      ),
+      { numRuns: 300, seed: 11 },
+    );
+    assert.ok(rejected > 250, `only ${rejected} of 300 damaged files were rejected`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("safetensors with checksums: the streamed reader rejects a flipped data byte after the tensor's last chunk", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/c.safetensors`;
+    const data = new Float32Array([1, 2, 3, 4, 5]);
+    await writeSafetensors(path, {
+      tensors: { w: { dtype: "F32", shape: [5], data } },
+      metadata: { note: "x" },
+    }, { checksums: true });
+    const bytes = await Deno.readFile(path);
+    bytes[bytes.length - 3] ^= 1;
+    await Deno.writeFile(path, bytes);
+    const r = await openSafetensors(path);
+    try {
+      assert.ok(r.checksummed);
+      await assert.rejects(
+        () => r.read("w", () => {}, 4),
+        /tensor w does not match its checksum/,
+      );
+    } finally {
+      r.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,10 +1,8 @@
 import assert from "node:assert/strict";
 import { readSafetensors } from "../cli/safetensors.ts";
 import type { RunConfig } from "../cli/run_config.ts";
-import { resumeConflicts, type RunData, trainRun } from "../cli/trainer.ts";
-import { packedSequences } from "../data/batches.ts";
-import { Rng } from "../core/rng.ts";
-import { quietIO, toyRun } from "./fixtures.ts";
+import { resumeConflicts, trainRun } from "../cli/trainer.ts";
+import { quietIO, toyData, toyRun } from "./fixtures.ts";
 import { backward, setup } from "./util.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { readAll, tensor } from "../core/tensor.ts";
@@ -21,14 +19,7 @@ function runConfig(method: RunConfig["method"], steps: number): RunConfig {
   return toyRun({ method, steps });
 }
 
-function data(): RunData {
-  const rng = new Rng(1);
-  const doc = () => Uint32Array.from({ length: 60 }, () => 1 + rng.nextInt(39));
-  return {
-    train: packedSequences([doc(), doc(), doc()], 8, 0, 0),
-    val: packedSequences([doc()], 8, 0, 0),
-  };
-}
+const data = toyData;
 
 async function params(dir: string): Promise<Map<string, Uint32Array>> {
   const f = await readSafetensors(`${dir}/checkpoint.safetensors`);
@@ -39,7 +30,7 @@ async function params(dir: string): Promise<Map<string, Uint32Array>> {
   );
 }
 
-for (const method of ["sltrain", "galore"] as const) {
+for (const method of ["sltrain", "galore", "fira", "apollo"] as const) {
   Deno.test(`resume: ${method} stopped at step 3 and resumed equals an uninterrupted run bit for bit`, async () => {
     const a = await Deno.makeTempDir();
     const b = await Deno.makeTempDir();
@@ -151,20 +142,37 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
   tree.dispose([std, pl, model, batch]);
 });
 
-Deno.test("per-layer GaLore (projector refresh inside backward, 2 micro-batches per step) matches the standard step", async () => {
-  const dirs: string[] = [];
-  for (const perLayer of [false, true]) {
-    const dir = await Deno.makeTempDir();
-    dirs.push(dir);
-    await trainRun(
-      { ...runConfig("galore", 4), perLayer, gradAccum: 2 },
-      data(),
-      quietIO(dir, { resume: false, shouldStop: () => false }),
-    );
+for (const method of ["galore", "fira", "apollo"] as const) {
+  Deno.test(`per-layer ${method} (projection refresh inside backward, 2 micro-batches per step) matches the standard step`, async () => {
+    const dirs: string[] = [];
+    for (const perLayer of [false, true]) {
+      const dir = await Deno.makeTempDir();
+      dirs.push(dir);
+      await trainRun(
+        { ...runConfig(method, 4), perLayer, gradAccum: 2 },
+        data(),
+        quietIO(dir, { resume: false, shouldStop: () => false }),
+      );
+    }
+    const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
+    for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
+    for (const d of dirs) await Deno.remove(d, { recursive: true });
+  });
+}
+
+Deno.test("measured memory equals the estimate to the byte, optimizer state included, for every full-rank-weight method", async () => {
+  for (const method of ["full", "galore", "fira", "apollo", "apollo-mini"] as const) {
+    for (const perLayer of [false, true]) {
+      const r = await trainRun(
+        { ...runConfig(method, 2), perLayer },
+        data(),
+        quietIO("", { resume: false }),
+      );
+      const what = `${method}${perLayer ? " per layer" : ""}`;
+      assert.equal(r.stateBytes, r.estimatedStateBytes, `${what}: optimizer state`);
+      assert.equal(r.measuredBytes, r.estimatedBytes, `${what}: all`);
+    }
   }
-  const [pa, pb] = [await params(dirs[0]), await params(dirs[1])];
-  for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
-  for (const d of dirs) await Deno.remove(d, { recursive: true });
 });
 
 Deno.test("SLTrain refactorization + momentum reset and ReLoRA merges: resume across them is bit-exact", async () => {

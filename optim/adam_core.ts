@@ -1,0 +1,224 @@
+/**
+ * What every Adam variant shares: the options, the per-step scalars and the two transforms
+ * (`scaleByAdam`-shaped and fused AdamW) built over a way of storing the moments (f32 tensors in
+ * `adamw.ts`, block-quantized 8-bit codes in `adam8bit.ts`), and the f32 moment store with its
+ * kernels. Internal: `mod.ts` exports the variants, not this.
+ * @module
+ */
+import { donate } from "../core/donate.ts";
+import { assertDType } from "../core/dtype.ts";
+import { type Tensor, zeros } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
+import type { TensorTree } from "../core/tree.ts";
+import { elementwiseInPlace, FLOAT_DTYPES } from "./elementwise_kernel.ts";
+import {
+  type GradientTransformation,
+  pairLeaves,
+  type Schedule,
+  scheduleAt,
+  type TransformResult,
+} from "./transform.ts";
+
+/** Options of `scaleByAdam` and `scaleByAdam8bit`. */
+export interface AdamOptions {
+  /** (β1, β2); default (0.9, 0.999). */
+  betas?: readonly [number, number];
+  /** Added to √v̂; default 1e-8 (PyTorch's AdamW; GaLore's code uses 1e-6). */
+  eps?: number;
+}
+
+/** Options of `adamw` and `adamw8bit`. */
+export interface AdamWOptions extends AdamOptions {
+  /** Learning rate, or a schedule of the update count (see `schedule.ts`). */
+  lr: Schedule;
+  /** Decoupled weight decay λ: the update gains −lr·λ·p; default 0. */
+  weightDecay?: number;
+}
+
+/**
+ * The per-step scalars of an Adam kernel, in float64 here and rounded once to f32 in the uniform:
+ * update = stepSize·m/(√v·invSqrtBc2 + eps) + decay·p.
+ */
+export interface AdamScalars {
+  /** β1. */
+  b1: number;
+  /** β2. */
+  b2: number;
+  /** eps. */
+  eps: number;
+  /** 1/(1−β1^t), times −lr for the fused form. */
+  stepSize: number;
+  /** 1/√(1−β2^t). */
+  invSqrtBc2: number;
+  /** −lr·λ for the fused form, else 0. */
+  decay: number;
+}
+
+/** How a variant stores one parameter's moments and runs one step on them. */
+export interface MomentStore<M> {
+  /** Zero moments for a parameter of this shape (reads the shape only). */
+  init(p: Tensor): { m: M; v: M };
+  /**
+   * One step, in place: consumes g, m and v, returns the update (in g's buffer and dtype) and the
+   * new moments; `p` (read only) is given when decay ≠ 0.
+   */
+  step(g: Tensor, m: M, v: M, p: Tensor | undefined, s: AdamScalars): { u: Tensor; m: M; v: M };
+}
+
+/** State of an Adam variant: the update count and the moments per parameter (leaf order). */
+export interface MomentsState<M> {
+  /** Updates since init: drives bias correction and the learning-rate schedule. */
+  count: number;
+  /** First moments, one per parameter. */
+  m: M[];
+  /** Second moments, one per parameter. */
+  v: M[];
+}
+
+/**
+ * The Adam arithmetic every kernel shares, in WGSL over the uniforms of {@link AdamScalars}:
+ * `adam_moments(g, m, v)` gives the new (m, v), `adam_direction(mv)` the step without decay.
+ */
+export const ADAM_WGSL = `fn adam_moments(g: f32, m: f32, v: f32) -> vec2f {
+  return vec2f(u.b1 * m + (1.0 - u.b1) * g, u.b2 * v + (1.0 - u.b2) * g * g);
+}
+fn adam_direction(mv: vec2f) -> f32 {
+  return u.stepSize * mv.x / (sqrt(mv.y) * u.invSqrtBc2 + u.eps);
+}`;
+
+/** The f32 uniforms of {@link AdamScalars}, in order. */
+export const ADAM_SCALARS = ["b1", "b2", "eps", "stepSize", "invSqrtBc2", "decay"] as const;
+
+// One kernel for both: g turns into the update in place, m and v are updated in place, and with
+// `decay` the parameter p adds decay·p. Every per-step scalar rides in the uniform, so one compiled
+// pipeline serves every step and every parameter (per dtype of g and p).
+const ADAM_ELEM = (decay: boolean) =>
+  `  let mv = adam_moments(load_x(k), load_mt(k), load_vt(k));
+  store_mt(k, mv.x);
+  store_vt(k, mv.y);
+  return adam_direction(mv)${decay ? " + u.decay * load_p(k)" : ""};`;
+const ADAM = elementwiseInPlace({
+  name: "adam",
+  updates: ["mt", "vt"],
+  uniforms: ADAM_SCALARS,
+  helpers: ADAM_WGSL,
+  elem: ADAM_ELEM(false),
+});
+const ADAMW = elementwiseInPlace({
+  name: "adamw",
+  reads: ["p"],
+  updates: ["mt", "vt"],
+  uniforms: ADAM_SCALARS,
+  helpers: ADAM_WGSL,
+  elem: ADAM_ELEM(true),
+});
+
+/**
+ * One Adam step on one parameter, all in place: g becomes stepSize·m/(√v·invSqrtBc2 + eps) +
+ * decay·p (p only when `p` is given), m and v their new moments. Consumes g, m, v; g and p may be
+ * bf16 (the update then takes g's dtype), m and v are f32.
+ */
+function adamStep(
+  g: Tensor,
+  m: Tensor,
+  v: Tensor,
+  p: Tensor | undefined,
+  s: AdamScalars,
+): { u: Tensor; m: Tensor; v: Tensor } {
+  assertDType("adam", FLOAT_DTYPES, ["g", g], ...(p ? [["p", p] as const] : []));
+  assertDType("adam", ["f32"], ["m", m], ["v", v]);
+  // (The moments bind as mt, vt: a binding named v would shadow store_x's parameter v.)
+  const moments = { mt: donate(m), vt: donate(v) };
+  const u = p ? ADAMW(g, { p, ...moments }, { ...s }) : ADAM(g, moments, { ...s });
+  return { u, m: moments.mt, v: moments.vt };
+}
+
+/** f32 moments, updated by the one-dispatch kernels above (the 8-bit variant's small tensors too). */
+export const F32_MOMENTS: MomentStore<Tensor> = {
+  init: (p) => ({ m: zeros(p.shape), v: zeros(p.shape) }),
+  step: adamStep,
+};
+
+function betasOf(opts: AdamOptions): [number, number, number] {
+  const [b1, b2] = opts.betas ?? [0.9, 0.999];
+  return [b1, b2, opts.eps ?? 1e-8];
+}
+
+/**
+ * The two transforms of a variant: `direction` (optax's `scale_by_adam`, no parameters needed, so
+ * it runs inside `galore`) and `fused` (AdamW's whole update in one kernel per parameter).
+ */
+export function adamTransforms<M>(store: MomentStore<M>, names: [string, string]): {
+  direction(opts?: AdamOptions): GradientTransformation<MomentsState<M>>;
+  fused(opts: AdamWOptions): GradientTransformation<MomentsState<M>>;
+} {
+  const init = (params: TensorTree): MomentsState<M> => {
+    const state: MomentsState<M> = { count: 0, m: [], v: [] };
+    for (const p of tree.flatten(params)) {
+      const { m, v } = store.init(p);
+      state.m.push(m);
+      state.v.push(v);
+    }
+    return state;
+  };
+  // Runs one step on every leaf with its moments; the variants differ only in their scalars.
+  const update = (
+    name: string,
+    updates: TensorTree,
+    state: MomentsState<M>,
+    params: Tensor[] | undefined,
+    scalars: (t: number) => AdamScalars,
+  ): TransformResult<MomentsState<M>> => {
+    const g = tree.flatten(updates);
+    if (state.m.length !== g.length) {
+      throw new RangeError(`${name}: state has ${state.m.length} moments for ${g.length} updates`);
+    }
+    const count = state.count + 1;
+    const s = scalars(count);
+    const next: MomentsState<M> = { count, m: [], v: [] };
+    const out = g.map((gi, i) => {
+      const r = store.step(gi, state.m[i], state.v[i], params?.[i], s);
+      next.m.push(r.m);
+      next.v.push(r.v);
+      return r.u;
+    });
+    return { updates: tree.unflatten(updates, out), state: next };
+  };
+  const scalarsOf = (b1: number, b2: number, eps: number, t: number, lr: number, wd: number) => ({
+    b1,
+    b2,
+    eps,
+    stepSize: lr / (1 - b1 ** t),
+    invSqrtBc2: 1 / Math.sqrt(1 - b2 ** t),
+    decay: lr * wd,
+  });
+  return {
+    direction(opts = {}) {
+      const [b1, b2, eps] = betasOf(opts);
+      return {
+        init,
+        update: (updates, state) =>
+          update(names[0], updates, state, undefined, (t) => scalarsOf(b1, b2, eps, t, 1, 0)),
+      };
+    },
+    fused(opts) {
+      const [b1, b2, eps] = betasOf(opts);
+      const wd = opts.weightDecay ?? 0;
+      const name = names[1];
+      if (!(wd >= 0)) throw new RangeError(`${name}: weightDecay must be >= 0, got ${wd}`);
+      return {
+        init,
+        update(updates, state, params) {
+          if (wd > 0 && params === undefined) {
+            throw new RangeError(
+              `${name}: weight decay needs the parameters (none are passed inside galore)`,
+            );
+          }
+          const p = wd > 0 ? pairLeaves(updates, params, name).params : undefined;
+          const lr = scheduleAt(opts.lr, state.count);
+          return update(name, updates, state, p, (t) => scalarsOf(b1, b2, eps, t, -lr, wd));
+        },
+      };
+    },
+  };
+}

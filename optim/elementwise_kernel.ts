@@ -1,0 +1,119 @@
+/**
+ * The one shape of every elementwise optimizer kernel: a tensor `x` (f32 or bf16) rewritten in
+ * place from itself, same-sized operands read or updated at the same index, and small operands
+ * bound whole. Each kernel is generated per dtype combination, and runs window by window over
+ * tensors larger than one storage binding. A bf16 `x` is written a pair of elements (one 32-bit
+ * word) per invocation, computed in f32 and rounded once to nearest even.
+ * @module
+ */
+import { donate } from "../core/donate.ts";
+import { defineKernel, kernelFamily, type StorageType } from "../core/define_kernel.ts";
+import { assertDType, type DType } from "../core/dtype.ts";
+import { ShapeError } from "../core/errors.ts";
+import { fmtShape } from "../core/shape.ts";
+import type { Tensor } from "../core/tensor.ts";
+import { forEachWindow } from "../core/windows.ts";
+
+/** The float dtypes optimizer kernels read and write (bf16 computed in f32). */
+export const FLOAT_DTYPES: readonly DType[] = ["f32", "bf16"];
+
+/** Declaration of an elementwise in-place kernel; see {@link elementwiseInPlace}. */
+export interface ElementwiseSpec {
+  /** Op name for errors and profiles. */
+  name: string;
+  /** Same-sized operands read at the element's index (f32 or bf16). */
+  reads?: readonly string[];
+  /** Same-sized f32 operands the body also updates at the element's index (`store_m(k, …)`). */
+  updates?: readonly string[];
+  /** Operands bound whole (e.g. a one-element scale computed on the device), f32. */
+  whole?: readonly string[];
+  /** f32 uniforms besides the window's element count. */
+  uniforms?: readonly string[];
+  /** Module-scope WGSL placed before `elem` (functions it calls). */
+  helpers?: string;
+  /**
+   * Statements of `fn elem(k: u32) -> f32`, returning the new value of x[k]: read operands with
+   * `load_name(k)`, uniforms as `u.name`.
+   */
+  elem: string;
+}
+
+/**
+ * Runs the kernel: checks the operands, consumes `x` (see `core/donate.ts`) and returns the handle
+ * of the result, written into x's buffer. Operands are only read (or, for `updates`, written in
+ * place: donate them first).
+ */
+export type ElementwiseInPlace = (
+  x: Tensor,
+  operands: Readonly<Record<string, Tensor>>,
+  uniforms: Readonly<Record<string, number>>,
+) => Tensor;
+
+/**
+ * Builds an elementwise kernel that rewrites `x` in place, `x[k] = elem(k)` for every k, generated
+ * once per combination of operand dtypes. Same-sized operands are bound window by window with `x`
+ * (windows start on even elements, so no bf16 word straddles two); `whole` operands whole.
+ */
+export function elementwiseInPlace(spec: ElementwiseSpec): ElementwiseInPlace {
+  const reads = spec.reads ?? [];
+  const updates = spec.updates ?? [];
+  const whole = spec.whole ?? [];
+  const make = kernelFamily((xType: DType, readTypes: DType[]) => {
+    const pairs = xType === "bf16";
+    const inputs: Record<string, StorageType> = {};
+    reads.forEach((r, i) => (inputs[r] = readTypes[i] as StorageType));
+    for (const w of whole) inputs[w] = "f32";
+    const outputs: Record<string, StorageType> = { x: xType as StorageType };
+    for (const m of updates) outputs[m] = "f32";
+    const uniforms: Record<string, "f32" | "u32"> = { count: "u32" };
+    for (const name of spec.uniforms ?? []) uniforms[name] = "f32";
+    return defineKernel({
+      name: spec.name,
+      inputs,
+      outputs,
+      uniforms,
+      grid: "flat",
+      helpers: `${spec.helpers ?? ""}\nfn elem(k: u32) -> f32 {\n${spec.elem}\n}`,
+      // A bf16 invocation owns the word of elements 2i, 2i+1 (the second absent at an odd end).
+      body: pairs
+        ? `  let k = 2u * i;
+  let a = elem(k);
+  var b = 0.0;
+  if (k + 1u < u.count) { b = elem(k + 1u); }
+  store_x_pair(i, a, b);`
+        : "  store_x(i, elem(i));",
+    });
+  });
+  return (x, operands, uniforms) => {
+    const get = (name: string) => {
+      const t = operands[name];
+      if (t === undefined) throw new TypeError(`${spec.name}: missing operand ${name}`);
+      return t;
+    };
+    const names = [...reads, ...updates];
+    const same = names.map(get);
+    const small = whole.map(get);
+    assertDType(spec.name, FLOAT_DTYPES, ["x", x], ...reads.map((r, i) => [r, same[i]] as const));
+    assertDType(spec.name, ["f32"], ...updates.map((m, i) => [m, same[reads.length + i]] as const));
+    assertDType(spec.name, ["f32"], ...whole.map((w, i) => [w, small[i]] as const));
+    for (const [i, t] of same.entries()) {
+      if (t.size !== x.size) {
+        throw new ShapeError(
+          `${spec.name}: ${names[i]} ${fmtShape(t.shape)} and x ${
+            fmtShape(x.shape)
+          } differ in size`,
+        );
+      }
+    }
+    const kernel = make(x.dtype, reads.map((_, i) => same[i].dtype));
+    const out = donate(x);
+    forEachWindow([out, ...same], ([xv, ...views], _start, count) => {
+      const bindings: Record<string, Tensor> = { x: xv };
+      names.forEach((n, i) => (bindings[n] = views[i]));
+      whole.forEach((n, i) => (bindings[n] = small[i]));
+      const n = x.dtype === "bf16" ? Math.ceil(count / 2) : count;
+      kernel(bindings, { ...uniforms, n, count });
+    }, 2);
+    return out;
+  };
+}

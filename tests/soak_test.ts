@@ -1,0 +1,102 @@
+/**
+ * Soak: `tiny` trains with every method (and per-layer updates) through evaluations, checkpoints,
+ * GaLore refreshes, ReLoRA merges and SLTrain refactorizations, all every 5 steps. Sampled at the
+ * same point of that cycle, live buffers and live bytes stay where step 1 left them, the buffer
+ * pool and every cache of GPU objects stay flat, and uniform buffers are made at a constant rate
+ * (per-step optimizer scalars) while the cache of them stays under its limit. Counts only: the
+ * 1000-step figures come from `bench/soak.ts`.
+ */
+import assert from "node:assert/strict";
+import type { RunConfig } from "../cli/run_config.ts";
+import { trainRun } from "../cli/trainer.ts";
+import { cacheStats, setUniformCacheLimit } from "../core/kernel.ts";
+import { memoryStats } from "../core/memory.ts";
+import { Rng } from "../core/rng.ts";
+import { packedSequences } from "../data/batches.ts";
+import { PRESETS, withVocab } from "../models/config.ts";
+import { quietIO, toyRun } from "./fixtures.ts";
+import { setup } from "./util.ts";
+
+await setup();
+
+const CYCLE = 5;
+const STEPS = 3 * CYCLE + 2; // the last sample is taken mid-run, like step 1
+
+const CONFIGS: [string, Partial<RunConfig>][] = [
+  ["full", { method: "full" }],
+  ["lowrank", { method: "lowrank" }],
+  ["sltrain", { method: "sltrain", refactorEvery: CYCLE }],
+  ["relora", { method: "relora", reloraEvery: CYCLE }],
+  ["galore", { method: "galore", galoreGap: CYCLE }],
+  ["sltrain --per-layer", { method: "sltrain", perLayer: true }],
+];
+
+/** What is sampled after a step. */
+function sample() {
+  const m = memoryStats();
+  const { uniforms, uniformsCreated, ...caches } = cacheStats();
+  return {
+    live: { buffers: m.liveBuffers, bytes: m.liveBytes },
+    pool: m.reservedBytes,
+    caches,
+    uniforms,
+    uniformsCreated,
+  };
+}
+
+for (const [name, overrides] of CONFIGS) {
+  Deno.test(`soak: ${name} on tiny for ${STEPS} steps leaves memory and caches flat`, async () => {
+    const rng = new Rng(3);
+    const doc = () => Uint32Array.from({ length: 400 }, () => 1 + rng.nextInt(250));
+    const data = {
+      train: packedSequences([doc(), doc(), doc()], 16, 0, 0),
+      val: packedSequences([doc()], 16, 0, 0),
+    };
+    const run = toyRun({
+      model: withVocab(PRESETS.tiny, 256),
+      rank: 32,
+      alpha: 8,
+      steps: STEPS,
+      batch: 2,
+      seq: 16,
+      logEvery: 5,
+      evalEvery: CYCLE,
+      ...overrides,
+    });
+    const dir = await Deno.makeTempDir();
+    const limit = 1000;
+    const prevLimit = setUniformCacheLimit(limit);
+    const before = memoryStats();
+    const at = new Map<number, ReturnType<typeof sample>>();
+    try {
+      await trainRun(run, data, {
+        ...quietIO(dir),
+        onStep: (step) => void (step % CYCLE <= 1 && at.set(step, sample())),
+      });
+    } finally {
+      setUniformCacheLimit(prevLimit);
+      await Deno.remove(dir, { recursive: true });
+    }
+    const first = at.get(1)!;
+    for (let step = 1 + CYCLE; step < STEPS; step += CYCLE) {
+      const s = at.get(step)!;
+      assert.deepEqual(s.live, first.live, `step ${step} vs step 1: live buffers and bytes`);
+      assert.ok(s.uniforms <= limit, `${s.uniforms} uniform buffers cached`);
+    }
+    // From the end of the first full cycle on, nothing new is ever needed.
+    const warm = at.get(1 + CYCLE)!;
+    for (let step = 1 + 2 * CYCLE; step < STEPS; step += CYCLE) {
+      const s = at.get(step)!;
+      assert.equal(s.pool, warm.pool, `step ${step}: the buffer pool grew`);
+      assert.deepEqual(s.caches, warm.caches, `step ${step}: a cache grew`);
+    }
+    const made = (a: number, b: number) => at.get(b)!.uniformsCreated - at.get(a)!.uniformsCreated;
+    assert.equal(made(1 + CYCLE, 1 + 2 * CYCLE), made(1 + 2 * CYCLE, 1 + 3 * CYCLE));
+    const after = memoryStats();
+    assert.deepEqual(
+      { buffers: after.liveBuffers, bytes: after.liveBytes },
+      { buffers: before.liveBuffers, bytes: before.liveBytes },
+      "the finished run left tensors behind",
+    );
+  });
+}
