@@ -23,14 +23,18 @@ import {
   attentionForwardKernel,
   type AttentionKernelConfig,
   attentionWorkgroups,
-  ROPE_MAX_HALF,
+  MAX_ATTENTION_HEAD_DIM,
   ropeQKKernel,
 } from "./flash_attention_wgsl.ts";
 import { fusedTarget } from "./fused_target.ts";
 import { checkLoopBudget } from "./loop.ts";
 import { ropeFrequencies } from "./rope.ts";
 
-export type { AttentionKernelConfig, AttentionVariant } from "./flash_attention_wgsl.ts";
+export {
+  type AttentionKernelConfig,
+  type AttentionVariant,
+  MAX_ATTENTION_HEAD_DIM,
+} from "./flash_attention_wgsl.ts";
 
 /** Options of {@link flashAttention}. */
 export interface FlashAttentionOptions {
@@ -40,9 +44,6 @@ export interface FlashAttentionOptions {
    */
   ropeBase?: number;
 }
-
-/** Largest head dim: its loops are unrolled into registers. */
-export const MAX_ATTENTION_HEAD_DIM = 256;
 
 // Workgroup bytes of the largest kernel (dK/dV: q and dO tiles plus two scalars per row).
 const tileBytes = (wg: number, dh: number) => wg * (2 * dh + 2) * 4;
@@ -93,7 +94,7 @@ function check(op: string, q: Tensor, k: Tensor, v: Tensor, ropeBase: number | u
   }
   if (ropeBase !== undefined) {
     if (!(ropeBase > 0)) throw new ShapeError(`${op}: ropeBase must be positive, got ${ropeBase}`);
-    if (dh % 2 !== 0 || dh / 2 > ROPE_MAX_HALF) {
+    if (dh % 2 !== 0) {
       throw new ShapeError(`${op}: RoPE needs an even head dim, got q ${fmtShape(q.shape)}`);
     }
   }

@@ -11,11 +11,14 @@
  * Two variants of each kernel share the arithmetic and differ in where a block of key (or query)
  * rows comes from:
  *  - `subgroup` (llvmpipe/lavapipe with subgroups of 8): a workgroup is one subgroup of 8 lanes,
- *    one query (key) row each; per block of 8 rows each lane loads one row and
- *    `subgroupBroadcast` hands it to the others, so a lane issues 1/8 of the block's loads — on
- *    llvmpipe, where every storage load is a per-lane scalar loop, loads are what costs.
+ *    each owning `rows` query (key) rows; per block of 8 key (query) rows each lane loads one row
+ *    and `subgroupBroadcast` hands it to the others, so a lane issues 1/8 of the block's loads (on
+ *    llvmpipe every storage load is a per-lane scalar loop: loads by every lane measured 4-5x
+ *    slower at Dh = 64). The broadcasts then cost most (~40% of the forward's CPU time at one row
+ *    per lane), hence two rows per lane, each broadcast feeding both.
  *  - `workgroup` (real GPUs, and adapters without subgroups): a workgroup of `wg` threads, one row
- *    each, stages tiles of `wg` rows in workgroup memory between barriers.
+ *    each, stages tiles of `wg` rows in workgroup memory between barriers and walks a tile's rows
+ *    in a loop.
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
@@ -42,9 +45,12 @@ export interface AttentionKernelConfig {
 }
 
 /** Components per vector register: vec4 when Dh allows it. */
-export function vectorWidth(dh: number): 1 | 4 {
+function vectorWidth(dh: number): 1 | 4 {
   return dh % 4 === 0 ? 4 : 1;
 }
+
+/** Largest head dim of the kernels: rows live in registers, and every loop over Dh is unrolled. */
+export const MAX_ATTENTION_HEAD_DIM = 256;
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
@@ -466,9 +472,6 @@ export const attentionBackwardKVKernel = kernelFamily((cfg: AttentionKernelConfi
   );
 });
 
-/** Longest half head dim the RoPE pre-pass takes (its frequencies travel in the uniform). */
-export const ROPE_MAX_HALF = 512;
-
 /**
  * RoPE (rotate-half) of q and k [B, T, H, Dh] in one pass: one invocation per pair
  * (x[d], x[d + Dh/2]) of one row of both, position t of the row.
@@ -477,7 +480,7 @@ export const ropeQKKernel = defineKernel({
   name: "rope_qk",
   inputs: { q: "f32", k: "f32" },
   outputs: { qr: "f32", kr: "f32" },
-  uniforms: { T: "u32", H: "u32", half: "u32", freqs: ["f32", ROPE_MAX_HALF] },
+  uniforms: { T: "u32", H: "u32", half: "u32", freqs: ["f32", MAX_ATTENTION_HEAD_DIM / 2] },
   grid: "flat",
   body: `  let row = i / u.half;
   let j = i - row * u.half;
