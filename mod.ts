@@ -93,6 +93,8 @@ export {
   type BackwardOptions,
   checkpoint,
   isRecording,
+  type MultiVjp,
+  recordMultiOp,
   recordOp,
   Tape,
   type TensorTree,

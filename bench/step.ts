@@ -1,11 +1,14 @@
 /**
  * Training-step speed per method: median ms per optimizer step (forward, backward, the trainer's
  * optimizer update and `applyUpdates`, one sync), tokens/s, dispatches per step, and optionally the GPU time per kernel.
+ * Also the median CPU time per step of the whole process (llvmpipe's threads included), which on a
+ * machine shared with other work moves much less than wall time.
  *
  * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
  *   [--optimizer adamw|adamw8bit] [--batch 8] [--seq 128] [--reps 5] [--profile]`
  * @module
  */
+import process from "node:process";
 import { parseArgs } from "node:util";
 import { deviceInfo, init } from "../core/device.ts";
 import { dispatchStats, startProfile, stopProfile, sync } from "../core/kernel.ts";
@@ -43,8 +46,8 @@ const rank = Math.floor(model.hidden / 4);
 console.log(
   `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${f.optimizer}, ${deviceInfo().description}\n`,
 );
-console.log("| method | ms/step (median) | tokens/s | dispatches/step |");
-console.log("|---|---|---|---|");
+console.log("| method | ms/step (median) | tokens/s | dispatches/step | CPU ms/step (median) |");
+console.log("|---|---|---|---|---|");
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const rng = new Rng(3);
 const ids = Int32Array.from({ length: B * T }, () => rng.nextInt(model.vocabSize));
@@ -72,11 +75,13 @@ for (const name of f.methods!.split(",")) {
   const opt = buildOptimizer(run, params);
   let state = opt.init(params);
   const times: number[] = [];
+  const cpu: number[] = [];
   let dispatches = 0;
   for (let i = 0; i < reps + 2; i++) {
     if (f.profile && i === reps + 1) startProfile();
     const d0 = dispatchStats().dispatches;
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     const inputs = tensor(ids, [B, T], "i32");
     const targets = tensor(ids, [B, T], "i32");
     const { value, grads } = valueAndGrad((p: LlamaParams) => loss(m, p, { inputs, targets }))(
@@ -88,12 +93,18 @@ for (const name of f.methods!.split(",")) {
     await sync();
     tree.dispose([value, inputs, targets]);
     // Step 0 compiles and refreshes GaLore's projector; the profiled step is excluded too.
-    if (i >= 1 && i <= reps) times.push(performance.now() - t0);
+    if (i >= 1 && i <= reps) {
+      times.push(performance.now() - t0);
+      const c = process.cpuUsage(c0);
+      cpu.push((c.user + c.system) / 1000);
+    }
     dispatches = dispatchStats().dispatches - d0;
   }
   const ms = median(times);
   console.log(
-    `| ${method} | ${ms.toFixed(0)} | ${Math.round((B * T) / (ms / 1000))} | ${dispatches} |`,
+    `| ${method} | ${ms.toFixed(0)} | ${Math.round((B * T) / (ms / 1000))} | ${dispatches} | ${
+      median(cpu).toFixed(0)
+    } |`,
   );
   if (f.profile) {
     const prof = await stopProfile();

@@ -27,12 +27,20 @@ export type { TensorTree };
 /** A VJP: given the gradient of the op's output, the gradients of its inputs (null = none). */
 export type Vjp = (g: Tensor) => readonly (Tensor | null | undefined)[];
 
+/**
+ * The VJP of an op with several outputs: given the gradient of each output (undefined for an
+ * output nothing downstream used), the gradients of its inputs (null = none).
+ */
+export type MultiVjp = (
+  grads: readonly (Tensor | undefined)[],
+) => readonly (Tensor | null | undefined)[];
+
 interface TapeNode {
   name: string;
   inputs: readonly Tensor[];
-  output: Tensor;
+  outputs: readonly Tensor[];
   saved: readonly Tensor[];
-  vjp: Vjp;
+  vjp: MultiVjp;
 }
 
 let active: Tape | null = null;
@@ -75,7 +83,23 @@ export function recordOp(
   vjp: Vjp,
   saved: readonly Tensor[] = [],
 ): void {
-  active?.record({ name, inputs, output, saved, vjp });
+  active?.record({ name, inputs, outputs: [output], saved, vjp: (gs) => vjp(gs[0]!) });
+}
+
+/**
+ * Records an op with several outputs (e.g. a fused residual add and norm, whose sum and normed
+ * value are both used downstream), so that its VJP sees every output's gradient at once and can
+ * fuse their use (e.g. add the residual gradient inside the norm's backward kernel). Like
+ * {@link recordOp} otherwise; the outputs must be distinct tensors.
+ */
+export function recordMultiOp(
+  name: string,
+  inputs: readonly Tensor[],
+  outputs: readonly Tensor[],
+  vjp: MultiVjp,
+  saved: readonly Tensor[] = [],
+): void {
+  active?.record({ name, inputs, outputs, saved, vjp });
 }
 
 /** Options of {@link Tape.backward}. */
@@ -129,8 +153,8 @@ export class Tape {
   record(node: TapeNode): void {
     if (!node.inputs.some((t) => this.#tracked.has(t))) return;
     this.#nodes.push(node);
-    this.#tracked.add(node.output);
-    for (const t of new Set([...node.inputs, node.output, ...node.saved])) {
+    for (const o of node.outputs) this.#tracked.add(o);
+    for (const t of new Set([...node.inputs, ...node.outputs, ...node.saved])) {
       const n = this.#refs.get(t) ?? 0;
       if (n === 0) t.pin();
       this.#refs.set(t, n + 1);
@@ -250,16 +274,16 @@ export class Tape {
       slots.set(output, seed ? seed.view(seed.shape) : ones(output.shape));
       for (let i = nodes.length - 1; i >= 0; i--) {
         const node = nodes[i];
-        const g = slots.get(node.output);
-        if (g) {
-          slots.delete(node.output);
+        const gs = node.outputs.map((o) => slots.get(o));
+        if (gs.some((g) => g)) {
+          for (const o of node.outputs) slots.delete(o);
           const outer = handOverNow;
           handOverNow = opts.onGrad ? early(i) : null;
           try {
-            this.#applyVjp(node, g, slots);
+            this.#applyVjp(node, gs, slots);
           } finally {
             handOverNow = outer;
-            g.dispose();
+            for (const g of gs) g?.dispose();
           }
         }
         this.#release(node);
@@ -276,8 +300,8 @@ export class Tape {
     }
   }
 
-  #applyVjp(node: TapeNode, g: Tensor, slots: Map<Tensor, Tensor>): void {
-    const { result, created } = captureCreated(() => node.vjp(g));
+  #applyVjp(node: TapeNode, gs: (Tensor | undefined)[], slots: Map<Tensor, Tensor>): void {
+    const { result, created } = captureCreated(() => node.vjp(gs));
     const fresh = new Set(created);
     const claimed = new Set<Tensor>();
     node.inputs.forEach((x, j) => {
@@ -308,7 +332,7 @@ export class Tape {
   }
 
   #release(node: TapeNode): void {
-    for (const t of new Set([...node.inputs, node.output, ...node.saved])) {
+    for (const t of new Set([...node.inputs, ...node.outputs, ...node.saved])) {
       const n = (this.#refs.get(t) ?? 1) - 1;
       if (n > 0) {
         this.#refs.set(t, n);
@@ -333,23 +357,27 @@ export class Tape {
   }
 }
 
-// Core cannot use the ops' add (ops import core), so the tape keeps this one kernel.
-const ADD = defineKernel({
-  name: "grad_accumulate",
-  inputs: { a: "f32", b: "f32" },
-  outputs: { out: "f32" },
-  grid: "flat",
-  body: "  store_out(i, load_a(i) + load_b(i));",
-});
+// Core cannot use the ops' add (ops import core), so the tape keeps this one kernel, read four
+// at a time where the size allows (on llvmpipe each load costs the same whatever its width).
+const add = (t: "f32" | "vec4f") =>
+  defineKernel({
+    name: "grad_accumulate",
+    inputs: { a: t, b: t },
+    outputs: { out: t },
+    grid: "flat",
+    body: "  out[i] = a[i] + b[i];",
+  });
+const ADD = { f32: add("f32"), vec4f: add("vec4f") };
 
 // Gradients add in f32 (a bf16 one, e.g. an op's gradient for a bf16 weight, is widened first),
 // window by window so any size adds.
 function accumulate(a: Tensor, b: Tensor): Tensor {
   const [a32, b32] = [convert(a, "f32"), convert(b, "f32")];
   const out = Tensor.empty(a.shape);
+  const w = a.size % 4 === 0 ? 4 : 1;
   forEachWindow([a32, b32, out], ([av, bv, ov], _start, count) => {
-    ADD({ a: av, b: bv, out: ov }, { n: count });
-  });
+    ADD[w === 4 ? "vec4f" : "f32"]({ a: av, b: bv, out: ov }, { n: count / w });
+  }, w);
   a32.dispose();
   b32.dispose();
   return out;

@@ -10,14 +10,15 @@ import { ones, randomNormal, scope, type Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { causalSelfAttention } from "../ops/attention.ts";
-import { add, mul, silu } from "../ops/elementwise.ts";
+import { addRmsNorm } from "../ops/add_rms_norm.ts";
+import { add } from "../ops/elementwise.ts";
 import { embedding } from "../ops/embedding.ts";
+import { flashAttention } from "../ops/flash_attention.ts";
 import { lmHeadCrossEntropy, lmHeadLossSums, type LossSums } from "../ops/lm_head.ts";
 import { matmul } from "../ops/matmul.ts";
 import { rmsNorm } from "../ops/rmsnorm.ts";
-import { rope } from "../ops/rope.ts";
-import { reshape, transpose } from "../ops/shape.ts";
+import { reshape } from "../ops/shape.ts";
+import { swiglu } from "../ops/swiglu.ts";
 import { headDim, type LlamaConfig, validateConfig } from "./config.ts";
 import { ConfigError } from "./errors.ts";
 import {
@@ -225,18 +226,15 @@ export function hiddenStates(
   }
   const { heads: h, hidden: d, rmsNormEps: eps, ropeBase: base } = config;
   const dh = headDim(config);
-  // [B, T, D] <-> [B, H, T, Dh], the layout attention and RoPE take.
-  const split = (y: Tensor) => transpose(reshape(y, [b, t, h, dh]), [0, 2, 1, 3]);
-  const merge = (y: Tensor) => reshape(transpose(y, [0, 2, 1, 3]), [b, t, d]);
+  // Views, no copies: attention reads the projections' [B, T, D] as [B, T, H, Dh] and writes back.
+  const heads = (y: Tensor) => reshape(y, [b, t, h, dh]);
   const block = (x: Tensor, p: LayerParams, sup: LayerBuffers) => {
     const lin = (name: BlockLinearName, y: Tensor) => applyLinear(method, p[name], sup[name], y);
     const n1 = rmsNorm(x, p.attnNorm, eps);
-    const q = rope(split(lin("q", n1)), { base });
-    const k = rope(split(lin("k", n1)), { base });
-    const v = split(lin("v", n1));
-    const hAttn = add(x, lin("o", merge(causalSelfAttention(q, k, v))));
-    const n2 = rmsNorm(hAttn, p.mlpNorm, eps);
-    return add(hAttn, lin("down", mul(silu(lin("gate", n2)), lin("up", n2))));
+    const [q, k, v] = (["q", "k", "v"] as const).map((name) => heads(lin(name, n1)));
+    const attn = reshape(flashAttention(q, k, v, { ropeBase: base }), [b, t, d]);
+    const { sum: hAttn, normed: n2 } = addRmsNorm(x, lin("o", attn), p.mlpNorm, eps);
+    return add(hAttn, lin("down", swiglu(lin("gate", n2), lin("up", n2))));
   };
   return scope(() => {
     let x = embedding(params.embed, tokens);

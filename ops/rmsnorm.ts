@@ -50,23 +50,42 @@ const BACKWARD_X = defineKernel({
   }`,
 });
 
-// dweight_j = sum over rows of g * x * rstd: one invocation per column walks the rows in order, so
-// the sum is deterministic and race-free; adjacent invocations read adjacent addresses. Small
-// workgroups, since there are only D columns to spread over the cores.
-const BACKWARD_W = defineKernel({
-  name: "rms_norm_backward_w",
-  inputs: { x: "f32", rstd: "f32", g: "f32" },
-  outputs: { dw: "f32" },
-  uniforms: { rows: "u32" },
-  grid: "flat",
-  workgroupSize: 64,
-  body: `  ${accDecl("s", "0.0")}
+// dweight_j = sum over rows of g * x * rstd: one invocation per column (four adjacent columns with
+// vec4 loads where D allows: a quarter of the loads) walks the rows in order, so the sum is
+// deterministic and race-free; adjacent invocations read adjacent addresses. Workgroups of 8 (one
+// llvmpipe SIMD row), since there are only D (or D/4) columns to spread over the cores.
+const backwardW = (t: "f32" | "vec4f") =>
+  defineKernel({
+    name: "rms_norm_backward_w",
+    inputs: { x: t, rstd: "f32", g: t },
+    outputs: { dw: t },
+    uniforms: { rows: "u32" },
+    grid: "flat",
+    workgroupSize: 8,
+    body: `  ${accDecl("s", t === "f32" ? "0.0" : "vec4f(0.0)")}
   ${
-    forUnrolled("r", "0u", "u.rows", (j, k) =>
-      `s${k} += load_g(${j} * u.n + i) * load_x(${j} * u.n + i) * load_rstd(${j});`)
-  }
-  store_dw(i, ${accCombine("s", "+")});`,
-});
+      forUnrolled(
+        "r",
+        "0u",
+        "u.rows",
+        (j, k) => `s${k} += g[${j} * u.n + i] * x[${j} * u.n + i] * rstd[${j}];`,
+      )
+    }
+  dw[i] = ${accCombine("s", "+")};`,
+  });
+const BACKWARD_W = { f32: backwardW("f32"), vec4f: backwardW("vec4f") };
+
+/**
+ * @internal The weight gradient of RMSNorm, `Σ_rows g · x · rstd` per column of `x` [rows, D]
+ * (`rstd` [rows] from the forward), shared with the fused residual + RMSNorm op.
+ */
+export function rmsNormWeightGrad(x: Tensor, rstd: Tensor, g: Tensor): Tensor {
+  const d = x.shape[x.rank - 1];
+  const dw = Tensor.empty([d]);
+  const w = d % 4 === 0 ? 4 : 1;
+  BACKWARD_W[w === 4 ? "vec4f" : "f32"]({ x, rstd, g, dw }, { n: d / w, rows: rstd.size });
+  return dw;
+}
 
 /**
  * RMSNorm over the last axis: `x * rsqrt(mean(x^2, -1) + eps) * weight`, for `x` [..., D] and
@@ -96,10 +115,8 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   }
   recordOp(op, [x, weight], y, (g) => {
     const dx = Tensor.empty(x.shape);
-    const dw = Tensor.empty([d]);
     BACKWARD_X({ x, w: weight, rstd, g, dx }, { rows, d });
-    BACKWARD_W({ x, rstd, g, dw }, { n: d, rows });
-    return [dx, dw];
+    return [dx, rmsNormWeightGrad(x, rstd, g)];
   }, [rstd]);
   return y;
 }

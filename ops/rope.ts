@@ -43,6 +43,14 @@ const KERNEL = defineKernel({
   store_y(b, x2 * c + x1 * s);`,
 });
 
+/**
+ * RoPE frequencies `base^(-2i/Dh)` for pairs i < half (Dh = 2·half), in float64 like HF's
+ * `inv_freq` (rounded to f32 once, in the uniform).
+ */
+export function ropeFrequencies(half: number, base: number): number[] {
+  return Array.from({ length: half }, (_, i) => Math.pow(base, (-2 * i) / (2 * half)));
+}
+
 function apply(
   x: Tensor,
   half: number,
@@ -52,8 +60,7 @@ function apply(
   sign: number,
 ): Tensor {
   const y = Tensor.empty(x.shape);
-  const freqs = Array.from({ length: half }, (_, i) => Math.pow(base, (-2 * i) / (2 * half)));
-  KERNEL({ x, y }, { n: x.size / 2, t, half, offset, sign, freqs });
+  KERNEL({ x, y }, { n: x.size / 2, t, half, offset, sign, freqs: ropeFrequencies(half, base) });
   return y;
 }
 

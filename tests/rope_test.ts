@@ -3,30 +3,14 @@ import assert from "node:assert/strict";
 import * as o from "../ops/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { readAll, tensor } from "../core/tensor.ts";
-import { type Arr, assertClose, checkOp, FC, randomArr, setup } from "./util.ts";
+import { type Arr, assertClose, checkOp, FC, randomArr, ropeRows, setup } from "./util.ts";
 
 await setup();
 
-/**
- * Float64 RoPE on [..., T, Dh], rotate-half convention: pair (i, i + Dh/2) at position p rotates by
- * p * base^(-2i/Dh). The frequency is rounded to f32 like HF's `inv_freq`.
- */
+/** Float64 RoPE on [..., T, Dh]: row r is at position offset + r % T. */
 function ropeRef(x: Arr, base: number, offset: number): Arr {
-  const dh = x.shape[x.shape.length - 1];
   const t = x.shape[x.shape.length - 2];
-  const half = dh / 2;
-  const out = new Float64Array(x.data.length);
-  for (let row = 0; row * dh < x.data.length; row++) {
-    const p = offset + (row % t);
-    for (let i = 0; i < half; i++) {
-      const a = p * Math.fround(Math.pow(base, (-2 * i) / dh));
-      const [c, s] = [Math.cos(a), Math.sin(a)];
-      const x1 = x.data[row * dh + i], x2 = x.data[row * dh + half + i];
-      out[row * dh + i] = x1 * c - x2 * s;
-      out[row * dh + half + i] = x2 * c + x1 * s;
-    }
-  }
-  return { shape: x.shape, data: out };
+  return ropeRows(x, base, (row) => offset + (row % t));
 }
 
 // [..., T, Dh] of rank 2-4 with even Dh from 2 to 70, offsets up to 1000, two bases.

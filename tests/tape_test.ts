@@ -3,7 +3,7 @@ import * as o from "../ops/mod.ts";
 import { DeviceLimitError, DTypeError, GradientError } from "../core/errors.ts";
 import { gpuDevice } from "../core/device.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
-import { checkpoint, Tape, valueAndGrad } from "../core/tape.ts";
+import { checkpoint, recordMultiOp, Tape, untracked, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
 import { backward, randomArr, setup } from "./util.ts";
 
@@ -202,4 +202,33 @@ Deno.test("checkpoint: without a tape it is the plain function; a vector outputG
   assert.deepEqual([...(await g!.data())], [4, 0, 0, 12]);
   assert.throws(() => new Tape().backward(z, [w], { outputGrad: w.view([4]) }), GradientError);
   for (const t of [w, y, z, seed, g!]) t.dispose();
+});
+
+Deno.test("recordMultiOp: one VJP call gets every output's gradient (undefined for an unused output), and what it returns flows on", async () => {
+  // split(x) = (2x, x²) as one node: the VJP sees both gradients together.
+  const split = (x: Tensor, seen: string[]): [Tensor, Tensor] => {
+    const [a, b] = untracked(() => [o.mulScalar(x, 2), o.mul(x, x)]);
+    recordMultiOp("split", [x], [a, b], ([ga, gb]) => {
+      seen.push(ga ? "a" : "-", gb ? "b" : "-");
+      const parts = [ga ? o.mulScalar(ga, 2) : null, gb ? o.mul(o.mulScalar(gb, 2), x) : null];
+      const [p, q] = parts;
+      return [p && q ? o.add(p, q) : p ?? q];
+    });
+    return [a, b];
+  };
+  const x = tensor([1, 2, 3]);
+  const cases: [string, (a: Tensor, b: Tensor) => Tensor, number[], string[]][] = [
+    ["both", (a, b) => o.add(o.sum(a), o.sum(b)), [4, 6, 8], ["a", "b"]],
+    ["only the first", (a) => o.sum(o.mul(a, a)), [8, 16, 24], ["a", "-"]],
+    ["only the second", (_, b) => o.sum(b), [2, 4, 6], ["-", "b"]],
+  ];
+  for (const [what, f, expected, calls] of cases) {
+    const seen: string[] = [];
+    const { value, grads } = valueAndGrad((p: Tensor) => f(...split(p, seen)))(x);
+    assert.deepEqual(Array.from(await grads.data()), expected, what);
+    assert.deepEqual(seen, calls, what);
+    value.dispose();
+    grads.dispose();
+  }
+  x.dispose();
 });

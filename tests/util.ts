@@ -186,6 +186,28 @@ export function mm(
   return c;
 }
 
+/**
+ * Float64 rotate-half RoPE of the rows of `x` (last axis Dh): row `row` is at position
+ * `posOf(row)`; pair (i, i + Dh/2) rotates by position · base^(-2i/Dh), the frequency rounded to
+ * f32 like HF's `inv_freq`.
+ */
+export function ropeRows(x: Arr, base: number, posOf: (row: number) => number): Arr {
+  const dh = x.shape[x.shape.length - 1];
+  const half = dh / 2;
+  const out = new Float64Array(x.data.length);
+  for (let row = 0; row * dh < x.data.length; row++) {
+    const p = posOf(row);
+    for (let i = 0; i < half; i++) {
+      const a = p * Math.fround(Math.pow(base, (-2 * i) / dh));
+      const [c, s] = [Math.cos(a), Math.sin(a)];
+      const x1 = x.data[row * dh + i], x2 = x.data[row * dh + half + i];
+      out[row * dh + i] = x1 * c - x2 * s;
+      out[row * dh + half + i] = x2 * c + x1 * s;
+    }
+  }
+  return { shape: x.shape, data: out };
+}
+
 /** Frobenius norm of a flat array. */
 export function frob(a: ArrayLike<number>): number {
   let s = 0;
