@@ -32,7 +32,15 @@ import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/da
 
 const PAPER_PRESETS = new Set(["60m", "130m", "350m", "1b", "7b"]);
 
-async function buildRun(flags: RawFlags, method: MethodName, tok: Tokenizer): Promise<RunConfig> {
+/**
+ * The run settings train.ts uses for `method` under `flags` (every default resolved), so that
+ * tools such as bench/parity.ts replay exactly what the CLI would train.
+ */
+export async function buildRun(
+  flags: RawFlags,
+  method: MethodName,
+  tok: Tokenizer,
+): Promise<RunConfig> {
   const modelName = String(flags.model ?? "tiny");
   const model = withVocab(await loadConfig(modelName), tok.vocabSize);
   const steps = num(flags, "steps", 300, posInt, "a positive integer");
@@ -183,7 +191,8 @@ function discardFresh(dir: string, outDir: OutDir): void {
   }
 }
 
-async function loadData(
+/** The training and validation sequences train.ts builds from `--data` (or Brown) and `--packing`. */
+export async function loadData(
   flags: RawFlags,
   tok: Tokenizer,
   seq: number,
