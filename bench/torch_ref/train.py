@@ -49,69 +49,55 @@ def val_loss(model, val, batch):
     return s / c
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("dir")
-    ap.add_argument("--init", default="dump",
-                    choices=["dump", "hf", "torch", "torch-linear", "torch-embed"])
-    ap.add_argument("--seed", type=int, default=0, help="torch seed of --init other than dump")
-    ap.add_argument("--warmup", type=int, help="override the run's warmup steps")
-    ap.add_argument("--lr", type=float, help="override the run's peak learning rate")
-    ap.add_argument("--eps", type=float, help="override Adam's eps (default 1e-8)")
-    ap.add_argument("--galore-arith", default="ours", choices=["ours", "reference"])
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--steps", type=int, help="replay only the first N steps")
-    ap.add_argument("--eval-every", type=int, default=0, help="0: evaluate at the end only")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the result here (default: stdout)")
-    a = ap.parse_args()
-
-    torch.set_num_threads(a.threads)
-    with open(os.path.join(a.dir, "run.json")) as f:
+def replay(dir, init="dump", seed=0, warmup=None, lr=None, eps=None, galore_arith="ours",
+           dtype="float32", steps=None, eval_every=0, alpha=None):
+    """Replays the run dumped in `dir` (see the module doc); returns the result dict."""
+    with open(os.path.join(dir, "run.json")) as f:
         dump = json.load(f)
     run = dict(dump["run"])
-    steps = a.steps or dump["steps"]
-    if a.warmup is not None:
-        run["warmup"] = a.warmup
-    if a.lr is not None:
-        run["lr"] = a.lr
+    steps = steps or dump["steps"]
+    if warmup is not None:
+        run["warmup"] = warmup
+    if lr is not None:
+        run["lr"] = lr
+    if alpha is not None:
+        run["alpha"] = alpha
     cycle = cycle_length(run)
     if 0 < cycle < steps:
-        sys.exit(f"this run merges/refactorizes at step {cycle}: the replay stops before that "
-                 f"(pass --steps {cycle})")
+        raise ValueError(f"this run merges/refactorizes at step {cycle}: the replay stops before "
+                         f"that (pass --steps {cycle})")
 
     cfg, method = Config(run["model"]), Method.of_run(run)
     model = Llama(cfg, method)
-    if a.init == "dump":
-        tensors, _ = read_safetensors(os.path.join(a.dir, "init.safetensors"))
+    if init == "dump":
+        tensors, _ = read_safetensors(os.path.join(dir, "init.safetensors"))
         load_params(model, tensors)
     else:
-        init_fresh(model, a.init, a.seed)
-    dtype = getattr(torch, a.dtype)
-    model.to(dtype)
+        init_fresh(model, init, seed)
+    model.to(getattr(torch, dtype))
 
     accum, b, t = run["gradAccum"], run["batch"], run["seq"]
     train = torch.from_numpy(
-        np.fromfile(os.path.join(a.dir, "train.bin"), dtype="<i4").astype(np.int64)
+        np.fromfile(os.path.join(dir, "train.bin"), dtype="<i4").astype(np.int64)
     ).view(dump["microBatches"], 2, b, t)
     val = torch.from_numpy(
-        np.fromfile(os.path.join(a.dir, "val.bin"), dtype="<i4").astype(np.int64)
+        np.fromfile(os.path.join(dir, "val.bin"), dtype="<i4").astype(np.int64)
     ).view(dump["valSequences"], 2, t)
 
     def mult(s):
         return warmup_cosine_multiplier(s, run["warmup"], run["steps"], run["minLrRatio"])
 
-    if a.warmup is None and a.lr is None:
+    if warmup is None and lr is None:
         for k, ours in enumerate(dump["lr"][:steps]):
             mine = run["lr"] * mult(k)
             if abs(mine - ours) > 1e-12 * max(1.0, abs(ours)):
-                sys.exit(f"schedule mismatch at update {k}: ours {ours}, reference {mine}")
+                raise ValueError(f"schedule mismatch at update {k}: ours {ours}, reference {mine}")
 
-    opts = build_optimizers(model, run, eps=a.eps, galore_arith=a.galore_arith)
+    opts = build_optimizers(model, run, eps=eps, galore_arith=galore_arith)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, mult) for o in opts]
     params = list(model.parameters())
     losses, vals = [], []
-    if a.eval_every:
+    if eval_every:
         vals.append([0, val_loss(model, val, b)])
     t0 = time.perf_counter()
     tokens = 0
@@ -132,12 +118,36 @@ def main():
         losses.append(total / accum)
         if not math.isfinite(losses[-1]):
             break
-        if a.eval_every and (step + 1) % a.eval_every == 0 and step + 1 < steps:
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             vals.append([step + 1, val_loss(model, val, b)])
     seconds = time.perf_counter() - t0
     vals.append([len(losses), val_loss(model, val, b)])
-    out = {"losses": losses, "val": vals, "seconds": seconds, "tokensPerSec": tokens / seconds,
-           "init": a.init, "dtype": a.dtype, "warmup": run["warmup"], "lr": run["lr"]}
+    return {"losses": losses, "val": vals, "seconds": seconds, "tokensPerSec": tokens / seconds,
+            "init": init, "dtype": dtype, "warmup": run["warmup"], "lr": run["lr"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("dir")
+    ap.add_argument("--init", default="dump",
+                    choices=["dump", "hf", "torch", "torch-linear", "torch-embed"])
+    ap.add_argument("--seed", type=int, default=0, help="torch seed of --init other than dump")
+    ap.add_argument("--warmup", type=int, help="override the run's warmup steps")
+    ap.add_argument("--lr", type=float, help="override the run's peak learning rate")
+    ap.add_argument("--eps", type=float, help="override Adam's eps (default 1e-8)")
+    ap.add_argument("--galore-arith", default="ours", choices=["ours", "reference"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--steps", type=int, help="replay only the first N steps")
+    ap.add_argument("--eval-every", type=int, default=0, help="0: evaluate at the end only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the result here (default: stdout)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    try:
+        out = replay(a.dir, a.init, a.seed, a.warmup, a.lr, a.eps, a.galore_arith, a.dtype,
+                     a.steps, a.eval_every)
+    except ValueError as e:
+        sys.exit(f"train.py: {e}")
     text = json.dumps(out)
     if a.json:
         with open(a.json, "w") as f:
