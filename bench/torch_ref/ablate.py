@@ -14,6 +14,8 @@ Variants (see model.init_fresh and train.replay):
 - torch-linear / torch-embed: only the linear / only the embedding part of `torch`.
 - warmupN:        our weights, warmup N% of the steps instead of the CLI's default.
 - eps1e-6:        our weights, Adam eps 1e-6.
+- galore-ref:     GaLore with the GaLore repo's GaLoreAdamW arithmetic (eps 1e-6 on the
+                  uncorrected √v) instead of ours (optim.py).
 - alphaA / lrX:   our weights, low-rank scale numerator A (scale A/r) / peak learning rate X.
 - torch+warmupN:  both.
 """
@@ -43,6 +45,8 @@ def variant_args(name, steps):
             kw["init"] = part
         elif part == "eps1e-6":
             kw["eps"] = 1e-6
+        elif part == "galore-ref":
+            kw["galore_arith"] = "reference"
         elif re.fullmatch(r"alpha[\d.]+", part):
             kw["alpha"] = float(part[5:])
         elif re.fullmatch(r"lr[\d.e-]+", part):
@@ -69,7 +73,9 @@ def main():
             run = json.load(f)["run"]
         label = f"{run['method']} seed {run['seed']}"
         for v in variants:
-            r = replay(d, eval_every=a.eval_every, **variant_args(v, run["steps"]))
+            # Fresh inits draw with the run's seed, so that seeds vary weights as well as data.
+            r = replay(d, seed=run["seed"], eval_every=a.eval_every,
+                       **variant_args(v, run["steps"]))
             results[(label, v)] = r
             curve = " ".join(f"{s}:{x:.4f}" for s, x in r["val"])
             print(f"{label:>20} {v:>16}: val {curve}  ({r['seconds']:.0f} s)", file=sys.stderr)
