@@ -30,7 +30,8 @@ import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
 
-const PAPER_PRESETS = new Set(["60m", "130m", "350m", "1b", "7b"]);
+/** Presets of the papers' shapes, which train with LLaMA's tokenizer by default (others: bytes). */
+export const PAPER_PRESETS: ReadonlySet<string> = new Set(["60m", "130m", "350m", "1b", "7b"]);
 
 /**
  * The run settings train.ts uses for `method` under `flags` (every default resolved), so that

@@ -22,7 +22,7 @@ import { methodName, parseFlags, type RawFlags } from "../cli/flags.ts";
 import { linearMethod, lrSchedule, type RunConfig } from "../cli/run_config.ts";
 import { tokenizerFlag } from "../cli/data_source.ts";
 import type { RunData } from "../cli/trainer.ts";
-import { buildRun, loadData } from "../train.ts";
+import { buildRun, loadData, PAPER_PRESETS } from "../train.ts";
 import * as tree from "../core/tree.ts";
 
 /** A run as train.ts would resolve it, with its data. */
@@ -40,10 +40,12 @@ export interface ResolvedRun {
 export async function resolveRun(flags: RawFlags): Promise<ResolvedRun> {
   const method = methodName(String(flags.method ?? "sltrain"));
   const modelName = String(flags.model ?? "tiny");
-  // train.ts's default: LLaMA's tokenizer for the paper presets, bytes otherwise.
-  const paper = ["60m", "130m", "350m", "1b", "7b"].includes(modelName);
   const tok = await tokenizerFlag(
-    typeof flags.tokenizer === "string" ? flags.tokenizer : paper ? "llama" : "bytes",
+    typeof flags.tokenizer === "string"
+      ? flags.tokenizer
+      : PAPER_PRESETS.has(modelName)
+      ? "llama"
+      : "bytes",
   );
   const run = await buildRun(flags, method, tok);
   const { data } = await loadData(flags, tok, run.seq);
