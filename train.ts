@@ -44,9 +44,14 @@ import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
 import { type HfInit, hfInitFlag } from "./cli/hf_import.ts";
 
-const PAPER_PRESETS = new Set(["60m", "130m", "350m", "1b", "7b"]);
+/** Presets of the papers' shapes, which train with LLaMA's tokenizer by default (others: bytes). */
+export const PAPER_PRESETS: ReadonlySet<string> = new Set(["60m", "130m", "350m", "1b", "7b"]);
 
-async function buildRun(
+/**
+ * The run settings train.ts uses for `method` under `flags` (every default resolved), so that
+ * tools such as bench/parity.ts replay exactly what the CLI would train.
+ */
+export async function buildRun(
   flags: RawFlags,
   method: MethodName,
   tok: Tokenizer,
@@ -254,7 +259,8 @@ function discardUnstarted(dir: string, outDir: OutDir): void {
   }
 }
 
-async function loadData(
+/** The training and validation sequences train.ts builds from `--data` (or Brown) and `--packing`. */
+export async function loadData(
   flags: RawFlags,
   tok: Tokenizer,
   seq: number,

@@ -1,11 +1,23 @@
 /**
  * Training-step speed per method: median ms per optimizer step (forward, backward, the trainer's
- * optimizer update and `applyUpdates`, one sync), tokens/s, dispatches per step, and optionally the GPU time per kernel.
- * Also the median CPU time per step of the whole process (llvmpipe's threads included), which on a
- * machine shared with other work moves much less than wall time.
+ * optimizer update and `applyUpdates`, one sync), tokens/s, dispatches per step, and optionally the
+ * GPU time per kernel; beside it, the same step of the PyTorch CPU reference (bench/torch_ref/,
+ * same model, method, optimizer and batch shape), run as a subprocess right after ours, method by
+ * method, and the ratio ours / PyTorch. Also the median CPU time per step of the whole process
+ * (llvmpipe's threads included), which on a machine shared with other work moves much less than
+ * wall time.
  *
  * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
- *   [--optimizer adamw|adamw8bit] [--batch 8] [--seq 128] [--reps 5] [--profile]`
+ *   [--optimizer adamw|adamw8bit] [--batch 8] [--seq 128] [--reps 5] [--profile] [--skip-torch]`
+ *
+ * On a quiet machine, e.g. the issue's `tiny` 16×128 comparison:
+ *
+ *   apt-get install -y python3-torch libopenblas0-pthread   # once; not a CI dependency
+ *   DENO_WEBGPU_BACKEND=vulkan deno run -A bench/step.ts --methods full,sltrain --batch 16
+ *
+ * The PyTorch column uses Debian's /usr/bin/python3 (or $SLTRAIN_PYTHON) with 2 threads and
+ * without the OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE presets (bench/torch_peer.ts); it is skipped,
+ * with the reason printed, when torch or OpenBLAS is missing.
  * @module
  */
 import process from "node:process";
@@ -26,6 +38,7 @@ import {
   type RunConfig,
 } from "../cli/run_config.ts";
 import { methodName, optimizerName } from "../cli/flags.ts";
+import { probeTorch, runPython, torchRefScript } from "./torch_peer.ts";
 
 const { values: f } = parseArgs({
   options: {
@@ -37,17 +50,30 @@ const { values: f } = parseArgs({
     vocab: { type: "string", default: "256" },
     optimizer: { type: "string", default: "adamw" },
     profile: { type: "boolean", default: false },
+    "skip-torch": { type: "boolean", default: false },
   },
 });
 await init();
+const peer = f["skip-torch"]
+  ? { ok: false, why: "--skip-torch" }
+  : f.optimizer !== "adamw"
+  ? { ok: false, why: `the reference has no ${f.optimizer}` }
+  : await probeTorch();
 const model = withVocab(await loadConfig(f.model!), Number(f.vocab));
 const [B, T, reps] = [Number(f.batch), Number(f.seq), Number(f.reps)];
 const rank = Math.floor(model.hidden / 4);
 console.log(
   `# training step, ${f.model} (vocab ${model.vocabSize}), ${B}×${T} tokens, ${f.optimizer}, ${deviceInfo().description}\n`,
 );
-console.log("| method | ms/step (median) | tokens/s | dispatches/step | CPU ms/step (median) |");
-console.log("|---|---|---|---|---|");
+console.log(
+  peer.ok
+    ? `PyTorch ${peer.version} CPU (OpenBLAS, 2 threads) beside us, method by method\n`
+    : `PyTorch column skipped: ${peer.why}\n`,
+);
+console.log(
+  "| method | ms/step (median) | tokens/s | PyTorch ms/step | PyTorch tokens/s | ours / PyTorch | dispatches/step | CPU ms/step (median) |",
+);
+console.log("|---|---|---|---|---|---|---|---|");
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const rng = new Rng(3);
 const ids = Int32Array.from({ length: B * T }, () => rng.nextInt(model.vocabSize));
@@ -57,6 +83,8 @@ for (const name of f.methods!.split(",")) {
     model,
     method,
     optimizer: optimizerName(f.optimizer!),
+    batch: B,
+    seq: T,
     rank,
     delta: 0.03,
     alpha: rank / 4,
@@ -101,10 +129,16 @@ for (const name of f.methods!.split(",")) {
     dispatches = dispatchStats().dispatches - d0;
   }
   const ms = median(times);
+  const torch = peer.ok ? await torchStep(run, reps) : null;
+  const peerCols = torch
+    ? `${torch.msPerStep.toFixed(0)} | ${Math.round(torch.tokensPerSec)} | ${
+      (torch.msPerStep / ms).toFixed(2)
+    }×`
+    : "– | – | –";
   console.log(
-    `| ${method} | ${ms.toFixed(0)} | ${Math.round((B * T) / (ms / 1000))} | ${dispatches} | ${
-      median(cpu).toFixed(0)
-    } |`,
+    `| ${method} | ${ms.toFixed(0)} | ${
+      Math.round((B * T) / (ms / 1000))
+    } | ${peerCols} | ${dispatches} | ${median(cpu).toFixed(0)} |`,
   );
   if (f.profile) {
     const prof = await stopProfile();
@@ -120,4 +154,23 @@ for (const name of f.methods!.split(",")) {
     console.log();
   }
   tree.dispose([params, m.buffers, state]);
+}
+
+/** The PyTorch reference's median step for the same run, or null (with a note) if it failed. */
+async function torchStep(
+  run: RunConfig,
+  reps: number,
+): Promise<{ msPerStep: number; tokensPerSec: number } | null> {
+  const r = await runPython([
+    torchRefScript("bench_step.py"),
+    "--run",
+    JSON.stringify(run),
+    "--reps",
+    String(reps),
+  ]);
+  if (r.code !== 0) {
+    console.error(`PyTorch step failed for ${run.method} (exit ${r.code})`);
+    return null;
+  }
+  return JSON.parse(r.stdout);
 }
