@@ -115,8 +115,12 @@ export async function buildRun(
     onNonfinite: oneOf(flags, "on-nonfinite", NONFINITE_POLICIES),
     dtype: weightDType(flags.dtype),
     recompute: flags.recompute === true,
+    keepWeight: flags["keep-weight"] === true,
   };
   Object.assign(run, scalingSettings(flags, method));
+  if (run.keepWeight && method !== "sltrain") {
+    throw new FlagError(`--keep-weight: only sltrain builds its weight, not ${method}`);
+  }
   if (run.perLayer && run.onNonfinite === "skip") {
     throw new FlagError(
       "--on-nonfinite skip: --per-layer applies each weight's update during backward, before the " +

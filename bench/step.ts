@@ -8,6 +8,7 @@
  * wall time.
  *
  * Usage: `deno run -A bench/step.ts [--model tiny] [--methods full,lowrank,sltrain,relora,galore]
+ *   (`sltrain+keep`: with --keep-weight)
  *   [--optimizer adamw|adamw8bit] [--batch 8] [--seq 128] [--reps 5] [--profile] [--skip-torch]`
  *
  * On a quiet machine, e.g. the issue's `tiny` 16×128 comparison:
@@ -78,8 +79,11 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const rng = new Rng(3);
 const ids = Int32Array.from({ length: B * T }, () => rng.nextInt(model.vocabSize));
 for (const name of f.methods!.split(",")) {
-  const method: MethodName = methodName(name.trim());
+  // "sltrain+keep": SLTrain keeping each built W from forward to backward (--keep-weight).
+  const [base, variant] = name.trim().split("+");
+  const method: MethodName = methodName(base);
   const run = {
+    keepWeight: variant === "keep",
     model,
     method,
     optimizer: optimizerName(f.optimizer!),
@@ -136,14 +140,14 @@ for (const name of f.methods!.split(",")) {
     }×`
     : "– | – | –";
   console.log(
-    `| ${method} | ${ms.toFixed(0)} | ${
+    `| ${name.trim()} | ${ms.toFixed(0)} | ${
       Math.round((B * T) / (ms / 1000))
     } | ${peerCols} | ${dispatches} | ${median(cpu).toFixed(0)} |`,
   );
   if (f.profile) {
     const prof = await stopProfile();
     const total = prof.reduce((a, e) => a + e.ms, 0);
-    console.log(`\n${method}: GPU ${total.toFixed(0)} ms in one profiled step\n`);
+    console.log(`\n${name.trim()}: GPU ${total.toFixed(0)} ms in one profiled step\n`);
     for (const e of prof.slice(0, 8)) {
       console.log(
         `  ${e.name.padEnd(26)} ${String(e.count).padStart(4)}× ${e.ms.toFixed(1).padStart(7)} ms ${

@@ -77,6 +77,10 @@ export const FLAGS: Record<string, FlagSpec> = {
     type: "boolean",
     help: "recompute each block's activations in backward (less memory, same gradients)",
   },
+  "keep-weight": {
+    type: "boolean",
+    help: "sltrain: keep each built W from forward to backward (faster, out×in per layer)",
+  },
   "per-layer": {
     type: "boolean",
     help: "update each parameter during backward (no full gradient set resident)",

@@ -132,6 +132,8 @@ export interface RunConfig {
   dtype: WeightDType;
   /** Recompute each block's activations in backward instead of keeping them (same gradients). */
   recompute: boolean;
+  /** SLTrain: keep each built W from forward to backward instead of rebuilding it (same gradients). */
+  keepWeight?: boolean;
 }
 
 /** The block-linear parameterization of a run. */
@@ -152,6 +154,7 @@ export function linearMethod(run: RunConfig): LinearMethod {
         delta: run.delta,
         alpha: run.alpha,
         seed: run.seed,
+        ...(run.keepWeight ? { keepWeight: true } : {}),
       };
     case "relora":
       return { kind: "relora", rank: run.rank, alpha: run.alpha };

@@ -145,8 +145,10 @@ const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
   "evalTokens",
   "logEvery",
   "onNonfinite",
-  // Recomputation gives the same gradients to the bit: only memory and time differ.
+  // Recomputing activations or keeping SLTrain's W gives the same gradients to the bit: only
+  // memory and time differ.
   "recompute",
+  "keepWeight",
 ]);
 
 /** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */

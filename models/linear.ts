@@ -163,5 +163,5 @@ export function applyLinear(
   need(params, ["A", "B", "V"], "sltrain");
   if (buffer === undefined) throw new ConfigError("sltrain linear needs its support tensor");
   const p = params as SLTrainLinearParams;
-  return sltrainLinear(x, p.B, p.A, p.V, buffer, s);
+  return sltrainLinear(x, p.B, p.A, p.V, buffer, s, { keepWeight: method.keepWeight });
 }

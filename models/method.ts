@@ -22,6 +22,11 @@ export type LinearMethod =
     readonly delta: number;
     readonly alpha: number;
     readonly seed: number;
+    /**
+     * Not part of the parameterization: keep each W built in forward until backward instead of
+     * building it again (faster; out × in per layer held in between; same gradients).
+     */
+    readonly keepWeight?: boolean;
   };
 
 /**

@@ -3,8 +3,9 @@
  * low-rank linear it is compared against.
  *
  * The weight `W = s·B·A ⊕_I V` ([out, in]) exists only transiently: built for the forward product,
- * freed at once, rebuilt once in backward for dx, and never differentiated as a dense matrix. That
- * is what makes the layer's memory scale with its parameters instead of with out × in. Where
+ * freed at once (or kept to backward, an option), rebuilt once in backward for dx; its gradient
+ * dW, where formed, lives only inside the layer's backward. That is what makes the layer's memory
+ * scale with its parameters instead of with out × in. Where
  * building W costs more than it saves (few tokens against out·in: a batch of one at 350M to 7B),
  * the layer instead goes through the factors, `s·(x·Aᵀ)·Bᵀ`, plus the product with the sparse part
  * alone, `S = 0 ⊕_I V` (see {@link SLTrainPath}). A W or S larger than one storage binding is built
@@ -15,12 +16,12 @@ import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape, sizeOf } from "../core/shape.ts";
-import { recordOp, untracked } from "../core/tape.ts";
+import { isRecording, recordOp, untracked } from "../core/tape.ts";
 import { type Tensor, zeros } from "../core/tensor.ts";
 import { cast } from "./cast.ts";
 import { mapN, mulScalar } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
-import { sddmm } from "./sparse.ts";
+import { gatherFlat, sddmm } from "./sparse.ts";
 import { inputGradByRows, productByRows, weightBlockRows, type WeightRows } from "./weight_rows.ts";
 
 export { sampleSupport } from "./support.ts";
@@ -66,11 +67,27 @@ export type SLTrainPath = "auto" | "dense" | "factored";
 export interface SLTrainLinearOptions {
   /** Which products to compute (default `auto`): see {@link SLTrainPath}. */
   path?: SLTrainPath;
+  /**
+   * On the dense path with W within one binding: keep the W built in forward (and s·B) until
+   * backward instead of building it again there (default false). Costs out × in f32 per layer
+   * from forward to backward; saves one build (a scale, an out·r·in product and the scatter) per
+   * layer and step. The gradients are the same bit for bit.
+   */
+  keepWeight?: boolean;
 }
 
 /** The path `auto` takes for T tokens through an [out, in] layer: the one with fewer FLOPs. */
 export function sltrainPath(tokens: number, out: number, inF: number): "dense" | "factored" {
   return tokens * (inF + out) < out * inF ? "factored" : "dense";
+}
+
+/** Adds V at I into `w`, the block of W whose flat indices start at `base` (in place). */
+function addSparse(w: Tensor, V: Tensor, I: Tensor, base: number): void {
+  scatterInPlace(V.dtype as "f32" | "bf16")({ idx: I, vals: V, w }, {
+    n: I.size,
+    base,
+    size: w.size,
+  });
 }
 
 /** The builder of W's rows (with `lowRank`) or of S's rows (without). */
@@ -88,21 +105,19 @@ function weightRows(
     if (lowRank) {
       // Scaling the n×r factor (not the n×in product) folds s into the matmul for free.
       const rows = n === out ? B.view(B.shape) : B.rows(r0, n);
-      const sB = mapN("sltrain_scale", [rows], "v0 * c0", undefined, [s]);
+      const sB = scaleBy(rows, s);
       rows.dispose();
       w = matmul(sB, A);
       sB.dispose();
     } else {
       w = zeros([n, inF]);
     }
-    scatterInPlace(V.dtype as "f32" | "bf16")({ idx: I, vals: V, w }, {
-      n: I.size,
-      base: r0 * inF,
-      size: n * inF,
-    });
+    addSparse(w, V, I, r0 * inF);
     return w;
   };
 }
+
+const scaleBy = (t: Tensor, s: number) => mapN("sltrain_scale", [t], "v0 * c0", undefined, [s]);
 
 function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number): void {
   const shapes = () =>
@@ -134,10 +149,13 @@ function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number)
  * race). Indices >= out·in add nothing. `s` is the low-rank scale α/r.
  *
  * Dense path: W is built (matmul, then scatter-add of V in place), used and freed inside the
- * forward; nothing beyond the inputs is saved. Backward with g = ∂L/∂y never forms a dense
- * gradient: dx = g·W (W rebuilt transiently), dB = s·gᵀ·(x·Aᵀ), dA = (g·s·B)ᵀ·x, dV = (gᵀ·x)
- * sampled at I (SDDMM); I gets no gradient. The factored path computes y = s·(x·Aᵀ)·Bᵀ + x·Sᵀ and
- * dx = (g·s·B)·A + g·S instead (see {@link SLTrainPath}); the gradients are the same up to f32
+ * forward (or kept to backward with `keepWeight`). Backward with g = ∂L/∂y: dx = g·W (W rebuilt
+ * transiently) and, with W within one binding, the transient dW = gᵀ·x projected onto the
+ * parameters (dV = dW at I, dA = (s·B)ᵀ·dW, dB = s·dW·Aᵀ: a full-rank layer's three large
+ * products plus small ones); with W in row blocks, dB = s·gᵀ·(x·Aᵀ), dA = (g·s·B)ᵀ·x and dV =
+ * (gᵀ·x) sampled at I (SDDMM), never an out × in gradient. I gets no gradient. The factored path
+ * computes y = s·(x·Aᵀ)·Bᵀ + x·Sᵀ and dx = (g·s·B)·A + g·S with the SDDMM for dV (see
+ * {@link SLTrainPath}); the gradients are the same up to f32
  * rounding. Gradients of bf16 factors come out bf16 (the tape rounds them once).
  */
 export function sltrainLinear(
@@ -158,6 +176,7 @@ export function sltrainLinear(
     ? sltrainPath(T, out, inF) === "factored"
     : choice === "factored";
   const per = weightBlockRows(out, inF, [B.shape[1] * bytesPerElement(B.dtype)]);
+  if (!factored && per >= out) return denseLinear(x, B, A, V, I, s, opts.keepWeight ?? false);
   const build = weightRows(B, A, V, I, s, !factored);
   // The internals use recorded ops (matmul, sddmm); the layer must stay one tape node.
   const y = untracked(() => {
@@ -165,7 +184,7 @@ export function sltrainLinear(
     let init: Tensor | undefined;
     if (factored) {
       const xA = matmul(x2, A, { transB: true });
-      const sxA = mapN("sltrain_scale", [xA], "v0 * c0", undefined, [s]);
+      const sxA = scaleBy(xA, s);
       xA.dispose();
       init = matmul(sxA, B, { transB: true });
       sxA.dispose();
@@ -181,7 +200,7 @@ export function sltrainLinear(
     const xf = x.view([T, inF]);
     // g·(s·B): the scale rides on the small out×r factor. dA = (g·s·B)ᵀ·x; the factored dx
     // starts from (g·s·B)·A.
-    const sB = mapN("sltrain_scale", [B], "v0 * c0", undefined, [s]);
+    const sB = scaleBy(B, s);
     const gB = matmul(g2, sB);
     sB.dispose();
     const dA = matmul(gB, xf, { transA: true });
@@ -202,6 +221,70 @@ export function sltrainLinear(
     xf.dispose();
     return [dx, dB, dA, dV, null];
   });
+  return y;
+}
+
+/**
+ * The dense path with W in one binding, shaped like a full-rank layer's step: y = x·Wᵀ, dx = g·W
+ * and dW = gᵀ·x (the same three large products), with the transient dW then projected onto the
+ * parameters: dV = dW at I, dA = (s·B)ᵀ·dW, dB = s·dW·Aᵀ. dW lives only inside the VJP, like the
+ * rebuilt W: no dense gradient outlives the layer's backward, and the SDDMM (with its layout
+ * copies) is not needed.
+ */
+function denseLinear(
+  x: Tensor,
+  B: Tensor,
+  A: Tensor,
+  V: Tensor,
+  I: Tensor,
+  s: number,
+  keep: boolean,
+): Tensor {
+  const [out, inF] = [B.shape[0], A.shape[1]];
+  const lead = x.shape.slice(0, -1);
+  const T = sizeOf(lead);
+  const build = () =>
+    untracked(() => {
+      const sB = scaleBy(B, s);
+      const w = matmul(sB, A);
+      addSparse(w, V, I, 0);
+      return { sB, w };
+    });
+  const made = build();
+  const y = untracked(() => {
+    const x2 = x.view([T, inF]);
+    const y2 = matmul(x2, made.w, { transB: true });
+    x2.dispose();
+    const y3 = y2.view([...lead, out]);
+    y2.dispose();
+    return y3;
+  });
+  const kept = keep && isRecording();
+  if (!kept) {
+    made.w.dispose();
+    made.sB.dispose();
+  }
+  recordOp("sltrainLinear", [x, B, A, V, I], y, (g) => {
+    // Kept tensors belong to the tape (saved below); rebuilt ones are freed here.
+    const { sB, w } = kept ? made : build();
+    const g2 = g.view([T, out]);
+    const xf = x.view([T, inF]);
+    const dx2 = matmul(g2, w);
+    if (!kept) w.dispose(); // one transient out × in at a time: W, then dW
+    const dW = matmul(g2, xf, { transA: true });
+    g2.dispose();
+    xf.dispose();
+    const dx = dx2.view(x.shape);
+    dx2.dispose();
+    const dV = gatherFlat(dW, I);
+    const dA = matmul(sB, dW, { transA: true });
+    const dWAt = matmul(dW, A, { transB: true });
+    dW.dispose();
+    if (!kept) sB.dispose();
+    const dB = s === 1 ? dWAt : scaleBy(dWAt, s);
+    if (dB !== dWAt) dWAt.dispose();
+    return [dx, dB, dA, dV, null];
+  }, kept ? [made.sB, made.w] : []);
   return y;
 }
 

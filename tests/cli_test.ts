@@ -130,6 +130,7 @@ Deno.test("train.ts as a user runs it", async (t) => {
         [["--delta", "1.5"], /--delta 1\.5: must be in \(0, 1\)/],
         [["--steps", "two"], /--steps two: must be a positive integer/],
         [["--dtype", "fp16"], /--dtype fp16: unknown dtype \(expected f32 or bf16\)/],
+        [["--method", "full", "--keep-weight"], /--keep-weight: only sltrain builds its weight/],
         [["--data", `${tmp}/missing.txt`], /missing\.txt does not exist/],
       ];
       await Deno.writeTextFile(`${tmp}/empty.txt`, "");

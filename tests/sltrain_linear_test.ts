@@ -283,10 +283,10 @@ Deno.test("memory: SLTrain forward+backward peak <= one dense W + O(tokens·(in+
     for (const t of [I, w, ...ins]) t.dispose();
     // c = 4, i.e. room for 4·(in+out)·T floats of activations. What is live at the peak (measured):
     // - weight-dominated case: the transient W plus three y-sized tensors (y, the incoming g, and
-    //   the transposed g inside the SDDMM) — the op never holds a second out×in matrix;
+    //   the factored path's SDDMM); the dense path holds W or dW, never both;
     // - activation-dominated case: five y-sized tensors inside the loss's own mul VJP (y, y·w,
-    //   ∂/∂(y·w), ∂/∂y, ∂/∂w), before the op's VJP even runs; the op's VJP peaks lower (y, g, dx,
-    //   gᵀ and xᵀ for the SDDMM).
+    //   ∂/∂(y·w), ∂/∂y, ∂/∂w), before the op's VJP even runs; the op's VJP peaks lower (y, g, dx
+    //   and the transient W or dW).
     // 4·params covers the returned dB, dA, dV and the out×r scaled copy of B.
     const bound = 4 * out * inF + 4 * 4 * T * (inF + out) + 4 * params;
     console.log(
@@ -367,13 +367,14 @@ const pathArb = fc.record({
   path: fc.constantFrom("dense" as const, "factored" as const),
   bf16: fc.boolean(),
   small: fc.boolean(),
+  keepWeight: fc.boolean(),
   seed: fc.integer({ min: 1, max: 1e6 }),
 });
 
 Deno.test("sltrainLinear: both paths, with f32 or bf16 B, A, V and with W built in row blocks, match float64 and finite differences", async () => {
   const [inF, r] = [16, 8];
   await fc.assert(
-    fc.asyncProperty(pathArb, async ({ t, out, delta, s, path, bf16, small, seed }) => {
+    fc.asyncProperty(pathArb, async ({ t, out, delta, s, path, bf16, small, keepWeight, seed }) => {
       const idx = sampleSupport(out, inF, delta, seed);
       const I = u32(idx);
       const p = bf16 ? "bf16" : "f32";
@@ -381,7 +382,7 @@ Deno.test("sltrainLinear: both paths, with f32 or bf16 B, A, V and with W built 
       const window = alignedRowsBytes(4 * inF) * (bf16 ? 4 : 2);
       const run = () =>
         checkOp({
-          op: ([x, B, A, V]) => sltrainLinear(x, B, A, V, I, s, { path }),
+          op: ([x, B, A, V]) => sltrainLinear(x, B, A, V, I, s, { path, keepWeight }),
           ref: (ins) => sltrainRef(ins, idx, s),
           inputs: [
             randomArr([t, inF], seed),
@@ -398,6 +399,28 @@ Deno.test("sltrainLinear: both paths, with f32 or bf16 B, A, V and with W built 
     }),
     { ...FC, numRuns: 12 },
   );
+});
+
+Deno.test("sltrainLinear keepWeight: the W kept from forward gives the rebuilt W's gradients bit for bit, and the tape frees it", async () => {
+  const [T, out, inF, r] = [96, 40, 24, 8];
+  const idx = sampleSupport(out, inF, 0.1, 3);
+  const I = u32(idx);
+  const ins = [[T, inF], [out, r], [r, inF], [idx.length]].map((sh, k) =>
+    toTensor(randomArr(sh, k + 11, -1, 1))
+  );
+  const grads = async (keepWeight: boolean) => {
+    const live = memoryStats().liveBytes;
+    const { value, grads } = valueAndGrad((p: Tensor[]) =>
+      sum(sltrainLinear(p[0], p[1], p[2], p[3], I, 0.5, { path: "dense", keepWeight }))
+    )(ins);
+    value.dispose();
+    const data = await readAll(grads);
+    for (const g of grads) g.dispose();
+    assert.equal(memoryStats().liveBytes, live, "nothing left behind");
+    return data;
+  };
+  assert.deepEqual(await grads(true), await grads(false));
+  for (const t of [I, ...ins]) t.dispose();
 });
 
 Deno.test("sltrainLinear: auto takes the path with fewer FLOPs (factored iff T·(in + out) < out·in)", () => {

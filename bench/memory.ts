@@ -1,0 +1,310 @@
+/**
+ * The memory table of the SLTrain paper's Fig. 3, measured here: one training step (batch 1,
+ * seq 256, the trainer's own step) per configuration, each in its own process (so one row's pool
+ * and caches cannot lower or raise another's), with the analytic steady bytes (`estimateMemory`,
+ * weights + buffers + optimizer states), the measured steady bytes after the step (params, buffers
+ * and optimizer state as the trainer holds them), the measured peak of the step (the allocator's
+ * counters: gradients and activations included) and the paper's figure beside each.
+ *
+ * Rows per model: Adam with f32 weights; Adam with bf16 weights and f32 states (the paper's
+ * baseline); the same two with per-layer updates (what per-layer frees), also with `--recompute`
+ * (what is left is activations); Adam8bit, GaLore8bit and
+ * SLTrain8bit with per-layer updates and bf16 weights (the paper's three); SLTrain8bit with
+ * `--recompute` too. `--estimate-only` models (default 7b) get the estimate of every row, and
+ * `--measure-7b` measures the SLTrain8bit row there.
+ *
+ * Usage: `deno run -A bench/memory.ts [--models 350m,1b] [--rows adam,adam-bf16,...]
+ *   [--estimate-only 7b] [--measure-7b] [--seq 256] [--timeout 1800]`
+ * @module
+ */
+import { parseArgs } from "node:util";
+import type { MethodName, OptimizerName, RunConfig } from "../cli/run_config.ts";
+import { linearMethod, optimizerSpec } from "../cli/run_config.ts";
+import type { Progress } from "../cli/progress.ts";
+import { trainRun } from "../cli/trainer.ts";
+import { init } from "../core/device.ts";
+import { Rng } from "../core/rng.ts";
+import { packedSequences } from "../data/batches.ts";
+import { loadConfig } from "../models/config.ts";
+import { estimateMemory } from "../models/estimate.ts";
+
+/** One configuration of the table. */
+interface Row {
+  readonly key: string;
+  readonly label: string;
+  readonly method: MethodName;
+  readonly optimizer: OptimizerName;
+  readonly dtype: "f32" | "bf16";
+  readonly perLayer: boolean;
+  readonly recompute?: boolean;
+  /** The paper's Fig. 3 column (GB) this row stands beside. */
+  readonly paper?: "adam" | "adam8bit" | "galore8bit" | "sltrain8bit";
+}
+
+const ROWS: readonly Row[] = [
+  {
+    key: "adam",
+    label: "Adam (f32 weights)",
+    method: "full",
+    optimizer: "adamw",
+    dtype: "f32",
+    perLayer: false,
+  },
+  {
+    key: "adam-pl",
+    label: "Adam (f32) per-layer",
+    method: "full",
+    optimizer: "adamw",
+    dtype: "f32",
+    perLayer: true,
+  },
+  {
+    key: "adam-pl-rc",
+    label: "Adam (f32) per-layer, --recompute",
+    method: "full",
+    optimizer: "adamw",
+    dtype: "f32",
+    perLayer: true,
+    recompute: true,
+  },
+  {
+    key: "adam-bf16",
+    label: "Adam (bf16 weights, f32 states)",
+    method: "full",
+    optimizer: "adamw",
+    dtype: "bf16",
+    perLayer: false,
+    paper: "adam",
+  },
+  {
+    key: "adam-bf16-pl",
+    label: "Adam (bf16) per-layer",
+    method: "full",
+    optimizer: "adamw",
+    dtype: "bf16",
+    perLayer: true,
+  },
+  {
+    key: "adam-bf16-pl-rc",
+    label: "Adam (bf16) per-layer, --recompute",
+    method: "full",
+    optimizer: "adamw",
+    dtype: "bf16",
+    perLayer: true,
+    recompute: true,
+  },
+  {
+    key: "adam8bit",
+    label: "Adam8bit per-layer, bf16",
+    method: "full",
+    optimizer: "adamw8bit",
+    dtype: "bf16",
+    perLayer: true,
+    paper: "adam8bit",
+  },
+  {
+    key: "galore8bit",
+    label: "GaLore8bit per-layer, bf16",
+    method: "galore",
+    optimizer: "adamw8bit",
+    dtype: "bf16",
+    perLayer: true,
+    paper: "galore8bit",
+  },
+  {
+    key: "sltrain8bit",
+    label: "SLTrain8bit per-layer, bf16",
+    method: "sltrain",
+    optimizer: "adamw8bit",
+    dtype: "bf16",
+    perLayer: true,
+    paper: "sltrain8bit",
+  },
+  {
+    key: "sltrain8bit-rc",
+    label: "SLTrain8bit per-layer, bf16, --recompute",
+    method: "sltrain",
+    optimizer: "adamw8bit",
+    dtype: "bf16",
+    perLayer: true,
+    recompute: true,
+  },
+];
+
+// sltrain-paper-facts.md §1.2, Fig. 3: actual memory, batch 1, bf16, one A100 (GB).
+const PAPER: Record<string, Record<NonNullable<Row["paper"]>, number>> = {
+  "350m": { adam: 4.5, adam8bit: 3.5, galore8bit: 3.1, sltrain8bit: 2.2 },
+  "1b": { adam: 16.3, adam8bit: 11.8, galore8bit: 10.3, sltrain8bit: 6.8 },
+  "7b": { adam: 67.4, adam8bit: 29.4, galore8bit: 22, sltrain8bit: 18.3 },
+};
+
+const { values: f } = parseArgs({
+  options: {
+    models: { type: "string", default: "350m,1b" },
+    rows: { type: "string", default: ROWS.map((r) => r.key).join(",") },
+    "estimate-only": { type: "string", default: "7b" },
+    "measure-7b": { type: "boolean", default: false },
+    seq: { type: "string", default: "256" },
+    timeout: { type: "string", default: "1800" },
+    child: { type: "string" },
+  },
+});
+
+/** The trainer's settings for `row` at `model` (the paper's rank r = hidden/4, δ = 0.03). */
+async function runConfig(model: string, row: Row, seq: number): Promise<RunConfig> {
+  const config = await loadConfig(model);
+  const rank = config.hidden / 4;
+  return {
+    model: config,
+    modelName: model,
+    method: row.method,
+    optimizer: row.optimizer,
+    rank,
+    delta: 0.03,
+    alpha: rank / 4,
+    lr: 1e-3,
+    warmup: 0,
+    steps: 1,
+    minLrRatio: 0.1,
+    batch: 1,
+    seq,
+    gradAccum: 1,
+    clip: 0,
+    weightDecay: 0,
+    perLayer: row.perLayer,
+    galoreGap: 200,
+    galoreScale: 0.25,
+    refactorEvery: 0,
+    reloraEvery: 0,
+    recoverySteps: 0,
+    evalEvery: 0,
+    evalTokens: seq,
+    seed: 42,
+    logEvery: 1,
+    dtype: row.dtype,
+    recompute: row.recompute ?? false,
+  };
+}
+
+function estimate(run: RunConfig): number {
+  return estimateMemory(
+    run.model,
+    { method: linearMethod(run), optimizer: optimizerSpec(run), weights: run.dtype },
+    "ours",
+  ).total;
+}
+
+/** Child: one step of one row; prints one JSON line. */
+async function child(spec: { model: string; row: string; seq: number }): Promise<void> {
+  await init();
+  const row = ROWS.find((r) => r.key === spec.row)!;
+  const run = await runConfig(spec.model, row, spec.seq);
+  // Memory does not depend on the text: random ids of the model's vocabulary.
+  const rng = new Rng(7);
+  const doc = () =>
+    Uint32Array.from({ length: 4 * spec.seq }, () => rng.nextInt(run.model.vocabSize));
+  const data = {
+    train: packedSequences([doc(), doc()], spec.seq, 0, 0),
+    val: packedSequences([doc()], spec.seq, 0, 0),
+  };
+  const t0 = performance.now();
+  const r = await trainRun(run, data, {
+    out: "",
+    resume: false,
+    log: () => {},
+    progress: { update() {}, log() {}, done() {} } as unknown as Progress,
+    shouldStop: () => false,
+  });
+  console.log(JSON.stringify({
+    estimate: r.estimatedBytes,
+    steady: r.measuredBytes,
+    peak: r.peakBytes,
+    seconds: (performance.now() - t0) / 1000,
+  }));
+}
+
+interface Measured {
+  estimate: number;
+  steady: number;
+  peak: number;
+  seconds: number;
+}
+
+async function measure(model: string, row: Row, seq: number): Promise<Measured | string> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      import.meta.filename!,
+      "--child",
+      JSON.stringify({ model, row: row.key, seq }),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(Number(f.timeout) * 1000),
+  });
+  try {
+    const out = await cmd.output();
+    const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
+    if (out.code !== 0 || !text.startsWith("{")) {
+      const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" ");
+      return `failed (exit ${out.code}): ${err.slice(0, 200)}`;
+    }
+    return JSON.parse(text);
+  } catch (e) {
+    return `failed: ${e instanceof Error ? e.message : e}`;
+  }
+}
+
+const gb = (b: number) => (b / 1e9).toFixed(3);
+
+async function main(): Promise<void> {
+  if (f.child) return await child(JSON.parse(f.child));
+  const info = await init();
+  const seq = Number(f.seq);
+  const rows = f.rows!.split(",").map((k) => {
+    const r = ROWS.find((x) => x.key === k.trim());
+    if (!r) {
+      throw new Error(`--rows: unknown row ${k} (expected ${ROWS.map((x) => x.key).join(", ")})`);
+    }
+    return r;
+  });
+  console.log(
+    `# one training step, batch 1 × ${seq} tokens; ${info.summary}; binding limit ` +
+      `${info.limits.maxStorageBufferBindingSize} B, buffer limit ${info.limits.maxBufferSize} B\n`,
+  );
+  console.log(
+    "| model | configuration | est. steady GB | measured steady GB | measured peak GB | " +
+      "peak / Adam bf16 peak | paper GB | paper / paper Adam | step s |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  const models = f.models!.split(",").filter(Boolean);
+  const estimateOnly = f["estimate-only"]!.split(",").filter(Boolean);
+  for (const model of [...models, ...estimateOnly]) {
+    const only = !models.includes(model);
+    let adamPeak = 0;
+    for (const row of rows) {
+      const est = estimate(await runConfig(model, row, seq));
+      const paper = row.paper ? PAPER[model]?.[row.paper] : undefined;
+      const paperCols = paper === undefined
+        ? "– | –"
+        : `${paper} | ${(paper / PAPER[model].adam).toFixed(2)}`;
+      const measureIt = !only || (f["measure-7b"] && row.key === "sltrain8bit");
+      const m = measureIt ? await measure(model, row, seq) : "estimate only";
+      if (typeof m === "string") {
+        console.log(`| ${model} | ${row.label} | ${gb(est)} | ${m} | – | – | ${paperCols} | – |`);
+        continue;
+      }
+      if (row.key === "adam-bf16") adamPeak = m.peak;
+      if (m.estimate !== est) throw new Error(`${model} ${row.key}: estimates differ`);
+      const ratio = adamPeak > 0 ? (m.peak / adamPeak).toFixed(2) : "–";
+      console.log(
+        `| ${model} | ${row.label} | ${gb(est)} | ${gb(m.steady)} | ${
+          gb(m.peak)
+        } | ${ratio} | ${paperCols} | ${m.seconds.toFixed(0)} |`,
+      );
+    }
+  }
+}
+
+await main();
