@@ -11,10 +11,11 @@
  * (what is left is activations); Adam8bit, GaLore8bit and
  * SLTrain8bit with per-layer updates and bf16 weights (the paper's three); SLTrain8bit with
  * `--recompute` too. `--estimate-only` models (default 7b) get the estimate of every row, and
- * `--measure-7b` measures the SLTrain8bit row there.
+ * `--measure-7b` measures the SLTrain8bit row there; `--estimate-rows` lists rows that only get
+ * the estimate (e.g. one that would not fit this machine's memory).
  *
  * Usage: `deno run -A bench/memory.ts [--models 350m,1b] [--rows adam,adam-bf16,...]
- *   [--estimate-only 7b] [--measure-7b] [--seq 256] [--timeout 1800]`
+ *   [--estimate-only 7b] [--measure-7b] [--estimate-rows adam] [--seq 256] [--timeout 1800]`
  * @module
  */
 import { parseArgs } from "node:util";
@@ -41,94 +42,51 @@ interface Row {
   readonly paper?: "adam" | "adam8bit" | "galore8bit" | "sltrain8bit";
 }
 
+function row(
+  key: string,
+  label: string,
+  method: MethodName,
+  optimizer: OptimizerName,
+  dtype: "f32" | "bf16",
+  perLayer: boolean,
+  more: Partial<Row> = {},
+): Row {
+  return { key, label, method, optimizer, dtype, perLayer, ...more };
+}
+
 const ROWS: readonly Row[] = [
-  {
-    key: "adam",
-    label: "Adam (f32 weights)",
-    method: "full",
-    optimizer: "adamw",
-    dtype: "f32",
-    perLayer: false,
-  },
-  {
-    key: "adam-pl",
-    label: "Adam (f32) per-layer",
-    method: "full",
-    optimizer: "adamw",
-    dtype: "f32",
-    perLayer: true,
-  },
-  {
-    key: "adam-pl-rc",
-    label: "Adam (f32) per-layer, --recompute",
-    method: "full",
-    optimizer: "adamw",
-    dtype: "f32",
-    perLayer: true,
+  row("adam", "Adam (f32 weights)", "full", "adamw", "f32", false),
+  row("adam-pl", "Adam (f32) per-layer", "full", "adamw", "f32", true),
+  row("adam-pl-rc", "Adam (f32) per-layer, --recompute", "full", "adamw", "f32", true, {
     recompute: true,
-  },
-  {
-    key: "adam-bf16",
-    label: "Adam (bf16 weights, f32 states)",
-    method: "full",
-    optimizer: "adamw",
-    dtype: "bf16",
-    perLayer: false,
+  }),
+  row("adam-bf16", "Adam (bf16 weights, f32 states)", "full", "adamw", "bf16", false, {
     paper: "adam",
-  },
-  {
-    key: "adam-bf16-pl",
-    label: "Adam (bf16) per-layer",
-    method: "full",
-    optimizer: "adamw",
-    dtype: "bf16",
-    perLayer: true,
-  },
-  {
-    key: "adam-bf16-pl-rc",
-    label: "Adam (bf16) per-layer, --recompute",
-    method: "full",
-    optimizer: "adamw",
-    dtype: "bf16",
-    perLayer: true,
+  }),
+  row("adam-bf16-pl", "Adam (bf16) per-layer", "full", "adamw", "bf16", true),
+  row("adam-bf16-pl-rc", "Adam (bf16) per-layer, --recompute", "full", "adamw", "bf16", true, {
     recompute: true,
-  },
-  {
-    key: "adam8bit",
-    label: "Adam8bit per-layer, bf16",
-    method: "full",
-    optimizer: "adamw8bit",
-    dtype: "bf16",
-    perLayer: true,
+  }),
+  row("adam8bit", "Adam8bit per-layer, bf16", "full", "adamw8bit", "bf16", true, {
     paper: "adam8bit",
-  },
-  {
-    key: "galore8bit",
-    label: "GaLore8bit per-layer, bf16",
-    method: "galore",
-    optimizer: "adamw8bit",
-    dtype: "bf16",
-    perLayer: true,
+  }),
+  row("galore8bit", "GaLore8bit per-layer, bf16", "galore", "adamw8bit", "bf16", true, {
     paper: "galore8bit",
-  },
-  {
-    key: "sltrain8bit",
-    label: "SLTrain8bit per-layer, bf16",
-    method: "sltrain",
-    optimizer: "adamw8bit",
-    dtype: "bf16",
-    perLayer: true,
+  }),
+  row("sltrain8bit", "SLTrain8bit per-layer, bf16", "sltrain", "adamw8bit", "bf16", true, {
     paper: "sltrain8bit",
-  },
-  {
-    key: "sltrain8bit-rc",
-    label: "SLTrain8bit per-layer, bf16, --recompute",
-    method: "sltrain",
-    optimizer: "adamw8bit",
-    dtype: "bf16",
-    perLayer: true,
-    recompute: true,
-  },
+  }),
+  row(
+    "sltrain8bit-rc",
+    "SLTrain8bit per-layer, bf16, --recompute",
+    "sltrain",
+    "adamw8bit",
+    "bf16",
+    true,
+    {
+      recompute: true,
+    },
+  ),
 ];
 
 // sltrain-paper-facts.md §1.2, Fig. 3: actual memory, batch 1, bf16, one A100 (GB).
@@ -144,6 +102,7 @@ const { values: f } = parseArgs({
     rows: { type: "string", default: ROWS.map((r) => r.key).join(",") },
     "estimate-only": { type: "string", default: "7b" },
     "measure-7b": { type: "boolean", default: false },
+    "estimate-rows": { type: "string", default: "" },
     seq: { type: "string", default: "256" },
     timeout: { type: "string", default: "1800" },
     child: { type: "string" },
@@ -289,7 +248,9 @@ async function main(): Promise<void> {
       const paperCols = paper === undefined
         ? "– | –"
         : `${paper} | ${(paper / PAPER[model].adam).toFixed(2)}`;
-      const measureIt = !only || (f["measure-7b"] && row.key === "sltrain8bit");
+      const measureIt = only
+        ? f["measure-7b"] && row.key === "sltrain8bit"
+        : !f["estimate-rows"]!.split(",").includes(row.key);
       const m = measureIt ? await measure(model, row, seq) : "estimate only";
       if (typeof m === "string") {
         console.log(`| ${model} | ${row.label} | ${gb(est)} | ${m} | – | – | ${paperCols} | – |`);

@@ -98,7 +98,6 @@ async function sameCheckpoints(a: string, b: string): Promise<number> {
   try {
     const keys = new Set([...Object.keys(ra.metadata), ...Object.keys(rb.metadata)]);
     const differ = [...keys].filter((k) => ra.metadata[k] !== rb.metadata[k]);
-    if (differ.length > 0) throw new Error(`metadata ${differ.join(", ")} differs`);
     const names = [...ra.entries.keys()].sort();
     const namesB = [...rb.entries.keys()].sort();
     if (names.join("\n") !== namesB.join("\n")) throw new Error("the tensor names differ");
@@ -113,10 +112,38 @@ async function sameCheckpoints(a: string, b: string): Promise<number> {
         }
       });
     }
+    // The checksum metadata covers the others; name the first value that differs.
+    const first = differ.filter((k) => !k.startsWith("sltrain."))
+      .map((k) => `${k}: ${firstDifference(ra.metadata[k], rb.metadata[k])}`);
+    if (first.length > 0) throw new Error(`tensors equal, metadata differs: ${first.join("; ")}`);
     return names.length;
   } finally {
     ra.close();
     rb.close();
+  }
+}
+
+// Where two JSON strings first differ (a path and both values), or the raw strings.
+function firstDifference(a?: string, b?: string): string {
+  const walk = (x: unknown, y: unknown, path: string): string | null => {
+    if (JSON.stringify(x) === JSON.stringify(y)) return null;
+    if (typeof x !== "object" || typeof y !== "object" || x === null || y === null) {
+      return `${path || "/"} ${JSON.stringify(x)} vs ${JSON.stringify(y)}`;
+    }
+    for (const k of new Set([...Object.keys(x), ...Object.keys(y)])) {
+      const d = walk(
+        (x as Record<string, unknown>)[k],
+        (y as Record<string, unknown>)[k],
+        `${path}/${k}`,
+      );
+      if (d) return d;
+    }
+    return null;
+  };
+  try {
+    return walk(JSON.parse(a ?? "null"), JSON.parse(b ?? "null"), "") ?? "?";
+  } catch {
+    return `${a} vs ${b}`;
   }
 }
 

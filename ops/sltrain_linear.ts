@@ -5,10 +5,10 @@
  * The weight `W = s·B·A ⊕_I V` ([out, in]) exists only transiently: built for the forward product,
  * freed at once (or kept to backward, an option), rebuilt once in backward for dx; its gradient
  * dW, where formed, lives only inside the layer's backward. That is what makes the layer's memory
- * scale with its parameters instead of with out × in. Where
- * building W costs more than it saves (few tokens against out·in: a batch of one at 350M to 7B),
- * the layer instead goes through the factors, `s·(x·Aᵀ)·Bᵀ`, plus the product with the sparse part
- * alone, `S = 0 ⊕_I V` (see {@link SLTrainPath}). A W or S larger than one storage binding is built
+ * scale with its parameters instead of with out × in. Where building W costs more than it saves
+ * (few tokens against out·in: a batch of one at 350M to 7B), the layer instead goes through the
+ * factors, `s·(x·Aᵀ)·Bᵀ`, plus the product with the sparse part alone, `S = 0 ⊕_I V` (see
+ * {@link SLTrainPath}). A W or S larger than one storage binding is built
  * and used block by block of its rows (ops/weight_rows.ts). B, A and V may be bf16.
  * @module
  */
@@ -155,8 +155,8 @@ function check(x: Tensor, B: Tensor, A: Tensor, V: Tensor, I: Tensor, s: number)
  * products plus small ones); with W in row blocks, dB = s·gᵀ·(x·Aᵀ), dA = (g·s·B)ᵀ·x and dV =
  * (gᵀ·x) sampled at I (SDDMM), never an out × in gradient. I gets no gradient. The factored path
  * computes y = s·(x·Aᵀ)·Bᵀ + x·Sᵀ and dx = (g·s·B)·A + g·S with the SDDMM for dV (see
- * {@link SLTrainPath}); the gradients are the same up to f32
- * rounding. Gradients of bf16 factors come out bf16 (the tape rounds them once).
+ * {@link SLTrainPath}); the gradients are the same up to f32 rounding. Gradients of bf16 factors
+ * come out bf16 (the tape rounds them once).
  */
 export function sltrainLinear(
   x: Tensor,

@@ -30,10 +30,10 @@ import {
   type AdamScalars,
   adamTransforms,
   type AdamWOptions,
-  F32_MOMENTS,
   type MomentsState,
   type MomentStore,
 } from "./adam_core.ts";
+import { F32_MOMENTS } from "./adam_f32.ts";
 import { FLOAT_DTYPES } from "./elementwise_kernel.ts";
 import type { GradientTransformation } from "./transform.ts";
 

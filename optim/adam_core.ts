@@ -1,16 +1,13 @@
 /**
  * What every Adam variant shares: the options, the per-step scalars and the two transforms
  * (`scaleByAdam`-shaped and fused AdamW) built over a way of storing the moments (f32 tensors in
- * `adamw.ts`, block-quantized 8-bit codes in `adam8bit.ts`), and the f32 moment store with its
- * kernels. Internal: `mod.ts` exports the variants, not this.
+ * `adam_f32.ts`, block-quantized 8-bit codes in `adam8bit.ts`). Internal: `mod.ts` exports the
+ * variants, not this.
  * @module
  */
-import { donate } from "../core/donate.ts";
-import { assertDType } from "../core/dtype.ts";
-import { type Tensor, zeros } from "../core/tensor.ts";
+import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
-import { elementwiseInPlace, FLOAT_DTYPES } from "./elementwise_kernel.ts";
 import {
   type GradientTransformation,
   pairLeaves,
@@ -63,6 +60,19 @@ export interface MomentStore<M> {
    * new moments; `p` (read only) is given when decay ≠ 0.
    */
   step(g: Tensor, m: M, v: M, p: Tensor | undefined, s: AdamScalars): { u: Tensor; m: M; v: M };
+  /**
+   * Optionally, several steps at once (fewer dispatches; the same results as `step` one by one):
+   * steps the parameters it takes among `idx` and returns their results by index; the caller
+   * runs `step` on the rest.
+   */
+  stepMany?(
+    idx: readonly number[],
+    g: readonly Tensor[],
+    m: readonly M[],
+    v: readonly M[],
+    p: readonly (Tensor | undefined)[] | undefined,
+    s: AdamScalars,
+  ): Map<number, { u: Tensor; m: M; v: M }>;
 }
 
 /** State of an Adam variant: the update count and the moments per parameter (leaf order). */
@@ -88,56 +98,6 @@ fn adam_direction(mv: vec2f) -> f32 {
 
 /** The f32 uniforms of {@link AdamScalars}, in order. */
 export const ADAM_SCALARS = ["b1", "b2", "eps", "stepSize", "invSqrtBc2", "decay"] as const;
-
-// One kernel for both: g turns into the update in place, m and v are updated in place, and with
-// `decay` the parameter p adds decay·p. Every per-step scalar rides in the uniform, so one compiled
-// pipeline serves every step and every parameter (per dtype of g and p).
-const ADAM_ELEM = (decay: boolean) =>
-  `  let mv = adam_moments(load_x(k), load_mt(k), load_vt(k));
-  store_mt(k, mv.x);
-  store_vt(k, mv.y);
-  return adam_direction(mv)${decay ? " + u.decay * load_p(k)" : ""};`;
-const ADAM = elementwiseInPlace({
-  name: "adam",
-  updates: ["mt", "vt"],
-  uniforms: ADAM_SCALARS,
-  helpers: ADAM_WGSL,
-  elem: ADAM_ELEM(false),
-});
-const ADAMW = elementwiseInPlace({
-  name: "adamw",
-  reads: ["p"],
-  updates: ["mt", "vt"],
-  uniforms: ADAM_SCALARS,
-  helpers: ADAM_WGSL,
-  elem: ADAM_ELEM(true),
-});
-
-/**
- * One Adam step on one parameter, all in place: g becomes stepSize·m/(√v·invSqrtBc2 + eps) +
- * decay·p (p only when `p` is given), m and v their new moments. Consumes g, m, v; g and p may be
- * bf16 (the update then takes g's dtype), m and v are f32.
- */
-function adamStep(
-  g: Tensor,
-  m: Tensor,
-  v: Tensor,
-  p: Tensor | undefined,
-  s: AdamScalars,
-): { u: Tensor; m: Tensor; v: Tensor } {
-  assertDType("adam", FLOAT_DTYPES, ["g", g], ...(p ? [["p", p] as const] : []));
-  assertDType("adam", ["f32"], ["m", m], ["v", v]);
-  // (The moments bind as mt, vt: a binding named v would shadow store_x's parameter v.)
-  const moments = { mt: donate(m), vt: donate(v) };
-  const u = p ? ADAMW(g, { p, ...moments }, { ...s }) : ADAM(g, moments, { ...s });
-  return { u, m: moments.mt, v: moments.vt };
-}
-
-/** f32 moments, updated by the one-dispatch kernels above (the 8-bit variant's small tensors too). */
-export const F32_MOMENTS: MomentStore<Tensor> = {
-  init: (p) => ({ m: zeros(p.shape), v: zeros(p.shape) }),
-  step: adamStep,
-};
 
 function betasOf(opts: AdamOptions): [number, number, number] {
   const [b1, b2] = opts.betas ?? [0.9, 0.999];
@@ -176,8 +136,9 @@ export function adamTransforms<M>(store: MomentStore<M>, names: [string, string]
     const count = state.count + 1;
     const s = scalars(count);
     const next: MomentsState<M> = { count, m: [], v: [] };
+    const many = store.stepMany?.(g.map((_, i) => i), g, state.m, state.v, params, s);
     const out = g.map((gi, i) => {
-      const r = store.step(gi, state.m[i], state.v[i], params?.[i], s);
+      const r = many?.get(i) ?? store.step(gi, state.m[i], state.v[i], params?.[i], s);
       next.m.push(r.m);
       next.v.push(r.v);
       return r.u;

@@ -117,3 +117,17 @@ export function elementwiseInPlace(spec: ElementwiseSpec): ElementwiseInPlace {
     return out;
   };
 }
+
+/**
+ * The opening of a multi-tensor kernel's body (a flat grid over k tensors laid end to end, with
+ * the uniform array `ends[j]` = elements of tensors 0..j): sets `j`, the tensor element `i` falls
+ * in, and `e`, its index there.
+ */
+export function segmentWgsl(k: number): string {
+  return `  var j = 0u;
+  loop {
+    if (j + 1u >= ${k}u || i < u_ends(j)) { break; }
+    j += 1u;
+  }
+  let e = i - select(0u, u_ends(max(j, 1u) - 1u), j > 0u);`;
+}

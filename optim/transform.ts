@@ -35,7 +35,7 @@ import { fmtShape, shapesEqual } from "../core/shape.ts";
 import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
-import { axpbyInPlace } from "./inplace.ts";
+import { addManyEligible, addManyInPlace, axpbyInPlace } from "./inplace.ts";
 
 /** A value, or a promise of it (see the module doc: transforms wait only when they must). */
 export type MaybePromise<T> = T | Promise<T>;
@@ -134,6 +134,7 @@ export function chain(...stages: GradientTransformation[]): GradientTransformati
  * params + updates, leaf by leaf, written into the parameters' buffers: consumes both trees and
  * returns the new parameters (a null update leaves its parameter as it is, same handle). Either
  * may be f32 or bf16; a bf16 parameter's sum is formed in f32 and rounded once, to nearest even.
+ * f32 pairs are added up to 16 per dispatch.
  */
 export function applyUpdates<P extends TensorTree>(params: P, updates: TensorTree): P {
   const u = tree.flatten(updates);
@@ -141,9 +142,9 @@ export function applyUpdates<P extends TensorTree>(params: P, updates: TensorTre
   const p = tree.flatten(params);
   // Null leaves are not tensors, so updates pair with parameters by path, not by position.
   const byPath = new Map(tree.paths(updates).map((path, i) => [path, u[i]]));
-  const out = p.map((pi, i) => {
+  const pairs = p.map((pi, i) => {
     const ui = byPath.get(paths[i]);
-    if (ui === undefined) return pi;
+    if (ui === undefined) return null;
     byPath.delete(paths[i]);
     if (!shapesEqual(ui.shape, pi.shape)) {
       throw new ShapeError(
@@ -151,12 +152,21 @@ export function applyUpdates<P extends TensorTree>(params: P, updates: TensorTre
           `${paths[i] || i} ${fmtShape(pi.shape)}`,
       );
     }
-    const next = axpbyInPlace(pi, 1, ui, 1);
-    ui.dispose();
-    return next;
+    return ui;
   });
   if (byPath.size > 0) {
     throw new ShapeError(`applyUpdates: updates for unknown parameters ${[...byPath.keys()]}`);
   }
+  // f32 pairs several per dispatch; the rest (bf16, past one binding) one by one.
+  const many = p.flatMap((pi, i) => (pairs[i] && addManyEligible(pi, pairs[i]) ? [i] : []));
+  const sums = addManyInPlace(many.map((i) => p[i]), many.map((i) => pairs[i]!));
+  const summed = new Map(many.map((i, k) => [i, sums[k]]));
+  const out = p.map((pi, i) => {
+    const ui = pairs[i];
+    if (!ui) return pi;
+    const next = summed.get(i) ?? axpbyInPlace(pi, 1, ui, 1);
+    ui.dispose();
+    return next;
+  });
   return tree.unflatten(params, out);
 }

@@ -10,6 +10,7 @@ import fc from "fast-check";
 import assert from "node:assert/strict";
 import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
 import { gpuDevice } from "../core/device.ts";
+import { dispatchStats } from "../core/kernel.ts";
 import { memoryStats } from "../core/memory.ts";
 import { full, readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
@@ -36,6 +37,7 @@ import {
   scaleByAdam,
   scaleByLearningRate,
   scaleInPlace,
+  setMultiTensorAdam,
   warmupCosine,
 } from "../optim/mod.ts";
 import { assertClose, backward, frob, mm, randomArr, setup } from "./util.ts";
@@ -131,6 +133,57 @@ Deno.test("adamw matches a float64 reference over 20 steps (random shapes, wd, s
         });
         assert.equal(state.count, 20);
         tree.dispose([params, state]);
+      },
+    ),
+    RUNS,
+  );
+});
+
+Deno.test("multi-tensor Adam: up to 8 f32 parameters per dispatch give the single-tensor kernels' bits (mixed with bf16 ones, with and without decay, scaleByAdam too)", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.record({ size: fc.integer({ min: 1, max: 3000 }), bf16: fc.boolean() }), {
+        minLength: 1,
+        maxLength: 20,
+      }),
+      fc.integer({ min: 1, max: 1e6 }),
+      fc.constantFrom(0, 0.1),
+      fc.boolean(),
+      async (specs, seed, wd, direction) => {
+        const run = async (multi: boolean) => {
+          const prev = setMultiTensorAdam(multi);
+          try {
+            const opt = direction ? scaleByAdam() : adamw({ lr: 0.01, weightDecay: wd });
+            const dtype = (b: boolean) => (b ? "bf16" : "f32");
+            let params = specs.map((x, i) =>
+              tensor(Float32Array.from(rand([x.size], seed + i)), [x.size], dtype(x.bf16))
+            );
+            let state = opt.init(params);
+            let dispatches = 0;
+            for (let t = 0; t < 3; t++) {
+              const grads = specs.map((x, i) =>
+                tensor(Float32Array.from(rand([x.size], seed * 7 + t * 31 + i, -2, 2)), [x.size])
+              );
+              const d0 = dispatchStats().dispatches;
+              const r = await opt.update(grads, state, params);
+              dispatches += dispatchStats().dispatches - d0;
+              state = r.state;
+              params = applyUpdates(params, r.updates);
+            }
+            const data = await readAll([...params, ...state.m, ...state.v]);
+            tree.dispose([params, state]);
+            return { data, dispatches };
+          } finally {
+            setMultiTensorAdam(prev);
+          }
+        };
+        const [single, multi] = [await run(false), await run(true)];
+        assert.deepEqual(multi.data, single.data);
+        // Gradients are f32 here; a bf16 parameter keeps its own dispatch only where decay reads it.
+        const decays = !direction && wd > 0;
+        const grouped = specs.filter((x) => !(decays && x.bf16)).length;
+        const perStep = specs.length - grouped + Math.ceil(grouped / 8);
+        assert.equal(multi.dispatches, 3 * perStep, "dispatches of the multi-tensor path");
       },
     ),
     RUNS,
