@@ -62,11 +62,10 @@ export interface MomentStore<M> {
   step(g: Tensor, m: M, v: M, p: Tensor | undefined, s: AdamScalars): { u: Tensor; m: M; v: M };
   /**
    * Optionally, several steps at once (fewer dispatches; the same results as `step` one by one):
-   * steps the parameters it takes among `idx` and returns their results by index; the caller
-   * runs `step` on the rest.
+   * steps the parameters it takes and returns their results by index; the caller runs `step` on
+   * the rest.
    */
   stepMany?(
-    idx: readonly number[],
     g: readonly Tensor[],
     m: readonly M[],
     v: readonly M[],
@@ -136,7 +135,7 @@ export function adamTransforms<M>(store: MomentStore<M>, names: [string, string]
     const count = state.count + 1;
     const s = scalars(count);
     const next: MomentsState<M> = { count, m: [], v: [] };
-    const many = store.stepMany?.(g.map((_, i) => i), g, state.m, state.v, params, s);
+    const many = store.stepMany?.(g, state.m, state.v, params, s);
     const out = g.map((gi, i) => {
       const r = many?.get(i) ?? store.step(gi, state.m[i], state.v[i], params?.[i], s);
       next.m.push(r.m);

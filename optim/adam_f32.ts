@@ -7,13 +7,17 @@
  * @module
  */
 import { defineKernel, kernelFamily, type StorageType } from "../core/define_kernel.ts";
-import { gpuDevice } from "../core/device.ts";
 import { donate } from "../core/donate.ts";
 import { assertDType } from "../core/dtype.ts";
 import { type Tensor, zeros } from "../core/tensor.ts";
 import { maxWindowBytes } from "../core/windows.ts";
 import { ADAM_SCALARS, ADAM_WGSL, type AdamScalars, type MomentStore } from "./adam_core.ts";
-import { elementwiseInPlace, FLOAT_DTYPES, segmentWgsl } from "./elementwise_kernel.ts";
+import {
+  dispatchInGroups,
+  elementwiseInPlace,
+  FLOAT_DTYPES,
+  multiTensorBody,
+} from "./elementwise_kernel.ts";
 
 // One kernel for both: g turns into the update in place, m and v are updated in place, and with
 // `decay` the parameter p adds decay·p. Every per-step scalar rides in the uniform, so one compiled
@@ -59,11 +63,7 @@ function adamStep(
   return { u, m: moments.mt, v: moments.vt };
 }
 
-/** The most parameters one dispatch takes (4 storage bindings each with decay). */
-const MOST = 8;
-
-// A flat grid over the parameters' elements laid end to end: each invocation finds its parameter
-// from the running ends (`ends[j]` = elements of parameters 0..j) and steps that element.
+// Adam over k parameters laid end to end in one flat grid (see `multiTensorBody`).
 const multiAdamKernel = kernelFamily((k: number, decay: boolean) => {
   const inputs: Record<string, StorageType> = {};
   const outputs: Record<string, StorageType> = {};
@@ -71,13 +71,6 @@ const multiAdamKernel = kernelFamily((k: number, decay: boolean) => {
     if (decay) inputs[`p${j}`] = "f32";
     Object.assign(outputs, { [`g${j}`]: "f32", [`mt${j}`]: "f32", [`vt${j}`]: "f32" });
   }
-  const cases = Array.from({ length: k }, (_, j) =>
-    `    case ${j}u: {
-      let mv = adam_moments(load_g${j}(e), load_mt${j}(e), load_vt${j}(e));
-      store_mt${j}(e, mv.x);
-      store_vt${j}(e, mv.y);
-      store_g${j}(e, adam_direction(mv)${decay ? ` + u.decay * load_p${j}(e)` : ""});
-    }`).join("\n");
   return defineKernel({
     name: `adam_multi${k}`,
     inputs,
@@ -94,21 +87,23 @@ const multiAdamKernel = kernelFamily((k: number, decay: boolean) => {
     },
     grid: "flat",
     helpers: ADAM_WGSL,
-    body: `${segmentWgsl(k)}
-  switch j {
-${cases}
-    default: {}
-  }`,
+    body: multiTensorBody(
+      k,
+      (j) =>
+        `      let mv = adam_moments(load_g${j}(e), load_mt${j}(e), load_vt${j}(e));
+      store_mt${j}(e, mv.x);
+      store_vt${j}(e, mv.y);
+      store_g${j}(e, adam_direction(mv)${decay ? ` + u.decay * load_p${j}(e)` : ""});`,
+    ),
   });
 });
 
 /**
- * Steps the parameters among `idx` that are all f32 and within one binding, in groups of up to 8
- * per dispatch, in place like the single-tensor kernel: consumes their g, m, v and returns the
- * updates and new moments by index (the others are left to `adamStep`).
+ * Steps the parameters that are all f32 and within one binding, in groups of up to 8 per
+ * dispatch, in place like the single-tensor kernel: consumes their g, m, v and returns the updates
+ * and new moments by index (the others are left to `adamStep`).
  */
 function multiAdamStep(
-  idx: readonly number[],
   g: readonly Tensor[],
   m: readonly Tensor[],
   v: readonly Tensor[],
@@ -118,29 +113,17 @@ function multiAdamStep(
   const out = new Map<number, { u: Tensor; m: Tensor; v: Tensor }>();
   if (!multiTensor) return out;
   const decay = p !== undefined;
-  idx = idx.filter((i) =>
+  const idx = g.map((_, i) => i).filter((i) =>
     g[i].dtype === "f32" && (!decay || p[i]?.dtype === "f32") && g[i].bytes <= maxWindowBytes()
   );
-  const perParam = decay ? 4 : 3;
-  const most = Math.min(
-    MOST,
-    Math.floor(gpuDevice().limits.maxStorageBuffersPerShaderStage / perParam),
-  );
-  for (let start = 0; start < idx.length; start += most) {
-    const group = idx.slice(start, start + most);
-    const bindings: Record<string, Tensor> = {};
-    const ends: number[] = [];
-    let total = 0;
-    group.forEach((i, j) => {
-      const r = { u: donate(g[i]), m: donate(m[i]), v: donate(v[i]) };
-      out.set(i, r);
-      Object.assign(bindings, { [`g${j}`]: r.u, [`mt${j}`]: r.m, [`vt${j}`]: r.v });
-      if (decay) bindings[`p${j}`] = p[i]!;
-      total += r.u.size;
-      ends.push(total);
-    });
-    if (total > 0) multiAdamKernel(group.length, decay)(bindings, { ...s, ends, n: total });
-  }
+  dispatchInGroups(idx.length, decay ? 4 : 3, 8, (n, j, bindings) => {
+    const i = idx[n];
+    const r = { u: donate(g[i]), m: donate(m[i]), v: donate(v[i]) };
+    out.set(i, r);
+    Object.assign(bindings, { [`g${j}`]: r.u, [`mt${j}`]: r.m, [`vt${j}`]: r.v });
+    if (decay) bindings[`p${j}`] = p[i]!;
+    return r.u.size;
+  }, (k, bindings, uniforms) => multiAdamKernel(k, decay)(bindings, { ...s, ...uniforms }));
   return out;
 }
 

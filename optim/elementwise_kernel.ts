@@ -6,6 +6,7 @@
  * word) per invocation, computed in f32 and rounded once to nearest even.
  * @module
  */
+import { gpuDevice } from "../core/device.ts";
 import { donate } from "../core/donate.ts";
 import { defineKernel, kernelFamily, type StorageType } from "../core/define_kernel.ts";
 import { assertDType, type DType } from "../core/dtype.ts";
@@ -119,15 +120,50 @@ export function elementwiseInPlace(spec: ElementwiseSpec): ElementwiseInPlace {
 }
 
 /**
- * The opening of a multi-tensor kernel's body (a flat grid over k tensors laid end to end, with
- * the uniform array `ends[j]` = elements of tensors 0..j): sets `j`, the tensor element `i` falls
- * in, and `e`, its index there.
+ * The body of a multi-tensor kernel: k tensors laid end to end in one flat grid, with the uniform
+ * array `ends` (`ends[j]` = elements of tensors 0..j). It finds the tensor `j` the flat index `i`
+ * falls in and the element `e` there, then runs `step(j)`, the WGSL for element `e` of tensor j.
  */
-export function segmentWgsl(k: number): string {
+export function multiTensorBody(k: number, step: (j: number) => string): string {
+  const cases = Array.from({ length: k }, (_, j) => `    case ${j}u: {\n${step(j)}\n    }`);
   return `  var j = 0u;
   loop {
     if (j + 1u >= ${k}u || i < u_ends(j)) { break; }
     j += 1u;
   }
-  let e = i - select(0u, u_ends(max(j, 1u) - 1u), j > 0u);`;
+  let e = i - select(0u, u_ends(max(j, 1u) - 1u), j > 0u);
+  switch j {
+${cases.join("\n")}
+    default: {}
+  }`;
+}
+
+/**
+ * Records a multi-tensor kernel over `count` items, at most `most` per dispatch and no more than
+ * the adapter's storage bindings allow at `bindingsPerItem` each: `bind(n, j, bindings)` binds
+ * item n as the dispatch's slot j and returns its element count; `run(k, bindings, uniforms)`
+ * records the dispatch of k items (`uniforms` holds `ends` and the grid's `n`).
+ */
+export function dispatchInGroups(
+  count: number,
+  bindingsPerItem: number,
+  most: number,
+  bind: (n: number, j: number, bindings: Record<string, Tensor>) => number,
+  run: (
+    k: number,
+    bindings: Record<string, Tensor>,
+    uniforms: { ends: number[]; n: number },
+  ) => void,
+): void {
+  const limit = Math.floor(gpuDevice().limits.maxStorageBuffersPerShaderStage / bindingsPerItem);
+  const per = Math.max(1, Math.min(most, limit));
+  for (let start = 0; start < count; start += per) {
+    const bindings: Record<string, Tensor> = {};
+    const ends: number[] = [];
+    for (let n = start; n < Math.min(count, start + per); n++) {
+      ends.push((ends.at(-1) ?? 0) + bind(n, n - start, bindings));
+    }
+    const total = ends.at(-1)!;
+    if (total > 0) run(ends.length, bindings, { ends, n: total });
+  }
 }

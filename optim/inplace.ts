@@ -7,13 +7,12 @@
  * @module
  */
 import { defineKernel, kernelFamily, type StorageType } from "../core/define_kernel.ts";
-import { gpuDevice } from "../core/device.ts";
 import { donate } from "../core/donate.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import type { Tensor } from "../core/tensor.ts";
 import { maxWindowBytes } from "../core/windows.ts";
-import { elementwiseInPlace, segmentWgsl } from "./elementwise_kernel.ts";
+import { dispatchInGroups, elementwiseInPlace, multiTensorBody } from "./elementwise_kernel.ts";
 
 const SCALE = elementwiseInPlace({
   name: "scale_inplace",
@@ -63,22 +62,18 @@ export function scaleByTensorInPlace(x: Tensor, s: Tensor): Tensor {
   return SCALE_BY_TENSOR(x, { s }, {});
 }
 
-// x_j ← x_j + y_j for k pairs laid end to end in one flat grid (see `segmentWgsl`).
+// x_j ← x_j + y_j for k pairs laid end to end in one flat grid (see `multiTensorBody`).
 const ADD_MANY = kernelFamily((k: number) => {
   const inputs: Record<string, StorageType> = {};
   const outputs: Record<string, StorageType> = {};
   for (let j = 0; j < k; j++) [inputs[`y${j}`], outputs[`x${j}`]] = ["f32", "f32"];
-  const cases = Array.from(
-    { length: k },
-    (_, j) => `    case ${j}u: { store_x${j}(e, load_x${j}(e) + load_y${j}(e)); }`,
-  ).join("\n");
   return defineKernel({
     name: `add_many${k}`,
     inputs,
     outputs,
     uniforms: { ends: ["u32", k] as const },
     grid: "flat",
-    body: `${segmentWgsl(k)}\n  switch j {\n${cases}\n    default: {}\n  }`,
+    body: multiTensorBody(k, (j) => `      store_x${j}(e, load_x${j}(e) + load_y${j}(e));`),
   });
 });
 
@@ -94,26 +89,15 @@ export function addManyEligible(x: Tensor, y: Tensor): boolean {
  * each x (not y) and returns the results in order.
  */
 export function addManyInPlace(xs: readonly Tensor[], ys: readonly Tensor[]): Tensor[] {
-  const most = Math.min(16, Math.floor(gpuDevice().limits.maxStorageBuffersPerShaderStage / 2));
   const out: Tensor[] = [];
-  for (let start = 0; start < xs.length; start += most) {
-    const bindings: Record<string, Tensor> = {};
-    const ends: number[] = [];
-    let total = 0;
-    xs.slice(start, start + most).forEach((x, j) => {
-      const y = ys[start + j];
-      if (!addManyEligible(x, y)) {
-        throw new ShapeError(
-          `addManyInPlace: pair ${start + j} is not two f32 tensors of one size`,
-        );
-      }
-      const r = donate(x);
-      out.push(r);
-      [bindings[`x${j}`], bindings[`y${j}`]] = [r, y];
-      total += r.size;
-      ends.push(total);
-    });
-    if (total > 0) ADD_MANY(ends.length)(bindings, { ends, n: total });
-  }
+  dispatchInGroups(xs.length, 2, 16, (n, j, bindings) => {
+    if (!addManyEligible(xs[n], ys[n])) {
+      throw new ShapeError(`addManyInPlace: pair ${n} is not two f32 tensors of one size`);
+    }
+    const x = donate(xs[n]);
+    out.push(x);
+    [bindings[`x${j}`], bindings[`y${j}`]] = [x, ys[n]];
+    return x.size;
+  }, (k, bindings, uniforms) => ADD_MANY(k)(bindings, uniforms));
   return out;
 }
