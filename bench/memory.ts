@@ -23,10 +23,12 @@ import type { MethodName, OptimizerName, RunConfig } from "../cli/run_config.ts"
 import { linearMethod, optimizerSpec } from "../cli/run_config.ts";
 import type { Progress } from "../cli/progress.ts";
 import { trainRun } from "../cli/trainer.ts";
+import { parseFlags } from "../cli/flags.ts";
+import { tokenizerFlag } from "../cli/data_source.ts";
+import { buildRun } from "../train.ts";
 import { init } from "../core/device.ts";
 import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
-import { loadConfig } from "../models/config.ts";
 import { estimateMemory } from "../models/estimate.ts";
 
 /** One configuration of the table. */
@@ -109,41 +111,23 @@ const { values: f } = parseArgs({
   },
 });
 
-/** The trainer's settings for `row` at `model` (the paper's rank r = hidden/4, δ = 0.03). */
+/**
+ * The settings `train.ts` resolves for `row` at `model` (LLaMA's tokenizer, the CLI's defaults:
+ * rank hidden/4, δ = 0.03), for one step of batch 1 × `seq`.
+ */
 async function runConfig(model: string, row: Row, seq: number): Promise<RunConfig> {
-  const config = await loadConfig(model);
-  const rank = config.hidden / 4;
-  return {
-    model: config,
-    modelName: model,
-    method: row.method,
-    optimizer: row.optimizer,
-    rank,
-    delta: 0.03,
-    alpha: rank / 4,
-    lr: 1e-3,
-    warmup: 0,
-    steps: 1,
-    minLrRatio: 0.1,
-    batch: 1,
-    seq,
-    gradAccum: 1,
-    clip: 0,
-    weightDecay: 0,
-    perLayer: row.perLayer,
-    galoreGap: 200,
-    galoreScale: 0.25,
-    refactorEvery: 0,
-    reloraEvery: 0,
-    recoverySteps: 0,
-    evalEvery: 0,
-    evalTokens: seq,
-    seed: 42,
-    logEvery: 1,
-    dtype: row.dtype,
-    recompute: row.recompute ?? false,
-  };
+  const flags = parseFlags([
+    ...["--model", model, "--method", row.method, "--optimizer", row.optimizer],
+    ...["--dtype", row.dtype, "--batch", "1", "--seq", String(seq), "--steps", "1"],
+    ...["--eval-every", "0", "--eval-tokens", String(seq)],
+    ...(row.perLayer ? ["--per-layer"] : []),
+    ...(row.recompute ? ["--recompute"] : []),
+  ]);
+  return await buildRun(flags, row.method, await llama, null);
 }
+
+// Every preset here is a paper preset: LLaMA's 32000-piece tokenizer, loaded once.
+const llama = tokenizerFlag("llama");
 
 function estimate(run: RunConfig): number {
   return estimateMemory(
