@@ -154,7 +154,7 @@ export function linearMethod(run: RunConfig): LinearMethod {
         delta: run.delta,
         alpha: run.alpha,
         seed: run.seed,
-        ...(run.keepWeight ? { keepWeight: true } : {}),
+        keepWeight: run.keepWeight,
       };
     case "relora":
       return { kind: "relora", rank: run.rank, alpha: run.alpha };
