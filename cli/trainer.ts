@@ -558,9 +558,9 @@ async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tens
 
 /**
  * Forward, then a backward whose `onGrad` hook updates each weight the moment its gradient is
- * final and frees that gradient: the full gradient set is never resident (and where the optimizer
- * updates rows in place, the LM head's and embedding's gradients never exist whole either). (So the non-finite
- * flags are set, but the update cannot wait for them: per-layer runs only stop.)
+ * final and frees that gradient: the full gradient set is never resident, and where the optimizer
+ * updates rows in place (Adam) the LM head's and embedding's gradients never exist whole either.
+ * (So the non-finite flags are set, but the update cannot wait for them: per-layer runs only stop.)
  */
 async function layerwiseMicroStep(
   t: Training,
@@ -581,7 +581,6 @@ async function layerwiseMicroStep(
         t.guard.checkGrad(flags, g, i);
         update.onGrad(g, i);
       },
-      // The LM head's and the embedding's gradients come (for Adam) a block of rows at a time.
       onGradRows: (i) => {
         const rows = update.onGradRows(i);
         return rows && {

@@ -213,16 +213,11 @@ export function adamTransforms<M>(store: MomentStore<M>, names: [string, string]
               w.rowMultiple(m, rowElems),
             ),
             take(g, r0) {
-              const [start, count] = [r0 * rowElems, g.size];
-              const pw = inPlaceWindow(p, start, count);
-              const decay = wd > 0 ? pw : undefined;
-              const r = store.step(
-                g,
-                w.window(m, start, count),
-                w.window(v, start, count),
-                decay,
-                s,
-              );
+              const [start, size] = [r0 * rowElems, g.size];
+              const pw = inPlaceWindow(p, start, size);
+              const [mw, vw] = [w.window(m, start, size), w.window(v, start, size)];
+              const r = store.step(g, mw, vw, wd > 0 ? pw : undefined, s);
+              // The same sum as applyUpdates', into the parameter's rows.
               tree.dispose([axpbyInPlace(pw, 1, r.u, 1), r.u, r.m, r.v]);
             },
             finish: () => ({ count, m: [m], v: [v] }),
