@@ -86,12 +86,14 @@ export {
   resetPeakBytes,
   Storage,
 } from "./core/memory.ts";
-export { donate } from "./core/donate.ts";
+export { donate, inPlaceWindow, ownedAlone } from "./core/donate.ts";
 export { Rng, type RngState } from "./core/rng.ts";
 export type { Shape } from "./core/shape.ts";
 export {
   type BackwardOptions,
   checkpoint,
+  type GradRows,
+  gradRows,
   isRecording,
   type MultiVjp,
   recordMultiOp,

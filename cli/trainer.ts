@@ -558,8 +558,9 @@ async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tens
 
 /**
  * Forward, then a backward whose `onGrad` hook updates each weight the moment its gradient is
- * final and frees that gradient: the full gradient set is never resident. (So the non-finite
- * flags are set, but the update cannot wait for them: per-layer runs only stop.)
+ * final and frees that gradient: the full gradient set is never resident, and where the optimizer
+ * updates rows in place (Adam) the LM head's and embedding's gradients never exist whole either.
+ * (So the non-finite flags are set, but the update cannot wait for them: per-layer runs only stop.)
  */
 async function layerwiseMicroStep(
   t: Training,
@@ -579,6 +580,17 @@ async function layerwiseMicroStep(
       onGrad: (g, i) => {
         t.guard.checkGrad(flags, g, i);
         update.onGrad(g, i);
+      },
+      onGradRows: (i) => {
+        const rows = update.onGradRows(i);
+        return rows && {
+          multiple: rows.multiple,
+          take: (g, r0) => {
+            t.guard.checkGrad(flags, g, i);
+            rows.take(g, r0);
+          },
+          end: () => rows.end(),
+        };
       },
     });
     ({ params: t.params, state: t.optState } = await update.finish());

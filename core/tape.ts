@@ -52,6 +52,38 @@ let active: Tape | null = null;
  */
 let handOverNow: ((input: Tensor, grad: Tensor) => boolean) | null = null;
 
+/** While a VJP runs inside a backward with an `onGradRows` hook: see {@link gradRows}. */
+let rowsNow: ((input: Tensor) => GradRows | null) | null = null;
+
+/**
+ * Takes one leaf's final gradient in blocks of rows (see {@link BackwardOptions.onGradRows} and
+ * {@link gradRows}), so that the whole gradient never exists. Nothing happens until the first
+ * `take` (or `end`): an op that cannot block its gradient this way returns it whole as usual.
+ */
+export interface GradRows {
+  /** Blocks must start on multiples of this many rows (the last one may end anywhere). */
+  readonly multiple: number;
+  /**
+   * Consumes `grad`, rows `[r0, r0 + grad.shape[0])` of the gradient, in the leaf's dtype; blocks
+   * come in order, each starting where the previous one ended.
+   */
+  take(grad: Tensor, r0: number): void;
+  /** Called once every row has been taken. */
+  end(): void;
+}
+
+/**
+ * For an op's VJP: a taker of `input`'s gradient in blocks of rows, when the running backward's
+ * caller asked for them (`onGradRows`) and this op's contribution makes the gradient final (no
+ * other op adds to it); null otherwise. An op that uses it computes each block of rows of the
+ * gradient, hands it over (`take`, in order, in the input's dtype) before computing the next,
+ * calls `end`, and returns null for that input: the caller may update the leaf's rows in place as
+ * they arrive, so the VJP must not read rows of `input` it has handed over.
+ */
+export function gradRows(input: Tensor): GradRows | null {
+  return rowsNow?.(input) ?? null;
+}
+
 /** True while a tape is recording (ops may skip work that only backward needs). */
 export function isRecording(): boolean {
   return active !== null;
@@ -110,6 +142,12 @@ export interface BackwardOptions {
    * for that entry. This is what lets an optimizer update each parameter during backward.
    */
   onGrad?: (grad: Tensor, index: number) => void;
+  /**
+   * With `onGrad`: asked when an op can hand over the final gradient of `wrt[index]` in blocks of
+   * rows (see {@link gradRows}). A {@link GradRows} gets every block instead of `onGrad` getting
+   * the whole gradient; null (or an op that declines) leaves it to `onGrad`.
+   */
+  onGradRows?: (index: number) => GradRows | null;
   /**
    * The gradient of `output` to start from (its shape; not consumed). Default: one, which needs a
    * scalar output. A vector-Jacobian product of a non-scalar output, e.g. a recomputed segment's
@@ -256,18 +294,26 @@ export class Tape {
         atScopeDepth(depth, () => opts.onGrad!(g, k));
       }
     };
-    // A leaf whose only use is node i (no other contribution in its slot) is final with node i's
-    // contribution: a segment's VJP may hand it over before the VJP returns.
+    // A leaf whose only use left is node i (no other contribution in its slot) is final with node
+    // i's contribution: node i's VJP may hand it over before it returns. Its index, if so.
+    const finalWith = (i: number, input: Tensor): number | undefined => {
+      const k = finalAt.get(i)?.find((j) => wrt[j] === input);
+      const once = wrt.indexOf(input) === wrt.lastIndexOf(input);
+      return k !== undefined && once && !slots.has(input) ? k : undefined;
+    };
+    const claim = (i: number, k: number) => finalAt.set(i, finalAt.get(i)!.filter((j) => j !== k));
     const early = (i: number) => (input: Tensor, grad: Tensor) => {
-      const ks = finalAt.get(i) ?? [];
-      const k = ks.find((j) => wrt[j] === input);
-      if (k === undefined || wrt.indexOf(input) !== wrt.lastIndexOf(input) || slots.has(input)) {
-        return false;
-      }
-      finalAt.set(i, ks.filter((j) => j !== k));
+      const k = finalWith(i, input);
+      if (k === undefined) return false;
+      claim(i, k);
       slots.set(input, grad);
       handOut(k, true);
       return true;
+    };
+    const rows = (i: number) => (input: Tensor): GradRows | null => {
+      const k = input.rank > 0 ? finalWith(i, input) : undefined;
+      const sink = k === undefined ? null : opts.onGradRows!(k);
+      return sink && blockTaker(input, sink, () => claim(i, k!), depth);
     };
 
     try {
@@ -277,12 +323,13 @@ export class Tape {
         const gs = node.outputs.map((o) => slots.get(o));
         if (gs.some((g) => g)) {
           for (const o of node.outputs) slots.delete(o);
-          const outer = handOverNow;
+          const outer = [handOverNow, rowsNow] as const;
           handOverNow = opts.onGrad ? early(i) : null;
+          rowsNow = opts.onGrad && opts.onGradRows ? rows(i) : null;
           try {
             this.#applyVjp(node, gs, slots);
           } finally {
-            handOverNow = outer;
+            [handOverNow, rowsNow] = outer;
             for (const g of gs) g?.dispose();
           }
         }
@@ -355,6 +402,49 @@ export class Tape {
     this.#nodes = [];
     this.#used = true;
   }
+}
+
+/**
+ * The {@link GradRows} an op sees: checks the blocks (dtype, shape, order, alignment) and that
+ * every row arrives, claims the leaf from the tape at the first block (`claim`), and runs the
+ * hook's `take` and `end` outside the VJP's frame (what they create is the backward caller's).
+ */
+function blockTaker(leaf: Tensor, sink: GradRows, claim: () => void, depth: number): GradRows {
+  const rows = leaf.shape[0];
+  let next = 0;
+  let claimed = false;
+  const start = () => {
+    if (!claimed) claim();
+    claimed = true;
+  };
+  const what = `gradient rows of ${fmtShape(leaf.shape)} ${leaf.dtype}`;
+  return {
+    multiple: sink.multiple,
+    take(grad, r0) {
+      const n = grad.shape[0];
+      if (
+        grad.dtype !== leaf.dtype || grad.rank !== leaf.rank ||
+        !shapesEqual(grad.shape.slice(1), leaf.shape.slice(1)) || r0 !== next ||
+        r0 % sink.multiple !== 0 || r0 + n > rows
+      ) {
+        throw new GradientError(
+          `${what}: got a block ${fmtShape(grad.shape)} ${grad.dtype} at row ${r0}, expected row ` +
+            `${next} (a multiple of ${sink.multiple}) in the leaf's dtype and row shape`,
+        );
+      }
+      start();
+      next += n;
+      keep(grad);
+      atScopeDepth(depth, () => sink.take(grad, r0));
+    },
+    end() {
+      if (next !== rows) {
+        throw new GradientError(`${what}: ended after ${next} of ${rows} rows`);
+      }
+      start();
+      atScopeDepth(depth, () => sink.end());
+    },
+  };
 }
 
 // Core cannot use the ops' add (ops import core), so the tape keeps this one kernel, read four

@@ -73,7 +73,8 @@ function gcd(a: number, b: number): number {
   return a;
 }
 
-function lcm(a: number, b: number): number {
+/** Least common multiple of two positive integers (e.g. of two row alignments). */
+export function lcm(a: number, b: number): number {
   return (a / gcd(a, b)) * b;
 }
 

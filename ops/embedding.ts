@@ -10,7 +10,7 @@ import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { isRecording, recordOp } from "../core/tape.ts";
+import { gradRows, isRecording, recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forEachRowWindow, maxWindowBytes, rowWindow } from "../core/windows.ts";
 import { forUnrolled, LOOP_BUDGET, UNROLL } from "./loop.ts";
@@ -60,11 +60,12 @@ const SCATTER_ADD = defineKernel({
 const TOKENS_PER_DISPATCH = (LOOP_BUDGET - 2 * UNROLL) * UNROLL;
 
 /**
- * Bytes of one f32 block of a bf16 table's gradient: rows are summed in f32 (one rounding per
- * element, as the tape's gradient adds) and stored as bf16 block by block, so no f32 copy of the
- * whole table exists.
+ * Bytes of one f32 block of the table's gradient where it is built block by block: a bf16 table's
+ * (rows are summed in f32, one rounding per element as the tape's gradient adds, and stored as
+ * bf16 block by block, so no f32 copy of the whole table exists), and every block handed over by
+ * rows (see `gradRows`).
  */
-const BF16_GRAD_BLOCK_BYTES = 16 * 1024 * 1024;
+const GRAD_BLOCK_BYTES = 16 * 1024 * 1024;
 
 function checkIdsDtype(op: string, ids: Tensor): void {
   assertDType(op, ["i32", "u32"], ["ids", ids]);
@@ -73,7 +74,9 @@ function checkIdsDtype(op: string, ids: Tensor): void {
 /**
  * Looks up rows of `table` [V, D] (f32 or bf16) at `ids` (i32 or u32, any shape), giving an f32
  * `[...ids.shape, D]`. The gradient flows to the table only, in the table's dtype (a
- * scatter-add of the output gradient's rows, summed in f32, deterministic); ids get none.
+ * scatter-add of the output gradient's rows, summed in f32, deterministic), handed over block of
+ * rows by block of rows when the backward's caller takes it so (`gradRows`: per-layer updates, so
+ * no [V, D] gradient exists); ids get none.
  *
  * The GPU cannot throw: an id outside `[0, V)` yields a zero row, and its gradient is dropped. Use
  * {@link checkIds} to validate ids on the CPU when that matters.
@@ -105,27 +108,68 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
     });
   }
   if (isRecording()) {
-    recordOp("embedding", [table, ids], out, (g) => [tableGrad(g, ids, v, d, dtype), null]);
+    recordOp("embedding", [table, ids], out, (g) => {
+      const rows = gradRows(table);
+      const per = rows && v * d > 0 ? rowsPerBlock(d, rows.multiple) : 0;
+      if (per === 0) return [tableGrad(g, ids, v, d, dtype), null];
+      forEachRowWindow(v, per, (r0, n) => rows!.take(gradBlock(g, ids, r0, n, d, dtype), r0));
+      rows!.end();
+      return [null, null];
+    });
   }
   return out;
 }
 
+/**
+ * Rows per block of a gradient handed over by rows: about GRAD_BLOCK_BYTES as f32, a multiple of
+ * the taker's `multiple`; 0 when one such group exceeds a binding (the gradient then goes whole).
+ */
+function rowsPerBlock(d: number, multiple: number): number {
+  const window = maxWindowBytes();
+  const target = Math.floor(Math.min(window, GRAD_BLOCK_BYTES) / (4 * d));
+  const per = Math.max(multiple, Math.floor(target / multiple) * multiple);
+  return per * 4 * d <= window ? per : 0;
+}
+
+/** Rows [r0, r0 + n) of the table's gradient, in the table's dtype: the same bits as tableGrad's. */
+function gradBlock(
+  g: Tensor,
+  ids: Tensor,
+  r0: number,
+  n: number,
+  d: number,
+  dtype: "f32" | "bf16",
+): Tensor {
+  const acc = zeros([n, d]);
+  scatterAdd(g, ids, acc, r0, n, d);
+  if (dtype === "f32") return acc;
+  const block = Tensor.empty([n, d], "bf16");
+  convertInto(acc, block);
+  acc.dispose();
+  return block;
+}
+
+/** Adds g's rows whose ids fall in [r0, r0 + rows) into `acc` (f32 [rows, d]), tokens in order. */
+function scatterAdd(g: Tensor, ids: Tensor, acc: Tensor, r0: number, rows: number, d: number) {
+  const n = ids.size;
+  for (let t0 = 0; t0 < n; t0 += TOKENS_PER_DISPATCH) {
+    const t1 = Math.min(n, t0 + TOKENS_PER_DISPATCH);
+    SCATTER_ADD({ g, ids, dt: acc }, { n: d, r0, rows, t0, t1 });
+  }
+}
+
 /** The table's gradient: g's rows scatter-added at ids, window by window, in the table's dtype. */
 function tableGrad(g: Tensor, ids: Tensor, v: number, d: number, dtype: "f32" | "bf16"): Tensor {
-  const n = ids.size;
   const dt = dtype === "f32" ? zeros([v, d]) : Tensor.empty([v, d], "bf16");
   if (dt.size === 0) return dt;
   const f32Row = 4 * d;
   const per = dtype === "f32"
     ? (dt.bytes <= maxWindowBytes() ? v : rowWindow(f32Row))
-    : rowWindow(f32Row, Math.min(maxWindowBytes(), BF16_GRAD_BLOCK_BYTES), "a row", [2 * d]);
+    : rowWindow(f32Row, Math.min(maxWindowBytes(), GRAD_BLOCK_BYTES), "a row", [2 * d]);
   forEachRowWindow(v, per, (r0, rows) => {
     const win = rows === v ? dt.view(dt.shape) : dt.rows(r0, rows);
     const acc = dtype === "f32" ? win : zeros([rows, d]);
-    for (let t0 = 0; t0 < n; t0 += TOKENS_PER_DISPATCH) {
-      const t1 = Math.min(n, t0 + TOKENS_PER_DISPATCH);
-      SCATTER_ADD({ g, ids, dt: acc }, { n: d, r0, rows, t0, t1 });
-    }
+    scatterAdd(g, ids, acc, r0, rows, d);
     if (acc !== win) {
       convertInto(acc, win);
       acc.dispose();

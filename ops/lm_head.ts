@@ -7,7 +7,8 @@
  * Each block of W is a zero-copy row window `W.rows(v0, m)`. Forward folds each block's logits
  * into an online log-sum-exp per row (running max and sum, plus the target's logit). Backward
  * recomputes each block's logits: the block's dW rows are final at once and are written straight
- * into the same rows of dW (no [V, D] accumulator, no copy), and only dh [N, D], small next to W,
+ * into the same rows of dW (no [V, D] accumulator, no copy; or handed to a per-layer update one
+ * block at a time, see `gradRows`), and only dh [N, D], small next to W,
  * is accumulated across blocks. The tape keeps the inputs, the per-row log-sum-exp and the target
  * count, nothing of size V·N. W may be bf16: each block is widened for its products, and dW is
  * bf16 too.
@@ -17,7 +18,7 @@ import { convert, convertInto } from "../core/convert.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
-import { isRecording, recordOp, untracked } from "../core/tape.ts";
+import { type GradRows, gradRows, isRecording, recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forEachRowWindow, maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import {
@@ -96,19 +97,17 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
 }
 
 /**
- * Vocabulary rows per block: logits [N, m] within `chunkBytes` and one binding window, and the
- * block of W (as f32) within one binding window (a bf16 block: within `chunkBytes`); block starts
- * aligned for views of W and dW. At least one aligned group of
- * rows, so a tiny `chunkBytes` is a soft bound.
+ * Vocabulary rows per block: logits [N, m] and the block of W and of dW (as f32) each within
+ * `chunkBytes` and one binding window; block starts aligned for views of W and dW. At least one
+ * aligned group of rows, so a tiny `chunkBytes` is a soft bound.
  */
 function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: number): number {
-  const window = maxWindowBytes();
-  // A bf16 block is widened to f32 (and so is its dW block before it is stored): keep those
-  // copies within chunkBytes too.
-  const wBytes = w.dtype === "f32" ? window : Math.min(window, chunkBytes);
+  // dW's block bounded too: under per-layer updates one block of it is all of dW that exists
+  // (see gradRows), and a bf16 block is widened to f32 (W's and dW's) before it is used.
+  const bytes = Math.min(chunkBytes, maxWindowBytes());
   const cols = Math.min(
-    Math.floor(Math.min(chunkBytes, window) / (4 * Math.max(n, 1))),
-    Math.floor(wBytes / (4 * Math.max(d, 1))),
+    Math.floor(bytes / (4 * Math.max(n, 1))),
+    Math.floor(bytes / (4 * Math.max(d, 1))),
   );
   if (cols >= v) return Math.max(v, 1);
   const step = rowAlignment(d * bytesPerElement(w.dtype));
@@ -159,7 +158,10 @@ function forwardPass(
   });
 }
 
-/** dh and dW by vocabulary blocks, recomputing each block's logits from h and W. */
+/**
+ * dh and dW by vocabulary blocks, recomputing each block's logits from h and W. With `rows`, each
+ * block of dW goes to it as soon as W's block has been read for the last time, and dW is null.
+ */
 function backwardPass(
   h: Tensor,
   w: Tensor,
@@ -169,12 +171,13 @@ function backwardPass(
   lse: Tensor,
   count: Tensor,
   g: Tensor,
-): [Tensor, Tensor] {
+  rows: GradRows | null,
+): [Tensor, Tensor | null] {
   const { n, d, v, ignore } = c;
   if (n === 0) return [zeros(h.shape), zeros(w.shape, w.dtype)];
   return untracked(() => {
     const h2 = h.view([n, d]);
-    const dW = Tensor.empty([v, d], w.dtype);
+    const dW = rows ? null : Tensor.empty([v, d], w.dtype);
     let dh: Tensor | null = null;
     forEachRowWindow(v, c.block, (v0, m) => {
       const wb = blockOf(w, v0, m);
@@ -188,8 +191,13 @@ function backwardPass(
         ignore,
         mode,
       });
-      // The block's rows of dW are final: written straight into them, never accumulated.
-      const dWb = m === v ? dW.view(dW.shape) : dW.rows(v0, m);
+      // The block's rows of dW are final: written straight into them (or a block of their own
+      // for `rows`), never accumulated.
+      const dWb = !dW
+        ? Tensor.empty([m, d], w.dtype)
+        : m === v
+        ? dW.view(dW.shape)
+        : dW.rows(v0, m);
       if (dWb.dtype === "f32") {
         matmulInto(dl, h2, dWb, { transA: true });
       } else {
@@ -197,16 +205,19 @@ function backwardPass(
         convertInto(wide, dWb);
         wide.dispose();
       }
-      dWb.dispose();
       const part = matmul(dl, wb);
       dl.dispose();
       wb.dispose();
+      // W's rows v0.. are read for the last time above: the taker may now update them in place.
+      if (rows) rows.take(dWb, v0);
+      else dWb.dispose();
       if (dh === null) dh = part;
       else {
         addInto(part, dh);
         part.dispose();
       }
     });
+    rows?.end();
     h2.dispose();
     const dhOut = dh!.view(h.shape);
     dh!.dispose();
@@ -223,12 +234,13 @@ function backwardPass(
  * `reduction: "sum"`, their sum. Everything stays on the device (the count too). Targets outside
  * [0, V) that are not `ignoreIndex` give NaN, as in `crossEntropy`.
  *
- * Blocks take ⌊chunkBytes / 4N⌋ vocabulary rows (fewer if W's block would not fit one storage
- * binding as f32, or for bf16 W not `chunkBytes` as f32; rounded down to the offset alignment of
- * W's rows, at least one aligned group),
- * in forward and backward alike; a single block gives `crossEntropy`'s loss to the bit. The VJP
- * recomputes the logits (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D] in lmHead's dtype;
- * targets get no gradient.
+ * Blocks take ⌊chunkBytes / 4N⌋ vocabulary rows (fewer if W's block as f32 would exceed
+ * `chunkBytes` or one storage binding; rounded down to the offset alignment of W's rows, at least
+ * one aligned group), in forward and backward alike; a single block gives `crossEntropy`'s loss to
+ * the bit. The VJP recomputes the logits (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D] in
+ * lmHead's dtype, or, when the backward's caller takes lmHead's gradient by rows (`gradRows`, e.g.
+ * per-layer updates) and its blocks line up with these, hands dW over block by block (the same
+ * bits) so that no [V, D] gradient exists; targets get no gradient.
  */
 export function lmHeadCrossEntropy(
   h: Tensor,
@@ -246,7 +258,11 @@ export function lmHeadCrossEntropy(
   const { out, count, lse } = forwardPass(h, lmHead, targets, c, mode);
   if (isRecording()) {
     recordOp(op, [h, lmHead, targets], out, (g) => {
-      const [dh, dW] = backwardPass(h, lmHead, targets, c, mode, lse, count, g);
+      // dW by blocks of rows when the backward's caller takes them and they line up with ours
+      // (the same blocks either way, so the same bits).
+      const offer = c.n > 0 ? gradRows(lmHead) : null;
+      const rows = offer && (c.block % offer.multiple === 0 || c.block >= c.v) ? offer : null;
+      const [dh, dW] = backwardPass(h, lmHead, targets, c, mode, lse, count, g, rows);
       return [dh, dW, null];
     }, [lse, count]);
   } else {

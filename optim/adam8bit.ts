@@ -14,14 +14,14 @@
  */
 import { defineKernel, kernelFamily, type StorageType } from "../core/define_kernel.ts";
 import { gpuDevice } from "../core/device.ts";
-import { donate } from "../core/donate.ts";
+import { donate, inPlaceWindow } from "../core/donate.ts";
 import { assertDType } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { grid1d } from "../core/kernel.ts";
 import { fmtShape } from "../core/shape.ts";
 import { type Tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { forEachWindow } from "../core/windows.ts";
+import { forEachWindow, lcm } from "../core/windows.ts";
 import { dynamicMap, MIN_8BIT_SIZE, QUANT_BLOCK } from "../ops/quant_maps.ts";
 import {
   ADAM_SCALARS,
@@ -188,6 +188,12 @@ ${storeUpdate}
   });
 });
 
+// Windows of moments start on whole blocks whose absmax windows start aligned too (an absmax of
+// 4 bytes per 256 codes): element starts a multiple of this.
+function windowMultiple(): number {
+  return Math.max(QUANT_BLOCK, 64 * gpuDevice().limits.minStorageBufferOffsetAlignment);
+}
+
 function blocksOf(n: number): number {
   return Math.ceil(n / QUANT_BLOCK);
 }
@@ -230,8 +236,6 @@ function adam8bitStep(
     m: { codes: donate(m.codes), absmax: donate(m.absmax) },
     v: { codes: donate(v.codes), absmax: donate(v.absmax) },
   };
-  // Windows of whole blocks whose absmax windows start aligned too (256 codes per absmax word).
-  const multiple = Math.max(QUANT_BLOCK, 64 * gpuDevice().limits.minStorageBufferOffsetAlignment);
   const same = [u, next.m.codes, next.v.codes, ...(p ? [p] : [])];
   forEachWindow(same, ([x, mc, vc, pv], start, count) => {
     const blocks = blocksOf(count);
@@ -247,7 +251,7 @@ function adam8bitStep(
       ma.dispose();
       va.dispose();
     }
-  }, multiple);
+  }, windowMultiple());
   return { u, ...next };
 }
 
@@ -265,6 +269,20 @@ const MOMENTS_8BIT: MomentStore<Moment8bit> = {
     if (isQuantized(m) && isQuantized(v)) return adam8bitStep(g, m, v, p, s);
     if (!isQuantized(m) && !isQuantized(v)) return F32_MOMENTS.step(g, m, v, p, s);
     throw new TypeError("adam8bit: one moment is quantized and the other is not");
+  },
+  // Rows on whole quantization blocks: each block's absmax and codes are then the same bits.
+  windows: {
+    rowMultiple: (m, rowElems) =>
+      isQuantized(m)
+        ? lcm(windowMultiple(), rowElems) / rowElems
+        : F32_MOMENTS.windows!.rowMultiple(m, rowElems),
+    window: (m, start, count) =>
+      isQuantized(m)
+        ? {
+          codes: inPlaceWindow(m.codes, start, count),
+          absmax: inPlaceWindow(m.absmax, start / QUANT_BLOCK, blocksOf(count)),
+        }
+        : F32_MOMENTS.windows!.window(m, start, count),
   },
 };
 

@@ -5,9 +5,13 @@
  * variants, not this.
  * @module
  */
+import { inPlaceWindow, ownedAlone } from "../core/donate.ts";
+import { bytesPerElement } from "../core/dtype.ts";
 import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
+import { lcm, rowAlignment } from "../core/windows.ts";
+import { axpbyInPlace } from "./inplace.ts";
 import {
   type GradientTransformation,
   pairLeaves,
@@ -72,6 +76,19 @@ export interface MomentStore<M> {
     p: readonly (Tensor | undefined)[] | undefined,
     s: AdamScalars,
   ): Map<number, { u: Tensor; m: M; v: M }>;
+  /** Optionally, windows of moments, for updates made block of rows by block of rows. */
+  windows?: MomentWindows<M>;
+}
+
+/** Windows of one parameter's moments (see {@link MomentStore.windows}). */
+export interface MomentWindows<M> {
+  /** Rows a window of `m` must start on a multiple of, for a parameter with `rowElems` per row. */
+  rowMultiple(m: M, rowElems: number): number;
+  /**
+   * Elements `[start, start + count)` of `m` as moments that `step` updates in place, inside m
+   * (see `inPlaceWindow`); `m` must be the only handle to its tensors.
+   */
+  window(m: M, start: number, count: number): M;
 }
 
 /** State of an Adam variant: the update count and the moments per parameter (leaf order). */
@@ -177,6 +194,34 @@ export function adamTransforms<M>(store: MomentStore<M>, names: [string, string]
           const p = wd > 0 ? pairLeaves(updates, params, name).params : undefined;
           const lr = scheduleAt(opts.lr, state.count);
           return update(name, updates, state, p, (t) => scalarsOf(b1, b2, eps, t, -lr, wd));
+        },
+        updateRows(params, state) {
+          const w = store.windows;
+          const leaves = tree.flatten(params);
+          if (!w || leaves.length !== 1 || state.m.length !== 1 || leaves[0].rank === 0) {
+            return null;
+          }
+          const [p, m, v] = [leaves[0], state.m[0], state.v[0]];
+          // In place only where nothing else can see it, as `donate` would have it.
+          if (!tree.flatten([p, m, v]).every(ownedAlone)) return null;
+          const rowElems = p.size / p.shape[0];
+          const count = state.count + 1;
+          const s = scalarsOf(b1, b2, eps, count, -scheduleAt(opts.lr, state.count), wd);
+          return {
+            multiple: lcm(
+              rowAlignment(rowElems * bytesPerElement(p.dtype)),
+              w.rowMultiple(m, rowElems),
+            ),
+            take(g, r0) {
+              const [start, size] = [r0 * rowElems, g.size];
+              const pw = inPlaceWindow(p, start, size);
+              const [mw, vw] = [w.window(m, start, size), w.window(v, start, size)];
+              const r = store.step(g, mw, vw, wd > 0 ? pw : undefined, s);
+              // The same sum as applyUpdates', into the parameter's rows.
+              tree.dispose([axpbyInPlace(pw, 1, r.u, 1), r.u, r.m, r.v]);
+            },
+            finish: () => ({ count, m: [m], v: [v] }),
+          };
         },
       };
     },

@@ -7,10 +7,10 @@
  * @module
  */
 import { defineKernel, kernelFamily, type StorageType } from "../core/define_kernel.ts";
-import { donate } from "../core/donate.ts";
+import { donate, inPlaceWindow } from "../core/donate.ts";
 import { assertDType } from "../core/dtype.ts";
 import { type Tensor, zeros } from "../core/tensor.ts";
-import { maxWindowBytes } from "../core/windows.ts";
+import { maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import { ADAM_SCALARS, ADAM_WGSL, type AdamScalars, type MomentStore } from "./adam_core.ts";
 import {
   dispatchInGroups,
@@ -145,4 +145,8 @@ export const F32_MOMENTS: MomentStore<Tensor> = {
   init: (p) => ({ m: zeros(p.shape), v: zeros(p.shape) }),
   step: adamStep,
   stepMany: multiAdamStep,
+  windows: {
+    rowMultiple: (_m, rowElems) => rowAlignment(4 * rowElems),
+    window: inPlaceWindow,
+  },
 };

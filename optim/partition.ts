@@ -90,5 +90,17 @@ export function partition(
         ? Promise.all(results).then(assemble)
         : assemble(results as TransformResult<unknown>[]);
     },
+    updateRows(params, state) {
+      const leaves = tree.flatten(params);
+      if (leaves.length !== 1) return null;
+      const name = label(tree.paths(params)[0], leaves[0]);
+      const rows = transforms[name]?.updateRows?.(params, state[name]);
+      if (!rows) return null;
+      return {
+        multiple: rows.multiple,
+        take: (g, r0) => rows.take(g, r0),
+        finish: () => ({ ...state, [name]: rows.finish() }),
+      };
+    },
   };
 }

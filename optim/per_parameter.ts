@@ -5,6 +5,7 @@
  * @module
  */
 import { GradientError } from "../core/errors.ts";
+import type { GradRows } from "../core/tape.ts";
 import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
@@ -24,6 +25,13 @@ export interface LayerwiseStep<P extends TensorTree, S> {
    * the gradient until it is done and finishes later.
    */
   readonly onGrad: (grad: Tensor, index: number) => void;
+  /**
+   * The tape's `onGradRows` hook: where the transform can update parameter `index` block of rows
+   * by block of rows (see {@link GradientTransformation.updateRows}), a taker of its gradient in
+   * such blocks, so that neither its whole gradient nor its whole update exists; else null (the
+   * gradient then comes whole to `onGrad`).
+   */
+  readonly onGradRows: (index: number) => GradRows | null;
   /** Waits for the updates still in flight and returns the new parameters and state. */
   finish(): Promise<{ params: P; state: S[] }>;
 }
@@ -101,17 +109,41 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
       const nextState = state.slice();
       const seen = leaves.map(() => false);
       const pending: Promise<void>[] = [];
-      const onGrad = (g: Tensor, i: number) => {
+      const arrives = (i: number) => {
         if (seen[i]) throw new GradientError(`perParameter: a second gradient for ${paths[i]}`);
         seen[i] = true;
+      };
+      const onGrad = (g: Tensor, i: number) => {
+        arrives(i);
         const done = andThen(updateLeaf(paths[i], g, state[i], leaves[i]), (r) => {
           nextState[i] = r.state;
           if (r.update) next[i] = applyUpdates(leaves[i], r.update);
         });
         if (done instanceof Promise) pending.push(done);
       };
+      const onGradRows = (i: number): GradRows | null => {
+        const rows = inner.updateRows?.({ [paths[i]]: leaves[i] }, state[i]);
+        if (!rows) return null;
+        let started = false;
+        const start = () => {
+          if (!started) arrives(i);
+          started = true;
+        };
+        return {
+          multiple: rows.multiple,
+          take(g, r0) {
+            start();
+            rows.take(g, r0);
+          },
+          end() {
+            start();
+            nextState[i] = rows.finish();
+          },
+        };
+      };
       return {
         onGrad,
+        onGradRows,
         async finish() {
           await Promise.all(pending);
           const missing = paths.filter((_, i) => !seen[i]);

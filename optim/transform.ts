@@ -51,6 +51,23 @@ export interface TransformResult<S> {
   state: S;
 }
 
+/**
+ * An update of one parameter fed its gradient in blocks of rows (see
+ * {@link GradientTransformation.updateRows}): each block updates the same rows of the parameter and
+ * of the state in place, so neither the whole gradient nor the whole update ever exists.
+ */
+export interface RowUpdate<S> {
+  /** Blocks must start on multiples of this many rows (the last one may end anywhere). */
+  readonly multiple: number;
+  /**
+   * Consumes `grad`, rows `[r0, r0 + grad.shape[0])` of the gradient (the parameter's dtype), and
+   * updates those rows of the parameter and of the state.
+   */
+  take(grad: Tensor, r0: number): void;
+  /** After every row has been taken: the new state (the parameter keeps its handle). */
+  finish(): S;
+}
+
 /** An update transform: `init` builds its state, `update` maps updates to updates. */
 export interface GradientTransformation<S = unknown> {
   /** Creates the state for `params` (reads shapes only: never their values). */
@@ -60,6 +77,14 @@ export interface GradientTransformation<S = unknown> {
    * need them, the current `params` (read only).
    */
   update(updates: TensorTree, state: S, params?: TensorTree): MaybePromise<TransformResult<S>>;
+  /**
+   * Optional, for transforms that treat elements independently (Adam): an update of the one
+   * parameter in `params`, made block of rows by block of rows in place, with the same results as
+   * `update` on the whole gradient followed by {@link applyUpdates}. Null when it cannot (a
+   * parameter or state that another handle shares, say). Creating it changes nothing; from the
+   * first `take` on, it owns the parameter's buffer and `state` (consumed).
+   */
+  updateRows?(params: TensorTree, state: S): RowUpdate<S> | null;
 }
 
 /** A number, or a function of the transform's update count (0 for the first update). */

@@ -3,9 +3,17 @@ import * as o from "../ops/mod.ts";
 import { DeviceLimitError, DTypeError, GradientError } from "../core/errors.ts";
 import { gpuDevice } from "../core/device.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
-import { checkpoint, recordMultiOp, Tape, untracked, valueAndGrad } from "../core/tape.ts";
+import {
+  checkpoint,
+  gradRows,
+  recordMultiOp,
+  recordOp,
+  Tape,
+  untracked,
+  valueAndGrad,
+} from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
-import { backward, randomArr, setup } from "./util.ts";
+import { backward, randomArr, setup, withWindowBytes } from "./util.ts";
 
 await setup();
 
@@ -99,6 +107,74 @@ Deno.test("Tape.onGrad hands each gradient over once it is final, in reverse ord
   assert.deepEqual(Array.from(g1), [6, 16]); // 2*w1*w2
   assert.deepEqual(Array.from(g2), [1, 4]); // w1^2
   for (const t of [w1, w2, value, ...got]) t.dispose();
+});
+
+Deno.test("onGradRows: a final gradient comes in checked blocks of rows instead of whole; a gradient other ops add to comes whole", async () => {
+  const ids = tensor(Int32Array.from([299, 0, 299, 130, 1, 255, 256]), [7], "i32");
+  const c = tensor(Float32Array.from(randomArr([7, 2], 3).data), [7, 2]);
+  const lossOf = (alsoSum: boolean) => (t: Tensor) => {
+    const l = o.sum(o.mul(o.embedding(t, ids), c));
+    return alsoSum ? o.add(l, o.sum(t)) : l;
+  };
+  for (const alsoSum of [false, true]) {
+    const table = tensor(Float32Array.from(randomArr([300, 2], 4).data), [300, 2]);
+    const { value, grads } = valueAndGrad(lossOf(alsoSum))(table);
+    const [want] = await readAll([grads]);
+    const tape = new Tape();
+    tape.watch(table);
+    const loss = tape.run(() => lossOf(alsoSum)(table));
+    const blocks: [number, Tensor][] = [];
+    const onGrad: Tensor[] = [];
+    // 1 KiB windows: blocks of 128 rows of 8 bytes (a multiple of 2), the last one of 44.
+    await withWindowBytes(1024, () =>
+      Promise.resolve(tape.backward(loss, [table], {
+        onGrad: (g) => void onGrad.push(g),
+        onGradRows: () => ({ multiple: 2, take: (g, r0) => void blocks.push([r0, g]), end() {} }),
+      })));
+    if (alsoSum) {
+      assert.equal(blocks.length, 0, "not final at the embedding: no blocks");
+      assert.deepEqual((await readAll(onGrad))[0], want);
+    } else {
+      assert.equal(onGrad.length, 0, "no whole gradient");
+      const spans = blocks.map(([r0, g]) => [r0, g.shape[0]]);
+      assert.deepEqual(spans, [[0, 128], [128, 128], [256, 44]]);
+      const got = await readAll(blocks.map(([, g]) => g));
+      assert.deepEqual(Float32Array.from(got.flatMap((b) => [...b])), want);
+    }
+    for (const t of [value, grads, loss, table, ...onGrad, ...blocks.map(([, g]) => g)]) {
+      t.dispose();
+    }
+  }
+  // An op that breaks the protocol gets a clear error.
+  for (const misuse of ["order", "short"] as const) {
+    const x = zeros([4, 2]);
+    const tape = new Tape();
+    tape.watch(x);
+    const y = tape.run(() => {
+      const out = untracked(() => o.sum(x));
+      recordOp("blocky", [x], out, () => {
+        const rows = gradRows(x)!;
+        if (misuse === "order") rows.take(zeros([2, 2]), 2);
+        else rows.take(zeros([2, 2]), 0);
+        rows.end();
+        return [null];
+      });
+      return out;
+    });
+    assert.throws(
+      () =>
+        tape.backward(y, [x], {
+          onGrad: (g) => g.dispose(),
+          onGradRows: () => ({ multiple: 1, take: (g) => g.dispose(), end() {} }),
+        }),
+      (e: Error) =>
+        e instanceof GradientError &&
+        (misuse === "order" ? /at row 2, expected row 0/ : /ended after 2 of 4 rows/).test(
+          e.message,
+        ),
+    );
+    for (const t of [x, y]) t.dispose();
+  }
 });
 
 Deno.test("the tape keeps a saved tensor alive even if f disposes it", async () => {

@@ -89,8 +89,9 @@ Deno.test("resume checks every setting but an allowlist: a setting added later i
   ]);
 });
 
-Deno.test("per-layer updates on the small preset: bit-identical parameters; every gradient leaves the peak, the optimizer adds nothing to it", async () => {
-  // The real small preset (vocab 32000: embedding and lm_head are 32.8 MB each), 1×16 tokens.
+Deno.test("per-layer updates on the small preset: bit-identical parameters; every gradient leaves the peak, the optimizer adds nothing to it, and no whole [V, D] gradient exists", async () => {
+  // The real small preset (vocab 32000: embedding and lm_head are 32.8 MB each), 1×16 tokens;
+  // LM head blocks of 4 MiB (4096 rows), so its gradient can come in blocks of rows.
   const run = toyRun({ method: "full", model: PRESETS.small, batch: 1, seq: 16, weightDecay: 0.1 });
   const ids = Int32Array.from({ length: 16 }, (_, i) => (i * 7919) % 32000);
   const batch = {
@@ -98,7 +99,7 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
     targets: tensor(ids.map((t) => (t + 1) % 32000), [1, 16], "i32"),
   };
   const model = initLlama(run.model, { kind: "dense" }, run.seed);
-  const lossOf = (p: LlamaParams) => loss(model, p, batch);
+  const lossOf = (p: LlamaParams) => loss(model, p, batch, { chunkBytes: 4 << 20 });
   const gradBytes = tree.bytes(model.params); // one f32 gradient per f32 parameter
   /** Peak live bytes above the start of one step; `onGrad` = per-layer, else standard. */
   const measure = async (step: () => Promise<void>) => {
@@ -120,7 +121,7 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
   });
   const perLayer = await measure(async () => {
     const s = layerwise.start(pl.params, pl.state);
-    backward(pl.params, lossOf, s.onGrad);
+    backward(pl.params, lossOf, { onGrad: s.onGrad, onGradRows: s.onGradRows });
     pl = await s.finish();
   });
   // The floor of any per-layer scheme with this model code: forward + backward dropping each
@@ -139,6 +140,12 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
   // Together: per-layer lowers the peak by every gradient byte (embedding and lm_head
   // included) except what the backward itself holds at its peak.
   assert.ok(standard - perLayer >= gradBytes - bare);
+  // The LM head's and the embedding's gradients come to Adam in blocks of rows: below the bare
+  // backward, which holds each of them whole in turn.
+  const vocabGrad = tree.bytes(model.params.lmHead);
+  console.log(`  peaks above params: per-layer ${perLayer} B, bare backward ${bare} B`);
+  assert.ok(bare >= vocabGrad, `bare ${bare} B < one [V, D] gradient ${vocabGrad} B`);
+  assert.ok(perLayer < vocabGrad, `per-layer ${perLayer} B >= one [V, D] gradient ${vocabGrad} B`);
   tree.dispose([std, pl, model, batch]);
 });
 
@@ -159,6 +166,26 @@ for (const method of ["galore", "fira", "apollo"] as const) {
     for (const d of dirs) await Deno.remove(d, { recursive: true });
   });
 }
+
+Deno.test("per-layer full-rank runs (LM head and embedding updated by rows) match the standard run bit for bit: f32 AdamW, and bf16 weights with AdamW8bit, with and without --recompute", async () => {
+  for (const overrides of [{}, { dtype: "bf16", optimizer: "adamw8bit" }] as const) {
+    const dirs: string[] = [];
+    for (const [perLayer, recompute] of [[false, false], [true, false], [true, true]]) {
+      const dir = await Deno.makeTempDir();
+      dirs.push(dir);
+      await trainRun(
+        toyRun({ ...overrides, method: "full", steps: 3, weightDecay: 0.1, perLayer, recompute }),
+        data(),
+        quietIO(dir, { resume: false, shouldStop: () => false }),
+      );
+    }
+    const [pa, ...rest] = await Promise.all(dirs.map(params));
+    for (const pb of rest) {
+      for (const [k, v] of pa) assert.deepEqual(pb.get(k), v, `parameter ${k} differs`);
+    }
+    for (const d of dirs) await Deno.remove(d, { recursive: true });
+  }
+});
 
 Deno.test("measured memory equals the estimate to the byte, optimizer state included, for every full-rank-weight method and bf16 weights", async () => {
   for (const method of ["full", "galore", "fira", "apollo", "apollo-mini"] as const) {

@@ -6,7 +6,7 @@ import fc from "fast-check";
 import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
 import { init } from "../core/device.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
-import { Tape, valueAndGrad } from "../core/tape.ts";
+import { type BackwardOptions, Tape, valueAndGrad } from "../core/tape.ts";
 import * as tree from "../core/tree.ts";
 import { sizeOf } from "../core/shape.ts";
 import { rowAlignment, setMaxWindowBytes } from "../core/windows.ts";
@@ -217,18 +217,23 @@ export function frob(a: ArrayLike<number>): number {
 
 /**
  * Gradients of `lossOf(params)` with respect to every tensor of `params` (leaf order), through a
- * tape; with `onGrad`, each goes to the hook instead as soon as it is final (per-layer updates).
+ * tape; with `onGrad`, each goes to the hook instead as soon as it is final (per-layer updates),
+ * and with backward options `onGradRows` too.
  */
 export function backward<P>(
   params: P,
   lossOf: (p: P) => Tensor,
-  onGrad?: (grad: Tensor, index: number) => void,
+  hooks?: ((grad: Tensor, index: number) => void) | BackwardOptions,
 ): Tensor[] {
   const tape = new Tape();
   const leaves = tree.flatten(params);
   tape.watch(...leaves);
   const value = tape.run(() => lossOf(params));
-  const grads = tape.backward(value, leaves, { onGrad });
+  const grads = tape.backward(
+    value,
+    leaves,
+    typeof hooks === "function" ? { onGrad: hooks } : hooks,
+  );
   value.dispose();
   return grads as Tensor[];
 }
