@@ -37,6 +37,13 @@ import { addInto } from "./strided.ts";
 /** Default bytes of one block of logits ([N, m] for m vocabulary rows). */
 export const LM_HEAD_CHUNK_BYTES: number = 32 * 1024 * 1024;
 
+/**
+ * Bytes of one block of W and of dW as f32 ([m, D]). Smaller than the logits' bound: under
+ * per-layer updates a block of dW (with, for bf16, W's widened block and dW before rounding) is
+ * the step's peak above steady memory; 8 MiB blocks still make products of 2048 rows at D = 1024.
+ */
+export const LM_HEAD_WEIGHT_BLOCK_BYTES: number = 8 * 1024 * 1024;
+
 /** Options of {@link lmHeadCrossEntropy} and {@link lmHeadLossSums}. */
 export interface LmHeadLossOptions {
   /** Targets equal to this value contribute no loss, no gradient and no count (default -100). */
@@ -97,8 +104,8 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
 }
 
 /**
- * Vocabulary rows per block: logits [N, m] and the block of W and of dW (as f32) each within
- * `chunkBytes` and one binding window; block starts aligned for views of W and dW. At least one
+ * Vocabulary rows per block: logits [N, m] within `chunkBytes`, the block of W and of dW (as f32)
+ * within that, {@link LM_HEAD_WEIGHT_BLOCK_BYTES} and one binding window; block starts aligned for views of W and dW. At least one
  * aligned group of rows, so a tiny `chunkBytes` is a soft bound.
  */
 function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: number): number {
@@ -107,7 +114,7 @@ function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: numb
   const bytes = Math.min(chunkBytes, maxWindowBytes());
   const cols = Math.min(
     Math.floor(bytes / (4 * Math.max(n, 1))),
-    Math.floor(bytes / (4 * Math.max(d, 1))),
+    Math.floor(Math.min(bytes, LM_HEAD_WEIGHT_BLOCK_BYTES) / (4 * Math.max(d, 1))),
   );
   if (cols >= v) return Math.max(v, 1);
   const step = rowAlignment(d * bytesPerElement(w.dtype));
@@ -235,7 +242,7 @@ function backwardPass(
  * [0, V) that are not `ignoreIndex` give NaN, as in `crossEntropy`.
  *
  * Blocks take ⌊chunkBytes / 4N⌋ vocabulary rows (fewer if W's block as f32 would exceed
- * `chunkBytes` or one storage binding; rounded down to the offset alignment of W's rows, at least
+ * `chunkBytes`, {@link LM_HEAD_WEIGHT_BLOCK_BYTES} or one storage binding; rounded down to the offset alignment of W's rows, at least
  * one aligned group), in forward and backward alike; a single block gives `crossEntropy`'s loss to
  * the bit. The VJP recomputes the logits (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D] in
  * lmHead's dtype, or, when the backward's caller takes lmHead's gradient by rows (`gradRows`, e.g.
