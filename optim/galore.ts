@@ -211,17 +211,32 @@ async function projectorsOrNull(
       }
     });
   }
-  // One matrix at a time: the sketches' transients stay one matrix's worth.
   for (const i of pick("randomized")) {
     const seed = sketchSeed(keys[i], refresh);
-    const x = grads[i].dtype === "f32" ? grads[i] : convert(grads[i], "f32");
-    try {
-      out[i] = await randomizedProjector(x, geos[i].r, { seed, oversample: OVERSAMPLE });
-    } finally {
-      if (x !== grads[i]) x.dispose();
-    }
+    out[i] = await oneSketchAtATime(async () => {
+      const x = grads[i].dtype === "f32" ? grads[i] : convert(grads[i], "f32");
+      try {
+        return await randomizedProjector(x, geos[i].r, { seed, oversample: OVERSAMPLE });
+      } finally {
+        if (x !== grads[i]) x.dispose();
+      }
+    });
   }
   return out;
+}
+
+let sketchQueue: Promise<unknown> = Promise.resolve();
+
+/**
+ * Runs `fn` after every sketch started before it. Per-layer updates start one refresh per matrix
+ * during backward, all before the first readback returns; unqueued, each would allocate its f32
+ * copy and sketch at once (about 1 GB more peak at 350M). Queued, one matrix's transients exist
+ * at a time, whoever started them.
+ */
+function oneSketchAtATime<T>(fn: () => Promise<T>): Promise<T> {
+  const run = sketchQueue.then(fn, fn);
+  sketchQueue = run.catch(() => {});
+  return run;
 }
 
 /** A u32 seed from a key and a refresh number (FNV-1a over both). */

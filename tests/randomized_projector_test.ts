@@ -6,6 +6,7 @@
  */
 import fc from "fast-check";
 import assert from "node:assert/strict";
+import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { qr } from "../ops/svd.ts";
@@ -155,4 +156,28 @@ Deno.test("projector 'auto': exact up to the size limit, randomized above it", a
   assert.deepEqual(sa, sc);
   assert.deepEqual(la, lr);
   tree.dispose([small, large, got]);
+});
+
+Deno.test("randomized refreshes started together run one at a time: the peak is one sketch's", async () => {
+  const k = EXACT_PROJECTOR_MAX + 8;
+  const grads = [1, 2, 3, 4].map((s) =>
+    tensor(Float32Array.from(randomArr([k, k + 64], s).data), [k, k + 64], "f32")
+  );
+  const peakOf = async (gs: Tensor[]) => {
+    const base = memoryStats().liveBytes;
+    resetPeakBytes();
+    // As per-layer updates do: every refresh starts before any has finished.
+    const got = await Promise.all(
+      gs.map((g, i) => computeProjectors([g], 8, "randomized", [`w${i}`])),
+    );
+    const peak = memoryStats().peakBytes - base;
+    tree.dispose(got);
+    return peak;
+  };
+  const one = await peakOf(grads.slice(0, 1));
+  const four = await peakOf(grads);
+  // Four projectors [k, 8] stay; the transients (sketch, Ω, products) must not add up.
+  const projectorBytes = k * 8 * 4;
+  assert.ok(four <= one + 3 * projectorBytes, `4 at once: ${four} B; one: ${one} B`);
+  tree.dispose(grads);
 });
