@@ -20,7 +20,7 @@ import { llamaTokenizer } from "../data/tokenizer.ts";
 import { PRESETS } from "../models/config.ts";
 import { initLlama, loss } from "../models/llama.ts";
 import { matmul } from "../ops/matmul.ts";
-import { computeProjectors, type ProjectorMethod, projectionGeometry } from "../optim/galore.ts";
+import { computeProjectors, projectionGeometry, type ProjectorMethod } from "../optim/galore.ts";
 
 const { values: flags } = parseArgs({
   options: {
@@ -76,7 +76,9 @@ async function timed(g: Tensor, method: ProjectorMethod, key: string) {
 console.log(
   `# ${flags.model}, rank ${rank}, gradient of one ${batchSize}×${seq} Brown batch at init; ${info.kind}`,
 );
-console.log(`\n| matrix | shape | ${exact} ms | randomized ms | speed-up | energy captured vs exact |`);
+console.log(
+  `\n| matrix | shape | ${exact} ms | randomized ms | speed-up | energy captured vs exact |`,
+);
 console.log("|---|---|---|---|---|---|");
 let sumExact = 0, sumRand = 0;
 for (const [i, path] of paths.entries()) {
@@ -97,6 +99,8 @@ for (const [i, path] of paths.entries()) {
   tree.dispose([e.p, r.p]);
 }
 console.log(
-  `\ntotal: ${exact} ${(sumExact / 1000).toFixed(1)} s, randomized ${(sumRand / 1000).toFixed(1)} s`,
+  `\ntotal: ${exact} ${(sumExact / 1000).toFixed(1)} s, randomized ${
+    (sumRand / 1000).toFixed(1)
+  } s`,
 );
 tree.dispose([grads, model.params, model.buffers, batch, value]);
