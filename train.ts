@@ -37,6 +37,7 @@ import {
 } from "./cli/run_config.ts";
 import { estimateMemory } from "./models/estimate.ts";
 import { GRANULARITIES, type Granularity } from "./optim/apollo.ts";
+import { PROJECTOR_METHODS } from "./optim/galore.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
@@ -147,7 +148,7 @@ export async function buildRun(
   return run;
 }
 
-/** Fira's and APOLLO's settings, present only in the runs of those methods. */
+/** GaLore's, Fira's and APOLLO's settings, present only in the runs of those methods. */
 function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig> {
   const granularity = String(flags["apollo-granularity"] ?? "channel");
   if (!(GRANULARITIES as readonly string[]).includes(granularity)) {
@@ -165,7 +166,9 @@ function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig
     (v) => v > 0,
     "positive",
   );
-  if (method === "fira") return { limiter };
+  const galoreProjector = oneOf(flags, "galore-svd", PROJECTOR_METHODS);
+  if (method === "galore") return { galoreProjector };
+  if (method === "fira") return { limiter, galoreProjector };
   if (method === "apollo" || method === "apollo-mini") {
     return {
       limiter,

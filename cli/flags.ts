@@ -91,6 +91,12 @@ export const FLAGS: Record<string, FlagSpec> = {
     help: "GaLore, Fira and APOLLO projection refresh interval T",
   },
   "galore-scale": { type: "string", default: "0.25", help: "GaLore and Fira scale α" },
+  "galore-svd": {
+    type: "string",
+    default: "auto",
+    help:
+      "GaLore/Fira projector: auto (exact up to a 512 smaller side, randomized above), cpu64 (exact), gpu32, randomized",
+  },
   limiter: {
     type: "string",
     default: "1.01",

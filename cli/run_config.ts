@@ -23,6 +23,7 @@ import {
   type Granularity,
   multiSteps,
   partition,
+  type ProjectorMethod,
   quickRecovery,
   scaleByAdam,
   scaleByAdam8bit,
@@ -106,6 +107,8 @@ export interface RunConfig {
   galoreGap: number;
   /** GaLore scale α. */
   galoreScale: number;
+  /** How GaLore and Fira refresh projectors; set only for those methods (see `ProjectorMethod`). */
+  galoreProjector?: ProjectorMethod;
   /** Fira / APOLLO norm-growth limiter γ (0 = off); set only for those methods. */
   limiter?: number;
   /** APOLLO scale s (the update is multiplied by √s); set only for apollo and apollo-mini. */
@@ -205,9 +208,14 @@ export function blockTransform(
   const shared = { rank: projectionRank(run), updateProjGap: run.galoreGap };
   switch (run.method) {
     case "galore":
-      return galore(inner, { ...shared, scale: run.galoreScale });
+      return galore(inner, { ...shared, scale: run.galoreScale, projector: run.galoreProjector });
     case "fira":
-      return fira(inner, { ...shared, scale: run.galoreScale, limiter: run.limiter });
+      return fira(inner, {
+        ...shared,
+        scale: run.galoreScale,
+        limiter: run.limiter,
+        projector: run.galoreProjector,
+      });
     case "apollo":
     case "apollo-mini":
       return apollo({

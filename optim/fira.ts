@@ -95,7 +95,9 @@ export function fira(
         );
       }
       const channels = geos.map(channelsOf);
-      return withProjectors(g, state, { rank, updateProjGap, gram: opts.gram }, (use, proj) => {
+      const keys = tree.paths(updates);
+      const refreshOpts = { rank, updateProjGap, projector: opts.projector, keys };
+      return withProjectors(g, state, refreshOpts, (use, proj) => {
         // Before the inner transform consumes R: its channel norms, and the residual in G's buffer.
         const den: Tensor[] = [];
         const small = g.map((gi, i) => {

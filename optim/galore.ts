@@ -13,6 +13,7 @@ import * as tree from "../core/tree.ts";
 import { matmul } from "../ops/matmul.ts";
 import { subspaceFromGram, topSubspace } from "../ops/svd.ts";
 import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
+import { randomizedProjector } from "./randomized_projector.ts";
 import {
   andThen,
   type GradientTransformation,
@@ -28,8 +29,8 @@ export interface GaLoreOptions {
   updateProjGap?: number;
   /** α applied at project-back (not divided by r); default 0.25. */
   scale?: number;
-  /** How projector refreshes form the Gram matrix; default "cpu64" (see {@link computeProjectors}). */
-  gram?: GramMode;
+  /** How a refresh finds the top-r subspace; default "auto" (see {@link ProjectorMethod}). */
+  projector?: ProjectorMethod;
 }
 
 /** State of {@link galore}. */
@@ -104,23 +105,55 @@ export function projectBack(n: Tensor, proj: Tensor, left: boolean): Tensor {
   return left ? matmul(proj, n) : matmul(n, proj);
 }
 
-/** Where a projector refresh forms the Gram matrix of the gradient's smaller side. */
-export type GramMode = "cpu64" | "gpu32";
+/**
+ * How a projector refresh finds a gradient's top-r singular subspace:
+ * - `"cpu64"`: exact. Reads the gradient back, forms the smaller side's Gram matrix and its
+ *   eigenvectors in float64 on the CPU (`svd.ts`). O(k²·c + k³) for a [k, c] side: about 1 s at
+ *   k = 512, a minute at k = 2048.
+ * - `"gpu32"`: exact up to f32 rounding of the Gram matrix, formed by a device matmul (only the k²
+ *   Gram is read back): subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²); the eigensolve is the same.
+ * - `"randomized"`: randomized subspace iteration (`randomized_projector.ts`): device products and
+ *   an (r + 32)-sized eigensolve, 10× faster at 350M's shapes and over 10× at 1B's; it captures
+ *   99.8% of the exact projector's gradient energy on a decaying spectrum, about 87% on a Gaussian
+ *   matrix (no gap at all: the worst case). Ω is seeded by the parameter's path and the refresh.
+ * - `"auto"` (default): `"cpu64"` while the smaller side is at most {@link EXACT_PROJECTOR_MAX}
+ *   (and when r + 32 reaches it), `"randomized"` above.
+ */
+export type ProjectorMethod = typeof PROJECTOR_METHODS[number];
+
+/** Every {@link ProjectorMethod}, the default first. */
+export const PROJECTOR_METHODS = ["auto", "cpu64", "gpu32", "randomized"] as const;
+
+/** The largest smaller side for which `"auto"` keeps the exact float64 projector. */
+export const EXACT_PROJECTOR_MAX = 512;
+
+/** Extra sketch columns of the randomized projector. */
+const OVERSAMPLE = 32;
+
+function resolveMethod(
+  method: ProjectorMethod,
+  geo: ProjectionGeometry,
+): Exclude<ProjectorMethod, "auto"> {
+  const k = Math.min(geo.m, geo.n);
+  if (method === "randomized" && geo.r + OVERSAMPLE >= k) return "cpu64";
+  if (method !== "auto") return method;
+  return k > EXACT_PROJECTOR_MAX && geo.r + OVERSAMPLE < k ? "randomized" : "cpu64";
+}
 
 /**
- * Builds projectors from the current gradients with one readback for all of them, then the exact
- * top-r eigenvectors of each smaller-side Gram matrix in float64 on the CPU (see `svd.ts`),
- * uploaded as f32. `gram: "cpu64"` (default) reads the gradients and forms G·Gᵀ in float64;
- * `"gpu32"` forms it with an f32 matmul on the device and reads back only the min(m,n)² Gram:
- * faster for large matrices, with subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²). A gradient
- * holding NaN or ±Infinity has no subspace: a {@link NonFiniteError} names it.
+ * Builds the rank-r projector of each gradient (f32 uploads) by `method` (see
+ * {@link ProjectorMethod}). A gradient holding NaN or ±Infinity has no subspace: a
+ * {@link NonFiniteError} names it. `keys` (e.g. parameter paths) seed the randomized sketch;
+ * `refresh` tells refreshes apart.
  */
 export async function computeProjectors(
   grads: readonly Tensor[],
   rank: number,
-  gram: GramMode = "cpu64",
+  method: ProjectorMethod = "auto",
+  keys: readonly string[] = grads.map((_, i) => `${i}`),
+  refresh = 0,
 ): Promise<Tensor[]> {
-  const proj = await projectorsOrNull(grads, rank, gram);
+  const proj = await projectorsOrNull(grads, rank, method, keys, refresh);
   const bad = proj.indexOf(null);
   if (bad >= 0) {
     tree.dispose(proj);
@@ -140,30 +173,79 @@ function allFinite(d: ArrayLike<number>): boolean {
 async function projectorsOrNull(
   grads: readonly Tensor[],
   rank: number,
-  gram: GramMode,
+  method: ProjectorMethod,
+  keys: readonly string[],
+  refresh: number,
 ): Promise<(Tensor | null)[]> {
   const geos = grads.map((g) => projectionGeometry(g, rank));
-  if (gram === "gpu32") {
-    const cs = grads.map((g, i) =>
+  const methods = geos.map((geo) => resolveMethod(method, geo));
+  const out: (Tensor | null)[] = grads.map(() => null);
+  const pick = (m: string) => grads.flatMap((_, i) => (methods[i] === m ? [i] : []));
+  const basisTensor = (i: number, basis: Float64Array) =>
+    tensor(Float32Array.from(basis), geos[i].projShape);
+
+  const gpu = pick("gpu32");
+  if (gpu.length > 0) {
+    const cs = gpu.map((i) =>
       withF32(
-        g,
+        grads[i],
         (x) => geos[i].left ? matmul(x, x, { transB: true }) : matmul(x, x, { transA: true }),
       )
     );
     const data = await readAll(cs);
     tree.dispose(cs);
-    return geos.map((geo, i) => {
-      if (!allFinite(data[i])) return null;
-      const { basis } = subspaceFromGram(data[i], geo.m, geo.n, geo.r);
-      return tensor(Float32Array.from(basis), geo.projShape);
+    gpu.forEach((i, j) => {
+      const geo = geos[i];
+      if (allFinite(data[j])) {
+        out[i] = basisTensor(i, subspaceFromGram(data[j], geo.m, geo.n, geo.r).basis);
+      }
     });
   }
-  const data = await readAll(grads);
-  return geos.map((geo, i) => {
-    if (!allFinite(data[i])) return null;
-    const { basis } = topSubspace(data[i], geo.m, geo.n, geo.r);
-    return tensor(Float32Array.from(basis), geo.projShape);
-  });
+  const cpu = pick("cpu64");
+  if (cpu.length > 0) {
+    const data = await readAll(cpu.map((i) => grads[i]));
+    cpu.forEach((i, j) => {
+      const geo = geos[i];
+      if (allFinite(data[j])) {
+        out[i] = basisTensor(i, topSubspace(data[j], geo.m, geo.n, geo.r).basis);
+      }
+    });
+  }
+  for (const i of pick("randomized")) {
+    const seed = sketchSeed(keys[i], refresh);
+    out[i] = await oneSketchAtATime(async () => {
+      const x = grads[i].dtype === "f32" ? grads[i] : convert(grads[i], "f32");
+      try {
+        return await randomizedProjector(x, geos[i].r, { seed, oversample: OVERSAMPLE });
+      } finally {
+        if (x !== grads[i]) x.dispose();
+      }
+    });
+  }
+  return out;
+}
+
+let sketchQueue: Promise<unknown> = Promise.resolve();
+
+/**
+ * Runs `fn` after every sketch started before it. Per-layer updates start one refresh per matrix
+ * during backward, all before the first readback returns; unqueued, each would allocate its f32
+ * copy and sketch at once (about 1 GB more peak at 350M). Queued, one matrix's transients exist
+ * at a time, whoever started them.
+ */
+function oneSketchAtATime<T>(fn: () => Promise<T>): Promise<T> {
+  const run = sketchQueue.then(fn, fn);
+  sketchQueue = run.catch(() => {});
+  return run;
+}
+
+/** A u32 seed from a key and a refresh number (FNV-1a over both). */
+function sketchSeed(key: string, refresh: number): number {
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(`${key}#${refresh}`)) {
+    h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  }
+  return h;
 }
 
 /**
@@ -180,7 +262,12 @@ async function projectorsOrNull(
 export function withProjectors<T>(
   g: Tensor[],
   state: { count: number; proj: (Tensor | null)[] },
-  opts: { rank: number; updateProjGap: number; gram?: GramMode },
+  opts: {
+    rank: number;
+    updateProjGap: number;
+    projector?: ProjectorMethod;
+    keys: readonly string[];
+  },
   step: (use: Tensor[], proj: (Tensor | null)[]) => MaybePromise<T>,
 ): MaybePromise<T> {
   const run = (proj: (Tensor | null)[]) => {
@@ -194,7 +281,7 @@ export function withProjectors<T>(
   const due = g.length > 0 &&
     (state.count % opts.updateProjGap === 0 || state.proj.some((q) => q === null));
   if (!due) return run(state.proj);
-  return projectorsOrNull(g, opts.rank, opts.gram ?? "cpu64").then(
+  return projectorsOrNull(g, opts.rank, opts.projector ?? "auto", opts.keys, state.count).then(
     (fresh) =>
       run(fresh.map((p, i) => {
         const old = state.proj[i];
@@ -271,7 +358,13 @@ export function galore(
           };
         });
       };
-      return withProjectors(g, state, { rank, updateProjGap, gram: opts.gram }, step);
+      const keys = tree.paths(updates);
+      return withProjectors(
+        g,
+        state,
+        { rank, updateProjGap, projector: opts.projector, keys },
+        step,
+      );
     },
   };
 }

@@ -294,6 +294,7 @@ const FLAG_VALUES: Record<string, readonly string[]> = {
   "weight-decay": ["0", "0.1", "-1"],
   "galore-gap": ["1", "0", "x"],
   "galore-scale": ["0.25", "0", "x"],
+  "galore-svd": ["auto", "randomized", "svd"],
   "refactor-every": ["0", "1", "x"],
   "relora-every": ["1", "0"],
   "recovery-steps": ["1", "0"],
