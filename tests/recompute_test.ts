@@ -15,6 +15,8 @@ import { quietIO, toyConfig, toyRun } from "./fixtures.ts";
 import { trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { backward, setup } from "./util.ts";
+import { Tape } from "../core/tape.ts";
+import { adamw, perParameter } from "../optim/mod.ts";
 
 await setup();
 
@@ -115,4 +117,30 @@ Deno.test("recompute at the small preset: backward holds about one block's activ
     `recompute peak ${rec4} B, one block's parameters ${blockParams} B`,
   );
   tree.dispose(batch);
+});
+
+Deno.test("per-layer updates inside recomputed blocks write the weights in place (no copy of any)", async () => {
+  const model = initLlama({ ...toyConfig(11), layers: 3 }, { kind: "dense" }, 4);
+  const batch = batchOf(11, 2, 6);
+  let params = model.params;
+  for (const recompute of [false, true]) {
+    const layerwise = perParameter(adamw({ lr: 1e-3 }));
+    const state = layerwise.init(params);
+    const leaves = tree.flatten(params);
+    const buffers = leaves.map((t) => t.storage.buffer);
+    const tape = new Tape();
+    tape.watch(...leaves);
+    const value = tape.run(() => loss(model, params, batch, { recompute }));
+    const step = layerwise.start(params, state);
+    tape.backward(value, leaves, { onGrad: step.onGrad });
+    const next = await step.finish();
+    // A parameter the tape still held when its update ran would have been copied (donate).
+    const paths = tree.paths(params);
+    tree.flatten(next.params).forEach((t, i) =>
+      assert.equal(t.storage.buffer, buffers[i], `recompute ${recompute}: ${paths[i]} was copied`)
+    );
+    params = next.params;
+    tree.dispose([next.state, value]);
+  }
+  tree.dispose([batch, params, model.buffers]);
 });
