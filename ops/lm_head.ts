@@ -8,10 +8,9 @@
  * into an online log-sum-exp per row (running max and sum, plus the target's logit). Backward
  * recomputes each block's logits: the block's dW rows are final at once and are written straight
  * into the same rows of dW (no [V, D] accumulator, no copy; or handed to a per-layer update one
- * block at a time, see `gradRows`), and only dh [N, D], small next to W,
- * is accumulated across blocks. The tape keeps the inputs, the per-row log-sum-exp and the target
- * count, nothing of size V·N. W may be bf16: each block is widened for its products, and dW is
- * bf16 too.
+ * block at a time, see `gradRows`), and only dh [N, D], small next to W, is accumulated across
+ * blocks. The tape keeps the inputs, the per-row log-sum-exp and the target count, nothing of size
+ * V·N. W may be bf16: each block is widened for its products, and dW is bf16 too.
  * @module
  */
 import { convert, convertInto } from "../core/convert.ts";
@@ -105,8 +104,9 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
 
 /**
  * Vocabulary rows per block: logits [N, m] within `chunkBytes`, the block of W and of dW (as f32)
- * within that, {@link LM_HEAD_WEIGHT_BLOCK_BYTES} and one binding window; block starts aligned for views of W and dW. At least one
- * aligned group of rows, so a tiny `chunkBytes` is a soft bound.
+ * within that, {@link LM_HEAD_WEIGHT_BLOCK_BYTES} and one binding window; block starts aligned
+ * for views of W and dW. At least one aligned group of rows, so a tiny `chunkBytes` is a soft
+ * bound.
  */
 function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: number): number {
   // dW's block bounded too: under per-layer updates one block of it is all of dW that exists
@@ -242,12 +242,13 @@ function backwardPass(
  * [0, V) that are not `ignoreIndex` give NaN, as in `crossEntropy`.
  *
  * Blocks take ⌊chunkBytes / 4N⌋ vocabulary rows (fewer if W's block as f32 would exceed
- * `chunkBytes`, {@link LM_HEAD_WEIGHT_BLOCK_BYTES} or one storage binding; rounded down to the offset alignment of W's rows, at least
- * one aligned group), in forward and backward alike; a single block gives `crossEntropy`'s loss to
- * the bit. The VJP recomputes the logits (one extra h·Wᵀ) and returns dh [..., D] and dW [V, D] in
- * lmHead's dtype, or, when the backward's caller takes lmHead's gradient by rows (`gradRows`, e.g.
- * per-layer updates) and its blocks line up with these, hands dW over block by block (the same
- * bits) so that no [V, D] gradient exists; targets get no gradient.
+ * `chunkBytes`, {@link LM_HEAD_WEIGHT_BLOCK_BYTES} or one storage binding; rounded down to the
+ * offset alignment of W's rows, at least one aligned group), in forward and backward alike; a
+ * single block gives `crossEntropy`'s loss to the bit. The VJP recomputes the logits (one extra
+ * h·Wᵀ) and returns dh [..., D] and dW [V, D] in lmHead's dtype, or, when the backward's caller
+ * takes lmHead's gradient by rows (`gradRows`, e.g. per-layer updates) and its blocks line up with
+ * these, hands dW over block by block (the same bits) so that no [V, D] gradient exists; targets
+ * get no gradient.
  */
 export function lmHeadCrossEntropy(
   h: Tensor,

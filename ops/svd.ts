@@ -182,6 +182,12 @@ function tql2(z: Float64Array, d: Float64Array, e: Float64Array, n: number): voi
   }
 }
 
+/** True when every value is finite: data read back with NaN or ±Infinity has no subspace. */
+export function allFinite(d: ArrayLike<number>): boolean {
+  for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) return false;
+  return true;
+}
+
 /** G·Gᵀ (rows×rows, row-major) of a row-major rows×cols matrix, accumulated in float64. */
 export function gram(g: ArrayLike<number>, rows: number, cols: number): Float64Array {
   const a = g instanceof Float64Array ? g : Float64Array.from(g);

@@ -30,6 +30,7 @@
  * @module
  */
 import { defineKernel } from "../core/define_kernel.ts";
+import { fnv1a } from "../core/rng.ts";
 import { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { scaleByAdam } from "./adamw.ts";
@@ -100,12 +101,6 @@ const HASH_WGSL = `fn hash32(v: u32) -> u32 {
   x ^= x >> 16u;
   return x;
 }`;
-
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  for (const b of new TextEncoder().encode(s)) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h;
-}
 
 /** Centre of the sum of twelve 16-bit uniforms: 12 · 65535 / 2. */
 const IRWIN_HALL_MEAN = 393210;

@@ -6,12 +6,13 @@
  * @module
  */
 import { convert } from "../core/convert.ts";
+import { fnv1a } from "../core/rng.ts";
 import { NonFiniteError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { readAll, Tensor, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { matmul } from "../ops/matmul.ts";
-import { subspaceFromGram, topSubspace } from "../ops/svd.ts";
+import { allFinite, subspaceFromGram, topSubspace } from "../ops/svd.ts";
 import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
 import { randomizedProjector } from "./randomized_projector.ts";
 import {
@@ -110,8 +111,9 @@ export function projectBack(n: Tensor, proj: Tensor, left: boolean): Tensor {
  * - `"cpu64"`: exact. Reads the gradient back, forms the smaller side's Gram matrix and its
  *   eigenvectors in float64 on the CPU (`svd.ts`). O(k²·c + k³) for a [k, c] side: about 1 s at
  *   k = 512, a minute at k = 2048.
- * - `"gpu32"`: exact up to f32 rounding of the Gram matrix, formed by a device matmul (only the k²
- *   Gram is read back): subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²); the eigensolve is the same.
+ * - `"gpu32"`: exact up to f32 rounding of the Gram matrix, formed by a device matmul (only the
+ *   k² Gram is read back): subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²); the eigensolve is the
+ *   same.
  * - `"randomized"`: randomized subspace iteration (`randomized_projector.ts`): device products and
  *   an (r + 32)-sized eigensolve. On 350M's real gradients (`bench/galore_projector.ts`) it
  *   captures at least 99.96% of the exact projector's gradient energy, about 5× faster than
@@ -166,11 +168,6 @@ export async function computeProjectors(
   return proj as Tensor[];
 }
 
-function allFinite(d: ArrayLike<number>): boolean {
-  for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) return false;
-  return true;
-}
-
 // computeProjectors, with null for a gradient (or Gram) that holds NaN or ±Infinity.
 async function projectorsOrNull(
   grads: readonly Tensor[],
@@ -214,7 +211,7 @@ async function projectorsOrNull(
     });
   }
   for (const i of pick("randomized")) {
-    const seed = sketchSeed(keys[i], refresh);
+    const seed = fnv1a(`${keys[i]}#${refresh}`);
     out[i] = await oneSketchAtATime(async () => {
       const x = grads[i].dtype === "f32" ? grads[i] : convert(grads[i], "f32");
       try {
@@ -239,15 +236,6 @@ function oneSketchAtATime<T>(fn: () => Promise<T>): Promise<T> {
   const run = sketchQueue.then(fn, fn);
   sketchQueue = run.catch(() => {});
   return run;
-}
-
-/** A u32 seed from a key and a refresh number (FNV-1a over both). */
-function sketchSeed(key: string, refresh: number): number {
-  let h = 0x811c9dc5;
-  for (const b of new TextEncoder().encode(`${key}#${refresh}`)) {
-    h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  }
-  return h;
 }
 
 /**

@@ -18,7 +18,7 @@
 import { fmtShape } from "../core/shape.ts";
 import { randomNormal, readAll, type Tensor, tensor } from "../core/tensor.ts";
 import { matmul } from "../ops/matmul.ts";
-import { qr, symEig } from "../ops/svd.ts";
+import { allFinite, qr, symEig } from "../ops/svd.ts";
 
 /** Options of {@link randomizedProjector}. */
 export interface RandomizedProjectorOptions {
@@ -87,7 +87,7 @@ export async function randomizedProjector(
   return u;
 }
 
-/** The top-r eigenvectors of the symmetric l×l `t` (float64) as the columns of a row-major [l, r]. */
+/** The top-r eigenvectors of the symmetric l×l `t`, in float64, as columns of a row-major [l, r]. */
 function topEigenvectors(t: ArrayLike<number>, l: number, r: number): Float32Array {
   const sym = Float64Array.from(t);
   // An f32 product is symmetric only up to rounding: use the mean of the two triangles.
@@ -100,9 +100,4 @@ function topEigenvectors(t: ArrayLike<number>, l: number, r: number): Float32Arr
   const w = new Float32Array(l * r);
   for (let j = 0; j < r; j++) for (let i = 0; i < l; i++) w[i * r + j] = vectors[j * l + i];
   return w;
-}
-
-function allFinite(d: ArrayLike<number>): boolean {
-  for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) return false;
-  return true;
 }
