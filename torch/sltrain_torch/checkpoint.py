@@ -20,7 +20,7 @@ import torch
 from . import safetensors as st
 from .adamw import AdamW, Quantized, lr_schedule
 from .errors import FormatError, UnsupportedRunError
-from .model import BlockLinear, Config, Llama, Method, our_param_paths
+from .model import Config, Llama, Method, our_param_paths
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "sltrain-checkpoint-v2"

@@ -9,11 +9,10 @@ alpha, scale, seed, index), and per block linear `P.B` [out, r], `P.A` [r, in], 
 import json
 import os
 
-import torch
 
 from . import safetensors as st
 from .errors import FormatError
-from .model import LINEARS, Config, Llama, Method
+from .model import Config, Llama, Method
 
 HF_LINEARS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",

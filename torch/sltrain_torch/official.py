@@ -20,7 +20,6 @@ the keyword arguments of SpLoRaModel). Its RoPE has base 10000 and no other.
 """
 
 import json
-import math
 import os
 import shutil
 import uuid

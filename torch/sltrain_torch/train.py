@@ -124,8 +124,10 @@ class Trainer:
         if same and os.path.basename(self.ck.path) != CHECKPOINT_FILE:
             raise SltrainTorchError(f"{self.ck.path} is not the run's latest checkpoint: continuing "
                                     f"it in {self.out} would replace a later one; pass a new --out")
-        if not same and os.path.exists(os.path.join(self.out, CHECKPOINT_FILE)):
-            raise SltrainTorchError(f"--out {self.out}: already holds a run; choose another folder")
+        taken = [f for f in (CHECKPOINT_FILE, LOG_FILE) if os.path.exists(os.path.join(self.out, f))]
+        if not same and taken:
+            raise SltrainTorchError(f"--out {self.out}: already holds a run ({taken[0]}); choose "
+                                    "another folder")
 
     def log(self, rec):
         if self.rank == 0:
@@ -282,6 +284,9 @@ def main(argv=None):
     except SltrainTorchError as e:
         print(f"sltrain_torch.train: {type(e).__name__}: {e}", file=sys.stderr)
         code = 2
+    except FloatingPointError as e:  # a non-finite loss or weight: the last checkpoint is kept
+        print(f"sltrain_torch.train: {e}", file=sys.stderr)
+        code = 1
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
