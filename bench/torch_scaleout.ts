@@ -248,7 +248,7 @@ if edit == "dtype":  # f32 tensors under a run that says bf16
 else:
     md["format"] = "sltrain-checkpoint-v3"
 st.write(dst, tensors, md, checksums=True)`,
-    `${dir}/sltrain/checkpoint.safetensors`,
+    `${dir}/sltrain/checkpoint.step-10.safetensors`,
     `${folder}/checkpoint.safetensors`,
     edit,
   ]);
@@ -263,25 +263,26 @@ await deno([
   "--out",
   llamaShards,
 ]);
-const bad: [string, string, string[], number][] = [
-  ["run of another method (galore)", galore, [], 1],
-  ["tensors not of the run's dtype", wrongDtype, [], 1],
-  ["another checkpoint version", wrongVersion, [], 1],
-  ["shards of another tokenizer (llama)", `${dir}/sltrain`, ["--data", llamaShards], 1],
-  ["3 processes for a batch of 4", `${dir}/sltrain`, [], 3],
+const step10 = `${dir}/sltrain/checkpoint.step-10.safetensors`;
+const bad: [string, string, string[], number, string][] = [
+  ["run of another method (galore)", galore, [], 1, "UnsupportedRunError"],
+  ["tensors not of the run's dtype", wrongDtype, [], 1, "UnsupportedRunError"],
+  ["another checkpoint version", wrongVersion, [], 1, "FormatError"],
+  ["shards of another tokenizer (llama)", step10, ["--data", llamaShards], 1, "DataMismatchError"],
+  ["3 processes for a batch of 4", step10, [], 3, "WorldSizeError"],
 ];
-for (const [what, run, extra, procs] of bad) {
+for (const [what, run, extra, procs, want] of bad) {
   const out = `${dir}/refused-${what.replace(/\W+/g, "-")}`;
-  const ckpt = `${run}/checkpoint.safetensors`;
+  const ckpt = run.endsWith(".safetensors") ? run : `${run}/checkpoint.safetensors`;
   const before = String(await Deno.readFile(ckpt));
   const args = cont(run, out, ...extra);
   const r = await py(procs > 1 ? [...torchrun(procs), ...args] : args);
-  const error = r.stderr.match(/sltrain_torch\.train: (\w+): ([^\n]{0,90})/);
+  const error = r.stderr.replaceAll(`${dir}/`, "").match(/sltrain_torch\.train: (\w+): ([^\n]*)/);
   const untouched = !(await Deno.stat(out).catch(() => null)) &&
     String(await Deno.readFile(ckpt)) === before;
-  failed ||= r.code === 0 || !error || !untouched;
+  failed ||= r.code === 0 || error?.[1] !== want || !untouched;
   console.log(
-    `| ${what} | ${r.code} | ${error ? `${error[1]}: ${error[2]}…` : "NONE"} | ${
+    `| ${what} | ${r.code} | ${error ? `${error[1]}: ${error[2]}` : "NONE"} | ${
       untouched ? "yes" : "NO"
     } |`,
   );
