@@ -83,6 +83,19 @@ function context(name: string, counter: { steps: number }): TestContext {
   };
 }
 
+/** An error's stack (with its message) and every `cause` below it, as fast-check nests them. */
+function describe(e: unknown): string {
+  const lines: string[] = [];
+  for (let c = e, depth = 0; c !== undefined && depth < 5; depth++) {
+    const text = c instanceof Error
+      ? (c.stack?.includes(c.message) ? c.stack : `${c.message}\n${c.stack}`)
+      : String(c);
+    lines.push(depth === 0 ? text : `Caused by: ${text}`);
+    c = c instanceof Error ? c.cause : undefined;
+  }
+  return lines.join("\n");
+}
+
 async function post(body: unknown): Promise<void> {
   await fetch("/report", { method: "POST", body: JSON.stringify(body) });
 }
@@ -112,9 +125,7 @@ export async function runAll(filter = ""): Promise<void> {
           steps: counter.steps,
         };
       } catch (e) {
-        const error = e instanceof Error
-          ? (e.stack?.includes(e.message) ? e.stack : `${e.message}\n${e.stack}`)
-          : String(e);
+        const error = describe(e);
         report = {
           file: t.file,
           name: t.name,
