@@ -18,7 +18,8 @@
  * Every PyTorch process runs one thread: these are equalities, not timings, and on a shared
  * 2-core machine one thread per process is the fastest way to them.
  *
- * Usage (needs python3-torch and libopenblas0-pthread, see bench/torch_peer.ts):
+ * Usage (needs python3-torch and libopenblas0-pthread, see bench/torch_peer.ts, and `deno install`
+ * in bench/ once, for the Brown corpus):
  *   deno run -A bench/torch_scaleout.ts [--dir DIR]
  * @module
  */

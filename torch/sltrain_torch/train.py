@@ -33,7 +33,7 @@ from .checkpoint import (CHECKPOINT_FILE, Checkpoint, build_model, build_optimiz
                          check_continuable, save_checkpoint)
 from .adamw import lr_schedule
 from .data import BatchStream, Sequences, Shards, validation_batches
-from .errors import DataMismatchError, SltrainTorchError, WorldSizeError
+from .errors import DataMismatchError, FormatError, SltrainTorchError, WorldSizeError
 
 LOG_FILE = "log.jsonl"
 
@@ -66,6 +66,16 @@ def split_rows(batch, world, rank):
     return range(rank * per, (rank + 1) * per)
 
 
+def average_in_f32(params):
+    """Averages the gradients over the processes in float32, rounded back once: DDP's job where
+    gloo cannot reduce (or broadcast) bfloat16 tensors."""
+    flat = torch.cat([p.grad.float().reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view(p.shape))
+
+
 def read_log(path, upto):
     """Complete records of a log.jsonl with step <= upto (a torn last line is dropped)."""
     try:
@@ -73,7 +83,15 @@ def read_log(path, upto):
             lines = f.read().split(b"\n")
     except FileNotFoundError:
         return []
-    records = [json.loads(line) for line in lines[:-1]]
+    records = []
+    for n, line in enumerate(lines[:-1], 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not (isinstance(rec, dict) and isinstance(rec.get("step"), int)):
+            raise FormatError(f"{path}: line {n} is not a log record (edited or damaged?)")
+        records.append(rec)
     return [r for r in records if r["step"] <= upto]
 
 
@@ -113,7 +131,9 @@ class Trainer:
         self.history = {"train": [], "val": [], **ck.meta.get("history", {})}
         self.keep = args.keep
         self.ddp = self.model
-        if world > 1:
+        # Every process loaded the same checkpoint, so nothing needs a broadcast first.
+        self.bf16_gloo = world > 1 and dist.get_backend() == "gloo" and self.run.get("dtype") == "bf16"
+        if world > 1 and not self.bf16_gloo:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                  broadcast_buffers=False)
@@ -158,7 +178,7 @@ class Trainer:
         mine = slice(self.rows.start, self.rows.stop)
         x, y = inputs[mine].to(self.device), targets[mine].to(self.device)
         accum = self.run.get("gradAccum", 1)
-        sync = last or self.world == 1
+        sync = last or self.ddp is self.model
         ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
         with ctx:
             total = self.ddp(x, y)
@@ -207,6 +227,8 @@ class Trainer:
             if not math.isfinite(loss):
                 raise FloatingPointError(f"step {self.step + 1}: the loss is {loss}; stopped without "
                                          "a checkpoint (the last one is kept)")
+            if self.bf16_gloo:
+                average_in_f32(params)
             if run.get("clip", 0) > 0:
                 torch.nn.utils.clip_grad_norm_(params, run["clip"])
             self.opt.step()
