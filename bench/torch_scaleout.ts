@@ -6,7 +6,7 @@
  *    (one process) continues from it; its losses of steps 11–20 against ours (full-rank, SLTrain,
  *    SLTrain with 8-bit AdamW, SLTrain with bf16 weights);
  * 2. `torchrun --nproc_per_node 2` (gloo, CPU) against one process on the same global batch,
- *    steps 11–20 of the SLTrain run;
+ *    steps 11–20 of the SLTrain run (and of the bf16 one);
  * 3. and back: the checkpoint PyTorch wrote at step 20 resumes in `train.ts --resume` to step 30;
  *    its losses against PyTorch's own continuation to step 30;
  * 4. the official SLTrain layout: `export.ts --format sltrain` → official → ours, byte for byte,
@@ -152,19 +152,20 @@ for (const [name, flags] of cases) {
   );
 }
 
-console.log(
-  "\n## 2. torchrun --nproc_per_node 2 (gloo, CPU) against 1 process, SLTrain, steps 11-20\n",
-);
-const two = `${dir}/sltrain-torchrun2`;
-await pyOk([
-  ...torchrun(2),
-  ...cont(`${dir}/sltrain/checkpoint.step-10.safetensors`, two, "--threads", "1"),
-]);
-console.log(
-  `max rel. diff: ${
-    check(maxRel(await losses(two), await losses(`${dir}/sltrain-torch`), 11, 20), 1e-5)
-  } (tol 1e-5)`,
-);
+console.log("\n## 2. torchrun --nproc_per_node 2 (gloo, CPU) against 1 process, steps 11-20\n");
+console.log("| run | max rel. diff | tolerance |");
+console.log("|---|---|---|");
+// bf16: each process rounds its gradient to bf16 before the f32 average, one rounding more than
+// one process makes, hence the looser bound.
+for (const [name, tol] of [["sltrain", 1e-5], ["sltrain-bf16", 1e-4]] as const) {
+  const two = `${dir}/${name}-torchrun2`;
+  await pyOk([
+    ...torchrun(2),
+    ...cont(`${dir}/${name}/checkpoint.step-10.safetensors`, two, "--threads", "1"),
+  ]);
+  const d = maxRel(await losses(two), await losses(`${dir}/${name}-torch`), 11, 20);
+  console.log(`| ${name} | ${check(d, tol)} | ${tol} |`);
+}
 
 console.log("\n## 3. and back: train.ts --resume from PyTorch's step-20 checkpoint, steps 21-30\n");
 console.log("| run | max rel. diff, ours vs PyTorch's own continuation (tol 1e-4) |");
