@@ -12,14 +12,18 @@
 /** Where Chromium is looked for when `CHROMIUM` is not set. */
 const CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
 
-/** The flags every launch uses: headless, WebGPU on, no background traffic. */
-export const CHROMIUM_FLAGS: readonly string[] = [
-  "--headless=new",
-  "--no-sandbox",
+/** WebGPU on a machine without a GPU: Dawn on SwiftShader. */
+const WEBGPU_FLAGS: readonly string[] = [
   "--enable-unsafe-webgpu",
   "--enable-features=Vulkan",
   "--use-vulkan=swiftshader",
   "--use-webgpu-adapter=swiftshader",
+];
+
+/** The flags every launch uses: headless, no background traffic. */
+export const CHROMIUM_FLAGS: readonly string[] = [
+  "--headless=new",
+  "--no-sandbox",
   "--no-first-run",
   "--no-default-browser-check",
   "--disable-background-networking",
@@ -84,6 +88,8 @@ export interface Browser {
 export interface LaunchOptions {
   /** Extra command-line flags. */
   args?: string[];
+  /** WebGPU on (default) or off: `false` starts a browser whose pages have no `navigator.gpu`. */
+  webgpu?: boolean;
   /** How long to wait for the browser to start, ms (default 30000). */
   startTimeoutMs?: number;
 }
@@ -101,6 +107,7 @@ export async function launchChromium(options: LaunchOptions = {}): Promise<Brows
   const child = new Deno.Command(exe, {
     args: [
       ...CHROMIUM_FLAGS,
+      ...(options.webgpu === false ? ["--disable-features=WebGPU"] : WEBGPU_FLAGS),
       ...(options.args ?? []),
       `--user-data-dir=${profile}`,
       "--remote-debugging-port=0",

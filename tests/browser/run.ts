@@ -41,6 +41,7 @@ export const DENO_ONLY: Readonly<Record<string, string>> = {
   "soak_test.ts": "run folders on disk",
   "tokenizer_test.ts": "tokenizer files on disk",
   "train_test.ts": "run folders on disk",
+  "web_demo_test.ts": "serves the demo page and drives Chromium itself",
 };
 
 const HERE = new URL(".", import.meta.url);
