@@ -12,10 +12,9 @@
 /** Where Chromium is looked for when `CHROMIUM` is not set. */
 const CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
 
-/** WebGPU on a machine without a GPU: Dawn on SwiftShader. */
-const WEBGPU_FLAGS: readonly string[] = [
-  "--enable-unsafe-webgpu",
-  "--enable-features=Vulkan",
+/** WebGPU through Vulkan: on the machine's GPU, or on SwiftShader (a CPU) when forced. */
+const WEBGPU_FLAGS: readonly string[] = ["--enable-unsafe-webgpu", "--enable-features=Vulkan"];
+const SWIFTSHADER_FLAGS: readonly string[] = [
   "--use-vulkan=swiftshader",
   "--use-webgpu-adapter=swiftshader",
 ];
@@ -90,6 +89,11 @@ export interface LaunchOptions {
   args?: string[];
   /** WebGPU on (default) or off: `false` starts a browser whose pages have no `navigator.gpu`. */
   webgpu?: boolean;
+  /**
+   * Which adapter WebGPU gets: `swiftshader` (default: Dawn on the CPU, the same on every machine)
+   * or `system` (the machine's GPU, as a user's Chrome would).
+   */
+  adapter?: "swiftshader" | "system";
   /** How long to wait for the browser to start, ms (default 30000). */
   startTimeoutMs?: number;
 }
@@ -107,7 +111,9 @@ export async function launchChromium(options: LaunchOptions = {}): Promise<Brows
   const child = new Deno.Command(exe, {
     args: [
       ...CHROMIUM_FLAGS,
-      ...(options.webgpu === false ? ["--disable-features=WebGPU"] : WEBGPU_FLAGS),
+      ...(options.webgpu === false
+        ? ["--disable-features=WebGPU"]
+        : [...WEBGPU_FLAGS, ...(options.adapter === "system" ? [] : SWIFTSHADER_FLAGS)]),
       ...(options.args ?? []),
       `--user-data-dir=${profile}`,
       "--remote-debugging-port=0",

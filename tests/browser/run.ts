@@ -12,6 +12,7 @@
  *   deno task test:browser                       every browser test
  *   deno task test:browser tests/matmul_test.ts  only these files
  *   deno task test:browser --filter bf16         only tests whose name contains "bf16"
+ *   deno task test:browser --system-gpu          on the machine's GPU instead of SwiftShader
  *
  * Prints one line per test and `ok | N passed | M failed (time)`; exits 1 on any failure.
  * @module
@@ -129,6 +130,7 @@ export async function main(args: string[]): Promise<number> {
     options: {
       filter: { type: "string", default: "" },
       timeout: { type: "string", default: "1800" },
+      "system-gpu": { type: "boolean", default: false },
     },
     allowPositionals: true,
   });
@@ -166,7 +168,9 @@ export async function main(args: string[]): Promise<number> {
         if (m.result === "failed") failures.push(m);
       }
     });
-    browser = await launchChromium();
+    browser = await launchChromium({
+      adapter: flags.values["system-gpu"] ? "system" : "swiftshader",
+    });
     const url = `http://127.0.0.1:${server.addr.port}/?filter=${
       encodeURIComponent(flags.values.filter)
     }`;
