@@ -60,6 +60,7 @@ async function runFor(args: string[], seconds: number): Promise<{ code: number; 
   const child = new Deno.Command(Deno.execPath(), {
     args,
     cwd: ROOT.pathname,
+    env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -68,7 +69,7 @@ async function runFor(args: string[], seconds: number): Promise<{ code: number; 
   clearTimeout(timer);
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   const code = out.signal === "SIGKILL" ? 124 : out.code;
-  return { code, tail: text.replace(/\x1b\[[0-9;]*m/g, "").split("\n").slice(-40).join("\n") };
+  return { code, tail: text.split("\n").slice(-40).join("\n") };
 }
 
 const summary: [string, string][] = [];
