@@ -204,8 +204,7 @@ if (import.meta.main) {
   if (values.out) {
     await Deno.mkdir(values.out, { recursive: true });
     await Deno.writeFile(`${values.out}/demo.png`, screenshot);
-    await Deno.writeFile(`${values.out}/demo.checkpoint.safetensors`, checkpoint.file);
     await Deno.writeTextFile(`${values.out}/demo.json`, JSON.stringify(summary, null, 2) + "\n");
-    console.log(`wrote ${values.out}/demo.png, demo.json, demo.checkpoint.safetensors`);
+    console.log(`wrote ${values.out}/demo.png and demo.json`);
   }
 }
