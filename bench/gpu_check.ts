@@ -25,7 +25,7 @@ import type { PresetName } from "../models/config.ts";
 import type { MethodName } from "../cli/run_config.ts";
 import { type GpuCheckOptions, runGpuCheck } from "./gpu_check_core.ts";
 import { browserTestFiles } from "../tests/browser/run.ts";
-import { launchChromium } from "../tests/browser/chromium.ts";
+import { REPORT_PRELUDE, runInChromium } from "../tests/browser/page.ts";
 
 const ROOT = new URL("../", import.meta.url);
 
@@ -105,56 +105,23 @@ console.log(`\n## Summary (${elapsed()})\n\n| part | result |\n|---|---|`);
 for (const [k, v] of summary) console.log(`| ${k} | ${v} |`);
 Deno.exit(summary.some(([, v]) => /FAILED|timed out|exit [1-9]/.test(v)) ? 1 : 0);
 
-/** Bundles the timing core into a page, runs it in Chromium and prints what it prints. */
+/** Runs the timing core in a page in Chromium and prints what it prints. */
 async function timeInChromium(): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "sltrain-gpu-check-" });
-  const entry = `${dir}/entry.ts`;
-  await Deno.writeTextFile(
-    entry,
-    `import { init } from "${new URL("mod.ts", ROOT).href}";
+  const entry = `import { init } from "${new URL("mod.ts", ROOT).href}";
 import { runGpuCheck } from "${new URL("bench/gpu_check_core.ts", ROOT).href}";
-const post = (line: string) => fetch("/line", { method: "POST", body: line });
-try {
-  await init();
-  await runGpuCheck(${JSON.stringify(opts)}, (l) => { post(l); });
-} catch (e) { await post("ERROR " + (e as Error).message); }
-await post("__done__");
-`,
-  );
-  const b = await new Deno.Command(Deno.execPath(), {
-    args: ["bundle", "--quiet", "--platform", "browser", entry, "-o", `${dir}/bundle.js`],
-    cwd: ROOT.pathname,
-  }).output();
-  if (!b.success) throw new Error(`deno bundle failed: ${new TextDecoder().decode(b.stderr)}`);
-  let done!: () => void;
-  const finished = new Promise<void>((r) => (done = r));
-  const lines: string[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
-    const path = new URL(req.url).pathname;
-    if (path === "/line") {
-      const l = await req.text();
-      if (l === "__done__") done();
-      else (console.log(l), lines.push(l));
-      return new Response("ok");
-    }
-    if (path === "/bundle.js") {
-      return new Response(await Deno.readFile(`${dir}/bundle.js`), {
-        headers: { "content-type": "text/javascript" },
-      });
-    }
-    return new Response(`<!doctype html><script type="module" src="/bundle.js"></script>`, {
-      headers: { "content-type": "text/html" },
-    });
-  });
+${REPORT_PRELUDE}
+await init();
+// Posted one after another, so that the lines arrive in order.
+let posted: Promise<unknown> = Promise.resolve();
+await runGpuCheck(${
+    JSON.stringify(opts)
+  }, (l: string) => { posted = posted.then(() => report(l)); });
+await posted;
+await done();
+`;
   // The machine's GPU, as a user's Chrome would use it; --swiftshader: Dawn on the CPU.
-  const browser = await launchChromium({ adapter: f.swiftshader ? "swiftshader" : "system" });
-  try {
-    console.log(`(${browser.version})\n`);
-    await browser.page.goto(`http://127.0.0.1:${server.addr.port}/`);
-    await finished;
-  } finally {
-    await browser.close();
-    await server.shutdown();
-    await Deno.remove(dir, { recursive: true });
-  }
+  const { version } = await runInChromium(entry, (l) => console.log(l), {
+    adapter: f.swiftshader ? "swiftshader" : "system",
+  });
+  console.log(`\n(${version})`);
 }

@@ -196,8 +196,10 @@ async function useFile(file: File): Promise<void> {
 }
 
 $<HTMLInputElement>("file").onchange = (e) => {
-  const f = (e.target as HTMLInputElement).files?.[0];
-  if (f) useFile(f);
+  const input = e.target as HTMLInputElement;
+  const f = input.files?.[0];
+  // Cleared, so that choosing the same file again (after fixing it) reads it again.
+  if (f) useFile(f).finally(() => (input.value = ""));
 };
 text.ondragover = (e) => e.preventDefault();
 text.ondrop = (e) => {
