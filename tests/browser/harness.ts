@@ -1,8 +1,8 @@
 /**
  * The page side of the browser test suite: a `Deno.test` that registers tests (with `t.step`), and
- * a runner that runs them one by one in registration order and reports each result to the server
- * that served the page (`POST /report`, one JSON object per test, then `{ done }`). Imported
- * first by the generated entry module, so test files register as they are evaluated.
+ * a runner that runs them one by one in registration order and reports each result through
+ * `report` (one JSON object per test; see `page.ts`). Imported first by the generated entry
+ * module, so test files register as they are evaluated.
  * @module
  */
 
@@ -96,28 +96,29 @@ function describe(e: unknown): string {
   return lines.join("\n");
 }
 
-async function post(body: unknown): Promise<void> {
-  await fetch("/report", { method: "POST", body: JSON.stringify(body) });
-}
-
 /**
- * Runs every registered test whose name contains `filter`, posting each report; resolves when all
- * have run. A test that throws (or rejects) fails with its stack; later tests still run.
+ * Runs every registered test whose name contains `filter`, handing `report` a JSON line before
+ * each test and one with its outcome; resolves when all have run. A test that throws (or rejects)
+ * fails with its stack; later tests still run.
  */
-export async function runAll(filter = ""): Promise<void> {
+export async function runAll(
+  filter: string,
+  report: (line: string) => Promise<unknown>,
+): Promise<void> {
+  const post = (body: unknown) => report(JSON.stringify(body));
   const chosen = registered.filter((t) => t.name.includes(filter));
   await post({ planned: chosen.length, files: [...new Set(chosen.map((t) => t.file))] });
   for (const t of chosen) {
     const counter = { steps: 0 };
     const start = performance.now();
-    let report: TestReport;
+    let outcome: TestReport;
     if (t.ignore) {
-      report = { file: t.file, name: t.name, result: "ignored", ms: 0, steps: 0 };
+      outcome = { file: t.file, name: t.name, result: "ignored", ms: 0, steps: 0 };
     } else {
       await post({ started: t.name, file: t.file });
       try {
         await t.fn(context(t.name, counter));
-        report = {
+        outcome = {
           file: t.file,
           name: t.name,
           result: "ok",
@@ -126,7 +127,7 @@ export async function runAll(filter = ""): Promise<void> {
         };
       } catch (e) {
         const error = describe(e);
-        report = {
+        outcome = {
           file: t.file,
           name: t.name,
           result: "failed",
@@ -136,7 +137,6 @@ export async function runAll(filter = ""): Promise<void> {
         };
       }
     }
-    await post(report);
+    await post(outcome);
   }
-  await post({ done: true });
 }
