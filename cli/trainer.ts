@@ -15,7 +15,12 @@ import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { BatchStream, type BatchStreamState, type Sequences } from "../data/batches.ts";
+import {
+  BatchStream,
+  type BatchStreamState,
+  type Packing,
+  type Sequences,
+} from "../data/batches.ts";
 import { countParams, estimateMemory } from "../models/estimate.ts";
 import {
   type Batch,
@@ -73,7 +78,7 @@ export interface DataSource {
   /** The tokenizer's name (for a tokenizer.json, with the file's hash), size, end of text, pad. */
   tokenizer: { name: string; vocabSize: number; eos: number; pad: number };
   /** `packed` windows or one document per sequence (`none`). */
-  packing: "packed" | "none";
+  packing: Packing;
   /** Training sequences (the batch order is a permutation of this many). */
   sequences: number;
 }
