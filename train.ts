@@ -44,7 +44,13 @@ import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
-import { shardFlag, shardRunData, shardTokenizer, tokenizerFlag } from "./cli/data_source.ts";
+import {
+  dataSource,
+  shardFlag,
+  shardRunData,
+  shardTokenizer,
+  tokenizerFlag,
+} from "./cli/data_source.ts";
 import { type HfInit, hfInitFlag } from "./cli/hf_import.ts";
 
 /** Presets of the papers' shapes, which train with LLaMA's tokenizer by default (others: bytes). */
@@ -290,7 +296,8 @@ export async function loadData(
   const t0 = performance.now();
   const tr = await tokenizeCached(train, tok);
   const va = await tokenizeCached(val, tok);
-  const make = packingFlag(flags) === "packed" ? packedSequences : documentSequences;
+  const packing = packingFlag(flags);
+  const make = packing === "packed" ? packedSequences : documentSequences;
   const ntr = tr.docs.reduce((n, d) => n + d.length, 0);
   const nva = va.docs.reduce((n, d) => n + d.length, 0);
   if (ntr === 0) throw new FlagError("the training data has no tokens");
@@ -298,10 +305,12 @@ export async function loadData(
   const cached = tr.cached && va.cached
     ? "cached"
     : `tokenized in ${((performance.now() - t0) / 1000).toFixed(1)}s`;
+  const sequences = make(tr.docs, seq, tok.eos, tok.pad);
   return {
     data: {
-      train: make(tr.docs, seq, tok.eos, tok.pad),
+      train: sequences,
       val: make(va.docs, seq, tok.eos, tok.pad),
+      source: dataSource(tok, packing, sequences),
     },
     desc: `${desc}: ${train.length} train docs (${fmtCount(ntr)} tokens), ${val.length} val docs (${
       fmtCount(nva)

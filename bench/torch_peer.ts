@@ -35,14 +35,17 @@ function peerEnv(): Record<string, string> {
   return env;
 }
 
-/** Runs `PYTHON args...` with the peer's environment; stderr passes through unless captured. */
+/**
+ * Runs `PYTHON args...` with the peer's environment (plus `env`); stderr passes through unless
+ * captured.
+ */
 export async function runPython(
   args: string[],
-  opts: { stderr?: "inherit" | "piped" } = {},
+  opts: { stderr?: "inherit" | "piped"; env?: Record<string, string> } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(PYTHON, {
     args,
-    env: peerEnv(),
+    env: { ...peerEnv(), ...opts.env },
     clearEnv: true,
     stdout: "piped",
     stderr: opts.stderr ?? "inherit",

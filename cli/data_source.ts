@@ -14,7 +14,8 @@ import {
 import { hfTokenizer, type Tokenizer, tokenizerByName } from "../data/tokenizer.ts";
 import { FlagError, packingFlag, type RawFlags } from "./flags.ts";
 import { fmtCount } from "./format.ts";
-import type { RunData } from "./trainer.ts";
+import type { DataSource, RunData } from "./trainer.ts";
+import type { Packing, Sequences } from "../data/batches.ts";
 
 /** The tokenizer `--tokenizer NAME` names; a bad name or file is a {@link FlagError}. */
 export async function tokenizerFlag(name: string): Promise<Tokenizer> {
@@ -72,13 +73,21 @@ export function shardRunData(
   }
   const packing = packingFlag(flags);
   const { train, val } = set;
+  const sequences = shardSequences(train, seq, packing, tok);
   return {
     data: {
-      train: shardSequences(train, seq, packing, tok),
+      train: sequences,
       val: shardSequences(val, seq, packing, tok),
+      source: dataSource(tok, packing, sequences),
     },
     desc: `${set.dir} (token shards): ${train.docs} train docs, ${val.docs} val docs (${
       fmtCount(train.length)
     } and ${fmtCount(val.length)} tokens with end-of-text ids), ${tok.name}`,
   };
+}
+
+/** The provenance a checkpoint records for sequences made with `tok` and `packing`. */
+export function dataSource(tok: Tokenizer, packing: Packing, train: Sequences): DataSource {
+  const { name, vocabSize, eos, pad } = tok;
+  return { tokenizer: { name, vocabSize, eos, pad }, packing, sequences: train.count };
 }

@@ -15,7 +15,12 @@ import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { BatchStream, type BatchStreamState, type Sequences } from "../data/batches.ts";
+import {
+  BatchStream,
+  type BatchStreamState,
+  type Packing,
+  type Sequences,
+} from "../data/batches.ts";
 import { countParams, estimateMemory } from "../models/estimate.ts";
 import {
   type Batch,
@@ -60,6 +65,22 @@ export interface RunData {
   train: Sequences;
   /** Validation sequences. */
   val: Sequences;
+  /** Where they come from, stored in checkpoints so that another reader can check its data. */
+  source?: DataSource;
+}
+
+/**
+ * What a run's sequences were made from (checkpoint `meta.data`): the tokenizer, the packing and
+ * the number of training sequences, so that a continuation elsewhere (`torch/`) can refuse data
+ * that would not give the same batches.
+ */
+export interface DataSource {
+  /** The tokenizer's name (for a tokenizer.json, with the file's hash), size, end of text, pad. */
+  tokenizer: { name: string; vocabSize: number; eos: number; pad: number };
+  /** `packed` windows or one document per sequence (`none`). */
+  packing: Packing;
+  /** Training sequences (the batch order is a permutation of this many). */
+  sequences: number;
 }
 
 /** Loss curves: (step, loss) pairs. */
@@ -466,7 +487,9 @@ class RunLoop {
     await this.read();
     this.log?.sync();
     try {
-      await saveCheckpoint(this.ckptPath, checkpointOf(t), { keep: this.io.keep });
+      await saveCheckpoint(this.ckptPath, checkpointOf(t, this.data.source), {
+        keep: this.io.keep,
+      });
     } catch (e) {
       // A parameter can overflow in a step whose loss and gradients were still finite.
       if (e instanceof NonFiniteError) {
@@ -616,12 +639,13 @@ async function resetCycle(t: Training): Promise<LogRecord> {
   return { kind: relora ? "merge" : "refactor", step: t.step };
 }
 
-function checkpointOf(t: Training) {
+function checkpointOf(t: Training, source: DataSource | undefined) {
+  const meta = { run: t.run, stream: t.stream.state, history: t.history };
   return {
     params: t.params,
     buffers: t.buffers,
     optState: t.optState,
     step: t.step,
-    meta: { run: t.run, stream: t.stream.state, history: t.history },
+    meta: source ? { ...meta, data: source } : meta,
   };
 }

@@ -8,20 +8,16 @@
   scale_by_adam, N = m̂/(√v̂ + eps); update −lr·(α·project_back(N) + wd·p). Adam states persist
   across refreshes. `arith="reference"` switches to the GaLore repo's GaLoreAdamW arithmetic
   instead (eps 1e-6 added to the uncorrected √v, step lr·√(1-β2^t)/(1-β1^t), decay after).
-- Schedule: warmup_cosine_multiplier as optim/schedule.ts (LambdaLR; update 0 runs at lr 0).
+- Schedule: warmup_cosine_multiplier as optim/schedule.ts (LambdaLR; update 0 runs at lr 0), from
+  the sltrain_torch package.
 """
 
 import math
 
 import torch
 
-
-def warmup_cosine_multiplier(step, warmup, total, min_ratio=0.1):
-    """s/warmup for s < warmup, else min + (1-min)·½(1 + cos(π(s-warmup)/(N-warmup)))."""
-    if step < warmup:
-        return step / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+import model  # noqa: F401  (puts torch/ on the path)
+from sltrain_torch.adamw import warmup_cosine_multiplier  # noqa: F401  (re-exported)
 
 
 def top_subspace(g, rank):

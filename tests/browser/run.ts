@@ -40,6 +40,7 @@ export const DENO_ONLY: Readonly<Record<string, string>> = {
   "shards_test.ts": "token shards on disk",
   "soak_test.ts": "run folders on disk",
   "tokenizer_test.ts": "tokenizer files on disk",
+  "torch_package_test.ts": "runs the PyTorch package (torch/) in Python subprocesses",
   "train_test.ts": "run folders on disk",
   "web_demo_test.ts": "serves the demo page and drives Chromium itself",
 };
