@@ -44,7 +44,7 @@ const escapeHtml = (s: string) => s.replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(
 export function dashboardHtml(
   assets: PageAssets,
   title: string,
-  data?: Snapshot & { savedAt: string },
+  data?: Snapshot & { savedAt: string; source: string },
 ): string {
   const json = data === undefined
     ? ""
@@ -81,6 +81,7 @@ export async function writeStandaloneDashboard(
   const html = dashboardHtml(await pageAssets(), title, {
     ...store.snapshot(),
     savedAt: new Date().toISOString(),
+    source: dirs.join(" "),
   });
   await writeTextAtomic(path, html);
 }

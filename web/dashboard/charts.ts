@@ -100,6 +100,9 @@ const X_LABELS: Record<XAxis, string> = {
   time: "wall time since the run's start",
 };
 
+/** Whole-number tick steps (1, 2, 5, 10, …) for the step and token axes. */
+const WHOLE_STEPS = Array.from({ length: 13 }, (_, e) => [1, 2, 5].map((m) => m * 10 ** e)).flat();
+
 const xFormat = (axis: XAxis) => (v: number) =>
   axis === "time" ? fmtDuration(v) : axis === "tokens" ? fmtCount(v) : String(v);
 
@@ -189,7 +192,11 @@ export class Charts {
       series,
       scales: { x: { time: false }, y: { distr: view.log ? 3 : 1 } },
       axes: [
-        { label: X_LABELS[view.axis], values: (_u, vals) => vals.map(xFormat(view.axis)) },
+        {
+          label: X_LABELS[view.axis],
+          values: (_u, vals) => vals.map(xFormat(view.axis)),
+          incrs: view.axis === "time" ? undefined : WHOLE_STEPS,
+        },
         { values: (_u, vals) => vals.map(panel.format), size: 64 },
       ],
       legend: { show: false },

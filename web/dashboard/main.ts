@@ -198,10 +198,13 @@ function connect(): void {
 
 const embedded = document.getElementById("sltrain-data");
 if (embedded) {
-  const snap = JSON.parse(embedded.textContent ?? "{}") as Snapshot & { savedAt?: string };
+  const snap = JSON.parse(embedded.textContent ?? "{}") as Snapshot & {
+    savedAt: string;
+    source: string;
+  };
   load(snap);
   state.status = `saved ${
-    snap.savedAt ? new Date(snap.savedAt).toLocaleString() : ""
-  }; for live updates run: deno task dashboard <this folder>`;
+    new Date(snap.savedAt).toLocaleString()
+  }; live updates: deno task dashboard ${snap.source}`;
 } else connect();
 schedule();

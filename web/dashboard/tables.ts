@@ -89,13 +89,16 @@ export function settingsTable(runs: readonly { run: RunView; color: string }[]):
     const s = settingsOf(run);
     return s ? flatSettings(s) : {};
   });
-  const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))];
+  const differs = (k: string) => new Set(flat.map((f) => f[k])).size > 1;
+  // What tells the runs apart first.
+  const all = [...new Set(flat.flatMap((f) => Object.keys(f)))];
+  const keys = [...all.filter(differs), ...all.filter((k) => !differs(k))];
   const t = table(
     ["setting", ...runs.map(({ run, color }) => runLabel(run.name, color))],
     keys.map((k) => [k, ...flat.map((f) => f[k] ?? "–")]),
   );
   t.querySelectorAll("tbody tr").forEach((tr, i) => {
-    if (new Set(flat.map((f) => f[keys[i]])).size > 1) tr.classList.add("differs");
+    if (differs(keys[i])) tr.classList.add("differs");
   });
   return t;
 }
@@ -120,6 +123,9 @@ export function eventsTable(
     run.records.filter((r) => EVENT_KINDS.has(r.kind)).map((r) => ({ r, run, color }))
   );
   events.sort((a, b) => (b.r.time ?? "").localeCompare(a.r.time ?? ""));
+  if (events.length === 0) {
+    return Object.assign(document.createElement("p"), { textContent: "none" });
+  }
   return table(
     ["run", "step", "event", "detail", "time"],
     events.slice(0, limit).map(({ r, run, color }) => [
