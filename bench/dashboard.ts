@@ -11,6 +11,9 @@
  *   `--reps` times; tokens/s = training tokens / Σ stepSeconds of its log (evaluations and
  *   checkpoints excluded). Medians, and their ratios to the run without.
  * - `screenshot OUT.png FOLDER...`: the page over those run folders, e.g. the docs' comparison.
+ * - `gradnorm`: what the train records' gradient norm costs a step: full-rank `tiny` and `small`
+ *   steps (4×64 tokens, forward, backward, AdamW, one read) with and without the optimizer hook
+ *   that adds up the gradients' squares, alternated `--reps` times in one process; medians.
  *
  * Usage: `DENO_WEBGPU_BACKEND=vulkan deno run -A bench/dashboard.ts latency [--lines 40]
  *   [--every 250] [--steps 40]`, `... overhead [--reps 5] [--steps 60]`,
@@ -21,6 +24,15 @@ import { parseArgs } from "node:util";
 import { launchChromium, type Page } from "../tests/browser/chromium.ts";
 import { startDashboard } from "../cli/dashboard_server.ts";
 import { readLog } from "../cli/runlog.ts";
+import { init } from "../core/device.ts";
+import { valueAndGrad } from "../core/tape.ts";
+import { readAll, tensor, zeros } from "../core/tensor.ts";
+import * as tree from "../core/tree.ts";
+import { loadConfig, withVocab } from "../models/config.ts";
+import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
+import { addSumOfSquares, applyUpdates, type GradientTransformation } from "../optim/mod.ts";
+import { buildOptimizer, linearMethod } from "../cli/run_config.ts";
+import { toyRun } from "../tests/fixtures.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -207,11 +219,62 @@ async function screenshot(out: string, folders: string[]): Promise<void> {
   }
 }
 
+async function gradnorm(): Promise<void> {
+  await init();
+  const reps = Number(opts.reps);
+  for (const name of ["tiny", "small"]) {
+    const model = withVocab(await loadConfig(name), 256);
+    const run = { ...toyRun({ method: "full", model, batch: 4, seq: 64, steps: 1000 }) };
+    const m = initLlama(model, linearMethod(run), 1);
+    let params: LlamaParams = m.params;
+    let acc = zeros([1]);
+    const plain = buildOptimizer(run, params);
+    const hooked = buildOptimizer(run, params, 0, {
+      onGradients: (g) => addSumOfSquares(g, acc),
+    });
+    let state = plain.init(params);
+    const ids = Int32Array.from({ length: 4 * 64 }, (_, i) => (i * 7919) % 256);
+    const step = async (opt: GradientTransformation) => {
+      const inputs = tensor(ids, [4, 64], "i32");
+      const t0 = performance.now();
+      const { value, grads } = valueAndGrad((p: LlamaParams) =>
+        loss(m, p, { inputs, targets: inputs })
+      )(params);
+      const r = await opt.update(grads, state, params);
+      state = r.state;
+      params = applyUpdates(params, r.updates);
+      await readAll([value, acc]);
+      tree.dispose([value, inputs]);
+      return performance.now() - t0;
+    };
+    await step(plain);
+    await step(hooked);
+    const times = { plain: [] as number[], hooked: [] as number[] };
+    for (let i = 0; i < reps; i++) {
+      // Alternating order: drift on a shared machine hits both alike.
+      for (const k of i % 2 ? ["hooked", "plain"] as const : ["plain", "hooked"] as const) {
+        acc.dispose();
+        acc = zeros([1]);
+        times[k].push(await step(k === "plain" ? plain : hooked));
+      }
+    }
+    const [a, b] = [median(times.plain), median(times.hooked)];
+    console.log(
+      `${name}, full, 4×64 tokens: step ${a.toFixed(1)} ms, with the gradient norm ` +
+        `${b.toFixed(1)} ms (${(b / a).toFixed(3)}×), median of ${reps}`,
+    );
+    tree.dispose([params, m.buffers, state, acc]);
+  }
+}
+
 const [what, ...rest] = positionals;
 if (what === "latency") await latency();
+else if (what === "gradnorm") await gradnorm();
 else if (what === "overhead") await overhead();
 else if (what === "screenshot" && rest.length >= 2) await screenshot(rest[0], rest.slice(1));
 else {
-  console.error("usage: bench/dashboard.ts latency | overhead | screenshot OUT.png FOLDER...");
+  console.error(
+    "usage: bench/dashboard.ts latency | overhead | gradnorm | screenshot OUT.png FOLDER...",
+  );
   Deno.exit(2);
 }

@@ -14,6 +14,7 @@ import {
   applyDelta,
   type RunDelta,
   type RunView,
+  settingsOf,
   skippedNotice,
   type Snapshot,
   type XAxis,
@@ -122,6 +123,8 @@ function colored(): { run: RunView; color: string }[] {
 }
 
 let pending = false;
+/** What the settings table was last drawn from (it changes rarely and is the largest). */
+let settingsKey = "";
 
 /** Renders once after the current burst of messages. */
 function schedule(): void {
@@ -159,7 +162,11 @@ function render(): void {
   charts.update({ axis: state.axis, smoothing: state.smoothing, log: state.log, runs: shown });
   summaryBox.replaceChildren(summaryTable(all));
   eventsBox.replaceChildren(eventsTable(shown));
-  settingsBox.replaceChildren(settingsTable(all));
+  const key = JSON.stringify(all.map(({ run, color }) => [run.name, color, settingsOf(run)]));
+  if (key !== settingsKey) {
+    settingsKey = key;
+    settingsBox.replaceChildren(settingsTable(all));
+  }
   hook.renders.push({
     at: Date.now(),
     steps: Object.fromEntries(
