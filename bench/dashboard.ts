@@ -9,7 +9,10 @@
  * - `overhead`: tokens/s of the same tiny run without `--dashboard`, with it, and with it and a
  *   page connected for the whole run (Chromium draws on the same CPU), in a rotating order
  *   `--reps` times; tokens/s = training tokens / Σ stepSeconds of its log (evaluations and
- *   checkpoints excluded). Medians, and their ratios to the run without.
+ *   checkpoints excluded). Medians, and their ratios to the run without. Since tokens/s on a
+ *   shared machine moves more than the effect, also what the dashboard itself uses: the CPU time
+ *   of its worker thread as a share of the training process's (Linux /proc), and the time the
+ *   page spends rendering as a share of the run's wall time.
  * - `screenshot OUT.png FOLDER...`: the page over those run folders, e.g. the docs' comparison.
  * - `gradnorm`: what the train records' gradient norm costs a step: full-rank `tiny` and `small`
  *   steps (4×64 tokens, forward, backward, AdamW, one read) with and without the optimizer hook
@@ -166,10 +169,28 @@ async function tokensPerSec(dir: string): Promise<number> {
 /** The conditions `overhead` compares. */
 const CONDITIONS = ["without", "--dashboard", "--dashboard + page"] as const;
 
+/**
+ * CPU seconds of each thread of a running process so far, by thread id (Linux /proc; a thread
+ * that has ended keeps its last reading in `into`).
+ */
+function readThreads(pid: number, into: Map<string, { name: string; seconds: number }>): void {
+  try {
+    for (const t of Deno.readDirSync(`/proc/${pid}/task`)) {
+      try {
+        const stat = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/stat`);
+        const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        into.set(t.name, { name, seconds: (Number(f[11]) + Number(f[12])) / 100 });
+      } catch { /* the thread ended */ }
+    }
+  } catch { /* the process ended */ }
+}
+
 async function overhead(): Promise<void> {
   const reps = Number(opts.reps), steps = Number(opts.steps ?? 60);
   const tmp = await Deno.makeTempDir({ prefix: "sltrain-bench-dash-" });
   const tps = new Map<string, number[]>(CONDITIONS.map((c) => [c, []]));
+  const workerShare: number[] = [], pageShare: number[] = [];
   const browser = await launchChromium();
   try {
     for (let i = 0; i < reps; i++) {
@@ -179,16 +200,47 @@ async function overhead(): Promise<void> {
         const out = `${tmp}/${i}-${CONDITIONS.indexOf(c)}`;
         const dash = c === "without" ? [] : ["--dashboard", "0"];
         const { child, url } = train([...tinyRun(out, steps, 5), ...dash]);
+        const threads = new Map<string, { name: string; seconds: number }>();
+        let running = true;
+        const sampling = (async () => {
+          while (running) {
+            readThreads(child.pid, threads);
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        })();
+        const t0 = performance.now();
         const page = await url;
         if (c === "--dashboard + page") {
           if (!page) throw new Error("train.ts printed no dashboard address");
           await browser.page.goto(page);
         }
         const status = await child.status;
+        running = false;
+        await sampling;
+        const wall = (performance.now() - t0) / 1000;
         if (!status.success) throw new Error(`train.ts failed (exit ${status.code})`);
         const v = await tokensPerSec(out);
         tps.get(c)!.push(v);
-        console.log(`rep ${i + 1}: ${c}: ${v.toFixed(0)} tok/s`);
+        // The dashboard's thread is the process's only worker ("worker-1").
+        const cpu = [...threads.values()];
+        const total = cpu.reduce((s, t) => s + t.seconds, 0);
+        const worker = cpu.filter((t) => t.name.startsWith("worker-")).reduce(
+          (s, t) => s + t.seconds,
+          0,
+        );
+        let note = `process CPU ${total.toFixed(1)} s`;
+        if (c !== "without") {
+          workerShare.push(worker / total);
+          note += `, dashboard thread ${worker.toFixed(2)} s (${
+            (100 * worker / total).toFixed(2)
+          }%)`;
+        }
+        if (c === "--dashboard + page") {
+          const ms = await browser.page.evaluate<number>("globalThis.sltrainDashboard.renderMs");
+          pageShare.push(ms / 1000 / wall);
+          note += `, page renders ${(ms / 1000).toFixed(2)} s of ${wall.toFixed(0)} s`;
+        }
+        console.log(`rep ${i + 1}: ${c}: ${v.toFixed(0)} tok/s; ${note}`);
         await browser.page.goto("about:blank");
       }
     }
@@ -197,6 +249,11 @@ async function overhead(): Promise<void> {
     for (const [c, v] of tps) {
       console.log(`  ${c}: ${median(v).toFixed(0)} tok/s (${(median(v) / base).toFixed(3)}×)`);
     }
+    console.log(
+      `  the dashboard thread's share of the training process's CPU time: ${
+        (100 * median(workerShare)).toFixed(2)
+      }%; the page's renders: ${(100 * median(pageShare)).toFixed(2)}% of the wall time`,
+    );
   } finally {
     await browser.close();
     await Deno.remove(tmp, { recursive: true });

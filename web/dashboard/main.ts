@@ -31,6 +31,8 @@ interface DashboardHook {
   status: string;
   /** The notices, as shown. */
   notices: string[];
+  /** Milliseconds spent in renders so far (the page's own cost). */
+  renderMs: number;
 }
 
 const state = {
@@ -101,7 +103,13 @@ document.body.append(
   settingsBox,
 );
 const charts = new Charts(chartsBox);
-const hook: DashboardHook = { plotted: charts.plotted, renders: [], status: "", notices: [] };
+const hook: DashboardHook = {
+  plotted: charts.plotted,
+  renders: [],
+  status: "",
+  notices: [],
+  renderMs: 0,
+};
 (globalThis as unknown as { sltrainDashboard: DashboardHook }).sltrainDashboard = hook;
 
 axisSelect.onchange = () => {
@@ -135,6 +143,7 @@ function schedule(): void {
 
 function render(): void {
   pending = false;
+  const t0 = performance.now();
   const all = colored();
   const shown = all.filter(({ run }) => !state.hidden.has(run.id));
   document.title = heading.textContent = state.title;
@@ -174,6 +183,7 @@ function render(): void {
     ),
   });
   if (hook.renders.length > 1000) hook.renders.splice(0, 500);
+  hook.renderMs += performance.now() - t0;
 }
 
 function load(snap: Snapshot): void {

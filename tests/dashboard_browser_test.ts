@@ -6,12 +6,12 @@
  * is not a run. Screenshots go to out/screenshots/.
  */
 import assert from "node:assert/strict";
-import { launchChromium, type Page } from "./chromium.ts";
-import { startDashboard } from "../../cli/dashboard_server.ts";
-import { readLog } from "../../cli/runlog.ts";
+import { launchChromium, type Page } from "./browser/chromium.ts";
+import { startDashboard } from "../cli/dashboard_server.ts";
+import { readLog } from "../cli/runlog.ts";
 
-const SHOTS = new URL("../../out/screenshots/", import.meta.url);
-const ROOT = new URL("../../", import.meta.url).pathname;
+const SHOTS = new URL("../out/screenshots/", import.meta.url);
+const ROOT = new URL("../", import.meta.url).pathname;
 
 async function screenshot(page: Page, name: string): Promise<void> {
   await Deno.mkdir(SHOTS, { recursive: true });
