@@ -5,7 +5,7 @@
  * SLTrain's factors. `--help` lists every flag; cli/hf_export.ts does the work.
  * @module
  */
-import { init } from "./core/device.ts";
+import { initGpu } from "./cli/gpu.ts";
 import { tokenizerFiles } from "./data/tokenizer_export.ts";
 import { FlagError, type FlagSpec, parseFlagsWith, renderHelp, runCli } from "./cli/flags.ts";
 import { fmtBytes } from "./cli/format.ts";
@@ -72,7 +72,7 @@ async function main(argv: string[]): Promise<number> {
       `--out ${out} already exists; choose a new folder (nothing is overwritten)`,
     );
   }
-  await init();
+  await initGpu();
   const loaded = await loadAnyModel(checkpoint);
   try {
     const tok = await modelTokenizer(flags.tokenizer, loaded);

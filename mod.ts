@@ -33,7 +33,6 @@
  */
 export {
   type AdapterKind,
-  type Backend,
   type DeviceInfo,
   deviceInfo,
   init,

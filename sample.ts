@@ -5,7 +5,7 @@
  * forward per token with `--no-cache`).
  * @module
  */
-import { init } from "./core/device.ts";
+import { initGpu } from "./cli/gpu.ts";
 import {
   FlagError,
   type FlagSpec,
@@ -83,7 +83,7 @@ async function main(argv: string[]): Promise<number> {
   const seed = num(flags, "seed", 1, natInt, "a non-negative integer");
   const seqFlag = num(flags, "seq", 0, posInt, "a positive integer");
 
-  await init();
+  await initGpu();
   const loaded = await loadAnyModel(flags.checkpoint);
   try {
     const tok = await modelTokenizer(flags.tokenizer, loaded);

@@ -3,13 +3,15 @@
  * corpus or your own text, on whatever WebGPU adapter Deno finds. `--help` lists every flag.
  * @module
  */
-import { deviceLostError, init } from "./core/device.ts";
+import { deviceLostError } from "./core/device.ts";
+import { initGpu } from "./cli/gpu.ts";
 import { loadBrown, splitEvery } from "./data/brown.ts";
 import { tokenizeCached } from "./data/cache.ts";
 import { holdOut, loadCorpus } from "./data/corpus.ts";
 import { documentSequences, packedSequences } from "./data/batches.ts";
 import type { Tokenizer } from "./data/tokenizer.ts";
-import { loadConfig, withVocab } from "./models/config.ts";
+import { withVocab } from "./models/config.ts";
+import { loadConfig } from "./cli/load_config.ts";
 import type { WeightDType } from "./models/linear.ts";
 import { validateMethod } from "./models/method.ts";
 import {
@@ -379,7 +381,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? shardRunData(shards, tok, flags, runs[0].seq)
     : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
-  const info = await init();
+  const info = await initGpu();
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],

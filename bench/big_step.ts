@@ -19,7 +19,7 @@ import { Rng } from "../core/rng.ts";
 import { Tape } from "../core/tape.ts";
 import { type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { loadConfig } from "../models/config.ts";
+import { loadConfig } from "../cli/load_config.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
 import type { LinearMethod } from "../models/method.ts";
 import { mapN } from "../ops/mod.ts";

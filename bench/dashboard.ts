@@ -27,11 +27,12 @@ import { parseArgs } from "node:util";
 import { launchChromium, type Page } from "../tests/browser/chromium.ts";
 import { startDashboard } from "../cli/dashboard_server.ts";
 import { readLog } from "../cli/runlog.ts";
-import { init } from "../core/device.ts";
+import { initGpu } from "../cli/gpu.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { readAll, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { loadConfig, withVocab } from "../models/config.ts";
+import { withVocab } from "../models/config.ts";
+import { loadConfig } from "../cli/load_config.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
 import { addSumOfSquares, applyUpdates, type GradientTransformation } from "../optim/mod.ts";
 import { buildOptimizer, linearMethod } from "../cli/run_config.ts";
@@ -277,7 +278,7 @@ async function screenshot(out: string, folders: string[]): Promise<void> {
 }
 
 async function gradnorm(): Promise<void> {
-  await init();
+  await initGpu();
   const reps = Number(opts.reps);
   for (const name of ["tiny", "small"]) {
     const model = withVocab(await loadConfig(name), 256);

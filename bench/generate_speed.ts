@@ -11,7 +11,8 @@
 import { parseArgs } from "node:util";
 import { deviceInfo, init } from "../core/device.ts";
 import { Rng } from "../core/rng.ts";
-import { loadConfig, withVocab } from "../models/config.ts";
+import { withVocab } from "../models/config.ts";
+import { loadConfig } from "../cli/load_config.ts";
 import { disposeModel, initLlama } from "../models/llama.ts";
 import { generate } from "../cli/generate.ts";
 import { methodName } from "../cli/flags.ts";

@@ -279,9 +279,9 @@ function loadTf(): Promise<Any> {
 }
 
 function wasmDistUrl(): string {
-  // bench/peers.ts -> repo root -> node_modules/... ; fall back to the working directory.
+  // bench/node_modules (bench/deno.json), else the working directory.
   const candidates = [
-    new URL("../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url),
+    new URL("./node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url),
     new URL("node_modules/@tensorflow/tfjs-backend-wasm/dist/", `file://${Deno.cwd()}/`),
   ];
   for (const u of candidates) {
@@ -291,7 +291,7 @@ function wasmDistUrl(): string {
     } catch { /* try next */ }
   }
   throw new Error(
-    "tfjs-backend-wasm dist/ not found under node_modules (run `deno install` in the repo root)",
+    "tfjs-backend-wasm dist/ not found under bench/node_modules (run `deno install --config bench/deno.json`)",
   );
 }
 

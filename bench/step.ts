@@ -28,7 +28,8 @@ import { dispatchStats, startProfile, stopProfile, sync } from "../core/kernel.t
 import { valueAndGrad } from "../core/tape.ts";
 import { tensor } from "../core/tensor.ts";
 import { Rng } from "../core/rng.ts";
-import { loadConfig, withVocab } from "../models/config.ts";
+import { withVocab } from "../models/config.ts";
+import { loadConfig } from "../cli/load_config.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
 import * as tree from "../core/tree.ts";
 import { applyUpdates } from "../optim/mod.ts";

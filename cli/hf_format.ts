@@ -1,212 +1,34 @@
 /**
- * The Hugging Face LLaMA folder format, both ways: tensor names, `config.json` (written from a
- * {@link LlamaConfig}, and read back with every option this library cannot compute named), and
- * weight files (`model.safetensors`, or shards listed in `model.safetensors.index.json`) read
- * tensor by tensor into f32 device tensors from F32, BF16 or F16.
+ * Hugging Face LLaMA folders on disk (Deno): the format lives in `io/hf_format.ts`, over any
+ * {@link ModelFolder}; this makes a directory one, and keeps the path-taking helpers the CLI uses.
  * @module
  */
-import { fromBf16Bits } from "../core/bf16.ts";
-import { Tensor, writeBytes } from "../core/tensor.ts";
-import { type LlamaConfig, parseConfig } from "../models/config.ts";
-import { ConfigError } from "../models/errors.ts";
-import type { BlockLinearName } from "../models/method.ts";
-import { openSafetensors, type SafetensorsEntry, type SafetensorsReader } from "./safetensors.ts";
+import {
+  type HfConfig,
+  type HfWeights,
+  type ModelFolder,
+  openHfWeights as openFolderWeights,
+  readHfConfig as readFolderConfig,
+} from "../io/hf_format.ts";
+import { fileSource } from "./safetensors.ts";
 
-/** A folder that is not a Hugging Face LLaMA this library can load, or an option it cannot run. */
-export class HfFormatError extends Error {
-  /** Error class name. */
-  override name = "HfFormatError";
-}
+export * from "../io/hf_format.ts";
 
-/** Where each block linear lives inside `model.layers.N.` in Hugging Face's LlamaForCausalLM. */
-export const HF_LINEARS: Readonly<Record<BlockLinearName, string>> = Object.freeze({
-  q: "self_attn.q_proj",
-  k: "self_attn.k_proj",
-  v: "self_attn.v_proj",
-  o: "self_attn.o_proj",
-  gate: "mlp.gate_proj",
-  up: "mlp.up_proj",
-  down: "mlp.down_proj",
-});
-
-/** Hugging Face names of the tensors outside the block linears. */
-export const HF_NAMES = {
-  embed: "model.embed_tokens.weight",
-  finalNorm: "model.norm.weight",
-  lmHead: "lm_head.weight",
-  attnNorm: (layer: number) => `model.layers.${layer}.input_layernorm.weight`,
-  mlpNorm: (layer: number) => `model.layers.${layer}.post_attention_layernorm.weight`,
-  /** Prefix of a block linear's tensors: `weight` (dense) or the SLTrain factors `B`, `A`, `V`, `I`. */
-  linear: (layer: number, name: BlockLinearName) => `model.layers.${layer}.${HF_LINEARS[name]}`,
-} as const;
-
-/** `model_type` of an SLTrain-factor folder (`export.ts --format sltrain`). */
-export const SLTRAIN_MODEL_TYPE = "sltrain_llama";
-
-/** What the `sltrain` section of an SLTrain-factor folder's config.json holds. */
-export interface SLTrainSection {
-  /** Rank r of B [out, r] and A [r, in]. */
-  rank: number;
-  /** Density δ: each linear has ⌊δ·out·in⌋ sparse values. */
-  delta: number;
-  /** Scale numerator α: W = (α/r)·B·A ⊕_I V. */
-  alpha: number;
-  /** α/r, written out so readers need not recompute it. */
-  scale: number;
-  /** Seed the supports were drawn from (provenance; the supports themselves are stored). */
-  seed: number;
-  /** Layout of the support tensors `I`. */
-  index: "row * in_features + col, u32, sorted ascending, unique";
-}
-
-/** Options of {@link hfConfigJson}. */
-export interface HfConfigOptions {
-  /** `torch_dtype` of the weights. */
-  dtype: "f32" | "bf16";
-  /** Context length to record when the config has none. */
-  maxPositions: number;
-  /** Begin-of-text id, when the tokenizer has one. */
-  bos?: number;
-  /** End-of-text id, when the tokenizer has one. */
-  eos?: number;
-  /** Present for an SLTrain-factor folder. */
-  sltrain?: SLTrainSection;
-}
-
-/** A `config.json` of a Hugging Face `LlamaForCausalLM` (or an SLTrain-factor folder) for `config`. */
-export function hfConfigJson(config: LlamaConfig, opts: HfConfigOptions): Record<string, unknown> {
+/** A directory as a {@link ModelFolder}: its regular files, by name. */
+export function dirFolder(dir: string): ModelFolder {
   return {
-    architectures: [opts.sltrain ? "SLTrainLlamaForCausalLM" : "LlamaForCausalLM"],
-    model_type: opts.sltrain ? SLTRAIN_MODEL_TYPE : "llama",
-    hidden_size: config.hidden,
-    intermediate_size: config.intermediate,
-    num_attention_heads: config.heads,
-    num_hidden_layers: config.layers,
-    num_key_value_heads: config.heads,
-    head_dim: config.hidden / config.heads,
-    vocab_size: config.vocabSize,
-    rms_norm_eps: config.rmsNormEps,
-    rope_theta: config.ropeBase,
-    rope_scaling: null,
-    max_position_embeddings: config.maxSeqLen ?? opts.maxPositions,
-    initializer_range: config.initStd,
-    hidden_act: "silu",
-    attention_bias: false,
-    attention_dropout: 0,
-    mlp_bias: false,
-    pretraining_tp: 1,
-    tie_word_embeddings: false,
-    torch_dtype: opts.dtype === "bf16" ? "bfloat16" : "float32",
-    use_cache: true,
-    ...(opts.bos === undefined ? {} : { bos_token_id: opts.bos }),
-    ...(opts.eos === undefined ? {} : { eos_token_id: opts.eos }),
-    ...(opts.sltrain ? { sltrain: opts.sltrain } : {}),
+    name: dir,
+    async open(file) {
+      const path = `${dir}/${file}`;
+      const isFile = await Deno.stat(path).then((s) => s.isFile, () => false);
+      return isFile ? await fileSource(path) : null;
+    },
   };
-}
-
-/** A validated Hugging Face config: our model shapes and, for a factor folder, its SLTrain section. */
-export interface HfConfig {
-  /** Model shapes. */
-  readonly config: LlamaConfig;
-  /** The SLTrain factors' settings, for a folder written by `export.ts --format sltrain`. */
-  readonly sltrain?: SLTrainSection;
-  /** Begin-of-text id, when config.json names it. */
-  readonly bos?: number;
-  /** End-of-text id, when config.json names it. */
-  readonly eos?: number;
-}
-
-/**
- * Checks a parsed config.json and returns our config. Throws {@link HfFormatError} naming the field
- * for anything this library would compute differently: an architecture other than
- * LlamaForCausalLM, rope_scaling, biases, grouped-query attention, tied embeddings, an activation
- * other than SiLU, a head_dim other than hidden/heads, and missing or invalid sizes.
- */
-export function parseHfConfig(json: unknown, source: string): HfConfig {
-  const bad = (why: string) => new HfFormatError(`${source}: ${why}`);
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    throw bad("not a JSON object");
-  }
-  const c = json as Record<string, unknown>;
-  const sltrain = c.model_type === SLTRAIN_MODEL_TYPE;
-  const arch = sltrain ? "SLTrainLlamaForCausalLM" : "LlamaForCausalLM";
-  if (c.model_type !== "llama" && !sltrain) {
-    throw bad(
-      `model_type ${JSON.stringify(c.model_type ?? null)} is not "llama" (not a LLaMA model)`,
-    );
-  }
-  const archs = c.architectures;
-  if (archs !== undefined && !(Array.isArray(archs) && archs.length === 1 && archs[0] === arch)) {
-    throw bad(`architectures ${JSON.stringify(archs)} is not ["${arch}"]`);
-  }
-  if (c.rope_scaling !== undefined && c.rope_scaling !== null) {
-    throw bad(
-      `rope_scaling ${JSON.stringify(c.rope_scaling)} is not supported (only plain RoPE)`,
-    );
-  }
-  for (const f of ["attention_bias", "mlp_bias"]) {
-    if (c[f] === true) throw bad(`${f} true is not supported (LLaMA here has no biases)`);
-  }
-  const heads = c.num_attention_heads;
-  const hidden = c.hidden_size;
-  if (
-    c.head_dim !== undefined && c.head_dim !== null && typeof heads === "number" &&
-    c.head_dim !== (hidden as number) / heads
-  ) {
-    throw bad(`head_dim ${c.head_dim} is not hidden_size / num_attention_heads`);
-  }
-  if (c.partial_rotary_factor !== undefined && c.partial_rotary_factor !== 1) {
-    throw bad(`partial_rotary_factor ${c.partial_rotary_factor} is not supported`);
-  }
-  let config: LlamaConfig;
-  try {
-    config = parseConfig(c, source);
-  } catch (e) {
-    if (e instanceof ConfigError) throw new HfFormatError(e.message);
-    throw e;
-  }
-  const id = (v: unknown) => typeof v === "number" && Number.isInteger(v) ? v : undefined;
-  return {
-    config,
-    ...(sltrain ? { sltrain: parseSLTrainSection(c.sltrain, source) } : {}),
-    bos: id(c.bos_token_id),
-    eos: id(c.eos_token_id),
-  };
-}
-
-function parseSLTrainSection(s: unknown, source: string): SLTrainSection {
-  const sec = s as Record<string, unknown> | null;
-  const ok = (k: string, test: (v: number) => boolean) =>
-    typeof sec?.[k] === "number" && test(sec[k] as number);
-  if (
-    !ok("rank", (v) => Number.isInteger(v) && v > 0) || !ok("delta", (v) => v > 0 && v < 1) ||
-    !ok("alpha", Number.isFinite) || !ok("seed", Number.isSafeInteger)
-  ) {
-    throw new HfFormatError(
-      `${source}: the "sltrain" section needs rank, delta, alpha and seed, got ${
-        JSON.stringify(s ?? null)
-      }`,
-    );
-  }
-  return sec as unknown as SLTrainSection;
 }
 
 /** Reads and validates `dir/config.json`; errors say when the folder is not an HF model at all. */
-export async function readHfConfig(dir: string): Promise<HfConfig> {
-  const file = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch {
-    throw new HfFormatError(`${dir} is not a Hugging Face model folder (no config.json)`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new HfFormatError(`${file} is not valid JSON (${(e as Error).message})`);
-  }
-  return parseHfConfig(json, file);
+export function readHfConfig(dir: string): Promise<HfConfig> {
+  return readFolderConfig(dirFolder(dir));
 }
 
 /** True when `dir` is a folder with a config.json (a Hugging Face model, valid or not). */
@@ -218,151 +40,7 @@ export async function isHfFolder(dir: string): Promise<boolean> {
   }
 }
 
-/** The weight files of a Hugging Face folder, opened: each tensor name to its file. */
-export interface HfWeights {
-  /** Every tensor name in the folder's weight files. */
-  readonly names: readonly string[];
-  /** A tensor's header entry (dtype, shape), or undefined when the folder has no such tensor. */
-  entry(name: string): SafetensorsEntry | undefined;
-  /**
-   * Reads tensor `name` into a new f32 device tensor (F32 as is, BF16 and F16 widened exactly),
-   * chunk by chunk. Throws {@link HfFormatError} naming the tensor for a missing tensor, another
-   * shape, or another dtype.
-   */
-  readF32(name: string, shape: readonly number[]): Promise<Tensor>;
-  /** Reads a U32 tensor (an SLTrain support) into a new u32 device tensor. */
-  readU32(name: string, shape: readonly number[]): Promise<Tensor>;
-  /** Closes every file. */
-  close(): void;
-}
-
-const INDEX = "model.safetensors.index.json";
-
-/**
- * Opens `dir/model.safetensors`, or the shards `dir/model.safetensors.index.json` lists (its
- * `weight_map`, tensor name -> file). Every file's header is validated before anything is read;
- * a folder with only PyTorch `.bin` weights is refused with a message saying so.
- */
-export async function openHfWeights(dir: string): Promise<HfWeights> {
-  const readers = new Map<string, SafetensorsReader>();
-  const owner = new Map<string, SafetensorsReader>();
-  const close = () => readers.forEach((r) => r.close());
-  try {
-    const files = await weightFiles(dir);
-    for (const [file, names] of files) {
-      let r: SafetensorsReader;
-      try {
-        r = await openSafetensors(`${dir}/${file}`);
-      } catch (e) {
-        throw new HfFormatError((e as Error).message);
-      }
-      readers.set(file, r);
-      for (const name of names ?? r.entries.keys()) {
-        if (!r.entries.has(name)) {
-          throw new HfFormatError(
-            `${dir}/${INDEX} puts ${name} in ${file}, which does not hold it`,
-          );
-        }
-        owner.set(name, r);
-      }
-    }
-  } catch (e) {
-    close();
-    throw e;
-  }
-  const get = (name: string, shape: readonly number[], dtypes: readonly string[]) => {
-    const r = owner.get(name);
-    const e = r?.entries.get(name);
-    if (!r || !e) throw new HfFormatError(`${dir}: tensor ${name} is missing`);
-    if (e.shape.length !== shape.length || e.shape.some((d, i) => d !== shape[i])) {
-      throw new HfFormatError(
-        `${dir}: tensor ${name} has shape [${e.shape}], config.json implies [${shape}]`,
-      );
-    }
-    if (!dtypes.includes(e.dtype)) {
-      throw new HfFormatError(
-        `${dir}: tensor ${name} is ${e.dtype}; supported: ${dtypes.join(", ")}`,
-      );
-    }
-    return { r, e };
-  };
-  const read = async (
-    name: string,
-    shape: readonly number[],
-    dtype: "f32" | "u32",
-    widen: (e: SafetensorsEntry, bytes: Uint8Array) => Uint8Array,
-  ) => {
-    const { r, e } = get(name, shape, dtype === "u32" ? ["U32"] : ["F32", "BF16", "F16"]);
-    const t = Tensor.empty(shape, dtype);
-    try {
-      const grow = e.dtype === "F32" || e.dtype === "U32" ? 1 : 2;
-      await r.read(name, (bytes, off) => writeBytes(t, widen(e, bytes), off * grow));
-    } catch (err) {
-      t.dispose();
-      throw err;
-    }
-    return t;
-  };
-  return {
-    names: [...owner.keys()],
-    entry: (name) => owner.get(name)?.entries.get(name),
-    readF32: (name, shape) => read(name, shape, "f32", (e, b) => toF32Bytes(e.dtype, b)),
-    readU32: (name, shape) => read(name, shape, "u32", (_, b) => b),
-    close,
-  };
-}
-
-/** Weight files of a folder: file -> the tensor names the index assigns it (null: all it holds). */
-async function weightFiles(dir: string): Promise<Map<string, string[] | null>> {
-  const has = (f: string) => Deno.stat(`${dir}/${f}`).then((s) => s.isFile, () => false);
-  if (await has(INDEX)) {
-    let map: unknown;
-    try {
-      map = JSON.parse(await Deno.readTextFile(`${dir}/${INDEX}`)).weight_map;
-    } catch (e) {
-      throw new HfFormatError(`${dir}/${INDEX} is not valid JSON (${(e as Error).message})`);
-    }
-    if (typeof map !== "object" || map === null || Array.isArray(map)) {
-      throw new HfFormatError(`${dir}/${INDEX} has no "weight_map" object`);
-    }
-    const files = new Map<string, string[]>();
-    for (const [name, file] of Object.entries(map)) {
-      if (typeof file !== "string" || file.includes("/") || !file.endsWith(".safetensors")) {
-        throw new HfFormatError(`${dir}/${INDEX}: ${name} maps to ${JSON.stringify(file)}`);
-      }
-      if (!files.has(file)) files.set(file, []);
-      files.get(file)!.push(name);
-    }
-    return files;
-  }
-  if (await has("model.safetensors")) return new Map([["model.safetensors", null]]);
-  const bin = await has("pytorch_model.bin") || await has("pytorch_model.bin.index.json");
-  throw new HfFormatError(
-    bin
-      ? `${dir} holds PyTorch .bin weights only; convert them to safetensors first`
-      : `${dir} has no model.safetensors (nor ${INDEX})`,
-  );
-}
-
-/** Little-endian F32 bytes for F32, BF16 or F16 bytes (whole elements). */
-export function toF32Bytes(dtype: string, bytes: Uint8Array): Uint8Array {
-  if (dtype === "F32") return bytes;
-  const n = bytes.byteLength >> 1;
-  const half = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const h = half.getUint16(2 * i, true);
-    out[i] = dtype === "BF16" ? fromBf16Bits(h) : f16ToNumber(h);
-  }
-  return new Uint8Array(out.buffer);
-}
-
-/** The value of IEEE binary16 bits (exact: every f16 is an f32). */
-export function f16ToNumber(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+/** Opens the weight files of the Hugging Face folder `dir` (see `openHfWeights` in io). */
+export function openHfWeights(dir: string): Promise<HfWeights> {
+  return openFolderWeights(dirFolder(dir));
 }

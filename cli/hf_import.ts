@@ -1,235 +1,27 @@
 /**
- * Loads a Hugging Face LLaMA folder (or an SLTrain-factor folder from `export.ts --format sltrain`)
- * as a model under any linear method, for continued pretraining (`train.ts --init`) and sampling
- * (`sample.ts --checkpoint`):
- * - dense (full, GaLore): the weights as they are;
- * - relora: the dense weight becomes ReLoRA's frozen W, the adapter starts at B = 0 (exact);
- * - lowrank: the best rank-r approximation of each weight (truncated SVD, balanced factors);
- * - sltrain: the same rank-r part plus the largest-magnitude entries of the residual as V on
- *   their positions (see `models/factorize.ts`); from a factor folder, its B, A, V, I exactly.
- * Weights stream from the files to the device tensor by tensor; what a failure allocated is freed.
+ * `train.ts --init DIR`: a Hugging Face LLaMA folder (or an SLTrain-factor folder) as the start of a
+ * run; the conversion itself (`loadHf`) lives in `io/hf_import.ts`.
  * @module
  */
 import { convert } from "../core/convert.ts";
-import { Rng } from "../core/rng.ts";
-import { randomUniform, type Tensor, tensor, zeros } from "../core/tensor.ts";
+import type { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { factorize } from "../models/factorize.ts";
-import type { LinearParams, WeightDType } from "../models/linear.ts";
-import { linearScale } from "../models/linear.ts";
-import {
-  type LayerBuffers,
-  type LayerParams,
-  type LlamaModel,
-  type LlamaParams,
-  paramPaths,
-} from "../models/llama.ts";
-import { denseWeight } from "../models/merge.ts";
-import {
-  BLOCK_LINEARS,
-  blockLinearShapes,
-  type LinearMethod,
-  sparseNnz,
-  validateMethod,
-} from "../models/method.ts";
+import type { WeightDType } from "../models/linear.ts";
+import { type LlamaModel, type LlamaParams, paramPaths } from "../models/llama.ts";
+import type { LinearMethod } from "../models/method.ts";
+import { type HfLoaded, loadHf as loadFolder, type LoadHfOptions } from "../io/hf_import.ts";
 import { FlagError, type RawFlags } from "./flags.ts";
-import {
-  HF_NAMES,
-  type HfConfig,
-  HfFormatError,
-  type HfWeights,
-  openHfWeights,
-  readHfConfig,
-} from "./hf_format.ts";
+import { dirFolder, type HfConfig, readHfConfig } from "./hf_format.ts";
 
-/** A model loaded from a Hugging Face folder. */
-export interface HfLoaded {
-  /** Config, method and buffers. */
-  readonly model: LlamaModel;
-  /** Weights. */
-  readonly params: LlamaParams;
-  /** The folder's validated config.json. */
-  readonly hf: HfConfig;
-  /** What the conversion did, e.g. how well factors approximate the dense weights. */
-  readonly notes: readonly string[];
-}
+export type { HfLoaded, LoadHfOptions } from "../io/hf_import.ts";
 
-/** Options of {@link loadHf}. */
-export interface LoadHfOptions {
-  /** Seed of what the folder does not hold (ReLoRA's fresh adapter A). Default 0. */
-  readonly seed?: number;
-}
-
-/** The method a factor folder's own section describes. */
-function folderMethod(hf: HfConfig): LinearMethod {
-  const s = hf.sltrain;
-  return s
-    ? { kind: "sltrain", rank: s.rank, delta: s.delta, alpha: s.alpha, seed: s.seed }
-    : { kind: "dense" };
-}
-
-/** Checks the folder's tensor names: nothing this library would silently ignore. */
-function checkNames(dir: string, weights: HfWeights, expected: Set<string>): void {
-  for (const name of weights.names) {
-    if (expected.has(name) || /\.rotary_emb\.inv_freq$/.test(name)) continue;
-    throw new HfFormatError(
-      name.endsWith(".bias")
-        ? `${dir}: tensor ${name} is a bias; LLaMA here has none (attention_bias/mlp_bias)`
-        : `${dir}: unexpected tensor ${name} (not part of a LlamaForCausalLM)`,
-    );
-  }
-}
-
-/**
- * Loads `dir` under `method` (default: dense for a plain folder, the folder's own SLTrain settings
- * for a factor folder). Throws {@link HfFormatError} for a folder that is not a LLaMA this library
- * can run, naming the file, field or tensor; a factor folder loads only as sltrain with its own
- * rank, alpha and density, or merged as dense.
- */
-export async function loadHf(
+/** Loads the Hugging Face folder `dir` under `method` (see `loadHf` in `io/hf_import.ts`). */
+export function loadHf(
   dir: string,
   method?: LinearMethod,
   opts: LoadHfOptions = {},
 ): Promise<HfLoaded> {
-  const hf = await readHfConfig(dir);
-  const { config } = hf;
-  const stored = folderMethod(hf);
-  const want = validateMethod(config, method ?? stored);
-  if (stored.kind === "sltrain") checkFactorMethod(dir, stored, want);
-  const weights = await openHfWeights(dir);
-  const made: unknown[] = [];
-  const own = <T>(t: T) => (made.push(t), t);
-  try {
-    const shapes = blockLinearShapes(config);
-    const suffixes = stored.kind === "sltrain" ? ["B", "A", "V", "I"] : ["weight"];
-    const expected = new Set<string>([HF_NAMES.embed, HF_NAMES.finalNorm, HF_NAMES.lmHead]);
-    for (let i = 0; i < config.layers; i++) {
-      expected.add(HF_NAMES.attnNorm(i)).add(HF_NAMES.mlpNorm(i));
-      for (const n of BLOCK_LINEARS) {
-        for (const s of suffixes) expected.add(`${HF_NAMES.linear(i, n)}.${s}`);
-      }
-    }
-    checkNames(dir, weights, expected);
-    const { vocabSize: v, hidden: d } = config;
-    const read = async (name: string, shape: number[]) => own(await weights.readF32(name, shape));
-    const embed = await read(HF_NAMES.embed, [v, d]);
-    const rng = new Rng(opts.seed ?? 0);
-    const errors: number[] = [];
-    const layers: LayerParams[] = [];
-    const layerBuffers: LayerBuffers[] = [];
-    for (let i = 0; i < config.layers; i++) {
-      const attnNorm = await read(HF_NAMES.attnNorm(i), [d]);
-      const mlpNorm = await read(HF_NAMES.mlpNorm(i), [d]);
-      const lin: Record<string, LinearParams> = {};
-      const buf: Record<string, Tensor> = {};
-      for (const { name, shape: [out, inF] } of shapes) {
-        const prefix = HF_NAMES.linear(i, name);
-        const seed = rng.nextU32();
-        let p: LinearParams;
-        let b: Tensor | undefined;
-        if (stored.kind === "sltrain") {
-          const r = stored.rank;
-          const nnz = sparseNnz(stored.delta, out, inF);
-          const f = {
-            B: own(await weights.readF32(`${prefix}.B`, [out, r])),
-            A: own(await weights.readF32(`${prefix}.A`, [r, inF])),
-            V: own(await weights.readF32(`${prefix}.V`, [nnz])),
-          };
-          const I = own(await weights.readU32(`${prefix}.I`, [nnz]));
-          if (want.kind === "sltrain") [p, b] = [f, I];
-          else {
-            p = { w: own(denseWeight(stored, f, I)) };
-            tree.dispose([f, I]);
-          }
-        } else {
-          [p, b] = await fromDense(
-            await weights.readF32(`${prefix}.weight`, [out, inF]),
-            want,
-            seed,
-            errors,
-          );
-          own([p, b]);
-        }
-        lin[name] = p;
-        if (b) buf[name] = b;
-      }
-      layers.push({ attnNorm, mlpNorm, ...lin } as LayerParams);
-      layerBuffers.push(buf);
-    }
-    const finalNorm = await read(HF_NAMES.finalNorm, [d]);
-    const lmHead = await read(HF_NAMES.lmHead, [v, d]);
-    const notes = errors.length === 0 ? [] : [
-      `${want.kind} from dense weights: rank ${(want as { rank: number }).rank}` +
-      (want.kind === "sltrain" ? ` + δ ${want.delta} sparse` : "") +
-      ` approximation, relative Frobenius error median ${median(errors).toFixed(4)}, max ${
-        Math.max(...errors).toFixed(4)
-      }`,
-    ];
-    return {
-      model: { config, method: want, buffers: { layers: layerBuffers } },
-      params: { embed, layers, finalNorm, lmHead },
-      hf,
-      notes,
-    };
-  } catch (e) {
-    tree.dispose(made);
-    throw e;
-  } finally {
-    weights.close();
-  }
-}
-
-function checkFactorMethod(
-  dir: string,
-  stored: LinearMethod & { kind: "sltrain" },
-  want: LinearMethod,
-): void {
-  if (want.kind === "dense") return;
-  if (
-    want.kind !== "sltrain" || want.rank !== stored.rank || want.alpha !== stored.alpha ||
-    want.delta !== stored.delta
-  ) {
-    throw new HfFormatError(
-      `${dir} holds SLTrain factors (rank ${stored.rank}, alpha ${stored.alpha}, delta ${stored.delta}); ` +
-        `load it as sltrain with exactly those settings, or as dense (full, galore); got ${
-          JSON.stringify(want)
-        }`,
-    );
-  }
-}
-
-/** One dense weight W (consumed) as the params (and buffer) of `method`. */
-async function fromDense(
-  W: Tensor,
-  method: LinearMethod,
-  seed: number,
-  errors: number[],
-): Promise<[LinearParams, Tensor | undefined]> {
-  const [out, inF] = W.shape;
-  if (method.kind === "dense") return [{ w: W }, undefined];
-  if (method.kind === "relora") {
-    const bound = 1 / Math.sqrt(inF);
-    const A = randomUniform([method.rank, inF], -bound, bound, { seed });
-    return [{ A, B: zeros([out, method.rank]) }, W];
-  }
-  let w: Float32Array;
-  try {
-    w = (await W.data()) as Float32Array;
-  } finally {
-    W.dispose();
-  }
-  const nnz = method.kind === "sltrain" ? sparseNnz(method.delta, out, inF) : 0;
-  const f = factorize(w, out, inF, method.rank, linearScale(method), nnz);
-  errors.push(f.relError);
-  const B = tensor(f.B, [out, method.rank]);
-  const A = tensor(f.A, [method.rank, inF]);
-  if (method.kind === "lowrank") return [{ A, B }, undefined];
-  return [{ A, B, V: tensor(f.V!, [nnz]) }, tensor(f.I!, [nnz], "u32")];
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  return loadFolder(dirFolder(dir), method, opts);
 }
 
 /** What `train.ts --init DIR` sets up before the run starts. */

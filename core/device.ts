@@ -26,17 +26,9 @@ export interface DeviceInfo {
   readonly timestamps: boolean;
   /** The device's limits (requested at the adapter's maxima). */
   readonly limits: GPUSupportedLimits;
-  /**
-   * The WebGPU backend Deno was asked for: `vulkan` or `gl` when sltrain (or the user, through
-   * `DENO_WEBGPU_BACKEND`) chose it, `default` when Deno chose.
-   */
-  readonly backend: Backend;
   /** A line for the user: which adapter runs, and how to get a faster one when there is one. */
   readonly summary: string;
 }
-
-/** The WebGPU backend of Deno's `navigator.gpu`. */
-export type Backend = "vulkan" | "gl" | "default";
 
 /** Options for {@link init}. */
 export interface InitOptions {
@@ -59,76 +51,15 @@ interface DeviceState {
 let state: DeviceState | null = null;
 let pending: Promise<DeviceInfo> | null = null;
 
-const INSTALL_HINT = "Install a WebGPU driver: on Debian/Ubuntu `apt-get install -y libvulkan1 " +
-  "mesa-vulkan-drivers` (Vulkan, software lavapipe) or `libegl1 libgl1-mesa-dri` (GL, llvmpipe); " +
-  "sltrain picks Vulkan when it is installed (override with DENO_WEBGPU_BACKEND=vulkan|gl).";
+const NO_WEBGPU = "WebGPU is not available here: in a browser, use one with WebGPU (Chrome, Edge " +
+  "113+, Safari 26+, Firefox 141+) from a secure context (https:// or http://127.0.0.1); in Deno, " +
+  "install a GPU driver (Linux without a GPU: Mesa's Vulkan software driver)";
 
-const VULKAN_HINT = "install `libvulkan1 mesa-vulkan-drivers` (apt-get) for the Vulkan software " +
-  "adapter, which adds shader-f16 and subgroups and avoids GL's slow shader compiles";
-
-const LIB_DIRS = [
-  "/usr/lib/x86_64-linux-gnu",
-  "/usr/lib/aarch64-linux-gnu",
-  "/usr/lib64",
-  "/usr/lib",
-  "/lib/x86_64-linux-gnu",
-  "/lib64",
-  "/lib",
-];
-const ICD_DIRS = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
-
-function anyFile(paths: string[]): boolean {
-  return paths.some((p) => {
-    try {
-      return Deno.statSync(p).isFile;
-    } catch {
-      return false;
-    }
-  });
-}
-
-function hasIcd(): boolean {
-  if (Deno.env.get("VK_ICD_FILENAMES") || Deno.env.get("VK_DRIVER_FILES")) return true;
-  return ICD_DIRS.some((d) => {
-    try {
-      return [...Deno.readDirSync(d)].some((e) => e.name.endsWith(".json"));
-    } catch {
-      return false;
-    }
-  });
-}
-
-/**
- * Chooses Deno's WebGPU backend before the first `requestAdapter` (Deno reads
- * `DENO_WEBGPU_BACKEND` then): the user's setting if any, else Vulkan when a Vulkan loader and a
- * driver (ICD) are installed, else Deno's default (GL on a machine without Vulkan). Also gives the
- * Vulkan loader a private `XDG_RUNTIME_DIR` when none is set, which silences its Wayland probe.
- * Without env/read permissions it leaves everything to Deno.
- */
-function chooseBackend(): Backend {
-  try {
-    const set = Deno.env.get("DENO_WEBGPU_BACKEND");
-    if (set === "vulkan" || set === "gl") return set;
-    if (set) return "default";
-    if (!anyFile(LIB_DIRS.map((d) => `${d}/libvulkan.so.1`)) || !hasIcd()) return "default";
-    if (!Deno.env.get("XDG_RUNTIME_DIR")) {
-      const dir = Deno.makeTempDirSync({ prefix: "sltrain-xdg-" });
-      Deno.chmodSync(dir, 0o700);
-      Deno.env.set("XDG_RUNTIME_DIR", dir);
-    }
-    Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
-    return "vulkan";
-  } catch {
-    return "default";
-  }
-}
-
-function summarize(description: string, kind: AdapterKind, backend: Backend, f16: boolean): string {
-  const where = backend === "default" ? "" : ` via ${backend === "vulkan" ? "Vulkan" : "GL"}`;
-  if (kind === "gpu") return `adapter: ${description}${where} (GPU)`;
-  const slow = `adapter: ${description}${where} (CPU software adapter: every kernel runs on the ` +
-    `CPU, so training is slow; a machine with a GPU and its Vulkan driver is much faster)`;
-  return f16 ? slow : `${slow}; ${VULKAN_HINT}`;
+function summarize(description: string, kind: AdapterKind): string {
+  return kind === "gpu"
+    ? `adapter: ${description} (GPU)`
+    : `adapter: ${description} (CPU software adapter: every kernel runs on the CPU, so training ` +
+      `is slow; a machine with a GPU is much faster)`;
 }
 
 const LIMIT_NAMES = [
@@ -149,6 +80,8 @@ const LIMIT_NAMES = [
 /**
  * Creates the shared device, once; later calls return the same info. The device is requested with
  * the adapter's own limits, and with `shader-f16`/`subgroups` when the adapter can provide them.
+ * Uses nothing but `navigator.gpu` (no permission, environment or file): on Deno the entry points
+ * choose the backend first (`cli/gpu.ts`).
  */
 export function init(options: InitOptions = {}): Promise<DeviceInfo> {
   if (state) return Promise.resolve(state.info);
@@ -157,14 +90,10 @@ export function init(options: InitOptions = {}): Promise<DeviceInfo> {
 }
 
 async function createDevice(options: InitOptions): Promise<DeviceInfo> {
-  // Before touching navigator.gpu: Deno reads the backend setting when the GPU instance is made.
-  const backend = chooseBackend();
   const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
-  if (!gpu) {
-    throw new DeviceError(`navigator.gpu is not available in this runtime. ${INSTALL_HINT}`);
-  }
+  if (!gpu) throw new DeviceError(`navigator.gpu is missing. ${NO_WEBGPU}`);
   const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
-  if (!adapter) throw new DeviceError(`No WebGPU adapter was found. ${INSTALL_HINT}`);
+  if (!adapter) throw new DeviceError(`No WebGPU adapter was found. ${NO_WEBGPU}`);
 
   const requiredLimits: Record<string, number> = {};
   for (const name of LIMIT_NAMES) {
@@ -186,8 +115,7 @@ async function createDevice(options: InitOptions): Promise<DeviceInfo> {
     subgroupSize: device.features.has("subgroups") ? fixedSubgroupSize(adapter) : undefined,
     timestamps: device.features.has("timestamp-query"),
     limits: device.limits,
-    backend,
-    summary: summarize(description, kind, backend, device.features.has("shader-f16")),
+    summary: summarize(description, kind),
   };
   const s: DeviceState = {
     device,

@@ -7,7 +7,6 @@
 export {
   headDim,
   type LlamaConfig,
-  loadConfig,
   parseConfig,
   type PresetName,
   PRESETS,

@@ -22,6 +22,7 @@
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { SINCOS_WGSL } from "./wgsl_math.ts";
 
 /** Where a kernel gets the block of rows it shares across its threads. */
 export type AttentionVariant = "subgroup" | "workgroup";
@@ -222,9 +223,9 @@ class Gen {
     const y = (d: number) => `${reg}_y${d}`;
     this.e(`let ${reg}_pos = f32(${pos});`);
     for (let d = 0; d < half; d++) {
-      this.e(`let ${reg}_a${d} = ${reg}_pos * u_freqs(${d}u);`);
-      this.e(`let ${reg}_c${d} = cos(${reg}_a${d});`);
-      this.e(`let ${reg}_s${d} = sin(${reg}_a${d});`);
+      this.e(`let ${reg}_sc${d} = sincos(${reg}_pos * u_freqs(${d}u));`);
+      this.e(`let ${reg}_c${d} = ${reg}_sc${d}.y;`);
+      this.e(`let ${reg}_s${d} = ${reg}_sc${d}.x;`);
       this.e(`let ${y(d)} = ${comp(d)} * ${reg}_c${d} + ${comp(d + half)} * ${reg}_s${d};`);
       this.e(`let ${y(d + half)} = ${comp(d + half)} * ${reg}_c${d} - ${comp(d)} * ${reg}_s${d};`);
     }
@@ -275,7 +276,7 @@ class Gen {
           ? { wid: "workgroup_id", sgl: "subgroup_invocation_id" }
           : { wid: "workgroup_id", lid: "local_invocation_id" },
       },
-      helpers: this.shared.join("\n"),
+      helpers: [...this.shared, ...(cfg.rope ? [SINCOS_WGSL] : [])].join("\n"),
       body: this.lines.join("\n"),
     });
   }
@@ -482,11 +483,12 @@ export const ropeQKKernel = defineKernel({
   outputs: { qr: "f32", kr: "f32" },
   uniforms: { T: "u32", H: "u32", half: "u32", freqs: ["f32", MAX_ATTENTION_HEAD_DIM / 2] },
   grid: "flat",
+  helpers: SINCOS_WGSL,
   body: `  let row = i / u.half;
   let j = i - row * u.half;
-  let angle = f32((row / u.H) % u.T) * u_freqs(j);
-  let c = cos(angle);
-  let s = sin(angle);
+  let sc = sincos(f32((row / u.H) % u.T) * u_freqs(j));
+  let c = sc.y;
+  let s = sc.x;
   let a = row * 2u * u.half + j;
   let b = a + u.half;
   let q1 = load_q(a);

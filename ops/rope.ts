@@ -10,6 +10,7 @@ import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor } from "../core/tensor.ts";
+import { SINCOS_WGSL } from "./wgsl_math.ts";
 
 /** Options of {@link rope}. */
 export interface RopeOptions {
@@ -29,12 +30,13 @@ const KERNEL = defineKernel({
   outputs: { y: "f32" },
   uniforms: { t: "u32", half: "u32", offset: "u32", sign: "f32", freqs: ["f32", MAX_HALF] },
   grid: "flat", // one invocation per pair
+  helpers: SINCOS_WGSL,
   body: `  let row = i / u.half;
   let j = i - row * u.half;
   let pos = f32(row % u.t + u.offset);
-  let angle = pos * u_freqs(j);
-  let c = cos(angle);
-  let s = u.sign * sin(angle);
+  let sc = sincos(pos * u_freqs(j));
+  let c = sc.y;
+  let s = u.sign * sc.x;
   let a = row * 2u * u.half + j;
   let b = a + u.half;
   let x1 = load_x(a);

@@ -7,7 +7,6 @@ import {
   estimateMemory,
   type LinearMethod,
   type LlamaConfig,
-  loadConfig,
   type OptimizerSpec,
   parseConfig,
   PRESETS,
@@ -16,6 +15,7 @@ import {
   validateMethod,
   withVocab,
 } from "../models/mod.ts";
+import { loadConfig } from "../cli/load_config.ts";
 
 const M = (n: number) => Number((n / 1e6).toFixed(2));
 const GB = (n: number) => Number((n / 1e9).toFixed(3));
