@@ -80,6 +80,8 @@ export class RunFollower {
   #torn = false;
   #summary: Record<string, unknown> | null = null;
   #summaryMtime = -1;
+  /** The log's size and time when last read: unchanged, it is not opened again. */
+  #logStamp = "";
   #dec = new TextDecoder();
 
   constructor(id: string, dir: string, name: string) {
@@ -106,9 +108,16 @@ export class RunFollower {
     };
   }
 
-  /** Reads what changed since the last call; null when nothing did. */
-  async poll(): Promise<RunDelta | null> {
-    const summaryChanged = await this.#pollSummary();
+  /**
+   * Reads what changed since the last call (the summary too when `summary`); null when nothing
+   * did.
+   */
+  async poll(summary = true): Promise<RunDelta | null> {
+    const summaryChanged = summary && await this.#pollSummary();
+    const info = await Deno.stat(`${this.dir}/log.jsonl`).catch(() => null);
+    const stamp = info ? `${info.size}:${info.mtime?.getTime()}` : "";
+    if (stamp === this.#logStamp && !summaryChanged) return null;
+    this.#logStamp = stamp;
     let bytes: Uint8Array;
     let reset = false;
     try {
@@ -253,11 +262,11 @@ export class RunStore {
     return fresh;
   }
 
-  /** What changed in every run since the last poll. */
-  async poll(): Promise<RunDelta[]> {
+  /** What changed in every run since the last poll (their summaries too when `summary`). */
+  async poll(summary = true): Promise<RunDelta[]> {
     const out: RunDelta[] = [];
     for (const f of this.#runs.values()) {
-      const d = await f.poll();
+      const d = await f.poll(summary);
       if (d) out.push(d);
     }
     return out;

@@ -150,7 +150,8 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
     throw e;
   }
 
-  // Polls the logs, and every 10th time looks for new run folders.
+  // Polls the logs (a stat each while they do not change), every 5th time the summaries too, and
+  // every 10th time looks for new run folders.
   let notRuns = JSON.stringify(store.notRuns);
   let busy = false;
   let ticks = 0;
@@ -166,7 +167,7 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
           streams.send(sse("snapshot", store.snapshot()));
         }
       }
-      const deltas: RunDelta[] = await store.poll();
+      const deltas: RunDelta[] = await store.poll(ticks % 5 === 0);
       for (const d of deltas) streams.send(sse("run", d));
     } catch (e) {
       console.error(`dashboard: ${(e as Error).message}`);
