@@ -197,15 +197,28 @@ async function writePlots(dir: string, runs: PlotRun[], title: string): Promise<
   await writeStandaloneDashboard(`${dir}/${DASHBOARD_HTML}`, [dir], title);
 }
 
-/** `--dashboard [PORT]`: the live page of `out`, served from a worker; null without the flag. */
-async function startDashboard(flags: RawFlags, out: string): Promise<DashboardThread | null> {
-  if (flags.dashboard === undefined) return null;
+/** `--dashboard [PORT]` and `--dashboard-host`, checked; null without `--dashboard`. */
+function dashboardFlags(flags: RawFlags): { port: number; hostname?: string } | null {
   const host = flags["dashboard-host"];
+  if (flags.dashboard === undefined) {
+    if (host !== undefined) throw new FlagError("--dashboard-host: only with --dashboard");
+    return null;
+  }
   if (host === "") throw new FlagError("--dashboard-host needs an address");
-  const dashboard = await startDashboardThread({
-    roots: [out],
+  return {
     port: portFlag(flags, "dashboard"),
     hostname: typeof host === "string" ? host : undefined,
+  };
+}
+
+/** The live page of `out`, served from a worker as `where` says. */
+async function startDashboard(
+  where: { port: number; hostname?: string },
+  out: string,
+): Promise<DashboardThread> {
+  const dashboard = await startDashboardThread({
+    roots: [out],
+    ...where,
     title: `sltrain: ${out}`,
     portHint: "--dashboard PORT",
     reportEmpty: false,
@@ -361,6 +374,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
+  const dashboardAt = dashboardFlags(flags);
   const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
   const initVocab = hfInit?.hf.config.vocabSize;
@@ -391,11 +405,11 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   console.error(`${info.summary}\ndata: ${desc}\nout: ${out}`);
   let dashboard: DashboardThread | null = null;
   try {
-    dashboard = await startDashboard(flags, out);
+    if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
   } catch (e) {
     // Nothing is written yet: only a folder this process made goes.
     if (outDir.created) discardUnstarted(out, outDir);
-    throw e instanceof FlagError ? e : new FlagError(`--dashboard: ${errorText(e)}`);
+    throw new FlagError(`--dashboard: ${errorText(e)}`);
   }
 
   // Ctrl-C or SIGTERM: stop after this step with a checkpoint; the second one quits at once.

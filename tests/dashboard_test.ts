@@ -373,3 +373,29 @@ Deno.test("train.ts --dashboard [PORT]: bare means the default port; a bad port 
       e instanceof FlagError && /--dashboard 70000: must be a port in 0\.\.65535/.test(e.message),
   );
 });
+
+Deno.test("dashboard.ts: a folder that is not a run, or no folder at all, is an error that says so", async () => {
+  const root = await Deno.makeTempDir({ prefix: "sltrain-dash-" });
+  try {
+    await Deno.mkdir(`${root}/notes/deeper`, { recursive: true });
+    const run = async (...args: string[]) => {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "dashboard.ts", "--port", "0", ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: r.code, err: new TextDecoder().decode(r.stderr) };
+    };
+    const notes = await run(`${root}/notes`);
+    assert.equal(notes.code, 2);
+    assert.match(
+      notes.err,
+      /^error: no run to show: .*notes is not a run folder \(it has no log\.jsonl or summary\.json\) and none of the folders under it is one/m,
+    );
+    const missing = await run(`${root}/nope`);
+    assert.equal(missing.code, 2);
+    assert.match(missing.err, /^error: no run to show: .*nope: no such folder/m);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
