@@ -162,7 +162,7 @@ async function reference() {
     assert.equal(log.torn, false);
     assert.deepEqual(strip(log.records), refLog, `log (${what})`);
     assert.deepEqual(
-      [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes(".tmp-")),
+      [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes(".tmp")),
       [],
     );
   };
