@@ -14,8 +14,9 @@ const RUN_FILES = ["log.jsonl", "summary.json"];
 /** How deep under a given folder runs are looked for (runs/compare-…/galore is 2). */
 const MAX_DEPTH = 3;
 
+/** True for a plain file (a symbolic link, which could point outside the run folder, is not). */
 async function isFile(path: string): Promise<boolean> {
-  return await Deno.stat(path).then((s) => s.isFile, () => false);
+  return await Deno.lstat(path).then((s) => s.isFile, () => false);
 }
 
 /** True when `dir` holds a run's log or summary. */
@@ -114,13 +115,14 @@ export class RunFollower {
    */
   async poll(summary = true): Promise<RunDelta | null> {
     const summaryChanged = summary && await this.#pollSummary();
-    const info = await Deno.stat(`${this.dir}/log.jsonl`).catch(() => null);
-    const stamp = info ? `${info.size}:${info.mtime?.getTime()}` : "";
+    const info = await Deno.lstat(`${this.dir}/log.jsonl`).catch(() => null);
+    const stamp = info?.isFile ? `${info.size}:${info.mtime?.getTime()}` : "";
     if (stamp === this.#logStamp && !summaryChanged) return null;
     this.#logStamp = stamp;
     let bytes: Uint8Array;
     let reset = false;
     try {
+      if (!stamp) throw new Deno.errors.NotFound("no log");
       bytes = await this.#readFrom(Math.max(0, this.#offset - this.#tail.length));
       const kept = bytes.subarray(0, this.#tail.length);
       if (this.#tail.length > 0 && !sameBytes(kept, this.#tail)) {
@@ -181,7 +183,7 @@ export class RunFollower {
   /** Rereads summary.json when its time changed; true when it did (a half-written one waits). */
   async #pollSummary(): Promise<boolean> {
     const path = `${this.dir}/summary.json`;
-    const info = await Deno.stat(path).catch(() => null);
+    const info = await Deno.lstat(path).then((i) => i.isFile ? i : null, () => null);
     const mtime = info?.mtime?.getTime() ?? -1;
     if (mtime === this.#summaryMtime) return false;
     if (!info) {

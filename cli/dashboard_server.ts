@@ -4,8 +4,9 @@
  * snapshot as JSON at `/api/snapshot`, and a few files of each run (`/runs/<id>/loss.svg`,
  * `summary.json`, `log.jsonl`, `dashboard.html`). Nothing else is served: no path from a request
  * is ever joined to a folder, so no request reaches a file outside the run folders (`../` is a
- * 404 like any unknown path). On a loopback address it answers only requests addressed to
- * localhost, so a web page elsewhere cannot read it through DNS rebinding.
+ * 404 like any unknown path), and a symbolic link is never followed. On a loopback address it
+ * answers only requests addressed to localhost, so a web page elsewhere cannot read it through DNS
+ * rebinding.
  * @module
  */
 import type { RunDelta } from "../web/dashboard/model.ts";
@@ -129,9 +130,14 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
     const m = /^\/runs\/(\d+)\/([^/]+)$/.exec(path);
     const run = m ? store.run(m[1]) : undefined;
     if (m && run && RUN_FILES[m[2]]) {
+      const file = `${run.dir}/${m[2]}`;
       try {
-        const body = await Deno.readFile(`${run.dir}/${m[2]}`);
-        return new Response(body, { headers: { "content-type": RUN_FILES[m[2]] } });
+        // A symbolic link could point anywhere: only plain files are served.
+        if ((await Deno.lstat(file)).isFile) {
+          return new Response(await Deno.readFile(file), {
+            headers: { "content-type": RUN_FILES[m[2]] },
+          });
+        }
       } catch { /* not written (yet) */ }
     }
     return new Response("not found\n", { status: 404 });

@@ -149,14 +149,15 @@ async function rawGet(port: number, path: string, host = `127.0.0.1:${port}`): P
   }
 }
 
-Deno.test("dashboard server: no file outside the run folders is served (../ is a 404); a run's own files are", async () => {
+Deno.test("dashboard server: no file outside the run folders is served (../ is a 404, a symbolic link too); a run's own files are", async () => {
   const parent = await Deno.makeTempDir({ prefix: "sltrain-dash-" });
   const run = `${parent}/run`;
   await Deno.mkdir(run);
   await Deno.writeTextFile(`${run}/log.jsonl`, line({ kind: "train", step: 1, loss: 2 }));
   await Deno.writeTextFile(`${run}/loss.svg`, "<svg/>");
   await Deno.writeTextFile(`${run}/secret.txt`, "run folder, but not a served file");
-  await Deno.writeTextFile(`${parent}/secret.txt`, "outside the run folder");
+  await Deno.writeTextFile(`${parent}/secret.txt`, '{"note": "outside the run folder"}');
+  await Deno.symlink(`${parent}/secret.txt`, `${run}/summary.json`);
   const d = await startDashboard({ roots: [run], port: 0 });
   try {
     const ok = await rawGet(d.port, "/runs/0/loss.svg");
@@ -170,6 +171,7 @@ Deno.test("dashboard server: no file outside the run folders is served (../ is a
         "/runs/0/..%2F..%2Fsecret.txt",
         "/runs/0/%2e%2e/%2e%2e/secret.txt",
         "/runs/0/secret.txt",
+        "/runs/0/summary.json",
         "/runs/1/loss.svg",
         `/${parent}/secret.txt`,
         "/runs/0//etc/passwd",
@@ -180,6 +182,8 @@ Deno.test("dashboard server: no file outside the run folders is served (../ is a
       assert.match(r, /^HTTP\/1\.1 404/, path);
       assert.doesNotMatch(r, /outside the run folder|not a served file/, path);
     }
+    // The linked summary is not followed into the stream either.
+    assert.doesNotMatch(await rawGet(d.port, "/api/snapshot"), /outside the run folder/);
     // Addressed to another host name (DNS rebinding): refused.
     assert.match(await rawGet(d.port, "/", "evil.example:80"), /^HTTP\/1\.1 403/);
     assert.match(await rawGet(d.port, "/"), /^HTTP\/1\.1 200[\s\S]*<script type="module">/);
