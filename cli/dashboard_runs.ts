@@ -20,7 +20,7 @@ async function isFile(path: string): Promise<boolean> {
 }
 
 /** True when `dir` holds a run's log or summary. */
-export async function isRunFolder(dir: string): Promise<boolean> {
+async function isRunFolder(dir: string): Promise<boolean> {
   for (const f of RUN_FILES) if (await isFile(`${dir}/${f}`)) return true;
   return false;
 }
@@ -55,7 +55,7 @@ export async function findRuns(root: string): Promise<string[]> {
 }
 
 /** What the page is told about a folder it was given that is not a run and holds none. */
-export function notRunMessage(root: string): string {
+function notRunMessage(root: string): string {
   return `${root} is not a run folder (it has no log.jsonl or summary.json) and none of the ` +
     "folders under it is one: give a folder train.ts wrote (its --out), or one that holds such " +
     "folders";
