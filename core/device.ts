@@ -102,7 +102,10 @@ async function createDevice(options: InitOptions): Promise<DeviceInfo> {
   }
   const f16 = adapter.features.has("shader-f16");
   const device = await requestWithOptionalFeatures(adapter, requiredLimits, f16);
-  const description = adapter.info?.description ?? "unknown adapter";
+  // Chromium reports an empty description (SwiftShader: vendor "google", architecture "swiftshader").
+  const ai = adapter.info;
+  const description = ai?.description ||
+    [ai?.vendor, ai?.architecture, ai?.device].filter(Boolean).join(" ") || "unknown adapter";
   const kind: AdapterKind = adapter.info?.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i
       .test(description)
     ? "cpu"

@@ -40,6 +40,9 @@ const reduceKernelOf = kernelFamily((kind: ReduceKind, keptRank: number, redRank
     inputs: { x: "f32" },
     outputs: { out: "f32" },
     uniforms: {
+      // The identity of the reduction (0 or -inf): as a uniform, because WGSL refuses an
+      // infinite constant expression (Tint does, Naga lets it pass).
+      init: "f32",
       parts: "u32",
       chunk: "u32",
       total: "u32",
@@ -53,7 +56,7 @@ const reduceKernelOf = kernelFamily((kind: ReduceKind, keptRank: number, redRank
   ${decode("rem", "kd", "ks", "base", keptRank)}
   let r0 = p * u.chunk;
   let r1 = min(r0 + u.chunk, u.total);
-  var acc = ${kind === "sum" ? "0.0" : "bitcast<f32>(0xff800000u)"};
+  var acc = u.init;
   for (var r = r0; r < r1; r++) {
     var rr = r;
     var off = base;
@@ -86,6 +89,7 @@ function reduceKernel(kind: ReduceKind, x: Tensor, kept: Axes, red: Axes, outSha
     { x, out },
     {
       n: outSize * parts,
+      init: kind === "sum" ? 0 : -Infinity,
       parts,
       chunk,
       total: redSize,

@@ -9,7 +9,6 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
 import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
-import { gpuDevice } from "../core/device.ts";
 import { memoryStats } from "../core/memory.ts";
 import { valueAndGrad } from "../core/tape.ts";
 import { randomNormal, readAll, type Tensor, tensor } from "../core/tensor.ts";
@@ -31,7 +30,7 @@ import {
   scaleByAdam8bit,
   scaleByLearningRate,
 } from "../optim/mod.ts";
-import { backward, randomArr, setup } from "./util.ts";
+import { backward, randomArr, setup, withBindingWindow } from "./util.ts";
 
 await setup();
 
@@ -255,62 +254,66 @@ Deno.test("the kernel's quantizer picks the nearest code at every code, around e
 });
 
 Deno.test("adamw8bit on a tensor past one storage binding: windows of whole blocks, every seam exact", async () => {
-  const limit = gpuDevice().limits.maxStorageBufferBindingSize;
-  const n = limit / 4 + 1000; // two windows; the last block partial
-  const g = randomNormal([n], 0, 1, { seed: 11 });
-  const p = randomNormal([n], 0, 1, { seed: 12 });
-  // Blocks to check: first, both sides of the window seam (at 2^25 for a 128 MiB limit), last.
-  const per = Math.floor(limit / 4 / 16384) * 16384;
-  const starts = [0, per - 256, per, Math.floor((n - 1) / 256) * 256];
-  const take = async (t: Tensor, len = 256, at = (s: number) => s) => {
-    const flat = t.view([t.size]);
-    const views = starts.map((s) => flat.rows(at(s), Math.min(len, t.size - at(s))));
-    const data = await readAll(views);
-    tree.dispose([flat, views]);
-    return data.map((d) => Float64Array.from(d));
-  };
-  const [g0, p0] = [await take(g), await take(p)];
-  const opt = adamw8bit({ lr: 0.01, weightDecay: 0.1 });
-  const state = opt.init([p]);
-  const r = await opt.update([g], state, [p]);
-  const [u] = r.updates as Tensor[];
-  const m = r.state.m[0] as QuantizedMoment;
-  const got = await take(u);
-  const codes = await take(m.codes);
-  const absmax = await take(m.absmax, 1, (s) => s / 256);
-  starts.forEach((_, k) => {
-    const len = g0[k].length;
-    const zeros = { codes: new Uint8Array(len), abs: new Float32Array(1) };
-    const c: Case = {
-      g: g0[k],
-      p: p0[k],
-      codesM: zeros.codes,
-      codesV: zeros.codes,
-      absM: zeros.abs,
-      absV: zeros.abs,
+  await withBindingWindow(async (limit) => {
+    const n = limit / 4 + 1000; // two windows; the last block partial
+    const g = randomNormal([n], 0, 1, { seed: 11 });
+    const p = randomNormal([n], 0, 1, { seed: 12 });
+    // Blocks to check: first, both sides of the window seam (at 2^25 for a 128 MiB limit), last.
+    const per = Math.floor(limit / 4 / 16384) * 16384;
+    const starts = [0, per - 256, per, Math.floor((n - 1) / 256) * 256];
+    const take = async (t: Tensor, len = 256, at = (s: number) => s) => {
+      const flat = t.view([t.size]);
+      const views = starts.map((s) => flat.rows(at(s), Math.min(len, t.size - at(s))));
+      const data = await readAll(views);
+      tree.dispose([flat, views]);
+      return data.map((d) => Float64Array.from(d));
     };
-    const want = reference(c, 1, 0.01, 0.1);
-    for (let i = 0; i < len; i++) {
-      assert.ok(Math.abs(got[k][i] - want.u[i]) <= 1e-6 * want.uScale[i], `block at ${starts[k]}`);
-    }
-    assert.ok(Math.abs(absmax[k][0] - want.absM[0]) <= 1e-6 * want.absM[0]);
-    checkCodes(
-      `m @${starts[k]}`,
-      MAP_S,
-      Uint8Array.from(codes[k]),
-      Float32Array.from(absmax[k]),
-      want.m,
-      want.absM,
-      want.mScale,
+    const [g0, p0] = [await take(g), await take(p)];
+    const opt = adamw8bit({ lr: 0.01, weightDecay: 0.1 });
+    const state = opt.init([p]);
+    const r = await opt.update([g], state, [p]);
+    const [u] = r.updates as Tensor[];
+    const m = r.state.m[0] as QuantizedMoment;
+    const got = await take(u);
+    const codes = await take(m.codes);
+    const absmax = await take(m.absmax, 1, (s) => s / 256);
+    starts.forEach((_, k) => {
+      const len = g0[k].length;
+      const zeros = { codes: new Uint8Array(len), abs: new Float32Array(1) };
+      const c: Case = {
+        g: g0[k],
+        p: p0[k],
+        codesM: zeros.codes,
+        codesV: zeros.codes,
+        absM: zeros.abs,
+        absV: zeros.abs,
+      };
+      const want = reference(c, 1, 0.01, 0.1);
+      for (let i = 0; i < len; i++) {
+        assert.ok(
+          Math.abs(got[k][i] - want.u[i]) <= 1e-6 * want.uScale[i],
+          `block at ${starts[k]}`,
+        );
+      }
+      assert.ok(Math.abs(absmax[k][0] - want.absM[0]) <= 1e-6 * want.absM[0]);
+      checkCodes(
+        `m @${starts[k]}`,
+        MAP_S,
+        Uint8Array.from(codes[k]),
+        Float32Array.from(absmax[k]),
+        want.m,
+        want.absM,
+        want.mScale,
+      );
+    });
+    // applyUpdates over the same windows: p + u at both ends of the seam.
+    const next = applyUpdates([p], [u]);
+    const after = await take(next[0]);
+    after.forEach((a, k) =>
+      a.forEach((x, i) => assert.equal(x, Math.fround(p0[k][i] + got[k][i]), `p @${starts[k]}`))
     );
+    tree.dispose([next, r.state]);
   });
-  // applyUpdates over the same windows: p + u at both ends of the seam.
-  const next = applyUpdates([p], [u]);
-  const after = await take(next[0]);
-  after.forEach((a, k) =>
-    a.forEach((x, i) => assert.equal(x, Math.fround(p0[k][i] + got[k][i]), `p @${starts[k]}`))
-  );
-  tree.dispose([next, r.state]);
 });
 
 /** Least squares ‖X·Wᵀ − Y‖²/N with a planted W: a random problem Adam should solve. */

@@ -7,6 +7,7 @@ import fc from "fast-check";
 import nodeAssert from "node:assert/strict";
 import shim, { difference } from "./browser/assert.ts";
 import { browserTestFiles, DENO_ONLY } from "./browser/run.ts";
+import { bundleForBrowser } from "./browser/page.ts";
 
 const nodeDeepEqual = (a: unknown, b: unknown) => {
   try {
@@ -82,4 +83,24 @@ Deno.test("browser suite: every Deno-only test file exists and says why; the res
     nodeAssert.ok(why.length > 10, `${file} needs a reason`);
   }
   nodeAssert.deepEqual(browserTestFiles(), all.filter((f) => !(f in DENO_ONLY)));
+});
+
+Deno.test("the library's import path (mod.ts, io/mod.ts) uses no Deno API: its browser bundle never names Deno", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sltrain-bundle-" });
+  try {
+    const root = new URL("../", import.meta.url);
+    await Deno.writeTextFile(
+      `${dir}/entry.ts`,
+      `export * from "${new URL("mod.ts", root).href}";\nexport * as io from "${
+        new URL("io/mod.ts", root).href
+      }";\n`,
+    );
+    await bundleForBrowser(`${dir}/entry.ts`, `${dir}/bundle.js`, dir);
+    const code = await Deno.readTextFile(`${dir}/bundle.js`);
+    const uses = [...code.matchAll(/\bDeno\.\w+/g)].map((m) => m[0]);
+    nodeAssert.deepEqual([...new Set(uses)], [], "Deno APIs in the browser bundle");
+    nodeAssert.ok(code.includes("navigator.gpu"), "the bundle is the library");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -4,7 +4,7 @@
  */
 import fc from "fast-check";
 import { fromBf16Bits, toBf16Bits } from "../core/bf16.ts";
-import { init } from "../core/device.ts";
+import { gpuDevice, init } from "../core/device.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import { type BackwardOptions, Tape, valueAndGrad } from "../core/tape.ts";
 import * as tree from "../core/tree.ts";
@@ -249,6 +249,21 @@ export async function withWindowBytes<T>(bytes: number, fn: () => Promise<T>): P
   } finally {
     setMaxWindowBytes(prev);
   }
+}
+
+/**
+ * Runs `fn(bytes)` with "one storage binding" meaning `bytes`: the device's own binding limit where
+ * a buffer can be larger (software adapters: 128 MiB bindings in 2 GiB buffers) and it is at most
+ * 256 MiB (so tests stay small), else a forced 4 MiB window (Chromium binds 1 GiB, as much as one
+ * buffer holds: no tensor could be past one binding). `real` tells which.
+ */
+export async function withBindingWindow<T>(
+  fn: (bytes: number, real: boolean) => Promise<T>,
+): Promise<T> {
+  const { maxStorageBufferBindingSize: binding, maxBufferSize: buffer } = gpuDevice().limits;
+  if (binding < buffer - (1 << 20) && binding <= 256 << 20) return await fn(binding, true);
+  const bytes = 4 << 20;
+  return await withWindowBytes(bytes, () => fn(bytes, false));
 }
 
 /** Bytes of the smallest aligned window holding a whole number of `rowBytes`-byte rows. */

@@ -12,14 +12,17 @@
 /** Where Chromium is looked for when `CHROMIUM` is not set. */
 const CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
 
-/** The flags every launch uses: headless, WebGPU on, no background traffic. */
+/** WebGPU through Vulkan: on the machine's GPU, or on SwiftShader (a CPU) when forced. */
+const WEBGPU_FLAGS: readonly string[] = ["--enable-unsafe-webgpu", "--enable-features=Vulkan"];
+const SWIFTSHADER_FLAGS: readonly string[] = [
+  "--use-vulkan=swiftshader",
+  "--use-webgpu-adapter=swiftshader",
+];
+
+/** The flags every launch uses: headless, no background traffic. */
 export const CHROMIUM_FLAGS: readonly string[] = [
   "--headless=new",
   "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--enable-features=Vulkan",
-  "--use-vulkan=swiftshader",
-  "--use-webgpu-adapter=swiftshader",
   "--no-first-run",
   "--no-default-browser-check",
   "--disable-background-networking",
@@ -84,6 +87,13 @@ export interface Browser {
 export interface LaunchOptions {
   /** Extra command-line flags. */
   args?: string[];
+  /** WebGPU on (default) or off: `false` starts a browser whose pages have no `navigator.gpu`. */
+  webgpu?: boolean;
+  /**
+   * Which adapter WebGPU gets: `swiftshader` (default: Dawn on the CPU, the same on every machine)
+   * or `system` (the machine's GPU, as a user's Chrome would).
+   */
+  adapter?: "swiftshader" | "system";
   /** How long to wait for the browser to start, ms (default 30000). */
   startTimeoutMs?: number;
 }
@@ -101,6 +111,9 @@ export async function launchChromium(options: LaunchOptions = {}): Promise<Brows
   const child = new Deno.Command(exe, {
     args: [
       ...CHROMIUM_FLAGS,
+      ...(options.webgpu === false
+        ? ["--disable-features=WebGPU"]
+        : [...WEBGPU_FLAGS, ...(options.adapter === "system" ? [] : SWIFTSHADER_FLAGS)]),
       ...(options.args ?? []),
       `--user-data-dir=${profile}`,
       "--remote-debugging-port=0",

@@ -1,8 +1,8 @@
 /**
  * The page side of the browser test suite: a `Deno.test` that registers tests (with `t.step`), and
- * a runner that runs them one by one in registration order and reports each result to the server
- * that served the page (`POST /report`, one JSON object per test, then `{ done }`). Imported
- * first by the generated entry module, so test files register as they are evaluated.
+ * a runner that runs them one by one in registration order and reports each result through
+ * `report` (one JSON object per test; see `page.ts`). Imported first by the generated entry
+ * module, so test files register as they are evaluated.
  * @module
  */
 
@@ -83,28 +83,42 @@ function context(name: string, counter: { steps: number }): TestContext {
   };
 }
 
-async function post(body: unknown): Promise<void> {
-  await fetch("/report", { method: "POST", body: JSON.stringify(body) });
+/** An error's stack (with its message) and every `cause` below it, as fast-check nests them. */
+function describe(e: unknown): string {
+  const lines: string[] = [];
+  for (let c = e, depth = 0; c !== undefined && depth < 5; depth++) {
+    const text = c instanceof Error
+      ? (c.stack?.includes(c.message) ? c.stack : `${c.message}\n${c.stack}`)
+      : String(c);
+    lines.push(depth === 0 ? text : `Caused by: ${text}`);
+    c = c instanceof Error ? c.cause : undefined;
+  }
+  return lines.join("\n");
 }
 
 /**
- * Runs every registered test whose name contains `filter`, posting each report; resolves when all
- * have run. A test that throws (or rejects) fails with its stack; later tests still run.
+ * Runs every registered test whose name contains `filter`, handing `report` a JSON line before
+ * each test and one with its outcome; resolves when all have run. A test that throws (or rejects)
+ * fails with its stack; later tests still run.
  */
-export async function runAll(filter = ""): Promise<void> {
+export async function runAll(
+  filter: string,
+  report: (line: string) => Promise<unknown>,
+): Promise<void> {
+  const post = (body: unknown) => report(JSON.stringify(body));
   const chosen = registered.filter((t) => t.name.includes(filter));
   await post({ planned: chosen.length, files: [...new Set(chosen.map((t) => t.file))] });
   for (const t of chosen) {
     const counter = { steps: 0 };
     const start = performance.now();
-    let report: TestReport;
+    let outcome: TestReport;
     if (t.ignore) {
-      report = { file: t.file, name: t.name, result: "ignored", ms: 0, steps: 0 };
+      outcome = { file: t.file, name: t.name, result: "ignored", ms: 0, steps: 0 };
     } else {
       await post({ started: t.name, file: t.file });
       try {
         await t.fn(context(t.name, counter));
-        report = {
+        outcome = {
           file: t.file,
           name: t.name,
           result: "ok",
@@ -112,10 +126,8 @@ export async function runAll(filter = ""): Promise<void> {
           steps: counter.steps,
         };
       } catch (e) {
-        const error = e instanceof Error
-          ? (e.stack?.includes(e.message) ? e.stack : `${e.message}\n${e.stack}`)
-          : String(e);
-        report = {
+        const error = describe(e);
+        outcome = {
           file: t.file,
           name: t.name,
           result: "failed",
@@ -125,7 +137,6 @@ export async function runAll(filter = ""): Promise<void> {
         };
       }
     }
-    await post(report);
+    await post(outcome);
   }
-  await post({ done: true });
 }
