@@ -24,12 +24,15 @@ import {
   optimizerName,
   packingFlag,
   parseFlags,
+  portFlag,
   posInt,
   type RawFlags,
   runCli,
 } from "./cli/flags.ts";
 import { Progress } from "./cli/progress.ts";
-import { lossPlot, summaryTable } from "./cli/report.ts";
+import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
+import { type DashboardThread, startDashboardThread } from "./cli/dashboard_server.ts";
+import { writeStandaloneDashboard } from "./cli/dashboard_page.ts";
 import {
   isProjected,
   linearMethod,
@@ -189,6 +192,48 @@ function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig
 
 const CKPT = CHECKPOINT_FILE;
 const LOG = "log.jsonl";
+const DASHBOARD_HTML = "dashboard.html";
+
+/**
+ * Redraws a run folder's `loss.svg` and standalone `dashboard.html` (of the runs at or under
+ * `dir`), each replaced atomically.
+ */
+async function writePlots(dir: string, runs: PlotRun[], title: string): Promise<void> {
+  await writeLossPlot(`${dir}/loss.svg`, runs, title);
+  await writeStandaloneDashboard(`${dir}/${DASHBOARD_HTML}`, [dir], title);
+}
+
+/** `--dashboard [PORT]` and `--dashboard-host`, checked; null without `--dashboard`. */
+function dashboardFlags(flags: RawFlags): { port: number; hostname?: string } | null {
+  const host = flags["dashboard-host"];
+  if (flags.dashboard === undefined) {
+    if (host !== undefined) throw new FlagError("--dashboard-host: only with --dashboard");
+    return null;
+  }
+  if (host === "") throw new FlagError("--dashboard-host needs an address");
+  return {
+    port: portFlag(flags, "dashboard"),
+    hostname: typeof host === "string" ? host : undefined,
+  };
+}
+
+/** The live page of `out`, served from a worker as `where` says. */
+async function startDashboard(
+  where: { port: number; hostname?: string },
+  out: string,
+): Promise<DashboardThread> {
+  const dashboard = await startDashboardThread({
+    roots: [out],
+    ...where,
+    title: `sltrain: ${out}`,
+    portHint: "--dashboard PORT",
+    reportEmpty: false,
+  });
+  console.error(
+    `dashboard: ${dashboard.url} (while this runs; afterwards: deno task dashboard ${out})`,
+  );
+  return dashboard;
+}
 
 function weightDType(raw: string | boolean | undefined): WeightDType {
   const v = raw ?? "f32";
@@ -259,7 +304,7 @@ async function prepareOut(
  * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
 function discardUnstarted(dir: string, outDir: OutDir): void {
-  for (const f of [LOG, "summary.json", "loss.svg"]) {
+  for (const f of [LOG, "summary.json", "loss.svg", DASHBOARD_HTML]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
     } catch { /* not written */ }
@@ -338,6 +383,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
+  const dashboardAt = dashboardFlags(flags);
   const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
   const initVocab = hfInit?.hf.config.vocabSize;
@@ -366,6 +412,14 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   );
   const out = outDir.out;
   console.error(`${info.summary}\ndata: ${desc}\nout: ${out}`);
+  let dashboard: DashboardThread | null = null;
+  try {
+    if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
+  } catch (e) {
+    // Nothing is written yet: only a folder this process made goes.
+    if (outDir.created) discardUnstarted(out, outDir);
+    throw new FlagError(`--dashboard: ${errorText(e)}`);
+  }
 
   // Ctrl-C or SIGTERM: stop after this step with a checkpoint; the second one quits at once.
   let stop: Deno.Signal | null = null;
@@ -408,6 +462,8 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
             unstarted = null;
             hooks.onStep?.(step);
           },
+          onEval: (history) =>
+            writePlots(dir, [{ run, history }], `${run.method} on ${run.modelName}`),
           initModel: hfInit?.initModel,
         });
         results.push(result);
@@ -415,10 +471,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
           `${dir}/summary.json`,
           JSON.stringify({ ...result, run: { ...run } }, null, 1),
         );
-        await Deno.writeTextFile(
-          `${dir}/loss.svg`,
-          lossPlot([result], `${run.method} on ${run.modelName}`),
-        );
+        await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
       } catch (e) {
         // A lost device makes later calls fail in odd ways: its loss is the error to report.
         const cause = await deviceLostError() ?? e;
@@ -433,21 +486,19 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     }
   } finally {
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+    await dashboard?.close();
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
-    await Deno.writeTextFile(
-      `${out}/loss.svg`,
-      lossPlot(results, `${runs[0].modelName}: ${methods.join(" vs ")}`),
-    );
-    console.log(`loss curves of all runs: ${out}/loss.svg`);
+    await writePlots(out, results, `${runs[0].modelName}: ${methods.join(" vs ")}`);
+    console.log(`loss curves of all runs: ${out}/loss.svg; dashboard: ${out}/${DASHBOARD_HTML}`);
   }
   for (const r of results) {
     const dir = runDir(out, r.run.method);
     console.log(
       `${
         results.length > 1 ? `${r.run.method}: ` : ""
-      }loss curve: ${dir}/loss.svg; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
+      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
     );
   }
   return stop ? exitCode(stop) : 0;

@@ -14,6 +14,9 @@ export interface FlagSpec {
   help: string;
 }
 
+/** The dashboard's default port (train.ts --dashboard, dashboard.ts). */
+export const DASHBOARD_PORT = 7070;
+
 /** All flags, in --help order. */
 export const FLAGS: Record<string, FlagSpec> = {
   model: {
@@ -178,6 +181,16 @@ export const FLAGS: Record<string, FlagSpec> = {
     help: "checkpoints to keep: the latest and the k-1 before it (checkpoint.step-N.safetensors)",
   },
   compare: { type: "string", help: "comma-separated methods to run on the same data and budget" },
+  dashboard: {
+    type: "string",
+    help:
+      `serve a live page of the run while it trains: --dashboard [PORT] (default ${DASHBOARD_PORT}; 0 = any free port), on 127.0.0.1 unless --dashboard-host`,
+  },
+  "dashboard-host": {
+    type: "string",
+    help:
+      "address the dashboard listens on instead of 127.0.0.1 (0.0.0.0: every interface; anyone who reaches it sees the runs)",
+  },
   help: { type: "boolean", help: "show this help" },
 };
 
@@ -223,6 +236,21 @@ export type RawFlags = Record<string, string | boolean | undefined>;
 
 /** Parses argv against `specs`; throws FlagError for unknown flags, missing values or positionals. */
 export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]): RawFlags {
+  const { flags, args } = parseFlagsAndArgs(specs, argv);
+  if (args.length > 0) {
+    throw new FlagError(`unexpected argument "${args[0]}" (flags start with --)`);
+  }
+  return flags;
+}
+
+/**
+ * Parses argv against `specs` into flags and positional arguments; throws FlagError for unknown
+ * flags and missing values.
+ */
+export function parseFlagsAndArgs(
+  specs: Record<string, FlagSpec>,
+  argv: string[],
+): { flags: RawFlags; args: string[] } {
   const options = Object.fromEntries(Object.entries(specs).map(([k, f]) => [k, { type: f.type }]));
   try {
     const { values, positionals } = parseArgs({
@@ -231,12 +259,8 @@ export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]):
       strict: true,
       allowPositionals: true,
     });
-    if (positionals.length > 0) {
-      throw new FlagError(`unexpected argument "${positionals[0]}" (flags start with --)`);
-    }
-    return values as RawFlags;
+    return { flags: values as RawFlags, args: positionals };
   } catch (e) {
-    if (e instanceof FlagError) throw e;
     const msg = (e as Error).message;
     // node:util's "argument is ambiguous" case: a value that starts with a dash.
     const dash = /^Option '(--[\w-]+)' argument is ambiguous/.exec(msg);
@@ -251,9 +275,24 @@ export function parseFlagsWith(specs: Record<string, FlagSpec>, argv: string[]):
   }
 }
 
-/** Parses train.ts's argv. */
+/** Parses train.ts's argv; a bare `--dashboard` (no PORT after it) means its default port. */
 export function parseFlags(argv: string[]): RawFlags {
-  return parseFlagsWith(FLAGS, argv);
+  const args = argv.map((a, i) =>
+    a === "--dashboard" && (i + 1 === argv.length || argv[i + 1].startsWith("-"))
+      ? "--dashboard="
+      : a
+  );
+  return parseFlagsWith(FLAGS, args);
+}
+
+/**
+ * A port flag's value: `fallback` when absent or given bare (empty), else an integer in
+ * [0, 65535] (0 = any free port).
+ */
+export function portFlag(flags: RawFlags, name: string, fallback = DASHBOARD_PORT): number {
+  const raw = flags[name];
+  if (raw === undefined || raw === "") return fallback;
+  return num(flags, name, fallback, (v) => natInt(v) && v <= 65535, "a port in 0..65535");
 }
 
 /**

@@ -4,7 +4,9 @@
  */
 import { fmtBytes, fmtCount, fmtDuration, table } from "./format.ts";
 import { lossPlotSvg, type Series } from "./plot.ts";
-import type { RunResult } from "./trainer.ts";
+import type { History, RunResult } from "./trainer.ts";
+import { lrSchedule, type RunConfig } from "./run_config.ts";
+import { writeTextAtomic } from "./write_atomic.ts";
 
 /** The side-by-side summary table of finished runs. */
 export function summaryTable(results: readonly RunResult[]): string {
@@ -50,12 +52,42 @@ export function summaryTable(results: readonly RunResult[]): string {
   );
 }
 
-/** One SVG with every run's train (solid) and validation (dashed) loss. */
-export function lossPlot(results: readonly RunResult[], title: string): string {
+/** What a loss plot needs of a run: its settings (for the lr schedule) and its curves. */
+export interface PlotRun {
+  /** The run's settings. */
+  run: RunConfig;
+  /** Its loss curves so far. */
+  history: History;
+}
+
+/**
+ * One SVG with every run's train (solid) and validation (dashed) loss, and its learning rate
+ * (dotted, right-hand axis) at the logged steps.
+ */
+export function lossPlot(runs: readonly PlotRun[], title: string): string {
   const series: Series[] = [];
-  results.forEach((r, i) => {
-    series.push({ label: `${r.run.method} train`, points: r.history.train, color: i });
-    series.push({ label: `${r.run.method} val`, points: r.history.val, color: i, dashed: true });
+  runs.forEach(({ run, history }, i) => {
+    const lr = lrSchedule(run);
+    series.push({ label: `${run.method} train`, points: history.train, color: i });
+    series.push({ label: `${run.method} val`, points: history.val, color: i, dashed: true });
+    series.push({
+      label: `${run.method} lr`,
+      points: history.train.map(([step]) => [step, lr(step - 1)]),
+      color: i,
+      right: true,
+    });
   });
   return lossPlotSvg(series, title);
+}
+
+/**
+ * Writes {@link lossPlot} to `path` atomically (a temporary file renamed over it), so a viewer
+ * reloading it while a run rewrites it at each evaluation never sees half a file.
+ */
+export async function writeLossPlot(
+  path: string,
+  runs: readonly PlotRun[],
+  title: string,
+): Promise<void> {
+  await writeTextAtomic(path, lossPlot(runs, title));
 }

@@ -24,12 +24,14 @@ import {
   multiSteps,
   partition,
   type ProjectorMethod,
+  type ProjectorRefresh,
   quickRecovery,
   scaleByAdam,
   scaleByAdam8bit,
   scaleByLearningRate,
   warmupCosine,
 } from "../optim/mod.ts";
+import type { TensorTree } from "../core/tree.ts";
 
 /** The methods the trainer compares. */
 export const METHODS = [
@@ -198,24 +200,22 @@ export function projectionRank(run: RunConfig): number {
 
 /**
  * The transform of a projected method's block weights, before weight decay and the learning rate:
- * GaLore or Fira around `inner` (Adam unless given, e.g. with 8-bit states), or APOLLO /
- * APOLLO-Mini with `inner` as the moments of its projection; null for the other methods.
+ * GaLore or Fira around `inner` (Adam unless given, e.g. with 8-bit states; `onRefresh` sees each
+ * projector refresh), or APOLLO / APOLLO-Mini with `inner` as the moments of its projection; null
+ * for the other methods.
  */
 export function blockTransform(
   run: RunConfig,
   inner: GradientTransformation = scaleByAdam(),
+  onRefresh?: (refresh: ProjectorRefresh) => void,
 ): GradientTransformation | null {
   const shared = { rank: projectionRank(run), updateProjGap: run.galoreGap };
+  const projected = { scale: run.galoreScale, projector: run.galoreProjector, onRefresh };
   switch (run.method) {
     case "galore":
-      return galore(inner, { ...shared, scale: run.galoreScale, projector: run.galoreProjector });
+      return galore(inner, { ...shared, ...projected });
     case "fira":
-      return fira(inner, {
-        ...shared,
-        scale: run.galoreScale,
-        limiter: run.limiter,
-        projector: run.galoreProjector,
-      });
+      return fira(inner, { ...shared, ...projected, limiter: run.limiter });
     case "apollo":
     case "apollo-mini":
       return apollo({
@@ -260,6 +260,47 @@ export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
   return isProjected(run.method) && entry.role === "block" && entry.factor === "w";
 }
 
+/** What a run's optimizer reports as it goes, for the log (see {@link buildOptimizer}). */
+export interface OptimizerHooks {
+  /**
+   * Sees the gradients before clipping, before the optimizer consumes them: the accumulated mean
+   * under `gradAccum`, and under per-layer updates one gradient (or one block of rows) at a time.
+   * It may record dispatches that read them, nothing else.
+   */
+  onGradients?: (grads: TensorTree) => void;
+  /** Called after each GaLore or Fira projector refresh. */
+  onRefresh?: (refresh: ProjectorRefresh) => void;
+}
+
+/**
+ * `inner`, with `seen` shown each update it is given (each block of rows too) before `inner`
+ * consumes it. Its state is `inner`'s own, so checkpoints do not change.
+ */
+function observed(
+  inner: GradientTransformation,
+  seen: (updates: TensorTree) => void,
+): GradientTransformation {
+  const rows = inner.updateRows?.bind(inner);
+  return {
+    init: (params) => inner.init(params),
+    update(updates, state, params) {
+      seen(updates);
+      return inner.update(updates, state, params);
+    },
+    updateRows: rows && ((params, state) => {
+      const r = rows(params, state);
+      return r && {
+        multiple: r.multiple,
+        take: (grad, r0) => {
+          seen(grad);
+          r.take(grad, r0);
+        },
+        finish: () => r.finish(),
+      };
+    }),
+  };
+}
+
 /**
  * The optimizer of a run: fused AdamW (f32 or 8-bit moments, as `run.optimizer` says), with
  * {@link blockTransform} around the same Adam on the block weights for the projected methods
@@ -267,12 +308,14 @@ export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
  * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
  * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
  * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
- * runs wrap it in `perParameter`, which cannot clip by a global norm (refused here).
+ * runs wrap it in `perParameter`, which cannot clip by a global norm (refused here). `hooks`
+ * observe it without changing its state.
  */
 export function buildOptimizer(
   run: RunConfig,
   params: LlamaParams,
   from = 0,
+  hooks: OptimizerHooks = {},
 ): GradientTransformation {
   const family = ADAM_FAMILY[run.optimizer];
   if (family === undefined) {
@@ -283,7 +326,7 @@ export function buildOptimizer(
   const schedule = lrSchedule(run);
   const lr = (count: number) => schedule(from + count);
   let opt: GradientTransformation = family.fused({ lr, weightDecay: run.weightDecay });
-  const block = blockTransform(run, family.direction());
+  const block = blockTransform(run, family.direction(), hooks.onRefresh);
   if (block) {
     const targets = new Set(
       paramPaths(params).filter((e) => isGaloreTarget(run, e)).map((e) => e.path),
@@ -302,5 +345,6 @@ export function buildOptimizer(
     }
     opt = chain(clipByGlobalNorm(run.clip), opt);
   }
+  if (hooks.onGradients) opt = observed(opt, hooks.onGradients);
   return run.gradAccum > 1 ? multiSteps(opt, run.gradAccum) : opt;
 }

@@ -13,7 +13,7 @@
 import { NonFiniteError } from "../core/errors.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
-import { readAll, scope, type Tensor, tensor } from "../core/tensor.ts";
+import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import {
   BatchStream,
@@ -35,10 +35,12 @@ import { refactorLlama } from "../models/refactor.ts";
 import { mergeRelora } from "../models/relora.ts";
 import { add, mulScalar } from "../ops/mod.ts";
 import {
+  addSumOfSquares,
   applyUpdates,
   type GradientTransformation,
   type PerParameter,
   perParameter,
+  type ProjectorRefresh,
 } from "../optim/mod.ts";
 import { CHECKPOINT_FILE, loadCheckpoint, removeStaleTemps, saveCheckpoint } from "./checkpoint.ts";
 import { evaluate } from "./evaluate.ts";
@@ -49,12 +51,13 @@ import {
   nonFiniteStop,
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
-import { type LogRecord, RunLog } from "./runlog.ts";
+import { type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
   cycleLength,
   linearMethod,
   lrSchedule,
+  type OptimizerHooks,
   optimizerSpec,
   type RunConfig,
 } from "./run_config.ts";
@@ -146,6 +149,11 @@ export interface RunIO {
    */
   onStep?: (step: number) => void;
   /**
+   * Called after each evaluation has been logged, with the curves so far (e.g. to redraw plots);
+   * awaited.
+   */
+  onEval?: (history: History) => void | Promise<void>;
+  /**
    * The weights a fresh run starts from (default: `initLlama` with the run's seed), e.g. a
    * Hugging Face model (`train.ts --init`). Not called when resuming.
    */
@@ -201,6 +209,58 @@ interface Training {
   readonly history: History;
   /** Non-finite flags and the update gate. */
   readonly guard: NonFiniteGuard;
+  /** What the optimizer reports during a step. */
+  readonly watch: StepWatch;
+}
+
+/**
+ * What the optimizer reports during one step (see {@link OptimizerHooks}), gathered for the log:
+ * the sum of squares of its gradients before clipping (on the device, read with the loss), and
+ * its projector refreshes.
+ */
+class StepWatch {
+  /** The step's Σg², accumulated on the device; null between steps. */
+  sumSq: Tensor | null = null;
+  /** The step's refreshes, with their start and end (performance.now() ms). */
+  refreshes: { matrices: number; start: number; end: number }[] = [];
+  readonly hooks: OptimizerHooks = {
+    onGradients: (grads) => {
+      if (this.sumSq) addSumOfSquares(grads, this.sumSq);
+    },
+    onRefresh: (r: ProjectorRefresh) => {
+      const end = performance.now();
+      this.refreshes.push({ matrices: r.matrices, start: end - r.seconds * 1000, end });
+    },
+  };
+
+  /** Starts a step. */
+  begin(): void {
+    this.sumSq = zeros([1]);
+    this.refreshes = [];
+  }
+
+  /**
+   * Ends a step: its Σg² tensor (the caller owns it) and the record of its refreshes, if any
+   * (under per-layer updates each matrix refreshes alone and they overlap: one record, their
+   * span).
+   */
+  end(step: number): { sumSq: Tensor; refresh: LogRecord | null } {
+    const sumSq = this.sumSq!;
+    this.sumSq = null;
+    const r = this.refreshes;
+    if (r.length === 0) return { sumSq, refresh: null };
+    const start = Math.min(...r.map((x) => x.start));
+    const end = Math.max(...r.map((x) => x.end));
+    return {
+      sumSq,
+      refresh: stamped({
+        kind: "refresh",
+        step,
+        matrices: r.reduce((n, x) => n + x.matrices, 0),
+        seconds: (end - start) / 1000,
+      }),
+    };
+  }
 }
 
 function modelOf(t: Training): LlamaModel {
@@ -215,9 +275,11 @@ function optimizerAt(
   run: RunConfig,
   params: LlamaParams,
   step: number,
+  watch: StepWatch,
 ): Pick<Training, "opt" | "layerwise"> {
   const cycle = cycleLength(run);
-  const opt = buildOptimizer(run, params, cycle > 0 ? Math.floor(step / cycle) * cycle : 0);
+  const from = cycle > 0 ? Math.floor(step / cycle) * cycle : 0;
+  const opt = buildOptimizer(run, params, from, watch.hooks);
   const layerwise = run.perLayer ? perParameter(opt) : null;
   return { opt: layerwise ?? opt, layerwise };
 }
@@ -234,11 +296,12 @@ async function startRun(
   const history: History = { train: [], val: [] };
   const guardOf = (params: LlamaParams) =>
     new NonFiniteGuard(tree.paths(params), run.onNonfinite ?? "stop");
+  const watch = new StepWatch();
   if (!(io.resume && ckptPath && await exists(ckptPath))) {
     const { params, buffers } = io.initModel
       ? await io.initModel(run, method)
       : initLlama(run.model, method, run.seed, { dtype: run.dtype });
-    const o = optimizerAt(run, params, 0);
+    const o = optimizerAt(run, params, 0, watch);
     return {
       run,
       method,
@@ -251,6 +314,7 @@ async function startRun(
       stream,
       history,
       guard: guardOf(params),
+      watch,
     };
   }
   const ck = await loadCheckpoint(ckptPath);
@@ -272,13 +336,14 @@ async function startRun(
     method,
     params,
     buffers: ck.buffers as LlamaBuffers,
-    ...optimizerAt(run, params, ck.step),
+    ...optimizerAt(run, params, ck.step, watch),
     optState: ck.optState,
     step: ck.step,
     resumed: true,
     stream,
     history,
     guard: guardOf(params),
+    watch,
   };
 }
 
@@ -291,6 +356,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   const ckptPath = io.out ? `${io.out}/${CHECKPOINT_FILE}` : null;
   const t = await startRun(run, data.train, ckptPath, io);
   let log: RunLog | null = null;
+  let trainTokens = 0;
   try {
     if (io.out) {
       // Cut back to what the starting point covers (all of it for a fresh start); a checkpoint
@@ -303,8 +369,20 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
         log.append(rec);
         io.log(rec);
       }
+      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/log.jsonl`, t.run, t.step);
     }
-    return await new RunLoop(t, data, io, log, ckptPath).run();
+    if (!t.resumed) {
+      const counts = countParams(run.model, t.method);
+      const rec = stamped({
+        kind: "start",
+        step: t.step,
+        run: t.run,
+        params: { trainable: counts.trainable, total: counts.total },
+      });
+      log?.append(rec);
+      io.log(rec);
+    }
+    return await new RunLoop(t, data, io, log, ckptPath, trainTokens).run();
   } finally {
     log?.close();
     tree.dispose([t.params, t.buffers, t.optState]);
@@ -313,12 +391,34 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
 
 const stamped = (rec: LogRecord): LogRecord => ({ time: new Date().toISOString(), ...rec });
 
-/** A step's loss and non-finite flags, kept on the device until the next read. */
+/**
+ * Training tokens of the steps a resumed log covers: its last `trainTokens`, or for a log written
+ * before that field existed, every step counted as full (batch × seq × gradAccum).
+ */
+async function tokensSoFar(path: string, run: RunConfig, step: number): Promise<number> {
+  const last = (await readLog(path)).records.findLast((r) => typeof r.trainTokens === "number");
+  return last ? last.trainTokens as number : step * run.batch * run.seq * run.gradAccum;
+}
+
+/**
+ * A step's loss, non-finite flags and gradient Σg², kept on the device until the next read, with
+ * what was measured on the CPU when it ended and the records of its events (refresh, refactor,
+ * merge), logged after its own so that the log's steps never go back.
+ */
 interface PendingStep {
   step: number;
   loss: Tensor;
   flags: Tensor;
+  sumSq: Tensor;
+  /** Training tokens up to and including this step. */
+  trainTokens: number;
+  /** Live device bytes after the step, and the peak during it. */
+  liveBytes: number;
+  peakBytes: number;
+  events: LogRecord[];
 }
+
+const deviceTensors = (p: PendingStep) => [p.loss, p.flags, p.sumSq];
 
 /** The loop of one run: steps, reads, evaluations and checkpoints (see the module doc). */
 class RunLoop {
@@ -328,8 +428,15 @@ class RunLoop {
   #saved: number;
   #skipsInARow = 0;
   #tokens = 0;
+  /** Training tokens since the run began (across resumes). */
+  #trainTokens: number;
   #peak = 0;
   #t0 = performance.now();
+  /**
+   * Start of the steps the next read covers (performance.now() ms), and their tokens: training
+   * time only, restarted after each evaluation and checkpoint.
+   */
+  #window = { start: performance.now(), tokens: 0 };
 
   constructor(
     readonly t: Training,
@@ -337,9 +444,15 @@ class RunLoop {
     readonly io: RunIO,
     readonly log: RunLog | null,
     readonly ckptPath: string | null,
+    trainTokens: number,
   ) {
     this.#lr = lrSchedule(t.run);
     this.#saved = t.resumed ? t.step : -1;
+    this.#trainTokens = trainTokens;
+  }
+
+  #restartWindow(): void {
+    this.#window = { start: performance.now(), tokens: 0 };
   }
 
   async run(): Promise<RunResult> {
@@ -351,15 +464,36 @@ class RunLoop {
       while (t.step < run.steps) {
         resetPeakBytes();
         const flags = t.guard.flags();
-        const r = await trainStep(t, flags);
+        t.watch.begin();
+        let r;
+        try {
+          r = await trainStep(t, flags);
+        } catch (e) {
+          t.watch.end(t.step + 1).sumSq.dispose();
+          throw e;
+        }
         t.step++;
         this.#tokens += r.tokens;
-        this.#pending.push({ step: t.step, loss: r.loss, flags });
+        this.#window.tokens += r.tokens;
+        this.#trainTokens += r.tokens;
+        const { sumSq, refresh } = t.watch.end(t.step);
+        const events = refresh ? [refresh] : [];
         const cycle = cycleLength(run);
         if (cycle > 0 && t.step % cycle === 0 && t.step < run.steps) {
-          this.record(await resetCycle(t));
+          events.push(await resetCycle(t));
         }
-        this.#peak = Math.max(this.#peak, memoryStats().peakBytes);
+        const mem = memoryStats();
+        this.#peak = Math.max(this.#peak, mem.peakBytes);
+        this.#pending.push({
+          step: t.step,
+          loss: r.loss,
+          flags,
+          sumSq,
+          trainTokens: this.#trainTokens,
+          liveBytes: mem.liveBytes,
+          peakBytes: mem.peakBytes,
+          events,
+        });
         const last = t.step === run.steps;
         if (t.step % run.logEvery === 0 || last) await this.read();
         if (run.evalEvery > 0 && t.step % run.evalEvery === 0 && !last) {
@@ -375,7 +509,7 @@ class RunLoop {
       }
       await this.read();
     } finally {
-      tree.dispose(this.#pending.map((p) => [p.loss, p.flags]));
+      tree.dispose(this.#pending.map(deviceTensors));
       this.#pending = [];
     }
     io.progress.done();
@@ -388,7 +522,7 @@ class RunLoop {
     return this.result(seconds, interrupted);
   }
 
-  /** Appends a record (with its time) to the log and shows it to `io.log`. */
+  /** Appends a record (with its time, unless it has one) to the log and shows it to `io.log`. */
   record(rec: LogRecord): void {
     const full = stamped(rec);
     this.log?.append(full);
@@ -406,18 +540,42 @@ class RunLoop {
     this.#pending = [];
     let vals;
     try {
-      vals = await readAll(pending.flatMap((p) => [p.loss, p.flags]));
+      vals = await readAll(pending.flatMap(deviceTensors));
     } finally {
-      tree.dispose(pending.map((p) => [p.loss, p.flags]));
+      tree.dispose(pending.map(deviceTensors));
     }
-    for (const [i, { step }] of pending.entries()) {
-      const loss = vals[2 * i][0];
+    // The steps since the last read ran back to back: each gets their mean time, and a time
+    // stamp that many seconds apart, the last one now.
+    const seconds = (performance.now() - this.#window.start) / 1000;
+    const perStep = {
+      stepSeconds: seconds / pending.length,
+      tokensPerSec: this.#window.tokens / seconds,
+    };
+    this.#restartWindow();
+    const now = Date.now();
+    const timeOf = (i: number) =>
+      new Date(now - (pending.length - 1 - i) * perStep.stepSeconds * 1000).toISOString();
+    for (const [i, p] of pending.entries()) {
+      const { step } = p;
+      const [loss] = vals[3 * i];
       const lr = this.#lr(step - 1);
-      const bad = t.guard.verdict(step, loss, vals[2 * i + 1]);
+      const bad = t.guard.verdict(step, loss, vals[3 * i + 1]);
       if (!bad) {
         this.#skipsInARow = 0;
         t.history.train.push([step, loss]);
-        this.record({ kind: "train", step, loss, lr });
+        this.record({
+          time: timeOf(i),
+          kind: "train",
+          step,
+          loss,
+          lr,
+          gradNorm: Math.sqrt(vals[3 * i + 2][0]),
+          trainTokens: p.trainTokens,
+          ...perStep,
+          liveBytes: p.liveBytes,
+          peakBytes: p.peakBytes,
+        });
+        for (const e of p.events) this.record(e);
         continue;
       }
       const what = describeNonFinite(bad);
@@ -428,6 +586,7 @@ class RunLoop {
         lr,
         nonfinite: bad.params,
       });
+      for (const e of p.events) this.record(e);
       if (t.guard.policy === "stop") throw this.stopped(what);
       this.io.progress.log(`${what}: skipped`);
       if (++this.#skipsInARow >= MAX_CONSECUTIVE_SKIPS) {
@@ -458,6 +617,7 @@ class RunLoop {
 
   async evaluate(): Promise<void> {
     const { t, io } = this;
+    const t0 = performance.now();
     const r = await evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens);
     if (!Number.isFinite(r.loss)) {
       throw this.stopped(`step ${t.step}: the validation loss is ${r.loss}`);
@@ -469,12 +629,16 @@ class RunLoop {
       valLoss: r.loss,
       valPpl: Math.exp(r.loss),
       tokens: r.tokens,
+      trainTokens: this.#trainTokens,
+      seconds: (performance.now() - t0) / 1000,
     });
     io.progress.log(
       `step ${t.step}: val loss ${r.loss.toFixed(4)}, ppl ${
         Math.exp(r.loss).toFixed(2)
       } (${r.tokens} tokens)`,
     );
+    await io.onEval?.(t.history);
+    this.#restartWindow();
   }
 
   /**
@@ -498,6 +662,7 @@ class RunLoop {
       throw e;
     }
     this.#saved = t.step;
+    this.#restartWindow();
   }
 
   result(seconds: number, interrupted: boolean): RunResult {
@@ -626,17 +791,24 @@ async function layerwiseMicroStep(
 /**
  * The end of a cycle: SLTrain refactorizes every B·A, ReLoRA merges its adapters; then the momentum
  * reset (a fresh optimizer whose learning rate picks up the quick-recovery ramp). Returns the log
- * record.
+ * record, stamped now.
  */
 async function resetCycle(t: Training): Promise<LogRecord> {
+  const t0 = performance.now();
   const relora = t.run.method === "relora";
   t.params = relora
     ? mergeRelora(modelOf(t), t.params, t.run.seed + t.step)
     : await refactorLlama(modelOf(t), t.params);
   tree.dispose(t.optState);
-  Object.assign(t, optimizerAt(t.run, t.params, t.step));
+  Object.assign(t, optimizerAt(t.run, t.params, t.step, t.watch));
   t.optState = t.opt.init(t.params);
-  return { kind: relora ? "merge" : "refactor", step: t.step };
+  // Its dispatches are queued, not done: the time is the CPU's (all of it for the refactorization's
+  // float64 SVDs, which read B and A back).
+  return stamped({
+    kind: relora ? "merge" : "refactor",
+    step: t.step,
+    seconds: (performance.now() - t0) / 1000,
+  });
 }
 
 function checkpointOf(t: Training, source: DataSource | undefined) {

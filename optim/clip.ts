@@ -5,6 +5,7 @@
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
 import { assertDType } from "../core/dtype.ts";
+import { fmtShape } from "../core/shape.ts";
 import { forEachWindow } from "../core/windows.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
@@ -65,6 +66,36 @@ ${REDUCE}
   }`,
 });
 
+const ACCUMULATE = defineKernel({
+  name: "clip_accumulate",
+  inputs: { partials: "f32" },
+  outputs: { into: "f32" },
+  uniforms: { count: "u32" },
+  grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id" } },
+  helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
+  body: `  var s = 0.0;
+  for (var k = lid.x; k < u.count; k = k + ${WG}u) { s = s + partials[k]; }
+${REDUCE}
+  if (lid.x == 0u) { into[0] = into[0] + acc[0]; }`,
+});
+
+/** Sums of squares of every leaf, CHUNK elements per partial (windows are whole chunks). */
+function partialSumsOf(leaves: readonly Tensor[]): { partials: Tensor; count: number } {
+  assertDType("globalNorm", FLOAT_DTYPES, ...leaves);
+  const count = leaves.reduce((a, t) => a + Math.ceil(t.size / CHUNK), 0);
+  const partials = zeros([Math.max(1, count)]);
+  let offset = 0;
+  for (const t of leaves) {
+    const kernel = partialSums(t.dtype as "f32" | "bf16");
+    forEachWindow([t], ([x], _start, n) => {
+      const groups = Math.ceil(n / CHUNK);
+      kernel({ x, partials }, { count: n, offset }, [groups]);
+      offset += groups;
+    }, CHUNK);
+  }
+  return { partials, count };
+}
+
 /**
  * The global L2 norm of all gradients and the clip scale min(1, maxNorm / (norm + 1e-6)), both as
  * one-element tensors computed on the GPU (two dispatch rounds, no readback).
@@ -73,20 +104,7 @@ export function globalNormAndScale(
   grads: TensorTree,
   maxNorm = Infinity,
 ): { norm: Tensor; scale: Tensor } {
-  const leaves = tree.flatten(grads);
-  assertDType("globalNorm", FLOAT_DTYPES, ...leaves);
-  // Windows are whole chunks, so a tensor's partials are ceil(size / CHUNK) however it is split.
-  const total = leaves.reduce((a, t) => a + Math.ceil(t.size / CHUNK), 0);
-  const partials = zeros([Math.max(1, total)]);
-  let offset = 0;
-  for (const t of leaves) {
-    const kernel = partialSums(t.dtype as "f32" | "bf16");
-    forEachWindow([t], ([x], _start, count) => {
-      const groups = Math.ceil(count / CHUNK);
-      kernel({ x, partials }, { count, offset }, [groups]);
-      offset += groups;
-    }, CHUNK);
-  }
+  const { partials, count: total } = partialSumsOf(tree.flatten(grads));
   const norm = Tensor.empty([1]);
   const scale = Tensor.empty([1]);
   FINALIZE({ partials, norm, scale }, {
@@ -95,6 +113,24 @@ export function globalNormAndScale(
   }, [1]);
   partials.dispose();
   return { norm, scale };
+}
+
+/**
+ * Adds the sum of squares of every element of `grads` to `into[0]` (a one-element f32 tensor),
+ * on the GPU with no readback: a global norm gathered piece by piece, e.g. from gradients that
+ * per-layer updates see one at a time (or a block of rows at a time). √into[0] is the norm.
+ */
+export function addSumOfSquares(grads: TensorTree, into: Tensor): void {
+  if (into.size !== 1 || into.dtype !== "f32") {
+    throw new RangeError(
+      `addSumOfSquares: into must be a one-element f32 tensor, got ${into.dtype} ${
+        fmtShape(into.shape)
+      }`,
+    );
+  }
+  const { partials, count } = partialSumsOf(tree.flatten(grads));
+  ACCUMULATE({ partials, into }, { count }, [1]);
+  partials.dispose();
 }
 
 /** The global L2 norm of a tree of gradients, as a one-element tensor (no readback). */

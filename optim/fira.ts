@@ -96,7 +96,13 @@ export function fira(
       }
       const channels = geos.map(channelsOf);
       const keys = tree.paths(updates);
-      const refreshOpts = { rank, updateProjGap, projector: opts.projector, keys };
+      const refreshOpts = {
+        rank,
+        updateProjGap,
+        projector: opts.projector,
+        keys,
+        onRefresh: opts.onRefresh,
+      };
       return withProjectors(g, state, refreshOpts, (use, proj) => {
         // Before the inner transform consumes R: its channel norms, and the residual in G's buffer.
         const den: Tensor[] = [];

@@ -32,6 +32,21 @@ export interface GaLoreOptions {
   scale?: number;
   /** How a refresh finds the top-r subspace; default "auto" (see {@link ProjectorMethod}). */
   projector?: ProjectorMethod;
+  /** Called after each projector refresh (for logging); see {@link ProjectorRefresh}. */
+  onRefresh?: (refresh: ProjectorRefresh) => void;
+}
+
+/** What one projector refresh did, as {@link GaLoreOptions.onRefresh} sees it. */
+export interface ProjectorRefresh {
+  /** The refresh clock (the transform's update count) at which it ran. */
+  count: number;
+  /** Matrices whose projector it built (one per call under per-layer updates). */
+  matrices: number;
+  /**
+   * Seconds from its start until the new projectors were ready: it reads the gradients back, so
+   * this includes waiting for the GPU work queued before it.
+   */
+  seconds: number;
 }
 
 /** State of {@link galore}. */
@@ -257,6 +272,7 @@ export function withProjectors<T>(
     updateProjGap: number;
     projector?: ProjectorMethod;
     keys: readonly string[];
+    onRefresh?: (refresh: ProjectorRefresh) => void;
   },
   step: (use: Tensor[], proj: (Tensor | null)[]) => MaybePromise<T>,
 ): MaybePromise<T> {
@@ -271,15 +287,22 @@ export function withProjectors<T>(
   const due = g.length > 0 &&
     (state.count % opts.updateProjGap === 0 || state.proj.some((q) => q === null));
   if (!due) return run(state.proj);
+  const t0 = performance.now();
   return projectorsOrNull(g, opts.rank, opts.projector ?? "auto", opts.keys, state.count).then(
-    (fresh) =>
-      run(fresh.map((p, i) => {
+    (fresh) => {
+      opts.onRefresh?.({
+        count: state.count,
+        matrices: g.length,
+        seconds: (performance.now() - t0) / 1000,
+      });
+      return run(fresh.map((p, i) => {
         const old = state.proj[i];
         if (!p || !old) return p ?? old;
         const kept = axpbyInPlace(old, 0, p, 1);
         p.dispose();
         return kept;
-      })),
+      }));
+    },
     (e) => {
       tree.dispose(g);
       throw e;
@@ -352,7 +375,7 @@ export function galore(
       return withProjectors(
         g,
         state,
-        { rank, updateProjGap, projector: opts.projector, keys },
+        { rank, updateProjGap, projector: opts.projector, keys, onRefresh: opts.onRefresh },
         step,
       );
     },
