@@ -90,11 +90,10 @@ export { Rng, type RngState } from "./core/rng.ts";
 export type { Shape } from "./core/shape.ts";
 export {
   type BackwardOptions,
-  checkpoint,
   type GradRows,
-  gradRows,
   isRecording,
   type MultiVjp,
+  recompute,
   recordMultiOp,
   recordOp,
   Tape,
@@ -102,6 +101,7 @@ export {
   untracked,
   valueAndGrad,
   type Vjp,
+  type VjpContext,
 } from "./core/tape.ts";
 export {
   arange,

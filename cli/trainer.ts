@@ -763,24 +763,10 @@ async function layerwiseMicroStep(
     tape.watch(...leaves);
     const value = tape.run(() => loss(model, t.params, batch, { recompute: t.run.recompute }));
     t.guard.checkLoss(flags, value);
-    const update = layerwise.start(t.params, t.optState as unknown[]);
-    tape.backward(value, leaves, {
-      onGrad: (g, i) => {
-        t.guard.checkGrad(flags, g, i);
-        update.onGrad(g, i);
-      },
-      onGradRows: (i) => {
-        const rows = update.onGradRows(i);
-        return rows && {
-          multiple: rows.multiple,
-          take: (g, r0) => {
-            t.guard.checkGrad(flags, g, i);
-            rows.take(g, r0);
-          },
-          end: () => rows.end(),
-        };
-      },
+    const update = layerwise.start(t.params, t.optState as unknown[], {
+      observe: (g, i) => t.guard.checkGrad(flags, g, i),
     });
+    tape.backward(value, leaves, update);
     ({ params: t.params, state: t.optState } = await update.finish());
     return value;
   } finally {

@@ -43,7 +43,20 @@ export interface PerParameter<S> extends GradientTransformation<S[]> {
    * {@link LayerwiseStep.finish} afterwards). Gives the same results, bit for bit, as `update` on
    * all gradients followed by `applyUpdates`.
    */
-  start<P extends TensorTree>(params: P, state: S[]): LayerwiseStep<P, S>;
+  start<P extends TensorTree>(
+    params: P,
+    state: S[],
+    opts?: PerParameterStartOptions,
+  ): LayerwiseStep<P, S>;
+}
+
+/** Options of {@link PerParameter.start}. */
+export interface PerParameterStartOptions {
+  /**
+   * Shown each gradient (whole, or each block of rows) with its parameter's index before the update
+   * consumes it: e.g. to flag non-finite values.
+   */
+  observe?: (grad: Tensor, index: number) => void;
 }
 
 /**
@@ -61,7 +74,7 @@ export interface PerParameter<S> extends GradientTransformation<S[]> {
  * tape.watch(...leaves);
  * const value = tape.run(() => lossOf(params));
  * const step = layerwise.start(params, state);
- * tape.backward(value, leaves, { onGrad: step.onGrad });
+ * tape.backward(value, leaves, step); // its onGrad and onGradRows hooks
  * ({ params, state } = await step.finish());
  * ```
  */
@@ -101,7 +114,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
         ? Promise.all(results).then(assemble)
         : assemble(results as { update: Tensor | null; state: S }[]);
     },
-    start(params, state) {
+    start(params, state, { observe } = {}) {
       const paths = tree.paths(params);
       const leaves = tree.flatten(params);
       checkCount(state, leaves.length);
@@ -114,6 +127,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
         seen[i] = true;
       };
       const onGrad = (g: Tensor, i: number) => {
+        observe?.(g, i);
         arrives(i);
         const done = andThen(updateLeaf(paths[i], g, state[i], leaves[i]), (r) => {
           nextState[i] = r.state;
@@ -123,23 +137,19 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
       };
       const onGradRows = (i: number): GradRows | null => {
         const rows = inner.updateRows?.({ [paths[i]]: leaves[i] }, state[i]);
-        if (!rows) return null;
-        let started = false;
-        const start = () => {
-          if (!started) arrives(i);
-          started = true;
-        };
-        return {
-          multiple: rows.multiple,
-          take(g, r0) {
-            start();
-            rows.take(g, r0);
-          },
-          end() {
-            start();
-            nextState[i] = rows.finish();
-          },
-        };
+        return rows
+          ? {
+            multiple: rows.multiple,
+            take: (g, r0) => {
+              observe?.(g, i);
+              rows.take(g, r0);
+            },
+            end: () => {
+              arrives(i);
+              nextState[i] = rows.finish();
+            },
+          }
+          : null;
       };
       return {
         onGrad,
