@@ -23,27 +23,78 @@
  * ```
  * @module
  */
-export * from "./transform.ts";
-export * from "./inplace.ts";
-export * from "./scale.ts";
-export * from "./adamw.ts";
-export * from "./adam8bit.ts";
-export * from "./schedule.ts";
-export * from "./clip.ts";
-export * from "./galore.ts";
-export * from "./partition.ts";
-export * from "./multi_steps.ts";
-export * from "./per_parameter.ts";
+// The public `optim` namespace of mod.ts, name by name; helpers the transforms share (in-place
+// kernels, projection internals) stay in their files.
 export {
-  channelNorms,
+  applyUpdates,
+  chain,
+  type GradientTransformation,
+  type MaybePromise,
+  type RowUpdate,
+  type Schedule,
+  scheduleAt,
+  type TransformResult,
+} from "./transform.ts";
+export { addDecayedWeights, scale, scaleByLearningRate, type ScheduleState } from "./scale.ts";
+export {
+  quickRecovery,
+  type QuickRecoveryOptions,
+  warmupCosine,
+  warmupCosineMultiplier,
+  type WarmupCosineOptions,
+} from "./schedule.ts";
+
+// Adam and its 8-bit form
+export {
+  type AdamOptions,
+  type AdamState,
+  adamw,
+  type AdamWOptions,
+  type MomentsState,
+  scaleByAdam,
+} from "./adamw.ts";
+export {
+  type Adam8bitState,
+  adamw8bit,
+  isQuantized,
+  type Moment8bit,
+  type QuantizedMoment,
+  scaleByAdam8bit,
+} from "./adam8bit.ts";
+
+// Around other transforms
+export { addSumOfSquares, clipByGlobalNorm, type ClipState, globalNorm } from "./clip.ts";
+export { partition, type PartitionState } from "./partition.ts";
+export { multiSteps, type MultiStepsState } from "./multi_steps.ts";
+export {
+  type LayerwiseStep,
+  type PerParameter,
+  perParameter,
+  type PerParameterStartOptions,
+} from "./per_parameter.ts";
+
+// Low-rank projections of the gradient: GaLore, Fira, APOLLO
+export {
+  galore,
+  type GaLoreOptions,
+  type GaLoreState,
+  PROJECTOR_METHODS,
+  type ProjectorMethod,
+  type ProjectorRefresh,
+} from "./galore.ts";
+export { fira, type FiraOptions, type FiraState } from "./fira.ts";
+export {
+  apollo,
+  apolloMini,
+  type ApolloOptions,
+  type ApolloState,
+  GRANULARITIES,
+  type Granularity,
+} from "./apollo.ts";
+export {
   type Channels,
   type LimiterOptions,
   limitNormGrowth,
-  NORM_EPS,
-  normRatioInPlace,
   type RatioLimit,
   scaleByNormRatio,
-  scaleChannelsInPlace,
 } from "./norm_scaling.ts";
-export * from "./fira.ts";
-export * from "./apollo.ts";

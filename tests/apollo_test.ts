@@ -13,9 +13,6 @@ import * as tree from "../core/tree.ts";
 import {
   apollo,
   apolloMini,
-  apolloProjection,
-  apolloProjectionCpu,
-  apolloProjectionKey,
   type ApolloState,
   applyUpdates,
   chain,
@@ -23,6 +20,7 @@ import {
   perParameter,
   scaleByLearningRate,
 } from "../optim/mod.ts";
+import { apolloProjection, apolloProjectionCpu, apolloProjectionKey } from "../optim/apollo.ts";
 import {
   adamDirection,
   limiterRef,

@@ -24,22 +24,20 @@ import {
   chain,
   clipByGlobalNorm,
   type ClipState,
-  computeProjectors,
   galore,
   type GaLoreState,
   type GradientTransformation,
   multiSteps,
   partition,
   perParameter,
-  project,
-  projectBack,
   quickRecovery,
   scaleByAdam,
   scaleByLearningRate,
-  scaleInPlace,
-  setMultiTensorAdam,
   warmupCosine,
 } from "../optim/mod.ts";
+import { computeProjectors, project, projectBack } from "../optim/galore.ts";
+import { scaleInPlace } from "../optim/inplace.ts";
+import { setMultiTensorAdam } from "../optim/adam_f32.ts";
 import { assertClose, backward, frob, mm, randomArr, setup, withBindingWindow } from "./util.ts";
 
 await setup();
