@@ -29,6 +29,8 @@ import {
   type RawFlags,
   runCli,
 } from "./cli/flags.ts";
+import { exists } from "./cli/exists.ts";
+import { LOG_FILE } from "./cli/runlog.ts";
 import { Progress } from "./cli/progress.ts";
 import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
 import { type DashboardThread, startDashboardThread } from "./cli/dashboard_server.ts";
@@ -191,7 +193,7 @@ function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig
 }
 
 const CKPT = CHECKPOINT_FILE;
-const LOG = "log.jsonl";
+const LOG = LOG_FILE;
 const DASHBOARD_HTML = "dashboard.html";
 
 /**
@@ -241,15 +243,6 @@ function weightDType(raw: string | boolean | undefined): WeightDType {
     throw new FlagError(`--dtype ${v}: unknown dtype (expected f32 or bf16)`);
   }
   return v;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The output folder, checked before anything is written; `created` when this process made it. */
@@ -498,7 +491,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     console.log(
       `${
         results.length > 1 ? `${r.run.method}: ` : ""
-      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
+      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/${LOG}; checkpoint: ${dir}/${CKPT}`,
     );
   }
   return stop ? exitCode(stop) : 0;

@@ -38,8 +38,8 @@ import {
   addSumOfSquares,
   applyUpdates,
   type GradientTransformation,
-  type PerParameter,
-  perParameter,
+  type PerLayer,
+  perLayer,
   type ProjectorRefresh,
 } from "../optim/mod.ts";
 import { CHECKPOINT_FILE, loadCheckpoint, removeStaleTemps, saveCheckpoint } from "./checkpoint.ts";
@@ -51,7 +51,8 @@ import {
   nonFiniteStop,
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
-import { type LogRecord, readLog, RunLog } from "./runlog.ts";
+import { exists } from "./exists.ts";
+import { LOG_FILE, type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
   cycleLength,
@@ -199,7 +200,7 @@ interface Training {
   /** This cycle's optimizer (a fresh one after each momentum reset). */
   opt: GradientTransformation;
   /** The same optimizer, when the run updates each weight during backward. */
-  layerwise: PerParameter<unknown> | null;
+  perLayerOpt: PerLayer<unknown> | null;
   optState: unknown;
   /** Completed optimizer steps. */
   step: number;
@@ -276,12 +277,12 @@ function optimizerAt(
   params: LlamaParams,
   step: number,
   watch: StepWatch,
-): Pick<Training, "opt" | "layerwise"> {
+): Pick<Training, "opt" | "perLayerOpt"> {
   const cycle = cycleLength(run);
   const from = cycle > 0 ? Math.floor(step / cycle) * cycle : 0;
   const opt = buildOptimizer(run, params, from, watch.hooks);
-  const layerwise = run.perLayer ? perParameter(opt) : null;
-  return { opt: layerwise ?? opt, layerwise };
+  const perLayerOpt = run.perLayer ? perLayer(opt) : null;
+  return { opt: perLayerOpt ?? opt, perLayerOpt };
 }
 
 /** A fresh model, or the checkpoint's when resuming (refused if it comes from another config). */
@@ -347,10 +348,6 @@ async function startRun(
   };
 }
 
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
-}
-
 /** Trains one run to `run.steps` (or until stopped) and reports. */
 export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promise<RunResult> {
   const ckptPath = io.out ? `${io.out}/${CHECKPOINT_FILE}` : null;
@@ -361,7 +358,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     if (io.out) {
       // Cut back to what the starting point covers (all of it for a fresh start); a checkpoint
       // write that was killed leaves a temporary file, never a complete checkpoint.
-      const opened = await RunLog.open(`${io.out}/log.jsonl`, t.resumed ? t.step : null);
+      const opened = await RunLog.open(`${io.out}/${LOG_FILE}`, t.resumed ? t.step : null);
       log = opened.log;
       if (ckptPath) await removeStaleTemps(ckptPath);
       if (io.resume) {
@@ -369,7 +366,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
         log.append(rec);
         io.log(rec);
       }
-      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/log.jsonl`, t.run, t.step);
+      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/${LOG_FILE}`, t.run, t.step);
     }
     if (!t.resumed) {
       const counts = countParams(run.model, t.method);
@@ -707,8 +704,8 @@ async function trainStep(t: Training, flags: Tensor): Promise<{ loss: Tensor; to
     };
     try {
       losses.push(
-        t.layerwise
-          ? await layerwiseMicroStep(t, t.layerwise, batch, flags)
+        t.perLayerOpt
+          ? await perLayerMicroStep(t, t.perLayerOpt, batch, flags)
           : await microStep(t, batch, flags),
       );
     } finally {
@@ -750,9 +747,9 @@ async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tens
  * updates rows in place (Adam) the LM head's and embedding's gradients never exist whole either.
  * (So the non-finite flags are set, but the update cannot wait for them: per-layer runs only stop.)
  */
-async function layerwiseMicroStep(
+async function perLayerMicroStep(
   t: Training,
-  layerwise: PerParameter<unknown>,
+  perLayerOpt: PerLayer<unknown>,
   batch: Batch,
   flags: Tensor,
 ): Promise<Tensor> {
@@ -763,7 +760,7 @@ async function layerwiseMicroStep(
     tape.watch(...leaves);
     const value = tape.run(() => loss(model, t.params, batch, { recompute: t.run.recompute }));
     t.guard.checkLoss(flags, value);
-    const update = layerwise.start(t.params, t.optState as unknown[], {
+    const update = perLayerOpt.start(t.params, t.optState as unknown[], {
       observe: (g, i) => t.guard.checkGrad(flags, g, i),
     });
     tape.backward(value, leaves, update);

@@ -3,6 +3,7 @@
  * ops call {@link recordOp} and the tape keeps what their VJPs need until backward has used it.
  * @module
  */
+import { isFloat } from "./dtype.ts";
 import { DTypeError, GradientError } from "./errors.ts";
 import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
@@ -178,7 +179,7 @@ export class Tape {
   /** Marks f32 tensors as differentiable leaves. */
   watch(...tensors: Tensor[]): void {
     for (const t of tensors) {
-      if (t.dtype !== "f32" && t.dtype !== "bf16") {
+      if (!isFloat(t.dtype)) {
         throw new DTypeError(
           `cannot differentiate with respect to a ${t.dtype} tensor ${fmtShape(t.shape)}`,
         );
@@ -560,7 +561,7 @@ export function recompute(
   const y = untracked(() => scope(() => fn(inputs)));
   recordOp("recompute", inputs, y, (g, ctx) => {
     const tape = new Tape();
-    const wrt = [...new Set(inputs.filter((t) => t.dtype === "f32" || t.dtype === "bf16"))];
+    const wrt = [...new Set(inputs.filter((t) => isFloat(t.dtype)))];
     const grads: (Tensor | null)[] = wrt.map(() => null);
     try {
       tape.watch(...wrt);

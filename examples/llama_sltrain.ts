@@ -53,9 +53,9 @@ export async function main(steps = 12): Promise<Report> {
     targets: tensor(rows(1), [4, 32], "i32"),
   };
 
-  const layerwise = optim.perParameter(optim.adamw({ lr: 3e-3 }));
+  const perLayerOpt = optim.perLayer(optim.adamw({ lr: 3e-3 }));
   let params = model.params;
-  let state = layerwise.init(params);
+  let state = perLayerOpt.init(params);
   const losses: Tensor[] = [];
   for (let step = 0; step < steps; step++) {
     resetPeakBytes();
@@ -63,8 +63,8 @@ export async function main(steps = 12): Promise<Report> {
     const tape = new Tape();
     tape.watch(...leaves);
     const value = tape.run(() => models.loss(model, params, batch));
-    const update = layerwise.start(params, state);
-    tape.backward(value, leaves, { onGrad: update.onGrad });
+    const update = perLayerOpt.start(params, state);
+    tape.backward(value, leaves, update); // update.onGrad takes each gradient once final
     ({ params, state } = await update.finish());
     losses.push(value);
   }

@@ -5,7 +5,7 @@
  * `scaleByAdam`, `addDecayedWeights`, `scaleByLearningRate` (schedules of the update count),
  * `scale`, `clipByGlobalNorm` (on the GPU, no readback), `galore` and `fira` around any inner
  * transform, `apollo` / `apolloMini` (random projections, no SVD),
- * `partition` by path, `multiSteps` (gradient accumulation), `perParameter` (per-layer updates
+ * `partition` by path, `multiSteps` (gradient accumulation), `perLayer` (per-layer updates
  * during backward); `adamw` is the fused one-kernel form of
  * `chain(scaleByAdam(), addDecayedWeights(λ), scaleByLearningRate(lr))`, and `adamw8bit` /
  * `scaleByAdam8bit` the same with 8-bit block-quantized moments.
@@ -67,11 +67,11 @@ export { addSumOfSquares, clipByGlobalNorm, type ClipState, globalNorm } from ".
 export { partition, type PartitionState } from "./partition.ts";
 export { multiSteps, type MultiStepsState } from "./multi_steps.ts";
 export {
-  type LayerwiseStep,
-  type PerParameter,
-  perParameter,
-  type PerParameterStartOptions,
-} from "./per_parameter.ts";
+  type PerLayer,
+  perLayer,
+  type PerLayerStartOptions,
+  type PerLayerStep,
+} from "./per_layer.ts";
 
 // Low-rank projections of the gradient: GaLore, Fira, APOLLO
 export {

@@ -1,5 +1,5 @@
 /**
- * Per-layer updates as a composition: {@link perParameter} runs a transform on each parameter
+ * Per-layer updates as a composition: {@link perLayer} runs a transform on each parameter
  * alone, so the tape's `onGrad` hook can update a parameter the moment its gradient is final and
  * free that gradient at once; the full set of gradients is never resident.
  * @module
@@ -16,8 +16,8 @@ import {
   type MaybePromise,
 } from "./transform.ts";
 
-/** One update made parameter by parameter during backward; see {@link PerParameter.start}. */
-export interface LayerwiseStep<P extends TensorTree, S> {
+/** One update made parameter by parameter during backward; see {@link PerLayer.start}. */
+export interface PerLayerStep<P extends TensorTree, S> {
   /**
    * The tape's hook (`tape.backward(loss, leaves, { onGrad })`, leaves in the order of
    * `tree.flatten(params)`): consumes the final gradient of parameter `index`, runs the transform
@@ -37,21 +37,21 @@ export interface LayerwiseStep<P extends TensorTree, S> {
 }
 
 /** A transform run on each parameter alone; also usable as an ordinary transform. */
-export interface PerParameter<S> extends GradientTransformation<S[]> {
+export interface PerLayer<S> extends GradientTransformation<S[]> {
   /**
    * Starts an update made during backward: consumes `params` and `state` (use those of
-   * {@link LayerwiseStep.finish} afterwards). Gives the same results, bit for bit, as `update` on
+   * {@link PerLayerStep.finish} afterwards). Gives the same results, bit for bit, as `update` on
    * all gradients followed by `applyUpdates`.
    */
   start<P extends TensorTree>(
     params: P,
     state: S[],
-    opts?: PerParameterStartOptions,
-  ): LayerwiseStep<P, S>;
+    opts?: PerLayerStartOptions,
+  ): PerLayerStep<P, S>;
 }
 
-/** Options of {@link PerParameter.start}. */
-export interface PerParameterStartOptions {
+/** Options of {@link PerLayer.start}. */
+export interface PerLayerStartOptions {
   /**
    * Shown each gradient (whole, or each block of rows) with its parameter's index before the update
    * consumes it: e.g. to flag non-finite values.
@@ -60,25 +60,26 @@ export interface PerParameterStartOptions {
 }
 
 /**
- * `inner` applied to every parameter separately, with one state per parameter (leaf order). The
+ * Per-layer updates: `inner` applied to every parameter separately, with one state per parameter
+ * (leaf order), so that each can be updated inside backward (see {@link PerLayer.start}). The
  * inner transform sees one-leaf objects `{ [path]: tensor }`, so `partition` inside it routes by
  * the parameter's full path. Only transforms that treat parameters independently belong inside:
  * not `clipByGlobalNorm`, whose norm spans all gradients.
  *
  * @example
  * ```ts
- * const layerwise = perParameter(adamw({ lr: 1e-3 }));
- * let state = layerwise.init(params);
+ * const perLayerOpt = perLayer(adamw({ lr: 1e-3 }));
+ * let state = perLayerOpt.init(params);
  * const tape = new Tape();
  * const leaves = tree.flatten(params);
  * tape.watch(...leaves);
  * const value = tape.run(() => lossOf(params));
- * const step = layerwise.start(params, state);
+ * const step = perLayerOpt.start(params, state);
  * tape.backward(value, leaves, step); // its onGrad and onGradRows hooks
  * ({ params, state } = await step.finish());
  * ```
  */
-export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<S> {
+export function perLayer<S>(inner: GradientTransformation<S>): PerLayer<S> {
   const one = (path: string, t: Tensor | undefined) => (t ? { [path]: t } : undefined);
   const updateLeaf = (
     path: string,
@@ -92,7 +93,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
     }));
   const checkCount = (state: S[], n: number) => {
     if (state.length !== n) {
-      throw new RangeError(`perParameter: state holds ${state.length} entries for ${n} parameters`);
+      throw new RangeError(`perLayer: state holds ${state.length} entries for ${n} parameters`);
     }
   };
   return {
@@ -123,7 +124,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
       const seen = leaves.map(() => false);
       const pending: Promise<void>[] = [];
       const arrives = (i: number) => {
-        if (seen[i]) throw new GradientError(`perParameter: a second gradient for ${paths[i]}`);
+        if (seen[i]) throw new GradientError(`perLayer: a second gradient for ${paths[i]}`);
         seen[i] = true;
       };
       const onGrad = (g: Tensor, i: number) => {
@@ -158,7 +159,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
           await Promise.all(pending);
           const missing = paths.filter((_, i) => !seen[i]);
           if (missing.length > 0) {
-            throw new GradientError(`perParameter: no gradient arrived for ${missing.join(", ")}`);
+            throw new GradientError(`perLayer: no gradient arrived for ${missing.join(", ")}`);
           }
           return { params: tree.unflatten(params, next), state: nextState };
         },
