@@ -57,8 +57,9 @@ export interface VjpContext {
   gradRows(input: Tensor): GradRows | null;
   /**
    * Hands `grad` over as `input`'s whole final gradient now (consumed; the VJP then returns null
-   * for it) and lets go of the op's hold on `input`, so the caller may update it in place. False,
-   * with `grad` untouched, when the caller does not take it now.
+   * for it) and lets go of the op's hold on `input` first: the caller may then update it in place
+   * (a tensor the tape still pins would be copied by `donate`). False, with `grad` untouched, when
+   * the caller does not take it now.
    */
   handOver(input: Tensor, grad: Tensor): boolean;
 }

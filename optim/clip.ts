@@ -1,6 +1,6 @@
 /**
  * Global-norm gradient clipping entirely on the GPU: the norm and the scale stay in device memory,
- * so clipping costs dispatches, never a readback (each sync costs >= 11 ms on software adapters).
+ * so clipping costs dispatches, never a readback (a sync costs milliseconds: bench/NOTES.md).
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
