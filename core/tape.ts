@@ -151,8 +151,8 @@ export interface BackwardOptions {
   onGrad?: (grad: Tensor, index: number) => void;
   /**
    * With `onGrad`: asked when an op can hand over the final gradient of `wrt[index]` in blocks of
-   * rows (see {@link VjpContext.gradRows}). A {@link GradRows} gets every block instead of `onGrad` getting
-   * the whole gradient; null (or an op that declines) leaves it to `onGrad`.
+   * rows (see {@link VjpContext.gradRows}). A {@link GradRows} gets every block instead of
+   * `onGrad` getting the whole gradient; null (or an op that declines) leaves it to `onGrad`.
    */
   onGradRows?: (index: number) => GradRows | null;
   /**

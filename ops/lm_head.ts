@@ -9,8 +9,8 @@
  * recomputes each block's logits: the block's dW rows are final at once and are written straight
  * into the same rows of dW (no [V, D] accumulator, no copy; or handed to a per-layer update one
  * block at a time, see `VjpContext.gradRows`), and only dh [N, D], small next to W, is accumulated
- * across blocks. The tape keeps the inputs, the per-row log-sum-exp and the target count, nothing of size
- * V·N. W may be bf16: each block is widened for its products, and dW is bf16 too.
+ * across blocks. The tape keeps the inputs, the per-row log-sum-exp and the target count, nothing
+ * of size V·N. W may be bf16: each block is widened for its products, and dW is bf16 too.
  * @module
  */
 import { convert, convertInto } from "../core/convert.ts";

@@ -21,8 +21,8 @@ export interface PerLayerStep<P extends TensorTree, S> {
   /**
    * The tape's hook (pass the step as backward's options, `tape.backward(loss, leaves, step)`,
    * leaves in the order of `tree.flatten(params)`): consumes the final gradient of parameter
-   * `index`, runs the transform on it and applies the update. A transform that must wait (a GaLore projector refresh) keeps
-   * the gradient until it is done and finishes later.
+   * `index`, runs the transform on it and applies the update. A transform that must wait (a
+   * GaLore projector refresh) keeps the gradient until it is done and finishes later.
    */
   readonly onGrad: (grad: Tensor, index: number) => void;
   /**
