@@ -47,3 +47,5 @@ export {
 } from "./norm_scaling.ts";
 export * from "./fira.ts";
 export * from "./apollo.ts";
+export * from "./spam.ts";
+export * from "./stable_spam.ts";
