@@ -49,3 +49,4 @@ export * from "./fira.ts";
 export * from "./apollo.ts";
 export * from "./spam.ts";
 export * from "./stable_spam.ts";
+export * from "./golore.ts";

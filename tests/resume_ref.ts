@@ -31,14 +31,14 @@ export function gradSeries(shapes: number[][], steps: number, seed: number): Flo
 type Params = Record<string, Tensor>;
 
 /** Runs `opt` from `params` over steps [from, to) of `grads`, consuming params and state. */
-export async function runSteps(
+export async function runSteps<P extends Params>(
   opt: GradientTransformation,
-  params: Params,
+  params: P,
   state: unknown,
   grads: Float32Array[][],
   from: number,
   to: number,
-): Promise<{ params: Params; state: unknown }> {
+): Promise<{ params: P; state: unknown }> {
   const names = Object.keys(params);
   for (let s = from; s < to; s++) {
     const g: Params = {};
