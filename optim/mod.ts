@@ -50,3 +50,4 @@ export * from "./apollo.ts";
 export * from "./spam.ts";
 export * from "./stable_spam.ts";
 export * from "./golore.ts";
+export * from "./loro.ts";
