@@ -406,3 +406,23 @@ export function svdJacobi(
   });
   return { u, s, v };
 }
+
+/**
+ * Flips singular pairs (columns j < r of U [rows, cols] and V, row-major with `cols` columns) so
+ * that `lead(j)`, the largest-magnitude entry of the factor they make, is positive: an SVD fixes
+ * each pair only up to a joint sign, which the product ignores but each factor's optimizer state
+ * does not; a fixed rule makes every implementation (PyTorch's included) produce the same factors.
+ */
+export function canonicalSigns(
+  u: Float64Array,
+  v: Float64Array,
+  cols: number,
+  r: number,
+  lead: (j: number) => number,
+): void {
+  for (let j = 0; j < r; j++) {
+    if (lead(j) >= 0) continue;
+    for (let i = 0; i < u.length / cols; i++) u[i * cols + j] = -u[i * cols + j];
+    for (let i = 0; i < v.length / cols; i++) v[i * cols + j] = -v[i * cols + j];
+  }
+}

@@ -245,9 +245,9 @@ async function projectorsOrNull(
 }
 
 /**
- * A random rank-r projector in `geo`'s layout (GoLore's): the orthonormalized columns (Householder
- * QR in float64) of a Gaussian [min(m, n), r] drawn from an Rng seeded by `key` (the parameter's
- * path) and the refresh count, so every matrix and refresh gets its own, identically on every
+ * A random rank-r projector in `geo`'s layout (GoLore's): the orthonormalized columns Q of a
+ * Gaussian Z [min(m, n), r] (Z = Q·R, R's diagonal positive; float64) drawn from an Rng seeded by
+ * fnv1a(`golore:<key>#<refresh>`) (key: the parameter's path; `nextNormal` per entry, row-major), so every matrix and refresh gets its own, identically on every
  * device and under per-layer updates. Its span is uniformly distributed, like the reference's
  * Z·(ZᵀZ)^(-1/2); it reads no gradient, so a random refresh never waits for the GPU's results.
  */
@@ -256,7 +256,11 @@ export function randomProjector(geo: ProjectionGeometry, key: string, refresh: n
   const rng = new Rng(fnv1a(`golore:${key}#${refresh}`));
   const z = new Float64Array(k * geo.r);
   for (let i = 0; i < z.length; i++) z[i] = rng.nextNormal();
-  const { q } = qr(z, k, geo.r);
+  const { q, r } = qr(z, k, geo.r);
+  // R's diagonal made positive: the one Q of Z's span with that property, whatever QR ran.
+  for (let j = 0; j < geo.r; j++) {
+    if (r[j * geo.r + j] < 0) { for (let i = 0; i < k; i++) q[i * geo.r + j] = -q[i * geo.r + j]; }
+  }
   if (geo.left) return tensor(Float32Array.from(q), geo.projShape);
   const t = new Float32Array(geo.r * k);
   for (let i = 0; i < k; i++) for (let j = 0; j < geo.r; j++) t[j * k + i] = q[i * geo.r + j];

@@ -13,7 +13,7 @@ import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { qr, svdJacobi } from "../ops/svd.ts";
+import { canonicalSigns, qr, svdJacobi } from "../ops/svd.ts";
 import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
 import { andThen, type GradientTransformation, type Schedule, scheduleAt } from "./transform.ts";
 
@@ -84,7 +84,8 @@ function outside(q: Float64Array, y: Float64Array, rows: number, r: number): Flo
  * orthonormalized ((I − Q_bQ_bᵀ)GQ_a = Q_b'R_b', (I − Q_aQ_aᵀ)GᵀQ_b = Q_a'R_a'), so
  * W − η·P(G) = [Q_b Q_b']·M·[Q_a Q_a']ᵀ with the 2r×2r
  * M = [[R_bR_aᵀ − η·Q_bᵀGQ_a, −η·R_a'ᵀ], [−η·R_b', 0]], and its top-r SVD U·Σ·Vᵀ gives
- * B' = [Q_b Q_b']·U·√Σ, A' = √Σ·Vᵀ·[Q_a Q_a']ᵀ. Null when B or A is rank-deficient (R singular).
+ * B' = [Q_b Q_b']·U·√Σ, A' = √Σ·Vᵀ·[Q_a Q_a']ᵀ, each pair's sign fixed by {@link canonicalSigns}
+ * (B' column's largest entry positive). Null when B or A is rank-deficient (R singular).
  *
  * The reference code puts −η·R_b (not R_b') in M's lower-left block, which is not the tangent
  * projection above; this follows the method as derived.
@@ -131,6 +132,18 @@ export function loroExactStep(
   }
   const { u, s, v } = svdJacobi(m, k, k);
   const root = Array.from({ length: r }, (_, j) => Math.sqrt(s[j]));
+  canonicalSigns(u, v, k, r, (j) => {
+    // Column j of B' up to the factor √σ_j, whose largest entry in magnitude decides the sign.
+    let best = 0;
+    for (let i = 0; i < d; i++) {
+      let acc = 0;
+      for (let l = 0; l < r; l++) {
+        acc += qb.q[i * r + l] * u[l * k + j] + yb.q[i * r + l] * u[(r + l) * k + j];
+      }
+      if (Math.abs(acc) > Math.abs(best)) best = acc;
+    }
+    return best;
+  });
   const nb = new Float64Array(d * r);
   for (let i = 0; i < d; i++) {
     for (let j = 0; j < r; j++) {
