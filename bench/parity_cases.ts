@@ -36,6 +36,9 @@ export const PARITY_CASES: Record<string, string[]> = {
   "sltrain+8bit+wd": ["--method", "sltrain", "--optimizer", "adamw8bit", "--weight-decay", "0.1"],
   "sltrain+refactor": ["--method", "sltrain", "--refactor-every", "5", "--recovery-steps", "3"],
   galore: ["--method", "galore", "--galore-gap", "4", "--weight-decay", "0.1"],
+  fira: ["--method", "fira", "--galore-gap", "4"],
+  apollo: ["--method", "apollo", "--galore-gap", "4", "--weight-decay", "0.1"],
+  "apollo-mini": ["--method", "apollo-mini", "--galore-gap", "4"],
   golore: ["--method", "golore", "--galore-gap", "4", "--golore-rand-ratio", "0.3"],
   loro: ["--method", "loro", "--loro-exact-every", "3", "--weight-decay", "0.1"],
   "loro+refactor": ["--method", "loro", "--refactor-every", "5", "--recovery-steps", "3"],
@@ -54,8 +57,6 @@ export const PARITY_CASES: Record<string, string[]> = {
 
 /** Cases the reference cannot replay yet, with the reason (reported, never silently skipped). */
 export const PARITY_MISSING: Record<string, string> = {
-  fira: "no PyTorch Fira in bench/torch_ref yet",
-  apollo: "no PyTorch APOLLO (its hashed projection) in bench/torch_ref yet",
   "relora+merge": "the reference does not replay ReLoRA merges (mergeRelora's re-init)",
   "galore+8bit": "the reference has no 8-bit projected Adam",
 };

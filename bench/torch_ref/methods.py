@@ -197,6 +197,136 @@ class Projected:
         return out
 
 
+def channel_norms(x, columns):
+    """Per-column (columns) or per-row L2 norms of a matrix, or the Frobenius norm (None)."""
+    if columns is None:
+        return x.norm().reshape(1)
+    return x.norm(dim=0) if columns else x.norm(dim=1)
+
+
+def scale_channels(x, phi, columns):
+    if columns is None:
+        return x * phi
+    return x * phi[None, :] if columns else x * phi[:, None]
+
+
+class NormLimiter:
+    """Fira's norm-growth limiter per tensor: x / lim with lim = max(‖x‖/(prev + 1e-8), γ)/γ (1 at
+    the first step); the stored norm becomes ‖x‖/lim."""
+
+    def __init__(self, gamma):
+        self.gamma, self.prev = gamma, {}
+
+    def __call__(self, key, x, first):
+        if self.gamma <= 0:
+            return x
+        n = x.norm()
+        lim = torch.ones((), dtype=torch.float32) if first else \
+            torch.clamp(n / (self.prev[key] + f32(1e-8)), min=f32(self.gamma)) / f32(self.gamma)
+        self.prev[key] = n / lim
+        return x * (1 / lim)
+
+
+class Fira(Projected):
+    """Fira (optim/fira.ts): GaLore's update plus the residual G − α·project_back(R), scaled per
+    channel by ‖N‖/(‖R‖ + 1e-8) (columns when m < n, else rows), under the limiter."""
+
+    def __init__(self, rank, gap, scale, limiter):
+        super().__init__(rank, gap, scale)
+        self.limiter = NormLimiter(limiter)
+
+    def __call__(self, grads, params):
+        first = self.count == 0
+        for k, g in grads.items():
+            if self.count % self.gap == 0 or k not in self.proj:
+                self.proj[k] = top_basis(g, min(self.rank, *g.shape))
+        small = {}
+        resid = {}
+        for k, g in grads.items():
+            p, left = self.proj[k]
+            r = p.t() @ g if left else g @ p.t()
+            small[k] = r
+            resid[k] = g - f32(self.scale) * (p @ r if left else r @ p)
+        n = self.adam(small)
+        out = {}
+        for k, x in n.items():
+            p, left = self.proj[k]
+            phi = channel_norms(x, left) / (channel_norms(small[k], left) + f32(1e-8))
+            s = self.limiter(k, scale_channels(resid[k], phi, left), first)
+            x = x * f32(self.scale)
+            out[k] = (p @ x if left else x @ p) + s
+        self.count += 1
+        return out
+
+
+_M32 = 0xFFFFFFFF
+
+
+def hash32(x):
+    """lowbias32 of a u32 Python int."""
+    x = (x ^ (x >> 16)) & _M32
+    x = (x * 0x7FEB352D) & _M32
+    x = (x ^ (x >> 15)) & _M32
+    x = (x * 0x846CA68B) & _M32
+    return (x ^ (x >> 16)) & _M32
+
+
+def hash32_np(x):
+    """lowbias32 elementwise on a uint64 array of u32 values."""
+    m, u = np.uint64(_M32), np.uint64
+    x = (x ^ (x >> u(16))) & m
+    x = (x * u(0x7FEB352D)) & m
+    x = (x ^ (x >> u(15))) & m
+    x = (x * u(0x846CA68B)) & m
+    return (x ^ (x >> u(16))) & m
+
+
+def apollo_projection(seed, path, refresh, shape, rank):
+    """APOLLO's random matrix (optim/apollo.ts's module doc), regenerated from its definition."""
+    hs = hash32((seed & _M32) ^ hash32(seed >> 32))
+    key = hash32(hash32(hs ^ fnv1a(path)) ^ refresh)
+    u = np.uint64
+    e = np.arange(shape[0] * shape[1], dtype=np.uint64)
+    x = hash32_np(u(key) ^ hash32_np(e))
+    total = np.zeros_like(e)
+    for j in range(1, 7):
+        w = hash32_np((x + u((j * 0x9E3779B9) & _M32)) & u(_M32))
+        total += (w & u(0xFFFF)) + (w >> u(16))
+    c = np.float32(2.0**-16 / math.sqrt(rank))
+    vals = (total.astype(np.int64) - 393210).astype(np.float64) * float(c)
+    return torch.from_numpy(vals.astype(np.float32)).view(*shape)
+
+
+class Apollo:
+    """APOLLO (optim/apollo.ts): Adam's moments on a seeded random projection; the raw gradient
+    scaled per channel (or tensor) by ‖N‖/(‖R‖ + 1e-8), limited, times √scale."""
+
+    def __init__(self, rank, gap, scale, tensor_wise, seed, limiter):
+        self.rank, self.gap, self.post = rank, gap, math.sqrt(scale)
+        self.tensor_wise, self.seed = tensor_wise, seed
+        self.limiter, self.adam, self.count = NormLimiter(limiter), AdamDirection(), 0
+
+    def __call__(self, grads, params):
+        first, refresh = self.count == 0, self.count // self.gap
+        small, sides = {}, {}
+        for k, g in grads.items():
+            m, n = g.shape
+            left = m < n
+            p = apollo_projection(self.seed, k, refresh, (m, self.rank) if left else
+                                  (self.rank, n), self.rank)
+            small[k] = p.t() @ g if left else g @ p.t()
+            sides[k] = None if self.tensor_wise else left
+        nn_ = self.adam(small)
+        out = {}
+        for k, x in nn_.items():
+            side = sides[k]
+            phi = channel_norms(x, side) / (channel_norms(small[k], side) + f32(1e-8))
+            s = self.limiter(k, scale_channels(grads[k], phi, side), first)
+            out[k] = s * f32(self.post) if self.post != 1 else s
+        self.count += 1
+        return out
+
+
 class Spam:
     """SPAM (optim/spam.ts): clip g² > θ·v to sign(g)·√(θv) where enabled, moments reset every
     `gap` steps, update ramp·√(1−β2ᵗ)/(1−β1ᵗ)·m/(√v + eps)."""
@@ -385,14 +515,22 @@ def build(model, run, start=0):
         ids = {id(p) for _, p in fac}
         rest = [(k, p) for k, p in named if id(p) not in ids]
         return [adamw(rest), Loro(fac, lr_at, start, wd, run["loroExactEvery"])]
-    if method in ("galore", "golore"):
+    if method in ("galore", "golore", "fira", "apollo", "apollo-mini"):
         if eight:
             raise ValueError("the reference has no 8-bit projected Adam")
         blocks = [(k, p) for k, p in named if k.startswith("layers.") and k.endswith(".w")]
         ids = {id(p) for _, p in blocks}
         rest = [(k, p) for k, p in named if id(p) not in ids]
-        rand = run.get("goloreRandomFrom") if method == "golore" else None
-        proj = Projected(run["rank"], run["galoreGap"], run["galoreScale"], rand)
+        if method == "fira":
+            proj = Fira(run["rank"], run["galoreGap"], run["galoreScale"], run["limiter"])
+        elif method.startswith("apollo"):
+            mini = method == "apollo-mini"
+            proj = Apollo(1 if mini else run["rank"], run["galoreGap"], run["apolloScale"],
+                          mini or run["apolloGranularity"] == "tensor", run["seed"],
+                          run["limiter"])
+        else:
+            rand = run.get("goloreRandomFrom") if method == "golore" else None
+            proj = Projected(run["rank"], run["galoreGap"], run["galoreScale"], rand)
         return [adamw(rest), Chain(blocks, proj, lr_at, start, wd)]
     if method in ("full", "lowrank", "sltrain", "relora"):
         return [adamw(named)]
