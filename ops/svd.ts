@@ -240,7 +240,8 @@ export interface TopSubspace {
 
 /**
  * Top-r singular vectors of the row-major m×n matrix `g` on its smaller side, exactly (up to
- * float64 rounding) via the eigenvectors of the smaller Gram matrix. Squaring costs accuracy only
+ * float64 rounding) via the eigenvectors of the smaller Gram matrix, each with its largest entry in
+ * magnitude positive. Squaring costs accuracy only
  * relative to the gap: the subspace error is about 2⁻⁵²·σ₁² / (σ_r² − σ_{r+1}²), far below f32
  * resolution unless the r-th and (r+1)-th singular values nearly coincide, in which case no
  * method defines a stable subspace. Cost O(min(m,n)²·max(m,n) + min(m,n)³).
@@ -274,7 +275,12 @@ export function subspaceFromGram(
   const { values, vectors } = symEig(c instanceof Float64Array ? c : Float64Array.from(c), k);
   const basis = new Float64Array(k * r);
   for (let j = 0; j < r; j++) {
-    const col = vectors.subarray(j * k, j * k + k);
+    const col = Float64Array.from(vectors.subarray(j * k, j * k + k));
+    // An eigenvector's sign is arbitrary; its largest entry in magnitude made positive fixes it
+    // (so moments kept across refreshes see the same basis in any implementation).
+    let lead = 0;
+    for (const x of col) if (Math.abs(x) > Math.abs(lead)) lead = x;
+    if (lead < 0) { for (let i = 0; i < k; i++) col[i] = -col[i]; }
     // Left: basis [k, r] (column j = vector j). Right: basis [r, k] (row j = vector j).
     if (left) { for (let i = 0; i < k; i++) basis[i * r + j] = col[i]; }
     else basis.set(col, j * k);
@@ -404,4 +410,24 @@ export function svdJacobi(
     for (let i = 0; i < n; i++) v[i * n + k] = vc[j * n + i];
   });
   return { u, s, v };
+}
+
+/**
+ * Flips singular pairs (columns j < r of U [rows, cols] and V, row-major with `cols` columns) so
+ * that `lead(j)`, the largest-magnitude entry of the factor they make, is positive: an SVD fixes
+ * each pair only up to a joint sign, which the product ignores but each factor's optimizer state
+ * does not; a fixed rule makes every implementation (PyTorch's included) produce the same factors.
+ */
+export function canonicalSigns(
+  u: Float64Array,
+  v: Float64Array,
+  cols: number,
+  r: number,
+  lead: (j: number) => number,
+): void {
+  for (let j = 0; j < r; j++) {
+    if (lead(j) >= 0) continue;
+    for (let i = 0; i < u.length / cols; i++) u[i * cols + j] = -u[i * cols + j];
+    for (let i = 0; i < v.length / cols; i++) v[i * cols + j] = -v[i * cols + j];
+  }
 }

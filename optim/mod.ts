@@ -98,3 +98,11 @@ export {
   type RatioLimit,
   scaleByNormRatio,
 } from "./norm_scaling.ts";
+
+// Spike-aware Adam: SPAM and Stable-SPAM
+export { scaleBySpam, type SpamOptions, type SpamState } from "./spam.ts";
+export { scaleByStableSpam, type StableSpamOptions, type StableSpamState } from "./stable_spam.ts";
+
+// Random projections (GoLore) and the low-rank Riemannian optimizer (LoRO)
+export { golore, type GoLoreOptions } from "./golore.ts";
+export { loro, type LoroFactors, type LoroOptions, type LoroState } from "./loro.ts";
