@@ -46,6 +46,7 @@ import { PROJECTOR_METHODS } from "./optim/galore.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
+import { derivedFromSteps } from "./cli/resume.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import {
   dataSource,
@@ -465,11 +466,12 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
           onEval: (history) =>
             writePlots(dir, [{ run, history }], `${run.method} on ${run.modelName}`),
           initModel: hfInit?.initModel,
+          derived: derivedFromSteps(flags),
         });
         results.push(result);
         await Deno.writeTextFile(
           `${dir}/summary.json`,
-          JSON.stringify({ ...result, run: { ...run } }, null, 1),
+          JSON.stringify({ ...result, run: { ...result.run } }, null, 1),
         );
         await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
       } catch (e) {

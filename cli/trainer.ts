@@ -51,6 +51,7 @@ import {
   nonFiniteStop,
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
+import { describeExtension, reconcileResume } from "./resume.ts";
 import { type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
@@ -161,34 +162,14 @@ export interface RunIO {
     run: RunConfig,
     method: LinearMethod,
   ) => Promise<{ params: LlamaParams; buffers: LlamaBuffers }>;
+  /**
+   * Settings of the run whose values were derived from `steps` rather than given (see
+   * `derivedFromSteps` in `resume.ts`): a resumed run takes the checkpoint's instead.
+   */
+  derived?: ReadonlySet<string>;
 }
 
-/**
- * The settings a resumed run may change: how long it runs and how it evaluates and reports. Any
- * other setting, including one added later, must match the checkpoint's.
- */
-const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
-  "modelName",
-  "steps",
-  "evalEvery",
-  "evalTokens",
-  "logEvery",
-  "onNonfinite",
-  // Recomputing activations or keeping SLTrain's W gives the same gradients to the bit: only
-  // memory and time differ.
-  "recompute",
-  "keepWeight",
-]);
-
-/** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
-export function resumeConflicts(run: RunConfig, saved: RunConfig): string[] {
-  const now = run as unknown as Record<string, unknown>;
-  const then = saved as unknown as Record<string, unknown>;
-  const keys = new Set([...Object.keys(now), ...Object.keys(then)]);
-  return [...keys]
-    .filter((k) => !MAY_CHANGE.has(k) && JSON.stringify(now[k]) !== JSON.stringify(then[k]))
-    .map((k) => `${k}: checkpoint ${JSON.stringify(then[k])}, now ${JSON.stringify(now[k])}`);
-}
+export { resumeConflicts } from "./resume.ts";
 
 /** A run in progress: what changes from step to step. */
 interface Training {
@@ -205,6 +186,10 @@ interface Training {
   step: number;
   /** True when the run continues from a checkpoint. */
   readonly resumed: boolean;
+  /** How a resumed run's length changed (null when it did not), for the log. */
+  readonly extended?:
+    | { from: number; to: number; kept: Record<string, unknown>; text: string }
+    | null;
   readonly stream: BatchStream;
   readonly history: History;
   /** Non-finite flags and the update gate. */
@@ -320,19 +305,29 @@ async function startRun(
   const ck = await loadCheckpoint(ckptPath);
   // Checkpoints from before --optimizer existed were all trained with adamw.
   const saved = { optimizer: "adamw", ...(ck.meta.run as Partial<RunConfig>) } as RunConfig;
-  const conflicts = resumeConflicts(run, saved);
-  if (conflicts.length > 0) {
+  const reconciled = reconcileResume(run, saved, io.derived ?? new Set());
+  if (reconciled.conflicts.length > 0) {
     tree.dispose(ck);
     throw new Error(
-      `cannot resume ${ckptPath}: it comes from another config:\n  ${conflicts.join("\n  ")}`,
+      `cannot resume ${ckptPath}: it comes from another config (only the settings the README ` +
+        `lists under "Resuming" may change):\n  ${reconciled.conflicts.join("\n  ")}`,
     );
   }
+  run = reconciled.run;
   const params = ck.params as LlamaParams;
   stream.state = ck.meta.stream as BatchStreamState;
   Object.assign(history, ck.meta.history as History);
   io.progress.log(`resumed from ${ckptPath} at step ${ck.step}`);
+  const extension = describeExtension(run, saved, ck.step, reconciled.kept);
+  if (extension) io.progress.log(extension);
   return {
     run,
+    extended: extension === null ? null : {
+      from: saved.steps,
+      to: run.steps,
+      kept: Object.fromEntries(Object.entries(reconciled.kept).map(([k, [v]]) => [k, v])),
+      text: extension,
+    },
     method,
     params,
     buffers: ck.buffers as LlamaBuffers,
@@ -368,8 +363,24 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
         const rec = stamped({ kind: "resume", step: t.step, cut: opened.cut });
         log.append(rec);
         io.log(rec);
+        if (t.extended) {
+          const ext = stamped({ kind: "extend", step: t.step, ...t.extended });
+          log.append(ext);
+          io.log(ext);
+        }
       }
       if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/log.jsonl`, t.run, t.step);
+    }
+    // A run that ended on a cycle boundary skipped that reset or merge (it was its last step);
+    // extended, it does it now, as a run of the new length would have.
+    const cycle = cycleLength(t.run);
+    if (
+      t.extended && cycle > 0 && t.step === t.extended.from && t.step % cycle === 0 &&
+      t.step < t.run.steps
+    ) {
+      const rec = await resetCycle(t);
+      log?.append(rec);
+      io.log(rec);
     }
     if (!t.resumed) {
       const counts = countParams(run.model, t.method);
