@@ -47,6 +47,7 @@ import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
 import { derivedFromSteps } from "./cli/resume.ts";
+import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import {
   dataSource,
@@ -259,6 +260,8 @@ interface OutDir {
   created: boolean;
   /** Run folders that hold a run (a checkpoint, or a log of one killed before its first). */
   resumable: Set<string>;
+  /** This process's lock of the folder (see `cli/run_lock.ts`). */
+  lock: RunLock;
 }
 
 async function prepareOut(
@@ -274,6 +277,8 @@ async function prepareOut(
     info = await Deno.stat(out);
   } catch { /* does not exist yet */ }
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
+  // A folder another run is training in is refused first, naming that run.
+  if (info) assertUnlocked(out);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
       if (e.name === CKPT || e.name === LOG || e.isDirectory) {
@@ -295,7 +300,7 @@ async function prepareOut(
     }
   }
   await Deno.mkdir(out, { recursive: true });
-  return { out, created: !info, resumable };
+  return { out, created: !info, resumable, lock: acquireRunLock(out) };
 }
 
 /**
@@ -305,6 +310,8 @@ async function prepareOut(
  * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
 function discardUnstarted(dir: string, outDir: OutDir): void {
+  // The lock goes too: the process ends right after this.
+  outDir.lock.release();
   for (const f of [LOG, "summary.json", "loss.svg", DASHBOARD_HTML]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
@@ -418,6 +425,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
   } catch (e) {
     // Nothing is written yet: only a folder this process made goes.
+    outDir.lock.release();
     if (outDir.created) discardUnstarted(out, outDir);
     throw new FlagError(`--dashboard: ${errorText(e)}`);
   }
@@ -429,6 +437,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const onSignal = (signal: Deno.Signal) => () => {
     if (stop) {
       if (unstarted) discardUnstarted(unstarted, outDir);
+      outDir.lock.release();
       Deno.exit(exitCode(signal));
     }
     stop = signal;
@@ -489,6 +498,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   } finally {
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
     await dashboard?.close();
+    outDir.lock.release();
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
