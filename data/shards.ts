@@ -44,6 +44,8 @@ export const CHUNK_HASH = "sha256";
 /** Bytes of ids (or index entries) per checksum. */
 export const CHUNK_BYTES = 4096;
 const DIGEST_BYTES = 32;
+/** Largest manifest.json read (one of a terabyte corpus is a few MB). */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 const SHARD_MAGIC = "SLTS";
 const INDEX_MAGIC = "SLTD";
 const INDEX_ENTRY_BYTES = 16;
@@ -396,7 +398,9 @@ function checkManifest(path: string, m: ShardManifest): void {
   if (m?.format !== SHARD_FORMAT) bad(`not an sltrain shard manifest (format ${m?.format})`);
   if (m.version !== SHARD_VERSION) {
     bad(
-      `version ${m.version}, but this build reads version ${SHARD_VERSION}` +
+      `version ${
+        JSON.stringify(m.version ?? null)
+      }, but this build reads version ${SHARD_VERSION}` +
         (m.version === 1 ? ` (version 1 shards have no checksums): ${REPREPARE}` : ""),
     );
   }
@@ -515,8 +519,13 @@ export async function openShards(dir: string, opts: OpenShardsOptions = {}): Pro
   const path = `${dir}/manifest.json`;
   let manifest: ShardManifest;
   try {
+    const size = (await Deno.stat(path)).size;
+    if (size > MAX_MANIFEST_BYTES) {
+      throw new ShardError(`${path}: ${size} bytes, more than a manifest can plausibly need`);
+    }
     manifest = JSON.parse(await Deno.readTextFile(path));
   } catch (e) {
+    if (e instanceof ShardError) throw e;
     throw new ShardError(
       e instanceof SyntaxError ? `${path}: not valid JSON` : `${path}: cannot be read`,
     );
