@@ -48,6 +48,7 @@ import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
 import { derivedFromSteps } from "./cli/resume.ts";
 import { checkFits } from "./cli/memory_budget.ts";
+import { armFault, parseFault } from "./cli/faults.ts";
 import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import {
@@ -393,6 +394,9 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
   const dashboardAt = dashboardFlags(flags);
+  // A test hook (see cli/faults.ts), never a flag.
+  const fault = Deno.env.get("SLTRAIN_FAULT");
+  if (fault) armFault(parseFault(fault));
   const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
   const initVocab = hfInit?.hf.config.vocabSize;
@@ -532,7 +536,8 @@ function errorText(e: unknown): string {
 /** What a failed run leaves for the user, appended to its error (unless `said` says it). */
 async function whatIsKept(dir: string, said: string): Promise<string> {
   const ckpt = await exists(`${dir}/${CKPT}`);
-  const next = said.includes(`${dir}/${CKPT}`)
+  // An error about the checkpoint itself (a damaged one) already says what to do with it.
+  const next = said.includes(`${dir}/${CKPT}`) && !said.startsWith("writing the checkpoint")
     ? ""
     : ckpt
     ? `; the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`

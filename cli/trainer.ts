@@ -10,7 +10,7 @@
  * however often the run was killed and resumed.
  * @module
  */
-import { NonFiniteError } from "../core/errors.ts";
+import { DeviceError, NonFiniteError } from "../core/errors.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
@@ -52,6 +52,7 @@ import {
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
 import { describeExtension, reconcileResume } from "./resume.ts";
+import { enterPhase } from "./faults.ts";
 import { type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
@@ -400,6 +401,26 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   }
 }
 
+/**
+ * `e` with `what` (the operation) in front of its message, when it is a device or file-system error
+ * (a GPU error names its op but not the run's phase; Deno's file errors name neither).
+ */
+function withContext(e: unknown, what: string): unknown {
+  if (e instanceof DeviceError || (e instanceof Error && "code" in e)) {
+    e.message = `${what}: ${e.message}`;
+  }
+  return e;
+}
+
+/** Runs `f`; a device or file-system error it throws gets `what` in front (see withContext). */
+async function during<T>(what: string, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    throw withContext(e, what);
+  }
+}
+
 const stamped = (rec: LogRecord): LogRecord => ({ time: new Date().toISOString(), ...rec });
 
 /**
@@ -478,7 +499,8 @@ class RunLoop {
         t.watch.begin();
         let r;
         try {
-          r = await trainStep(t, flags);
+          enterPhase("step");
+          r = await during(`step ${t.step + 1}`, () => trainStep(t, flags));
         } catch (e) {
           t.watch.end(t.step + 1).sumSq.dispose();
           throw e;
@@ -551,7 +573,9 @@ class RunLoop {
     this.#pending = [];
     let vals;
     try {
-      vals = await readAll(pending.flatMap(deviceTensors));
+      const steps = `step${pending.length > 1 ? "s" : ""} ${pending[0].step}` +
+        (pending.length > 1 ? `-${pending.at(-1)!.step}` : "");
+      vals = await during(steps, () => readAll(pending.flatMap(deviceTensors)));
     } finally {
       tree.dispose(pending.map(deviceTensors));
     }
@@ -629,7 +653,11 @@ class RunLoop {
   async evaluate(): Promise<void> {
     const { t, io } = this;
     const t0 = performance.now();
-    const r = await evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens);
+    enterPhase("eval");
+    const r = await during(
+      `the evaluation at step ${t.step}`,
+      () => evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens),
+    );
     if (!Number.isFinite(r.loss)) {
       throw this.stopped(`step ${t.step}: the validation loss is ${r.loss}`);
     }
@@ -661,6 +689,7 @@ class RunLoop {
     if (!this.ckptPath || this.#saved === t.step) return;
     await this.read();
     this.log?.sync();
+    enterPhase("checkpoint");
     try {
       await saveCheckpoint(this.ckptPath, checkpointOf(t, this.data.source), {
         keep: this.io.keep,
@@ -670,7 +699,7 @@ class RunLoop {
       if (e instanceof NonFiniteError) {
         throw this.stopped(`step ${t.step}: ${e.message}`);
       }
-      throw e;
+      throw withContext(e, `writing the checkpoint of step ${t.step} to ${this.ckptPath}`);
     }
     this.#saved = t.step;
     this.#restartWindow();
