@@ -490,8 +490,10 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
         );
         await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
       } catch (e) {
-        // A lost device makes later calls fail in odd ways: its loss is the error to report.
-        const cause = await deviceLostError() ?? e;
+        // A lost device makes later calls fail in odd ways: its loss is the error to report
+        // (the trainer reports it with the phase it hit, when it saw it).
+        const lostSeen = e instanceof Error && e.message.includes("the GPU device was lost");
+        const cause = (lostSeen ? null : await deviceLostError()) ?? e;
         if (unstarted) discardUnstarted(dir, outDir);
         else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
             cause,

@@ -10,6 +10,7 @@
  * however often the run was killed and resumed.
  * @module
  */
+import { deviceLostError } from "../core/device.ts";
 import { DeviceError, NonFiniteError } from "../core/errors.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
@@ -412,12 +413,15 @@ function withContext(e: unknown, what: string): unknown {
   return e;
 }
 
-/** Runs `f`; a device or file-system error it throws gets `what` in front (see withContext). */
+/**
+ * Runs `f`; a device or file-system error it throws gets `what` in front (see withContext). A
+ * lost device makes later calls fail in odd ways: its loss is the error then.
+ */
 async function during<T>(what: string, f: () => Promise<T>): Promise<T> {
   try {
     return await f();
   } catch (e) {
-    throw withContext(e, what);
+    throw withContext(await deviceLostError() ?? e, what);
   }
 }
 
@@ -699,7 +703,10 @@ class RunLoop {
       if (e instanceof NonFiniteError) {
         throw this.stopped(`step ${t.step}: ${e.message}`);
       }
-      throw withContext(e, `writing the checkpoint of step ${t.step} to ${this.ckptPath}`);
+      throw withContext(
+        await deviceLostError() ?? e,
+        `writing the checkpoint of step ${t.step} to ${this.ckptPath}`,
+      );
     }
     this.#saved = t.step;
     this.#restartWindow();

@@ -74,7 +74,7 @@ Deno.test("injected faults end the run naming the failure and the op; checkpoint
       ],
       [
         "device-lost@checkpoint:2",
-        /^error: the GPU device was lost \(destroyed[^)]*\); the last work/m,
+        /^error: writing the checkpoint of step 4 to .*: the GPU device was lost \(destroyed[^)]*\); the last work/m,
       ],
     ];
     for (const [fault, message] of cases) {
