@@ -86,7 +86,7 @@ async function row(label: string, phase: string, out: string, fault?: string, fr
   const same = again.code === 0 && await fingerprint(freed) === want;
   rows.push(
     `| ${label} | ${phase} | ${
-      msg.replace(tmp, "<tmp>").replaceAll("|", "\\|")
+      msg.replaceAll(tmp, "<tmp>").replaceAll("|", "\\|")
     } | ${r.code} | ${kept} | ${same ? "bit-exact" : `DIFFERS (exit ${again.code})`} |`,
   );
   console.error(rows.at(-1));

@@ -11,6 +11,10 @@
  *   write: at its first file write, between the tensors it reads back), as a driver reset would.
  * - `enospc`: the phase's first file write (a log record, a plot, a checkpoint chunk) fails with
  *   ENOSPC, as on a full disk.
+ * - `stall`: the process says `SLTRAIN_FAULT: stalled in <phase> <n>` on stderr at the phase's
+ *   first buffer allocation or file write, and stops there for a minute, so a test can kill it
+ *   in the middle of that phase (the crash test's kills mid-step, mid-evaluation and
+ *   mid-checkpoint-write).
  *
  * Phases: `step` (forward, backward, update and the log records read after it), `eval` (the
  * evaluation, its log record and plots), `checkpoint` (writing the checkpoint file).
@@ -20,7 +24,7 @@ import { gpuDevice, setAllocationFault } from "../core/device.ts";
 import { FlagError } from "./flags.ts";
 
 /** Fault kinds. */
-export const FAULT_KINDS = ["oom", "device-lost", "enospc"] as const;
+export const FAULT_KINDS = ["oom", "device-lost", "enospc", "stall"] as const;
 /** Phases of a run a fault can hit. */
 export const PHASES = ["step", "eval", "checkpoint"] as const;
 /** A phase of {@link PHASES}. */
@@ -83,8 +87,15 @@ function fire(): boolean {
 function onAllocation(): string | void {
   if (armed?.kind === "device-lost" && armed.phase === "checkpoint") return;
   if (!fire()) return;
+  if (armed!.kind === "stall") return stall();
   if (armed!.kind === "oom") return `not enough memory for this buffer (${NOTE})`;
   gpuDevice().destroy();
+}
+
+/** Says where it is and blocks this thread (so a kill lands here). */
+function stall(): void {
+  console.error(`SLTRAIN_FAULT: stalled in ${armed!.phase} ${armed!.n}`);
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000);
 }
 
 /**
@@ -96,6 +107,7 @@ export function beforeWrite(path: string): void {
   const kind = armed?.kind;
   if (kind === "oom" || (kind === "device-lost" && armed!.phase !== "checkpoint")) return;
   if (!fire()) return;
+  if (kind === "stall") return stall();
   if (kind === "device-lost") {
     gpuDevice().destroy();
     return;

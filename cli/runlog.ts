@@ -123,7 +123,9 @@ export class RunLog {
       while (off < bytes.length) off += this.#file.writeSync(bytes.subarray(off));
     } catch (e) {
       throw new Error(
-        `appending a ${record.kind} record to ${this.#path}: ${(e as Error).message}`,
+        `appending the ${record.kind} record of step ${record.step} to ${this.#path}: ${
+          (e as Error).message
+        }`,
         {
           cause: e,
         },

@@ -70,7 +70,7 @@ Deno.test("injected faults end the run naming the failure and the op; checkpoint
       ],
       [
         "enospc@eval:3",
-        /^error: appending a eval record to .*\/log\.jsonl: No space left on device \(os error 28\)/m,
+        /^error: appending the eval record of step 4 to .*\/log\.jsonl: No space left on device \(os error 28\)/m,
       ],
       [
         "device-lost@checkpoint:2",
