@@ -49,6 +49,10 @@ import { PROJECTOR_METHODS } from "./optim/galore.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
+import { derivedFromSteps } from "./cli/resume.ts";
+import { checkFits } from "./cli/memory_budget.ts";
+import { armFault, parseFault } from "./cli/faults.ts";
+import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import {
   dataSource,
@@ -307,6 +311,8 @@ interface OutDir {
   created: boolean;
   /** Run folders that hold a run (a checkpoint, or a log of one killed before its first). */
   resumable: Set<string>;
+  /** This process's lock of the folder (see `cli/run_lock.ts`). */
+  lock: RunLock;
 }
 
 async function prepareOut(
@@ -322,6 +328,8 @@ async function prepareOut(
     info = await Deno.stat(out);
   } catch { /* does not exist yet */ }
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
+  // A folder another run is training in is refused first, naming that run.
+  if (info) assertUnlocked(out);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
       if (e.name === CKPT || e.name === LOG || e.isDirectory) {
@@ -343,7 +351,7 @@ async function prepareOut(
     }
   }
   await Deno.mkdir(out, { recursive: true });
-  return { out, created: !info, resumable };
+  return { out, created: !info, resumable, lock: acquireRunLock(out) };
 }
 
 /**
@@ -353,6 +361,8 @@ async function prepareOut(
  * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
 function discardUnstarted(dir: string, outDir: OutDir): void {
+  // The lock goes too: the process ends right after this.
+  outDir.lock.release();
   for (const f of [LOG, "summary.json", "loss.svg", DASHBOARD_HTML]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
@@ -434,6 +444,9 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
   refuseInapplicable(flags, methods);
   const dashboardAt = dashboardFlags(flags);
+  // A test hook (see cli/faults.ts), never a flag.
+  const fault = Deno.env.get("SLTRAIN_FAULT");
+  if (fault) armFault(parseFault(fault));
   const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
   const initVocab = hfInit?.hf.config.vocabSize;
@@ -455,6 +468,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
   const info = await initGpu();
+  for (const run of runs) checkFits(run, info);
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
@@ -467,6 +481,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
   } catch (e) {
     // Nothing is written yet: only a folder this process made goes.
+    outDir.lock.release();
     if (outDir.created) discardUnstarted(out, outDir);
     throw new FlagError(`--dashboard: ${errorText(e)}`);
   }
@@ -478,6 +493,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const onSignal = (signal: Deno.Signal) => () => {
     if (stop) {
       if (unstarted) discardUnstarted(unstarted, outDir);
+      outDir.lock.release();
       Deno.exit(exitCode(signal));
     }
     stop = signal;
@@ -515,16 +531,19 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
           onEval: (history) =>
             writePlots(dir, [{ run, history }], `${run.method} on ${run.modelName}`),
           initModel: hfInit?.initModel,
+          derived: derivedFromSteps(flags),
         });
         results.push(result);
         await Deno.writeTextFile(
           `${dir}/summary.json`,
-          JSON.stringify({ ...result, run: { ...run } }, null, 1),
+          JSON.stringify({ ...result, run: { ...result.run } }, null, 1),
         );
         await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
       } catch (e) {
-        // A lost device makes later calls fail in odd ways: its loss is the error to report.
-        const cause = await deviceLostError() ?? e;
+        // A lost device makes later calls fail in odd ways: its loss is the error to report
+        // (the trainer reports it with the phase it hit, when it saw it).
+        const lostSeen = e instanceof Error && e.message.includes("the GPU device was lost");
+        const cause = (lostSeen ? null : await deviceLostError()) ?? e;
         if (unstarted) discardUnstarted(dir, outDir);
         else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
             cause,
@@ -537,6 +556,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   } finally {
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
     await dashboard?.close();
+    outDir.lock.release();
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
@@ -568,7 +588,8 @@ function errorText(e: unknown): string {
 /** What a failed run leaves for the user, appended to its error (unless `said` says it). */
 async function whatIsKept(dir: string, said: string): Promise<string> {
   const ckpt = await exists(`${dir}/${CKPT}`);
-  const next = said.includes(`${dir}/${CKPT}`)
+  // An error about the checkpoint itself (a damaged one) already says what to do with it.
+  const next = said.includes(`${dir}/${CKPT}`) && !said.startsWith("writing the checkpoint")
     ? ""
     : ckpt
     ? `; the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`

@@ -10,7 +10,8 @@
  * however often the run was killed and resumed.
  * @module
  */
-import { NonFiniteError } from "../core/errors.ts";
+import { deviceLostError } from "../core/device.ts";
+import { DeviceError, NonFiniteError } from "../core/errors.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
@@ -52,6 +53,8 @@ import {
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
 import { exists } from "./exists.ts";
+import { describeExtension, reconcileResume } from "./resume.ts";
+import { enterPhase } from "./faults.ts";
 import { LOG_FILE, type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
@@ -162,34 +165,14 @@ export interface RunIO {
     run: RunConfig,
     method: LinearMethod,
   ) => Promise<{ params: LlamaParams; buffers: LlamaBuffers }>;
+  /**
+   * Settings of the run whose values were derived from `steps` rather than given (see
+   * `derivedFromSteps` in `resume.ts`): a resumed run takes the checkpoint's instead.
+   */
+  derived?: ReadonlySet<string>;
 }
 
-/**
- * The settings a resumed run may change: how long it runs and how it evaluates and reports. Any
- * other setting, including one added later, must match the checkpoint's.
- */
-const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
-  "modelName",
-  "steps",
-  "evalEvery",
-  "evalTokens",
-  "logEvery",
-  "onNonfinite",
-  // Recomputing activations or keeping SLTrain's W gives the same gradients to the bit: only
-  // memory and time differ.
-  "recompute",
-  "keepWeight",
-]);
-
-/** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
-export function resumeConflicts(run: RunConfig, saved: RunConfig): string[] {
-  const now = run as unknown as Record<string, unknown>;
-  const then = saved as unknown as Record<string, unknown>;
-  const keys = new Set([...Object.keys(now), ...Object.keys(then)]);
-  return [...keys]
-    .filter((k) => !MAY_CHANGE.has(k) && JSON.stringify(now[k]) !== JSON.stringify(then[k]))
-    .map((k) => `${k}: checkpoint ${JSON.stringify(then[k])}, now ${JSON.stringify(now[k])}`);
-}
+export { resumeConflicts } from "./resume.ts";
 
 /** A run in progress: what changes from step to step. */
 interface Training {
@@ -206,6 +189,10 @@ interface Training {
   step: number;
   /** True when the run continues from a checkpoint. */
   readonly resumed: boolean;
+  /** How a resumed run's length changed (null when it did not), for the log. */
+  readonly extended?:
+    | { from: number; to: number; kept: Record<string, unknown>; text: string }
+    | null;
   readonly stream: BatchStream;
   readonly history: History;
   /** Non-finite flags and the update gate. */
@@ -321,19 +308,29 @@ async function startRun(
   const ck = await loadCheckpoint(ckptPath);
   // Checkpoints from before --optimizer existed were all trained with adamw.
   const saved = { optimizer: "adamw", ...(ck.meta.run as Partial<RunConfig>) } as RunConfig;
-  const conflicts = resumeConflicts(run, saved);
-  if (conflicts.length > 0) {
+  const reconciled = reconcileResume(run, saved, io.derived ?? new Set());
+  if (reconciled.conflicts.length > 0) {
     tree.dispose(ck);
     throw new Error(
-      `cannot resume ${ckptPath}: it comes from another config:\n  ${conflicts.join("\n  ")}`,
+      `cannot resume ${ckptPath}: it comes from another config (only the settings the README ` +
+        `lists under "Resuming" may change):\n  ${reconciled.conflicts.join("\n  ")}`,
     );
   }
+  run = reconciled.run;
   const params = ck.params as LlamaParams;
   stream.state = ck.meta.stream as BatchStreamState;
   Object.assign(history, ck.meta.history as History);
   io.progress.log(`resumed from ${ckptPath} at step ${ck.step}`);
+  const extension = describeExtension(run, saved, ck.step, reconciled.kept);
+  if (extension) io.progress.log(extension);
   return {
     run,
+    extended: extension === null ? null : {
+      from: saved.steps,
+      to: run.steps,
+      kept: Object.fromEntries(Object.entries(reconciled.kept).map(([k, [v]]) => [k, v])),
+      text: extension,
+    },
     method,
     params,
     buffers: ck.buffers as LlamaBuffers,
@@ -365,8 +362,24 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
         const rec = stamped({ kind: "resume", step: t.step, cut: opened.cut });
         log.append(rec);
         io.log(rec);
+        if (t.extended) {
+          const ext = stamped({ kind: "extend", step: t.step, ...t.extended });
+          log.append(ext);
+          io.log(ext);
+        }
       }
       if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/${LOG_FILE}`, t.run, t.step);
+    }
+    // A run that ended on a cycle boundary skipped that reset or merge (it was its last step);
+    // extended, it does it now, as a run of the new length would have.
+    const cycle = cycleLength(t.run);
+    if (
+      t.extended && cycle > 0 && t.step === t.extended.from && t.step % cycle === 0 &&
+      t.step < t.run.steps
+    ) {
+      const rec = await resetCycle(t);
+      log?.append(rec);
+      io.log(rec);
     }
     if (!t.resumed) {
       const counts = countParams(run.model, t.method);
@@ -383,6 +396,29 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   } finally {
     log?.close();
     tree.dispose([t.params, t.buffers, t.optState]);
+  }
+}
+
+/**
+ * `e` with `what` (the operation) in front of its message, when it is a device or file-system error
+ * (a GPU error names its op but not the run's phase; Deno's file errors name neither).
+ */
+function withContext(e: unknown, what: string): unknown {
+  if (e instanceof DeviceError || (e instanceof Error && "code" in e)) {
+    e.message = `${what}: ${e.message}`;
+  }
+  return e;
+}
+
+/**
+ * Runs `f`; a device or file-system error it throws gets `what` in front (see withContext). A
+ * lost device makes later calls fail in odd ways: its loss is the error then.
+ */
+async function during<T>(what: string, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    throw withContext(await deviceLostError() ?? e, what);
   }
 }
 
@@ -464,7 +500,8 @@ class RunLoop {
         t.watch.begin();
         let r;
         try {
-          r = await trainStep(t, flags);
+          enterPhase("step");
+          r = await during(`step ${t.step + 1}`, () => trainStep(t, flags));
         } catch (e) {
           t.watch.end(t.step + 1).sumSq.dispose();
           throw e;
@@ -537,7 +574,9 @@ class RunLoop {
     this.#pending = [];
     let vals;
     try {
-      vals = await readAll(pending.flatMap(deviceTensors));
+      const steps = `step${pending.length > 1 ? "s" : ""} ${pending[0].step}` +
+        (pending.length > 1 ? `-${pending.at(-1)!.step}` : "");
+      vals = await during(steps, () => readAll(pending.flatMap(deviceTensors)));
     } finally {
       tree.dispose(pending.map(deviceTensors));
     }
@@ -615,7 +654,11 @@ class RunLoop {
   async evaluate(): Promise<void> {
     const { t, io } = this;
     const t0 = performance.now();
-    const r = await evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens);
+    enterPhase("eval");
+    const r = await during(
+      `the evaluation at step ${t.step}`,
+      () => evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens),
+    );
     if (!Number.isFinite(r.loss)) {
       throw this.stopped(`step ${t.step}: the validation loss is ${r.loss}`);
     }
@@ -647,6 +690,7 @@ class RunLoop {
     if (!this.ckptPath || this.#saved === t.step) return;
     await this.read();
     this.log?.sync();
+    enterPhase("checkpoint");
     try {
       await saveCheckpoint(this.ckptPath, checkpointOf(t, this.data.source), {
         keep: this.io.keep,
@@ -656,7 +700,10 @@ class RunLoop {
       if (e instanceof NonFiniteError) {
         throw this.stopped(`step ${t.step}: ${e.message}`);
       }
-      throw e;
+      throw withContext(
+        await deviceLostError() ?? e,
+        `writing the checkpoint of step ${t.step} to ${this.ckptPath}`,
+      );
     }
     this.#saved = t.step;
     this.#restartWindow();

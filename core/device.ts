@@ -196,6 +196,23 @@ function errorKind(e: GPUError): string {
     : "internal";
 }
 
+let allocationFault: ((what: string) => string | void) | null = null;
+
+/**
+ * Fault injection (a test hook; train.ts arms it only through `SLTRAIN_FAULT`): `hook` sees every
+ * device-buffer allocation before it is made; a string it returns is reported as an out-of-memory
+ * error of that allocation, exactly as a GPU's would be (at the next sync). null disarms it.
+ */
+export function setAllocationFault(hook: ((what: string) => string | void) | null): void {
+  allocationFault = hook;
+}
+
+/** Called by every device-buffer allocation, inside its error scope (see {@link setAllocationFault}). */
+export function beforeAllocation(what: string): void {
+  const message = allocationFault?.(what);
+  if (message) current().errors.push(`out-of-memory error in ${what}: ${message}`);
+}
+
 /** The error filters {@link captureErrors} listens to by default. */
 export const ALL_ERRORS: readonly GPUErrorFilter[] = ["validation", "out-of-memory", "internal"];
 

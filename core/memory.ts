@@ -3,7 +3,7 @@
  * (live bytes, peak bytes, live buffers) that make memory use observable.
  * @module
  */
-import { captureErrors, gpuDevice } from "./device.ts";
+import { beforeAllocation, captureErrors, gpuDevice } from "./device.ts";
 import { DeviceLimitError } from "./errors.ts";
 
 /** A device buffer shared by one or more tensor handles (e.g. a tensor and its reshape). */
@@ -62,6 +62,8 @@ export function allocStorage(bytes: number, what: string): Storage {
       `${what} needs ${bytes} bytes, over the device's maxBufferSize of ${limit} bytes`,
     );
   }
+  // Every allocation, pooled or new, counts for fault injection.
+  beforeAllocation(`allocating ${what} (${bytes} bytes)`);
   let size = sizeClass(bytes);
   if (size > limit) size = Math.ceil(bytes / 16) * 16;
   const list = free.get(size);
