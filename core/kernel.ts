@@ -16,6 +16,7 @@ import {
 import { DeviceError } from "./errors.ts";
 import { DeviceLimitError } from "./errors.ts";
 import type { Storage } from "./memory.ts";
+import { type AllocationKind, destroyNoted, noteAllocated } from "./allocations.ts";
 
 /**
  * A storage bound to a kernel, with a description (`tensor [2, 3] f32`) for limit errors. A window
@@ -142,7 +143,7 @@ function uniformBuffer(data: ArrayBufferView): GPUBuffer {
       destroyAfterSubmit(old);
     }
     const size = Math.max(16, Math.ceil(bytes.byteLength / 16) * 16);
-    buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms");
+    buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms", "uniforms");
     uniformsCreated++;
   }
   uniformCache.set(key, buf);
@@ -214,17 +215,19 @@ function mappedRange(buf: GPUBuffer, what: string): ArrayBuffer {
   }
 }
 
-/** A new buffer of `size` bytes (>= data) holding `data`, written at creation. */
+/** A new buffer of `size` bytes (>= data) holding `data`, written at creation; on the ledger. */
 function filledBuffer(
   usage: GPUBufferUsageFlags,
   data: Uint8Array,
   size: number,
   what: string,
+  kind: AllocationKind,
 ): GPUBuffer {
   let buf: GPUBuffer;
   captureErrors(`${what} (${size} bytes)`, () => {
     buf = gpuDevice().createBuffer({ size, usage, mappedAtCreation: true });
   });
+  noteAllocated(buf!, kind, size);
   new Uint8Array(mappedRange(buf!, what), 0, data.byteLength).set(data);
   buf!.unmap();
   return buf!;
@@ -280,10 +283,13 @@ export function dispatch(call: KernelCall): void {
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, bindGroup);
   if (gate) {
-    gate.args ??= device.createBuffer({
-      size: 12 * GATE_SEGMENT,
-      usage: GPUBufferUsage.INDIRECT | GPUBufferUsage.STORAGE,
-    });
+    if (!gate.args) {
+      gate.args = device.createBuffer({
+        size: 12 * GATE_SEGMENT,
+        usage: GPUBufferUsage.INDIRECT | GPUBufferUsage.STORAGE,
+      });
+      noteAllocated(gate.args, "other", 12 * GATE_SEGMENT);
+    }
     pass.dispatchWorkgroupsIndirect(gate.args, 4 * gate.triples.length);
     gate.triples.push(x, y, z);
   } else pass.dispatchWorkgroups(x, y, z);
@@ -334,7 +340,7 @@ export function encodeCopyToTexture(
  */
 export function destroyAfterSubmit(resource: GPUBuffer | GPUTexture): void {
   if (encoder) toDestroy.push(resource);
-  else resource.destroy();
+  else destroyNoted(resource);
 }
 
 /** Records zero-filling of a storage (ordered with the dispatches around it). */
@@ -372,6 +378,7 @@ export function encodeUpload(s: Storage, data: ArrayBufferView, dstOffset = 0): 
       src.subarray(off, off + n),
       padded,
       `upload of ${bytes} bytes`,
+      "staging",
     );
     encodeCopy(staging, s.buffer, padded, dstOffset + off);
     toDestroy.push(staging);
@@ -397,7 +404,7 @@ export function flush(): void {
   noteWork(what);
   profiler?.collect();
   totalSubmits++;
-  for (const b of toDestroy) b.destroy();
+  for (const b of toDestroy) destroyNoted(b);
   toDestroy = [];
 }
 
@@ -438,6 +445,7 @@ function armGate(g: Gate): GPUCommandBuffer[] {
     new Uint8Array(new Uint32Array(g.triples).buffer),
     4 * g.triples.length,
     "gate arguments",
+    "other",
   );
   const pipeline = pipelineFor("gate", ARM_CODE);
   const enc = device.createCommandEncoder();
@@ -531,6 +539,7 @@ export async function readRanges(
       });
     });
     const buf = staging!;
+    noteAllocated(buf, "staging", Math.max(4, used));
     try {
       for (const p of pieces) {
         const words = Math.ceil(p.bytes / 4) * 4;
@@ -552,7 +561,7 @@ export async function readRanges(
       const mapped = new Uint8Array(mappedRange(buf, what));
       for (const p of pieces) await onPiece(p.index, mapped.subarray(p.at, p.at + p.bytes), p.into);
     } finally {
-      buf.destroy();
+      destroyNoted(buf);
     }
     pieces = [];
     used = 0;
@@ -644,6 +653,9 @@ class Profiler {
       size: 16 * PROFILE_SLOTS,
       usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
     });
+    // A timestamp is 8 bytes on the device.
+    noteAllocated(this.querySet, "queries", 16 * PROFILE_SLOTS);
+    noteAllocated(this.resolveBuf, "queries", 16 * PROFILE_SLOTS);
   }
 
   slot(name: string): GPUComputePassTimestampWrites {
@@ -665,6 +677,7 @@ class Profiler {
       size: 16 * n,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
+    noteAllocated(this.#readback, "queries", 16 * n);
     enc.copyBufferToBuffer(this.resolveBuf, 0, this.#readback, 0, 16 * n);
   }
 
@@ -683,14 +696,14 @@ class Profiler {
           e.ms += Number(t[2 * i + 1] - t[2 * i]) / 1e6;
           this.totals.set(name, e);
         });
-        buf.destroy();
+        destroyNoted(buf);
       }),
     );
   }
 
   destroy(): void {
-    this.querySet.destroy();
-    this.resolveBuf.destroy();
+    destroyNoted(this.querySet);
+    destroyNoted(this.resolveBuf);
   }
 }
 

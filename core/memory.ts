@@ -3,6 +3,13 @@
  * (live bytes, peak bytes, live buffers) that make memory use observable.
  * @module
  */
+import {
+  type AllocationKind,
+  allocationStats,
+  destroyNoted,
+  noteAllocated,
+  resetAllocatedPeak,
+} from "./allocations.ts";
 import { captureErrors, gpuDevice } from "./device.ts";
 import { DeviceLimitError } from "./errors.ts";
 
@@ -31,6 +38,17 @@ export interface MemoryStats {
   pooledBytes: number;
   /** Bytes of device buffers held in total (live size classes + pool). */
   reservedBytes: number;
+  /**
+   * Bytes of every device allocation the library holds: tensor buffers at their size class, the
+   * pool, textures, staging, uniforms, query sets. What the device sees, beside `liveBytes`.
+   */
+  allocatedBytes: number;
+  /** Highest `allocatedBytes` since start or the last {@link resetPeakBytes}. */
+  allocatedPeak: number;
+  /** `allocatedBytes` by what the allocations are for. */
+  allocatedByKind: Record<AllocationKind, number>;
+  /** `allocatedByKind` when `allocatedPeak` was reached. */
+  allocatedAtPeak: Record<AllocationKind, number>;
 }
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -42,14 +60,15 @@ let pooledBytes = 0;
 let reservedBytes = 0;
 
 /**
- * Size class of a request: multiples of 256 bytes up to 64 KiB, then four classes per power of two,
- * so at most 25% of a buffer is slack while buffers of nearby sizes are still shared.
+ * Size class of a request: multiples of 256 bytes up to 64 KiB, then four classes per power of two
+ * up to 1 MiB (at most 25% slack on small buffers, which are many and shared widely), then 32 per
+ * power of two (at most 1/32 ≈ 3% slack on the large buffers that make up most of the bytes).
  */
 export function sizeClass(bytes: number): number {
   if (bytes <= 65536) return Math.max(256, Math.ceil(bytes / 256) * 256);
   const octave = 2 ** Math.floor(Math.log2(bytes));
-  const quarter = octave / 4;
-  return Math.ceil(bytes / quarter) * quarter;
+  const step = octave / (bytes < 2 ** 20 ? 4 : 32);
+  return Math.ceil(bytes / step) * step;
 }
 
 /** Allocates a storage of `bytes` bytes; `what` describes the tensor for the limit error. */
@@ -75,6 +94,7 @@ export function allocStorage(bytes: number, what: string): Storage {
         `buffers and ${pooledBytes} pooled)`,
       () => (buffer = device.createBuffer({ size, usage: USAGE })),
     );
+    noteAllocated(buffer!, "buffers", size);
     reservedBytes += size;
   }
   liveBytes += bytes;
@@ -97,17 +117,29 @@ export function releaseStorage(s: Storage): void {
 
 /** Current memory counters. */
 export function memoryStats(): MemoryStats {
-  return { liveBytes, peakBytes, liveBuffers, pooledBytes, reservedBytes };
+  const a = allocationStats();
+  return {
+    liveBytes,
+    peakBytes,
+    liveBuffers,
+    pooledBytes,
+    reservedBytes,
+    allocatedBytes: a.allocatedBytes,
+    allocatedPeak: a.allocatedPeak,
+    allocatedByKind: a.byKind,
+    allocatedAtPeak: a.atPeak,
+  };
 }
 
-/** Starts a new peak measurement at the current live bytes. */
+/** Starts new peak measurements (requested and allocated) at the current figures. */
 export function resetPeakBytes(): void {
   peakBytes = liveBytes;
+  resetAllocatedPeak();
 }
 
 /** Destroys every free buffer in the pool (live tensors are untouched). */
 export function emptyPool(): void {
-  for (const list of free.values()) for (const b of list) b.destroy();
+  for (const list of free.values()) for (const b of list) destroyNoted(b);
   free.clear();
   reservedBytes -= pooledBytes;
   pooledBytes = 0;

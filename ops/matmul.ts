@@ -9,6 +9,7 @@ import { DeviceLimitError, ShapeError } from "../core/errors.ts";
 import { convert } from "../core/convert.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { destroyAfterSubmit, encodeCopyToTexture, registerCache } from "../core/kernel.ts";
+import { noteAllocated } from "../core/allocations.ts";
 import { fmtShape, shapesEqual, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
@@ -399,6 +400,7 @@ function cachedTexture(width: number, height: number): GPUTexture {
       usage: GPUTextureUsage.COPY_DST | GPUTextureUsage.TEXTURE_BINDING,
       label: `matmul operand ${key}`,
     });
+    noteAllocated(t, "textures", width * height * 16);
     texCacheBytes += width * height * 16;
     for (const [k, old] of texCache) {
       if (texCacheBytes <= TEX_CACHE_BYTES) break;
