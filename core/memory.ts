@@ -11,6 +11,7 @@ import {
   resetAllocatedPeak,
 } from "./allocations.ts";
 import { captureErrors, gpuDevice } from "./device.ts";
+import { flush } from "./kernel.ts";
 import { DeviceLimitError } from "./errors.ts";
 
 /** A device buffer shared by one or more tensor handles (e.g. a tensor and its reshape). */
@@ -53,6 +54,8 @@ export interface MemoryStats {
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 const free = new Map<number, GPUBuffer[]>();
+// Every free buffer, oldest first: the order the pool gives them back to the device in.
+const freeOrder = new Set<GPUBuffer>();
 let liveBytes = 0;
 let peakBytes = 0;
 let liveBuffers = 0;
@@ -86,8 +89,10 @@ export function allocStorage(bytes: number, what: string): Storage {
   const list = free.get(size);
   let buffer = list?.pop();
   if (buffer) {
+    freeOrder.delete(buffer);
     pooledBytes -= size;
   } else {
+    trimPool(size);
     const device = gpuDevice();
     captureErrors(
       `allocating ${what} (${bytes} bytes, with ${liveBytes} bytes in ${liveBuffers} live ` +
@@ -112,7 +117,43 @@ export function releaseStorage(s: Storage): void {
   let list = free.get(size);
   if (!list) free.set(size, list = []);
   list.push(s.buffer);
+  freeOrder.add(s.buffer);
   pooledBytes += size;
+}
+
+/** Smallest pool budget: small models keep every free buffer, as before the budget existed. */
+const MIN_POOL_BYTES = 64 * 1024 * 1024;
+let poolFraction = 1 / 8;
+
+/**
+ * Sets the pool's budget as a fraction of the live bytes (default 1/8, never below 64 MiB);
+ * returns the previous fraction. `Infinity` keeps every free buffer. Meant for tests and
+ * benchmarks.
+ */
+export function setPoolFraction(fraction: number): number {
+  const prev = poolFraction;
+  poolFraction = fraction;
+  return prev;
+}
+
+// Before a new buffer of `size` bytes is created: when the pool holds more than its budget (free
+// buffers of sizes the step no longer asks for, e.g. activations freed while gradients are made),
+// gives the oldest back to the device. Work recorded so far may still use them, so it is
+// submitted first (destroying a buffer that submitted work uses is allowed; the memory goes once
+// that work is done).
+function trimPool(size: number): void {
+  const budget = Math.max(MIN_POOL_BYTES, liveBytes * poolFraction);
+  if (pooledBytes + size <= budget) return;
+  flush();
+  for (const b of freeOrder) {
+    if (pooledBytes + size <= budget) break;
+    freeOrder.delete(b);
+    const list = free.get(b.size)!;
+    list.splice(list.indexOf(b), 1);
+    pooledBytes -= b.size;
+    reservedBytes -= b.size;
+    destroyNoted(b);
+  }
 }
 
 /** Current memory counters. */
@@ -141,6 +182,7 @@ export function resetPeakBytes(): void {
 export function emptyPool(): void {
   for (const list of free.values()) for (const b of list) destroyNoted(b);
   free.clear();
+  freeOrder.clear();
   reservedBytes -= pooledBytes;
   pooledBytes = 0;
 }
