@@ -123,10 +123,10 @@ export function releaseStorage(s: Storage): void {
 
 /** Smallest pool budget: small models keep every free buffer, as before the budget existed. */
 const MIN_POOL_BYTES = 64 * 1024 * 1024;
-let poolFraction = 1 / 8;
+let poolFraction = 1 / 32;
 
 /**
- * Sets the pool's budget as a fraction of the live bytes (default 1/8, never below 64 MiB);
+ * Sets the pool's budget as a fraction of the live bytes (default 1/32, never below 64 MiB);
  * returns the previous fraction. `Infinity` keeps every free buffer. Meant for tests and
  * benchmarks.
  */

@@ -384,6 +384,8 @@ export function setMatmulTextureThreshold(minFlops: number): number {
 // one command stream is safe because commands run in recording order. Oldest entries are evicted
 // once the cache holds more than TEX_CACHE_BYTES.
 const texCache = new Map<string, GPUTexture>();
+// One view per cached texture, so that the dispatcher finds the bind groups that use it again.
+const texViews = new WeakMap<GPUTexture, GPUTextureView>();
 registerCache("matmulTextures", () => texCache.size);
 const TEX_CACHE_BYTES = 128 * 1024 * 1024;
 let texCacheBytes = 0;
@@ -440,7 +442,9 @@ function copyToTexture(
       [(rest * rowLen) / 4, 1],
     );
   }
-  return texture.createView();
+  let view = texViews.get(texture);
+  if (!view) texViews.set(texture, view = texture.createView());
+  return view;
 }
 
 function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {
