@@ -35,6 +35,7 @@ import { memoryStats } from "../core/memory.ts";
 import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
 import { estimateMemory } from "../models/estimate.ts";
+import { planPeak } from "../cli/plan.ts";
 
 /** One configuration of the table. */
 interface Row {
@@ -240,10 +241,10 @@ async function main(): Promise<void> {
   );
   console.log(
     "| model | configuration | est. steady GB | measured steady GB | requested peak GB | " +
-      "allocated peak GB | peak RSS GB | alloc / Adam bf16 | RSS / Adam bf16 | paper GB | " +
-      "paper / paper Adam | step s |",
+      "allocated peak GB | planned peak GB (error) | peak RSS GB | alloc / Adam bf16 | " +
+      "RSS / Adam bf16 | paper GB | paper / paper Adam | step s |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   const notes: string[] = [];
   const models = f.models!.split(",").filter(Boolean);
   const estimateOnly = f["estimate-only"]!.split(",").filter(Boolean);
@@ -251,7 +252,9 @@ async function main(): Promise<void> {
     const only = !models.includes(model);
     let adam: Measured | null = null;
     for (const row of rows) {
-      const est = estimate(await runConfig(model, row, seq));
+      const run = await runConfig(model, row, seq);
+      const est = estimate(run);
+      const planned = planPeak(run).total;
       const paper = row.paper ? PAPER[model]?.[row.paper] : undefined;
       const paperCols = paper === undefined
         ? "– | –"
@@ -262,7 +265,9 @@ async function main(): Promise<void> {
       const m = measureIt ? await measure(model, row, seq) : "estimate only";
       if (typeof m === "string") {
         console.log(
-          `| ${model} | ${row.label} | ${gb(est)} | ${m} | – | – | – | – | – | ${paperCols} | – |`,
+          `| ${model} | ${row.label} | ${gb(est)} | ${m} | – | – | ${
+            gb(planned)
+          } | – | – | – | ${paperCols} | – |`,
         );
         continue;
       }
@@ -272,7 +277,9 @@ async function main(): Promise<void> {
       console.log(
         `| ${model} | ${row.label} | ${gb(est)} | ${gb(m.steady)} | ${gb(m.peak)} | ${
           gb(m.allocatedPeak)
-        } | ${gb(m.rssPeak)} | ${ratio(m.allocatedPeak, adam?.allocatedPeak)} | ${
+        } | ${gb(planned)} (${((planned / m.allocatedPeak - 1) * 100).toFixed(1)}%) | ${
+          gb(m.rssPeak)
+        } | ${ratio(m.allocatedPeak, adam?.allocatedPeak)} | ${
           ratio(m.rssPeak, adam?.rssPeak)
         } | ${paperCols} | ${m.seconds.toFixed(0)} |`,
       );

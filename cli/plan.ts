@@ -29,61 +29,84 @@ import {
 export interface PeakEstimate {
   /** Weights, sparse indices and optimizer state, each tensor at its size class. */
   steady: number;
-  /** Saved activations and the LM head's work at the start of backward. */
+  /** Saved activations and the LM head's blocks at the start of backward. */
   activations: number;
   /** Every gradient at once (0 with per-layer updates, which never hold them all). */
   gradients: number;
-  /** What the device holds beyond the tensors' bytes: size-class slack, pool, caches. */
+  /** What the device holds beyond the tensors: the pool's free buffers, the texture cache. */
   overhead: number;
   /** The predicted allocated peak: steady + max(activations, gradients) + overhead. */
   total: number;
 }
 
-// Bytes per token and block of saved activations (f32 whatever the weights' dtype): per unit of
-// width and of SwiGLU width (fitted on tiny/60m steps, `bench/plan_check.ts`).
+// Bytes per token and block of saved activations (f32 whatever the weights' dtype), per unit of
+// width and of SwiGLU width: fitted on steps of 128- and 256-wide models with SwiGLU widths of
+// 352 and 704 (bench/plan_check.ts), checked at 60m and 350m.
 const ACT_PER_HIDDEN = 31.7;
 const ACT_PER_INTER = 18;
+// The LM head's vocabulary blocks (ops/lm_head.ts): logits within 32 MiB, W's and dW's f32
+// blocks within 8 MiB; the head keeps one block of logits and about 2.5 of W and dW.
+const LOGIT_BLOCK_BYTES = 32 * 1024 * 1024;
+const WEIGHT_BLOCK_BYTES = 8 * 1024 * 1024;
+// bf16 weights: the update widens blocks of a gradient and its weight to f32 (about 2.5 blocks).
+const WIDENED_BYTES = 2.5 * WEIGHT_BLOCK_BYTES;
+// The pool keeps free buffers up to 1/32 of the live bytes, at least 64 MiB (core/memory.ts). At
+// the start of backward it holds the LM head's freed blocks (about twice the head's working set,
+// within that budget); at the end of backward, gradients have used up most of it (a tenth).
+// Measured at tiny, 60m and 350m (bench/plan_check.ts, bench/memory.ts).
+const POOL_FRACTION = 1 / 32;
+const POOL_MIN = 64 * 1024 * 1024;
+const POOL_FILL = { activations: 0.95, gradients: 0.1 };
+// With recompute, the backward of one block holds its recomputed activations and their
+// gradients: about 1.6 blocks' worth.
+const RECOMPUTED_BLOCKS = 1.6;
+// The matmul's texture cache (ops/matmul.ts) holds the [tokens, n] operands of the weight
+// gradients of products of at least 2^26 FLOPs, about 1.5 of each width (60m, 350m).
+const TEXTURE_MIN_FLOPS = 2 ** 26;
+const TEXTURES_PER_WIDTH = 1.5;
+// Slack of the size classes on the step's (large) buffers: at most 1/32, about half on average.
+const CLASS_SLACK = 1 / 64;
 
 /** The predicted device peak of one training step of `run` (one micro-batch of batch × seq). */
 export function planPeak(run: RunConfig): PeakEstimate {
   const { model } = run;
-  const est = estimateMemory(
+  const { hidden, intermediate, layers, vocabSize } = model;
+  const steady = estimateMemory(
     model,
     { method: linearMethod(run), optimizer: optimizerSpec(run), weights: run.dtype },
     "ours",
     sizeClass,
-  );
+  ).total;
   const tokens = run.batch * run.seq;
-  const perBlock = ACT_PER_HIDDEN * model.hidden + ACT_PER_INTER * model.intermediate;
-  // With recompute only each block's input is kept, plus one block's activations at a time.
-  const saved = run.recompute
-    ? tokens * (model.layers * 4 * model.hidden + perBlock)
-    : tokens * model.layers * perBlock;
-  const head = HEAD_PER_TOKEN * tokens + headFixed(run);
-  const activations = saved + head;
-  const gradients = run.perLayer ? 0 : gradientBytes(run);
-  const step = Math.max(activations, gradients);
-  const overhead = OVERHEAD * step;
-  return {
-    steady: est.total,
-    activations,
-    gradients,
-    overhead,
-    total: est.total + step + overhead,
-  };
+  const perBlock = ACT_PER_HIDDEN * hidden + ACT_PER_INTER * intermediate;
+  // With recompute each block's input is kept, and one block's activations exist at a time.
+  const saved = tokens * layers * (run.recompute ? 4 * hidden : perBlock);
+  const rows = Math.min(
+    vocabSize,
+    Math.floor(LOGIT_BLOCK_BYTES / (4 * tokens)),
+    Math.floor(WEIGHT_BLOCK_BYTES / (4 * hidden)),
+  );
+  const head = 4 * rows * (tokens + 2.5 * hidden);
+  const textures = Math.min(
+    128 * 2 ** 20,
+    [hidden, intermediate, rows].filter((n) => 2 * tokens * hidden * n >= TEXTURE_MIN_FLOPS)
+      .reduce((sum, n) => sum + TEXTURES_PER_WIDTH * 4 * tokens * n, 0),
+  );
+  // Without per-layer updates the head's dW is whole from the start of backward.
+  const headGrad = run.perLayer ? 0 : sizeClass(storageBytes(run.dtype, vocabSize * hidden));
+  const activations = saved + headGrad +
+    Math.max(head, run.recompute ? RECOMPUTED_BLOCKS * tokens * perBlock : 0);
+  const gradients = run.perLayer
+    ? 0
+    : gradientBytes(run) + (run.dtype === "bf16" ? WIDENED_BYTES : 0);
+  const step = Math.max(activations, gradients) * (1 + CLASS_SLACK);
+  const fill = activations >= gradients ? POOL_FILL.activations : POOL_FILL.gradients;
+  const pool = Math.min(2 * head, Math.max(POOL_MIN, (steady + step) * POOL_FRACTION));
+  const overhead = fill * pool + textures;
+  return { steady, activations, gradients, overhead, total: steady + step + overhead };
 }
 
-const HEAD_PER_TOKEN = 2600;
-const OVERHEAD = 0.05;
-
-// The LM head's and embedding's gradients, [vocab, hidden] in the weights' dtype: whole without
-// per-layer updates, by rows with them.
-function headFixed(run: RunConfig): number {
-  const { vocabSize, hidden } = run.model;
-  return run.perLayer ? 0 : 3 * sizeClass(storageBytes(run.dtype, vocabSize * hidden));
-}
-
-// Every trainable tensor's gradient, in its weight's dtype, at its size class.
+// Every trainable tensor's gradient, in its weight's dtype (norm gains f32), at its size class.
 function gradientBytes(run: RunConfig): number {
   const { model } = run;
   const method = linearMethod(run);
@@ -94,9 +117,7 @@ function gradientBytes(run: RunConfig): number {
     if (method.kind === "dense") bytes += model.layers * g(m * n);
     else {
       bytes += model.layers * (g(method.rank * n) + g(m * method.rank));
-      if (method.kind === "sltrain") {
-        bytes += model.layers * g(sparseNnz(method.delta, m, n));
-      }
+      if (method.kind === "sltrain") bytes += model.layers * g(sparseNnz(method.delta, m, n));
     }
   }
   return bytes;
