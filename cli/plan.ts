@@ -294,7 +294,9 @@ export function fitReport(run: RunConfig, budget: number): string {
     head,
     table(["configuration", "micro-batch", "peak", "steady", "cost", "fits"], body),
   ];
-  const fitting = rows.filter((r) => r.fits).sort((a, b) => a.cost - b.cost);
+  // Fastest first; among equally fast ones, the smallest.
+  const fitting = rows.filter((r) => r.fits)
+    .sort((a, b) => a.cost - b.cost || a.peak.total - b.peak.total);
   if (fitting.length > 0) {
     const best = fitting[0];
     out.push(

@@ -3,13 +3,7 @@
  * (live bytes, peak bytes, live buffers) that make memory use observable.
  * @module
  */
-import {
-  type AllocationKind,
-  allocationStats,
-  destroyNoted,
-  noteAllocated,
-  resetAllocatedPeak,
-} from "./allocations.ts";
+import { allocationStats, destroyNoted, noteAllocated, resetAllocatedPeak } from "./allocations.ts";
 import { captureErrors, gpuDevice } from "./device.ts";
 import { flush } from "./kernel.ts";
 import { DeviceLimitError } from "./errors.ts";
@@ -46,10 +40,13 @@ export interface MemoryStats {
   allocatedBytes: number;
   /** Highest `allocatedBytes` since start or the last {@link resetPeakBytes}. */
   allocatedPeak: number;
-  /** `allocatedBytes` by what the allocations are for. */
-  allocatedByKind: Record<AllocationKind, number>;
+  /**
+   * `allocatedBytes` by what the allocations are for: `buffers` (tensor storages, live or pooled),
+   * `textures`, `staging`, `uniforms`, `queries` (profiling), `other`.
+   */
+  allocatedByKind: Record<string, number>;
   /** `allocatedByKind` when `allocatedPeak` was reached. */
-  allocatedAtPeak: Record<AllocationKind, number>;
+  allocatedAtPeak: Record<string, number>;
 }
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
