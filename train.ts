@@ -33,6 +33,7 @@ import {
 import { exists } from "./cli/exists.ts";
 import { LOG_FILE } from "./cli/runlog.ts";
 import { Progress } from "./cli/progress.ts";
+import { checkDeviceBudget, fitReport, parseByteSize } from "./cli/plan.ts";
 import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
 import { type DashboardThread, startDashboardThread } from "./cli/dashboard_server.ts";
 import { writeStandaloneDashboard } from "./cli/dashboard_page.ts";
@@ -461,6 +462,14 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
+  if (typeof flags.fit === "string") {
+    console.log(fitReport(runs[0], parseByteSize(flags.fit, "fit")));
+    return 0;
+  }
+  if (typeof flags["max-device-bytes"] === "string") {
+    const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
+    for (const r of runs) checkDeviceBudget(r, budget);
+  }
   const keep = num(flags, "keep", 1, posInt, "a positive integer");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards

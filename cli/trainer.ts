@@ -108,8 +108,15 @@ export interface RunResult {
   estimatedBytes: number;
   /** Measured live bytes of parameters, buffers and optimizer state after the last step. */
   measuredBytes: number;
-  /** Peak live device bytes during a step. */
+  /** Peak live device bytes during a step (what tensors request). */
   peakBytes: number;
+  /**
+   * Peak device bytes allocated during a step: tensor buffers at their size class, the pool,
+   * textures, staging, uniforms (what the device holds; at least `peakBytes`).
+   */
+  allocatedPeak: number;
+  /** Device bytes allocated after the last step (see `allocatedPeak`). */
+  allocatedBytes: number;
   /** Measured bytes of the optimizer state alone (moments, projectors, limiter norms). */
   stateBytes: number;
   /** The estimate of the same (`optimizerStates + projector` of the memory estimate). */
@@ -445,9 +452,11 @@ interface PendingStep {
   sumSq: Tensor;
   /** Training tokens up to and including this step. */
   trainTokens: number;
-  /** Live device bytes after the step, and the peak during it. */
+  /** Live device bytes after the step, and the peak during it: requested, then allocated. */
   liveBytes: number;
   peakBytes: number;
+  allocatedBytes: number;
+  allocatedPeak: number;
   events: LogRecord[];
 }
 
@@ -464,6 +473,7 @@ class RunLoop {
   /** Training tokens since the run began (across resumes). */
   #trainTokens: number;
   #peak = 0;
+  #allocatedPeak = 0;
   #t0 = performance.now();
   /**
    * Start of the steps the next read covers (performance.now() ms), and their tokens: training
@@ -518,6 +528,7 @@ class RunLoop {
         }
         const mem = memoryStats();
         this.#peak = Math.max(this.#peak, mem.peakBytes);
+        this.#allocatedPeak = Math.max(this.#allocatedPeak, mem.allocatedPeak);
         this.#pending.push({
           step: t.step,
           loss: r.loss,
@@ -526,6 +537,8 @@ class RunLoop {
           trainTokens: this.#trainTokens,
           liveBytes: mem.liveBytes,
           peakBytes: mem.peakBytes,
+          allocatedBytes: mem.allocatedBytes,
+          allocatedPeak: mem.allocatedPeak,
           events,
         });
         const last = t.step === run.steps;
@@ -610,6 +623,8 @@ class RunLoop {
           ...perStep,
           liveBytes: p.liveBytes,
           peakBytes: p.peakBytes,
+          allocatedBytes: p.allocatedBytes,
+          allocatedPeak: p.allocatedPeak,
         });
         for (const e of p.events) this.record(e);
         continue;
@@ -724,6 +739,8 @@ class RunLoop {
       estimatedBytes: est.total,
       measuredBytes: tree.bytes({ params: t.params, buffers: t.buffers, optState: t.optState }),
       peakBytes: this.#peak,
+      allocatedPeak: this.#allocatedPeak,
+      allocatedBytes: memoryStats().allocatedBytes,
       stateBytes: tree.bytes(t.optState),
       estimatedStateBytes: est.optimizerStates + est.projector,
       tokensPerSec: this.#tokens / Math.max(1e-9, seconds),
