@@ -5,7 +5,7 @@
  * and the final validation loss must fall below a bound pinned 0.1 above that run's.
  */
 import assert from "node:assert/strict";
-import { isProjected, type MethodName, METHODS } from "../cli/run_config.ts";
+import { isProjected, type MethodName } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { byteTokenizer } from "../data/tokenizer.ts";
