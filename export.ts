@@ -7,7 +7,14 @@
  */
 import { initGpu } from "./cli/gpu.ts";
 import { tokenizerFiles } from "./data/tokenizer_export.ts";
-import { FlagError, type FlagSpec, parseFlagsWith, renderHelp, runCli } from "./cli/flags.ts";
+import {
+  choiceFlag,
+  FlagError,
+  type FlagSpec,
+  parseFlagsWith,
+  renderHelp,
+  runCli,
+} from "./cli/flags.ts";
 import { exists } from "./cli/exists.ts";
 import { fmtBytes } from "./cli/format.ts";
 import { exportHf } from "./cli/hf_export.ts";
@@ -21,10 +28,16 @@ export const EXPORT_FLAGS: Record<string, FlagSpec> = {
       "a train.ts --out folder, its checkpoint.safetensors, or a Hugging Face folder (required)",
   },
   out: { type: "string", help: "the folder to create; must not exist (required)" },
-  dtype: { type: "string", default: "f32", help: "weights in the file: f32 or bf16" },
+  dtype: {
+    type: "string",
+    default: "f32",
+    choices: ["f32", "bf16"],
+    help: "weights in the file: f32 or bf16",
+  },
   format: {
     type: "string",
     default: "hf",
+    choices: ["hf", "sltrain"],
     help: "hf (dense LlamaForCausalLM) or sltrain (B, A, V and support of every linear)",
   },
   tokenizer: {
@@ -47,14 +60,6 @@ export function exportHelp(): string {
   );
 }
 
-function choice<T extends string>(flag: string, v: unknown, options: readonly T[]): T {
-  if (v === undefined) return options[0];
-  if (!options.includes(v as T)) {
-    throw new FlagError(`--${flag} ${v}: expected ${options.join(" or ")}`);
-  }
-  return v as T;
-}
-
 async function main(argv: string[]): Promise<number> {
   const flags = parseFlagsWith(EXPORT_FLAGS, argv);
   if (flags.help) {
@@ -66,8 +71,8 @@ async function main(argv: string[]): Promise<number> {
     throw new FlagError("--checkpoint is required (a train.ts --out folder or checkpoint file)");
   }
   if (typeof out !== "string" || out === "") throw new FlagError("--out is required");
-  const dtype = choice("dtype", flags.dtype, ["f32", "bf16"] as const);
-  const format = choice("format", flags.format, ["hf", "sltrain"] as const);
+  const dtype = choiceFlag<"f32" | "bf16">(flags, "dtype", EXPORT_FLAGS);
+  const format = choiceFlag<"hf" | "sltrain">(flags, "format", EXPORT_FLAGS);
   if (await exists(out)) {
     throw new FlagError(
       `--out ${out} already exists; choose a new folder (nothing is overwritten)`,

@@ -6,7 +6,15 @@
  */
 import { DEFAULT_SHARD_TOKENS, prepareShards } from "./data/prepare.ts";
 import { tokenizerByName } from "./data/tokenizer.ts";
-import { FlagError, type FlagSpec, num, parseFlagsWith, renderHelp, runCli } from "./cli/flags.ts";
+import {
+  FlagError,
+  type FlagSpec,
+  inRange,
+  numberFlag,
+  parseFlagsWith,
+  renderHelp,
+  runCli,
+} from "./cli/flags.ts";
 import { fmtBytes, fmtCount, fmtDuration } from "./cli/format.ts";
 import { Progress } from "./cli/progress.ts";
 
@@ -25,10 +33,19 @@ export const PREPARE_FLAGS: Record<string, FlagSpec> = {
   "val-data": { type: "string", help: "validation corpus (default: a held-out part of --data)" },
   "val-fraction": {
     type: "string",
-    default: "0.1",
+    default: 0.1,
+    number: inRange(0, 1, "()"),
     help: "held-out fraction of --data documents (every k-th, as train.ts)",
   },
-  "shard-tokens": { type: "string", default: String(DEFAULT_SHARD_TOKENS), help: "ids per shard" },
+  "shard-tokens": {
+    type: "string",
+    default: DEFAULT_SHARD_TOKENS,
+    number: {
+      ok: (v) => Number.isInteger(v) && v > 0 && v <= 2 ** 31,
+      what: "an integer in [1, 2^31]",
+    },
+    help: "ids per shard",
+  },
   help: { type: "boolean", help: "show this help" },
 };
 
@@ -51,14 +68,8 @@ async function main(argv: string[]): Promise<number> {
   if (flags["val-data"] !== undefined && flags["val-fraction"] !== undefined) {
     throw new FlagError("--val-data and --val-fraction exclude each other");
   }
-  const valFraction = num(flags, "val-fraction", 0.1, (v) => v > 0 && v < 1, "in (0, 1)");
-  const shardTokens = num(
-    flags,
-    "shard-tokens",
-    DEFAULT_SHARD_TOKENS,
-    (v) => Number.isInteger(v) && v > 0 && v <= 2 ** 31,
-    "an integer in [1, 2^31]",
-  );
+  const valFraction = numberFlag(flags, "val-fraction", undefined, PREPARE_FLAGS);
+  const shardTokens = numberFlag(flags, "shard-tokens", undefined, PREPARE_FLAGS);
   const tokName = String(flags.tokenizer ?? "bytes");
   const tok = await tokenizerByName(tokName).catch((e) => {
     throw new FlagError(`--tokenizer: ${(e as Error).message}`);

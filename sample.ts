@@ -9,17 +9,19 @@ import { initGpu } from "./cli/gpu.ts";
 import {
   FlagError,
   type FlagSpec,
-  natInt,
+  NON_NEGATIVE,
+  NON_NEGATIVE_INT,
   num,
+  numberFlag,
   parseFlagsWith,
-  posInt,
+  POSITIVE_INT,
   renderHelp,
   runCli,
 } from "./cli/flags.ts";
 import { generate, textStream } from "./cli/generate.ts";
 import { disposeAny, loadAnyModel, modelTokenizer } from "./cli/load_any.ts";
 
-/** Flags of sample.ts, in --help order: [type, default shown in --help, description]. */
+/** Flags of sample.ts, in --help order. */
 export const SAMPLE_FLAGS: Record<string, FlagSpec> = {
   checkpoint: {
     type: "string",
@@ -27,11 +29,26 @@ export const SAMPLE_FLAGS: Record<string, FlagSpec> = {
       "checkpoint.safetensors, a train.ts --out folder holding one, or a Hugging Face LLaMA folder (required)",
   },
   prompt: { type: "string", help: "text to continue (required, non-empty)" },
-  tokens: { type: "string", default: "200", help: "tokens to generate" },
-  temperature: { type: "string", default: "0.8", help: "softmax temperature (0 = greedy)" },
-  "top-k": { type: "string", default: "40", help: "sample among the k likeliest tokens (0 = all)" },
+  tokens: { type: "string", default: 200, number: POSITIVE_INT, help: "tokens to generate" },
+  temperature: {
+    type: "string",
+    default: 0.8,
+    number: NON_NEGATIVE,
+    help: "softmax temperature (0 = greedy)",
+  },
+  "top-k": {
+    type: "string",
+    default: 40,
+    number: NON_NEGATIVE_INT,
+    help: "sample among the k likeliest tokens (0 = all)",
+  },
   greedy: { type: "boolean", help: "always take the likeliest token" },
-  seed: { type: "string", default: "1", help: "seed of the sampler (same seed, same text)" },
+  seed: {
+    type: "string",
+    default: 1,
+    number: NON_NEGATIVE_INT,
+    help: "seed of the sampler (same seed, same text)",
+  },
   seq: {
     type: "string",
     default: "the model's max sequence length",
@@ -77,11 +94,10 @@ async function main(argv: string[]): Promise<number> {
     throw new FlagError("--prompt is required and must not be empty");
   }
   // Every number is checked before the device starts and the checkpoint loads.
-  const tokens = num(flags, "tokens", 200, posInt, "a positive integer");
-  const temperature = num(flags, "temperature", 0.8, (v) => v >= 0, "a non-negative number");
-  const topK = num(flags, "top-k", 40, natInt, "a non-negative integer");
-  const seed = num(flags, "seed", 1, natInt, "a non-negative integer");
-  const seqFlag = num(flags, "seq", 0, posInt, "a positive integer");
+  const n = (name: string) => numberFlag(flags, name, undefined, SAMPLE_FLAGS);
+  const [tokens, temperature, topK, seed] = ["tokens", "temperature", "top-k", "seed"].map(n);
+  // Its default (the model's length) is known once the model loads: 0 stands for it here.
+  const seqFlag = num(flags, "seq", 0, POSITIVE_INT);
 
   await initGpu();
   const loaded = await loadAnyModel(flags.checkpoint);

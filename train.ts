@@ -15,17 +15,17 @@ import { loadConfig } from "./cli/load_config.ts";
 import type { WeightDType } from "./models/linear.ts";
 import { checkRank, validateMethod } from "./models/method.ts";
 import {
+  choiceFlag,
+  type DefaultContext,
+  defaultText,
   FlagError,
+  FLAGS,
   helpText,
   methodName,
-  natInt,
-  num,
-  oneOf,
-  optimizerName,
+  numberFlag,
   packingFlag,
   parseFlags,
   portFlag,
-  posInt,
   type RawFlags,
   refuseInapplicable,
   runCli,
@@ -38,15 +38,15 @@ import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
 import { type DashboardThread, startDashboardThread } from "./cli/dashboard_server.ts";
 import { writeStandaloneDashboard } from "./cli/dashboard_page.ts";
 import {
-  isProjected,
   linearMethod,
   type MethodName,
+  type OptimizerName,
   optimizerSpec,
   type RunConfig,
 } from "./cli/run_config.ts";
 import { estimateMemory } from "./models/estimate.ts";
-import { GRANULARITIES, type Granularity } from "./optim/apollo.ts";
-import { PROJECTOR_METHODS } from "./optim/galore.ts";
+import type { Granularity } from "./optim/apollo.ts";
+import type { ProjectorMethod } from "./optim/galore.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
@@ -54,7 +54,7 @@ import { derivedFromSteps } from "./cli/resume.ts";
 import { checkFits } from "./cli/memory_budget.ts";
 import { armFault, parseFault } from "./cli/faults.ts";
 import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
-import { NONFINITE_POLICIES } from "./cli/guard.ts";
+import type { NonFinitePolicy } from "./cli/guard.ts";
 import {
   dataSource,
   shardFlag,
@@ -84,60 +84,43 @@ export async function buildRun(
       `--tokenizer ${tok.name} has ${tok.vocabSize} ids but ${modelName} has ${model.vocabSize}`,
     );
   }
-  const steps = num(flags, "steps", 300, posInt, "a positive integer");
-  const rank = num(
-    flags,
-    "rank",
-    Math.max(1, Math.floor(model.hidden / 4)),
-    posInt,
-    "a positive integer",
-  );
-  const warmupDefault = Math.min(Math.floor(steps / 2), Math.max(Math.round(steps / 10), 60));
+  const steps = numberFlag(flags, "steps");
+  const rank = numberFlag(flags, "rank", { method, hidden: model.hidden, steps });
+  const at: DefaultContext = { method, hidden: model.hidden, steps, rank };
+  const n = (name: string) => numberFlag(flags, name, at);
   const run: RunConfig = {
     model,
     modelName,
     method,
-    optimizer: optimizerName(String(flags.optimizer ?? "adamw")),
+    optimizer: choiceFlag<OptimizerName>(flags, "optimizer"),
     rank,
-    delta: num(flags, "delta", 0.03, (v) => v > 0 && v < 1, "in (0, 1)"),
-    alpha: num(flags, "alpha", rank / 4, (v) => v > 0, "positive"),
-    lr: num(flags, "lr", isProjected(method) ? 1e-2 : 3e-3, (v) => v > 0, "positive"),
-    warmup: num(flags, "warmup", warmupDefault, natInt, "a non-negative integer"),
+    delta: n("delta"),
+    alpha: n("alpha"),
+    lr: n("lr"),
+    warmup: n("warmup"),
     steps,
-    minLrRatio: num(flags, "min-lr-ratio", 0.1, (v) => v >= 0 && v <= 1, "in [0, 1]"),
-    batch: num(flags, "batch", 8, posInt, "a positive integer"),
-    seq: num(flags, "seq", 128, posInt, "a positive integer"),
-    gradAccum: num(flags, "grad-accum", 1, posInt, "a positive integer"),
-    clip: num(flags, "clip", 0, (v) => v >= 0, "non-negative"),
-    weightDecay: num(flags, "weight-decay", 0, (v) => v >= 0, "non-negative"),
+    minLrRatio: n("min-lr-ratio"),
+    batch: n("batch"),
+    seq: n("seq"),
+    gradAccum: n("grad-accum"),
+    clip: n("clip"),
+    weightDecay: n("weight-decay"),
     perLayer: flags["per-layer"] === true,
-    galoreGap: num(flags, "galore-gap", 200, posInt, "a positive integer"),
-    galoreScale: num(flags, "galore-scale", 0.25, (v) => v > 0, "positive"),
-    refactorEvery: num(flags, "refactor-every", 0, natInt, "a non-negative integer"),
-    reloraEvery: num(
-      flags,
-      "relora-every",
-      Math.max(1, Math.floor(steps / 4)),
-      posInt,
-      "a positive integer",
-    ),
-    recoverySteps: num(flags, "recovery-steps", 10, posInt, "a positive integer"),
-    evalEvery: num(
-      flags,
-      "eval-every",
-      Math.max(1, Math.floor(steps / 5)),
-      natInt,
-      "a non-negative integer",
-    ),
-    evalTokens: num(flags, "eval-tokens", 16384, posInt, "a positive integer"),
-    seed: num(flags, "seed", 42, natInt, "a non-negative integer"),
-    logEvery: num(flags, "log-every", 10, posInt, "a positive integer"),
-    onNonfinite: oneOf(flags, "on-nonfinite", NONFINITE_POLICIES),
-    dtype: weightDType(flags.dtype),
+    galoreGap: n("galore-gap"),
+    galoreScale: n("galore-scale"),
+    refactorEvery: n("refactor-every"),
+    reloraEvery: n("relora-every"),
+    recoverySteps: n("recovery-steps"),
+    evalEvery: n("eval-every"),
+    evalTokens: n("eval-tokens"),
+    seed: n("seed"),
+    logEvery: n("log-every"),
+    onNonfinite: choiceFlag<NonFinitePolicy>(flags, "on-nonfinite"),
+    dtype: choiceFlag<WeightDType>(flags, "dtype"),
     recompute: flags.recompute === true,
     keepWeight: flags["keep-weight"] === true,
   };
-  Object.assign(run, scalingSettings(flags, method), benchmarkSettings(flags, method, steps));
+  Object.assign(run, scalingSettings(flags, at), benchmarkSettings(flags, at));
   if (run.keepWeight && method !== "sltrain") run.keepWeight = false;
   if ((method === "spam" || method === "stable-spam") && run.optimizer !== "adamw") {
     throw new FlagError(
@@ -187,70 +170,57 @@ export async function buildRun(
 }
 
 /** GaLore's, Fira's and APOLLO's settings, present only in the runs of those methods. */
-function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig> {
-  const granularity = String(flags["apollo-granularity"] ?? "channel");
-  if (!(GRANULARITIES as readonly string[]).includes(granularity)) {
-    throw new FlagError(
-      `--apollo-granularity ${granularity}: unknown granularity (expected ${
-        GRANULARITIES.join(" or ")
-      })`,
-    );
-  }
-  const limiter = num(flags, "limiter", 1.01, (v) => v === 0 || v >= 1, "0 (off) or >= 1");
-  const apolloScale = num(
-    flags,
-    "apollo-scale",
-    method === "apollo-mini" ? 128 : 1,
-    (v) => v > 0,
-    "positive",
-  );
-  const galoreProjector = oneOf(flags, "galore-svd", PROJECTOR_METHODS);
+function scalingSettings(flags: RawFlags, at: DefaultContext): Partial<RunConfig> {
+  const granularity = choiceFlag<Granularity>(flags, "apollo-granularity");
+  const limiter = numberFlag(flags, "limiter", at);
+  const apolloScale = numberFlag(flags, "apollo-scale", at);
+  const galoreProjector = choiceFlag<ProjectorMethod>(flags, "galore-svd");
+  const method = at.method;
   if (method === "galore") return { galoreProjector };
   if (method === "fira") return { limiter, galoreProjector };
   if (method === "apollo" || method === "apollo-mini") {
     return {
       limiter,
       apolloScale,
-      apolloGranularity: method === "apollo-mini" ? "tensor" : granularity as Granularity,
+      apolloGranularity: method === "apollo-mini" ? "tensor" : granularity,
     };
   }
   return {};
 }
 
 /** The settings of GoLore, LoRO, SPAM and Stable-SPAM, present only in their runs. */
-function benchmarkSettings(flags: RawFlags, method: MethodName, steps: number): Partial<RunConfig> {
-  const unit = (v: number) => v >= 0 && v < 1;
-  switch (method) {
-    case "golore": {
-      const ratio = num(flags, "golore-rand-ratio", 0, (v) => v >= 0 && v <= 1, "in [0, 1]");
-      return { goloreRandomFrom: Math.ceil(ratio * steps) };
-    }
+function benchmarkSettings(flags: RawFlags, at: DefaultContext): Partial<RunConfig> {
+  const n = (name: string) => numberFlag(flags, name, at);
+  switch (at.method) {
+    case "golore":
+      return { goloreRandomFrom: Math.ceil(n("golore-rand-ratio") * at.steps) };
     case "loro":
-      return { loroExactEvery: num(flags, "loro-exact-every", 5, posInt, "a positive integer") };
+      return { loroExactEvery: n("loro-exact-every") };
     case "spam":
       return {
-        spamThreshold: num(flags, "spam-threshold", 5000, (v) => v >= 0, "non-negative"),
-        spamWarmup: num(flags, "spam-warmup", 150, natInt, "a non-negative integer"),
-        momentumResetEvery: num(flags, "momentum-reset-every", 500, posInt, "a positive integer"),
+        spamThreshold: n("spam-threshold"),
+        spamWarmup: n("spam-warmup"),
+        momentumResetEvery: n("momentum-reset-every"),
       };
-    case "stable-spam": {
-      const raw = String(flags["stable-spam-gammas"] ?? "0.85,0.999,0.999");
-      const gammas = raw.split(",").map(Number);
-      if (gammas.length !== 3 || !gammas.every(unit)) {
-        throw new FlagError(`--stable-spam-gammas ${raw}: must be three numbers in [0, 1)`);
-      }
+    case "stable-spam":
       return {
-        momentumResetEvery: num(flags, "momentum-reset-every", 500, posInt, "a positive integer"),
-        stableSpamGammas: gammas as [number, number, number],
-        stableSpamSchedule: {
-          totalT: num(flags, "stable-spam-total", steps, natInt, "a non-negative integer"),
-          etaMin: num(flags, "stable-spam-eta", 0.5, (v) => v >= 0 && v <= 1, "in [0, 1]"),
-        },
+        momentumResetEvery: n("momentum-reset-every"),
+        stableSpamGammas: stableSpamGammas(flags),
+        stableSpamSchedule: { totalT: n("stable-spam-total"), etaMin: n("stable-spam-eta") },
       };
-    }
     default:
       return {};
   }
+}
+
+/** `--stable-spam-gammas`: three decays in [0, 1). */
+function stableSpamGammas(flags: RawFlags): [number, number, number] {
+  const raw = String(flags["stable-spam-gammas"] ?? defaultText(FLAGS["stable-spam-gammas"]));
+  const gammas = raw.split(",").map(Number);
+  if (gammas.length !== 3 || !gammas.every((v) => v >= 0 && v < 1)) {
+    throw new FlagError(`--stable-spam-gammas ${raw}: must be three numbers in [0, 1)`);
+  }
+  return gammas as [number, number, number];
 }
 
 const CKPT = CHECKPOINT_FILE;
@@ -296,14 +266,6 @@ async function startDashboard(
     `dashboard: ${dashboard.url} (while this runs; afterwards: deno task dashboard ${out})`,
   );
   return dashboard;
-}
-
-function weightDType(raw: string | boolean | undefined): WeightDType {
-  const v = raw ?? "f32";
-  if (v !== "f32" && v !== "bf16") {
-    throw new FlagError(`--dtype ${v}: unknown dtype (expected f32 or bf16)`);
-  }
-  return v;
 }
 
 /** The output folder, checked before anything is written; `created` when this process made it. */
@@ -388,7 +350,7 @@ export async function loadData(
   let train, val, desc;
   if (typeof flags.data === "string") {
     const docs = await loadCorpus(flags.data);
-    const frac = num(flags, "val-fraction", 0.1, (v) => v > 0 && v < 1, "in (0, 1)");
+    const frac = numberFlag(flags, "val-fraction");
     if (typeof flags["val-data"] === "string") {
       train = docs;
       val = await loadCorpus(flags["val-data"]);
@@ -470,7 +432,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
     for (const r of runs) checkDeviceBudget(r, budget);
   }
-  const keep = num(flags, "keep", 1, posInt, "a positive integer");
+  const keep = numberFlag(flags, "keep");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards
     ? shardRunData(shards, tok, flags, runs[0].seq)

@@ -5,21 +5,95 @@
  */
 import { parseArgs } from "node:util";
 import {
+  isProjected,
   type MethodName,
   METHODS,
   type OptimizerName,
   OPTIMIZERS,
   REFACTORABLE,
 } from "./run_config.ts";
+import { NONFINITE_POLICIES } from "./guard.ts";
 import type { Packing } from "../data/batches.ts";
+import type { WeightDType } from "../models/linear.ts";
+import { GRANULARITIES } from "../optim/apollo.ts";
+import { PROJECTOR_METHODS } from "../optim/galore.ts";
 
-/** A flag: value kind, default (shown in --help) and description. */
+const WEIGHT_DTYPES: readonly WeightDType[] = ["f32", "bf16"];
+const PACKINGS: readonly Packing[] = ["packed", "none"];
+
+/**
+ * A default that depends on other settings: the function that computes it, and its wording in
+ * --help (stated together, once).
+ */
+export interface DerivedDefault {
+  /** The default as --help states it, e.g. "hidden/4". */
+  help: string;
+  /** The default for a run with these settings. */
+  of: (settings: DefaultContext) => number;
+}
+
+/** What derived defaults depend on: the run's method, model width, steps and (once read) rank. */
+export interface DefaultContext {
+  method: MethodName;
+  hidden: number;
+  steps: number;
+  /** Absent while --rank itself is read. */
+  rank?: number;
+}
+
+/** What a number flag accepts, and how its error says so (`--name value: must be <what>`). */
+export interface NumberRule {
+  ok: (v: number) => boolean;
+  what: string;
+}
+
+/** A positive integer. */
+export const POSITIVE_INT: NumberRule = { ok: (v) => posInt(v), what: "a positive integer" };
+/** A non-negative integer. */
+export const NON_NEGATIVE_INT: NumberRule = {
+  ok: (v) => natInt(v),
+  what: "a non-negative integer",
+};
+/** A positive number. */
+export const POSITIVE: NumberRule = { ok: (v) => v > 0, what: "positive" };
+/** A non-negative number. */
+export const NON_NEGATIVE: NumberRule = { ok: (v) => v >= 0, what: "non-negative" };
+
+/** A number in an interval; `ends` says which ends are included, as in "[0, 1)". */
+export function inRange(lo: number, hi: number, ends: "()" | "[]" | "[)" | "(]"): NumberRule {
+  const [openLo, openHi] = [ends[0] === "(", ends[1] === ")"];
+  return {
+    ok: (v) => (openLo ? v > lo : v >= lo) && (openHi ? v < hi : v <= hi),
+    what: `in ${ends[0]}${lo}, ${hi}${ends[1]}`,
+  };
+}
+
+/**
+ * A flag, declared once: value kind, default, help, and what values it takes (a number rule or a
+ * list of choices); --help is rendered from it and its value read through it.
+ */
 export interface FlagSpec {
   type: "string" | "boolean";
-  default?: string;
+  /**
+   * The default: a number or choice (shown in --help as is), one derived from other settings, or
+   * (for flags read elsewhere) its description.
+   */
+  default?: string | number | DerivedDefault;
   help: string;
   /** The methods the flag applies to (absent: all); given for any other, it is refused. */
   methods?: readonly MethodName[];
+  /** A number flag's rule (see {@link numberFlag}). */
+  number?: NumberRule;
+  /** A choice flag's values (see {@link choiceFlag}); the default is the first unless given. */
+  choices?: readonly string[];
+  /** What a choice is called in its error ("unknown dtype"); default "value". */
+  noun?: string;
+}
+
+/** The default of `spec` as --help states it ("" when it has none). */
+export function defaultText(spec: FlagSpec): string {
+  const d = spec.default ?? spec.choices?.[0];
+  return d === undefined ? "" : typeof d === "object" ? d.help : String(d);
 }
 
 /** The dashboard's default port (train.ts --dashboard, dashboard.ts). */
@@ -42,55 +116,93 @@ export const FLAGS: Record<string, FlagSpec> = {
     help:
       "start from a Hugging Face LLaMA folder (its config.json replaces --model; sltrain/lowrank factorize its weights, relora freezes them)",
   },
-  method: { type: "string", default: "sltrain", help: `training method: ${METHODS.join(", ")}` },
+  method: {
+    type: "string",
+    default: "sltrain",
+    help: `training method: ${METHODS.join(", ")}`,
+    choices: METHODS,
+    noun: "method",
+  },
   rank: {
     type: "string",
-    default: "hidden/4",
+    default: { help: "hidden/4", of: ({ hidden }) => Math.max(1, Math.floor(hidden / 4)) },
+    number: POSITIVE_INT,
     help: "rank r of low-rank factors, ReLoRA adapters, GaLore, Fira and APOLLO (apollo-mini: 1)",
     methods: [...FACTORED, ...PROJECTED_RANK],
   },
   delta: {
     type: "string",
-    default: "0.03",
+    default: 0.03,
+    number: inRange(0, 1, "()"),
     help: "SLTrain sparsity δ (fraction of each block weight)",
     methods: ["sltrain"],
   },
   alpha: {
     type: "string",
-    default: "r/4",
+    // Read after --rank, which is in the context then.
+    default: { help: "r/4", of: ({ rank }) => rank! / 4 },
+    number: POSITIVE,
     help: "low-rank scale numerator α (the factor product is scaled by α/r)",
     methods: FACTORED,
   },
   lr: {
     type: "string",
-    default: "3e-3 (galore, fira, apollo, apollo-mini: 1e-2)",
+    default: {
+      help: "3e-3 (galore, fira, apollo, apollo-mini, golore: 1e-2)",
+      of: ({ method }) => isProjected(method) ? 1e-2 : 3e-3,
+    },
+    number: POSITIVE,
     help: "peak learning rate",
   },
   warmup: {
     type: "string",
-    default: "max(10% of steps, 60), at most half",
+    default: {
+      help: "max(10% of steps, 60), at most half",
+      of: ({ steps }) => Math.min(Math.floor(steps / 2), Math.max(Math.round(steps / 10), 60)),
+    },
+    number: NON_NEGATIVE_INT,
     help: "linear warmup steps",
   },
-  steps: { type: "string", default: "300", help: "optimizer steps" },
+  steps: { type: "string", default: 300, number: POSITIVE_INT, help: "optimizer steps" },
   "min-lr-ratio": {
     type: "string",
-    default: "0.1",
+    default: 0.1,
+    number: inRange(0, 1, "[]"),
     help: "cosine floor as a fraction of the peak lr",
   },
-  batch: { type: "string", default: "8", help: "sequences per micro-batch" },
-  seq: { type: "string", default: "128", help: "tokens per sequence" },
-  "grad-accum": { type: "string", default: "1", help: "micro-batches per optimizer step" },
-  clip: { type: "string", default: "0", help: "global gradient-norm clip (0 = off)" },
+  batch: { type: "string", default: 8, number: POSITIVE_INT, help: "sequences per micro-batch" },
+  seq: { type: "string", default: 128, number: POSITIVE_INT, help: "tokens per sequence" },
+  "grad-accum": {
+    type: "string",
+    default: 1,
+    number: POSITIVE_INT,
+    help: "micro-batches per optimizer step",
+  },
+  clip: {
+    type: "string",
+    default: 0,
+    number: NON_NEGATIVE,
+    help: "global gradient-norm clip (0 = off)",
+  },
   optimizer: {
     type: "string",
     default: "adamw",
     help: `optimizer: ${OPTIMIZERS.join(", ")} (8-bit block-quantized moments)`,
+    choices: OPTIMIZERS,
+    noun: "optimizer",
   },
-  "weight-decay": { type: "string", default: "0", help: "decoupled weight decay" },
+  "weight-decay": {
+    type: "string",
+    default: 0,
+    number: NON_NEGATIVE,
+    help: "decoupled weight decay",
+  },
   dtype: {
     type: "string",
     default: "f32",
     help: "weight storage: f32, or bf16 (2-D weights and SLTrain's V; norm gains stay f32)",
+    choices: WEIGHT_DTYPES,
+    noun: "dtype",
   },
   recompute: {
     type: "boolean",
@@ -107,74 +219,90 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   "galore-gap": {
     type: "string",
-    default: "200",
+    default: 200,
+    number: POSITIVE_INT,
     help: "GaLore, Fira and APOLLO projection refresh interval T",
     methods: ["galore", "fira", "apollo", "apollo-mini", "golore"],
   },
   "galore-scale": {
     type: "string",
-    default: "0.25",
+    default: 0.25,
+    number: POSITIVE,
     help: "GaLore and Fira scale α",
     methods: ["galore", "fira", "golore"],
   },
   "galore-svd": {
     type: "string",
     default: "auto",
+    choices: PROJECTOR_METHODS,
     help:
       "GaLore/Fira projector: auto (exact up to a 512 smaller side, randomized above), cpu64 (exact), gpu32, randomized",
     methods: ["galore", "fira", "golore"],
   },
   limiter: {
     type: "string",
-    default: "1.01",
+    default: 1.01,
+    number: { ok: (v) => v === 0 || v >= 1, what: "0 (off) or >= 1" },
     help: "Fira and APOLLO norm-growth limiter γ (0 = off)",
     methods: ["fira", "apollo", "apollo-mini"],
   },
   "apollo-scale": {
     type: "string",
-    default: "1 (apollo-mini: 128)",
+    default: {
+      help: "1 (apollo-mini: 128)",
+      of: ({ method }) => method === "apollo-mini" ? 128 : 1,
+    },
+    number: POSITIVE,
     help: "APOLLO scale s: the update is multiplied by √s",
     methods: ["apollo", "apollo-mini"],
   },
   "apollo-granularity": {
     type: "string",
     default: "channel",
+    choices: GRANULARITIES,
+    noun: "granularity",
     help: "APOLLO scaling factors per channel or tensor (apollo-mini: always tensor)",
     methods: ["apollo"],
   },
   "refactor-every": {
     type: "string",
-    default: "0",
+    default: 0,
+    number: NON_NEGATIVE_INT,
     help: "sltrain, lowrank, loro: refactorize B,A and reset momentum every k steps (0 = never)",
     methods: REFACTORABLE,
   },
   "golore-rand-ratio": {
     type: "string",
-    default: "0",
+    default: 0,
+    number: inRange(0, 1, "[]"),
     help: "GoLore: fraction of the steps after which projectors are random (0 = from the start)",
     methods: ["golore"],
   },
   "loro-exact-every": {
     type: "string",
-    default: "5",
+    default: 5,
+    number: POSITIVE_INT,
     help: "LoRO: every k-th step is an exact Riemannian step (the rest r/d-scaled Adam)",
     methods: ["loro"],
   },
   "spam-threshold": {
     type: "string",
-    default: "5000",
+    default: 5000,
+    number: NON_NEGATIVE,
     help: "SPAM: clip gradient entries with g² > θ·v to sign(g)·√(θ·v) (0 = off)",
     methods: ["spam"],
   },
   "spam-warmup": {
     type: "string",
-    default: "150",
+    default: 150,
+    number: NON_NEGATIVE_INT,
     help: "SPAM: steps of the cosine ramp of the update after each momentum reset",
     methods: ["spam"],
   },
   "momentum-reset-every": {
     type: "string",
-    default: "500",
+    default: 500,
+    number: POSITIVE_INT,
     help: "SPAM, Stable-SPAM: reset Adam's moments every k steps",
     methods: ["spam", "stable-spam"],
   },
@@ -186,44 +314,61 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   "stable-spam-total": {
     type: "string",
-    default: "steps",
+    default: { help: "steps", of: ({ steps }) => steps },
+    number: NON_NEGATIVE_INT,
     help: "Stable-SPAM: length T of the cosine schedule of β1 and γ1 (0 = constant)",
     methods: ["stable-spam"],
   },
   "stable-spam-eta": {
     type: "string",
-    default: "0.5",
+    default: 0.5,
+    number: inRange(0, 1, "[]"),
     help: "Stable-SPAM: floor η of that schedule",
     methods: ["stable-spam"],
   },
   "relora-every": {
     type: "string",
-    default: "steps/4",
+    default: { help: "steps/4", of: ({ steps }) => Math.max(1, Math.floor(steps / 4)) },
+    number: POSITIVE_INT,
     help: "ReLoRA: merge adapters every k steps",
     methods: ["relora"],
   },
   "recovery-steps": {
     type: "string",
-    default: "10",
+    default: 10,
+    number: POSITIVE_INT,
     help: "LR ramp steps after a momentum reset or merge",
     methods: [...REFACTORABLE, "relora"],
   },
   "eval-every": {
     type: "string",
-    default: "steps/5",
+    default: { help: "steps/5", of: ({ steps }) => Math.max(1, Math.floor(steps / 5)) },
+    number: NON_NEGATIVE_INT,
     help: "evaluate (and checkpoint) every k steps",
   },
-  "eval-tokens": { type: "string", default: "16384", help: "validation tokens per evaluation" },
-  "log-every": { type: "string", default: "10", help: "read the training loss back every k steps" },
+  "eval-tokens": {
+    type: "string",
+    default: 16384,
+    number: POSITIVE_INT,
+    help: "validation tokens per evaluation",
+  },
+  "log-every": {
+    type: "string",
+    default: 10,
+    number: POSITIVE_INT,
+    help: "read the training loss back every k steps",
+  },
   "on-nonfinite": {
     type: "string",
     default: "stop",
+    choices: NONFINITE_POLICIES,
     help: "a step with a NaN/Inf loss or gradient: stop (keep the last good checkpoint) or skip " +
       "(its update is not applied)",
   },
   seed: {
     type: "string",
-    default: "42",
+    default: 42,
+    number: NON_NEGATIVE_INT,
     help: "seed of weights, sparse supports, batch order and APOLLO projections",
   },
   data: {
@@ -233,7 +378,12 @@ export const FLAGS: Record<string, FlagSpec> = {
       "training text: a .txt file, a folder of text files, .jsonl with a text field, or a prepare.ts shard folder",
   },
   "val-data": { type: "string", help: "validation text (default: a held-out part of --data)" },
-  "val-fraction": { type: "string", default: "0.1", help: "held-out fraction of --data documents" },
+  "val-fraction": {
+    type: "string",
+    default: 0.1,
+    number: inRange(0, 1, "()"),
+    help: "held-out fraction of --data documents",
+  },
   tokenizer: {
     type: "string",
     default: "bytes for tiny/small, llama otherwise; a shard folder's own",
@@ -242,6 +392,7 @@ export const FLAGS: Record<string, FlagSpec> = {
   packing: {
     type: "string",
     default: "packed",
+    choices: PACKINGS,
     help: "packed (contiguous windows) or none (one document per sequence)",
   },
   out: {
@@ -255,7 +406,8 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   keep: {
     type: "string",
-    default: "1",
+    default: 1,
+    number: POSITIVE_INT,
     help: "checkpoints to keep: the latest and the k-1 before it (checkpoint.step-N.safetensors)",
   },
   compare: { type: "string", help: "comma-separated methods to run on the same data and budget" },
@@ -310,7 +462,8 @@ export function renderHelp(
   const width = 4 + Math.max(...Object.keys(specs).map((n) => n.length + 4));
   for (const [name, f] of Object.entries(specs)) {
     const left = `  --${name}${f.type === "string" ? " X" : ""}`;
-    lines.push(`${left.padEnd(width)}${f.help}${f.default ? ` [default: ${f.default}]` : ""}`);
+    const d = defaultText(f);
+    lines.push(`${left.padEnd(width)}${f.help}${d ? ` [default: ${d}]` : ""}`);
   }
   if (footer.length > 0) lines.push("", ...footer);
   return lines.join("\n");
@@ -398,7 +551,10 @@ export function parseFlags(argv: string[]): RawFlags {
 export function portFlag(flags: RawFlags, name: string, fallback = DASHBOARD_PORT): number {
   const raw = flags[name];
   if (raw === undefined || raw === "") return fallback;
-  return num(flags, name, fallback, (v) => natInt(v) && v <= 65535, "a port in 0..65535");
+  return num(flags, name, fallback, {
+    ok: (v) => natInt(v) && v <= 65535,
+    what: "a port in 0..65535",
+  });
 }
 
 /**
@@ -416,31 +572,67 @@ export async function runCli(main: (argv: string[]) => Promise<number>): Promise
   }
 }
 
-/** A number flag: must parse and satisfy `ok`. */
-export function num(
-  flags: RawFlags,
-  name: string,
-  fallback: number,
-  ok: (v: number) => boolean,
-  what: string,
-): number {
+/** A number flag: `fallback` when absent, else a number that `rule` accepts. */
+export function num(flags: RawFlags, name: string, fallback: number, rule: NumberRule): number {
   const raw = flags[name];
   if (raw === undefined) return fallback;
   const v = Number(raw);
-  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !ok(v)) {
-    throw new FlagError(`--${name} ${raw}: must be ${what}`);
+  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !rule.ok(v)) {
+    throw new FlagError(`--${name} ${raw}: must be ${rule.what}`);
   }
   return v;
 }
 
-/** A flag whose value is one of `choices` (the first is the default). */
-export function oneOf<T extends string>(flags: RawFlags, name: string, choices: readonly T[]): T {
-  const raw = flags[name];
-  if (raw === undefined) return choices[0];
+/** `raw` if it is one of `choices`, else a FlagError naming `--flag`, the value and the choices. */
+export function oneOf<T extends string>(
+  flag: string,
+  raw: unknown,
+  choices: readonly T[],
+  noun = "value",
+): T {
   if (!(choices as readonly unknown[]).includes(raw)) {
-    throw new FlagError(`--${name} ${raw}: expected ${choices.join(" or ")}`);
+    throw new FlagError(
+      `--${flag} ${raw}: unknown ${noun} (expected one of ${choices.join(", ")})`,
+    );
   }
   return raw as T;
+}
+
+function specOf(specs: Record<string, FlagSpec>, name: string): FlagSpec {
+  const spec = specs[name];
+  if (!spec) throw new Error(`--${name}: no such flag is declared`);
+  return spec;
+}
+
+/**
+ * The value of number flag `name` as declared in `specs`: its default when absent (a derived one
+ * computed from `context`), else the given value checked against its rule.
+ */
+export function numberFlag(
+  flags: RawFlags,
+  name: string,
+  context?: DefaultContext,
+  specs: Record<string, FlagSpec> = FLAGS,
+): number {
+  const { number: rule, default: d } = specOf(specs, name);
+  if (!rule) throw new Error(`--${name}: not a number flag`);
+  if (typeof d === "object" && !context) throw new Error(`--${name}: its default needs a context`);
+  const fallback = typeof d === "object" ? d.of(context!) : Number(d);
+  return num(flags, name, fallback, rule);
+}
+
+/**
+ * The value of choice flag `name` as declared in `specs`: its default when absent, else the given
+ * value checked against its choices. `T` is the type of those choices.
+ */
+export function choiceFlag<T extends string>(
+  flags: RawFlags,
+  name: string,
+  specs: Record<string, FlagSpec> = FLAGS,
+): T {
+  const spec = specOf(specs, name);
+  if (!spec.choices) throw new Error(`--${name}: not a choice flag`);
+  return oneOf(name, flags[name] ?? defaultText(spec), spec.choices as readonly T[], spec.noun);
 }
 
 /** Positive integer check. */
@@ -450,27 +642,15 @@ export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
 
 /** Checks an `--optimizer` value against {@link OPTIMIZERS}. */
 export function optimizerName(s: string): OptimizerName {
-  if (!(OPTIMIZERS as readonly string[]).includes(s)) {
-    throw new FlagError(
-      `--optimizer ${s}: unknown optimizer (expected one of ${OPTIMIZERS.join(", ")})`,
-    );
-  }
-  return s as OptimizerName;
+  return oneOf("optimizer", s, OPTIMIZERS, "optimizer");
 }
 
 /** The --packing flag: `packed` (default) or `none`. */
 export function packingFlag(flags: RawFlags): Packing {
-  const packing = String(flags.packing ?? "packed");
-  if (packing !== "packed" && packing !== "none") {
-    throw new FlagError(`--packing ${packing}: expected packed or none`);
-  }
-  return packing;
+  return choiceFlag<Packing>(flags, "packing");
 }
 
-/** Validates a method name. */
+/** Validates a method name given as `--flag` (default `--method`). */
 export function methodName(s: string, flag = "method"): MethodName {
-  if (!(METHODS as readonly string[]).includes(s)) {
-    throw new FlagError(`--${flag} ${s}: unknown method (expected one of ${METHODS.join(", ")})`);
-  }
-  return s as MethodName;
+  return oneOf(flag, s, METHODS, "method");
 }
