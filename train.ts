@@ -77,7 +77,7 @@ export async function buildRun(
   tok: Tokenizer,
   init: HfInit | null,
 ): Promise<RunConfig> {
-  const modelName = init ? `hf:${init.dir}` : String(flags.model ?? "tiny");
+  const modelName = init ? `hf:${init.dir}` : modelFlag(flags);
   const model = init?.hf.config ?? withVocab(await loadConfig(modelName), tok.vocabSize);
   if (model.vocabSize !== tok.vocabSize) {
     throw new FlagError(
@@ -122,6 +122,13 @@ export async function buildRun(
   };
   Object.assign(run, scalingSettings(flags, at), benchmarkSettings(flags, at));
   if (run.keepWeight && method !== "sltrain") run.keepWeight = false;
+  refuseConflicts(run);
+  return run;
+}
+
+/** Refuses settings that contradict each other or the model, naming the flags involved. */
+function refuseConflicts(run: RunConfig): void {
+  const { method, model, rank } = run;
   if ((method === "spam" || method === "stable-spam") && run.optimizer !== "adamw") {
     throw new FlagError(
       `--optimizer ${run.optimizer}: ${method} keeps f32 moments (its spike test reads v entrywise)`,
@@ -166,7 +173,6 @@ export async function buildRun(
   } catch (e) {
     throw new FlagError(`--method ${method}: ${(e as Error).message}`);
   }
-  return run;
 }
 
 /** GaLore's, Fira's and APOLLO's settings, present only in the runs of those methods. */
@@ -250,22 +256,32 @@ function dashboardFlags(flags: RawFlags): { port: number; hostname?: string } | 
   };
 }
 
-/** The live page of `out`, served from a worker as `where` says. */
+/**
+ * The live page of the run folder, served from a worker as `where` says. If it cannot start,
+ * nothing is written yet: the folder goes if this process made it.
+ */
 async function startDashboard(
   where: { port: number; hostname?: string },
-  out: string,
+  outDir: OutDir,
 ): Promise<DashboardThread> {
-  const dashboard = await startDashboardThread({
-    roots: [out],
-    ...where,
-    title: `sltrain: ${out}`,
-    portHint: "--dashboard PORT",
-    reportEmpty: false,
-  });
-  console.error(
-    `dashboard: ${dashboard.url} (while this runs; afterwards: deno task dashboard ${out})`,
-  );
-  return dashboard;
+  const out = outDir.out;
+  try {
+    const dashboard = await startDashboardThread({
+      roots: [out],
+      ...where,
+      title: `sltrain: ${out}`,
+      portHint: "--dashboard PORT",
+      reportEmpty: false,
+    });
+    console.error(
+      `dashboard: ${dashboard.url} (while this runs; afterwards: deno task dashboard ${out})`,
+    );
+    return dashboard;
+  } catch (e) {
+    outDir.lock.release();
+    if (outDir.created) discardUnstarted(out, outDir);
+    throw new FlagError(`--dashboard: ${errorText(e)}`);
+  }
 }
 
 /** The output folder, checked before anything is written; `created` when this process made it. */
@@ -401,148 +417,206 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     console.log(helpText());
     return 0;
   }
-  const methods = typeof flags.compare === "string"
-    ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
-    : [methodName(String(flags.method ?? "sltrain"))];
-  if (methods.length === 0) throw new FlagError("--compare needs at least one method");
-  refuseInapplicable(flags, methods);
+  const methods = runMethods(flags);
   const dashboardAt = dashboardFlags(flags);
   // A test hook (see cli/faults.ts), never a flag.
   const fault = Deno.env.get("SLTRAIN_FAULT");
   if (fault) armFault(parseFault(fault));
   const hfInit = await hfInitFlag(flags);
-  const modelName = String(flags.model ?? "tiny");
-  const initVocab = hfInit?.hf.config.vocabSize;
-  const tokName = typeof flags.tokenizer === "string"
-    ? flags.tokenizer
-    : hfInit
-    ? hfInit.tokenizer ?? (initVocab === 256 ? "bytes" : "llama")
-    : PAPER_PRESETS.has(modelName)
-    ? "llama"
-    : "bytes";
   const shards = await shardFlag(flags);
-  const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
+  const tok = shards
+    ? await shardTokenizer(shards, flags.tokenizer)
+    : await tokenizerFlag(tokenizerName(flags, hfInit));
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
   if (typeof flags.fit === "string") {
     console.log(fitReport(runs[0], parseByteSize(flags.fit, "fit")));
     return 0;
   }
-  if (typeof flags["max-device-bytes"] === "string") {
-    const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
-    for (const r of runs) checkDeviceBudget(r, budget);
-  }
+  checkDeviceBudgetFlag(flags, runs);
   const keep = numberFlag(flags, "keep");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards
     ? shardRunData(shards, tok, flags, runs[0].seq)
     : await loadData(flags, tok, runs[0].seq);
-  const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
   const info = await initGpu();
   for (const run of runs) checkFits(run, info);
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
-    (out) => methods.map((m) => runDir(out, m)),
+    (out) => methods.map((m) => runFolder(out, methods, m)),
   );
-  const out = outDir.out;
-  console.error(`${info.summary}\ndata: ${desc}\nout: ${out}`);
-  let dashboard: DashboardThread | null = null;
+  console.error(`${info.summary}\ndata: ${desc}\nout: ${outDir.out}`);
+  const dashboard = dashboardAt ? await startDashboard(dashboardAt, outDir) : null;
+  const stop = listenForStop(outDir);
+  const shared: SharedRunSettings = { data, keep, hooks, hfInit, flags, outDir, stop };
+  const results: RunResult[] = [];
   try {
-    if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
-  } catch (e) {
-    // Nothing is written yet: only a folder this process made goes.
+    for (const run of runs) {
+      results.push(await trainOne(run, runFolder(outDir.out, methods, run.method), shared));
+      if (stop.signal) break;
+    }
+  } finally {
+    stop.remove();
+    await dashboard?.close();
     outDir.lock.release();
-    if (outDir.created) discardUnstarted(out, outDir);
-    throw new FlagError(`--dashboard: ${errorText(e)}`);
   }
+  await printSummary(results, outDir.out, methods);
+  return stop.signal ? exitCode(stop.signal) : 0;
+}
 
-  // Ctrl-C or SIGTERM: stop after this step with a checkpoint; the second one quits at once.
-  let stop: Deno.Signal | null = null;
-  // The fresh run in progress that has not completed a step yet (it leaves nothing if it ends).
-  let unstarted: string | null = null;
+/** The methods to train (--compare's, else --method), refusing flags that apply to none of them. */
+function runMethods(flags: RawFlags): MethodName[] {
+  const methods = typeof flags.compare === "string"
+    ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
+    : [choiceFlag<MethodName>(flags, "method")];
+  refuseInapplicable(flags, methods);
+  return methods;
+}
+
+/** The model preset or config file of --model. */
+function modelFlag(flags: RawFlags): string {
+  return String(flags.model ?? defaultText(FLAGS.model));
+}
+
+/**
+ * The tokenizer of a run without shards: --tokenizer; else --init's own (or by its vocabulary
+ * size); else LLaMA's for the paper presets and bytes for the others.
+ */
+function tokenizerName(flags: RawFlags, hfInit: HfInit | null): string {
+  if (typeof flags.tokenizer === "string") return flags.tokenizer;
+  if (hfInit) return hfInit.tokenizer ?? (hfInit.hf.config.vocabSize === 256 ? "bytes" : "llama");
+  return PAPER_PRESETS.has(modelFlag(flags)) ? "llama" : "bytes";
+}
+
+/** --max-device-bytes: refuses every run whose predicted device peak is over it. */
+function checkDeviceBudgetFlag(flags: RawFlags, runs: RunConfig[]): void {
+  if (typeof flags["max-device-bytes"] !== "string") return;
+  const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
+  for (const r of runs) checkDeviceBudget(r, budget);
+}
+
+/** The folder of method `m`'s run: `out` itself, or one per method under it for a --compare. */
+function runFolder(out: string, methods: readonly MethodName[], m: MethodName): string {
+  return methods.length > 1 ? `${out}/${m}` : out;
+}
+
+/**
+ * Ctrl-C or SIGTERM while training: the first asks the runs to stop after this step with a
+ * checkpoint; the second quits at once.
+ */
+interface StopListener {
+  /** The first signal received, or null. */
+  signal: Deno.Signal | null;
+  /** The fresh run in progress that has not completed a step yet (it leaves nothing if it ends). */
+  unstarted: string | null;
+  /** Stops listening. */
+  remove(): void;
+}
+
+function listenForStop(outDir: OutDir): StopListener {
   const onSignal = (signal: Deno.Signal) => () => {
-    if (stop) {
-      if (unstarted) discardUnstarted(unstarted, outDir);
+    if (listener.signal) {
+      if (listener.unstarted) discardUnstarted(listener.unstarted, outDir);
       outDir.lock.release();
       Deno.exit(exitCode(signal));
     }
-    stop = signal;
+    listener.signal = signal;
     console.error(
       `\n${signal}: stopping after this step and writing a checkpoint (Ctrl-C or SIGTERM again ` +
         "to quit at once)",
     );
   };
   const handlers = SIGNALS.map((s) => [s, onSignal(s)] as const);
+  const listener: StopListener = {
+    signal: null,
+    unstarted: null,
+    remove: () => handlers.forEach(([s, h]) => Deno.removeSignalListener(s, h)),
+  };
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  const results: RunResult[] = [];
+  return listener;
+}
+
+/** What every run of one command shares. */
+interface SharedRunSettings {
+  data: RunData;
+  keep: number;
+  hooks: MainHooks;
+  hfInit: HfInit | null;
+  flags: RawFlags;
+  outDir: OutDir;
+  stop: StopListener;
+}
+
+/**
+ * Trains `run` in `dir` (resuming it when the folder holds one) and writes its summary and plots.
+ * A failure names what is kept; a fresh run that failed before its first step leaves nothing.
+ */
+async function trainOne(run: RunConfig, dir: string, s: SharedRunSettings): Promise<RunResult> {
+  const resume = s.outDir.resumable.has(dir);
+  await Deno.mkdir(dir, { recursive: true });
+  s.stop.unstarted = resume ? null : dir;
+  console.error(
+    `\n${run.method} on ${run.modelName}: ${run.steps} steps × ${
+      run.batch * run.gradAccum
+    }×${run.seq} tokens, lr ${run.lr}, warmup ${run.warmup}`,
+  );
+  const title = `${run.method} on ${run.modelName}`;
   try {
-    for (const run of runs) {
-      const dir = runDir(out, run.method);
-      const resume = outDir.resumable.has(dir);
-      await Deno.mkdir(dir, { recursive: true });
-      unstarted = resume ? null : dir;
-      console.error(
-        `\n${run.method} on ${run.modelName}: ${run.steps} steps × ${
-          run.batch * run.gradAccum
-        }×${run.seq} tokens, lr ${run.lr}, warmup ${run.warmup}`,
-      );
-      try {
-        const result = await trainRun(run, data, {
-          out: dir,
-          resume,
-          keep,
-          progress: new Progress(run.method, run.logEvery),
-          log: () => {},
-          shouldStop: () => stop !== null,
-          onStep: (step) => {
-            unstarted = null;
-            hooks.onStep?.(step);
-          },
-          onEval: (history) =>
-            writePlots(dir, [{ run, history }], `${run.method} on ${run.modelName}`),
-          initModel: hfInit?.initModel,
-          derived: derivedFromSteps(flags),
-        });
-        results.push(result);
-        await Deno.writeTextFile(
-          `${dir}/summary.json`,
-          JSON.stringify({ ...result, run: { ...result.run } }, null, 1),
-        );
-        await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
-      } catch (e) {
-        // A lost device makes later calls fail in odd ways: its loss is the error to report
-        // (the trainer reports it with the phase it hit, when it saw it).
-        const lostSeen = e instanceof Error && e.message.includes("the GPU device was lost");
-        const cause = (lostSeen ? null : await deviceLostError()) ?? e;
-        if (unstarted) discardUnstarted(dir, outDir);
-        else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
-            cause,
-          });}
-        throw cause;
-      }
-      unstarted = null;
-      if (stop) break;
+    const result = await trainRun(run, s.data, {
+      out: dir,
+      resume,
+      keep: s.keep,
+      progress: new Progress(run.method, run.logEvery),
+      log: () => {},
+      shouldStop: () => s.stop.signal !== null,
+      onStep: (step) => {
+        s.stop.unstarted = null;
+        s.hooks.onStep?.(step);
+      },
+      onEval: (history) => writePlots(dir, [{ run, history }], title),
+      initModel: s.hfInit?.initModel,
+      derived: derivedFromSteps(s.flags),
+    });
+    await Deno.writeTextFile(
+      `${dir}/summary.json`,
+      JSON.stringify({ ...result, run: { ...result.run } }, null, 1),
+    );
+    await writePlots(dir, [result], title);
+    s.stop.unstarted = null;
+    return result;
+  } catch (e) {
+    // A lost device makes later calls fail in odd ways: its loss is the error to report
+    // (the trainer reports it with the phase it hit, when it saw it).
+    const lostSeen = e instanceof Error && e.message.includes("the GPU device was lost");
+    const cause = (lostSeen ? null : await deviceLostError()) ?? e;
+    if (s.stop.unstarted) {
+      discardUnstarted(dir, s.outDir);
+      throw cause;
     }
-  } finally {
-    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
-    await dashboard?.close();
-    outDir.lock.release();
+    throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, { cause });
   }
+}
+
+/** Prints the summary table and where each run's curves, dashboard, log and checkpoint are. */
+async function printSummary(
+  results: RunResult[],
+  out: string,
+  methods: readonly MethodName[],
+): Promise<void> {
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
-    await writePlots(out, results, `${runs[0].modelName}: ${methods.join(" vs ")}`);
+    await writePlots(out, results, `${results[0].run.modelName}: ${methods.join(" vs ")}`);
     console.log(`loss curves of all runs: ${out}/loss.svg; dashboard: ${out}/${DASHBOARD_HTML}`);
   }
   for (const r of results) {
-    const dir = runDir(out, r.run.method);
+    const dir = runFolder(out, methods, r.run.method);
     console.log(
       `${
         results.length > 1 ? `${r.run.method}: ` : ""
       }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/${LOG}; checkpoint: ${dir}/${CKPT}`,
     );
   }
-  return stop ? exitCode(stop) : 0;
 }
 
 const SIGNALS: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];

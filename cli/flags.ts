@@ -48,10 +48,13 @@ export interface NumberRule {
 }
 
 /** A positive integer. */
-export const POSITIVE_INT: NumberRule = { ok: (v) => posInt(v), what: "a positive integer" };
+export const POSITIVE_INT: NumberRule = {
+  ok: (v) => Number.isInteger(v) && v > 0,
+  what: "a positive integer",
+};
 /** A non-negative integer. */
 export const NON_NEGATIVE_INT: NumberRule = {
-  ok: (v) => natInt(v),
+  ok: (v) => Number.isInteger(v) && v >= 0,
   what: "a non-negative integer",
 };
 /** A positive number. */
@@ -552,7 +555,7 @@ export function portFlag(flags: RawFlags, name: string, fallback = DASHBOARD_POR
   const raw = flags[name];
   if (raw === undefined || raw === "") return fallback;
   return num(flags, name, fallback, {
-    ok: (v) => natInt(v) && v <= 65535,
+    ok: (v) => NON_NEGATIVE_INT.ok(v) && v <= 65535,
     what: "a port in 0..65535",
   });
 }
@@ -616,9 +619,12 @@ export function numberFlag(
 ): number {
   const { number: rule, default: d } = specOf(specs, name);
   if (!rule) throw new Error(`--${name}: not a number flag`);
-  if (typeof d === "object" && !context) throw new Error(`--${name}: its default needs a context`);
-  const fallback = typeof d === "object" ? d.of(context!) : Number(d);
-  return num(flags, name, fallback, rule);
+  if (typeof d === "object") {
+    if (!context) throw new Error(`--${name}: its default needs a context`);
+    return num(flags, name, d.of(context), rule);
+  }
+  if (typeof d !== "number") throw new Error(`--${name}: its declared default is not a number`);
+  return num(flags, name, d, rule);
 }
 
 /**
@@ -634,11 +640,6 @@ export function choiceFlag<T extends string>(
   if (!spec.choices) throw new Error(`--${name}: not a choice flag`);
   return oneOf(name, flags[name] ?? defaultText(spec), spec.choices as readonly T[], spec.noun);
 }
-
-/** Positive integer check. */
-export const posInt = (v: number): boolean => Number.isInteger(v) && v > 0;
-/** Non-negative integer check. */
-export const natInt = (v: number): boolean => Number.isInteger(v) && v >= 0;
 
 /** Checks an `--optimizer` value against {@link OPTIMIZERS}. */
 export function optimizerName(s: string): OptimizerName {
