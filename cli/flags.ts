@@ -1,6 +1,9 @@
 /**
- * Command-line flags of train.ts: definitions with defaults and help, parsing, and validation
- * into run settings. Every error names the flag and what is wrong.
+ * Command-line flags of train.ts (and the readers the other entry points share): each flag is
+ * declared once in {@link FLAGS} with its default, help, the values it takes and the methods it
+ * applies to; --help is rendered from the declarations, and {@link numberFlag} / {@link choiceFlag}
+ * read a value through them (one number check, one choice check). A new flag is one entry there
+ * plus one read where it is used. Every error names the flag and what is wrong.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -34,8 +37,11 @@ export interface DerivedDefault {
 
 /** What derived defaults depend on: the run's method, model width, steps and (once read) rank. */
 export interface DefaultContext {
+  /** The run's method. */
   method: MethodName;
+  /** The model's hidden size. */
   hidden: number;
+  /** The run's optimizer steps. */
   steps: number;
   /** Absent while --rank itself is read. */
   rank?: number;
@@ -43,7 +49,9 @@ export interface DefaultContext {
 
 /** What a number flag accepts, and how its error says so (`--name value: must be <what>`). */
 export interface NumberRule {
+  /** Whether a (finite) value is accepted. */
   ok: (v: number) => boolean;
+  /** The accepted values in words, e.g. "a positive integer". */
   what: string;
 }
 
@@ -76,12 +84,14 @@ export function inRange(lo: number, hi: number, ends: "()" | "[]" | "[)" | "(]")
  * list of choices); --help is rendered from it and its value read through it.
  */
 export interface FlagSpec {
+  /** A flag with a value, or a switch. */
   type: "string" | "boolean";
   /**
    * The default: a number or choice (shown in --help as is), one derived from other settings, or
    * (for flags read elsewhere) its description.
    */
   default?: string | number | DerivedDefault;
+  /** What the flag does, for --help. */
   help: string;
   /** The methods the flag applies to (absent: all); given for any other, it is refused. */
   methods?: readonly MethodName[];
