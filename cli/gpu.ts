@@ -64,22 +64,32 @@ function hasIcd(): boolean {
 /**
  * Chooses Deno's WebGPU backend before the first `requestAdapter` (Deno reads
  * `DENO_WEBGPU_BACKEND` then): the user's setting if any, else Vulkan when a Vulkan loader and a
- * driver (ICD) are installed, else Deno's default (GL on a machine without Vulkan). Also gives the
- * Vulkan loader a private `XDG_RUNTIME_DIR` when none is set, which silences its Wayland probe.
+ * driver (ICD) are installed, else Deno's default (GL on a machine without Vulkan). On Vulkan it
+ * also quiets the loader's Wayland probe (see {@link quietVulkanLoader}).
  * Without env, read and write permissions already granted it leaves everything to Deno.
  */
 export function chooseBackend(): Backend {
   if (!granted({ name: "env" })) return "default";
   const set = Deno.env.get("DENO_WEBGPU_BACKEND");
-  if (set === "vulkan" || set === "gl") return set;
+  if (set === "gl") return set;
+  if (set === "vulkan") return quietVulkanLoader();
   if (set || !granted({ name: "read" }) || !granted({ name: "write" })) return "default";
   if (!anyFile(LIB_DIRS.map((d) => `${d}/libvulkan.so.1`)) || !hasIcd()) return "default";
-  if (!Deno.env.get("XDG_RUNTIME_DIR")) {
+  Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+  return quietVulkanLoader();
+}
+
+/**
+ * Gives the Vulkan loader a private `XDG_RUNTIME_DIR` when none is set (and writing is allowed):
+ * without one, its Wayland probe prints "error: XDG_RUNTIME_DIR is invalid" lines on stderr,
+ * whoever chose Vulkan.
+ */
+function quietVulkanLoader(): "vulkan" {
+  if (!Deno.env.get("XDG_RUNTIME_DIR") && granted({ name: "write" })) {
     const dir = Deno.makeTempDirSync({ prefix: "sltrain-xdg-" });
     Deno.chmodSync(dir, 0o700);
     Deno.env.set("XDG_RUNTIME_DIR", dir);
   }
-  Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
   return "vulkan";
 }
 
