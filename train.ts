@@ -13,7 +13,7 @@ import type { Tokenizer } from "./data/tokenizer.ts";
 import { withVocab } from "./models/config.ts";
 import { loadConfig } from "./cli/load_config.ts";
 import type { WeightDType } from "./models/linear.ts";
-import { validateMethod } from "./models/method.ts";
+import { checkRank, validateMethod } from "./models/method.ts";
 import {
   FlagError,
   helpText,
@@ -27,8 +27,11 @@ import {
   portFlag,
   posInt,
   type RawFlags,
+  refuseInapplicable,
   runCli,
 } from "./cli/flags.ts";
+import { exists } from "./cli/exists.ts";
+import { LOG_FILE } from "./cli/runlog.ts";
 import { Progress } from "./cli/progress.ts";
 import { checkDeviceBudget, fitReport, parseByteSize } from "./cli/plan.ts";
 import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
@@ -47,6 +50,10 @@ import { PROJECTOR_METHODS } from "./optim/galore.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
+import { derivedFromSteps } from "./cli/resume.ts";
+import { checkFits } from "./cli/memory_budget.ts";
+import { armFault, parseFault } from "./cli/faults.ts";
+import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import {
   dataSource,
@@ -130,9 +137,28 @@ export async function buildRun(
     recompute: flags.recompute === true,
     keepWeight: flags["keep-weight"] === true,
   };
-  Object.assign(run, scalingSettings(flags, method));
-  if (run.keepWeight && method !== "sltrain") {
-    throw new FlagError(`--keep-weight: only sltrain builds its weight, not ${method}`);
+  Object.assign(run, scalingSettings(flags, method), benchmarkSettings(flags, method, steps));
+  if (run.keepWeight && method !== "sltrain") run.keepWeight = false;
+  if ((method === "spam" || method === "stable-spam") && run.optimizer !== "adamw") {
+    throw new FlagError(
+      `--optimizer ${run.optimizer}: ${method} keeps f32 moments (its spike test reads v entrywise)`,
+    );
+  }
+  if (method === "loro" && run.perLayer) {
+    throw new FlagError(
+      "--per-layer: loro steps each linear's B and A together, never one parameter alone",
+    );
+  }
+  if (method === "golore") {
+    try {
+      checkRank(model, rank, "golore");
+    } catch (e) {
+      throw new FlagError(
+        `--rank ${rank}: ${
+          (e as Error).message
+        } (a random subspace of full rank projects nothing away)`,
+      );
+    }
   }
   if (run.perLayer && run.onNonfinite === "skip") {
     throw new FlagError(
@@ -191,8 +217,44 @@ function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig
   return {};
 }
 
+/** The settings of GoLore, LoRO, SPAM and Stable-SPAM, present only in their runs. */
+function benchmarkSettings(flags: RawFlags, method: MethodName, steps: number): Partial<RunConfig> {
+  const unit = (v: number) => v >= 0 && v < 1;
+  switch (method) {
+    case "golore": {
+      const ratio = num(flags, "golore-rand-ratio", 0, (v) => v >= 0 && v <= 1, "in [0, 1]");
+      return { goloreRandomFrom: Math.ceil(ratio * steps) };
+    }
+    case "loro":
+      return { loroExactEvery: num(flags, "loro-exact-every", 5, posInt, "a positive integer") };
+    case "spam":
+      return {
+        spamThreshold: num(flags, "spam-threshold", 5000, (v) => v >= 0, "non-negative"),
+        spamWarmup: num(flags, "spam-warmup", 150, natInt, "a non-negative integer"),
+        momentumResetEvery: num(flags, "momentum-reset-every", 500, posInt, "a positive integer"),
+      };
+    case "stable-spam": {
+      const raw = String(flags["stable-spam-gammas"] ?? "0.85,0.999,0.999");
+      const gammas = raw.split(",").map(Number);
+      if (gammas.length !== 3 || !gammas.every(unit)) {
+        throw new FlagError(`--stable-spam-gammas ${raw}: must be three numbers in [0, 1)`);
+      }
+      return {
+        momentumResetEvery: num(flags, "momentum-reset-every", 500, posInt, "a positive integer"),
+        stableSpamGammas: gammas as [number, number, number],
+        stableSpamSchedule: {
+          totalT: num(flags, "stable-spam-total", steps, natInt, "a non-negative integer"),
+          etaMin: num(flags, "stable-spam-eta", 0.5, (v) => v >= 0 && v <= 1, "in [0, 1]"),
+        },
+      };
+    }
+    default:
+      return {};
+  }
+}
+
 const CKPT = CHECKPOINT_FILE;
-const LOG = "log.jsonl";
+const LOG = LOG_FILE;
 const DASHBOARD_HTML = "dashboard.html";
 
 /**
@@ -244,21 +306,14 @@ function weightDType(raw: string | boolean | undefined): WeightDType {
   return v;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** The output folder, checked before anything is written; `created` when this process made it. */
 interface OutDir {
   out: string;
   created: boolean;
   /** Run folders that hold a run (a checkpoint, or a log of one killed before its first). */
   resumable: Set<string>;
+  /** This process's lock of the folder (see `cli/run_lock.ts`). */
+  lock: RunLock;
 }
 
 async function prepareOut(
@@ -274,6 +329,8 @@ async function prepareOut(
     info = await Deno.stat(out);
   } catch { /* does not exist yet */ }
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
+  // A folder another run is training in is refused first, naming that run.
+  if (info) assertUnlocked(out);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
       if (e.name === CKPT || e.name === LOG || e.isDirectory) {
@@ -295,7 +352,7 @@ async function prepareOut(
     }
   }
   await Deno.mkdir(out, { recursive: true });
-  return { out, created: !info, resumable };
+  return { out, created: !info, resumable, lock: acquireRunLock(out) };
 }
 
 /**
@@ -305,6 +362,8 @@ async function prepareOut(
  * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
 function discardUnstarted(dir: string, outDir: OutDir): void {
+  // The lock goes too: the process ends right after this.
+  outDir.lock.release();
   for (const f of [LOG, "summary.json", "loss.svg", DASHBOARD_HTML]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
@@ -384,7 +443,11 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
+  refuseInapplicable(flags, methods);
   const dashboardAt = dashboardFlags(flags);
+  // A test hook (see cli/faults.ts), never a flag.
+  const fault = Deno.env.get("SLTRAIN_FAULT");
+  if (fault) armFault(parseFault(fault));
   const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
   const initVocab = hfInit?.hf.config.vocabSize;
@@ -414,6 +477,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
   const info = await initGpu();
+  for (const run of runs) checkFits(run, info);
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
@@ -426,6 +490,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
   } catch (e) {
     // Nothing is written yet: only a folder this process made goes.
+    outDir.lock.release();
     if (outDir.created) discardUnstarted(out, outDir);
     throw new FlagError(`--dashboard: ${errorText(e)}`);
   }
@@ -437,6 +502,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const onSignal = (signal: Deno.Signal) => () => {
     if (stop) {
       if (unstarted) discardUnstarted(unstarted, outDir);
+      outDir.lock.release();
       Deno.exit(exitCode(signal));
     }
     stop = signal;
@@ -474,16 +540,19 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
           onEval: (history) =>
             writePlots(dir, [{ run, history }], `${run.method} on ${run.modelName}`),
           initModel: hfInit?.initModel,
+          derived: derivedFromSteps(flags),
         });
         results.push(result);
         await Deno.writeTextFile(
           `${dir}/summary.json`,
-          JSON.stringify({ ...result, run: { ...run } }, null, 1),
+          JSON.stringify({ ...result, run: { ...result.run } }, null, 1),
         );
         await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
       } catch (e) {
-        // A lost device makes later calls fail in odd ways: its loss is the error to report.
-        const cause = await deviceLostError() ?? e;
+        // A lost device makes later calls fail in odd ways: its loss is the error to report
+        // (the trainer reports it with the phase it hit, when it saw it).
+        const lostSeen = e instanceof Error && e.message.includes("the GPU device was lost");
+        const cause = (lostSeen ? null : await deviceLostError()) ?? e;
         if (unstarted) discardUnstarted(dir, outDir);
         else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
             cause,
@@ -496,6 +565,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   } finally {
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
     await dashboard?.close();
+    outDir.lock.release();
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
@@ -507,7 +577,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     console.log(
       `${
         results.length > 1 ? `${r.run.method}: ` : ""
-      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
+      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/${LOG}; checkpoint: ${dir}/${CKPT}`,
     );
   }
   return stop ? exitCode(stop) : 0;
@@ -527,7 +597,8 @@ function errorText(e: unknown): string {
 /** What a failed run leaves for the user, appended to its error (unless `said` says it). */
 async function whatIsKept(dir: string, said: string): Promise<string> {
   const ckpt = await exists(`${dir}/${CKPT}`);
-  const next = said.includes(`${dir}/${CKPT}`)
+  // An error about the checkpoint itself (a damaged one) already says what to do with it.
+  const next = said.includes(`${dir}/${CKPT}`) && !said.startsWith("writing the checkpoint")
     ? ""
     : ckpt
     ? `; the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`

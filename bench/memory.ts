@@ -14,7 +14,8 @@
  * baseline); the same two with per-layer updates (what per-layer frees), also with `--recompute`
  * (what is left is activations); Adam8bit, GaLore8bit and
  * SLTrain8bit with per-layer updates and bf16 weights (the paper's three); SLTrain8bit with
- * `--recompute` too. `--estimate-only` models (default 7b) get the estimate of every row, and
+ * `--recompute` too; GoLore8bit, low-rank 8-bit, LoRO8bit (whole-tree: it steps B and A
+ * together), SPAM and Stable-SPAM (f32 moments) with bf16 weights. `--estimate-only` models (default 7b) get the estimate of every row, and
  * `--measure-7b` measures the SLTrain8bit row there; `--estimate-rows` lists rows that only get
  * the estimate (e.g. one that would not fit this machine's memory).
  *
@@ -95,6 +96,14 @@ const ROWS: readonly Row[] = [
       recompute: true,
     },
   ),
+  // The rest of Glentis et al.'s benchmark, in the paper's setting where the method allows it.
+  row("golore8bit", "GoLore8bit per-layer, bf16", "golore", "adamw8bit", "bf16", true),
+  row("lowrank8bit", "Low-rank 8bit per-layer, bf16", "lowrank", "adamw8bit", "bf16", true),
+  // LoRO steps B and A together, so no per-layer updates.
+  row("loro8bit", "LoRO8bit, bf16", "loro", "adamw8bit", "bf16", false),
+  // SPAM's spike test reads v entrywise: f32 moments.
+  row("spam", "SPAM per-layer, bf16", "spam", "adamw", "bf16", true),
+  row("stable-spam", "Stable-SPAM per-layer, bf16", "stable-spam", "adamw", "bf16", true),
 ];
 
 // sltrain-paper-facts.md §1.2, Fig. 3: actual memory, batch 1, bf16, one A100 (GB).

@@ -6,6 +6,7 @@
  * @module
  */
 import {
+  beforeAllocation,
   captureErrors,
   deviceInfo,
   gpuDevice,
@@ -606,6 +607,7 @@ export async function readRanges(
     } bytes)`;
     let staging: GPUBuffer | undefined;
     captureErrors(what, () => {
+      beforeAllocation(what);
       staging = device.createBuffer({
         size: Math.max(4, used),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,

@@ -4,7 +4,7 @@
  * @module
  */
 import { allocationStats, destroyNoted, noteAllocated, resetAllocatedPeak } from "./allocations.ts";
-import { captureErrors, gpuDevice } from "./device.ts";
+import { beforeAllocation, captureErrors, gpuDevice } from "./device.ts";
 import { flush } from "./kernel.ts";
 import { DeviceLimitError } from "./errors.ts";
 
@@ -81,6 +81,8 @@ export function allocStorage(bytes: number, what: string): Storage {
       `${what} needs ${bytes} bytes, over the device's maxBufferSize of ${limit} bytes`,
     );
   }
+  // Every allocation, pooled or new, counts for fault injection.
+  beforeAllocation(`allocating ${what} (${bytes} bytes)`);
   let size = sizeClass(bytes);
   if (size > limit) size = Math.ceil(bytes / 16) * 16;
   const list = free.get(size);

@@ -113,6 +113,11 @@ export type OptimizerSpec =
     readonly kind: "adam";
     readonly states?: "f32" | "8bit";
     readonly bytesPerState?: number;
+    /**
+     * f32 values kept per trainable tensor besides its moments (Stable-SPAM's 3 running
+     * statistics); default 0.
+     */
+    readonly scalarsPerTensor?: number;
   }
   | {
     readonly kind: "galore";
@@ -318,11 +323,18 @@ export function estimateMemory(
   const hasProjector = optimizer.kind === "galore" || optimizer.kind === "fira";
   const hasLimiter = (optimizer.kind === "fira" || optimizer.kind === "apollo") &&
     optimizer.limiter !== false;
+  const scalars = optimizer.kind === "adam" ? optimizer.scalarsPerTensor ?? 0 : 0;
+  if (!(Number.isInteger(scalars) && scalars >= 0)) {
+    throw new ConfigError(
+      `optimizer.scalarsPerTensor must be a non-negative integer, got ${show(scalars)}`,
+    );
+  }
   let weights = 0, optimizerStates = 0, indices = 0, projector = 0;
   for (const t of storedTensors(config, setup.method)) {
     if (t.kind === "index") indices += stored("index", t.size);
     else weights += stored(t.kind, t.size);
     if (!t.trainable) continue;
+    optimizerStates += scalars * f32Bytes;
     if (r > 0 && t.dense) {
       const [m, n] = t.dense;
       const rank = Math.min(r, m, n);
