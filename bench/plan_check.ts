@@ -22,7 +22,9 @@ import { memoryStats } from "../core/memory.ts";
 import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
 import { PRESETS } from "../models/config.ts";
-const isPreset = (m: string) => m in PRESETS;
+// train.ts's default: LLaMA's tokenizer for the paper presets, bytes for tiny, small and files.
+const tokenizerOf = (model: string) =>
+  model in PRESETS && !["tiny", "small"].includes(model) ? "llama" : "bytes";
 
 const { values: f } = parseArgs({
   options: {
@@ -42,7 +44,7 @@ function argv(model: string, c: PlanVariant, seq: number): string[] {
     ...["--eval-every", "0", "--eval-tokens", String(seq)],
     ...(c.perLayer ? ["--per-layer"] : []),
     ...(c.recompute ? ["--recompute"] : []),
-    ...(isPreset(model) && !["tiny", "small"].includes(model) ? [] : ["--tokenizer", "bytes"]),
+    ...["--tokenizer", tokenizerOf(model)],
   ];
 }
 
@@ -121,9 +123,7 @@ async function main(): Promise<void> {
   if (f.child) return await child(JSON.parse(f.child));
   const model = f.model!, batch = Number(f.batch), seq = Number(f.seq);
   const flags = parseFlags(["--model", model]);
-  const tok = await tokenizerFlag(
-    isPreset(model) && !["tiny", "small"].includes(model) ? "llama" : "bytes",
-  );
+  const tok = await tokenizerFlag(tokenizerOf(model));
   const base = { ...await buildRun(flags, "sltrain", tok, null), seq };
   const configs = (f.configs ?? DEFAULT_CONFIGS).split(",").map((c) => parseConfig(c, batch));
   console.log(

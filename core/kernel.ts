@@ -200,7 +200,7 @@ export function setUniformCacheLimit(n: number): number {
 
 function bindingResource(b: Binding, op: string): GPUBufferBinding {
   const { maxStorageBufferBindingSize: limit, minStorageBufferOffsetAlignment: align } =
-    gpuDevice().limits;
+    deviceInfo().limits;
   const offset = b.offset ?? 0;
   const bytes = b.size ?? b.storage.bytes - offset;
   if (offset % align !== 0 || offset < 0 || bytes < 0 || offset + bytes > b.storage.bytes) {
@@ -325,7 +325,9 @@ function bindGroupFor(
 export function dispatch(call: KernelCall): void {
   throwPendingErrors();
   const device = gpuDevice();
-  const maxWg = device.limits.maxComputeWorkgroupsPerDimension;
+  // The limits read at init (the device's own getter builds them anew on every call).
+  const limits = deviceInfo().limits;
+  const maxWg = limits.maxComputeWorkgroupsPerDimension;
   const [x, y = 1, z = 1] = call.workgroups;
   if (x > maxWg || y > maxWg || z > maxWg) {
     throw new DeviceLimitError(
@@ -333,7 +335,7 @@ export function dispatch(call: KernelCall): void {
     );
   }
   const all = [...call.inputs, ...call.outputs];
-  checkBindings(call, device.limits);
+  checkBindings(call, limits);
   const entries: GPUBindGroupEntry[] = all.map((b, i) => ({
     binding: i,
     resource: bindingResource(b, call.name),

@@ -122,18 +122,8 @@ export function releaseStorage(s: Storage): void {
 
 /** Smallest pool budget: small models keep every free buffer, as before the budget existed. */
 const MIN_POOL_BYTES = 64 * 1024 * 1024;
-let poolFraction = 1 / 32;
-
-/**
- * Sets the pool's budget as a fraction of the live bytes (default 1/32, never below 64 MiB);
- * returns the previous fraction. `Infinity` keeps every free buffer. Meant for tests and
- * benchmarks.
- */
-export function setPoolFraction(fraction: number): number {
-  const prev = poolFraction;
-  poolFraction = fraction;
-  return prev;
-}
+/** The pool's budget beyond that, as a fraction of the live bytes. */
+const POOL_FRACTION = 1 / 32;
 
 // Before a new buffer of `size` bytes is created: when the pool holds more than its budget (free
 // buffers of sizes the step no longer asks for, e.g. activations freed while gradients are made),
@@ -141,7 +131,7 @@ export function setPoolFraction(fraction: number): number {
 // submitted first (destroying a buffer that submitted work uses is allowed; the memory goes once
 // that work is done).
 function trimPool(size: number): void {
-  const budget = Math.max(MIN_POOL_BYTES, liveBytes * poolFraction);
+  const budget = Math.max(MIN_POOL_BYTES, liveBytes * POOL_FRACTION);
   if (pooledBytes + size <= budget) return;
   flush();
   for (const b of freeOrder) {

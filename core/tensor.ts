@@ -102,11 +102,19 @@ export class Tensor {
    * `maxStorageBufferBindingSize` cannot be bound whole; ops bind {@link Tensor.rows} windows.
    */
   binding(): Binding {
-    const what = `tensor ${fmtShape(this.shape)} ${this.dtype}` +
-      (this.offset > 0 || this.bytes < this.storage.bytes
-        ? ` (window at byte ${this.offset})`
-        : "");
-    return { storage: this.storage, what, offset: this.offset, size: this.bytes };
+    const storage = this.storage;
+    // Described only when an error or a new bind group's label asks: most dispatches never do.
+    const describe = () =>
+      `tensor ${fmtShape(this.shape)} ${this.dtype}` +
+      (this.offset > 0 || this.bytes < storage.bytes ? ` (window at byte ${this.offset})` : "");
+    return {
+      storage,
+      get what() {
+        return describe();
+      },
+      offset: this.offset,
+      size: this.bytes,
+    };
   }
 
   /**
