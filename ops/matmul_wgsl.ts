@@ -233,294 +233,231 @@ export function matmulTexLayout(
 
 // ---------------------------------------------------------------------------------------------
 // Register-tiled kernel
+//
+// Both operands come from one emitter. To it an operand is `tile` outer rows by K: A's outer
+// dimension is M (the rows of C), B's is N (its columns). It is stored with K contiguous (A plain,
+// B transposed) or its outer dimension contiguous, and read one of four ways; each combination is
+// one entry of REG_LAYOUTS. Index bases are clamped so that loads never need a branch.
 
-function regShader(cfg: MatmulShaderConfig): { helpers?: string; body: string } {
-  const { transA, transB, tileM: TM, tileN: TN } = cfg;
-  const vA = cfg.vec4A, vB = cfg.vec4B, vC = cfg.vec4C;
-  const tA = cfg.texA ?? false, tB = cfg.texB ?? false;
-  const sgA = cfg.subgroupA ?? false;
-  const sgB = cfg.subgroupB ?? false;
-  const TN4 = TN / 4;
-  const L: string[] = [];
-  const e = (s: string) => L.push("  " + s);
+/** One operand of the register kernel: its names and its layout's entry. */
+interface RegOperand {
+  /** Prefix of its WGSL values (`a`, `b`). */
+  p: string;
+  /** Its binding (`A`, `B`); texture `tA`/`tB`, uniforms `strideA`/`shiftA`... follow it. */
+  P: string;
+  /** Its outer dimension (`M`, `N`). */
+  O: string;
+  /** This invocation's first outer row (`m0`, `n0`). */
+  o0: string;
+  /** Outer rows per invocation (tileM, tileN). */
+  tile: number;
+  /** How it is stored and read (an entry of REG_LAYOUTS). */
+  layout: RegLayout;
+}
 
-  // Per-thread constant index bases (clamped so that loads never need a branch). A texture operand
-  // is addressed by (row, vec4 column) and rows are packed 2^shift per texture row (see
-  // matmulTexLayout), so its bases are (x, y) texel pairs.
-  e(`let K4 = K >> 2u;`);
-  // A
-  if (sgA && !transA) {
-    // Lane l loads rows m0 + l, m0 + 8 + l, ... of the tile.
-    for (let r = 0; r < TM / 8; r++) {
-      e(`let arl${r} = (aOff + min(m0 + ${8 * r}u + sgl, M - 1u) * K) >> 2u;`);
-    }
-  } else if (sgA) {
-    // Lane l loads k offset l & 3 of column blocks l >> 2, 2 + (l >> 2), ...
-    e(`let M4 = M >> 2u;`);
-    e(`let lkk = sgl & 3u;`);
-    for (let r = 0; r < TM / 8; r++) {
-      e(`let acl${r} = (aOff >> 2u) + min((m0 >> 2u) + ${2 * r}u + (sgl >> 2u), M4 - 1u);`);
-    }
-    // Per-lane bases for the K tail (no broadcast there).
-    for (let j = 0; j < TM / 4; j++) {
-      e(`let ac${j} = (aOff >> 2u) + min((m0 >> 2u) + ${j}u, M4 - 1u);`);
-    }
-  } else if (!transA) {
-    if (tA) {
-      e(`let aRow = gid.z * (u.strideA / max(K, 1u));`);
-      e(`let aMask = (1u << u.shiftA) - 1u;`);
-    }
-    for (let i = 0; i < TM; i++) {
-      if (tA) {
-        e(`let ar${i} = aRow + min(m0 + ${i}u, M - 1u);`);
-        e(`let ax${i} = (ar${i} & aMask) * K4;`);
-        e(`let ay${i} = ar${i} >> u.shiftA;`);
-      } else {
-        e(
-          vA
-            ? `let ar${i} = (aOff + min(m0 + ${i}u, M - 1u) * K) >> 2u;`
-            : `let ar${i} = aOff + min(m0 + ${i}u, M - 1u) * K;`,
-        );
-      }
-    }
-  } else if (vA) {
-    e(`let M4 = M >> 2u;`);
-    if (tA) {
-      e(`let aRow = gid.z * (u.strideA / max(M, 1u));`);
-      e(`let aMask = (1u << u.shiftA) - 1u;`);
-    }
-    const base = tA ? "" : "(aOff >> 2u) + ";
-    for (let j = 0; j < TM / 4; j++) {
-      e(`let ac${j} = ${base}min((m0 >> 2u) + ${j}u, M4 - 1u);`);
-    }
-  } else {
-    for (let i = 0; i < TM; i++) e(`let ac${i} = aOff + min(m0 + ${i}u, M - 1u);`);
-  }
-  // B
-  if (sgB && transB) {
-    for (let r = 0; r < TN / 8; r++) {
-      e(`let brl${r} = (bOff + min(n0 + ${8 * r}u + sgl, N - 1u) * K) >> 2u;`);
-    }
-  } else if (sgB) {
-    e(`let N4 = N >> 2u;`);
-    e(`let lkk = sgl & 3u;`);
-    for (let r = 0; r < TN / 8; r++) {
-      e(`let bcl${r} = (bOff >> 2u) + min((n0 >> 2u) + ${2 * r}u + (sgl >> 2u), N4 - 1u);`);
-    }
-    for (let j = 0; j < TN4; j++) {
-      e(`let bc${j} = (bOff >> 2u) + min((n0 >> 2u) + ${j}u, N4 - 1u);`);
-    }
-  } else if (transB) {
-    if (tB) {
-      e(`let bRow = gid.z * (u.strideB / max(K, 1u));`);
-      e(`let bMask = (1u << u.shiftB) - 1u;`);
-    }
-    for (let n = 0; n < TN; n++) {
-      if (tB) {
-        e(`let br${n} = bRow + min(n0 + ${n}u, N - 1u);`);
-        e(`let bx${n} = (br${n} & bMask) * K4;`);
-        e(`let by${n} = br${n} >> u.shiftB;`);
-      } else {
-        e(
-          vB
-            ? `let br${n} = (bOff + min(n0 + ${n}u, N - 1u) * K) >> 2u;`
-            : `let br${n} = bOff + min(n0 + ${n}u, N - 1u) * K;`,
-        );
-      }
-    }
-  } else if (vB) {
-    e(`let N4 = N >> 2u;`);
-    if (tB) {
-      e(`let bRow = gid.z * (u.strideB / max(N, 1u));`);
-      e(`let bMask = (1u << u.shiftB) - 1u;`);
-    }
-    const base = tB ? "" : "(bOff >> 2u) + ";
-    for (let j = 0; j < TN4; j++) {
-      e(`let bc${j} = ${base}min((n0 >> 2u) + ${j}u, N4 - 1u);`);
-    }
-  } else {
-    for (let n = 0; n < TN; n++) e(`let bc${n} = bOff + min(n0 + ${n}u, N - 1u);`);
-  }
-  for (let i = 0; i < TM; i++) {
-    for (let j = 0; j < TN4; j++) e(`var c${i}_${j} = vec4<f32>(0.0);`);
-  }
+/** How one operand layout is read: per-invocation setup, then the loads of `nk` k values at `k`. */
+interface RegLayout {
+  setup(o: RegOperand): string[];
+  /** nk is 4 in the main loop, 1 in the K tail (which layouts vec4 along K never have). */
+  load(o: RegOperand, nk: number): string[];
+  /** Element (outer row i, k + kk) of what `load` named. */
+  at(o: RegOperand, i: number, kk: number): string;
+  /** The loaded vec4 over outer rows 4j..4j+3 at k + kk, where `load` names one. */
+  vec4?(o: RegOperand, j: number, kk: number): string;
+}
 
-  // Body for `nk` consecutive k values starting at `k` (nk = 4 in the main loop, 1 in the tail).
-  const body = (nk: number): string[] => {
-    const B_: string[] = [];
-    const b = (s: string) => B_.push("    " + s);
-    const aExpr: string[][] = []; // [i][kk]
-    const bExpr: string[][] = []; // [kk][j] vec4 expressions
-    for (let i = 0; i < TM; i++) aExpr.push([]);
-    for (let kk = 0; kk < nk; kk++) bExpr.push([]);
-    // A loads
-    if (!transA) {
-      if (sgA) {
-        // nk == 4 guaranteed (K % 4 == 0)
-        for (let r = 0; r < TM / 8; r++) b(`let al${r} = A[arl${r} + kc];`);
-        for (let i = 0; i < TM; i++) {
-          b(`let a${i} = subgroupBroadcast(al${i >> 3}, ${i & 7}u);`);
-          for (let kk = 0; kk < 4; kk++) aExpr[i].push(`a${i}.${COMP[kk]}`);
-        }
-      } else if (vA) {
-        // nk == 4 guaranteed (K % 4 == 0)
-        for (let i = 0; i < TM; i++) {
-          b(
-            tA
-              ? `let a${i} = textureLoad(tA, vec2u(ax${i} + kc, ay${i}), 0);`
-              : `let a${i} = A[ar${i} + kc];`,
-          );
-          for (let kk = 0; kk < 4; kk++) aExpr[i].push(`a${i}.${COMP[kk]}`);
-        }
-      } else {
-        for (let i = 0; i < TM; i++) {
-          for (let kk = 0; kk < nk; kk++) {
-            b(`let a${i}_${kk} = A[ar${i} + k + ${kk}u];`);
-            aExpr[i].push(`a${i}_${kk}`);
-          }
-        }
-      }
-    } else if (sgA && nk === 4) {
-      b(`let akl = (k + lkk) * M4;`);
-      for (let r = 0; r < TM / 8; r++) b(`let al${r} = A[akl + acl${r}];`);
-      for (let kk = 0; kk < 4; kk++) {
-        for (let j = 0; j < TM / 4; j++) {
-          b(`let a${kk}_${j} = subgroupBroadcast(al${j >> 1}, ${kk + 4 * (j & 1)}u);`);
-        }
-        for (let i = 0; i < TM; i++) aExpr[i].push(`a${kk}_${i >> 2}.${COMP[i & 3]}`);
-      }
-    } else {
-      for (let kk = 0; kk < nk; kk++) {
-        if (vA && tA) {
-          b(`let ak${kk} = aRow + k + ${kk}u;`);
-          b(`let akx${kk} = (ak${kk} & aMask) * M4;`);
-          b(`let aky${kk} = ak${kk} >> u.shiftA;`);
-          for (let j = 0; j < TM / 4; j++) {
-            b(`let a${kk}_${j} = textureLoad(tA, vec2u(akx${kk} + ac${j}, aky${kk}), 0);`);
-          }
-          for (let i = 0; i < TM; i++) aExpr[i].push(`a${kk}_${i >> 2}.${COMP[i & 3]}`);
-        } else if (vA) {
-          b(`let ak${kk} = (k + ${kk}u) * M4;`);
-          for (let j = 0; j < TM / 4; j++) b(`let a${kk}_${j} = A[ak${kk} + ac${j}];`);
-          for (let i = 0; i < TM; i++) aExpr[i].push(`a${kk}_${i >> 2}.${COMP[i & 3]}`);
-        } else {
-          b(`let ak${kk} = (k + ${kk}u) * M;`);
-          for (let i = 0; i < TM; i++) {
-            b(`let a${kk}_${i} = A[ak${kk} + ac${i}];`);
-            aExpr[i].push(`a${kk}_${i}`);
-          }
-        }
-      }
-    }
-    // B loads
-    if (sgB && !transB && nk === 4) {
-      b(`let bkl = (k + lkk) * N4;`);
-      for (let r = 0; r < TN / 8; r++) b(`let bl${r} = B[bkl + bcl${r}];`);
-      for (let kk = 0; kk < 4; kk++) {
-        for (let j = 0; j < TN4; j++) {
-          b(`let b${kk}_${j} = subgroupBroadcast(bl${j >> 1}, ${kk + 4 * (j & 1)}u);`);
-          bExpr[kk].push(`b${kk}_${j}`);
-        }
-      }
-    } else if (sgB && transB) {
-      // nk == 4 guaranteed (K % 4 == 0)
-      for (let r = 0; r < TN / 8; r++) b(`let bl${r} = B[brl${r} + kc];`);
-      for (let n = 0; n < TN; n++) b(`let b${n} = subgroupBroadcast(bl${n >> 3}, ${n & 7}u);`);
-      for (let kk = 0; kk < 4; kk++) {
-        for (let j = 0; j < TN4; j++) {
-          const q = [0, 1, 2, 3].map((t) => `b${4 * j + t}.${COMP[kk]}`);
-          bExpr[kk].push(`vec4<f32>(${q.join(", ")})`);
-        }
-      }
-    } else if (!transB) {
-      for (let kk = 0; kk < nk; kk++) {
-        if (vB && tB) {
-          b(`let bk${kk} = bRow + k + ${kk}u;`);
-          b(`let bkx${kk} = (bk${kk} & bMask) * N4;`);
-          b(`let bky${kk} = bk${kk} >> u.shiftB;`);
-          for (let j = 0; j < TN4; j++) {
-            b(`let b${kk}_${j} = textureLoad(tB, vec2u(bkx${kk} + bc${j}, bky${kk}), 0);`);
-            bExpr[kk].push(`b${kk}_${j}`);
-          }
-        } else if (vB) {
-          b(`let bk${kk} = (k + ${kk}u) * N4;`);
-          for (let j = 0; j < TN4; j++) {
-            b(`let b${kk}_${j} = B[bk${kk} + bc${j}];`);
-            bExpr[kk].push(`b${kk}_${j}`);
-          }
-        } else {
-          b(`let bk${kk} = (k + ${kk}u) * N;`);
-          for (let n = 0; n < TN; n++) b(`let b${kk}_${n} = B[bk${kk} + bc${n}];`);
-          for (let j = 0; j < TN4; j++) {
-            const q = [0, 1, 2, 3].map((t) => `b${kk}_${4 * j + t}`);
-            bExpr[kk].push(`vec4<f32>(${q.join(", ")})`);
-          }
-        }
-      }
-    } else {
-      if (vB) {
-        for (let n = 0; n < TN; n++) {
-          b(
-            tB
-              ? `let b${n} = textureLoad(tB, vec2u(bx${n} + kc, by${n}), 0);`
-              : `let b${n} = B[br${n} + kc];`,
-          );
-        }
-        for (let kk = 0; kk < 4; kk++) {
-          for (let j = 0; j < TN4; j++) {
-            const q = [0, 1, 2, 3].map((t) => `b${4 * j + t}.${COMP[kk]}`);
-            bExpr[kk].push(`vec4<f32>(${q.join(", ")})`);
-          }
-        }
-      } else {
-        for (let n = 0; n < TN; n++) {
-          for (let kk = 0; kk < nk; kk++) b(`let b${n}_${kk} = B[br${n} + k + ${kk}u];`);
-        }
-        for (let kk = 0; kk < nk; kk++) {
-          for (let j = 0; j < TN4; j++) {
-            const q = [0, 1, 2, 3].map((t) => `b${4 * j + t}_${kk}`);
-            bExpr[kk].push(`vec4<f32>(${q.join(", ")})`);
-          }
-        }
-      }
-    }
-    // Name the B vectors once (free in SoA, keeps the FMA lines short).
-    for (let kk = 0; kk < nk; kk++) {
-      for (let j = 0; j < TN4; j++) {
-        if (!/^b\d+_\d+$/.test(bExpr[kk][j])) {
-          b(`let v${kk}_${j} = ${bExpr[kk][j]};`);
-          bExpr[kk][j] = `v${kk}_${j}`;
-        }
-      }
-    }
-    const fmaLine = (i: number, j: number, kk: number) =>
-      b(`c${i}_${j} = fma(vec4<f32>(${aExpr[i][kk]}), ${bExpr[kk][j]}, c${i}_${j});`);
-    // Accumulator by accumulator, its nk FMAs back to back: LLVM then loads and stores each
-    // (spilled) accumulator once per k step instead of once per k, measured 1.3-1.4x faster on
-    // lavapipe than the k-outer order.
-    for (let i = 0; i < TM; i++) {
-      for (let j = 0; j < TN4; j++) for (let kk = 0; kk < nk; kk++) fmaLine(i, j, kk);
-    }
-    return B_;
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+/** Outer row o0 + i, clamped. */
+const rowOf = (o: RegOperand, i: number) => `min(${o.o0} + ${i}u, ${o.O} - 1u)`;
+/** Vec4 block (o0 / 4) + j of the outer dimension, clamped. */
+const blockOf = (o: RegOperand, j: number) => `min((${o.o0} >> 2u) + ${j}u, ${o.O}4 - 1u)`;
+/**
+ * A texture operand is addressed by (row, vec4 column), its rows packed 2^shift per texture row
+ * (see matmulTexLayout); `aRow`/`bRow` is the batch's first row, `rowLen` a stored row's length.
+ */
+const texSetup = (o: RegOperand, rowLen: string) => [
+  `let ${o.p}Row = gid.z * (u.stride${o.P} / max(${rowLen}, 1u));`,
+  `let ${o.p}Mask = (1u << u.shift${o.P}) - 1u;`,
+];
+const kVec4At = (o: RegOperand, i: number, kk: number) => `${o.p}${i}.${COMP[kk]}`;
+const outerVec4At = (o: RegOperand, i: number, kk: number) =>
+  `${o.p}${kk}_${i >> 2}.${COMP[i & 3]}`;
+const outerVec4 = (o: RegOperand, j: number, kk: number) => `${o.p}${kk}_${j}`;
+const outerVec4Load: RegLayout["load"] = (o, nk) =>
+  range(nk).flatMap((kk) => [
+    `let ${o.p}k${kk} = (k + ${kk}u) * ${o.O}4;`,
+    ...range(o.tile / 4).map((j) => `let ${o.p}${kk}_${j} = ${o.P}[${o.p}k${kk} + ${o.p}c${j}];`),
+  ]);
+const outerVec4Setup = (o: RegOperand) =>
+  range(o.tile / 4).map((j) => `let ${o.p}c${j} = (${o.p}Off >> 2u) + ${blockOf(o, j)};`);
+
+/** How an operand is read: scalar or vec4 storage loads, a vec4 texture, vec4 shared by a subgroup. */
+type RegRead = "scalar" | "vec4" | "texture" | "subgroup";
+
+/** Operand layouts of the register kernel, keyed `<contiguous dimension>.<read>`. */
+const REG_LAYOUTS: Record<`${"k" | "outer"}.${RegRead}`, RegLayout> = {
+  "k.scalar": {
+    setup: (o) => range(o.tile).map((i) => `let ${o.p}r${i} = ${o.p}Off + ${rowOf(o, i)} * K;`),
+    load: (o, nk) =>
+      range(o.tile).flatMap((i) =>
+        range(nk).map((kk) => `let ${o.p}${i}_${kk} = ${o.P}[${o.p}r${i} + k + ${kk}u];`)
+      ),
+    at: (o, i, kk) => `${o.p}${i}_${kk}`,
+  },
+  "k.vec4": {
+    setup: (o) =>
+      range(o.tile).map((i) => `let ${o.p}r${i} = (${o.p}Off + ${rowOf(o, i)} * K) >> 2u;`),
+    load: (o) => range(o.tile).map((i) => `let ${o.p}${i} = ${o.P}[${o.p}r${i} + kc];`),
+    at: kVec4At,
+  },
+  "k.texture": {
+    setup: (o) => [
+      ...texSetup(o, "K"),
+      ...range(o.tile).flatMap((i) => [
+        `let ${o.p}r${i} = ${o.p}Row + ${rowOf(o, i)};`,
+        `let ${o.p}x${i} = (${o.p}r${i} & ${o.p}Mask) * K4;`,
+        `let ${o.p}y${i} = ${o.p}r${i} >> u.shift${o.P};`,
+      ]),
+    ],
+    load: (o) =>
+      range(o.tile).map((i) =>
+        `let ${o.p}${i} = textureLoad(t${o.P}, vec2u(${o.p}x${i} + kc, ${o.p}y${i}), 0);`
+      ),
+    at: kVec4At,
+  },
+  // All lanes need the same `tile` rows: lane l loads rows o0 + l, o0 + 8 + l, ... and
+  // subgroupBroadcast hands each to every lane.
+  "k.subgroup": {
+    setup: (o) =>
+      range(o.tile / 8).map((r) =>
+        `let ${o.p}rl${r} = (${o.p}Off + min(${o.o0} + ${8 * r}u + sgl, ${o.O} - 1u) * K) >> 2u;`
+      ),
+    load: (o) => [
+      ...range(o.tile / 8).map((r) => `let ${o.p}l${r} = ${o.P}[${o.p}rl${r} + kc];`),
+      ...range(o.tile).map((i) =>
+        `let ${o.p}${i} = subgroupBroadcast(${o.p}l${i >> 3}, ${i & 7}u);`
+      ),
+    ],
+    at: kVec4At,
+  },
+  "outer.scalar": {
+    setup: (o) => range(o.tile).map((i) => `let ${o.p}c${i} = ${o.p}Off + ${rowOf(o, i)};`),
+    load: (o, nk) =>
+      range(nk).flatMap((kk) => [
+        `let ${o.p}k${kk} = (k + ${kk}u) * ${o.O};`,
+        ...range(o.tile).map((i) => `let ${o.p}${kk}_${i} = ${o.P}[${o.p}k${kk} + ${o.p}c${i}];`),
+      ]),
+    at: (o, i, kk) => `${o.p}${kk}_${i}`,
+  },
+  "outer.vec4": {
+    setup: (o) => [`let ${o.O}4 = ${o.O} >> 2u;`, ...outerVec4Setup(o)],
+    load: outerVec4Load,
+    at: outerVec4At,
+    vec4: outerVec4,
+  },
+  "outer.texture": {
+    setup: (o) => [
+      `let ${o.O}4 = ${o.O} >> 2u;`,
+      ...texSetup(o, o.O),
+      ...range(o.tile / 4).map((j) => `let ${o.p}c${j} = ${blockOf(o, j)};`),
+    ],
+    load: (o, nk) =>
+      range(nk).flatMap((kk) => [
+        `let ${o.p}k${kk} = ${o.p}Row + k + ${kk}u;`,
+        `let ${o.p}kx${kk} = (${o.p}k${kk} & ${o.p}Mask) * ${o.O}4;`,
+        `let ${o.p}ky${kk} = ${o.p}k${kk} >> u.shift${o.P};`,
+        ...range(o.tile / 4).map((j) =>
+          `let ${o.p}${kk}_${j} = ` +
+          `textureLoad(t${o.P}, vec2u(${o.p}kx${kk} + ${o.p}c${j}, ${o.p}ky${kk}), 0);`
+        ),
+      ]),
+    at: outerVec4At,
+    vec4: outerVec4,
+  },
+  // Lane l loads k offset l & 3 of vec4 blocks l >> 2, 2 + (l >> 2), ...; the K tail (no
+  // broadcast there) reads as "outer.vec4" from per-lane bases.
+  "outer.subgroup": {
+    setup: (o) => [
+      `let ${o.O}4 = ${o.O} >> 2u;`,
+      `let lkk = sgl & 3u;`,
+      ...range(o.tile / 8).map((r) =>
+        `let ${o.p}cl${r} = (${o.p}Off >> 2u) + ` +
+        `min((${o.o0} >> 2u) + ${2 * r}u + (sgl >> 2u), ${o.O}4 - 1u);`
+      ),
+      ...outerVec4Setup(o),
+    ],
+    load: (o, nk) =>
+      nk !== 4 ? outerVec4Load(o, nk) : [
+        `let ${o.p}kl = (k + lkk) * ${o.O}4;`,
+        ...range(o.tile / 8).map((r) => `let ${o.p}l${r} = ${o.P}[${o.p}kl + ${o.p}cl${r}];`),
+        ...range(4).flatMap((kk) =>
+          range(o.tile / 4).map((j) =>
+            `let ${o.p}${kk}_${j} = subgroupBroadcast(${o.p}l${j >> 1}, ${kk + 4 * (j & 1)}u);`
+          )
+        ),
+      ],
+    at: outerVec4At,
+    vec4: outerVec4,
+  },
+};
+
+/** Operand A or B of a register-kernel config. */
+function regOperand(cfg: MatmulShaderConfig, P: "A" | "B"): RegOperand {
+  const isA = P === "A";
+  const kContiguous = isA ? !cfg.transA : cfg.transB;
+  const [vec4, tex, subgroup] = isA
+    ? [cfg.vec4A, cfg.texA, cfg.subgroupA]
+    : [cfg.vec4B, cfg.texB, cfg.subgroupB];
+  const read: RegRead = subgroup ? "subgroup" : tex ? "texture" : vec4 ? "vec4" : "scalar";
+  return {
+    p: P.toLowerCase(),
+    P,
+    O: isA ? "M" : "N",
+    o0: isA ? "m0" : "n0",
+    tile: isA ? cfg.tileM : cfg.tileN,
+    layout: REG_LAYOUTS[`${kContiguous ? "k" : "outer"}.${read}`],
   };
+}
 
-  const kAlongVec4 = (!transA && vA) || (transB && vB); // implies K % 4 == 0: no tail
-  L.push(`  for (var kc = 0u; kc < K4; kc = kc + 1u) {`);
-  L.push(`    let k = kc << 2u;`);
-  L.push(...body(4));
-  L.push(`  }`);
-  if (!kAlongVec4) {
-    L.push(`  for (var k = K4 << 2u; k < K; k = k + 1u) {`);
-    L.push(...body(1));
-    L.push(`  }`);
+/**
+ * The loads and FMAs of `nk` consecutive k values from `k`: c[i][j] += A[i][k] · B[k][4j..4j+3],
+ * B as vec4 over four output columns.
+ */
+function regInnerProduct(a: RegOperand, b: RegOperand, nk: number): string[] {
+  const L = [...a.layout.load(a, nk), ...b.layout.load(b, nk)];
+  // Name the B vectors once (free in SoA, keeps the FMA lines short).
+  const bVec = range(nk).map((kk) =>
+    range(b.tile / 4).map((j) => {
+      const loaded = b.layout.vec4?.(b, j, kk);
+      if (loaded) return loaded;
+      const q = range(4).map((t) => b.layout.at(b, 4 * j + t, kk));
+      L.push(`let v${kk}_${j} = vec4<f32>(${q.join(", ")});`);
+      return `v${kk}_${j}`;
+    })
+  );
+  // Accumulator by accumulator, its nk FMAs back to back: LLVM then loads and stores each
+  // (spilled) accumulator once per k step instead of once per k, measured 1.3-1.4x faster on
+  // lavapipe than the k-outer order.
+  for (let i = 0; i < a.tile; i++) {
+    for (let j = 0; j < b.tile / 4; j++) {
+      for (let kk = 0; kk < nk; kk++) {
+        L.push(
+          `c${i}_${j} = fma(vec4<f32>(${a.layout.at(a, i, kk)}), ${bVec[kk][j]}, c${i}_${j});`,
+        );
+      }
+    }
   }
+  return L.map((s) => "    " + s);
+}
 
-  // Stores
-  for (let i = 0; i < TM; i++) {
+/** Guarded stores of the tileM x tileN accumulators (vec4 where `vec4C`). */
+function regStores(cfg: MatmulShaderConfig): string[] {
+  const L: string[] = [];
+  for (let i = 0; i < cfg.tileM; i++) {
     L.push(`  if (m0 + ${i}u < M) {`);
     L.push(`    let cr = cOff + (m0 + ${i}u) * N + n0;`);
-    for (let j = 0; j < TN4; j++) {
-      if (vC) {
+    for (let j = 0; j < cfg.tileN / 4; j++) {
+      if (cfg.vec4C) {
         L.push(`    if (n0 + ${4 * j}u < N) { C[(cr >> 2u) + ${j}u] = c${i}_${j}; }`);
       } else {
         for (let t = 0; t < 4; t++) {
@@ -532,7 +469,28 @@ function regShader(cfg: MatmulShaderConfig): { helpers?: string; body: string } 
     }
     L.push(`  }`);
   }
+  return L;
+}
 
+function regShader(cfg: MatmulShaderConfig): { helpers?: string; body: string } {
+  const { tileM: TM, tileN: TN } = cfg;
+  const sgB = cfg.subgroupB ?? false;
+  const a = regOperand(cfg, "A"), b = regOperand(cfg, "B");
+  const accs = range(TM).flatMap((i) =>
+    range(TN / 4).map((j) => `var c${i}_${j} = vec4<f32>(0.0);`)
+  );
+  const setup = [`let K4 = K >> 2u;`, ...a.layout.setup(a), ...b.layout.setup(b), ...accs];
+  // An operand read as vec4 along K implies K % 4 == 0: no tail.
+  const kAlongVec4 = (!cfg.transA && cfg.vec4A) || (cfg.transB && cfg.vec4B);
+  const loop = [
+    `  for (var kc = 0u; kc < K4; kc = kc + 1u) {`,
+    `    let k = kc << 2u;`,
+    ...regInnerProduct(a, b, 4),
+    `  }`,
+    ...(kAlongVec4
+      ? []
+      : [`  for (var k = K4 << 2u; k < K; k = k + 1u) {`, ...regInnerProduct(a, b, 1), `  }`]),
+  ];
   return {
     body: `  let M = u.M;
   let N = u.N;
@@ -542,7 +500,7 @@ function regShader(cfg: MatmulShaderConfig): { helpers?: string; body: string } 
   let m0 = gid.${sgB ? "x" : "y"} * ${TM}u;
   let n0 = gid.${sgB ? "y" : "x"} * ${TN}u;
   ${
-      sgA
+      cfg.subgroupA
         // m0 is uniform over the (1-D) workgroup; lanes past N stay for the broadcasts.
         ? "if (m0 >= M) { return; }"
         : sgB
@@ -552,7 +510,8 @@ function regShader(cfg: MatmulShaderConfig): { helpers?: string; body: string } 
   let aOff = gid.z * u.strideA;
   let bOff = gid.z * u.strideB;
   let cOff = gid.z * u.strideC;
-${L.join("\n")}`,
+${setup.map((s) => "  " + s).join("\n")}
+${[...loop, ...regStores(cfg)].join("\n")}`,
   };
 }
 
