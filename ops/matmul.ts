@@ -302,12 +302,11 @@ function block(
  * enough products). textureLoad fetches the 8 lanes' texels in straight-line code, where a storage
  * load is a per-lane loop with branches, so it pays where A's loads miss the cache:
  *  - Aᵀ with the B-sharing kernel: each K step reads 4 rows of Aᵀ that lie M floats apart, which
- *    the prefetcher does not follow; textured it measured 1.03-2x faster, copy included (same
- *    run: 1024³ 1.13x, 1376x2048x512 2.0x, 2048x512x1376 1.10x, 352x2048x128 1.04x), e.g. the
- *    weight gradient dW = dYᵀ·X.
+ *    the prefetcher does not follow; textured it measured faster, copy included, e.g. the weight
+ *    gradient dW = dYᵀ·X.
  *  - untransposed A in the plain register kernel (no subgroups, e.g. GL): each invocation reads
- *    its own rows; ~1.1-1.3x end to end, copy included.
- * Elsewhere it measured no faster than storage, so the copy is not paid.
+ *    its own rows; faster end to end, copy included.
+ * Elsewhere it measured no faster than storage, so the copy is not paid (figures: bench/NOTES.md).
  */
 function useTextureA(cfg: MatmulShaderConfig, p: Plan): boolean {
   if (deviceInfo().kind !== "cpu" || cfg.kind !== "reg" || !cfg.vec4A || cfg.subgroupA) {
