@@ -1,7 +1,7 @@
 /**
  * Kernel dispatch: WGSL pipelines cached by source, dispatches recorded into one command encoder
  * and one compute pass, submitted in batches. Nothing waits on the GPU except {@link readRanges}
- * (and {@link readBuffers}, {@link sync}). {@link gated} makes a stretch of dispatches
+ * (and {@link sync}). {@link gated} makes a stretch of dispatches
  * conditional on flags the GPU computed, still without waiting.
  * @module
  */
@@ -663,19 +663,6 @@ export async function readRanges(
     }
   }
   await drain();
-}
-
-/**
- * Reads storages back whole (one ArrayBuffer per storage, `bytes` long) through
- * {@link readRanges}: bounded staging, one GPU sync per chunk.
- */
-export async function readBuffers(list: readonly Storage[]): Promise<ArrayBuffer[]> {
-  const out = list.map((s) => new Uint8Array(s.bytes));
-  await readRanges(
-    list.map((storage) => ({ storage, offset: 0, bytes: storage.bytes })),
-    (i, bytes, off) => out[i].set(bytes, off),
-  );
-  return out.map((o) => o.buffer);
 }
 
 /** Waits until the GPU has finished all submitted work (a sync: costs >= 11 ms on software adapters). */
