@@ -30,7 +30,10 @@ import {
   refuseInapplicable,
   runCli,
 } from "./cli/flags.ts";
+import { exists } from "./cli/exists.ts";
+import { LOG_FILE } from "./cli/runlog.ts";
 import { Progress } from "./cli/progress.ts";
+import { checkDeviceBudget, fitReport, parseByteSize } from "./cli/plan.ts";
 import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
 import { type DashboardThread, startDashboardThread } from "./cli/dashboard_server.ts";
 import { writeStandaloneDashboard } from "./cli/dashboard_page.ts";
@@ -47,6 +50,10 @@ import { PROJECTOR_METHODS } from "./optim/galore.ts";
 import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
+import { derivedFromSteps } from "./cli/resume.ts";
+import { checkFits } from "./cli/memory_budget.ts";
+import { armFault, parseFault } from "./cli/faults.ts";
+import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
 import {
   dataSource,
@@ -247,7 +254,7 @@ function benchmarkSettings(flags: RawFlags, method: MethodName, steps: number): 
 }
 
 const CKPT = CHECKPOINT_FILE;
-const LOG = "log.jsonl";
+const LOG = LOG_FILE;
 const DASHBOARD_HTML = "dashboard.html";
 
 /**
@@ -299,21 +306,14 @@ function weightDType(raw: string | boolean | undefined): WeightDType {
   return v;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** The output folder, checked before anything is written; `created` when this process made it. */
 interface OutDir {
   out: string;
   created: boolean;
   /** Run folders that hold a run (a checkpoint, or a log of one killed before its first). */
   resumable: Set<string>;
+  /** This process's lock of the folder (see `cli/run_lock.ts`). */
+  lock: RunLock;
 }
 
 async function prepareOut(
@@ -329,6 +329,8 @@ async function prepareOut(
     info = await Deno.stat(out);
   } catch { /* does not exist yet */ }
   if (info && !info.isDirectory) throw new FlagError(`--out ${out}: is a file, not a folder`);
+  // A folder another run is training in is refused first, naming that run.
+  if (info) assertUnlocked(out);
   if (info && !flags.resume) {
     for await (const e of Deno.readDir(out)) {
       if (e.name === CKPT || e.name === LOG || e.isDirectory) {
@@ -350,7 +352,7 @@ async function prepareOut(
     }
   }
   await Deno.mkdir(out, { recursive: true });
-  return { out, created: !info, resumable };
+  return { out, created: !info, resumable, lock: acquireRunLock(out) };
 }
 
 /**
@@ -360,6 +362,8 @@ async function prepareOut(
  * log and checkpoints. Synchronous because it also runs right before a forced exit.
  */
 function discardUnstarted(dir: string, outDir: OutDir): void {
+  // The lock goes too: the process ends right after this.
+  outDir.lock.release();
   for (const f of [LOG, "summary.json", "loss.svg", DASHBOARD_HTML]) {
     try {
       Deno.removeSync(`${dir}/${f}`);
@@ -441,6 +445,9 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
   refuseInapplicable(flags, methods);
   const dashboardAt = dashboardFlags(flags);
+  // A test hook (see cli/faults.ts), never a flag.
+  const fault = Deno.env.get("SLTRAIN_FAULT");
+  if (fault) armFault(parseFault(fault));
   const hfInit = await hfInitFlag(flags);
   const modelName = String(flags.model ?? "tiny");
   const initVocab = hfInit?.hf.config.vocabSize;
@@ -455,6 +462,14 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
+  if (typeof flags.fit === "string") {
+    console.log(fitReport(runs[0], parseByteSize(flags.fit, "fit")));
+    return 0;
+  }
+  if (typeof flags["max-device-bytes"] === "string") {
+    const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
+    for (const r of runs) checkDeviceBudget(r, budget);
+  }
   const keep = num(flags, "keep", 1, posInt, "a positive integer");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards
@@ -462,6 +477,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
   const info = await initGpu();
+  for (const run of runs) checkFits(run, info);
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
@@ -474,6 +490,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     if (dashboardAt) dashboard = await startDashboard(dashboardAt, out);
   } catch (e) {
     // Nothing is written yet: only a folder this process made goes.
+    outDir.lock.release();
     if (outDir.created) discardUnstarted(out, outDir);
     throw new FlagError(`--dashboard: ${errorText(e)}`);
   }
@@ -485,6 +502,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const onSignal = (signal: Deno.Signal) => () => {
     if (stop) {
       if (unstarted) discardUnstarted(unstarted, outDir);
+      outDir.lock.release();
       Deno.exit(exitCode(signal));
     }
     stop = signal;
@@ -522,16 +540,19 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
           onEval: (history) =>
             writePlots(dir, [{ run, history }], `${run.method} on ${run.modelName}`),
           initModel: hfInit?.initModel,
+          derived: derivedFromSteps(flags),
         });
         results.push(result);
         await Deno.writeTextFile(
           `${dir}/summary.json`,
-          JSON.stringify({ ...result, run: { ...run } }, null, 1),
+          JSON.stringify({ ...result, run: { ...result.run } }, null, 1),
         );
         await writePlots(dir, [result], `${run.method} on ${run.modelName}`);
       } catch (e) {
-        // A lost device makes later calls fail in odd ways: its loss is the error to report.
-        const cause = await deviceLostError() ?? e;
+        // A lost device makes later calls fail in odd ways: its loss is the error to report
+        // (the trainer reports it with the phase it hit, when it saw it).
+        const lostSeen = e instanceof Error && e.message.includes("the GPU device was lost");
+        const cause = (lostSeen ? null : await deviceLostError()) ?? e;
         if (unstarted) discardUnstarted(dir, outDir);
         else {throw new Error(`${errorText(cause)}${await whatIsKept(dir, errorText(cause))}`, {
             cause,
@@ -544,6 +565,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   } finally {
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
     await dashboard?.close();
+    outDir.lock.release();
   }
   console.log(`\n${summaryTable(results)}\n`);
   if (results.length > 1) {
@@ -555,7 +577,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     console.log(
       `${
         results.length > 1 ? `${r.run.method}: ` : ""
-      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
+      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/${LOG}; checkpoint: ${dir}/${CKPT}`,
     );
   }
   return stop ? exitCode(stop) : 0;
@@ -575,7 +597,8 @@ function errorText(e: unknown): string {
 /** What a failed run leaves for the user, appended to its error (unless `said` says it). */
 async function whatIsKept(dir: string, said: string): Promise<string> {
   const ckpt = await exists(`${dir}/${CKPT}`);
-  const next = said.includes(`${dir}/${CKPT}`)
+  // An error about the checkpoint itself (a damaged one) already says what to do with it.
+  const next = said.includes(`${dir}/${CKPT}`) && !said.startsWith("writing the checkpoint")
     ? ""
     : ckpt
     ? `; the last checkpoint is ${dir}/${CKPT}, and --resume continues from it`

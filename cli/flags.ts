@@ -269,6 +269,15 @@ export const FLAGS: Record<string, FlagSpec> = {
     help:
       "address the dashboard listens on instead of 127.0.0.1 (0.0.0.0: every interface; anyone who reaches it sees the runs)",
   },
+  fit: {
+    type: "string",
+    help:
+      "plan instead of training: list the configurations with their predicted device peak and step cost against this budget (e.g. 24GB), mark what fits and suggest the fastest",
+  },
+  "max-device-bytes": {
+    type: "string",
+    help: "refuse to start when the predicted device peak is over this (e.g. 16GB)",
+  },
   help: { type: "boolean", help: "show this help" },
 };
 

@@ -383,7 +383,7 @@ function observed(
  * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
  * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
  * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
- * runs wrap it in `perParameter`, which cannot clip by a global norm (refused here). `hooks`
+ * runs wrap it in `perLayer`, which cannot clip by a global norm (refused here). `hooks`
  * observe it without changing its state.
  */
 export function buildOptimizer(

@@ -7,6 +7,11 @@
  * @module
  */
 
+import { beforeWrite } from "./faults.ts";
+
+/** The log's file name in a run folder. */
+export const LOG_FILE = "log.jsonl";
+
 /** One record of the log: a `kind` (train, eval, refactor, merge, resume, nonfinite) and a step. */
 export interface LogRecord {
   /** What happened. */
@@ -75,10 +80,12 @@ export async function readLog(path: string): Promise<ParsedLog> {
 /** An open log that appends records, each in one write of a whole line. */
 export class RunLog {
   #file: Deno.FsFile;
+  #path: string;
   #enc = new TextEncoder();
 
-  private constructor(file: Deno.FsFile) {
+  private constructor(file: Deno.FsFile, path: string) {
     this.#file = file;
+    this.#path = path;
   }
 
   /**
@@ -104,14 +111,29 @@ export class RunLog {
       file.close();
       throw e;
     }
-    return { log: new RunLog(file), cut: parsed.records.length - kept + (parsed.torn ? 1 : 0) };
+    return {
+      log: new RunLog(file, path),
+      cut: parsed.records.length - kept + (parsed.torn ? 1 : 0),
+    };
   }
 
   /** Appends a record as one line (one write, so a kill leaves at most this line torn). */
   append(record: LogRecord): void {
     const bytes = this.#enc.encode(JSON.stringify(record) + "\n");
-    let off = 0;
-    while (off < bytes.length) off += this.#file.writeSync(bytes.subarray(off));
+    try {
+      beforeWrite(this.#path);
+      let off = 0;
+      while (off < bytes.length) off += this.#file.writeSync(bytes.subarray(off));
+    } catch (e) {
+      throw new Error(
+        `appending the ${record.kind} record of step ${record.step} to ${this.#path}: ${
+          (e as Error).message
+        }`,
+        {
+          cause: e,
+        },
+      );
+    }
   }
 
   /** Makes every record appended so far durable (before a checkpoint that covers them). */

@@ -17,6 +17,7 @@ import {
   type WriteOptions as SinkWriteOptions,
   writeSafetensors as writeToSink,
 } from "../io/safetensors.ts";
+import { beforeWrite } from "./faults.ts";
 
 export * from "../io/safetensors.ts";
 
@@ -93,6 +94,7 @@ export async function writeFileAtomically(
   const file = await Deno.open(tmp, { write: true, createNew: true });
   let closed = false;
   const writeAll = async (chunk: Uint8Array) => {
+    beforeWrite(tmp);
     let off = 0;
     while (off < chunk.byteLength) off += await file.write(chunk.subarray(off));
   };

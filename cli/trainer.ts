@@ -10,7 +10,8 @@
  * however often the run was killed and resumed.
  * @module
  */
-import { NonFiniteError } from "../core/errors.ts";
+import { deviceLostError } from "../core/device.ts";
+import { DeviceError, NonFiniteError } from "../core/errors.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
 import { Tape, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
@@ -38,8 +39,8 @@ import {
   addSumOfSquares,
   applyUpdates,
   type GradientTransformation,
-  type PerParameter,
-  perParameter,
+  type PerLayer,
+  perLayer,
   type ProjectorRefresh,
 } from "../optim/mod.ts";
 import { CHECKPOINT_FILE, loadCheckpoint, removeStaleTemps, saveCheckpoint } from "./checkpoint.ts";
@@ -51,7 +52,10 @@ import {
   nonFiniteStop,
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
-import { type LogRecord, readLog, RunLog } from "./runlog.ts";
+import { exists } from "./exists.ts";
+import { describeExtension, reconcileResume } from "./resume.ts";
+import { enterPhase } from "./faults.ts";
+import { LOG_FILE, type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
   cycleLength,
@@ -104,8 +108,15 @@ export interface RunResult {
   estimatedBytes: number;
   /** Measured live bytes of parameters, buffers and optimizer state after the last step. */
   measuredBytes: number;
-  /** Peak live device bytes during a step. */
+  /** Peak live device bytes during a step (what tensors request). */
   peakBytes: number;
+  /**
+   * Peak device bytes allocated during a step: tensor buffers at their size class, the pool,
+   * textures, staging, uniforms (what the device holds; at least `peakBytes`).
+   */
+  allocatedPeak: number;
+  /** Device bytes allocated after the last step (see `allocatedPeak`). */
+  allocatedBytes: number;
   /** Measured bytes of the optimizer state alone (moments, projectors, limiter norms). */
   stateBytes: number;
   /** The estimate of the same (`optimizerStates + projector` of the memory estimate). */
@@ -161,34 +172,14 @@ export interface RunIO {
     run: RunConfig,
     method: LinearMethod,
   ) => Promise<{ params: LlamaParams; buffers: LlamaBuffers }>;
+  /**
+   * Settings of the run whose values were derived from `steps` rather than given (see
+   * `derivedFromSteps` in `resume.ts`): a resumed run takes the checkpoint's instead.
+   */
+  derived?: ReadonlySet<string>;
 }
 
-/**
- * The settings a resumed run may change: how long it runs and how it evaluates and reports. Any
- * other setting, including one added later, must match the checkpoint's.
- */
-const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
-  "modelName",
-  "steps",
-  "evalEvery",
-  "evalTokens",
-  "logEvery",
-  "onNonfinite",
-  // Recomputing activations or keeping SLTrain's W gives the same gradients to the bit: only
-  // memory and time differ.
-  "recompute",
-  "keepWeight",
-]);
-
-/** Names the settings of `run` that differ from a checkpoint's (empty when it can resume). */
-export function resumeConflicts(run: RunConfig, saved: RunConfig): string[] {
-  const now = run as unknown as Record<string, unknown>;
-  const then = saved as unknown as Record<string, unknown>;
-  const keys = new Set([...Object.keys(now), ...Object.keys(then)]);
-  return [...keys]
-    .filter((k) => !MAY_CHANGE.has(k) && JSON.stringify(now[k]) !== JSON.stringify(then[k]))
-    .map((k) => `${k}: checkpoint ${JSON.stringify(then[k])}, now ${JSON.stringify(now[k])}`);
-}
+export { resumeConflicts } from "./resume.ts";
 
 /** A run in progress: what changes from step to step. */
 interface Training {
@@ -199,12 +190,16 @@ interface Training {
   /** This cycle's optimizer (a fresh one after each momentum reset). */
   opt: GradientTransformation;
   /** The same optimizer, when the run updates each weight during backward. */
-  layerwise: PerParameter<unknown> | null;
+  perLayerOpt: PerLayer<unknown> | null;
   optState: unknown;
   /** Completed optimizer steps. */
   step: number;
   /** True when the run continues from a checkpoint. */
   readonly resumed: boolean;
+  /** How a resumed run's length changed (null when it did not), for the log. */
+  readonly extended?:
+    | { from: number; to: number; kept: Record<string, unknown>; text: string }
+    | null;
   readonly stream: BatchStream;
   readonly history: History;
   /** Non-finite flags and the update gate. */
@@ -276,12 +271,12 @@ function optimizerAt(
   params: LlamaParams,
   step: number,
   watch: StepWatch,
-): Pick<Training, "opt" | "layerwise"> {
+): Pick<Training, "opt" | "perLayerOpt"> {
   const cycle = cycleLength(run);
   const from = cycle > 0 ? Math.floor(step / cycle) * cycle : 0;
   const opt = buildOptimizer(run, params, from, watch.hooks);
-  const layerwise = run.perLayer ? perParameter(opt) : null;
-  return { opt: layerwise ?? opt, layerwise };
+  const perLayerOpt = run.perLayer ? perLayer(opt) : null;
+  return { opt: perLayerOpt ?? opt, perLayerOpt };
 }
 
 /** A fresh model, or the checkpoint's when resuming (refused if it comes from another config). */
@@ -320,19 +315,29 @@ async function startRun(
   const ck = await loadCheckpoint(ckptPath);
   // Checkpoints from before --optimizer existed were all trained with adamw.
   const saved = { optimizer: "adamw", ...(ck.meta.run as Partial<RunConfig>) } as RunConfig;
-  const conflicts = resumeConflicts(run, saved);
-  if (conflicts.length > 0) {
+  const reconciled = reconcileResume(run, saved, io.derived ?? new Set());
+  if (reconciled.conflicts.length > 0) {
     tree.dispose(ck);
     throw new Error(
-      `cannot resume ${ckptPath}: it comes from another config:\n  ${conflicts.join("\n  ")}`,
+      `cannot resume ${ckptPath}: it comes from another config (only the settings the README ` +
+        `lists under "Resuming" may change):\n  ${reconciled.conflicts.join("\n  ")}`,
     );
   }
+  run = reconciled.run;
   const params = ck.params as LlamaParams;
   stream.state = ck.meta.stream as BatchStreamState;
   Object.assign(history, ck.meta.history as History);
   io.progress.log(`resumed from ${ckptPath} at step ${ck.step}`);
+  const extension = describeExtension(run, saved, ck.step, reconciled.kept);
+  if (extension) io.progress.log(extension);
   return {
     run,
+    extended: extension === null ? null : {
+      from: saved.steps,
+      to: run.steps,
+      kept: Object.fromEntries(Object.entries(reconciled.kept).map(([k, [v]]) => [k, v])),
+      text: extension,
+    },
     method,
     params,
     buffers: ck.buffers as LlamaBuffers,
@@ -347,10 +352,6 @@ async function startRun(
   };
 }
 
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
-}
-
 /** Trains one run to `run.steps` (or until stopped) and reports. */
 export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promise<RunResult> {
   const ckptPath = io.out ? `${io.out}/${CHECKPOINT_FILE}` : null;
@@ -361,15 +362,31 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     if (io.out) {
       // Cut back to what the starting point covers (all of it for a fresh start); a checkpoint
       // write that was killed leaves a temporary file, never a complete checkpoint.
-      const opened = await RunLog.open(`${io.out}/log.jsonl`, t.resumed ? t.step : null);
+      const opened = await RunLog.open(`${io.out}/${LOG_FILE}`, t.resumed ? t.step : null);
       log = opened.log;
       if (ckptPath) await removeStaleTemps(ckptPath);
       if (io.resume) {
         const rec = stamped({ kind: "resume", step: t.step, cut: opened.cut });
         log.append(rec);
         io.log(rec);
+        if (t.extended) {
+          const ext = stamped({ kind: "extend", step: t.step, ...t.extended });
+          log.append(ext);
+          io.log(ext);
+        }
       }
-      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/log.jsonl`, t.run, t.step);
+      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/${LOG_FILE}`, t.run, t.step);
+    }
+    // A run that ended on a cycle boundary skipped that reset or merge (it was its last step);
+    // extended, it does it now, as a run of the new length would have.
+    const cycle = cycleLength(t.run);
+    if (
+      t.extended && cycle > 0 && t.step === t.extended.from && t.step % cycle === 0 &&
+      t.step < t.run.steps
+    ) {
+      const rec = await resetCycle(t);
+      log?.append(rec);
+      io.log(rec);
     }
     if (!t.resumed) {
       const counts = countParams(run.model, t.method);
@@ -386,6 +403,29 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
   } finally {
     log?.close();
     tree.dispose([t.params, t.buffers, t.optState]);
+  }
+}
+
+/**
+ * `e` with `what` (the operation) in front of its message, when it is a device or file-system error
+ * (a GPU error names its op but not the run's phase; Deno's file errors name neither).
+ */
+function withContext(e: unknown, what: string): unknown {
+  if (e instanceof DeviceError || (e instanceof Error && "code" in e)) {
+    e.message = `${what}: ${e.message}`;
+  }
+  return e;
+}
+
+/**
+ * Runs `f`; a device or file-system error it throws gets `what` in front (see withContext). A
+ * lost device makes later calls fail in odd ways: its loss is the error then.
+ */
+async function during<T>(what: string, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    throw withContext(await deviceLostError() ?? e, what);
   }
 }
 
@@ -412,9 +452,11 @@ interface PendingStep {
   sumSq: Tensor;
   /** Training tokens up to and including this step. */
   trainTokens: number;
-  /** Live device bytes after the step, and the peak during it. */
+  /** Live device bytes after the step, and the peak during it: requested, then allocated. */
   liveBytes: number;
   peakBytes: number;
+  allocatedBytes: number;
+  allocatedPeak: number;
   events: LogRecord[];
 }
 
@@ -431,6 +473,7 @@ class RunLoop {
   /** Training tokens since the run began (across resumes). */
   #trainTokens: number;
   #peak = 0;
+  #allocatedPeak = 0;
   #t0 = performance.now();
   /**
    * Start of the steps the next read covers (performance.now() ms), and their tokens: training
@@ -467,7 +510,8 @@ class RunLoop {
         t.watch.begin();
         let r;
         try {
-          r = await trainStep(t, flags);
+          enterPhase("step");
+          r = await during(`step ${t.step + 1}`, () => trainStep(t, flags));
         } catch (e) {
           t.watch.end(t.step + 1).sumSq.dispose();
           throw e;
@@ -484,6 +528,7 @@ class RunLoop {
         }
         const mem = memoryStats();
         this.#peak = Math.max(this.#peak, mem.peakBytes);
+        this.#allocatedPeak = Math.max(this.#allocatedPeak, mem.allocatedPeak);
         this.#pending.push({
           step: t.step,
           loss: r.loss,
@@ -492,6 +537,8 @@ class RunLoop {
           trainTokens: this.#trainTokens,
           liveBytes: mem.liveBytes,
           peakBytes: mem.peakBytes,
+          allocatedBytes: mem.allocatedBytes,
+          allocatedPeak: mem.allocatedPeak,
           events,
         });
         const last = t.step === run.steps;
@@ -540,7 +587,9 @@ class RunLoop {
     this.#pending = [];
     let vals;
     try {
-      vals = await readAll(pending.flatMap(deviceTensors));
+      const steps = `step${pending.length > 1 ? "s" : ""} ${pending[0].step}` +
+        (pending.length > 1 ? `-${pending.at(-1)!.step}` : "");
+      vals = await during(steps, () => readAll(pending.flatMap(deviceTensors)));
     } finally {
       tree.dispose(pending.map(deviceTensors));
     }
@@ -574,6 +623,8 @@ class RunLoop {
           ...perStep,
           liveBytes: p.liveBytes,
           peakBytes: p.peakBytes,
+          allocatedBytes: p.allocatedBytes,
+          allocatedPeak: p.allocatedPeak,
         });
         for (const e of p.events) this.record(e);
         continue;
@@ -618,7 +669,11 @@ class RunLoop {
   async evaluate(): Promise<void> {
     const { t, io } = this;
     const t0 = performance.now();
-    const r = await evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens);
+    enterPhase("eval");
+    const r = await during(
+      `the evaluation at step ${t.step}`,
+      () => evaluate(modelOf(t), t.params, this.data.val, t.run.batch, t.run.evalTokens),
+    );
     if (!Number.isFinite(r.loss)) {
       throw this.stopped(`step ${t.step}: the validation loss is ${r.loss}`);
     }
@@ -650,6 +705,7 @@ class RunLoop {
     if (!this.ckptPath || this.#saved === t.step) return;
     await this.read();
     this.log?.sync();
+    enterPhase("checkpoint");
     try {
       await saveCheckpoint(this.ckptPath, checkpointOf(t, this.data.source), {
         keep: this.io.keep,
@@ -659,7 +715,10 @@ class RunLoop {
       if (e instanceof NonFiniteError) {
         throw this.stopped(`step ${t.step}: ${e.message}`);
       }
-      throw e;
+      throw withContext(
+        await deviceLostError() ?? e,
+        `writing the checkpoint of step ${t.step} to ${this.ckptPath}`,
+      );
     }
     this.#saved = t.step;
     this.#restartWindow();
@@ -680,6 +739,8 @@ class RunLoop {
       estimatedBytes: est.total,
       measuredBytes: tree.bytes({ params: t.params, buffers: t.buffers, optState: t.optState }),
       peakBytes: this.#peak,
+      allocatedPeak: this.#allocatedPeak,
+      allocatedBytes: memoryStats().allocatedBytes,
       stateBytes: tree.bytes(t.optState),
       estimatedStateBytes: est.optimizerStates + est.projector,
       tokensPerSec: this.#tokens / Math.max(1e-9, seconds),
@@ -707,8 +768,8 @@ async function trainStep(t: Training, flags: Tensor): Promise<{ loss: Tensor; to
     };
     try {
       losses.push(
-        t.layerwise
-          ? await layerwiseMicroStep(t, t.layerwise, batch, flags)
+        t.perLayerOpt
+          ? await perLayerMicroStep(t, t.perLayerOpt, batch, flags)
           : await microStep(t, batch, flags),
       );
     } finally {
@@ -750,9 +811,9 @@ async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tens
  * updates rows in place (Adam) the LM head's and embedding's gradients never exist whole either.
  * (So the non-finite flags are set, but the update cannot wait for them: per-layer runs only stop.)
  */
-async function layerwiseMicroStep(
+async function perLayerMicroStep(
   t: Training,
-  layerwise: PerParameter<unknown>,
+  perLayerOpt: PerLayer<unknown>,
   batch: Batch,
   flags: Tensor,
 ): Promise<Tensor> {
@@ -763,24 +824,10 @@ async function layerwiseMicroStep(
     tape.watch(...leaves);
     const value = tape.run(() => loss(model, t.params, batch, { recompute: t.run.recompute }));
     t.guard.checkLoss(flags, value);
-    const update = layerwise.start(t.params, t.optState as unknown[]);
-    tape.backward(value, leaves, {
-      onGrad: (g, i) => {
-        t.guard.checkGrad(flags, g, i);
-        update.onGrad(g, i);
-      },
-      onGradRows: (i) => {
-        const rows = update.onGradRows(i);
-        return rows && {
-          multiple: rows.multiple,
-          take: (g, r0) => {
-            t.guard.checkGrad(flags, g, i);
-            rows.take(g, r0);
-          },
-          end: () => rows.end(),
-        };
-      },
+    const update = perLayerOpt.start(t.params, t.optState as unknown[], {
+      observe: (g, i) => t.guard.checkGrad(flags, g, i),
     });
+    tape.backward(value, leaves, update);
     ({ params: t.params, state: t.optState } = await update.finish());
     return value;
   } finally {

@@ -3,6 +3,8 @@
  * @module
  */
 
+import { beforeWrite } from "./faults.ts";
+
 /**
  * Writes `text` to `path`.tmp and renames it over `path`: a reader sees the old file or the new
  * one, never a mix. A temporary left by a kill is overwritten and renamed away by the next write
@@ -12,10 +14,11 @@
 export async function writeTextAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp`;
   try {
+    beforeWrite(tmp);
     await Deno.writeTextFile(tmp, text);
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
-    throw e;
+    throw new Error(`writing ${path}: ${(e as Error).message}`, { cause: e });
   }
 }

@@ -174,11 +174,6 @@ export function deviceInfo(): DeviceInfo {
   return current().info;
 }
 
-/** True once {@link init} has completed. */
-export function isInitialized(): boolean {
-  return state !== null;
-}
-
 function current(): DeviceState {
   if (!state) {
     throw new DeviceError(
@@ -199,6 +194,23 @@ function errorKind(e: GPUError): string {
     : e instanceof GPUValidationError
     ? "validation"
     : "internal";
+}
+
+let allocationFault: ((what: string) => string | void) | null = null;
+
+/**
+ * Fault injection (a test hook; train.ts arms it only through `SLTRAIN_FAULT`): `hook` sees every
+ * device-buffer allocation before it is made; a string it returns is reported as an out-of-memory
+ * error of that allocation, exactly as a GPU's would be (at the next sync). null disarms it.
+ */
+export function setAllocationFault(hook: ((what: string) => string | void) | null): void {
+  allocationFault = hook;
+}
+
+/** Called by every device-buffer allocation, inside its error scope (see {@link setAllocationFault}). */
+export function beforeAllocation(what: string): void {
+  const message = allocationFault?.(what);
+  if (message) current().errors.push(`out-of-memory error in ${what}: ${message}`);
 }
 
 /** The error filters {@link captureErrors} listens to by default. */

@@ -6,6 +6,8 @@
  */
 import { corpusFiles, countDocs, heldOutEvery, heldOutRule, streamCorpus } from "./corpus.ts";
 import {
+  CHUNK_BYTES,
+  CHUNK_HASH,
   manifestTokenizer,
   SHARD_FORMAT,
   SHARD_VERSION,
@@ -129,6 +131,7 @@ export async function prepareShards(opts: PrepareOptions): Promise<ShardManifest
       tokenizer,
       splits,
       source: { data, valData: valData ?? null, valFraction },
+      checksum: { algorithm: CHUNK_HASH, chunkBytes: CHUNK_BYTES },
     };
     await Deno.writeTextFile(`${tmp}/manifest.json`, JSON.stringify(manifest, null, 1) + "\n");
     if (outExists) await Deno.remove(out); // empty, checked above

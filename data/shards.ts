@@ -7,14 +7,20 @@
  * in memory) cut into shards `train-00000.bin`, … of exactly `shardTokens` ids (the last
  * one shorter), and a document index `train.docs`. Every number is little-endian.
  *
- * - shard: 16-byte header — magic `SLTS`, u32 version (1), u32 bytes per id (2 = uint16, used
- *   when the vocabulary has at most 65536 ids; 4 = uint32), u32 id count — then the ids.
- * - document index: 16-byte header — magic `SLTD`, u32 version (1), u32 entry bytes (16), u32 0 —
- *   then one entry per non-empty document: u64 offset of its first id in the split's stream, u64
- *   its length (without the end-of-text id). `--packing none` reads documents through it.
+ * - shard: 32-byte header — magic `SLTS`, u32 version (2), u32 bytes per id (2 = uint16, used
+ *   when the vocabulary has at most 65536 ids; 4 = uint32), u32 id count, u32 checksum chunk bytes,
+ *   the checksum's hash name in 12 ASCII bytes padded with zeros (`sha256`) — then the ids, then
+ *   the checksums: the SHA-256 (32 bytes) of each chunk of the ids' bytes, the last chunk shorter.
+ * - document index: the same 32-byte header with magic `SLTD`, entry bytes (16) and 0 in place of
+ *   bytes per id and id count — then one entry per non-empty document: u64 offset of its first id
+ *   in the split's stream, u64 its length (without the end-of-text id) — then the entries'
+ *   checksums as in a shard. `--packing none` reads documents through it.
  *
- * Opening a folder checks the manifest, every header and every file size against it, so a
- * corrupt or truncated shard is reported before training starts.
+ * Any tool can verify a chunk: `tail -c +$((33 + k * 4096)) train-00000.bin | head -c 4096 |
+ * sha256sum` against the k-th 32 bytes after the ids. Opening a folder checks the manifest, every
+ * header and every file size against it, so a truncated shard is reported before training starts;
+ * each read verifies the chunks it touches, so a damaged byte is an error naming the file and its
+ * offset, never a wrong token. Version 1 folders (without checksums) are refused: prepare again.
  * @module
  */
 import {
@@ -25,13 +31,21 @@ import {
   type TokenSource,
 } from "./batches.ts";
 import type { Tokenizer } from "./tokenizer.ts";
+import { Sha256 } from "../core/sha256.ts";
 
 /** Manifest `format` of a shard folder. */
 export const SHARD_FORMAT = "sltrain-shards";
 /** Version of the manifest, shard and index layouts this build reads and writes. */
-export const SHARD_VERSION = 1;
+export const SHARD_VERSION = 2;
 /** Header bytes of a shard and of a document index. */
-export const HEADER_BYTES = 16;
+export const HEADER_BYTES = 32;
+/** The hash of the per-chunk checksums, as named in headers and the manifest. */
+export const CHUNK_HASH = "sha256";
+/** Bytes of ids (or index entries) per checksum. */
+export const CHUNK_BYTES = 4096;
+const DIGEST_BYTES = 32;
+/** Largest manifest.json read (one of a terabyte corpus is a few MB). */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 const SHARD_MAGIC = "SLTS";
 const INDEX_MAGIC = "SLTD";
 const INDEX_ENTRY_BYTES = 16;
@@ -96,16 +110,58 @@ export interface ShardManifest {
   splits: { train: SplitManifest; val: SplitManifest };
   /** What was tokenized, for the record. */
   source: { data: string; valData: string | null; valFraction: number | null };
+  /** How every shard and index is checksummed (also in each file's header). */
+  checksum: { algorithm: typeof CHUNK_HASH; chunkBytes: number };
 }
 
-function header(magic: string, a: number, b: number, c: number): Uint8Array {
+function header(magic: string, a: number, b: number): Uint8Array {
   const h = new Uint8Array(HEADER_BYTES);
-  h.set(new TextEncoder().encode(magic));
+  const enc = new TextEncoder();
+  h.set(enc.encode(magic));
   const v = new DataView(h.buffer);
-  v.setUint32(4, a, true);
-  v.setUint32(8, b, true);
-  v.setUint32(12, c, true);
+  v.setUint32(4, SHARD_VERSION, true);
+  v.setUint32(8, a, true);
+  v.setUint32(12, b, true);
+  v.setUint32(16, CHUNK_BYTES, true);
+  h.set(enc.encode(CHUNK_HASH), 20);
   return h;
+}
+
+/** Bytes of the checksums after a payload of `bytes`. */
+function trailerBytes(bytes: number, chunk: number): number {
+  return Math.ceil(bytes / chunk) * DIGEST_BYTES;
+}
+
+/** SHA-256 of each `chunk` bytes of a stream fed in pieces, concatenated. */
+class ChunkSums {
+  #sum = new Sha256();
+  #fill = 0;
+  #digests: Uint8Array[] = [];
+
+  update(bytes: Uint8Array): void {
+    for (let i = 0; i < bytes.length;) {
+      const n = Math.min(CHUNK_BYTES - this.#fill, bytes.length - i);
+      this.#sum.update(bytes.subarray(i, i + n));
+      this.#fill += n;
+      i += n;
+      if (this.#fill === CHUNK_BYTES) this.#next();
+    }
+  }
+
+  #next(): void {
+    this.#digests.push(this.#sum.digestBytes());
+    this.#sum = new Sha256();
+    this.#fill = 0;
+  }
+
+  /** The checksums of everything fed (the last chunk may be short). */
+  finish(): Uint8Array {
+    if (this.#fill > 0) this.#next();
+    const out = new Uint8Array(this.#digests.length * DIGEST_BYTES);
+    this.#digests.forEach((d, k) => out.set(d, k * DIGEST_BYTES));
+    this.#digests = [];
+    return out;
+  }
 }
 
 /**
@@ -122,6 +178,7 @@ export class SplitWriter {
   #entries = new BigUint64Array(2 * 8192);
   #entryFill = 0;
   #index: string;
+  #indexSums = new ChunkSums();
   /** Element type of the shards: the narrowest that holds the vocabulary. */
   readonly dtype: ShardDtype;
 
@@ -138,7 +195,7 @@ export class SplitWriter {
     const dtype = this.dtype = dtypeFor(vocabSize);
     this.#buf = dtype === "uint16" ? new Uint16Array(shardTokens) : new Uint32Array(shardTokens);
     this.#index = `${split}.docs`;
-    Deno.writeFileSync(`${dir}/${this.#index}`, header(INDEX_MAGIC, SHARD_VERSION, 16, 0));
+    Deno.writeFileSync(`${dir}/${this.#index}`, header(INDEX_MAGIC, INDEX_ENTRY_BYTES, 0));
   }
 
   /** Appends ids of the current document. */
@@ -177,16 +234,19 @@ export class SplitWriter {
     const name = `${this.split}-${String(this.#shards.length).padStart(5, "0")}.bin`;
     const file = `${this.dir}/${name}`;
     const b = BYTES[this.dtype];
-    await Deno.writeFile(file, header(SHARD_MAGIC, SHARD_VERSION, b, this.#fill));
-    await Deno.writeFile(file, new Uint8Array(this.#buf.buffer, 0, this.#fill * b), {
-      append: true,
-    });
+    const ids = new Uint8Array(this.#buf.buffer, 0, this.#fill * b);
+    const sums = new ChunkSums();
+    sums.update(ids);
+    await Deno.writeFile(file, header(SHARD_MAGIC, b, this.#fill));
+    await Deno.writeFile(file, ids, { append: true });
+    await Deno.writeFile(file, sums.finish(), { append: true });
     this.#shards.push(name);
     this.#fill = 0;
   }
 
   async #flushIndex(): Promise<void> {
     const bytes = new Uint8Array(this.#entries.buffer, 0, this.#entryFill * 8);
+    this.#indexSums.update(bytes);
     await Deno.writeFile(`${this.dir}/${this.#index}`, bytes, { append: true });
     this.#entryFill = 0;
   }
@@ -200,6 +260,7 @@ export class SplitWriter {
   async finish(): Promise<SplitManifest> {
     await this.#flushShard();
     await this.#flushIndex();
+    await Deno.writeFile(`${this.dir}/${this.#index}`, this.#indexSums.finish(), { append: true });
     return { tokens: this.#tokens, docs: this.#docs, shards: this.#shards, index: this.#index };
   }
 }
@@ -245,6 +306,8 @@ function readAt(path: string, offset: number, length: number): Uint8Array {
   return out;
 }
 
+const REPREPARE = "prepare the folder again with this version (prepare.ts or ./sltrain prepare)";
+
 function checkHeader(
   path: string,
   bytes: Uint8Array,
@@ -258,13 +321,74 @@ function checkHeader(
   const version = v.getUint32(4, true);
   if (version !== SHARD_VERSION) {
     throw new ShardError(
-      `${path}: version ${version}, but this build reads version ${SHARD_VERSION}`,
+      `${path}: version ${version}, but this build reads version ${SHARD_VERSION}` +
+        (version === 1 ? ` (version 1 has no checksums): ${REPREPARE}` : ""),
     );
   }
-  expect.forEach(([want, what], k) => {
-    const got = v.getUint32(8 + 4 * k, true);
-    if (got !== want) throw new ShardError(`${path}: header says ${what} ${got}, expected ${want}`);
-  });
+  const hash = new TextDecoder().decode(bytes.subarray(20, 32)).replace(/\0+$/, "");
+  if (hash !== CHUNK_HASH) {
+    throw new ShardError(
+      `${path}: checksums by ${JSON.stringify(hash)}, this build verifies ${CHUNK_HASH}`,
+    );
+  }
+  [...expect, [CHUNK_BYTES, "checksum chunk bytes"] as [number, string]].forEach(
+    ([want, what], k) => {
+      const got = v.getUint32(8 + 4 * k, true);
+      if (got !== want) {
+        throw new ShardError(`${path}: header says ${what} ${got}, expected ${want}`);
+      }
+    },
+  );
+}
+
+/** The payload of a checksummed file, and which of its chunks this process has verified. */
+interface Checked {
+  path: string;
+  /** Payload bytes. */
+  total: number;
+  /** One bit per chunk; null when reads are not verified (the overhead bench only). */
+  verified: Uint8Array | null;
+}
+
+function checked(path: string, total: number, verify: boolean): Checked {
+  const chunks = Math.ceil(total / CHUNK_BYTES);
+  return { path, total, verified: verify ? new Uint8Array(Math.ceil(chunks / 8)) : null };
+}
+
+const isVerified = (bits: Uint8Array, c: number) => (bits[c >> 3] & (1 << (c & 7))) !== 0;
+
+/**
+ * `length` bytes at `offset` of a checksummed file's payload. Each chunk they touch is verified
+ * against its stored SHA-256 the first time this process reads it; later reads trust it (the same
+ * bytes, read again), so random windows cost about one hash per chunk per run.
+ */
+function readVerified(file: Checked, offset: number, length: number): Uint8Array {
+  const { path, total, verified } = file;
+  const c0 = Math.floor(offset / CHUNK_BYTES);
+  const c1 = Math.ceil((offset + length) / CHUNK_BYTES);
+  let todo = false;
+  for (let c = c0; c < c1 && verified && !todo; c++) todo = !isVerified(verified, c);
+  if (!todo) return readAt(path, HEADER_BYTES + offset, length);
+  const start = c0 * CHUNK_BYTES;
+  const raw = readAt(path, HEADER_BYTES + start, Math.min(c1 * CHUNK_BYTES, total) - start);
+  const sums = readAt(path, HEADER_BYTES + total + c0 * DIGEST_BYTES, (c1 - c0) * DIGEST_BYTES);
+  for (let c = c0; c < c1; c++) {
+    if (isVerified(verified!, c)) continue;
+    const a = (c - c0) * CHUNK_BYTES;
+    const got = new Sha256().update(raw.subarray(a, a + CHUNK_BYTES)).digestBytes();
+    const want = sums.subarray((c - c0) * DIGEST_BYTES, (c - c0 + 1) * DIGEST_BYTES);
+    if (got.some((x, i) => x !== want[i])) {
+      const at = HEADER_BYTES + c * CHUNK_BYTES;
+      throw new ShardError(
+        `${path}: bytes ${at}-${
+          at + Math.min(CHUNK_BYTES, total - c * CHUNK_BYTES) - 1
+        } (checksum ` +
+          `chunk ${c}) do not match their ${CHUNK_HASH} (damaged file): ${REPREPARE}, or restore it`,
+      );
+    }
+    verified![c >> 3] |= 1 << (c & 7);
+  }
+  return raw.slice(offset - start, offset - start + length);
 }
 
 async function checkSize(path: string, want: number): Promise<void> {
@@ -289,7 +413,19 @@ function checkManifest(path: string, m: ShardManifest): void {
   };
   if (m?.format !== SHARD_FORMAT) bad(`not an sltrain shard manifest (format ${m?.format})`);
   if (m.version !== SHARD_VERSION) {
-    bad(`version ${m.version}, but this build reads version ${SHARD_VERSION}`);
+    bad(
+      `version ${
+        JSON.stringify(m.version ?? null)
+      }, but this build reads version ${SHARD_VERSION}` +
+        (m.version === 1 ? ` (version 1 shards have no checksums): ${REPREPARE}` : ""),
+    );
+  }
+  if (m.checksum?.algorithm !== CHUNK_HASH || m.checksum?.chunkBytes !== CHUNK_BYTES) {
+    bad(
+      `checksums ${
+        JSON.stringify(m.checksum)
+      }, this build verifies ${CHUNK_HASH} of ${CHUNK_BYTES}-byte chunks`,
+    );
   }
   if (m.dtype !== "uint16" && m.dtype !== "uint32") bad(`unknown dtype ${m.dtype}`);
   if (!(isNat(m.shardTokens) && m.shardTokens > 0)) bad(`bad shardTokens ${m.shardTokens}`);
@@ -316,21 +452,30 @@ function checkManifest(path: string, m: ShardManifest): void {
   }
 }
 
-async function openSplit(dir: string, m: ShardManifest, s: SplitManifest): Promise<ShardSplit> {
+async function openSplit(
+  dir: string,
+  m: ShardManifest,
+  s: SplitManifest,
+  verify: boolean,
+): Promise<ShardSplit> {
   const b = BYTES[m.dtype];
   const per = m.shardTokens;
   const { vocabSize } = m.tokenizer;
+  const shards: Checked[] = [];
   for (let k = 0; k < s.shards.length; k++) {
     const path = `${dir}/${s.shards[k]}`;
     const count = k < s.shards.length - 1 ? per : s.tokens - per * k;
-    await checkSize(path, HEADER_BYTES + count * b);
+    shards.push(checked(path, count * b, verify));
+    await checkSize(path, HEADER_BYTES + count * b + trailerBytes(count * b, CHUNK_BYTES));
     checkHeader(path, readAt(path, 0, HEADER_BYTES), SHARD_MAGIC, [[b, "bytes per id"], [
       count,
       "id count",
     ]]);
   }
   const indexPath = `${dir}/${s.index}`;
-  await checkSize(indexPath, HEADER_BYTES + s.docs * INDEX_ENTRY_BYTES);
+  const indexBytes = s.docs * INDEX_ENTRY_BYTES;
+  await checkSize(indexPath, HEADER_BYTES + indexBytes + trailerBytes(indexBytes, CHUNK_BYTES));
+  const index = checked(indexPath, indexBytes, verify);
   checkHeader(indexPath, readAt(indexPath, 0, HEADER_BYTES), INDEX_MAGIC, [
     [INDEX_ENTRY_BYTES, "entry bytes"],
     [0, "reserved"],
@@ -341,8 +486,8 @@ async function openSplit(dir: string, m: ShardManifest, s: SplitManifest): Promi
     for (let p = start; p < end;) {
       const k = Math.floor(p / per);
       const n = Math.min(end, (k + 1) * per) - p;
-      const path = `${dir}/${s.shards[k]}`;
-      const raw = readAt(path, HEADER_BYTES + (p - k * per) * b, n * b);
+      const path = shards[k].path;
+      const raw = readVerified(shards[k], (p - k * per) * b, n * b);
       const ids = b === 2 ? new Uint16Array(raw.buffer) : new Uint32Array(raw.buffer);
       for (let i = 0; i < n; i++) {
         if (ids[i] >= vocabSize) {
@@ -363,7 +508,9 @@ async function openSplit(dir: string, m: ShardManifest, s: SplitManifest): Promi
     docs: s.docs,
     read,
     doc(i, max) {
-      const e = new DataView(readAt(indexPath, HEADER_BYTES + i * INDEX_ENTRY_BYTES, 16).buffer);
+      const e = new DataView(
+        readVerified(index, i * INDEX_ENTRY_BYTES, INDEX_ENTRY_BYTES).buffer,
+      );
       const start = Number(e.getBigUint64(0, true));
       const len = Number(e.getBigUint64(8, true));
       if (!(start + len < s.tokens)) {
@@ -374,13 +521,28 @@ async function openSplit(dir: string, m: ShardManifest, s: SplitManifest): Promi
   };
 }
 
+/** Options of {@link openShards}. */
+export interface OpenShardsOptions {
+  /**
+   * Verify each chunk read against its checksum (default true); false only to measure what the
+   * verification costs.
+   */
+  verify?: boolean;
+}
+
 /** Opens and validates a shard folder; throws {@link ShardError} naming the first problem. */
-export async function openShards(dir: string): Promise<ShardSet> {
+export async function openShards(dir: string, opts: OpenShardsOptions = {}): Promise<ShardSet> {
+  const verify = opts.verify ?? true;
   const path = `${dir}/manifest.json`;
   let manifest: ShardManifest;
   try {
+    const size = (await Deno.stat(path)).size;
+    if (size > MAX_MANIFEST_BYTES) {
+      throw new ShardError(`${path}: ${size} bytes, more than a manifest can plausibly need`);
+    }
     manifest = JSON.parse(await Deno.readTextFile(path));
   } catch (e) {
+    if (e instanceof ShardError) throw e;
     throw new ShardError(
       e instanceof SyntaxError ? `${path}: not valid JSON` : `${path}: cannot be read`,
     );
@@ -389,8 +551,8 @@ export async function openShards(dir: string): Promise<ShardSet> {
   return {
     dir,
     manifest,
-    train: await openSplit(dir, manifest, manifest.splits.train),
-    val: await openSplit(dir, manifest, manifest.splits.val),
+    train: await openSplit(dir, manifest, manifest.splits.train, verify),
+    val: await openSplit(dir, manifest, manifest.splits.val, verify),
   };
 }
 

@@ -70,11 +70,24 @@ export async function llamaTokenizer(): Promise<Tokenizer> {
 /** Special tokens that mark the end of a text in common tokenizer.json files, in priority order. */
 const EOS_NAMES = ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>"];
 
+/** Largest tokenizer.json (or tokenizer_config.json) read: real ones are at most tens of MB. */
+export const MAX_TOKENIZER_BYTES = 256 * 1024 * 1024;
+/** Largest vocabulary a tokenizer may declare (ids up to 2^24 - 1, far above any real one). */
+export const MAX_VOCAB = 1 << 24;
+
 async function readJson(path: string, what: string): Promise<{ bytes: Uint8Array; json: unknown }> {
   let bytes: Uint8Array;
   try {
+    const size = (await Deno.stat(path)).size;
+    if (size > MAX_TOKENIZER_BYTES) {
+      throw new TokenizerFileError(
+        `${what} ${path}: ${size} bytes, more than the ${MAX_TOKENIZER_BYTES} a tokenizer file ` +
+          "can plausibly need (not a tokenizer file?)",
+      );
+    }
     bytes = await Deno.readFile(path);
   } catch (e) {
+    if (e instanceof TokenizerFileError) throw e;
     throw new TokenizerFileError(`${what} ${path}: cannot be read (${(e as Error).message})`);
   }
   try {
@@ -136,6 +149,11 @@ export async function hfTokenizer(path: string): Promise<Tokenizer> {
   let maxId = -1;
   for (const id of vocab.values()) maxId = Math.max(maxId, id);
   if (maxId < 0) throw new TokenizerFileError(`tokenizer ${file}: its vocabulary is empty`);
+  if (!(Number.isSafeInteger(maxId) && maxId < MAX_VOCAB)) {
+    throw new TokenizerFileError(
+      `tokenizer ${file}: id ${maxId} is over the largest vocabulary this library takes (${MAX_VOCAB} ids)`,
+    );
+  }
   const special = new Set(
     [...tok.get_added_tokens_decoder().values()].filter((t) => t.special).map((t) => t.content),
   );

@@ -20,8 +20,12 @@ import {
   writeSafetensors,
 } from "./safetensors.ts";
 
-/** Format tag stored in every checkpoint (v2: checksummed; v1 files still load). */
-export const CHECKPOINT_FORMAT = "sltrain-checkpoint-v2";
+/**
+ * Format tag stored in every checkpoint (v3: SHA-256 checksums named in the header; v2 files, with
+ * the older 64-bit checksums, and v1 files, without checksums, still load).
+ */
+export const CHECKPOINT_FORMAT = "sltrain-checkpoint-v3";
+const FORMATS_WITH_CHECKSUMS = new Set([CHECKPOINT_FORMAT, "sltrain-checkpoint-v2"]);
 const FORMATS_WITHOUT_CHECKSUMS = new Set(["sltrain-checkpoint-v1"]);
 
 /** Everything a run needs to continue exactly. */
@@ -204,12 +208,12 @@ export async function readCheckpoint(
   let meta: Record<string, unknown>;
   let step: number;
   try {
-    if (md.format !== CHECKPOINT_FORMAT && !FORMATS_WITHOUT_CHECKSUMS.has(md.format)) {
+    if (!FORMATS_WITH_CHECKSUMS.has(md.format) && !FORMATS_WITHOUT_CHECKSUMS.has(md.format)) {
       throw new Error(
         `${name} is not an sltrain checkpoint (format ${JSON.stringify(md.format ?? null)})`,
       );
     }
-    if (md.format === CHECKPOINT_FORMAT && !file.checksummed) {
+    if (FORMATS_WITH_CHECKSUMS.has(md.format) && !file.checksummed) {
       throw new Error(`${name}: checkpoint checksums are missing (corrupt checkpoint?)`);
     }
     try {

@@ -156,7 +156,7 @@ export function parseHfConfig(json: unknown, source: string): HfConfig {
     c.head_dim !== undefined && c.head_dim !== null && typeof heads === "number" &&
     c.head_dim !== (hidden as number) / heads
   ) {
-    throw bad(`head_dim ${c.head_dim} is not hidden_size / num_attention_heads`);
+    throw bad(`head_dim ${JSON.stringify(c.head_dim)} is not hidden_size / num_attention_heads`);
   }
   if (c.partial_rotary_factor !== undefined && c.partial_rotary_factor !== 1) {
     throw bad(`partial_rotary_factor ${c.partial_rotary_factor} is not supported`);
@@ -221,11 +221,27 @@ export function filesFolder(
   };
 }
 
-/** The text of `file` in `folder` (UTF-8), or null when there is no such file. */
-export async function readText(folder: ModelFolder, file: string): Promise<string | null> {
+/** The largest JSON file of a model folder read whole: far above any real config or index. */
+export const MAX_JSON_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The text of `file` in `folder` (UTF-8), or null when there is no such file. A file over
+ * `maxBytes` is refused before anything is allocated for it.
+ */
+export async function readText(
+  folder: ModelFolder,
+  file: string,
+  maxBytes = MAX_JSON_BYTES,
+): Promise<string | null> {
   const src = await folder.open(file);
   if (!src) return null;
   try {
+    if (src.size > maxBytes) {
+      throw new HfFormatError(
+        `${folder.name}/${file}: ${src.size} bytes, more than the ${maxBytes} such a file can ` +
+          "plausibly need (not the file it should be?)",
+      );
+    }
     const bytes = new Uint8Array(src.size);
     await src.read(0, bytes);
     return new TextDecoder().decode(bytes);
@@ -234,10 +250,16 @@ export async function readText(folder: ModelFolder, file: string): Promise<strin
   }
 }
 
+// An unreadable file counts as absent; one refused for its size is reported.
+function keepFormatErrors(e: unknown): null {
+  if (e instanceof HfFormatError) throw e;
+  return null;
+}
+
 /** Reads and validates the folder's `config.json`; errors say when it is not an HF model at all. */
 export async function readHfConfig(folder: ModelFolder): Promise<HfConfig> {
   const file = `${folder.name}/config.json`;
-  const text = await readText(folder, "config.json").catch(() => null);
+  const text = await readText(folder, "config.json").catch(keepFormatErrors);
   if (text === null) {
     throw new HfFormatError(`${folder.name} is not a Hugging Face model folder (no config.json)`);
   }
@@ -264,6 +286,13 @@ export interface HfWeights {
   readF32(name: string, shape: readonly number[]): Promise<Tensor>;
   /** Reads a U32 tensor (an SLTrain support) into a new u32 device tensor. */
   readU32(name: string, shape: readonly number[]): Promise<Tensor>;
+  /**
+   * Checks without reading that tensor `name` exists with `shape` and a dtype `readF32` (`f32`) or
+   * `readU32` (`u32`) takes; throws as they would.
+   */
+  check(name: string, shape: readonly number[], dtype: "f32" | "u32"): void;
+  /** Bytes of tensor data in all the weight files. */
+  readonly dataBytes: number;
   /** Closes every file. */
   close(): void;
 }
@@ -305,6 +334,7 @@ export async function openHfWeights(folder: ModelFolder): Promise<HfWeights> {
     close();
     throw e;
   }
+  const dtypesOf = (dtype: "f32" | "u32") => dtype === "u32" ? ["U32"] : ["F32", "BF16", "F16"];
   const get = (name: string, shape: readonly number[], dtypes: readonly string[]) => {
     const r = owner.get(name);
     const e = r?.entries.get(name);
@@ -327,7 +357,7 @@ export async function openHfWeights(folder: ModelFolder): Promise<HfWeights> {
     dtype: "f32" | "u32",
     widen: (e: SafetensorsEntry, bytes: Uint8Array) => Uint8Array,
   ) => {
-    const { r, e } = get(name, shape, dtype === "u32" ? ["U32"] : ["F32", "BF16", "F16"]);
+    const { r, e } = get(name, shape, dtypesOf(dtype));
     const t = Tensor.empty(shape, dtype);
     try {
       const grow = e.dtype === "F32" || e.dtype === "U32" ? 1 : 2;
@@ -343,6 +373,11 @@ export async function openHfWeights(folder: ModelFolder): Promise<HfWeights> {
     entry: (name) => owner.get(name)?.entries.get(name),
     readF32: (name, shape) => read(name, shape, "f32", (e, b) => toF32Bytes(e.dtype, b)),
     readU32: (name, shape) => read(name, shape, "u32", (_, b) => b),
+    check: (name, shape, dtype) => void get(name, shape, dtypesOf(dtype)),
+    dataBytes: [...readers.values()].reduce(
+      (n, r) => n + [...r.entries.values()].reduce((m, e) => m + e.end - e.start, 0),
+      0,
+    ),
     close,
   };
 }
@@ -355,7 +390,7 @@ async function weightFiles(folder: ModelFolder): Promise<Map<string, string[] | 
     src?.close();
     return src !== null;
   };
-  const index = await readText(folder, INDEX).catch(() => null);
+  const index = await readText(folder, INDEX).catch(keepFormatErrors);
   if (index !== null) {
     let map: unknown;
     try {

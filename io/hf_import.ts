@@ -19,8 +19,9 @@ import type { LinearParams } from "../models/linear.ts";
 import { linearScale } from "../models/linear.ts";
 import type { LayerBuffers, LayerParams, LlamaModel, LlamaParams } from "../models/llama.ts";
 import { denseWeight } from "../models/merge.ts";
+import type { LlamaConfig } from "../models/config.ts";
+import { countParams } from "../models/estimate.ts";
 import {
-  BLOCK_LINEARS,
   blockLinearShapes,
   type LinearMethod,
   sparseNnz,
@@ -62,6 +63,56 @@ function folderMethod(hf: HfConfig): LinearMethod {
     : { kind: "dense" };
 }
 
+/** Every tensor a folder of `config` holds, with its shape and how it is read. */
+function expectedTensors(
+  config: LlamaConfig,
+  stored: LinearMethod,
+): Map<string, [number[], "f32" | "u32"]> {
+  const { vocabSize: v, hidden: d } = config;
+  const m = new Map<string, [number[], "f32" | "u32"]>([
+    [HF_NAMES.embed, [[v, d], "f32"]],
+    [HF_NAMES.finalNorm, [[d], "f32"]],
+    [HF_NAMES.lmHead, [[v, d], "f32"]],
+  ]);
+  for (let i = 0; i < config.layers; i++) {
+    m.set(HF_NAMES.attnNorm(i), [[d], "f32"]).set(HF_NAMES.mlpNorm(i), [[d], "f32"]);
+    for (const { name, shape: [out, inF] } of blockLinearShapes(config)) {
+      const prefix = HF_NAMES.linear(i, name);
+      if (stored.kind !== "sltrain") {
+        m.set(`${prefix}.weight`, [[out, inF], "f32"]);
+        continue;
+      }
+      const nnz = sparseNnz(stored.delta, out, inF);
+      m.set(`${prefix}.B`, [[out, stored.rank], "f32"]).set(`${prefix}.A`, [
+        [stored.rank, inF],
+        "f32",
+      ]);
+      m.set(`${prefix}.V`, [[nnz], "f32"]).set(`${prefix}.I`, [[nnz], "u32"]);
+    }
+  }
+  return m;
+}
+
+/**
+ * Refuses a config.json whose sizes the weight files cannot hold (at 2 bytes per value, the
+ * narrowest dtype read), before anything is built from those sizes.
+ */
+function checkFitsFiles(
+  dir: string,
+  config: LlamaConfig,
+  stored: LinearMethod,
+  weights: HfWeights,
+): void {
+  const counts = countParams(config, stored);
+  if (2 * counts.total > weights.dataBytes || config.layers > weights.names.length) {
+    throw new HfFormatError(
+      `${dir}/config.json describes ${counts.total} parameters in ${config.layers} layers ` +
+        `(at least ${2 * counts.total} bytes), but the weight files hold ${weights.names.length} ` +
+        `tensors of ${weights.dataBytes} bytes (config.json and the weights do not belong together)`,
+    );
+  }
+}
+
 /** Checks the folder's tensor names: nothing this library would silently ignore. */
 function checkNames(dir: string, weights: HfWeights, expected: Set<string>): void {
   for (const name of weights.names) {
@@ -95,16 +146,12 @@ export async function loadHf(
   const made: unknown[] = [];
   const own = <T>(t: T) => (made.push(t), t);
   try {
+    checkFitsFiles(dir, config, stored, weights);
     const shapes = blockLinearShapes(config);
-    const suffixes = stored.kind === "sltrain" ? ["B", "A", "V", "I"] : ["weight"];
-    const expected = new Set<string>([HF_NAMES.embed, HF_NAMES.finalNorm, HF_NAMES.lmHead]);
-    for (let i = 0; i < config.layers; i++) {
-      expected.add(HF_NAMES.attnNorm(i)).add(HF_NAMES.mlpNorm(i));
-      for (const n of BLOCK_LINEARS) {
-        for (const s of suffixes) expected.add(`${HF_NAMES.linear(i, n)}.${s}`);
-      }
-    }
-    checkNames(dir, weights, expected);
+    const expected = expectedTensors(config, stored);
+    checkNames(dir, weights, new Set(expected.keys()));
+    // Every shape and dtype is checked before the first tensor is allocated.
+    for (const [name, [shape, dtype]] of expected) weights.check(name, shape, dtype);
     const { vocabSize: v, hidden: d } = config;
     const read = async (name: string, shape: number[]) => own(await weights.readF32(name, shape));
     const embed = await read(HF_NAMES.embed, [v, d]);

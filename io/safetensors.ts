@@ -6,13 +6,16 @@
  * `encodeSafetensors`/`decodeSafetensors` do the same in memory for small files. Works in browsers
  * (bytes, Blobs, streams) as in Deno (files: `cli/safetensors.ts` adds atomic, durable writes).
  *
- * Files written with `checksums` carry two metadata entries that other readers ignore: a checksum
- * of each tensor's bytes ({@link CHECKSUMS_KEY}) and one of the header ({@link HEADER_CHECKSUM_KEY});
- * the readers here verify them whenever they are present, so a flipped bit or a cut file is an
- * error that names the tensor, never a silently different model.
+ * Files written with `checksums` carry three metadata entries that other readers ignore: the hash
+ * ({@link CHECKSUM_ALGORITHM_KEY}: `sha256`), the SHA-256 of each tensor's bytes
+ * ({@link CHECKSUMS_KEY}) and of the header ({@link HEADER_CHECKSUM_KEY}); the readers here verify
+ * them whenever they are present, so a flipped bit or a cut file is an error that names the tensor,
+ * never a silently different model. Files without the algorithm entry (written before SHA-256)
+ * carry the 64-bit sum of `core/checksum.ts` and are verified with it.
  * @module
  */
-import { Checksum, checksumOf } from "../core/checksum.ts";
+import { Checksum } from "../core/checksum.ts";
+import { Sha256 } from "../core/sha256.ts";
 import type { ByteSink, ByteSource } from "./bytes.ts";
 
 /** Element types this library reads and writes (safetensors' names). */
@@ -73,13 +76,34 @@ export interface TensorSource {
 const MAX_HEADER = 100 * 1024 * 1024;
 
 /**
- * Metadata key of the tensors' checksums: 16 hex digits per tensor, concatenated in the order of
+ * Metadata key of the tensors' checksums: one hex digest per tensor, concatenated in the order of
  * {@link checksumOrder}.
  */
 export const CHECKSUMS_KEY = "sltrain.checksums";
 /** Metadata key of the header's checksum (every other metadata entry and every tensor entry). */
 export const HEADER_CHECKSUM_KEY = "sltrain.header_checksum";
-const DIGITS = 16;
+/** Metadata key naming the checksums' hash; absent in files written before SHA-256. */
+export const CHECKSUM_ALGORITHM_KEY = "sltrain.checksum_algorithm";
+/** The hash this library writes checksums with. */
+export const CHECKSUM_ALGORITHM = "sha256";
+
+interface Hash {
+  update(bytes: Uint8Array): unknown;
+  digest(): string;
+}
+
+/** Each hash a file may name: its hex digits and a fresh instance. */
+const HASHES: Record<string, { digits: number; make: () => Hash }> = {
+  [CHECKSUM_ALGORITHM]: { digits: 64, make: () => new Sha256() },
+  // Files without CHECKSUM_ALGORITHM_KEY: the 64-bit sum of core/checksum.ts.
+  "": { digits: 16, make: () => new Checksum() },
+};
+
+function hashOf(kind: { make: () => Hash }, data: Uint8Array | string): string {
+  const h = kind.make();
+  h.update(typeof data === "string" ? new TextEncoder().encode(data) : data);
+  return h.digest();
+}
 
 /** Tensor names in the order their checksums are stored: by data offset, then end, then name. */
 export function checksumOrder(entries: ReadonlyMap<string, SafetensorsEntry>): string[] {
@@ -91,6 +115,7 @@ export function checksumOrder(entries: ReadonlyMap<string, SafetensorsEntry>): s
 function headerChecksum(
   metadata: Record<string, string>,
   entries: ReadonlyMap<string, SafetensorsEntry>,
+  kind: { make: () => Hash },
 ): string {
   const md = Object.keys(metadata).filter((k) => k !== CHECKSUMS_KEY && k !== HEADER_CHECKSUM_KEY)
     .sort().map((k) => [k, metadata[k]]);
@@ -98,7 +123,7 @@ function headerChecksum(
     const e = entries.get(n)!;
     return [n, e.dtype, e.shape, e.start, e.end];
   });
-  return checksumOf(JSON.stringify([md, ts]));
+  return hashOf(kind, JSON.stringify([md, ts]));
 }
 
 /** Bytes of a tensor of `shape` and `dtype`. */
@@ -150,6 +175,7 @@ export function decodeHeader(
   entries: Map<string, SafetensorsEntry>;
   dataStart: number;
   checksums: Map<string, string> | null;
+  hash: () => Hash;
 } {
   const bad = (why: string) => new Error(`${source} is not a valid safetensors file: ${why}`);
   if (fileSize < 8 || prefix.byteLength < 8) throw bad(`only ${fileSize} bytes (truncated?)`);
@@ -213,7 +239,21 @@ export function decodeHeader(
   }
   if (end !== dataLen) throw bad(`${dataLen - end} trailing bytes after the last tensor`);
   const metadata = md as Record<string, string>;
-  return { metadata, entries, dataStart, checksums: checksumsOf(metadata, entries, bad) };
+  const algorithm = metadata[CHECKSUM_ALGORITHM_KEY] ?? "";
+  const kind = HASHES[algorithm];
+  if (kind === undefined || algorithm === "" && CHECKSUM_ALGORITHM_KEY in metadata) {
+    throw bad(
+      `checksums by ${JSON.stringify(algorithm)}; this build verifies ${CHECKSUM_ALGORITHM} ` +
+        "(and the 64-bit sum of files written before it)",
+    );
+  }
+  return {
+    metadata,
+    entries,
+    dataStart,
+    checksums: checksumsOf(metadata, entries, kind, bad),
+    hash: kind.make,
+  };
 }
 
 // The stored checksums by tensor name, after checking the header's own; null when the file has
@@ -221,19 +261,21 @@ export function decodeHeader(
 function checksumsOf(
   metadata: Record<string, string>,
   entries: ReadonlyMap<string, SafetensorsEntry>,
+  kind: { digits: number; make: () => Hash },
   bad: (why: string) => Error,
 ): Map<string, string> | null {
   const head = metadata[HEADER_CHECKSUM_KEY];
   const sums = metadata[CHECKSUMS_KEY];
   if (head === undefined && sums === undefined) return null;
-  if (head !== headerChecksum(metadata, entries)) {
+  if (head !== headerChecksum(metadata, entries, kind)) {
     throw bad("the header does not match its checksum (corrupt file?)");
   }
   const order = checksumOrder(entries);
-  if (typeof sums !== "string" || sums.length !== DIGITS * order.length) {
+  const d = kind.digits;
+  if (typeof sums !== "string" || sums.length !== d * order.length) {
     throw bad("the tensor checksums are missing or cut short (corrupt file?)");
   }
-  return new Map(order.map((n, i) => [n, sums.slice(DIGITS * i, DIGITS * (i + 1))]));
+  return new Map(order.map((n, i) => [n, sums.slice(d * i, d * (i + 1))]));
 }
 
 function checksumError(source: string, name: string): Error {
@@ -268,19 +310,24 @@ export async function writeSafetensors(
   if (opts.checksums && !sink.writeAt) {
     throw new Error("safetensors: checksums need a sink that can seek back (writeAt)");
   }
-  const placeholder = "0".repeat(DIGITS * sources.length);
+  const kind = HASHES[CHECKSUM_ALGORITHM];
+  const placeholder = "0".repeat(kind.digits * sources.length);
   let md = metadata;
   if (opts.checksums) {
     const { entries } = encodeHeader(sources, {});
-    md = { ...metadata, [CHECKSUMS_KEY]: placeholder };
-    md[HEADER_CHECKSUM_KEY] = headerChecksum(md, entries);
+    md = {
+      ...metadata,
+      [CHECKSUM_ALGORITHM_KEY]: CHECKSUM_ALGORITHM,
+      [CHECKSUMS_KEY]: placeholder,
+    };
+    md[HEADER_CHECKSUM_KEY] = headerChecksum(md, entries, kind);
   }
   const { bytes, entries } = encodeHeader(sources, md);
   const digests = new Map<string, string>();
   await sink.write(bytes);
   for (const s of sources) {
     const want = entries.get(s.name)!;
-    const sum = new Checksum();
+    const sum = kind.make();
     let got = 0;
     await s.write(async (chunk) => {
       got += chunk.byteLength;
@@ -358,7 +405,7 @@ export async function openSafetensors(
     const n = head8.byteLength === 8 ? Number(new DataView(head8.buffer).getBigUint64(0, true)) : 0;
     const prefix = new Uint8Array(Math.min(size, 8 + Math.min(n, MAX_HEADER)));
     await source.read(0, prefix);
-    const { metadata, entries, dataStart, checksums } = decodeHeader(prefix, size, name);
+    const { metadata, entries, dataStart, checksums, hash } = decodeHeader(prefix, size, name);
     return {
       metadata,
       entries,
@@ -369,7 +416,7 @@ export async function openSafetensors(
         const el = DTYPE_BYTES[e.dtype];
         const step = Math.max(el, Math.floor(chunkBytes / el) * el);
         const buf = new Uint8Array(Math.min(step, Math.max(1, e.end - e.start)));
-        const sum = new Checksum();
+        const sum = hash();
         for (let off = 0; off < e.end - e.start; off += step) {
           const len = Math.min(step, e.end - e.start - off);
           const chunk = buf.subarray(0, len);
@@ -428,7 +475,7 @@ export function encodeSafetensors(file: SafetensorsFile): Uint8Array {
 
 /** Decodes and validates a small file held in memory; `data` of each tensor is a fresh copy. */
 export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): SafetensorsFile {
-  const { metadata, entries, dataStart, checksums } = decodeHeader(
+  const { metadata, entries, dataStart, checksums, hash } = decodeHeader(
     bytes,
     bytes.byteLength,
     source,
@@ -436,7 +483,9 @@ export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): Saf
   const tensors: Record<string, StoredTensor> = {};
   for (const [name, e] of entries) {
     const data = bytes.slice(dataStart + e.start, dataStart + e.end);
-    if (checksums && checksumOf(data) !== checksums.get(name)) throw checksumError(source, name);
+    if (checksums && hashOf({ make: hash }, data) !== checksums.get(name)) {
+      throw checksumError(source, name);
+    }
     tensors[name] = { dtype: e.dtype, shape: e.shape, data };
   }
   return { tensors, metadata };

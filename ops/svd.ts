@@ -192,8 +192,7 @@ export function allFinite(d: ArrayLike<number>): boolean {
 export function gram(g: ArrayLike<number>, rows: number, cols: number): Float64Array {
   const a = g instanceof Float64Array ? g : Float64Array.from(g);
   const c = new Float64Array(rows * rows);
-  // Column blocks keep the rows' slices in cache: without them a 1024x2736 Gram (22 MB of rows)
-  // ran about 3x slower.
+  // Column blocks keep the rows' slices in cache (bench/NOTES.md).
   const KB = 256;
   for (let k0 = 0; k0 < cols; k0 += KB) {
     const k1 = Math.min(cols, k0 + KB);
@@ -201,7 +200,7 @@ export function gram(g: ArrayLike<number>, rows: number, cols: number): Float64A
       const ri = i * cols;
       for (let j = 0; j <= i; j++) {
         const rj = j * cols;
-        // Four partial sums break the add dependency chain (about 2x faster in V8).
+        // Four partial sums break the add dependency chain (bench/NOTES.md).
         let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         let k = k0;
         for (; k + 4 <= k1; k += 4) {

@@ -134,11 +134,10 @@ export function projectBack(n: Tensor, proj: Tensor, left: boolean): Tensor {
  *   k² Gram is read back): subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²); the eigensolve is the
  *   same.
  * - `"randomized"`: randomized subspace iteration (`randomized_projector.ts`): device products and
- *   an (r + 32)-sized eigensolve. On 350M's real gradients (`bench/galore_projector.ts`) it
- *   captures at least 99.96% of the exact projector's gradient energy, about 5× faster than
- *   `"cpu64"`; at 1B's 2048×5461 11× faster than `"gpu32"`. On a Gaussian matrix (no spectral gap
- *   at all: the worst case) it captures about 87%. Ω is seeded by the parameter's path and the
- *   refresh.
+ *   an (r + 32)-sized eigensolve. Several times faster than the exact methods at large sides, and
+ *   on real gradients, whose spectra fall off, nearly as good: `bench/galore_projector.ts`
+ *   measures the energy it captures (figures in `bench/NOTES.md`); a matrix without a spectral gap
+ *   is its worst case. Ω is seeded by the parameter's path and the refresh.
  * - `"auto"` (default): `"cpu64"` while the smaller side is at most {@link EXACT_PROJECTOR_MAX}
  *   (and when r + 32 reaches it), `"randomized"` above.
  */
@@ -272,7 +271,7 @@ let sketchQueue: Promise<unknown> = Promise.resolve();
 /**
  * Runs `fn` after every sketch started before it. Per-layer updates start one refresh per matrix
  * during backward, all before the first readback returns; unqueued, each would allocate its f32
- * copy and sketch at once (about 1 GB more peak at 350M). Queued, one matrix's transients exist
+ * copy and sketch at once (bench/NOTES.md). Queued, one matrix's transients exist
  * at a time, whoever started them.
  */
 function oneSketchAtATime<T>(fn: () => Promise<T>): Promise<T> {

@@ -14,7 +14,7 @@ import { packedSequences } from "../data/batches.ts";
 import { validateConfig } from "../models/config.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { measureMemory } from "../models/memory.ts";
-import { perParameter } from "../optim/mod.ts";
+import { perLayer as perLayerUpdates } from "../optim/mod.ts";
 import { quietIO, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
@@ -119,7 +119,7 @@ Deno.test("optimizer-state bytes of the new methods equal estimateMemory('ours')
           dtype: "f32",
           extra: (model) => {
             const opt = buildOptimizer(r, model.params);
-            return (perLayer ? perParameter(opt) : opt).init(model.params);
+            return (perLayer ? perLayerUpdates(opt) : opt).init(model.params);
           },
         });
         const est = estimateMemory(

@@ -38,7 +38,9 @@ Deno.test("train.ts as a user runs it", async (t) => {
   const tmp = await Deno.makeTempDir({ prefix: "sltrain-cli-" });
   try {
     // A private token cache, so the test neither reads nor fills the user's.
-    const env = { SLTRAIN_CACHE: `${tmp}/cache` };
+    // A device budget far above the host's, so the buffer-limit case below reaches the device
+    // (memory_budget's own refusal is tested in bounded_test.ts).
+    const env = { SLTRAIN_CACHE: `${tmp}/cache`, SLTRAIN_DEVICE_MEMORY: "1TB" };
     const dataFile = `${tmp}/train.jsonl`;
     await Deno.writeTextFile(
       dataFile,

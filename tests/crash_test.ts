@@ -1,7 +1,10 @@
 /**
  * kill -9 at random moments: train.ts is killed with SIGKILL (fast-check picks when: a time after
- * the start, a time after its n-th line of output, or the moment its n-th checkpoint file appears,
- * i.e. mid-write), possibly again while resuming, and then resumed to the end. Every time, the
+ * the start, a time after its n-th line of output, the moment its n-th checkpoint file appears,
+ * i.e. mid-write, or in the middle of its n-th step, evaluation or checkpoint write, where the
+ * fault hook `SLTRAIN_FAULT=stall@<phase>:<n>` holds it), possibly again while resuming, and then
+ * resumed to the end. At least one kill lands in each phase, and one while a checkpoint's
+ * temporary file exists. Every time, the
  * checkpoint on disk is complete, the log reads as JSONL (a torn last line tolerated: a kill is
  * rarely quick enough to cut one of its single-write lines, so some kills also leave half a
  * record, as a kill mid-write would), and the finished run's files equal an uninterrupted run's
@@ -29,11 +32,17 @@ const ARGS = [
   "2",
 ];
 
-/** When to kill: `ms` after the start, after the n-th stderr line, or after the n-th temp file. */
+/**
+ * When to kill: `ms` after the start, after the n-th stderr line, after the n-th temp file, or
+ * inside the n-th occurrence of a phase (held there by the stall fault).
+ */
 type Trigger =
   | { kind: "time"; ms: number }
   | { kind: "line"; n: number; ms: number }
-  | { kind: "tmpfile"; n: number; ms: number };
+  | { kind: "tmpfile"; n: number; ms: number }
+  | { kind: "phase"; phase: Phase; n: number };
+
+type Phase = "step" | "eval" | "checkpoint";
 
 const triggerArb: fc.Arbitrary<Trigger> = fc.oneof(
   fc.record({ kind: fc.constant("time" as const), ms: fc.integer({ min: 300, max: 2500 }) }),
@@ -46,6 +55,11 @@ const triggerArb: fc.Arbitrary<Trigger> = fc.oneof(
     kind: fc.constant("tmpfile" as const),
     n: fc.integer({ min: 1, max: 3 }),
     ms: fc.integer({ min: 0, max: 3 }),
+  }),
+  fc.record({
+    kind: fc.constant("phase" as const),
+    phase: fc.constantFrom<Phase>("step", "eval", "checkpoint"),
+    n: fc.integer({ min: 1, max: 3 }),
   }),
 );
 
@@ -61,9 +75,12 @@ async function runUntil(
   trigger: Trigger | null,
   signals: Deno.Signal[] = ["SIGKILL"],
 ): Promise<{ killed: boolean; code: number; err: string; tmpAtKill: boolean }> {
+  const fault: Record<string, string> = trigger?.kind === "phase"
+    ? { SLTRAIN_FAULT: `stall@${trigger.phase}:${trigger.n}` }
+    : {};
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "train.ts", ...args],
-    env,
+    env: { ...env, ...fault },
     stdout: "null",
     stderr: "piped",
   }).spawn();
@@ -98,6 +115,7 @@ async function runUntil(
   let lines = 0;
   for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
     err += chunk;
+    if (trigger?.kind === "phase" && err.includes("SLTRAIN_FAULT: stalled in")) kill();
     const n = chunk.split("\n").length - 1;
     if (trigger?.kind === "line" && lines < trigger.n && lines + n >= trigger.n) later(trigger.ms);
     lines += n;
@@ -171,7 +189,18 @@ async function reference() {
 
 Deno.test("kill -9 at random moments, then --resume: the run ends bit-identical to an uninterrupted one", async () => {
   const { tmp, env, args, sameAsReference } = await reference();
-  const stats = { cases: 0, attempts: 0, kills: 0, midWrite: 0, torn: 0, noCheckpointYet: 0 };
+  const stats = {
+    cases: 0,
+    attempts: 0,
+    kills: 0,
+    midWrite: 0,
+    torn: 0,
+    noCheckpointYet: 0,
+    midStep: 0,
+    midEval: 0,
+    midCheckpoint: 0,
+  };
+  const PHASE_STAT = { step: "midStep", eval: "midEval", checkpoint: "midCheckpoint" } as const;
   try {
     let k = 0;
     await fc.assert(
@@ -195,6 +224,7 @@ Deno.test("kill -9 at random moments, then --resume: the run ends bit-identical 
             }
             stats.kills++;
             if (res.tmpAtKill) stats.midWrite++;
+            if (trigger?.kind === "phase") stats[PHASE_STAT[trigger.phase]]++;
             // What a kill leaves: a complete checkpoint (checksums verified) no older than the
             // last one, and a log that reads (a torn last line is tolerated).
             if (await exists(`${dir}/checkpoint.safetensors`)) {
@@ -214,9 +244,23 @@ Deno.test("kill -9 at random moments, then --resume: the run ends bit-identical 
           await Deno.remove(dir, { recursive: true });
         },
       ),
-      { numRuns: 10, seed: 7, endOnFailure: true },
+      {
+        numRuns: 10,
+        seed: 7,
+        endOnFailure: true,
+        // One case that kills in each phase for sure: mid-step 4 (after the checkpoint of step
+        // 3), then in the resumed run mid-evaluation (step 6), then mid-checkpoint-write.
+        examples: [[[
+          [{ kind: "phase", phase: "step", n: 4 }, false],
+          [{ kind: "phase", phase: "eval", n: 1 }, false],
+          [{ kind: "phase", phase: "checkpoint", n: 1 }, true],
+        ]]],
+      },
     );
     console.log(`kill -9 property: ${JSON.stringify(stats)}`);
+    for (const k of ["midStep", "midEval", "midCheckpoint", "midWrite"] as const) {
+      assert.ok(stats[k] >= 1, `no kill landed ${k}: ${JSON.stringify(stats)}`);
+    }
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }

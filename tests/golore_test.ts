@@ -12,11 +12,10 @@ import {
   galore,
   type GaLoreState,
   golore,
-  projectionGeometry,
-  randomProjector,
   scaleByAdam,
   scaleByLearningRate,
 } from "../optim/mod.ts";
+import { projectionGeometry, randomProjector } from "../optim/galore.ts";
 import { assertResumesBitExact, gradSeries, lcg, runSteps } from "./resume_ref.ts";
 import { assertClose, setup } from "./util.ts";
 

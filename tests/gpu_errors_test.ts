@@ -93,7 +93,8 @@ Deno.test("losing the GPU device mid-run: the message, exit code != 0, the last 
     };
     const lost = await run("tests/drivers/lose_device.ts");
     assert.notEqual(lost.code, 0);
-    assert.match(lost.err, /error: the GPU device was lost \(destroyed: [^)]*\)/);
+    // Named with the phase it hit: the step after the one that ended with the loss.
+    assert.match(lost.err, /error: step 6: the GPU device was lost \(destroyed: [^)]*\)/);
     assert.match(lost.err, /the last checkpoint is .*run\/checkpoint\.safetensors/);
     assert.doesNotMatch(lost.err, /^\s+at /m, "no stack trace");
     const ck = await readSafetensors(`${out}/checkpoint.safetensors`);

@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { readAll, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { svdJacobi } from "../ops/svd.ts";
-import { loro, loroExactStep, scaleByAdam } from "../optim/mod.ts";
+import { loro, scaleByAdam } from "../optim/mod.ts";
+import { loroExactStep } from "../optim/loro.ts";
 import { assertResumesBitExact, gradSeries, lcg, runSteps } from "./resume_ref.ts";
 import { assertClose, setup } from "./util.ts";
 

@@ -1,9 +1,15 @@
 import fc from "fast-check";
 import assert from "node:assert/strict";
+import { checksumOf } from "../core/checksum.ts";
+import { sha256 } from "../core/sha256.ts";
 import {
+  CHECKSUM_ALGORITHM_KEY,
+  CHECKSUMS_KEY,
   decodeSafetensors,
   encodeSafetensors,
+  HEADER_CHECKSUM_KEY,
   openSafetensors,
+  readSafetensors,
   type SafetensorsDType,
   writeSafetensors,
   writeSafetensorsStream,
@@ -221,4 +227,41 @@ Deno.test("safetensors with checksums: the streamed reader rejects a flipped dat
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("checksums are SHA-256, named in the header; files with the older 64-bit sum still verify", async () => {
+  const data = new Float32Array([1, 2, 3, 4, 5]);
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/c.safetensors`;
+    await writeSafetensors(path, {
+      tensors: { w: { dtype: "F32", shape: [5], data } },
+      metadata: { note: "x" },
+    }, { checksums: true });
+    const md = (await readSafetensors(path)).metadata;
+    assert.equal(md[CHECKSUM_ALGORITHM_KEY], "sha256");
+    // Any SHA-256 tool can verify it.
+    assert.equal(md[CHECKSUMS_KEY], sha256(new Uint8Array(data.buffer)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // A file as checkpoints v2 wrote it: no algorithm entry, 16-digit sums of core/checksum.ts.
+  const legacy = (sums: string, algorithm?: string) => {
+    const md: Record<string, string> = { note: "x" };
+    if (algorithm !== undefined) md[CHECKSUM_ALGORITHM_KEY] = algorithm;
+    const ts = [["w", "F32", [5], 0, 20]];
+    const head = [...Object.keys(md).sort().map((k) => [k, md[k]])];
+    md[CHECKSUMS_KEY] = sums;
+    md[HEADER_CHECKSUM_KEY] = checksumOf(JSON.stringify([head, ts]));
+    return encodeSafetensors({ tensors: { w: { dtype: "F32", shape: [5], data } }, metadata: md });
+  };
+  const good = checksumOf(new Uint8Array(data.buffer));
+  assert.deepEqual(decodeSafetensors(legacy(good)).tensors.w.shape, [5]);
+  const bad = legacy(good);
+  bad[bad.length - 1] ^= 1;
+  assert.throws(() => decodeSafetensors(bad), /tensor w does not match its checksum/);
+  assert.throws(
+    () => decodeSafetensors(legacy(good, "md5")),
+    /checksums by "md5"; this build verifies sha256/,
+  );
 });

@@ -34,13 +34,16 @@ const CONFIGS: [string, Partial<RunConfig>][] = [
 /** What is sampled after a step. */
 function sample() {
   const m = memoryStats();
-  const { uniforms, uniformsCreated, ...caches } = cacheStats();
+  // Uniforms and bind groups are LRU caches that see each step's new values (the learning rate):
+  // bounded, not flat.
+  const { uniforms, uniformsCreated, bindGroups, bindGroupsCreated: _, ...caches } = cacheStats();
   return {
     live: { buffers: m.liveBuffers, bytes: m.liveBytes },
     pool: m.reservedBytes,
     caches,
     uniforms,
     uniformsCreated,
+    bindGroups,
   };
 }
 
@@ -82,6 +85,7 @@ for (const [name, overrides] of CONFIGS) {
       const s = at.get(step)!;
       assert.deepEqual(s.live, first.live, `step ${step} vs step 1: live buffers and bytes`);
       assert.ok(s.uniforms <= limit, `${s.uniforms} uniform buffers cached`);
+      assert.ok(s.bindGroups <= 4096, `${s.bindGroups} bind groups cached`);
     }
     // From the end of the first full cycle on, nothing new is ever needed.
     const warm = at.get(1 + CYCLE)!;

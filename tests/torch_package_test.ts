@@ -10,7 +10,14 @@ import fc from "fast-check";
 import { checksumOf } from "../core/checksum.ts";
 import { Rng } from "../core/rng.ts";
 import { BatchStream, type Sequences } from "../data/batches.ts";
-import { openShards, shardSequences, SplitWriter } from "../data/shards.ts";
+import {
+  CHUNK_BYTES,
+  CHUNK_HASH,
+  openShards,
+  SHARD_VERSION,
+  shardSequences,
+  SplitWriter,
+} from "../data/shards.ts";
 import { dataSource } from "../cli/data_source.ts";
 import { type RunData, trainRun } from "../cli/trainer.ts";
 import { quietIO, toyConfig, toyRun } from "./fixtures.ts";
@@ -76,12 +83,13 @@ async function shardData(dir: string, vocab: number): Promise<RunData> {
     `${dir}/manifest.json`,
     JSON.stringify({
       format: "sltrain-shards",
-      version: 1,
+      version: SHARD_VERSION,
       dtype: "uint16",
       shardTokens: 97,
       tokenizer: { ...tokenizer, files: [] },
       splits,
       source: { data: "toy", valData: null, valFraction: null },
+      checksum: { algorithm: CHUNK_HASH, chunkBytes: CHUNK_BYTES },
     }),
   );
   const set = await openShards(dir);

@@ -1,7 +1,7 @@
 """Our run folders and checkpoints (cli/checkpoint.ts), read and written from PyTorch.
 
-A checkpoint is one safetensors file with metadata `format` (`sltrain-checkpoint-v2`, checksummed;
-v1 files have no checksums), `step`, `skeleton` (JSON of {params, buffers, optState} with every
+A checkpoint is one safetensors file with metadata `format` (`sltrain-checkpoint-v3`, with SHA-256
+checksums; v2 files, with the older 64-bit checksums, and v1 files, without, still load), `step`, `skeleton` (JSON of {params, buffers, optState} with every
 tensor replaced by {"$tensor": name}) and `meta` (JSON: run config, data position `stream`, loss
 `history`, and `data` provenance when our side recorded it). Parameter tensors are named
 `params.<path>` (`params.layers.0.q.A`), supports `buffers.layers.N.<linear>` (u32), and the
@@ -23,7 +23,9 @@ from .errors import FormatError, UnsupportedRunError
 from .model import Config, Llama, Method, our_param_paths
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT = "sltrain-checkpoint-v2"
+FORMAT = "sltrain-checkpoint-v3"
+# v2: the older 64-bit checksums (still verified); v1: no checksums.
+_OLDER_CHECKED_FORMATS = ("sltrain-checkpoint-v2",)
 _UNCHECKED_FORMATS = ("sltrain-checkpoint-v1",)
 CONTINUED_METHODS = ("full", "lowrank", "sltrain")
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
@@ -42,11 +44,12 @@ class Checkpoint:
         with st.SafetensorsFile(path) as f:
             md = f.metadata
             fmt = md.get("format")
-            if fmt != FORMAT and fmt not in _UNCHECKED_FORMATS:
+            checked = (FORMAT,) + _OLDER_CHECKED_FORMATS
+            if fmt not in checked and fmt not in _UNCHECKED_FORMATS:
                 raise FormatError(f"{path} is not an sltrain checkpoint this package reads (format "
                                   f"{json.dumps(fmt)}; it reads {FORMAT} and "
-                                  f"{', '.join(_UNCHECKED_FORMATS)})")
-            if fmt == FORMAT and f.checksums is None:
+                                  f"{', '.join(_OLDER_CHECKED_FORMATS + _UNCHECKED_FORMATS)})")
+            if fmt in checked and f.checksums is None:
                 raise FormatError(f"{path}: checkpoint checksums are missing (corrupt checkpoint?)")
             try:
                 skeleton, self.meta = json.loads(md["skeleton"]), json.loads(md["meta"])

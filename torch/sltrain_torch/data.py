@@ -1,16 +1,20 @@
 """Our token shards (data/shards.ts, written by prepare.ts) and batch order (data/batches.ts).
 
 A shard folder holds `manifest.json`, per split (`train`, `val`) the token stream cut into shards
-`train-00000.bin`, ... (16-byte header: magic `SLTS`, u32 version 1, u32 bytes per id 2 or 4,
-u32 id count; then the ids) and a document index `train.docs` (header `SLTD`, version, 16, 0;
-then u64 start and u64 length per non-empty document). Opening checks the manifest, every header
-and every file size, as our side does.
+`train-00000.bin`, ... (32-byte header: magic `SLTS`, u32 version 2, u32 bytes per id 2 or 4,
+u32 id count, u32 checksum chunk bytes (4096), the hash name `sha256` in 12 zero-padded bytes;
+then the ids; then the SHA-256 of each 4096-byte chunk of the ids) and a document index
+`train.docs` (the same header with `SLTD`, 16, 0; then u64 start and u64 length per non-empty
+document; then its chunk checksums). Opening checks the manifest, every header and every file
+size, as our side does, and verifies every chunk's checksum (hashlib), so a damaged byte is an
+error naming the file and offset. Version 1 folders (no checksums) are refused.
 
 Sequences are packed windows of seq + 1 tokens overlapping by one (`packed`), or one document per
 sequence (`none`); the batch order is a per-epoch Fisher-Yates permutation seeded by
 (seed · 1000003 + epoch), and the position {epoch, index} is what our checkpoints store.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -24,8 +28,12 @@ from .rng import permutation
 
 IGNORE_INDEX = -100
 SHARD_FORMAT = "sltrain-shards"
-SHARD_VERSION = 1
-_HEADER = 16
+SHARD_VERSION = 2
+_HEADER = 32
+CHUNK_HASH = "sha256"
+CHUNK_BYTES = 4096
+_DIGEST = 32
+_REPREPARE = "prepare the folder again with this version (prepare.ts or ./sltrain prepare)"
 _ID_BYTES = {"uint16": 2, "uint32": 4}
 
 
@@ -37,12 +45,43 @@ def _header(path, magic, expect):
         raise FormatError(f"{path}: missing") from None
     if len(raw) < _HEADER or raw[:4] != magic:
         raise FormatError(f"{path}: wrong magic (not an sltrain {magic.decode()} file)")
-    version, a, b = struct.unpack("<III", raw[4:])
+    version, a, b, chunk = struct.unpack("<IIII", raw[4:20])
     if version != SHARD_VERSION:
-        raise FormatError(f"{path}: version {version}, but this package reads version {SHARD_VERSION}")
-    for got, (want, what) in zip((a, b), expect):
+        old = f" (version 1 has no checksums): {_REPREPARE}" if version == 1 else ""
+        raise FormatError(f"{path}: version {version}, but this package reads version {SHARD_VERSION}{old}")
+    hash_name = raw[20:32].rstrip(b"\0").decode("ascii", "replace")
+    if hash_name != CHUNK_HASH:
+        raise FormatError(f"{path}: checksums by {hash_name!r}, this package verifies {CHUNK_HASH}")
+    for got, (want, what) in zip((a, b, chunk), expect + [(CHUNK_BYTES, "checksum chunk bytes")]):
         if got != want:
             raise FormatError(f"{path}: header says {what} {got}, expected {want}")
+
+
+def chunk_sums(payload):
+    """The checksums stored after a payload: the SHA-256 of each CHUNK_BYTES bytes, concatenated."""
+    view = memoryview(payload)
+    return b"".join(hashlib.sha256(view[k:k + CHUNK_BYTES]).digest()
+                    for k in range(0, len(view), CHUNK_BYTES))
+
+
+def _trailer(nbytes):
+    return -(-nbytes // CHUNK_BYTES) * _DIGEST
+
+
+def _verify(path, nbytes):
+    """Checks every chunk of the payload of `path` against its stored checksum."""
+    with open(path, "rb") as f:
+        f.seek(_HEADER)
+        payload = f.read(nbytes)
+        sums = f.read(_trailer(nbytes))
+    got = chunk_sums(payload)
+    if got != sums:
+        c = next(k for k in range(len(got) // _DIGEST)
+                 if got[k * _DIGEST:(k + 1) * _DIGEST] != sums[k * _DIGEST:(k + 1) * _DIGEST])
+        at = _HEADER + c * CHUNK_BYTES
+        end = _HEADER + min((c + 1) * CHUNK_BYTES, nbytes) - 1
+        raise FormatError(f"{path}: bytes {at}-{end} (checksum chunk {c}) do not match their "
+                          f"{CHUNK_HASH} (damaged file): {_REPREPARE}, or restore it")
 
 
 def _size(path, want):
@@ -68,14 +107,16 @@ class Split:
         for k, name in enumerate(s["shards"]):
             path = os.path.join(folder, name)
             count = per if k < len(s["shards"]) - 1 else s["tokens"] - per * k
-            _size(path, _HEADER + count * b)
+            _size(path, _HEADER + count * b + _trailer(count * b))
             _header(path, b"SLTS", [(b, "bytes per id"), (count, "id count")])
+            _verify(path, count * b)
             dt = np.dtype("<u2" if b == 2 else "<u4")
             self._shards.append((path, np.memmap(path, dtype=dt, mode="r", offset=_HEADER,
                                                  shape=(count,))))
         self._index = os.path.join(folder, s["index"])
-        _size(self._index, _HEADER + 16 * s["docs"])
+        _size(self._index, _HEADER + 16 * s["docs"] + _trailer(16 * s["docs"]))
         _header(self._index, b"SLTD", [(16, "entry bytes"), (0, "reserved")])
+        _verify(self._index, 16 * s["docs"])
         self._entries = np.memmap(self._index, dtype="<u8", mode="r", offset=_HEADER,
                                   shape=(s["docs"], 2)) if s["docs"] else np.zeros((0, 2), "<u8")
 
@@ -119,7 +160,11 @@ class Shards:
         if not isinstance(m, dict) or m.get("format") != SHARD_FORMAT:
             raise bad(f"not an sltrain shard manifest (format {m.get('format') if isinstance(m, dict) else None})")
         if m.get("version") != SHARD_VERSION:
-            raise bad(f"version {m.get('version')}, but this package reads version {SHARD_VERSION}")
+            old = f" (version 1 shards have no checksums): {_REPREPARE}" if m.get("version") == 1 else ""
+            raise bad(f"version {m.get('version')}, but this package reads version {SHARD_VERSION}{old}")
+        if m.get("checksum") != {"algorithm": CHUNK_HASH, "chunkBytes": CHUNK_BYTES}:
+            raise bad(f"checksums {m.get('checksum')}, this package verifies {CHUNK_HASH} of "
+                      f"{CHUNK_BYTES}-byte chunks")
         if m.get("dtype") not in _ID_BYTES:
             raise bad(f"unknown dtype {m.get('dtype')}")
         t = m.get("tokenizer") or {}

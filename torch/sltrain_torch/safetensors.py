@@ -3,14 +3,16 @@
 A file is an 8-byte little-endian header length, a JSON header `{name: {dtype, shape,
 data_offsets}, "__metadata__": {str: str}}` padded with spaces so the data starts 8-byte aligned,
 then the raw little-endian tensors back to back. Files written with checksums carry
-`sltrain.checksums` (16 hex digits per tensor, in the order of `checksum_order`) and
-`sltrain.header_checksum` (of the other metadata and the tensor entries); `read` verifies both
-whenever they are present. `write` is atomic and durable: a temporary file in the same folder is
+`sltrain.checksum_algorithm` (`sha256`), `sltrain.checksums` (the SHA-256 of each tensor, 64 hex
+digits, in the order of `checksum_order`) and `sltrain.header_checksum` (of the other metadata and
+the tensor entries); `read` verifies both whenever they are present. Files without the algorithm
+entry (written before SHA-256) carry 16-digit sums of `checksum.py` and are verified with those. `write` is atomic and durable: a temporary file in the same folder is
 fsynced and renamed over the target.
 
 dtypes map to torch as: F32, F16, BF16, U8, I32 as such; U32 (no uint32 in torch 1.13) as int64.
 """
 
+import hashlib
 import json
 import os
 import struct
@@ -19,12 +21,24 @@ import uuid
 import numpy as np
 import torch
 
-from .checksum import Checksum, checksum
+from .checksum import checksum
 from .errors import FormatError
 
 CHECKSUMS_KEY = "sltrain.checksums"
 HEADER_CHECKSUM_KEY = "sltrain.header_checksum"
-_DIGITS = 16
+ALGORITHM_KEY = "sltrain.checksum_algorithm"
+ALGORITHM = "sha256"
+
+
+def _sha256(*chunks):
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c.encode() if isinstance(c, str) else c)
+    return h.hexdigest()
+
+
+# Hash name -> (hex digits, function of the bytes); "" is the 64-bit sum of files before SHA-256.
+_HASHES = {ALGORITHM: (64, _sha256), "": (16, lambda *c: checksum(*c))}
 _MAX_HEADER = 100 * 1024 * 1024
 _BYTES = {"F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2, "U8": 1, "I64": 8}
 _NUMPY = {"F32": "<f4", "I32": "<i4", "U32": "<u4", "BF16": "<i2", "F16": "<f2", "U8": "u1",
@@ -41,11 +55,11 @@ def checksum_order(entries):
     return [n for n, _ in sorted(entries.items(), key=lambda kv: (kv[1][1], kv[1][2], kv[0]))]
 
 
-def _header_checksum(metadata, entries):
+def _header_checksum(metadata, entries, hash_fn):
     md = [[k, metadata[k]] for k in sorted(metadata) if k not in (CHECKSUMS_KEY, HEADER_CHECKSUM_KEY)]
     ts = [[n, entries[n][0], entries[n][3], entries[n][1], entries[n][2]]
           for n in checksum_order(entries)]
-    return checksum(_js_json([md, ts]))
+    return hash_fn(_js_json([md, ts]))
 
 
 class SafetensorsFile:
@@ -109,14 +123,19 @@ class SafetensorsFile:
         if end != data_len:
             raise bad(f"{data_len - end} trailing bytes after the last tensor")
         self.checksums = None
+        algorithm = md.get(ALGORITHM_KEY, "")
+        if algorithm not in _HASHES or (algorithm == "" and ALGORITHM_KEY in md):
+            raise bad(f"checksums by {json.dumps(algorithm)}; this package verifies {ALGORITHM} "
+                      "(and the 64-bit sum of files written before it)")
+        digits, self._hash = _HASHES[algorithm]
         if HEADER_CHECKSUM_KEY in md or CHECKSUMS_KEY in md:
-            if md.get(HEADER_CHECKSUM_KEY) != _header_checksum(md, self.entries):
+            if md.get(HEADER_CHECKSUM_KEY) != _header_checksum(md, self.entries, self._hash):
                 raise bad("the header does not match its checksum (corrupt file?)")
             order = checksum_order(self.entries)
             sums = md.get(CHECKSUMS_KEY, "")
-            if len(sums) != _DIGITS * len(order):
+            if len(sums) != digits * len(order):
                 raise bad("the tensor checksums are missing or cut short (corrupt file?)")
-            self.checksums = {n: sums[_DIGITS * i:_DIGITS * (i + 1)] for i, n in enumerate(order)}
+            self.checksums = {n: sums[digits * i:digits * (i + 1)] for i, n in enumerate(order)}
 
     def raw(self, name):
         """The tensor's bytes, checked against its checksum when the file has checksums."""
@@ -127,7 +146,7 @@ class SafetensorsFile:
         data = self._f.read(b - a)
         if len(data) != b - a:
             raise FormatError(f"{self.path}: unexpected end of file reading {name} (truncated?)")
-        if self.checksums is not None and Checksum().update(data).digest() != self.checksums[name]:
+        if self.checksums is not None and self._hash(data) != self.checksums[name]:
             raise FormatError(f"{self.path} is not a valid safetensors file: tensor {name} does "
                               "not match its checksum (corrupt file?)")
         return data
@@ -179,9 +198,10 @@ def write(path, tensors, metadata, checksums=False):
         off += want
     md = dict(metadata)
     if checksums:
-        sums = {name: checksum(data) for name, _, _, data in tensors}
+        sums = {name: _sha256(data) for name, _, _, data in tensors}
+        md[ALGORITHM_KEY] = ALGORITHM
         md[CHECKSUMS_KEY] = "".join(sums[n] for n in checksum_order(entries))
-        md[HEADER_CHECKSUM_KEY] = _header_checksum(md, entries)
+        md[HEADER_CHECKSUM_KEY] = _header_checksum(md, entries, _sha256)
     header = {"__metadata__": md}
     for name, (dtype, a, b, shape) in entries.items():
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [a, b]}

@@ -9,6 +9,7 @@ import torch
 
 from sltrain_torch.adamw import AdamW, lr_schedule
 from sltrain_torch.checkpoint import our_params, save_checkpoint
+from sltrain_torch.data import CHUNK_BYTES, chunk_sums
 from sltrain_torch.model import Config, Llama, Method, init_fresh
 
 torch.set_num_threads(2)
@@ -29,6 +30,10 @@ def run_config(method="sltrain", **kw):
     return run
 
 
+def _head(magic, a, b):
+    return magic + struct.pack("<IIII", 2, a, b, CHUNK_BYTES) + b"sha256".ljust(12, b"\0")
+
+
 def write_shards(folder, docs, vocab=32, val_docs=None, name="test-tok"):
     """A shard folder as prepare.ts writes it (uint16 ids, shards of 50 ids)."""
     os.makedirs(folder)
@@ -45,13 +50,15 @@ def write_shards(folder, docs, vocab=32, val_docs=None, name="test-tok"):
             part = np.array(stream[k:k + per], dtype="<u2")
             fname = f"{split}-{k // per:05d}.bin"
             with open(os.path.join(folder, fname), "wb") as f:
-                f.write(b"SLTS" + struct.pack("<III", 1, 2, len(part)) + part.tobytes())
+                f.write(_head(b"SLTS", 2, len(part)) + part.tobytes() + chunk_sums(part.tobytes()))
             shards.append(fname)
         with open(os.path.join(folder, f"{split}.docs"), "wb") as f:
-            f.write(b"SLTD" + struct.pack("<III", 1, 16, 0) + np.array(index, "<u8").tobytes())
+            entries = np.array(index, "<u8").tobytes()
+            f.write(_head(b"SLTD", 16, 0) + entries + chunk_sums(entries))
         splits[split] = {"tokens": len(stream), "docs": len(index) // 2, "shards": shards,
                          "index": f"{split}.docs"}
-    manifest = {"format": "sltrain-shards", "version": 1, "dtype": "uint16", "shardTokens": per,
+    manifest = {"format": "sltrain-shards", "version": 2, "dtype": "uint16", "shardTokens": per,
+                "checksum": {"algorithm": "sha256", "chunkBytes": CHUNK_BYTES},
                 "tokenizer": {"name": name, "vocabSize": vocab, "eos": 0, "pad": 0, "files": []},
                 "splits": splits, "source": {"data": "test", "valData": None, "valFraction": 0.1}}
     with open(os.path.join(folder, "manifest.json"), "w") as f:

@@ -7,10 +7,11 @@ import unittest
 
 import torch
 
-from helpers import fresh_run, run_config
+from helpers import fresh_run, random_docs, run_config, write_shards
 from sltrain_torch import checksum as ck
 from sltrain_torch import safetensors as st
 from sltrain_torch.checkpoint import Checkpoint, build_model, build_optimizer, save_checkpoint
+from sltrain_torch.data import Shards
 from sltrain_torch.errors import FormatError
 
 
@@ -120,6 +121,35 @@ class CheckpointTest(unittest.TestCase):
             st.write(path, [], {"format": "sltrain-checkpoint-v2", "step": "0"})
             with self.assertRaisesRegex(FormatError, "checksums are missing"):
                 Checkpoint(d)
+
+
+class ShardChecksumTest(unittest.TestCase):
+    def test_a_damaged_byte_names_the_file_and_offset(self):
+        with tempfile.TemporaryDirectory() as d:
+            folder = os.path.join(d, "shards")
+            write_shards(folder, random_docs(20))
+            Shards(folder)
+            path = os.path.join(folder, "train-00001.bin")
+            with open(path, "r+b") as f:
+                f.seek(32 + 7)
+                b = f.read(1)
+                f.seek(32 + 7)
+                f.write(bytes([b[0] ^ 4]))
+            with self.assertRaisesRegex(FormatError, r"train-00001\.bin: bytes 32-131 \(checksum chunk 0\) "
+                                        r"do not match their sha256"):
+                Shards(folder)
+
+    def test_version_1_folders_are_refused_with_what_to_do(self):
+        with tempfile.TemporaryDirectory() as d:
+            folder = os.path.join(d, "shards")
+            write_shards(folder, random_docs(20))
+            path = os.path.join(folder, "manifest.json")
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(text.replace('"version": 2', '"version": 1'))
+            with self.assertRaisesRegex(FormatError, "version 1 shards have no checksums.*prepare"):
+                Shards(folder)
 
 
 if __name__ == "__main__":
