@@ -8,6 +8,7 @@
 import { initGpu } from "./cli/gpu.ts";
 import { tokenizerFiles } from "./data/tokenizer_export.ts";
 import { FlagError, type FlagSpec, parseFlagsWith, renderHelp, runCli } from "./cli/flags.ts";
+import { exists } from "./cli/exists.ts";
 import { fmtBytes } from "./cli/format.ts";
 import { exportHf } from "./cli/hf_export.ts";
 import { disposeAny, loadAnyModel, modelTokenizer } from "./cli/load_any.ts";
@@ -67,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
   if (typeof out !== "string" || out === "") throw new FlagError("--out is required");
   const dtype = choice("dtype", flags.dtype, ["f32", "bf16"] as const);
   const format = choice("format", flags.format, ["hf", "sltrain"] as const);
-  if (await Deno.lstat(out).then(() => true, () => false)) {
+  if (await exists(out)) {
     throw new FlagError(
       `--out ${out} already exists; choose a new folder (nothing is overwritten)`,
     );

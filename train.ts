@@ -13,7 +13,7 @@ import type { Tokenizer } from "./data/tokenizer.ts";
 import { withVocab } from "./models/config.ts";
 import { loadConfig } from "./cli/load_config.ts";
 import type { WeightDType } from "./models/linear.ts";
-import { validateMethod } from "./models/method.ts";
+import { checkRank, validateMethod } from "./models/method.ts";
 import {
   FlagError,
   helpText,
@@ -27,9 +27,13 @@ import {
   portFlag,
   posInt,
   type RawFlags,
+  refuseInapplicable,
   runCli,
 } from "./cli/flags.ts";
+import { exists } from "./cli/exists.ts";
+import { LOG_FILE } from "./cli/runlog.ts";
 import { Progress } from "./cli/progress.ts";
+import { checkDeviceBudget, fitReport, parseByteSize } from "./cli/plan.ts";
 import { type PlotRun, summaryTable, writeLossPlot } from "./cli/report.ts";
 import { type DashboardThread, startDashboardThread } from "./cli/dashboard_server.ts";
 import { writeStandaloneDashboard } from "./cli/dashboard_page.ts";
@@ -133,9 +137,28 @@ export async function buildRun(
     recompute: flags.recompute === true,
     keepWeight: flags["keep-weight"] === true,
   };
-  Object.assign(run, scalingSettings(flags, method));
-  if (run.keepWeight && method !== "sltrain") {
-    throw new FlagError(`--keep-weight: only sltrain builds its weight, not ${method}`);
+  Object.assign(run, scalingSettings(flags, method), benchmarkSettings(flags, method, steps));
+  if (run.keepWeight && method !== "sltrain") run.keepWeight = false;
+  if ((method === "spam" || method === "stable-spam") && run.optimizer !== "adamw") {
+    throw new FlagError(
+      `--optimizer ${run.optimizer}: ${method} keeps f32 moments (its spike test reads v entrywise)`,
+    );
+  }
+  if (method === "loro" && run.perLayer) {
+    throw new FlagError(
+      "--per-layer: loro steps each linear's B and A together, never one parameter alone",
+    );
+  }
+  if (method === "golore") {
+    try {
+      checkRank(model, rank, "golore");
+    } catch (e) {
+      throw new FlagError(
+        `--rank ${rank}: ${
+          (e as Error).message
+        } (a random subspace of full rank projects nothing away)`,
+      );
+    }
   }
   if (run.perLayer && run.onNonfinite === "skip") {
     throw new FlagError(
@@ -194,8 +217,44 @@ function scalingSettings(flags: RawFlags, method: MethodName): Partial<RunConfig
   return {};
 }
 
+/** The settings of GoLore, LoRO, SPAM and Stable-SPAM, present only in their runs. */
+function benchmarkSettings(flags: RawFlags, method: MethodName, steps: number): Partial<RunConfig> {
+  const unit = (v: number) => v >= 0 && v < 1;
+  switch (method) {
+    case "golore": {
+      const ratio = num(flags, "golore-rand-ratio", 0, (v) => v >= 0 && v <= 1, "in [0, 1]");
+      return { goloreRandomFrom: Math.ceil(ratio * steps) };
+    }
+    case "loro":
+      return { loroExactEvery: num(flags, "loro-exact-every", 5, posInt, "a positive integer") };
+    case "spam":
+      return {
+        spamThreshold: num(flags, "spam-threshold", 5000, (v) => v >= 0, "non-negative"),
+        spamWarmup: num(flags, "spam-warmup", 150, natInt, "a non-negative integer"),
+        momentumResetEvery: num(flags, "momentum-reset-every", 500, posInt, "a positive integer"),
+      };
+    case "stable-spam": {
+      const raw = String(flags["stable-spam-gammas"] ?? "0.85,0.999,0.999");
+      const gammas = raw.split(",").map(Number);
+      if (gammas.length !== 3 || !gammas.every(unit)) {
+        throw new FlagError(`--stable-spam-gammas ${raw}: must be three numbers in [0, 1)`);
+      }
+      return {
+        momentumResetEvery: num(flags, "momentum-reset-every", 500, posInt, "a positive integer"),
+        stableSpamGammas: gammas as [number, number, number],
+        stableSpamSchedule: {
+          totalT: num(flags, "stable-spam-total", steps, natInt, "a non-negative integer"),
+          etaMin: num(flags, "stable-spam-eta", 0.5, (v) => v >= 0 && v <= 1, "in [0, 1]"),
+        },
+      };
+    }
+    default:
+      return {};
+  }
+}
+
 const CKPT = CHECKPOINT_FILE;
-const LOG = "log.jsonl";
+const LOG = LOG_FILE;
 const DASHBOARD_HTML = "dashboard.html";
 
 /**
@@ -245,15 +304,6 @@ function weightDType(raw: string | boolean | undefined): WeightDType {
     throw new FlagError(`--dtype ${v}: unknown dtype (expected f32 or bf16)`);
   }
   return v;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The output folder, checked before anything is written; `created` when this process made it. */
@@ -393,6 +443,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? flags.compare.split(",").map((m) => methodName(m.trim(), "compare"))
     : [methodName(String(flags.method ?? "sltrain"))];
   if (methods.length === 0) throw new FlagError("--compare needs at least one method");
+  refuseInapplicable(flags, methods);
   const dashboardAt = dashboardFlags(flags);
   // A test hook (see cli/faults.ts), never a flag.
   const fault = Deno.env.get("SLTRAIN_FAULT");
@@ -411,6 +462,14 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
   const tok = shards ? await shardTokenizer(shards, flags.tokenizer) : await tokenizerFlag(tokName);
   const runs: RunConfig[] = [];
   for (const m of methods) runs.push(await buildRun(flags, m, tok, hfInit));
+  if (typeof flags.fit === "string") {
+    console.log(fitReport(runs[0], parseByteSize(flags.fit, "fit")));
+    return 0;
+  }
+  if (typeof flags["max-device-bytes"] === "string") {
+    const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
+    for (const r of runs) checkDeviceBudget(r, budget);
+  }
   const keep = num(flags, "keep", 1, posInt, "a positive integer");
   // Data errors (missing or empty files) come before anything is created on disk.
   const { data, desc } = shards
@@ -518,7 +577,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     console.log(
       `${
         results.length > 1 ? `${r.run.method}: ` : ""
-      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/log.jsonl; checkpoint: ${dir}/${CKPT}`,
+      }loss curve: ${dir}/loss.svg; dashboard: ${dir}/${DASHBOARD_HTML}; log: ${dir}/${LOG}; checkpoint: ${dir}/${CKPT}`,
     );
   }
   return stop ? exitCode(stop) : 0;

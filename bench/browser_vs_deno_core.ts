@@ -3,20 +3,10 @@
  * and a browser page run exactly the same code (bench/browser_vs_deno.ts compares them).
  * @module
  */
-import {
-  adamw,
-  applyUpdates,
-  initLlama,
-  type LinearMethod,
-  type LlamaParams,
-  loss,
-  PRESETS,
-  readAll,
-  tensor,
-  tree,
-  valueAndGrad,
-  withVocab,
-} from "../mod.ts";
+import { models, optim, readAll, tensor, tree, valueAndGrad } from "../mod.ts";
+
+const { initLlama, loss, PRESETS, withVocab } = models;
+const { adamw, applyUpdates } = optim;
 
 /** Per-step losses and tokens/s of one run. */
 export interface SameRun {
@@ -32,13 +22,13 @@ const TEXT = "In the beginning God created the heaven and the earth. And the ear
 /** Trains `tiny` with `method` (`full` or `sltrain`) for `steps` steps, batch 8 × 64, seed 0. */
 export async function sameRun(method: string, steps: number): Promise<SameRun> {
   const config = withVocab(PRESETS.tiny, 256);
-  const linear: LinearMethod = method === "sltrain"
+  const linear: models.LinearMethod = method === "sltrain"
     ? { kind: "sltrain", rank: 32, delta: 0.03, alpha: 8, seed: 0 }
     : { kind: "dense" };
   const model = initLlama(config, linear, 0);
   const bytes = new TextEncoder().encode(TEXT.repeat(40));
   const [B, T] = [8, 64];
-  let params: LlamaParams = model.params;
+  let params: models.LlamaParams = model.params;
   const opt = adamw({ lr: 3e-3 });
   let state = opt.init(params);
   const losses = [];
@@ -54,7 +44,7 @@ export async function sameRun(method: string, steps: number): Promise<SameRun> {
       inputs: tensor(rows(0), [B, T], "i32"),
       targets: tensor(rows(1), [B, T], "i32"),
     };
-    const { value, grads } = valueAndGrad((p: LlamaParams) => loss(model, p, batch))(params);
+    const { value, grads } = valueAndGrad((p: models.LlamaParams) => loss(model, p, batch))(params);
     const r = await opt.update(grads, state, params);
     state = r.state;
     params = applyUpdates(params, r.updates);

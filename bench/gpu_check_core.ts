@@ -6,21 +6,17 @@
  * @module
  */
 import {
-  applyUpdates,
   deviceInfo,
-  initLlama,
-  type LlamaParams,
-  loss,
   matmul,
   memoryStats,
-  PRESETS,
+  models,
+  optim,
   randomUniform,
   resetPeakBytes,
   sync,
   tensor,
   tree,
   valueAndGrad,
-  withVocab,
 } from "../mod.ts";
 import type { PresetName } from "../models/config.ts";
 import {
@@ -29,6 +25,9 @@ import {
   type MethodName,
   type RunConfig,
 } from "../cli/run_config.ts";
+
+const { initLlama, loss, PRESETS, withVocab } = models;
+const { applyUpdates } = optim;
 
 /** Options of {@link runGpuCheck}. */
 export interface GpuCheckOptions {
@@ -196,7 +195,7 @@ async function timeStep(
     seed: 1,
   } as RunConfig;
   const m = initLlama(model, linearMethod(run), 1);
-  let params: LlamaParams = m.params;
+  let params: models.LlamaParams = m.params;
   const opt = buildOptimizer(run, params);
   let state = opt.init(params);
   const ids = Int32Array.from({ length: batch * seq }, (_, i) => (i * 7919) % vocab);
@@ -207,7 +206,9 @@ async function timeStep(
     const t0 = performance.now();
     const inputs = tensor(ids, [batch, seq], "i32");
     const targets = tensor(ids, [batch, seq], "i32");
-    const { value, grads } = valueAndGrad((p: LlamaParams) => loss(m, p, { inputs, targets }))(
+    const { value, grads } = valueAndGrad((p: models.LlamaParams) =>
+      loss(m, p, { inputs, targets })
+    )(
       params,
     );
     const r = await opt.update(grads, state, params);

@@ -84,8 +84,7 @@ for (const method of ["full", "sltrain", "lowrank", "relora"]) {
     "0",
     "--eval-tokens",
     "512",
-    "--relora-every",
-    "2",
+    ...(method === "relora" ? ["--relora-every", "2"] : []),
     "--out",
     runDir,
   ]);

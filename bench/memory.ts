@@ -3,14 +3,19 @@
  * seq 256, the trainer's own step) per configuration, each in its own process (so one row's pool
  * and caches cannot lower or raise another's), with the analytic steady bytes (`estimateMemory`,
  * weights + buffers + optimizer states), the measured steady bytes after the step (params, buffers
- * and optimizer state as the trainer holds them), the measured peak of the step (the allocator's
- * counters: gradients and activations included) and the paper's figure beside each.
+ * and optimizer state as the trainer holds them), the measured peak of the step as tensors request
+ * it (gradients and activations included), the peak the device allocates (size classes, pool,
+ * textures, staging, uniforms: `memoryStats().allocatedPeak`), the process's peak RSS, and the
+ * paper's figure beside each. Below the table, for each measured row: what the device held at its
+ * allocated peak by kind, and the rest of the RSS (JS heap, the rest: data, tokenizer, shader
+ * compiler, runtime).
  *
  * Rows per model: Adam with f32 weights; Adam with bf16 weights and f32 states (the paper's
  * baseline); the same two with per-layer updates (what per-layer frees), also with `--recompute`
  * (what is left is activations); Adam8bit, GaLore8bit and
  * SLTrain8bit with per-layer updates and bf16 weights (the paper's three); SLTrain8bit with
- * `--recompute` too. `--estimate-only` models (default 7b) get the estimate of every row, and
+ * `--recompute` too; GoLore8bit, low-rank 8-bit, LoRO8bit (whole-tree: it steps B and A
+ * together), SPAM and Stable-SPAM (f32 moments) with bf16 weights. `--estimate-only` models (default 7b) get the estimate of every row, and
  * `--measure-7b` measures the SLTrain8bit row there; `--estimate-rows` lists rows that only get
  * the estimate (e.g. one that would not fit this machine's memory).
  *
@@ -27,9 +32,11 @@ import { parseFlags } from "../cli/flags.ts";
 import { tokenizerFlag } from "../cli/data_source.ts";
 import { buildRun } from "../train.ts";
 import { init } from "../core/device.ts";
+import { memoryStats } from "../core/memory.ts";
 import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
 import { estimateMemory } from "../models/estimate.ts";
+import { planPeak } from "../cli/plan.ts";
 
 /** One configuration of the table. */
 interface Row {
@@ -89,6 +96,14 @@ const ROWS: readonly Row[] = [
       recompute: true,
     },
   ),
+  // The rest of Glentis et al.'s benchmark, in the paper's setting where the method allows it.
+  row("golore8bit", "GoLore8bit per-layer, bf16", "golore", "adamw8bit", "bf16", true),
+  row("lowrank8bit", "Low-rank 8bit per-layer, bf16", "lowrank", "adamw8bit", "bf16", true),
+  // LoRO steps B and A together, so no per-layer updates.
+  row("loro8bit", "LoRO8bit, bf16", "loro", "adamw8bit", "bf16", false),
+  // SPAM's spike test reads v entrywise: f32 moments.
+  row("spam", "SPAM per-layer, bf16", "spam", "adamw", "bf16", true),
+  row("stable-spam", "Stable-SPAM per-layer, bf16", "stable-spam", "adamw", "bf16", true),
 ];
 
 // sltrain-paper-facts.md §1.2, Fig. 3: actual memory, batch 1, bf16, one A100 (GB).
@@ -158,18 +173,35 @@ async function child(spec: { model: string; row: string; seq: number }): Promise
     progress: { update() {}, log() {}, done() {} } as unknown as Progress,
     shouldStop: () => false,
   });
+  const m = Deno.memoryUsage();
   console.log(JSON.stringify({
     estimate: r.estimatedBytes,
     steady: r.measuredBytes,
     peak: r.peakBytes,
+    allocatedPeak: r.allocatedPeak,
+    atPeak: memoryStats().allocatedAtPeak,
+    rssPeak: peakRss(),
+    heap: m.heapTotal + m.external,
     seconds: (performance.now() - t0) / 1000,
   }));
+}
+
+/** The process's peak resident set (VmHWM), in bytes. */
+function peakRss(): number {
+  const line = Deno.readTextFileSync("/proc/self/status").split("\n").find((l) =>
+    l.startsWith("VmHWM:")
+  );
+  return Number(line?.match(/(\d+)/)?.[1] ?? NaN) * 1024;
 }
 
 interface Measured {
   estimate: number;
   steady: number;
   peak: number;
+  allocatedPeak: number;
+  atPeak: Record<string, number>;
+  rssPeak: number;
+  heap: number;
   seconds: number;
 }
 
@@ -217,17 +249,21 @@ async function main(): Promise<void> {
       `${info.limits.maxStorageBufferBindingSize} B, buffer limit ${info.limits.maxBufferSize} B\n`,
   );
   console.log(
-    "| model | configuration | est. steady GB | measured steady GB | measured peak GB | " +
-      "peak / Adam bf16 peak | paper GB | paper / paper Adam | step s |",
+    "| model | configuration | est. steady GB | measured steady GB | requested peak GB | " +
+      "allocated peak GB | planned peak GB (error) | peak RSS GB | alloc / Adam bf16 | " +
+      "RSS / Adam bf16 | paper GB | paper / paper Adam | step s |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  const notes: string[] = [];
   const models = f.models!.split(",").filter(Boolean);
   const estimateOnly = f["estimate-only"]!.split(",").filter(Boolean);
   for (const model of [...models, ...estimateOnly]) {
     const only = !models.includes(model);
-    let adamPeak = 0;
+    let adam: Measured | null = null;
     for (const row of rows) {
-      const est = estimate(await runConfig(model, row, seq));
+      const run = await runConfig(model, row, seq);
+      const est = estimate(run);
+      const planned = planPeak(run).total;
       const paper = row.paper ? PAPER[model]?.[row.paper] : undefined;
       const paperCols = paper === undefined
         ? "– | –"
@@ -237,19 +273,34 @@ async function main(): Promise<void> {
         : !f["estimate-rows"]!.split(",").includes(row.key);
       const m = measureIt ? await measure(model, row, seq) : "estimate only";
       if (typeof m === "string") {
-        console.log(`| ${model} | ${row.label} | ${gb(est)} | ${m} | – | – | ${paperCols} | – |`);
+        console.log(
+          `| ${model} | ${row.label} | ${gb(est)} | ${m} | – | – | ${
+            gb(planned)
+          } | – | – | – | ${paperCols} | – |`,
+        );
         continue;
       }
-      if (row.key === "adam-bf16") adamPeak = m.peak;
+      if (row.key === "adam-bf16") adam = m;
       if (m.estimate !== est) throw new Error(`${model} ${row.key}: estimates differ`);
-      const ratio = adamPeak > 0 ? (m.peak / adamPeak).toFixed(2) : "–";
+      const ratio = (v: number, base?: number) => base ? (v / base).toFixed(2) : "–";
       console.log(
-        `| ${model} | ${row.label} | ${gb(est)} | ${gb(m.steady)} | ${
-          gb(m.peak)
-        } | ${ratio} | ${paperCols} | ${m.seconds.toFixed(0)} |`,
+        `| ${model} | ${row.label} | ${gb(est)} | ${gb(m.steady)} | ${gb(m.peak)} | ${
+          gb(m.allocatedPeak)
+        } | ${gb(planned)} (${((planned / m.allocatedPeak - 1) * 100).toFixed(1)}%) | ${
+          gb(m.rssPeak)
+        } | ${ratio(m.allocatedPeak, adam?.allocatedPeak)} | ${
+          ratio(m.rssPeak, adam?.rssPeak)
+        } | ${paperCols} | ${m.seconds.toFixed(0)} |`,
+      );
+      const kinds = Object.entries(m.atPeak).filter(([, v]) => v > 0)
+        .map(([k, v]) => `${k} ${gb(v)}`).join(", ");
+      notes.push(
+        `- ${model} ${row.label}: at the allocated peak ${kinds}; peak RSS − allocated peak = ` +
+          `${gb(m.rssPeak - m.allocatedPeak)} GB, of which JS heap + external ${gb(m.heap)} GB`,
       );
     }
   }
+  if (notes.length > 0) console.log(`\nWhere the bytes go (GB):\n${notes.join("\n")}`);
 }
 
 await main();

@@ -118,7 +118,7 @@ const shards = `${dir}/shards`;
 await deno(["prepare.ts", "--data", corpus, "--out", shards, "--shard-tokens", "100000"]);
 
 const FLAGS = ["--data", shards, "--eval-every", "10", "--log-every", "1", "--batch", "4"];
-FLAGS.push("--seq", "64", "--keep", "2", "--warmup", "10", "--relora-every", "5");
+FLAGS.push("--seq", "64", "--keep", "2", "--warmup", "10");
 const cases: [string, string[]][] = [
   ["full", ["--method", "full"]],
   ["sltrain", ["--method", "sltrain"]],

@@ -7,9 +7,10 @@
  * @module
  */
 import type { LogRecord, RunDelta, Snapshot } from "../web/dashboard/model.ts";
+import { LOG_FILE } from "./runlog.ts";
 
 /** The files that make a folder a run. */
-const RUN_FILES = ["log.jsonl", "summary.json"];
+const RUN_FILES = [LOG_FILE, "summary.json"];
 
 /** How deep under a given folder runs are looked for (runs/compare-…/galore is 2). */
 const MAX_DEPTH = 3;
@@ -115,7 +116,7 @@ export class RunFollower {
    */
   async poll(summary = true): Promise<RunDelta | null> {
     const summaryChanged = summary && await this.#pollSummary();
-    const info = await Deno.lstat(`${this.dir}/log.jsonl`).catch(() => null);
+    const info = await Deno.lstat(`${this.dir}/${LOG_FILE}`).catch(() => null);
     const stamp = info?.isFile ? `${info.size}:${info.mtime?.getTime()}` : "";
     if (stamp === this.#logStamp && !summaryChanged) return null;
     this.#logStamp = stamp;
@@ -166,7 +167,7 @@ export class RunFollower {
 
   /** The log's bytes from `offset` to its end. */
   async #readFrom(offset: number): Promise<Uint8Array> {
-    using file = await Deno.open(`${this.dir}/log.jsonl`);
+    using file = await Deno.open(`${this.dir}/${LOG_FILE}`);
     const size = (await file.stat()).size;
     if (size < offset) return new Uint8Array(0);
     await file.seek(offset, Deno.SeekMode.Start);

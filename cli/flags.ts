@@ -4,7 +4,13 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type MethodName, METHODS, type OptimizerName, OPTIMIZERS } from "./run_config.ts";
+import {
+  type MethodName,
+  METHODS,
+  type OptimizerName,
+  OPTIMIZERS,
+  REFACTORABLE,
+} from "./run_config.ts";
 import type { Packing } from "../data/batches.ts";
 
 /** A flag: value kind, default (shown in --help) and description. */
@@ -12,10 +18,17 @@ export interface FlagSpec {
   type: "string" | "boolean";
   default?: string;
   help: string;
+  /** The methods the flag applies to (absent: all); given for any other, it is refused. */
+  methods?: readonly MethodName[];
 }
 
 /** The dashboard's default port (train.ts --dashboard, dashboard.ts). */
 export const DASHBOARD_PORT = 7070;
+
+/** Methods with low-rank factors B·A (rank and scale α apply). */
+const FACTORED: readonly MethodName[] = ["lowrank", "sltrain", "relora", "loro"];
+/** Projected methods whose rank is `--rank` (apollo-mini's is 1). */
+const PROJECTED_RANK: readonly MethodName[] = ["galore", "fira", "apollo", "golore"];
 
 /** All flags, in --help order. */
 export const FLAGS: Record<string, FlagSpec> = {
@@ -34,16 +47,19 @@ export const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     default: "hidden/4",
     help: "rank r of low-rank factors, ReLoRA adapters, GaLore, Fira and APOLLO (apollo-mini: 1)",
+    methods: [...FACTORED, ...PROJECTED_RANK],
   },
   delta: {
     type: "string",
     default: "0.03",
     help: "SLTrain sparsity δ (fraction of each block weight)",
+    methods: ["sltrain"],
   },
   alpha: {
     type: "string",
     default: "r/4",
     help: "low-rank scale numerator α (the factor product is scaled by α/r)",
+    methods: FACTORED,
   },
   lr: {
     type: "string",
@@ -83,6 +99,7 @@ export const FLAGS: Record<string, FlagSpec> = {
   "keep-weight": {
     type: "boolean",
     help: "sltrain: keep each built W from forward to backward (faster, out×in per layer)",
+    methods: ["sltrain"],
   },
   "per-layer": {
     type: "boolean",
@@ -92,43 +109,104 @@ export const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     default: "200",
     help: "GaLore, Fira and APOLLO projection refresh interval T",
+    methods: ["galore", "fira", "apollo", "apollo-mini", "golore"],
   },
-  "galore-scale": { type: "string", default: "0.25", help: "GaLore and Fira scale α" },
+  "galore-scale": {
+    type: "string",
+    default: "0.25",
+    help: "GaLore and Fira scale α",
+    methods: ["galore", "fira", "golore"],
+  },
   "galore-svd": {
     type: "string",
     default: "auto",
     help:
       "GaLore/Fira projector: auto (exact up to a 512 smaller side, randomized above), cpu64 (exact), gpu32, randomized",
+    methods: ["galore", "fira", "golore"],
   },
   limiter: {
     type: "string",
     default: "1.01",
     help: "Fira and APOLLO norm-growth limiter γ (0 = off)",
+    methods: ["fira", "apollo", "apollo-mini"],
   },
   "apollo-scale": {
     type: "string",
     default: "1 (apollo-mini: 128)",
     help: "APOLLO scale s: the update is multiplied by √s",
+    methods: ["apollo", "apollo-mini"],
   },
   "apollo-granularity": {
     type: "string",
     default: "channel",
     help: "APOLLO scaling factors per channel or tensor (apollo-mini: always tensor)",
+    methods: ["apollo"],
   },
   "refactor-every": {
     type: "string",
     default: "0",
-    help: "SLTrain: refactorize B,A and reset momentum every k steps (0 = never)",
+    help: "sltrain, lowrank, loro: refactorize B,A and reset momentum every k steps (0 = never)",
+    methods: REFACTORABLE,
+  },
+  "golore-rand-ratio": {
+    type: "string",
+    default: "0",
+    help: "GoLore: fraction of the steps after which projectors are random (0 = from the start)",
+    methods: ["golore"],
+  },
+  "loro-exact-every": {
+    type: "string",
+    default: "5",
+    help: "LoRO: every k-th step is an exact Riemannian step (the rest r/d-scaled Adam)",
+    methods: ["loro"],
+  },
+  "spam-threshold": {
+    type: "string",
+    default: "5000",
+    help: "SPAM: clip gradient entries with g² > θ·v to sign(g)·√(θ·v) (0 = off)",
+    methods: ["spam"],
+  },
+  "spam-warmup": {
+    type: "string",
+    default: "150",
+    help: "SPAM: steps of the cosine ramp of the update after each momentum reset",
+    methods: ["spam"],
+  },
+  "momentum-reset-every": {
+    type: "string",
+    default: "500",
+    help: "SPAM, Stable-SPAM: reset Adam's moments every k steps",
+    methods: ["spam", "stable-spam"],
+  },
+  "stable-spam-gammas": {
+    type: "string",
+    default: "0.85,0.999,0.999",
+    help: "Stable-SPAM: γ1,γ2,γ3 decays of the gradient norm, squared norm and max magnitude",
+    methods: ["stable-spam"],
+  },
+  "stable-spam-total": {
+    type: "string",
+    default: "steps",
+    help: "Stable-SPAM: length T of the cosine schedule of β1 and γ1 (0 = constant)",
+    methods: ["stable-spam"],
+  },
+  "stable-spam-eta": {
+    type: "string",
+    default: "0.5",
+    help: "Stable-SPAM: floor η of that schedule",
+    methods: ["stable-spam"],
   },
   "relora-every": {
     type: "string",
     default: "steps/4",
     help: "ReLoRA: merge adapters every k steps",
+    methods: ["relora"],
   },
   "recovery-steps": {
     type: "string",
     default: "10",
     help: "LR ramp steps after a momentum reset or merge",
+    methods: [...REFACTORABLE, "relora"],
   },
   "eval-every": {
     type: "string",
@@ -191,8 +269,36 @@ export const FLAGS: Record<string, FlagSpec> = {
     help:
       "address the dashboard listens on instead of 127.0.0.1 (0.0.0.0: every interface; anyone who reaches it sees the runs)",
   },
+  fit: {
+    type: "string",
+    help:
+      "plan instead of training: list the configurations with their predicted device peak and step cost against this budget (e.g. 24GB), mark what fits and suggest the fastest",
+  },
+  "max-device-bytes": {
+    type: "string",
+    help: "refuse to start when the predicted device peak is over this (e.g. 16GB)",
+  },
   help: { type: "boolean", help: "show this help" },
 };
+
+/**
+ * Refuses, by name, every flag given in `flags` that applies to none of `methods` (the run's
+ * method, or the methods of a --compare): a flag that would be silently ignored is an error.
+ */
+export function refuseInapplicable(
+  flags: RawFlags,
+  methods: readonly MethodName[],
+  specs: Record<string, FlagSpec> = FLAGS,
+): void {
+  for (const [name, spec] of Object.entries(specs)) {
+    if (flags[name] === undefined || !spec.methods) continue;
+    if (!methods.some((m) => spec.methods!.includes(m))) {
+      throw new FlagError(
+        `--${name}: applies to ${spec.methods.join(", ")} only, not ${methods.join(", ")}`,
+      );
+    }
+  }
+}
 
 /** Renders a --help text: intro lines, one line per flag with its default, then footer lines. */
 export function renderHelp(

@@ -4,6 +4,7 @@
  * that is renamed into place only when complete.
  * @module
  */
+import { exists } from "./exists.ts";
 import type { LlamaModel, LlamaParams } from "../models/llama.ts";
 import {
   checkExportFormat,
@@ -20,10 +21,6 @@ export interface ExportResult {
   readonly files: readonly string[];
   /** Bytes of model.safetensors. */
   readonly weightBytes: number;
-}
-
-async function exists(path: string): Promise<boolean> {
-  return await Deno.lstat(path).then(() => true, () => false);
 }
 
 /**

@@ -8,7 +8,7 @@
  */
 import type { RawFlags } from "./flags.ts";
 import type { MethodName, RunConfig } from "./run_config.ts";
-import { lrSchedule } from "./run_config.ts";
+import { lrSchedule, REFACTORABLE } from "./run_config.ts";
 
 /**
  * The settings a resumed run may change: how long it runs and how it evaluates and reports. Any
@@ -40,20 +40,24 @@ export function derivedFromSteps(flags: RawFlags): Set<string> {
   );
 }
 
-/** The methods a setting affects; settings not listed affect every method. */
+/** The methods that refresh a GaLore-style projector every `galoreGap` steps. */
+const GAP_METHODS: readonly MethodName[] = ["galore", "golore", "fira", "apollo", "apollo-mini"];
+
+/**
+ * The methods a setting affects; a setting not listed is compared for every method. A method
+ * added later that reads one of these settings belongs in its list.
+ */
 const ONLY_FOR: Partial<Record<keyof RunConfig, readonly MethodName[]>> = {
-  rank: ["lowrank", "sltrain", "relora", "galore", "fira", "apollo"],
-  alpha: ["lowrank", "sltrain", "relora"],
   delta: ["sltrain"],
-  refactorEvery: ["sltrain"],
+  refactorEvery: REFACTORABLE,
   reloraEvery: ["relora"],
-  recoverySteps: ["sltrain", "relora"],
-  galoreGap: ["galore", "fira", "apollo", "apollo-mini"],
-  galoreScale: ["galore", "fira"],
+  recoverySteps: [...REFACTORABLE, "relora"],
+  galoreGap: GAP_METHODS,
+  galoreScale: ["galore", "golore", "fira"],
 };
 
 /** Whether `key` changes what a run of `method` computes. */
-function applies(key: string, method: MethodName): boolean {
+export function applies(key: string, method: MethodName): boolean {
   const only = ONLY_FOR[key as keyof RunConfig];
   return only === undefined || only.includes(method);
 }

@@ -19,8 +19,10 @@ import {
   clipByGlobalNorm,
   fira,
   galore,
+  golore,
   type GradientTransformation,
   type Granularity,
+  loro,
   multiSteps,
   partition,
   type ProjectorMethod,
@@ -29,6 +31,8 @@ import {
   scaleByAdam,
   scaleByAdam8bit,
   scaleByLearningRate,
+  scaleBySpam,
+  scaleByStableSpam,
   warmupCosine,
 } from "../optim/mod.ts";
 import type { TensorTree } from "../core/tree.ts";
@@ -43,6 +47,10 @@ export const METHODS = [
   "fira",
   "apollo",
   "apollo-mini",
+  "golore",
+  "loro",
+  "spam",
+  "stable-spam",
 ] as const;
 
 /** A training method: how block linears are parameterized and optimized. */
@@ -117,8 +125,22 @@ export interface RunConfig {
   apolloScale?: number;
   /** APOLLO scaling granularity; set only for apollo and apollo-mini (always "tensor"). */
   apolloGranularity?: Granularity;
-  /** SLTrain: refactorize B, A and reset momentum every k steps (0 = never). */
+  /** SLTrain, low-rank, LoRO: refactorize B, A and reset momentum every k steps (0 = never). */
   refactorEvery: number;
+  /** GoLore: first update whose projector refresh is random (see `golore`); set only for golore. */
+  goloreRandomFrom?: number;
+  /** LoRO: every k-th update is an exact Riemannian step; set only for loro. */
+  loroExactEvery?: number;
+  /** SPAM: spike threshold θ (0 = no clipping); set only for spam. */
+  spamThreshold?: number;
+  /** SPAM: steps of the update's cosine ramp after a momentum reset; set only for spam. */
+  spamWarmup?: number;
+  /** SPAM, Stable-SPAM: steps between momentum resets; set only for those. */
+  momentumResetEvery?: number;
+  /** Stable-SPAM: γ1, γ2, γ3 (norm, squared norm and max-magnitude decays); set only for it. */
+  stableSpamGammas?: [number, number, number];
+  /** Stable-SPAM: length T of the β1 cosine schedule (0 = constant) and its floor η. */
+  stableSpamSchedule?: { totalT: number; etaMin: number };
   /** ReLoRA: merge the adapters every k steps. */
   reloraEvery: number;
   /** Steps of the LR ramp after a momentum reset or ReLoRA merge. */
@@ -149,8 +171,12 @@ export function linearMethod(run: RunConfig): LinearMethod {
     case "fira":
     case "apollo":
     case "apollo-mini":
+    case "golore":
+    case "spam":
+    case "stable-spam":
       return { kind: "dense" };
     case "lowrank":
+    case "loro":
       return { kind: "lowrank", rank: run.rank, alpha: run.alpha };
     case "sltrain":
       return {
@@ -172,7 +198,10 @@ export function optimizerSpec(run: RunConfig): OptimizerSpec {
   const states = run.optimizer === "adamw8bit" ? "8bit" : "f32";
   switch (run.method) {
     case "galore":
+    case "golore":
       return { kind: "galore", rank: run.rank, states };
+    case "stable-spam":
+      return { kind: "adam", states, scalarsPerTensor: 3 };
     case "fira":
       return { kind: "fira", rank: run.rank, limiter, states };
     case "apollo":
@@ -183,11 +212,17 @@ export function optimizerSpec(run: RunConfig): OptimizerSpec {
   }
 }
 
-const PROJECTED: ReadonlySet<MethodName> = new Set(["galore", "fira", "apollo", "apollo-mini"]);
+const PROJECTED: ReadonlySet<MethodName> = new Set([
+  "galore",
+  "fira",
+  "apollo",
+  "apollo-mini",
+  "golore",
+]);
 
 /**
  * True for the methods that train dense block weights through a projected optimizer (GaLore,
- * Fira, APOLLO, APOLLO-Mini); their reference scripts use a peak learning rate of 1e-2.
+ * Fira, APOLLO, APOLLO-Mini, GoLore); their reference scripts use a peak learning rate of 1e-2.
  */
 export function isProjected(method: MethodName): boolean {
   return PROJECTED.has(method);
@@ -214,6 +249,14 @@ export function blockTransform(
   switch (run.method) {
     case "galore":
       return galore(inner, { ...shared, ...projected });
+    case "golore":
+      return golore(inner, {
+        ...shared,
+        scale: run.galoreScale,
+        projector: run.galoreProjector,
+        onRefresh,
+        randomFrom: run.goloreRandomFrom,
+      });
     case "fira":
       return fira(inner, { ...shared, ...projected, limiter: run.limiter });
     case "apollo":
@@ -231,9 +274,15 @@ export function blockTransform(
   }
 }
 
-/** Steps at which momentum is reset (SLTrain refactorization) or adapters merge (ReLoRA); 0 = never. */
+/** The methods whose factors refactorization re-balances (`--refactor-every`). */
+export const REFACTORABLE: readonly MethodName[] = ["sltrain", "lowrank", "loro"];
+
+/**
+ * Steps at which momentum is reset (refactorization of SLTrain, low-rank and LoRO factors) or
+ * adapters merge (ReLoRA); 0 = never.
+ */
 export function cycleLength(run: RunConfig): number {
-  if (run.method === "sltrain") return run.refactorEvery;
+  if (REFACTORABLE.includes(run.method)) return run.refactorEvery;
   if (run.method === "relora") return run.reloraEvery;
   return 0;
 }
@@ -258,6 +307,31 @@ export function lrSchedule(run: RunConfig): (step: number) => number {
  */
 export function isGaloreTarget(run: RunConfig, entry: ParamEntry): boolean {
   return isProjected(run.method) && entry.role === "block" && entry.factor === "w";
+}
+
+/**
+ * The direction of SPAM or Stable-SPAM, which replace Adam on every parameter (as the benchmark
+ * runs them); null for the other methods.
+ */
+function wholeModelTransform(run: RunConfig): GradientTransformation | null {
+  if (run.method === "spam") {
+    return scaleBySpam({
+      threshold: run.spamThreshold,
+      resetGap: run.momentumResetEvery,
+      warmup: run.spamWarmup,
+    });
+  }
+  if (run.method === "stable-spam") {
+    const [gamma1, gamma2, gamma3] = run.stableSpamGammas ?? [0.85, 0.999, 0.999];
+    return scaleByStableSpam({
+      gamma1,
+      gamma2,
+      gamma3,
+      resetGap: run.momentumResetEvery,
+      ...run.stableSpamSchedule,
+    });
+  }
+  return null;
 }
 
 /** What a run's optimizer reports as it goes, for the log (see {@link buildOptimizer}). */
@@ -304,11 +378,12 @@ function observed(
 /**
  * The optimizer of a run: fused AdamW (f32 or 8-bit moments, as `run.optimizer` says), with
  * {@link blockTransform} around the same Adam on the block weights for the projected methods
- * (GaLore, Fira, APOLLO, APOLLO-Mini), behind
+ * (GaLore, Fira, APOLLO, APOLLO-Mini, GoLore), LoRO on the block factors for `loro`, SPAM or
+ * Stable-SPAM instead of Adam on every tensor for those, behind
  * global-norm clipping when `clip > 0`, accumulating `gradAccum` micro-batches. Every schedule
  * clock and moment lives in its state, so a momentum reset is a fresh optimizer: `from` is the
  * step at which this one starts, so that its learning rate continues the run's schedule. Per-layer
- * runs wrap it in `perParameter`, which cannot clip by a global norm (refused here). `hooks`
+ * runs wrap it in `perLayer`, which cannot clip by a global norm (refused here). `hooks`
  * observe it without changing its state.
  */
 export function buildOptimizer(
@@ -326,6 +401,22 @@ export function buildOptimizer(
   const schedule = lrSchedule(run);
   const lr = (count: number) => schedule(from + count);
   let opt: GradientTransformation = family.fused({ lr, weightDecay: run.weightDecay });
+  const whole = wholeModelTransform(run);
+  if (whole) {
+    opt = chain(whole, addDecayedWeights(run.weightDecay), scaleByLearningRate(lr));
+  }
+  if (run.method === "loro") {
+    // LoRO takes each linear's B and A together; the other tensors get the run's AdamW.
+    const factors = new Set(
+      paramPaths(params).filter((e) => e.role === "block" && (e.factor === "A" || e.factor === "B"))
+        .map((e) => e.path),
+    );
+    const block = chain(
+      addDecayedWeights(run.weightDecay),
+      loro(family.direction(), { lr, exactEvery: run.loroExactEvery }),
+    );
+    opt = partition((path) => (factors.has(path) ? "loro" : "adam"), { loro: block, adam: opt });
+  }
   const block = blockTransform(run, family.direction(), hooks.onRefresh);
   if (block) {
     const targets = new Set(

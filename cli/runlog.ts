@@ -9,6 +9,9 @@
 
 import { beforeWrite } from "./faults.ts";
 
+/** The log's file name in a run folder. */
+export const LOG_FILE = "log.jsonl";
+
 /** One record of the log: a `kind` (train, eval, refactor, merge, resume, nonfinite) and a step. */
 export interface LogRecord {
   /** What happened. */

@@ -39,8 +39,8 @@ import {
   addSumOfSquares,
   applyUpdates,
   type GradientTransformation,
-  type PerParameter,
-  perParameter,
+  type PerLayer,
+  perLayer,
   type ProjectorRefresh,
 } from "../optim/mod.ts";
 import { CHECKPOINT_FILE, loadCheckpoint, removeStaleTemps, saveCheckpoint } from "./checkpoint.ts";
@@ -52,9 +52,10 @@ import {
   nonFiniteStop,
 } from "./guard.ts";
 import type { Progress } from "./progress.ts";
+import { exists } from "./exists.ts";
 import { describeExtension, reconcileResume } from "./resume.ts";
 import { enterPhase } from "./faults.ts";
-import { type LogRecord, readLog, RunLog } from "./runlog.ts";
+import { LOG_FILE, type LogRecord, readLog, RunLog } from "./runlog.ts";
 import {
   buildOptimizer,
   cycleLength,
@@ -107,8 +108,15 @@ export interface RunResult {
   estimatedBytes: number;
   /** Measured live bytes of parameters, buffers and optimizer state after the last step. */
   measuredBytes: number;
-  /** Peak live device bytes during a step. */
+  /** Peak live device bytes during a step (what tensors request). */
   peakBytes: number;
+  /**
+   * Peak device bytes allocated during a step: tensor buffers at their size class, the pool,
+   * textures, staging, uniforms (what the device holds; at least `peakBytes`).
+   */
+  allocatedPeak: number;
+  /** Device bytes allocated after the last step (see `allocatedPeak`). */
+  allocatedBytes: number;
   /** Measured bytes of the optimizer state alone (moments, projectors, limiter norms). */
   stateBytes: number;
   /** The estimate of the same (`optimizerStates + projector` of the memory estimate). */
@@ -182,7 +190,7 @@ interface Training {
   /** This cycle's optimizer (a fresh one after each momentum reset). */
   opt: GradientTransformation;
   /** The same optimizer, when the run updates each weight during backward. */
-  layerwise: PerParameter<unknown> | null;
+  perLayerOpt: PerLayer<unknown> | null;
   optState: unknown;
   /** Completed optimizer steps. */
   step: number;
@@ -263,12 +271,12 @@ function optimizerAt(
   params: LlamaParams,
   step: number,
   watch: StepWatch,
-): Pick<Training, "opt" | "layerwise"> {
+): Pick<Training, "opt" | "perLayerOpt"> {
   const cycle = cycleLength(run);
   const from = cycle > 0 ? Math.floor(step / cycle) * cycle : 0;
   const opt = buildOptimizer(run, params, from, watch.hooks);
-  const layerwise = run.perLayer ? perParameter(opt) : null;
-  return { opt: layerwise ?? opt, layerwise };
+  const perLayerOpt = run.perLayer ? perLayer(opt) : null;
+  return { opt: perLayerOpt ?? opt, perLayerOpt };
 }
 
 /** A fresh model, or the checkpoint's when resuming (refused if it comes from another config). */
@@ -344,10 +352,6 @@ async function startRun(
   };
 }
 
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
-}
-
 /** Trains one run to `run.steps` (or until stopped) and reports. */
 export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promise<RunResult> {
   const ckptPath = io.out ? `${io.out}/${CHECKPOINT_FILE}` : null;
@@ -358,7 +362,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
     if (io.out) {
       // Cut back to what the starting point covers (all of it for a fresh start); a checkpoint
       // write that was killed leaves a temporary file, never a complete checkpoint.
-      const opened = await RunLog.open(`${io.out}/log.jsonl`, t.resumed ? t.step : null);
+      const opened = await RunLog.open(`${io.out}/${LOG_FILE}`, t.resumed ? t.step : null);
       log = opened.log;
       if (ckptPath) await removeStaleTemps(ckptPath);
       if (io.resume) {
@@ -371,7 +375,7 @@ export async function trainRun(run: RunConfig, data: RunData, io: RunIO): Promis
           io.log(ext);
         }
       }
-      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/log.jsonl`, t.run, t.step);
+      if (t.resumed) trainTokens = await tokensSoFar(`${io.out}/${LOG_FILE}`, t.run, t.step);
     }
     // A run that ended on a cycle boundary skipped that reset or merge (it was its last step);
     // extended, it does it now, as a run of the new length would have.
@@ -448,9 +452,11 @@ interface PendingStep {
   sumSq: Tensor;
   /** Training tokens up to and including this step. */
   trainTokens: number;
-  /** Live device bytes after the step, and the peak during it. */
+  /** Live device bytes after the step, and the peak during it: requested, then allocated. */
   liveBytes: number;
   peakBytes: number;
+  allocatedBytes: number;
+  allocatedPeak: number;
   events: LogRecord[];
 }
 
@@ -467,6 +473,7 @@ class RunLoop {
   /** Training tokens since the run began (across resumes). */
   #trainTokens: number;
   #peak = 0;
+  #allocatedPeak = 0;
   #t0 = performance.now();
   /**
    * Start of the steps the next read covers (performance.now() ms), and their tokens: training
@@ -521,6 +528,7 @@ class RunLoop {
         }
         const mem = memoryStats();
         this.#peak = Math.max(this.#peak, mem.peakBytes);
+        this.#allocatedPeak = Math.max(this.#allocatedPeak, mem.allocatedPeak);
         this.#pending.push({
           step: t.step,
           loss: r.loss,
@@ -529,6 +537,8 @@ class RunLoop {
           trainTokens: this.#trainTokens,
           liveBytes: mem.liveBytes,
           peakBytes: mem.peakBytes,
+          allocatedBytes: mem.allocatedBytes,
+          allocatedPeak: mem.allocatedPeak,
           events,
         });
         const last = t.step === run.steps;
@@ -613,6 +623,8 @@ class RunLoop {
           ...perStep,
           liveBytes: p.liveBytes,
           peakBytes: p.peakBytes,
+          allocatedBytes: p.allocatedBytes,
+          allocatedPeak: p.allocatedPeak,
         });
         for (const e of p.events) this.record(e);
         continue;
@@ -727,6 +739,8 @@ class RunLoop {
       estimatedBytes: est.total,
       measuredBytes: tree.bytes({ params: t.params, buffers: t.buffers, optState: t.optState }),
       peakBytes: this.#peak,
+      allocatedPeak: this.#allocatedPeak,
+      allocatedBytes: memoryStats().allocatedBytes,
       stateBytes: tree.bytes(t.optState),
       estimatedStateBytes: est.optimizerStates + est.projector,
       tokensPerSec: this.#tokens / Math.max(1e-9, seconds),
@@ -754,8 +768,8 @@ async function trainStep(t: Training, flags: Tensor): Promise<{ loss: Tensor; to
     };
     try {
       losses.push(
-        t.layerwise
-          ? await layerwiseMicroStep(t, t.layerwise, batch, flags)
+        t.perLayerOpt
+          ? await perLayerMicroStep(t, t.perLayerOpt, batch, flags)
           : await microStep(t, batch, flags),
       );
     } finally {
@@ -797,9 +811,9 @@ async function microStep(t: Training, batch: Batch, flags: Tensor): Promise<Tens
  * updates rows in place (Adam) the LM head's and embedding's gradients never exist whole either.
  * (So the non-finite flags are set, but the update cannot wait for them: per-layer runs only stop.)
  */
-async function layerwiseMicroStep(
+async function perLayerMicroStep(
   t: Training,
-  layerwise: PerParameter<unknown>,
+  perLayerOpt: PerLayer<unknown>,
   batch: Batch,
   flags: Tensor,
 ): Promise<Tensor> {
@@ -810,24 +824,10 @@ async function layerwiseMicroStep(
     tape.watch(...leaves);
     const value = tape.run(() => loss(model, t.params, batch, { recompute: t.run.recompute }));
     t.guard.checkLoss(flags, value);
-    const update = layerwise.start(t.params, t.optState as unknown[]);
-    tape.backward(value, leaves, {
-      onGrad: (g, i) => {
-        t.guard.checkGrad(flags, g, i);
-        update.onGrad(g, i);
-      },
-      onGradRows: (i) => {
-        const rows = update.onGradRows(i);
-        return rows && {
-          multiple: rows.multiple,
-          take: (g, r0) => {
-            t.guard.checkGrad(flags, g, i);
-            rows.take(g, r0);
-          },
-          end: () => rows.end(),
-        };
-      },
+    const update = perLayerOpt.start(t.params, t.optState as unknown[], {
+      observe: (g, i) => t.guard.checkGrad(flags, g, i),
     });
+    tape.backward(value, leaves, update);
     ({ params: t.params, state: t.optState } = await update.finish());
     return value;
   } finally {

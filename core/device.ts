@@ -174,11 +174,6 @@ export function deviceInfo(): DeviceInfo {
   return current().info;
 }
 
-/** True once {@link init} has completed. */
-export function isInitialized(): boolean {
-  return state !== null;
-}
-
 function current(): DeviceState {
   if (!state) {
     throw new DeviceError(

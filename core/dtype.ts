@@ -34,7 +34,7 @@ export function storageBytes(dtype: DType, size: number): number {
 
 /** A new zero-filled typed array of the dtype's kind. */
 export function allocTyped(dtype: DType, length: number): TensorData {
-  if (dtype === "f32" || dtype === "bf16") return new Float32Array(length);
+  if (isFloat(dtype)) return new Float32Array(length);
   if (dtype === "i32") return new Int32Array(length);
   if (dtype === "u8") return new Uint8Array(length);
   return new Uint32Array(length);
@@ -49,7 +49,7 @@ export function dtypeOf(data: TensorData): DType {
 }
 
 /** True for the dtypes that hold real numbers (what a differentiable op or an optimizer reads). */
-export function isFloat(dtype: DType): boolean {
+export function isFloat(dtype: DType): dtype is "f32" | "bf16" {
   return dtype === "f32" || dtype === "bf16";
 }
 

@@ -17,6 +17,7 @@ import {
 import { DeviceError } from "./errors.ts";
 import { DeviceLimitError } from "./errors.ts";
 import type { Storage } from "./memory.ts";
+import { type AllocationKind, destroyNoted, noteAllocated } from "./allocations.ts";
 
 /**
  * A storage bound to a kernel, with a description (`tensor [2, 3] f32`) for limit errors. A window
@@ -58,26 +59,61 @@ export interface KernelCall {
   workgroups: readonly [number, number?, number?];
 }
 
-const pipelines = new Map<string, GPUComputePipeline>();
-const uniformCache = new Map<string, GPUBuffer>();
-let uniformCacheLimit = 2048;
-let uniformsCreated = 0;
+/** Everything the dispatcher keeps between calls, in one place. */
+interface Dispatcher {
+  /** Pipelines by WGSL source. */
+  readonly pipelines: Map<string, GPUComputePipeline>;
+  /** Uniform buffers by content, least recently used first. */
+  readonly uniforms: Map<string, GPUBuffer>;
+  uniformLimit: number;
+  uniformsCreated: number;
+  /** Bind groups by pipeline and bound resources, least recently used first. */
+  readonly bindGroups: Map<string, GPUBindGroup>;
+  bindGroupsCreated: number;
+  /** The command encoder and compute pass being recorded into, if any. */
+  encoder: GPUCommandEncoder | null;
+  pass: GPUComputePassEncoder | null;
+  /** Op names, dispatches and staged upload bytes of the batch being recorded. */
+  batchOps: Set<string>;
+  batchDispatches: number;
+  stagedBytes: number;
+  /** Buffers and textures to destroy once the batch is submitted. */
+  toDestroy: (GPUBuffer | GPUTexture)[];
+  totalDispatches: number;
+  totalSubmits: number;
+  /** The {@link gated} region being recorded, if any. */
+  gate: Gate | null;
+  /** The profiler while {@link startProfile} is on. */
+  profiler: Profiler | null;
+}
 
-let encoder: GPUCommandEncoder | null = null;
-let pass: GPUComputePassEncoder | null = null;
-let batchOps = new Set<string>();
-let batchDispatches = 0;
-let toDestroy: (GPUBuffer | GPUTexture)[] = [];
-let stagedBytes = 0;
-let totalDispatches = 0;
-let totalSubmits = 0;
+const d: Dispatcher = {
+  pipelines: new Map(),
+  uniforms: new Map(),
+  uniformLimit: 2048,
+  uniformsCreated: 0,
+  bindGroups: new Map(),
+  bindGroupsCreated: 0,
+  encoder: null,
+  pass: null,
+  batchOps: new Set(),
+  batchDispatches: 0,
+  stagedBytes: 0,
+  toDestroy: [],
+  totalDispatches: 0,
+  totalSubmits: 0,
+  gate: null,
+  profiler: null,
+};
 
 const AUTO_FLUSH_DISPATCHES = 4096;
-const AUTO_FLUSH_STAGED_BYTES = 256 * 1024 * 1024;
+// One transfer chunk: uploads (a checkpoint's, a model's init) hold at most this much staging.
+const AUTO_FLUSH_STAGED_BYTES = 64 * 1024 * 1024;
+const BIND_GROUP_CACHE = 4096;
 
 /** Counters of the dispatcher: total dispatches, submits and cached pipelines. */
 export function dispatchStats(): { dispatches: number; submits: number; pipelines: number } {
-  return { dispatches: totalDispatches, submits: totalSubmits, pipelines: pipelines.size };
+  return { dispatches: d.totalDispatches, submits: d.totalSubmits, pipelines: d.pipelines.size };
 }
 
 const caches = new Map<string, () => number>();
@@ -91,14 +127,16 @@ export function registerCache(name: string, size: () => number): void {
 }
 
 /**
- * Entries of every cache of GPU objects: pipelines, uniform buffers (and `uniformsCreated`, how
- * many were ever made), and the registered ones.
+ * Entries of every cache of GPU objects: pipelines, uniform buffers and bind groups (and
+ * `uniformsCreated`, `bindGroupsCreated`, how many were ever made), and the registered ones.
  */
 export function cacheStats(): Record<string, number> {
   const out: Record<string, number> = {
-    pipelines: pipelines.size,
-    uniforms: uniformCache.size,
-    uniformsCreated,
+    pipelines: d.pipelines.size,
+    uniforms: d.uniforms.size,
+    uniformsCreated: d.uniformsCreated,
+    bindGroups: d.bindGroups.size,
+    bindGroupsCreated: d.bindGroupsCreated,
   };
   for (const [name, size] of caches) out[name] = size();
   return out;
@@ -111,11 +149,11 @@ function describe(call: KernelCall): string {
   return `${call.name}(${list(call.inputs)} → ${list(call.outputs)}; ${x}x${y}x${z} workgroups)`;
 }
 
-function pipelineFor(name: string, code: string, what = name): GPUComputePipeline {
-  let p = pipelines.get(code);
+function pipelineFor(name: string, code: string, what = () => name): GPUComputePipeline {
+  let p = d.pipelines.get(code);
   if (!p) {
     const device = gpuDevice();
-    captureErrors(`building the pipeline of ${what}`, () => {
+    captureErrors(`building the pipeline of ${what()}`, () => {
       const module = device.createShaderModule({ code, label: name });
       p = device.createComputePipeline({
         layout: "auto",
@@ -123,7 +161,7 @@ function pipelineFor(name: string, code: string, what = name): GPUComputePipelin
         label: name,
       });
     });
-    pipelines.set(code, p!);
+    d.pipelines.set(code, p!);
   }
   return p!;
 }
@@ -133,20 +171,20 @@ function pipelineFor(name: string, code: string, what = name): GPUComputePipelin
 function uniformBuffer(data: ArrayBufferView): GPUBuffer {
   const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const key = Array.from(new Uint32Array(bytes.slice().buffer, 0, bytes.byteLength >> 2)).join(",");
-  let buf = uniformCache.get(key);
+  let buf = d.uniforms.get(key);
   if (buf) {
-    uniformCache.delete(key);
+    d.uniforms.delete(key);
   } else {
-    for (const [k, old] of uniformCache) {
-      if (uniformCache.size < uniformCacheLimit) break;
-      uniformCache.delete(k);
+    for (const [k, old] of d.uniforms) {
+      if (d.uniforms.size < d.uniformLimit) break;
+      d.uniforms.delete(k);
       destroyAfterSubmit(old);
     }
     const size = Math.max(16, Math.ceil(bytes.byteLength / 16) * 16);
-    buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms");
-    uniformsCreated++;
+    buf = filledBuffer(GPUBufferUsage.UNIFORM, bytes, size, "a kernel's uniforms", "uniforms");
+    d.uniformsCreated++;
   }
-  uniformCache.set(key, buf);
+  d.uniforms.set(key, buf);
   return buf;
 }
 
@@ -155,8 +193,8 @@ function uniformBuffer(data: ArrayBufferView): GPUBuffer {
  * returns the previous limit. Meant for tests.
  */
 export function setUniformCacheLimit(n: number): number {
-  const prev = uniformCacheLimit;
-  uniformCacheLimit = Math.max(1, n);
+  const prev = d.uniformLimit;
+  d.uniformLimit = Math.max(1, n);
   return prev;
 }
 
@@ -215,30 +253,72 @@ function mappedRange(buf: GPUBuffer, what: string): ArrayBuffer {
   }
 }
 
-/** A new buffer of `size` bytes (>= data) holding `data`, written at creation. */
+/** A new buffer of `size` bytes (>= data) holding `data`, written at creation; on the ledger. */
 function filledBuffer(
   usage: GPUBufferUsageFlags,
   data: Uint8Array,
   size: number,
   what: string,
+  kind: AllocationKind,
 ): GPUBuffer {
   let buf: GPUBuffer;
   captureErrors(`${what} (${size} bytes)`, () => {
     buf = gpuDevice().createBuffer({ size, usage, mappedAtCreation: true });
   });
+  noteAllocated(buf!, kind, size);
   new Uint8Array(mappedRange(buf!, what), 0, data.byteLength).set(data);
   buf!.unmap();
   return buf!;
 }
 
 function currentEncoder(): GPUCommandEncoder {
-  encoder ??= gpuDevice().createCommandEncoder();
-  return encoder;
+  d.encoder ??= gpuDevice().createCommandEncoder();
+  return d.encoder;
 }
 
 function endPass(): void {
-  pass?.end();
-  pass = null;
+  d.pass?.end();
+  d.pass = null;
+}
+
+// Small numbers naming GPU objects in cache keys (a buffer keeps its number while the pool
+// recycles it, so a step that recurs finds its bind groups again).
+const ids = new WeakMap<object, number>();
+let nextId = 1;
+function idOf(o: object): number {
+  let id = ids.get(o);
+  if (id === undefined) ids.set(o, id = nextId++);
+  return id;
+}
+
+// Bind groups by pipeline and resources, least recently used first: creating one is most of what
+// recording a dispatch costs, and a training step binds the same buffers step after step.
+function bindGroupFor(
+  pipeline: GPUComputePipeline,
+  entries: GPUBindGroupEntry[],
+  what: () => string,
+): GPUBindGroup {
+  let key = String(idOf(pipeline));
+  for (const { resource: r } of entries) {
+    key += "buffer" in r ? `|${idOf(r.buffer)}:${r.offset}:${r.size}` : `|${idOf(r)}`;
+  }
+  let group = d.bindGroups.get(key);
+  if (group) d.bindGroups.delete(key);
+  else {
+    for (const k of d.bindGroups.keys()) {
+      if (d.bindGroups.size < BIND_GROUP_CACHE) break;
+      d.bindGroups.delete(k);
+    }
+    // Labelled, so that wgpu's messages about the bind group name the op and its shapes.
+    group = gpuDevice().createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries,
+      label: what(),
+    });
+    d.bindGroupsCreated++;
+  }
+  d.bindGroups.set(key, group);
+  return group;
 }
 
 /** Records one dispatch into the pending command encoder. Throws on limit violations before recording. */
@@ -263,35 +343,33 @@ export function dispatch(call: KernelCall): void {
   }
   for (const view of call.textures ?? []) entries.push({ binding: entries.length, resource: view });
   if (x * y * z === 0) return;
-  const what = describe(call);
+  const what = () => describe(call);
   const pipeline = pipelineFor(call.name, call.code, what);
-  // Labelled, so that wgpu's messages about the bind group name the op and its shapes.
-  const bindGroup = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries,
-    label: what,
-  });
-  if (gate && gate.triples.length >= 3 * GATE_SEGMENT) flush();
-  if (profiler) {
+  const bindGroup = bindGroupFor(pipeline, entries, what);
+  if (d.gate && d.gate.triples.length >= 3 * GATE_SEGMENT) flush();
+  if (d.profiler) {
     // One pass per dispatch, so the pass timestamps bracket exactly this kernel.
     endPass();
-    pass = currentEncoder().beginComputePass({ timestampWrites: profiler.slot(call.name) });
+    d.pass = currentEncoder().beginComputePass({ timestampWrites: d.profiler.slot(call.name) });
   }
-  pass ??= currentEncoder().beginComputePass();
-  pass.setPipeline(pipeline);
-  pass.setBindGroup(0, bindGroup);
-  if (gate) {
-    gate.args ??= device.createBuffer({
-      size: 12 * GATE_SEGMENT,
-      usage: GPUBufferUsage.INDIRECT | GPUBufferUsage.STORAGE,
-    });
-    pass.dispatchWorkgroupsIndirect(gate.args, 4 * gate.triples.length);
-    gate.triples.push(x, y, z);
-  } else pass.dispatchWorkgroups(x, y, z);
-  if (profiler) endPass();
-  batchOps.add(call.name);
-  totalDispatches++;
-  if (++batchDispatches >= AUTO_FLUSH_DISPATCHES) flush();
+  d.pass ??= currentEncoder().beginComputePass();
+  d.pass.setPipeline(pipeline);
+  d.pass.setBindGroup(0, bindGroup);
+  if (d.gate) {
+    if (!d.gate.args) {
+      d.gate.args = device.createBuffer({
+        size: 12 * GATE_SEGMENT,
+        usage: GPUBufferUsage.INDIRECT | GPUBufferUsage.STORAGE,
+      });
+      noteAllocated(d.gate.args, "other", 12 * GATE_SEGMENT);
+    }
+    d.pass.dispatchWorkgroupsIndirect(d.gate.args, 4 * d.gate.triples.length);
+    d.gate.triples.push(x, y, z);
+  } else d.pass.dispatchWorkgroups(x, y, z);
+  if (d.profiler) endPass();
+  d.batchOps.add(call.name);
+  d.totalDispatches++;
+  if (++d.batchDispatches >= AUTO_FLUSH_DISPATCHES) flush();
 }
 
 /** Records a buffer-to-buffer copy (ordered with the dispatches around it). */
@@ -334,8 +412,8 @@ export function encodeCopyToTexture(
  * earlier would invalidate recorded commands that still use it).
  */
 export function destroyAfterSubmit(resource: GPUBuffer | GPUTexture): void {
-  if (encoder) toDestroy.push(resource);
-  else resource.destroy();
+  if (d.encoder) d.toDestroy.push(resource);
+  else destroyNoted(resource);
 }
 
 /** Records zero-filling of a storage (ordered with the dispatches around it). */
@@ -373,33 +451,34 @@ export function encodeUpload(s: Storage, data: ArrayBufferView, dstOffset = 0): 
       src.subarray(off, off + n),
       padded,
       `upload of ${bytes} bytes`,
+      "staging",
     );
     encodeCopy(staging, s.buffer, padded, dstOffset + off);
-    toDestroy.push(staging);
-    stagedBytes += n;
-    if (stagedBytes >= AUTO_FLUSH_STAGED_BYTES) flush();
+    d.toDestroy.push(staging);
+    d.stagedBytes += n;
+    if (d.stagedBytes >= AUTO_FLUSH_STAGED_BYTES) flush();
   }
 }
 
 /** Submits everything recorded so far. Cheap when nothing is pending; never waits for the GPU. */
 export function flush(): void {
-  if (!encoder) return;
+  if (!d.encoder) return;
   endPass();
-  const enc = encoder;
-  const ops = [...batchOps].join(", ");
-  encoder = null;
-  batchOps = new Set();
-  batchDispatches = 0;
-  stagedBytes = 0;
-  profiler?.resolve(enc);
-  const armed = gate ? armGate(gate) : [];
+  const enc = d.encoder;
+  const ops = [...d.batchOps].join(", ");
+  d.encoder = null;
+  d.batchOps = new Set();
+  d.batchDispatches = 0;
+  d.stagedBytes = 0;
+  d.profiler?.resolve(enc);
+  const armed = d.gate ? armGate(d.gate) : [];
   const what = `the batch of [${ops}]`;
   captureErrors(what, () => gpuDevice().queue.submit([...armed, enc.finish()]));
   noteWork(what);
-  profiler?.collect();
-  totalSubmits++;
-  for (const b of toDestroy) b.destroy();
-  toDestroy = [];
+  d.profiler?.collect();
+  d.totalSubmits++;
+  for (const b of d.toDestroy) destroyNoted(b);
+  d.toDestroy = [];
 }
 
 // Gated dispatches read their workgroup counts from `args`, which a small kernel fills, right
@@ -413,7 +492,6 @@ interface Gate {
   triples: number[];
 }
 
-let gate: Gate | null = null;
 // Dispatches per segment: one args buffer of 12 KiB; a longer region is armed in several.
 const GATE_SEGMENT = 1024;
 
@@ -439,6 +517,7 @@ function armGate(g: Gate): GPUCommandBuffer[] {
     new Uint8Array(new Uint32Array(g.triples).buffer),
     4 * g.triples.length,
     "gate arguments",
+    "other",
   );
   const pipeline = pipelineFor("gate", ARM_CODE);
   const enc = device.createCommandEncoder();
@@ -461,7 +540,7 @@ function armGate(g: Gate): GPUCommandBuffer[] {
   );
   p.dispatchWorkgroups(1);
   p.end();
-  toDestroy.push(triples, g.args);
+  d.toDestroy.push(triples, g.args);
   g.args = null;
   g.triples = [];
   return [enc.finish()];
@@ -481,14 +560,14 @@ export async function gated<T>(
   words: number,
   fn: () => T | Promise<T>,
 ): Promise<T> {
-  if (gate) throw new DeviceError("gated: regions do not nest");
+  if (d.gate) throw new DeviceError("gated: regions do not nest");
   flush();
-  gate = { flags, words, args: null, triples: [] };
+  d.gate = { flags, words, args: null, triples: [] };
   try {
     return await fn();
   } finally {
     flush();
-    gate = null;
+    d.gate = null;
   }
 }
 
@@ -533,13 +612,14 @@ export async function readRanges(
       });
     });
     const buf = staging!;
+    noteAllocated(buf, "staging", Math.max(4, used));
     try {
       for (const p of pieces) {
         const words = Math.ceil(p.bytes / 4) * 4;
         encodeCopy(ranges[p.index].storage.buffer, buf, words, p.at, p.src);
       }
       // Named in the batch, so a failed copy's error says which readback it was.
-      batchOps.add(what);
+      d.batchOps.add(what);
       flush();
       try {
         await buf.mapAsync(GPUMapMode.READ);
@@ -554,7 +634,7 @@ export async function readRanges(
       const mapped = new Uint8Array(mappedRange(buf, what));
       for (const p of pieces) await onPiece(p.index, mapped.subarray(p.at, p.at + p.bytes), p.into);
     } finally {
-      buf.destroy();
+      destroyNoted(buf);
     }
     pieces = [];
     used = 0;
@@ -646,6 +726,9 @@ class Profiler {
       size: 16 * PROFILE_SLOTS,
       usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
     });
+    // A timestamp is 8 bytes on the device.
+    noteAllocated(this.querySet, "queries", 16 * PROFILE_SLOTS);
+    noteAllocated(this.resolveBuf, "queries", 16 * PROFILE_SLOTS);
   }
 
   slot(name: string): GPUComputePassTimestampWrites {
@@ -667,6 +750,7 @@ class Profiler {
       size: 16 * n,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
+    noteAllocated(this.#readback, "queries", 16 * n);
     enc.copyBufferToBuffer(this.resolveBuf, 0, this.#readback, 0, 16 * n);
   }
 
@@ -685,18 +769,16 @@ class Profiler {
           e.ms += Number(t[2 * i + 1] - t[2 * i]) / 1e6;
           this.totals.set(name, e);
         });
-        buf.destroy();
+        destroyNoted(buf);
       }),
     );
   }
 
   destroy(): void {
-    this.querySet.destroy();
-    this.resolveBuf.destroy();
+    destroyNoted(this.querySet);
+    destroyNoted(this.resolveBuf);
   }
 }
-
-let profiler: Profiler | null = null;
 
 /**
  * Times every dispatch on the GPU (timestamp queries) until {@link stopProfile}. Each dispatch then
@@ -709,15 +791,15 @@ export function startProfile(): void {
     );
   }
   flush();
-  profiler ??= new Profiler();
+  d.profiler ??= new Profiler();
 }
 
 /** Stops profiling and returns GPU time per op name, largest first. */
 export async function stopProfile(): Promise<ProfileEntry[]> {
-  const p = profiler;
+  const p = d.profiler;
   if (!p) return [];
   flush();
-  profiler = null;
+  d.profiler = null;
   await Promise.all(p.pending);
   p.destroy();
   return [...p.totals.values()].sort((a, b) => b.ms - a.ms);

@@ -3,6 +3,7 @@
  * ops call {@link recordOp} and the tape keeps what their VJPs need until backward has used it.
  * @module
  */
+import { isFloat } from "./dtype.ts";
 import { DTypeError, GradientError } from "./errors.ts";
 import { defineKernel } from "./define_kernel.ts";
 import { fmtShape, shapesEqual } from "./shape.ts";
@@ -24,8 +25,11 @@ import type { TensorTree } from "./tree.ts";
 
 export type { TensorTree };
 
-/** A VJP: given the gradient of the op's output, the gradients of its inputs (null = none). */
-export type Vjp = (g: Tensor) => readonly (Tensor | null | undefined)[];
+/**
+ * A VJP: given the gradient of the op's output, the gradients of its inputs (null = none). `ctx`
+ * is the running backward's (most VJPs ignore it).
+ */
+export type Vjp = (g: Tensor, ctx: VjpContext) => readonly (Tensor | null | undefined)[];
 
 /**
  * The VJP of an op with several outputs: given the gradient of each output (undefined for an
@@ -33,7 +37,32 @@ export type Vjp = (g: Tensor) => readonly (Tensor | null | undefined)[];
  */
 export type MultiVjp = (
   grads: readonly (Tensor | undefined)[],
+  ctx: VjpContext,
 ) => readonly (Tensor | null | undefined)[];
+
+/**
+ * What a VJP may ask of the running backward: whether it can hand an input's gradient over
+ * itself, the moment it is final, instead of returning it. Both only ever say yes when the
+ * backward's caller takes gradients as they become final (`onGrad`) and this op's contribution is
+ * the input's last one (no other op adds to it).
+ */
+export interface VjpContext {
+  /**
+   * A taker of `input`'s gradient in blocks of rows, when the caller asked for them (`onGradRows`);
+   * null otherwise. An op that uses it computes each block of rows of the gradient, hands it over
+   * (`take`, in order, in the input's dtype) before computing the next, calls `end`, and returns
+   * null for that input: the caller may update the leaf's rows in place as they arrive, so the VJP
+   * must not read rows of `input` it has handed over.
+   */
+  gradRows(input: Tensor): GradRows | null;
+  /**
+   * Hands `grad` over as `input`'s whole final gradient now (consumed; the VJP then returns null
+   * for it) and lets go of the op's hold on `input` first: the caller may then update it in place
+   * (a tensor the tape still pins would be copied by `donate`). False, with `grad` untouched, when
+   * the caller does not take it now.
+   */
+  handOver(input: Tensor, grad: Tensor): boolean;
+}
 
 interface TapeNode {
   name: string;
@@ -46,19 +75,9 @@ interface TapeNode {
 let active: Tape | null = null;
 
 /**
- * While a VJP runs inside a backward with an `onGrad` hook: hands the gradient of one of the
- * node's inputs over now, if it is a watched leaf that this contribution makes final (see
- * {@link checkpoint}). Null otherwise.
- */
-let handOverNow: ((input: Tensor, grad: Tensor) => boolean) | null = null;
-
-/** While a VJP runs inside a backward with an `onGradRows` hook: see {@link gradRows}. */
-let rowsNow: ((input: Tensor) => GradRows | null) | null = null;
-
-/**
  * Takes one leaf's final gradient in blocks of rows (see {@link BackwardOptions.onGradRows} and
- * {@link gradRows}), so that the whole gradient never exists. Nothing happens until the first
- * `take` (or `end`): an op that cannot block its gradient this way returns it whole as usual.
+ * {@link VjpContext.gradRows}), so that the whole gradient never exists. Nothing happens until the
+ * first `take` (or `end`): an op that cannot block its gradient this way returns it whole as usual.
  */
 export interface GradRows {
   /** Blocks must start on multiples of this many rows (the last one may end anywhere). */
@@ -70,18 +89,6 @@ export interface GradRows {
   take(grad: Tensor, r0: number): void;
   /** Called once every row has been taken. */
   end(): void;
-}
-
-/**
- * For an op's VJP: a taker of `input`'s gradient in blocks of rows, when the running backward's
- * caller asked for them (`onGradRows`) and this op's contribution makes the gradient final (no
- * other op adds to it); null otherwise. An op that uses it computes each block of rows of the
- * gradient, hands it over (`take`, in order, in the input's dtype) before computing the next,
- * calls `end`, and returns null for that input: the caller may update the leaf's rows in place as
- * they arrive, so the VJP must not read rows of `input` it has handed over.
- */
-export function gradRows(input: Tensor): GradRows | null {
-  return rowsNow?.(input) ?? null;
 }
 
 /** True while a tape is recording (ops may skip work that only backward needs). */
@@ -115,7 +122,7 @@ export function recordOp(
   vjp: Vjp,
   saved: readonly Tensor[] = [],
 ): void {
-  active?.record({ name, inputs, outputs: [output], saved, vjp: (gs) => vjp(gs[0]!) });
+  active?.record({ name, inputs, outputs: [output], saved, vjp: (gs, ctx) => vjp(gs[0]!, ctx) });
 }
 
 /**
@@ -144,14 +151,14 @@ export interface BackwardOptions {
   onGrad?: (grad: Tensor, index: number) => void;
   /**
    * With `onGrad`: asked when an op can hand over the final gradient of `wrt[index]` in blocks of
-   * rows (see {@link gradRows}). A {@link GradRows} gets every block instead of `onGrad` getting
-   * the whole gradient; null (or an op that declines) leaves it to `onGrad`.
+   * rows (see {@link VjpContext.gradRows}). A {@link GradRows} gets every block instead of
+   * `onGrad` getting the whole gradient; null (or an op that declines) leaves it to `onGrad`.
    */
   onGradRows?: (index: number) => GradRows | null;
   /**
    * The gradient of `output` to start from (its shape; not consumed). Default: one, which needs a
    * scalar output. A vector-Jacobian product of a non-scalar output, e.g. a recomputed segment's
-   * (see {@link checkpoint}).
+   * (see {@link recompute}).
    */
   outputGrad?: Tensor;
 }
@@ -173,7 +180,7 @@ export class Tape {
   /** Marks f32 tensors as differentiable leaves. */
   watch(...tensors: Tensor[]): void {
     for (const t of tensors) {
-      if (t.dtype !== "f32" && t.dtype !== "bf16") {
+      if (!isFloat(t.dtype)) {
         throw new DTypeError(
           `cannot differentiate with respect to a ${t.dtype} tensor ${fmtShape(t.shape)}`,
         );
@@ -236,6 +243,40 @@ export class Tape {
     wrt: readonly Tensor[],
     opts: BackwardOptions = {},
   ): (Tensor | undefined)[] {
+    this.#checkBackward(output, wrt, opts);
+    this.#used = true;
+    const nodes = this.#nodes;
+    const slots = new Map<Tensor, Tensor>();
+    const handOver = new HandOver(nodes, wrt, opts, slots);
+    try {
+      slots.set(output, opts.outputGrad?.view(output.shape) ?? ones(output.shape));
+      for (let i = nodes.length - 1; i >= 0; i--) {
+        const node = nodes[i];
+        const gs = node.outputs.map((o) => slots.get(o));
+        if (gs.some((g) => g)) {
+          for (const o of node.outputs) slots.delete(o);
+          const ctx = handOver.during(i, (input) => this.#releaseInput(node, input));
+          try {
+            this.#applyVjp(node, gs, ctx, slots);
+          } finally {
+            for (const g of gs) g?.dispose();
+          }
+        }
+        this.#release(node);
+        handOver.after(i);
+      }
+      handOver.after(-1);
+      return handOver.grads;
+    } catch (e) {
+      for (const g of handOver.grads) g?.dispose();
+      throw e;
+    } finally {
+      for (const g of slots.values()) g.dispose();
+      this.dispose();
+    }
+  }
+
+  #checkBackward(output: Tensor, wrt: readonly Tensor[], opts: BackwardOptions): void {
     if (this.#used) throw new GradientError("this tape has already been used for backward");
     const seed = opts.outputGrad;
     if (seed ? !shapesEqual(seed.shape, output.shape) : output.size !== 1) {
@@ -257,104 +298,18 @@ export class Tape {
         throw new GradientError(`tensor ${fmtShape(w.shape)} is not watched by this tape`);
       }
     }
-    this.#used = true;
-    const nodes = this.#nodes;
-    const finalAt = new Map<number, number[]>();
-    const firstUse = new Map<Tensor, number>();
-    nodes.forEach((n, i) => n.inputs.forEach((t) => firstUse.has(t) || firstUse.set(t, i)));
-    wrt.forEach((w, k) => {
-      const i = firstUse.get(w) ?? -1;
-      finalAt.set(i, [...(finalAt.get(i) ?? []), k]);
-    });
-
-    const slots = new Map<Tensor, Tensor>();
-    const grads: (Tensor | undefined)[] = new Array(wrt.length).fill(undefined);
-    const depth = scopeDepth();
-    const handOut = (k: number, early = false) => {
-      const w = wrt[k];
-      const earlier = wrt.indexOf(w);
-      if (earlier < k) {
-        // A leaf listed twice: the second entry gets its own handle to the same gradient.
-        if (opts.onGrad) throw new GradientError("backward with onGrad needs distinct wrt tensors");
-        grads[k] = grads[earlier]!.view(w.shape);
-        return;
-      }
-      let g = slots.get(w) ?? zeros(w.shape, w.dtype);
-      // A bf16 parameter gets a bf16 gradient (ops may already produce one; f32 ones convert).
-      if (g.dtype !== w.dtype) {
-        const c = convert(g, w.dtype as "f32" | "bf16");
-        g.dispose();
-        g = c;
-      }
-      slots.delete(w);
-      if (!opts.onGrad) grads[k] = g;
-      else if (!early) opts.onGrad(g, k);
-      else {
-        // Handed over from inside a VJP: the hook owns g, and what the hook creates (an updated
-        // parameter, optimizer state) belongs to the backward's caller, not to the VJP's frame.
-        keep(g);
-        atScopeDepth(depth, () => opts.onGrad!(g, k));
-      }
-    };
-    // A leaf whose only use left is node i (no other contribution in its slot) is final with node
-    // i's contribution: node i's VJP may hand it over before it returns. Its index, if so.
-    const finalWith = (i: number, input: Tensor): number | undefined => {
-      const k = finalAt.get(i)?.find((j) => wrt[j] === input);
-      const once = wrt.indexOf(input) === wrt.lastIndexOf(input);
-      return k !== undefined && once && !slots.has(input) ? k : undefined;
-    };
-    const claim = (i: number, k: number) => finalAt.set(i, finalAt.get(i)!.filter((j) => j !== k));
-    const early = (i: number) => (input: Tensor, grad: Tensor) => {
-      const k = finalWith(i, input);
-      if (k === undefined) return false;
-      claim(i, k);
-      // Node i's VJP is done with a leaf whose final gradient it hands over: drop its hold now, so
-      // the hook can update the leaf in place (while pinned, donate would copy it: at 350M one
-      // block's seven weights, 46 MB, during each recomputed block's backward).
-      this.#releaseInput(nodes[i], input);
-      slots.set(input, grad);
-      handOut(k, true);
-      return true;
-    };
-    const rows = (i: number) => (input: Tensor): GradRows | null => {
-      const k = input.rank > 0 ? finalWith(i, input) : undefined;
-      const sink = k === undefined ? null : opts.onGradRows!(k);
-      return sink && blockTaker(input, sink, () => claim(i, k!), depth);
-    };
-
-    try {
-      slots.set(output, seed ? seed.view(seed.shape) : ones(output.shape));
-      for (let i = nodes.length - 1; i >= 0; i--) {
-        const node = nodes[i];
-        const gs = node.outputs.map((o) => slots.get(o));
-        if (gs.some((g) => g)) {
-          for (const o of node.outputs) slots.delete(o);
-          const outer = [handOverNow, rowsNow] as const;
-          handOverNow = opts.onGrad ? early(i) : null;
-          rowsNow = opts.onGrad && opts.onGradRows ? rows(i) : null;
-          try {
-            this.#applyVjp(node, gs, slots);
-          } finally {
-            [handOverNow, rowsNow] = outer;
-            for (const g of gs) g?.dispose();
-          }
-        }
-        this.#release(node);
-        for (const k of finalAt.get(i) ?? []) handOut(k);
-      }
-      for (const k of finalAt.get(-1) ?? []) handOut(k);
-      return grads;
-    } catch (e) {
-      for (const g of grads) g?.dispose();
-      throw e;
-    } finally {
-      for (const g of slots.values()) g.dispose();
-      this.dispose();
+    if (opts.onGrad && new Set(wrt).size < wrt.length) {
+      throw new GradientError("backward with onGrad needs distinct wrt tensors");
     }
   }
 
-  #applyVjp(node: TapeNode, gs: (Tensor | undefined)[], slots: Map<Tensor, Tensor>): void {
-    const { result, created } = captureCreated(() => node.vjp(gs));
+  #applyVjp(
+    node: TapeNode,
+    gs: (Tensor | undefined)[],
+    ctx: VjpContext,
+    slots: Map<Tensor, Tensor>,
+  ): void {
+    const { result, created } = captureCreated(() => node.vjp(gs, ctx));
     const fresh = new Set(created);
     const claimed = new Set<Tensor>();
     node.inputs.forEach((x, j) => {
@@ -427,47 +382,136 @@ export class Tape {
 }
 
 /**
- * The {@link GradRows} an op sees: checks the blocks (dtype, shape, order, alignment) and that
- * every row arrives, claims the leaf from the tape at the first block (`claim`), and runs the
- * hook's `take` and `end` outside the VJP's frame (what they create is the backward caller's).
+ * Where one backward's gradients go once final: returned, or, under an `onGrad` hook, handed to the
+ * caller the moment no later op can add to them: whole, or by rows where an op can (`onGradRows`),
+ * from inside the last VJP that contributes (see {@link VjpContext}) or right after it. What the
+ * caller gets, and what its hooks create, is the caller's: never the VJP's frame's.
  */
-function blockTaker(leaf: Tensor, sink: GradRows, claim: () => void, depth: number): GradRows {
-  const rows = leaf.shape[0];
-  let next = 0;
-  let claimed = false;
-  const start = () => {
-    if (!claimed) claim();
-    claimed = true;
-  };
-  const what = `gradient rows of ${fmtShape(leaf.shape)} ${leaf.dtype}`;
-  return {
-    multiple: sink.multiple,
-    take(grad, r0) {
-      const n = grad.shape[0];
-      if (
-        grad.dtype !== leaf.dtype || grad.rank !== leaf.rank ||
-        !shapesEqual(grad.shape.slice(1), leaf.shape.slice(1)) || r0 !== next ||
-        r0 % sink.multiple !== 0 || r0 + n > rows
-      ) {
-        throw new GradientError(
-          `${what}: got a block ${fmtShape(grad.shape)} ${grad.dtype} at row ${r0}, expected row ` +
-            `${next} (a multiple of ${sink.multiple}) in the leaf's dtype and row shape`,
-        );
-      }
-      start();
-      next += n;
-      keep(grad);
-      atScopeDepth(depth, () => sink.take(grad, r0));
-    },
-    end() {
-      if (next !== rows) {
-        throw new GradientError(`${what}: ended after ${next} of ${rows} rows`);
-      }
-      start();
-      atScopeDepth(depth, () => sink.end());
-    },
-  };
+class HandOver {
+  /** What backward returns: `undefined` for the gradients handed over. */
+  readonly grads: (Tensor | undefined)[];
+  // wrt indices by the node whose VJP makes them final (its first user; -1: none uses it).
+  readonly #finalAt = new Map<number, number[]>();
+  // wrt indices a VJP has claimed, handing their gradients over itself (whole or by rows).
+  readonly #claimed = new Set<number>();
+  readonly #depth = scopeDepth();
+
+  constructor(
+    nodes: readonly TapeNode[],
+    readonly wrt: readonly Tensor[],
+    readonly opts: BackwardOptions,
+    readonly slots: Map<Tensor, Tensor>,
+  ) {
+    this.grads = wrt.map(() => undefined);
+    const firstUse = new Map<Tensor, number>();
+    nodes.forEach((n, i) => n.inputs.forEach((t) => firstUse.has(t) || firstUse.set(t, i)));
+    wrt.forEach((w, k) => {
+      const i = firstUse.get(w) ?? -1;
+      this.#finalAt.set(i, [...(this.#finalAt.get(i) ?? []), k]);
+    });
+  }
+
+  /** Hands out the gradients final once node `i`'s VJP has run (-1: those no node touched). */
+  after(i: number): void {
+    for (const k of this.#finalAt.get(i) ?? []) {
+      if (this.#claimed.has(k)) continue;
+      const w = this.wrt[k];
+      const earlier = this.wrt.indexOf(w);
+      // A leaf listed twice: the second entry gets its own handle to the same gradient.
+      if (earlier < k) this.grads[k] = this.grads[earlier]!.view(w.shape);
+      else this.#deliver(k, this.slots.get(w) ?? zeros(w.shape, w.dtype), false);
+      this.slots.delete(w);
+    }
+  }
+
+  /** The context of node `i`'s VJP; `release` ends the node's hold on one of its inputs. */
+  during(i: number, release: (input: Tensor) => void): VjpContext {
+    if (!this.opts.onGrad) return NO_HAND_OVER;
+    return {
+      gradRows: (input) => this.#rows(i, input),
+      handOver: (input, grad) => {
+        const k = this.#finalWith(i, input);
+        if (k === undefined) return false;
+        this.#claimed.add(k);
+        release(input);
+        this.#deliver(k, grad, true);
+        return true;
+      },
+    };
+  }
+
+  // wrt's index of `input` if node i's VJP makes its gradient final: its last user, with nothing
+  // added to its slot yet (by an earlier output's VJP) and not handed over already.
+  #finalWith(i: number, input: Tensor): number | undefined {
+    const k = this.#finalAt.get(i)?.find((j) => this.wrt[j] === input);
+    return k !== undefined && !this.#claimed.has(k) && !this.slots.has(input) ? k : undefined;
+  }
+
+  /**
+   * The final gradient of `wrt[k]` (consumed), in the leaf's dtype, to the caller: returned, or to
+   * `onGrad`, from inside a VJP (`inVjp`) as the caller's.
+   */
+  #deliver(k: number, grad: Tensor, inVjp: boolean): void {
+    const w = this.wrt[k];
+    // A bf16 parameter gets a bf16 gradient (ops may already produce one; f32 ones convert).
+    let g = grad;
+    if (g.dtype !== w.dtype) {
+      g = convert(grad, w.dtype as "f32" | "bf16");
+      grad.dispose();
+    }
+    const onGrad = this.opts.onGrad;
+    if (!onGrad) this.grads[k] = g;
+    else if (inVjp) this.#asCaller(g, () => onGrad(g, k));
+    else onGrad(g, k);
+  }
+
+  /** Runs a hook from inside a VJP as the backward's caller: `t` and what it creates are theirs. */
+  #asCaller(t: Tensor | null, hook: () => void): void {
+    if (t) keep(t);
+    atScopeDepth(this.#depth, hook);
+  }
+
+  /**
+   * The caller's taker of `input`'s gradient by rows, checked: blocks in the leaf's dtype and row
+   * shape, in order, aligned, every row once. The first block (or the end) claims the gradient
+   * from `after`.
+   */
+  #rows(i: number, input: Tensor): GradRows | null {
+    const k = input.rank > 0 ? this.#finalWith(i, input) : undefined;
+    const sink = k === undefined ? null : this.opts.onGradRows?.(k);
+    if (!sink) return null;
+    const rows = input.shape[0];
+    let next = 0;
+    const what = `gradient rows of ${fmtShape(input.shape)} ${input.dtype}`;
+    return {
+      multiple: sink.multiple,
+      take: (grad, r0) => {
+        const n = grad.shape[0];
+        if (
+          grad.dtype !== input.dtype || grad.rank !== input.rank ||
+          !shapesEqual(grad.shape.slice(1), input.shape.slice(1)) || r0 !== next ||
+          r0 % sink.multiple !== 0 || r0 + n > rows
+        ) {
+          throw new GradientError(
+            `${what}: got a block ${fmtShape(grad.shape)} ${grad.dtype} at row ${r0}, expected ` +
+              `row ${next} (a multiple of ${sink.multiple}) in the leaf's dtype and row shape`,
+          );
+        }
+        this.#claimed.add(k!);
+        next += n;
+        this.#asCaller(grad, () => sink.take(grad, r0));
+      },
+      end: () => {
+        if (next !== rows) throw new GradientError(`${what}: ended after ${next} of ${rows} rows`);
+        this.#claimed.add(k!);
+        this.#asCaller(null, () => sink.end());
+      },
+    };
+  }
 }
+
+/** The context of a VJP when the backward's caller takes no gradient before backward returns. */
+const NO_HAND_OVER: VjpContext = { gradRows: () => null, handOver: () => false };
 
 // Core cannot use the ops' add (ops import core), so the tape keeps this one kernel, read four
 // at a time where the size allows (on llvmpipe each load costs the same whatever its width).
@@ -510,26 +554,25 @@ function accumulate(a: Tensor, b: Tensor): Tensor {
  * soon as its gradient is final inside the recomputed backward. Without a running tape this is
  * just `fn(inputs)`.
  */
-export function checkpoint(
+export function recompute(
   fn: (inputs: readonly Tensor[]) => Tensor,
   inputs: readonly Tensor[],
 ): Tensor {
   if (!active) return fn(inputs);
   const y = untracked(() => scope(() => fn(inputs)));
-  recordOp("checkpoint", inputs, y, (g) => {
+  recordOp("recompute", inputs, y, (g, ctx) => {
     const tape = new Tape();
-    const wrt = [...new Set(inputs.filter((t) => t.dtype === "f32" || t.dtype === "bf16"))];
+    const wrt = [...new Set(inputs.filter((t) => isFloat(t.dtype)))];
     const grads: (Tensor | null)[] = wrt.map(() => null);
-    // Under an outer onGrad hook (per-layer updates) each parameter's gradient goes to the hook
-    // as soon as it is final here, not all together when the segment's backward ends.
-    const handOver = handOverNow;
     try {
       tape.watch(...wrt);
       const again = tape.run(() => fn(inputs));
       tape.backward(again, wrt, {
         outputGrad: g,
+        // Under an outer onGrad hook (per-layer updates) each parameter's gradient goes to the
+        // hook as soon as it is final here, not all together when the segment's backward ends.
         onGrad: (grad, k) => {
-          if (!handOver?.(wrt[k], grad)) grads[k] = grad;
+          if (!ctx.handOver(wrt[k], grad)) grads[k] = grad;
         },
       });
       again.dispose();

@@ -8,6 +8,7 @@ import {
   bytesPerElement,
   type DType,
   dtypeOf,
+  isFloat,
   storageBytes,
   type TensorData,
 } from "./dtype.ts";
@@ -362,7 +363,7 @@ function flatten(data: NestedArray, shape: number[], depth: number, out: number[
 }
 
 function checkValues(values: ArrayLike<number>, dtype: DType): void {
-  if (dtype === "f32" || dtype === "bf16") return;
+  if (isFloat(dtype)) return;
   const [lo, hi] = dtype === "i32"
     ? [-(2 ** 31), 2 ** 31 - 1]
     : dtype === "u8"

@@ -20,11 +20,11 @@ export async function main(steps = 200): Promise<number[]> {
   const hidden = (p: Params) => sl.silu(sl.add(sl.matmul(x, p.hidden.w), p.hidden.b));
   const predict = (p: Params) => sl.add(sl.matmul(hidden(p), p.out.w), p.out.b);
   const lossAndGrads = sl.valueAndGrad((p: Params) => sl.mean(sl.square(sl.sub(predict(p), y))));
-  const opt = sl.chain(
-    sl.clipByGlobalNorm(1),
-    sl.scaleByAdam(),
-    sl.addDecayedWeights(1e-4),
-    sl.scaleByLearningRate(sl.warmupCosine({ lr: 0.02, warmup: 10, total: steps })),
+  const opt = sl.optim.chain(
+    sl.optim.clipByGlobalNorm(1),
+    sl.optim.scaleByAdam(),
+    sl.optim.addDecayedWeights(1e-4),
+    sl.optim.scaleByLearningRate(sl.optim.warmupCosine({ lr: 0.02, warmup: 10, total: steps })),
   );
   let state = opt.init(params);
   const logged: sl.Tensor[] = [];
@@ -32,7 +32,7 @@ export async function main(steps = 200): Promise<number[]> {
     const { value, grads } = lossAndGrads(params);
     const r = await opt.update(grads, state, params); // consumes grads and the old state
     state = r.state;
-    params = sl.applyUpdates(params, r.updates); // the only place parameters change
+    params = sl.optim.applyUpdates(params, r.updates); // the only place parameters change
     if (step % 50 === 0 || step === steps - 1) logged.push(value);
     else value.dispose();
   }

@@ -6,22 +6,16 @@
  * @module
  */
 import {
-  adamw,
-  estimateMemory,
   init,
-  initLlama,
-  type LinearMethod,
-  loss,
   memoryStats,
-  perParameter,
-  PRESETS,
+  models,
+  optim,
   readAll,
   resetPeakBytes,
   Tape,
   type Tensor,
   tensor,
   tree,
-  withVocab,
 } from "../mod.ts";
 
 /** What a run reports: losses, and bytes measured and estimated. */
@@ -39,9 +33,15 @@ export interface Report {
 /** Trains the `tiny` preset on a fixed sentence (bytes as tokens) for `steps` steps. */
 export async function main(steps = 12): Promise<Report> {
   await init();
-  const config = withVocab(PRESETS.tiny, 256);
-  const method: LinearMethod = { kind: "sltrain", rank: 32, delta: 0.03, alpha: 32, seed: 0 };
-  const model = initLlama(config, method, 0);
+  const config = models.withVocab(models.PRESETS.tiny, 256);
+  const method: models.LinearMethod = {
+    kind: "sltrain",
+    rank: 32,
+    delta: 0.03,
+    alpha: 32,
+    seed: 0,
+  };
+  const model = models.initLlama(config, method, 0);
   const bytes = new TextEncoder().encode(
     "the jury said the election was fair and the city agreed. ",
   );
@@ -53,25 +53,26 @@ export async function main(steps = 12): Promise<Report> {
     targets: tensor(rows(1), [4, 32], "i32"),
   };
 
-  const layerwise = perParameter(adamw({ lr: 3e-3 }));
+  const perLayerOpt = optim.perLayer(optim.adamw({ lr: 3e-3 }));
   let params = model.params;
-  let state = layerwise.init(params);
+  let state = perLayerOpt.init(params);
   const losses: Tensor[] = [];
   for (let step = 0; step < steps; step++) {
     resetPeakBytes();
     const leaves = tree.flatten(params);
     const tape = new Tape();
     tape.watch(...leaves);
-    const value = tape.run(() => loss(model, params, batch));
-    const update = layerwise.start(params, state);
-    tape.backward(value, leaves, { onGrad: update.onGrad });
+    const value = tape.run(() => models.loss(model, params, batch));
+    const update = perLayerOpt.start(params, state);
+    tape.backward(value, leaves, update); // update.onGrad takes each gradient once final
     ({ params, state } = await update.finish());
     losses.push(value);
   }
   const report: Report = {
     losses: (await readAll(losses)).map((d) => d[0]),
     measuredBytes: tree.bytes([params, model.buffers, state]),
-    estimatedBytes: estimateMemory(config, { method, optimizer: { kind: "adam" } }, "ours").total,
+    estimatedBytes:
+      models.estimateMemory(config, { method, optimizer: { kind: "adam" } }, "ours").total,
     peakBytes: memoryStats().peakBytes,
   };
   tree.dispose([params, model.buffers, state, losses, batch]);

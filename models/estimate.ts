@@ -113,6 +113,11 @@ export type OptimizerSpec =
     readonly kind: "adam";
     readonly states?: "f32" | "8bit";
     readonly bytesPerState?: number;
+    /**
+     * f32 values kept per trainable tensor besides its moments (Stable-SPAM's 3 running
+     * statistics); default 0.
+     */
+    readonly scalarsPerTensor?: number;
   }
   | {
     readonly kind: "galore";
@@ -278,12 +283,15 @@ function checkOptimizer(optimizer: OptimizerSpec, setup: TrainingSetup, config: 
  * tensor by tensor. Under `ours` it is what this library allocates, to the byte: every tensor
  * takes whole 32-bit words (a bf16 tensor of n values ceil(n/2)·4 bytes; 8-bit codes ceil(n/4)·4;
  * one f32 absmax per 256 codes). GaLore projects dense block gradients, so it requires the `dense`
- * method. Throws {@link ConfigError} for an invalid method, GaLore rank, byte size or dtype.
+ * method. `allocated` maps each tensor's bytes to what the device allocates for it (e.g. the
+ * pool's `sizeClass`); by default the bytes themselves. Throws {@link ConfigError} for an invalid
+ * method, GaLore rank, byte size or dtype.
  */
 export function estimateMemory(
   config: LlamaConfig,
   setup: TrainingSetup,
   accounting: Accounting,
+  allocated: (bytes: number) => number = (b) => b,
 ): MemoryEstimate {
   const ours = accounting === "ours";
   const sizes = checkSizes(
@@ -295,17 +303,19 @@ export function estimateMemory(
   const params = countParams(config, setup.method);
   const weightDType = setup.weights ?? "f32";
   const stored = (kind: StoredTensor["kind"], n: number) =>
-    !ours
-      ? n * (kind === "index" ? sizes.index : sizes.weight)
-      : storageBytes(kind === "index" ? "u32" : kind === "norm" ? "f32" : weightDType, n);
+    allocated(
+      !ours
+        ? n * (kind === "index" ? sizes.index : sizes.weight)
+        : storageBytes(kind === "index" ? "u32" : kind === "norm" ? "f32" : weightDType, n),
+    );
   // Both moments of a tensor of n elements.
   const moments = (n: number) => {
-    if (optimizer.bytesPerState !== undefined) return 2 * n * optimizer.bytesPerState;
+    if (optimizer.bytesPerState !== undefined) return 2 * allocated(n * optimizer.bytesPerState);
     if (optimizer.states === "8bit" && n >= MIN_8BIT_SIZE) {
       const codes = ours ? storageBytes("u8", n) : n;
-      return 2 * (codes + 4 * Math.ceil(n / QUANT_BLOCK));
+      return 2 * (allocated(codes) + allocated(4 * Math.ceil(n / QUANT_BLOCK)));
     }
-    return 2 * n * sizes.state;
+    return 2 * allocated(n * sizes.state);
   };
   const r = optimizer.kind === "adam" ? 0 : optimizer.rank;
   // Projectors and limiter norms are f32 whatever the weights (ours), at weight size otherwise.
@@ -313,16 +323,23 @@ export function estimateMemory(
   const hasProjector = optimizer.kind === "galore" || optimizer.kind === "fira";
   const hasLimiter = (optimizer.kind === "fira" || optimizer.kind === "apollo") &&
     optimizer.limiter !== false;
+  const scalars = optimizer.kind === "adam" ? optimizer.scalarsPerTensor ?? 0 : 0;
+  if (!(Number.isInteger(scalars) && scalars >= 0)) {
+    throw new ConfigError(
+      `optimizer.scalarsPerTensor must be a non-negative integer, got ${show(scalars)}`,
+    );
+  }
   let weights = 0, optimizerStates = 0, indices = 0, projector = 0;
   for (const t of storedTensors(config, setup.method)) {
     if (t.kind === "index") indices += stored("index", t.size);
     else weights += stored(t.kind, t.size);
     if (!t.trainable) continue;
+    optimizerStates += scalars * f32Bytes;
     if (r > 0 && t.dense) {
       const [m, n] = t.dense;
       const rank = Math.min(r, m, n);
-      if (hasProjector) projector += Math.min(m, n) * rank * f32Bytes;
-      optimizerStates += moments(rank * Math.max(m, n)) + (hasLimiter ? f32Bytes : 0);
+      if (hasProjector) projector += allocated(Math.min(m, n) * rank * f32Bytes);
+      optimizerStates += moments(rank * Math.max(m, n)) + (hasLimiter ? allocated(f32Bytes) : 0);
     } else {
       optimizerStates += moments(t.size);
     }

@@ -5,7 +5,7 @@
  * @module
  */
 import { Rng } from "../core/rng.ts";
-import { checkpoint } from "../core/tape.ts";
+import { recompute } from "../core/tape.ts";
 import { ones, randomNormal, scope, type Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
@@ -198,7 +198,7 @@ function checkTokens(what: string, t: Tensor): [number, number] {
 export interface HiddenStatesOptions {
   /**
    * Recompute each decoder block in backward instead of keeping its activations on the tape
-   * (`checkpoint` per block): the tape then holds the blocks' inputs and outputs, and backward
+   * (`recompute` per block): the tape then holds the blocks' inputs and outputs, and backward
    * holds one block's activations at a time, for one extra forward of every block. Gradients are
    * bit-identical. No effect without a running tape.
    */
@@ -242,7 +242,7 @@ export function hiddenStates(
       const sup = buffers.layers[i];
       // One scope per block: without a tape its activations die here, not at the end.
       x = opts.recompute
-        ? checkpoint(
+        ? recompute(
           ([h, ...leaves]) => block(h, tree.unflatten(p, leaves), sup),
           [x, ...tree.flatten(p)],
         )

@@ -7,7 +7,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
-import { qr, svdJacobi } from "../ops/svd.ts";
+import { canonicalSigns, qr, svdJacobi } from "../ops/svd.ts";
 import { ConfigError } from "./errors.ts";
 import type { LowRankLinearParams } from "./linear.ts";
 import { blockLinears, type LlamaModel, type LlamaParams, mapLinears } from "./llama.ts";
@@ -27,7 +27,9 @@ export interface Refactored {
  * returns B' = U·√S and A' = √S·Vᵀ, so B'·A' = B·A up to rounding (≈1e-7 relative in f32) and
  * both factors carry the same scale. Computed as QR(B) = Q_b R_b, QR(Aᵀ) = Q_a R_a, then a
  * one-sided Jacobi SVD of the r×r core R_b·R_aᵀ: never forms the out×in product, and accurate for
- * small singular values too. One readback. The new factors have the old ones' dtypes (f32 or bf16).
+ * small singular values too; each singular pair's sign is fixed by `canonicalSigns` (the largest
+ * entry of each column of B' positive), so any implementation yields the same factors. One
+ * readback. The new factors have the old ones' dtypes (f32 or bf16).
  * With `donate` (default true) disposes the old B and A.
  */
 export async function refactorFactors(
@@ -63,6 +65,16 @@ export async function refactorFactors(
   }
   const { u, s, v } = svdJacobi(core, r, r);
   const root = s.map(Math.sqrt);
+  canonicalSigns(u, v, r, r, (j) => {
+    // Column j of B' = Q_b·U[:, j] (times √s_j > 0): its largest entry in magnitude.
+    let best = 0;
+    for (let i = 0; i < out; i++) {
+      let acc = 0;
+      for (let l = 0; l < r; l++) acc += qb.q[i * r + l] * u[l * r + j];
+      if (Math.abs(acc) > Math.abs(best)) best = acc;
+    }
+    return best;
+  });
   // B' = Q_b·U·√S [out, r];  A' = √S·Vᵀ·Q_aᵀ, i.e. A'[k][j] = √s_k · Σ_l V[l][k]·Q_a[j][l].
   const left = new Float64Array(r * r);
   const right = new Float64Array(r * r);

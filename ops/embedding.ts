@@ -10,7 +10,7 @@ import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
-import { gradRows, isRecording, recordOp } from "../core/tape.ts";
+import { isRecording, recordOp } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forEachRowWindow, maxWindowBytes, rowWindow } from "../core/windows.ts";
 import { forUnrolled, LOOP_BUDGET, UNROLL } from "./loop.ts";
@@ -63,7 +63,7 @@ const TOKENS_PER_DISPATCH = (LOOP_BUDGET - 2 * UNROLL) * UNROLL;
  * Bytes of one f32 block of the table's gradient where it is built block by block: a bf16 table's
  * (rows are summed in f32, one rounding per element as the tape's gradient adds, and stored as
  * bf16 block by block, so no f32 copy of the whole table exists), and every block handed over by
- * rows (see `gradRows`).
+ * rows (see `VjpContext.gradRows`).
  */
 const GRAD_BLOCK_BYTES = 16 * 1024 * 1024;
 
@@ -75,8 +75,8 @@ function checkIdsDtype(op: string, ids: Tensor): void {
  * Looks up rows of `table` [V, D] (f32 or bf16) at `ids` (i32 or u32, any shape), giving an f32
  * `[...ids.shape, D]`. The gradient flows to the table only, in the table's dtype (a
  * scatter-add of the output gradient's rows, summed in f32, deterministic), handed over block of
- * rows by block of rows when the backward's caller takes it so (`gradRows`: per-layer updates, so
- * no [V, D] gradient exists); ids get none.
+ * rows by block of rows when the backward's caller takes it so (`VjpContext.gradRows`: per-layer
+ * updates, so no [V, D] gradient exists); ids get none.
  *
  * The GPU cannot throw: an id outside `[0, V)` yields a zero row, and its gradient is dropped. Use
  * {@link checkIds} to validate ids on the CPU when that matters.
@@ -108,8 +108,8 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
     });
   }
   if (isRecording()) {
-    recordOp("embedding", [table, ids], out, (g) => {
-      const rows = gradRows(table);
+    recordOp("embedding", [table, ids], out, (g, ctx) => {
+      const rows = ctx.gradRows(table);
       const per = rows && v * d > 0 ? rowsPerBlock(d, rows.multiple) : 0;
       if (per === 0) return [tableGrad(g, ids, v, d, dtype), null];
       forEachRowWindow(v, per, (r0, n) => rows!.take(gradBlock(g, ids, r0, n, d, dtype), r0));

@@ -5,6 +5,7 @@
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { isFloat } from "../core/dtype.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import type { Tensor } from "../core/tensor.ts";
@@ -36,7 +37,7 @@ const markKernel = kernelFamily((dtype: "f32" | "bf16") =>
  * (one per binding window of `x`); nothing is read back.
  */
 export function flagNonFinite(x: Tensor, flags: Tensor, slot: number): void {
-  if (x.dtype !== "f32" && x.dtype !== "bf16") {
+  if (!isFloat(x.dtype)) {
     throw new DTypeError(`flagNonFinite: needs an f32 or bf16 tensor, got ${x.dtype}`);
   }
   if (flags.dtype !== "u32" || !(Number.isInteger(slot) && slot >= 0 && slot < flags.size)) {

@@ -59,8 +59,8 @@ const tileBytes = (wg: number, dh: number) => wg * (2 * dh + 2) * 4;
 export function attentionConfig(dh: number, rope: boolean): AttentionKernelConfig {
   const { subgroupSize, limits } = deviceInfo();
   const sg = subgroupSize === 8 && fusedTarget() === "cpu";
-  // Two rows per lane: 1.2-1.4x faster than one at Dh = 64 (CPU time, lavapipe), four no faster;
-  // one above 64, where the unrolled shader would take long to compile.
+  // Two rows per lane at Dh <= 64, where they pay and four do not (bench/NOTES.md); one above,
+  // where the unrolled shader would take long to compile.
   if (sg) return { dh, variant: "subgroup", wg: 8, rows: dh <= 64 ? 2 : 1, rope };
   const wg = (fusedTarget() === "cpu" ? [8] : [64, 32, 16, 8]).find((w) =>
     tileBytes(w, dh) <= limits.maxComputeWorkgroupStorageSize &&

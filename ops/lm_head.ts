@@ -8,16 +8,16 @@
  * into an online log-sum-exp per row (running max and sum, plus the target's logit). Backward
  * recomputes each block's logits: the block's dW rows are final at once and are written straight
  * into the same rows of dW (no [V, D] accumulator, no copy; or handed to a per-layer update one
- * block at a time, see `gradRows`), and only dh [N, D], small next to W, is accumulated across
- * blocks. The tape keeps the inputs, the per-row log-sum-exp and the target count, nothing of size
- * V·N. W may be bf16: each block is widened for its products, and dW is bf16 too.
+ * block at a time, see `VjpContext.gradRows`), and only dh [N, D], small next to W, is accumulated
+ * across blocks. The tape keeps the inputs, the per-row log-sum-exp and the target count, nothing
+ * of size V·N. W may be bf16: each block is widened for its products, and dW is bf16 too.
  * @module
  */
 import { convert, convertInto } from "../core/convert.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
 import { fmtShape, shapesEqual } from "../core/shape.ts";
-import { type GradRows, gradRows, isRecording, recordOp, untracked } from "../core/tape.ts";
+import { type GradRows, isRecording, recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import { forEachRowWindow, maxWindowBytes, rowAlignment } from "../core/windows.ts";
 import {
@@ -109,8 +109,8 @@ function check(op: string, h: Tensor, w: Tensor, targets: Tensor, o: LmHeadLossO
  * bound.
  */
 function vocabBlock(n: number, d: number, v: number, w: Tensor, chunkBytes: number): number {
-  // dW's block bounded too: under per-layer updates one block of it is all of dW that exists
-  // (see gradRows), and a bf16 block is widened to f32 (W's and dW's) before it is used.
+  // dW's block bounded too: under per-layer updates one block of it is all of dW that exists (see
+  // VjpContext.gradRows), and a bf16 block is widened to f32 (W's and dW's) before it is used.
   const bytes = Math.min(chunkBytes, maxWindowBytes());
   const cols = Math.min(
     Math.floor(bytes / (4 * Math.max(n, 1))),
@@ -246,9 +246,9 @@ function backwardPass(
  * offset alignment of W's rows, at least one aligned group), in forward and backward alike; a
  * single block gives `crossEntropy`'s loss to the bit. The VJP recomputes the logits (one extra
  * h·Wᵀ) and returns dh [..., D] and dW [V, D] in lmHead's dtype, or, when the backward's caller
- * takes lmHead's gradient by rows (`gradRows`, e.g. per-layer updates) and its blocks line up with
- * these, hands dW over block by block (the same bits) so that no [V, D] gradient exists; targets
- * get no gradient.
+ * takes lmHead's gradient by rows (`VjpContext.gradRows`, e.g. per-layer updates) and its blocks
+ * line up with these, hands dW over block by block (the same bits) so that no [V, D] gradient
+ * exists; targets get no gradient.
  */
 export function lmHeadCrossEntropy(
   h: Tensor,
@@ -265,10 +265,10 @@ export function lmHeadCrossEntropy(
   const mode = CE_MODE[reduction];
   const { out, count, lse } = forwardPass(h, lmHead, targets, c, mode);
   if (isRecording()) {
-    recordOp(op, [h, lmHead, targets], out, (g) => {
+    recordOp(op, [h, lmHead, targets], out, (g, ctx) => {
       // dW by blocks of rows when the backward's caller takes them and they line up with ours
       // (the same blocks either way, so the same bits).
-      const offer = c.n > 0 ? gradRows(lmHead) : null;
+      const offer = c.n > 0 ? ctx.gradRows(lmHead) : null;
       const rows = offer && (c.block % offer.multiple === 0 || c.block >= c.v) ? offer : null;
       const [dh, dW] = backwardPass(h, lmHead, targets, c, mode, lse, count, g, rows);
       return [dh, dW, null];

@@ -9,6 +9,7 @@ import { DeviceLimitError, ShapeError } from "../core/errors.ts";
 import { convert } from "../core/convert.ts";
 import { assertDType, bytesPerElement } from "../core/dtype.ts";
 import { destroyAfterSubmit, encodeCopyToTexture, registerCache } from "../core/kernel.ts";
+import { noteAllocated } from "../core/allocations.ts";
 import { fmtShape, shapesEqual, sizeOf } from "../core/shape.ts";
 import { recordOp, untracked } from "../core/tape.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
@@ -383,6 +384,8 @@ export function setMatmulTextureThreshold(minFlops: number): number {
 // one command stream is safe because commands run in recording order. Oldest entries are evicted
 // once the cache holds more than TEX_CACHE_BYTES.
 const texCache = new Map<string, GPUTexture>();
+// One view per cached texture, so that the dispatcher finds the bind groups that use it again.
+const texViews = new WeakMap<GPUTexture, GPUTextureView>();
 registerCache("matmulTextures", () => texCache.size);
 const TEX_CACHE_BYTES = 128 * 1024 * 1024;
 let texCacheBytes = 0;
@@ -399,6 +402,7 @@ function cachedTexture(width: number, height: number): GPUTexture {
       usage: GPUTextureUsage.COPY_DST | GPUTextureUsage.TEXTURE_BINDING,
       label: `matmul operand ${key}`,
     });
+    noteAllocated(t, "textures", width * height * 16);
     texCacheBytes += width * height * 16;
     for (const [k, old] of texCache) {
       if (texCacheBytes <= TEX_CACHE_BYTES) break;
@@ -438,7 +442,9 @@ function copyToTexture(
       [(rest * rowLen) / 4, 1],
     );
   }
-  return texture.createView();
+  let view = texViews.get(texture);
+  if (!view) texViews.set(texture, view = texture.createView());
+  return view;
 }
 
 function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean, p: Plan): Tensor {

@@ -192,8 +192,7 @@ export function allFinite(d: ArrayLike<number>): boolean {
 export function gram(g: ArrayLike<number>, rows: number, cols: number): Float64Array {
   const a = g instanceof Float64Array ? g : Float64Array.from(g);
   const c = new Float64Array(rows * rows);
-  // Column blocks keep the rows' slices in cache: without them a 1024x2736 Gram (22 MB of rows)
-  // ran about 3x slower.
+  // Column blocks keep the rows' slices in cache (bench/NOTES.md).
   const KB = 256;
   for (let k0 = 0; k0 < cols; k0 += KB) {
     const k1 = Math.min(cols, k0 + KB);
@@ -201,7 +200,7 @@ export function gram(g: ArrayLike<number>, rows: number, cols: number): Float64A
       const ri = i * cols;
       for (let j = 0; j <= i; j++) {
         const rj = j * cols;
-        // Four partial sums break the add dependency chain (about 2x faster in V8).
+        // Four partial sums break the add dependency chain (bench/NOTES.md).
         let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         let k = k0;
         for (; k + 4 <= k1; k += 4) {
@@ -241,7 +240,8 @@ export interface TopSubspace {
 
 /**
  * Top-r singular vectors of the row-major m×n matrix `g` on its smaller side, exactly (up to
- * float64 rounding) via the eigenvectors of the smaller Gram matrix. Squaring costs accuracy only
+ * float64 rounding) via the eigenvectors of the smaller Gram matrix, each with its largest entry in
+ * magnitude positive. Squaring costs accuracy only
  * relative to the gap: the subspace error is about 2⁻⁵²·σ₁² / (σ_r² − σ_{r+1}²), far below f32
  * resolution unless the r-th and (r+1)-th singular values nearly coincide, in which case no
  * method defines a stable subspace. Cost O(min(m,n)²·max(m,n) + min(m,n)³).
@@ -275,7 +275,12 @@ export function subspaceFromGram(
   const { values, vectors } = symEig(c instanceof Float64Array ? c : Float64Array.from(c), k);
   const basis = new Float64Array(k * r);
   for (let j = 0; j < r; j++) {
-    const col = vectors.subarray(j * k, j * k + k);
+    const col = Float64Array.from(vectors.subarray(j * k, j * k + k));
+    // An eigenvector's sign is arbitrary; its largest entry in magnitude made positive fixes it
+    // (so moments kept across refreshes see the same basis in any implementation).
+    let lead = 0;
+    for (const x of col) if (Math.abs(x) > Math.abs(lead)) lead = x;
+    if (lead < 0) { for (let i = 0; i < k; i++) col[i] = -col[i]; }
     // Left: basis [k, r] (column j = vector j). Right: basis [r, k] (row j = vector j).
     if (left) { for (let i = 0; i < k; i++) basis[i * r + j] = col[i]; }
     else basis.set(col, j * k);
@@ -405,4 +410,24 @@ export function svdJacobi(
     for (let i = 0; i < n; i++) v[i * n + k] = vc[j * n + i];
   });
   return { u, s, v };
+}
+
+/**
+ * Flips singular pairs (columns j < r of U [rows, cols] and V, row-major with `cols` columns) so
+ * that `lead(j)`, the largest-magnitude entry of the factor they make, is positive: an SVD fixes
+ * each pair only up to a joint sign, which the product ignores but each factor's optimizer state
+ * does not; a fixed rule makes every implementation (PyTorch's included) produce the same factors.
+ */
+export function canonicalSigns(
+  u: Float64Array,
+  v: Float64Array,
+  cols: number,
+  r: number,
+  lead: (j: number) => number,
+): void {
+  for (let j = 0; j < r; j++) {
+    if (lead(j) >= 0) continue;
+    for (let i = 0; i < u.length / cols; i++) u[i * cols + j] = -u[i * cols + j];
+    for (let i = 0; i < v.length / cols; i++) v[i * cols + j] = -v[i * cols + j];
+  }
 }

@@ -67,8 +67,8 @@ const MAPS = [...dynamicMap(true), ...dynamicMap(false)];
 // the nearest of it and its two neighbours is the nearest code (ties to the lower index, as
 // ops/quant_maps.ts nearestCode). Decade i (0-6) holds k = 2^(i+e) codes
 // 10^(i-6)·(0.1 + 0.9·(j + 1/2)/k), j < k, at sorted indices c + k + j: signed e = 0, c = 127 for
-// the positive half (the negative half mirrored: index 254 − p); unsigned e = 1, c = −1. On
-// llvmpipe this is 1.4× faster for the whole kernel than an 8-step binary search.
+// the positive half (the negative half mirrored: index 254 − p); unsigned e = 1, c = −1. Faster
+// than an 8-step binary search (bench/NOTES.md).
 const QUANTIZE_WGSL = `fn code_guess(a: f32, e: u32, c: i32) -> i32 {
   let i = clamp(i32(floor(log2(max(a, 1e-30)) * 0.30103)) + 7, 0, 6);
   let k = 1 << (u32(i) + e);

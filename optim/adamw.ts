@@ -15,7 +15,6 @@ import { F32_MOMENTS } from "./adam_f32.ts";
 import type { GradientTransformation } from "./transform.ts";
 
 export type { AdamOptions, AdamWOptions, MomentsState } from "./adam_core.ts";
-export { setMultiTensorAdam } from "./adam_f32.ts";
 
 /** State of {@link scaleByAdam} and {@link adamw}: the update count and f32 moments per parameter. */
 export type AdamState = MomentsState<Tensor>;

@@ -16,7 +16,7 @@
  *   fnv1a the 32-bit FNV-1a hash of the parameter's path in UTF-8 (e.g. `layers.0.attn.q.w`), ⊕
  *   XOR (a seed of 2³² or more enters as h(lo ⊕ h(hi)) of its 32-bit words). So every matrix and
  *   every refresh gets its own matrix, identical whether the parameter is updated alone
- *   (`perParameter`), in a group (`partition`) or with the whole tree;
+ *   (`perLayer`), in a group (`partition`) or with the whole tree;
  * - entry e (row-major index into P): x = h(key ⊕ h(e)); w_j = h(x + j·0x9e3779b9 mod 2³²) for
  *   j = 1..6; S = the sum of the twelve 16-bit halves of w_1..w_6; P[e] = (S − 393210) · c with
  *   c = f32(2⁻¹⁶/√r). S − 393210 is an Irwin–Hall sum of twelve uniforms, centred, with variance

@@ -1,6 +1,6 @@
 /**
  * Global-norm gradient clipping entirely on the GPU: the norm and the scale stay in device memory,
- * so clipping costs dispatches, never a readback (each sync costs >= 11 ms on software adapters).
+ * so clipping costs dispatches, never a readback (a sync costs milliseconds: bench/NOTES.md).
  * @module
  */
 import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
@@ -151,7 +151,7 @@ export interface ClipState {
  * with the norm and the scale computed on the GPU and applied in place (no readback). With
  * `keepNorm`, the state holds the pre-clip norm of the latest step as a tensor (the previous one
  * is disposed), for logging without an extra sync. The norm spans every update it is given, so it
- * must not run inside `perParameter`.
+ * must not run inside `perLayer`.
  */
 export function clipByGlobalNorm(
   maxNorm: number,

@@ -6,13 +6,13 @@
  * @module
  */
 import { convert } from "../core/convert.ts";
-import { fnv1a } from "../core/rng.ts";
+import { fnv1a, Rng } from "../core/rng.ts";
 import { NonFiniteError, ShapeError } from "../core/errors.ts";
 import { fmtShape } from "../core/shape.ts";
 import { readAll, Tensor, tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { matmul } from "../ops/matmul.ts";
-import { allFinite, subspaceFromGram, topSubspace } from "../ops/svd.ts";
+import { allFinite, qr, subspaceFromGram, topSubspace } from "../ops/svd.ts";
 import { axpbyInPlace, scaleInPlace } from "./inplace.ts";
 import { randomizedProjector } from "./randomized_projector.ts";
 import {
@@ -30,8 +30,12 @@ export interface GaLoreOptions {
   updateProjGap?: number;
   /** α applied at project-back (not divided by r); default 0.25. */
   scale?: number;
-  /** How a refresh finds the top-r subspace; default "auto" (see {@link ProjectorMethod}). */
-  projector?: ProjectorMethod;
+  /**
+   * How a refresh finds the top-r subspace; default "auto" (see {@link ProjectorMethod}). A
+   * function picks per refresh from the refresh clock; `"random"` (GoLore's) takes a random
+   * orthonormal basis instead (see {@link randomProjector}).
+   */
+  projector?: ProjectorMethod | ((count: number) => ProjectorMethod | "random");
   /** Called after each projector refresh (for logging); see {@link ProjectorRefresh}. */
   onRefresh?: (refresh: ProjectorRefresh) => void;
 }
@@ -130,11 +134,10 @@ export function projectBack(n: Tensor, proj: Tensor, left: boolean): Tensor {
  *   k² Gram is read back): subspace error about 2⁻²⁴·σ₁²/(σ_r² − σ_{r+1}²); the eigensolve is the
  *   same.
  * - `"randomized"`: randomized subspace iteration (`randomized_projector.ts`): device products and
- *   an (r + 32)-sized eigensolve. On 350M's real gradients (`bench/galore_projector.ts`) it
- *   captures at least 99.96% of the exact projector's gradient energy, about 5× faster than
- *   `"cpu64"`; at 1B's 2048×5461 11× faster than `"gpu32"`. On a Gaussian matrix (no spectral gap
- *   at all: the worst case) it captures about 87%. Ω is seeded by the parameter's path and the
- *   refresh.
+ *   an (r + 32)-sized eigensolve. Several times faster than the exact methods at large sides, and
+ *   on real gradients, whose spectra fall off, nearly as good: `bench/galore_projector.ts`
+ *   measures the energy it captures (figures in `bench/NOTES.md`); a matrix without a spectral gap
+ *   is its worst case. Ω is seeded by the parameter's path and the refresh.
  * - `"auto"` (default): `"cpu64"` while the smaller side is at most {@link EXACT_PROJECTOR_MAX}
  *   (and when r + 32 reaches it), `"randomized"` above.
  */
@@ -187,12 +190,12 @@ export async function computeProjectors(
 async function projectorsOrNull(
   grads: readonly Tensor[],
   rank: number,
-  method: ProjectorMethod,
+  method: ProjectorMethod | "random",
   keys: readonly string[],
   refresh: number,
 ): Promise<(Tensor | null)[]> {
   const geos = grads.map((g) => projectionGeometry(g, rank));
-  const methods = geos.map((geo) => resolveMethod(method, geo));
+  const methods = geos.map((geo) => method === "random" ? "random" : resolveMethod(method, geo));
   const out: (Tensor | null)[] = grads.map(() => null);
   const pick = (m: string) => grads.flatMap((_, i) => (methods[i] === m ? [i] : []));
   const basisTensor = (i: number, basis: Float64Array) =>
@@ -225,6 +228,7 @@ async function projectorsOrNull(
       }
     });
   }
+  for (const i of pick("random")) out[i] = randomProjector(geos[i], keys[i], refresh);
   for (const i of pick("randomized")) {
     const seed = fnv1a(`${keys[i]}#${refresh}`);
     out[i] = await oneSketchAtATime(async () => {
@@ -239,12 +243,35 @@ async function projectorsOrNull(
   return out;
 }
 
+/**
+ * A random rank-r projector in `geo`'s layout (GoLore's): the orthonormalized columns Q of a
+ * Gaussian Z [min(m, n), r] (Z = Q·R, R's diagonal positive; float64) drawn from an Rng seeded by
+ * fnv1a(`golore:<key>#<refresh>`) (key: the parameter's path; `nextNormal` per entry, row-major), so every matrix and refresh gets its own, identically on every
+ * device and under per-layer updates. Its span is uniformly distributed, like the reference's
+ * Z·(ZᵀZ)^(-1/2); it reads no gradient, so a random refresh never waits for the GPU's results.
+ */
+export function randomProjector(geo: ProjectionGeometry, key: string, refresh: number): Tensor {
+  const k = geo.left ? geo.m : geo.n;
+  const rng = new Rng(fnv1a(`golore:${key}#${refresh}`));
+  const z = new Float64Array(k * geo.r);
+  for (let i = 0; i < z.length; i++) z[i] = rng.nextNormal();
+  const { q, r } = qr(z, k, geo.r);
+  // R's diagonal made positive: the one Q of Z's span with that property, whatever QR ran.
+  for (let j = 0; j < geo.r; j++) {
+    if (r[j * geo.r + j] < 0) { for (let i = 0; i < k; i++) q[i * geo.r + j] = -q[i * geo.r + j]; }
+  }
+  if (geo.left) return tensor(Float32Array.from(q), geo.projShape);
+  const t = new Float32Array(geo.r * k);
+  for (let i = 0; i < k; i++) for (let j = 0; j < geo.r; j++) t[j * k + i] = q[i * geo.r + j];
+  return tensor(t, geo.projShape);
+}
+
 let sketchQueue: Promise<unknown> = Promise.resolve();
 
 /**
  * Runs `fn` after every sketch started before it. Per-layer updates start one refresh per matrix
  * during backward, all before the first readback returns; unqueued, each would allocate its f32
- * copy and sketch at once (about 1 GB more peak at 350M). Queued, one matrix's transients exist
+ * copy and sketch at once (bench/NOTES.md). Queued, one matrix's transients exist
  * at a time, whoever started them.
  */
 function oneSketchAtATime<T>(fn: () => Promise<T>): Promise<T> {
@@ -270,7 +297,7 @@ export function withProjectors<T>(
   opts: {
     rank: number;
     updateProjGap: number;
-    projector?: ProjectorMethod;
+    projector?: GaLoreOptions["projector"];
     keys: readonly string[];
     onRefresh?: (refresh: ProjectorRefresh) => void;
   },
@@ -288,7 +315,10 @@ export function withProjectors<T>(
     (state.count % opts.updateProjGap === 0 || state.proj.some((q) => q === null));
   if (!due) return run(state.proj);
   const t0 = performance.now();
-  return projectorsOrNull(g, opts.rank, opts.projector ?? "auto", opts.keys, state.count).then(
+  const method = typeof opts.projector === "function"
+    ? opts.projector(state.count)
+    : opts.projector ?? "auto";
+  return projectorsOrNull(g, opts.rank, method, opts.keys, state.count).then(
     (fresh) => {
       opts.onRefresh?.({
         count: state.count,

@@ -20,7 +20,7 @@ export type PartitionState = Record<string, unknown>;
 /**
  * Routes each parameter to the transform of its group: `label(path, tensor)` names the group (paths
  * as in `core/tree.ts`). A group's transform sees its leaves as one flat object keyed by their full
- * paths, `{ "layers.0.q.w": g, ... }`, so a nested `partition` (or `perParameter`, which hands over
+ * paths, `{ "layers.0.q.w": g, ... }`, so a nested `partition` (or `perLayer`, which hands over
  * one-leaf objects the same way) routes by the same paths. Groups without leaves are not called.
  *
  * @example

@@ -12,7 +12,7 @@
  * Synchronous unless it must wait. `update` returns its result directly whenever it can record all
  * its work without waiting for the GPU — every transform here, except a GaLore step that refreshes
  * its projector (every T steps), which reads the gradient back and returns a promise. So a
- * per-parameter update inside backward (see `per_parameter.ts`) has recorded its dispatches, and
+ * per-layer update inside backward (see `per_layer.ts`) has recorded its dispatches, and
  * released what it consumed, before backward moves on. Callers that do not care just `await` it.
  *
  * Counts live in the state (bias correction, schedules, projector refreshes), so a momentum reset

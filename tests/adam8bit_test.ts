@@ -3,7 +3,7 @@
  * (dequantize, AdamW, requantize to the nearest code; f32 and bf16 gradients and parameters;
  * tensors past one storage binding), the quantization error per block bounded by the code book's
  * spacing, 8-bit Adam tracking f32 Adam on random least-squares problems, GaLore8bit's moments in
- * the projected shape, per-parameter updates, and the state's bytes. Tolerances are stated per
+ * the projected shape, per-layer updates, and the state's bytes. Tolerances are stated per
  * assertion.
  */
 import fc from "fast-check";
@@ -25,7 +25,7 @@ import {
   type GaLoreState,
   type GradientTransformation,
   isQuantized,
-  perParameter,
+  perLayer,
   type QuantizedMoment,
   scaleByAdam8bit,
   scaleByLearningRate,
@@ -444,7 +444,7 @@ Deno.test("adamw8bit state bytes: two code tensors of ceil(n/4)·4 and two absma
   }
 });
 
-Deno.test("perParameter(adamw8bit) inside backward equals the whole-tree update bit for bit", async () => {
+Deno.test("perLayer(adamw8bit) inside backward equals the whole-tree update bit for bit", async () => {
   const shapes: Record<string, number[]> = { w: [64, 80], b: [80], e: [50, 100] };
   const names = Object.keys(shapes);
   const fresh = () =>
@@ -455,10 +455,10 @@ Deno.test("perParameter(adamw8bit) inside backward equals the whole-tree update 
   const lossOf = (p: Record<string, Tensor>) =>
     names.map((k) => mean(mul(mul(p[k], p[k]), targets[k]))).reduce((a, b) => sub(a, b));
   const opt = adamw8bit({ lr: 0.01, weightDecay: 0.1 });
-  const layerwise = perParameter(opt);
+  const perLayerOpt = perLayer(opt);
   const a0 = fresh(), b0 = fresh();
   let whole = { params: a0, state: opt.init(a0) };
-  let perLeaf = { params: b0, state: layerwise.init(b0) };
+  let perLeaf = { params: b0, state: perLayerOpt.init(b0) };
   for (let t = 0; t < 3; t++) {
     const { value, grads } = valueAndGrad(lossOf)(whole.params);
     value.dispose();
@@ -466,7 +466,7 @@ Deno.test("perParameter(adamw8bit) inside backward equals the whole-tree update 
     whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
     const { value: v2, grads: g2 } = valueAndGrad(lossOf)(perLeaf.params);
     v2.dispose();
-    const s = layerwise.start(perLeaf.params, perLeaf.state);
+    const s = perLayerOpt.start(perLeaf.params, perLeaf.state);
     tree.flatten(g2).forEach((g, i) => s.onGrad(g, i));
     perLeaf = await s.finish();
   }
@@ -503,18 +503,18 @@ Deno.test("per-layer updates with bf16 weights and 8-bit states: bf16 gradients 
       return mean(mul(mul(x, x), targets[k]));
     }).reduce((a, b) => sub(a, b));
   const opt = adamw8bit({ lr: 0.01, weightDecay: 0.1 });
-  const layerwise = perParameter(opt);
+  const perLayerOpt = perLayer(opt);
   const a0 = fresh(), b0 = fresh();
   const [w0] = await readAll([a0.w]);
   let whole = { params: a0, state: opt.init(a0) };
-  let perLeaf = { params: b0, state: layerwise.init(b0) };
+  let perLeaf = { params: b0, state: perLayerOpt.init(b0) };
   const gradDTypes = new Set<string>();
   for (let t = 0; t < 3; t++) {
     const grads = backward(whole.params, lossOf);
     grads.forEach((g) => gradDTypes.add(g.dtype));
     const r = await opt.update(tree.unflatten(whole.params, grads), whole.state, whole.params);
     whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
-    const s = layerwise.start(perLeaf.params, perLeaf.state);
+    const s = perLayerOpt.start(perLeaf.params, perLeaf.state);
     backward(perLeaf.params, lossOf, s.onGrad);
     perLeaf = await s.finish();
   }

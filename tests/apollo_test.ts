@@ -3,7 +3,7 @@
  * (so it is the same on every device) and has the documented distribution; keys separate seeds,
  * parameters and refreshes; the update matches a float64 CPU reference of the reference code's
  * step over several steps and refreshes, for both granularities and both projection sides, with
- * and without the limiter; updates never wait for the GPU; per-parameter updates equal whole-tree
+ * and without the limiter; updates never wait for the GPU; per-layer updates equal whole-tree
  * ones; bad options and shapes are refused by name.
  */
 import fc from "fast-check";
@@ -13,16 +13,14 @@ import * as tree from "../core/tree.ts";
 import {
   apollo,
   apolloMini,
-  apolloProjection,
-  apolloProjectionCpu,
-  apolloProjectionKey,
   type ApolloState,
   applyUpdates,
   chain,
   type Granularity,
-  perParameter,
+  perLayer,
   scaleByLearningRate,
 } from "../optim/mod.ts";
+import { apolloProjection, apolloProjectionCpu, apolloProjectionKey } from "../optim/apollo.ts";
 import {
   adamDirection,
   limiterRef,
@@ -200,10 +198,10 @@ Deno.test("apolloMini is apollo at rank 1, tensor-wise, scale 128: state 2·max(
   assert.equal(mini.stateBytes, 4 * shapes.length * (2 * 20 + 1));
 });
 
-Deno.test("apollo per parameter equals apollo on the whole tree, bit for bit (projections follow paths)", async () => {
+Deno.test("apollo per layer equals apollo on the whole tree, bit for bit (projections follow paths)", async () => {
   const opt = chain(apollo({ rank: 3, updateProjGap: 2, seed: 9 }), scaleByLearningRate(0.01));
   const shapes = [[8, 14], [14, 8]];
-  const a = await trainMatrices(perParameter(opt), shapes);
+  const a = await trainMatrices(perLayer(opt), shapes);
   assert.deepEqual(a.params, (await trainMatrices(opt, shapes)).params);
 });
 

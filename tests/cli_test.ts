@@ -132,8 +132,51 @@ Deno.test("train.ts as a user runs it", async (t) => {
         [["--delta", "1.5"], /--delta 1\.5: must be in \(0, 1\)/],
         [["--steps", "two"], /--steps two: must be a positive integer/],
         [["--dtype", "fp16"], /--dtype fp16: unknown dtype \(expected f32 or bf16\)/],
-        [["--method", "full", "--keep-weight"], /--keep-weight: only sltrain builds its weight/],
+        [["--method", "full", "--keep-weight"], /--keep-weight: applies to sltrain only, not full/],
         [["--data", `${tmp}/missing.txt`], /missing\.txt does not exist/],
+        [["--method", "lowrank", "--relora-every", "4"], /--relora-every: applies to relora only/],
+        [
+          ["--method", "full", "--refactor-every", "4"],
+          /--refactor-every: applies to sltrain, lowrank, loro only, not full/,
+        ],
+        [
+          ["--compare", "full,galore", "--delta", "0.1"],
+          /--delta: applies to sltrain only, not full, galore/,
+        ],
+        [
+          ["--method", "golore", "--rank", "128"],
+          /--rank 128: golore.rank 128 must be < min\(out, in\)/,
+        ],
+        [
+          ["--method", "golore", "--golore-rand-ratio", "2"],
+          /--golore-rand-ratio 2: must be in \[0, 1\]/,
+        ],
+        [["--method", "loro", "--rank", "128"], /rank 128 must be < min\(out, in\)/],
+        [
+          ["--method", "loro", "--loro-exact-every", "0"],
+          /--loro-exact-every 0: must be a positive integer/,
+        ],
+        [
+          ["--method", "loro", "--per-layer"],
+          /--per-layer: loro steps each linear's B and A together/,
+        ],
+        [["--method", "spam", "--spam-threshold=-1"], /--spam-threshold -1: must be non-negative/],
+        [
+          ["--method", "spam", "--momentum-reset-every", "0"],
+          /--momentum-reset-every 0: must be a positive integer/,
+        ],
+        [
+          ["--method", "spam", "--optimizer", "adamw8bit"],
+          /--optimizer adamw8bit: spam keeps f32 moments/,
+        ],
+        [
+          ["--method", "stable-spam", "--stable-spam-gammas", "0.9,1,0.9"],
+          /--stable-spam-gammas 0.9,1,0.9: must be three numbers in \[0, 1\)/,
+        ],
+        [
+          ["--method", "stable-spam", "--stable-spam-eta", "2"],
+          /--stable-spam-eta 2: must be in \[0, 1\]/,
+        ],
       ];
       await Deno.writeTextFile(`${tmp}/empty.txt`, "");
       cases.push([["--data", `${tmp}/empty.txt`], /empty\.txt holds no text/]);

@@ -2,7 +2,7 @@
  * Fira against a float64 CPU reference of the reference code's step (residual G − α·P·Pᵀ·G,
  * per-channel norm ratio, norm-growth limiter with the post-limit norm stored) over several steps
  * and projector refreshes, for both projector sides, with and without the limiter; the limiter's
- * exact growth with an identity inner transform; per-parameter updates equal whole-tree ones; bad
+ * exact growth with an identity inner transform; per-layer updates equal whole-tree ones; bad
  * options and shapes refused by name.
  */
 import fc from "fast-check";
@@ -14,7 +14,7 @@ import {
   chain,
   fira,
   type FiraState,
-  perParameter,
+  perLayer,
   scale,
   scaleByAdam,
   scaleByLearningRate,
@@ -155,10 +155,10 @@ Deno.test("fira with an identity inner transform: growing gradients grow the res
   tree.dispose(state);
 });
 
-Deno.test("fira per parameter equals fira on the whole tree, bit for bit", async () => {
+Deno.test("fira per layer equals fira on the whole tree, bit for bit", async () => {
   const opt = chain(fira(scaleByAdam(), { rank: 3, updateProjGap: 2 }), scaleByLearningRate(0.01));
   const shapes = [[8, 14], [14, 8]];
-  const a = await trainMatrices(perParameter(opt), shapes);
+  const a = await trainMatrices(perLayer(opt), shapes);
   assert.deepEqual(a.params, (await trainMatrices(opt, shapes)).params);
 });
 

@@ -1,7 +1,7 @@
 /**
  * Optimizer tests: AdamW against a float64 CPU reference, the fused AdamW against its chain, the
  * transforms' ownership (in-place donation, nothing allocated per step), schedules against their
- * closed forms, GPU clipping, gradient accumulation, per-parameter updates against whole-tree
+ * closed forms, GPU clipping, gradient accumulation, per-layer updates against whole-tree
  * ones, GaLore's algebra (projection identities, moment mapping, equivalence with AdamW on
  * signed-permutation gradients, moments across refreshes, projector accuracy) and measured state
  * memory. Tolerances are stated per assertion.
@@ -24,22 +24,20 @@ import {
   chain,
   clipByGlobalNorm,
   type ClipState,
-  computeProjectors,
   galore,
   type GaLoreState,
   type GradientTransformation,
   multiSteps,
   partition,
-  perParameter,
-  project,
-  projectBack,
+  perLayer,
   quickRecovery,
   scaleByAdam,
   scaleByLearningRate,
-  scaleInPlace,
-  setMultiTensorAdam,
   warmupCosine,
 } from "../optim/mod.ts";
+import { computeProjectors, project, projectBack } from "../optim/galore.ts";
+import { scaleInPlace } from "../optim/inplace.ts";
+import { setMultiTensorAdam } from "../optim/adam_f32.ts";
 import { assertClose, backward, frob, mm, randomArr, setup, withBindingWindow } from "./util.ts";
 
 await setup();
@@ -357,7 +355,7 @@ Deno.test("multiSteps: k micro-steps update once, with the mean of their gradien
   tree.dispose([a, b]);
 });
 
-Deno.test("perParameter: updates made inside backward (GaLore refreshes included) equal the whole-tree update bit for bit", async () => {
+Deno.test("perLayer: updates made inside backward (GaLore refreshes included) equal the whole-tree update bit for bit", async () => {
   const shapes: Record<string, number[]> = { w1: [6, 10], w2: [10, 4], b: [10], e: [12, 6] };
   const names = Object.keys(shapes);
   const fresh = () =>
@@ -374,17 +372,17 @@ Deno.test("perParameter: updates made inside backward (GaLore refreshes included
     ),
     adam: adamw({ lr: 0.05, weightDecay: 0.1 }),
   });
-  const layerwise = perParameter(opt);
+  const perLayerOpt = perLayer(opt);
   const a0 = fresh();
   let whole = { params: a0, state: opt.init(a0) };
   const b0 = fresh();
-  let perLeaf = { params: b0, state: layerwise.init(b0) };
+  let perLeaf = { params: b0, state: perLayerOpt.init(b0) };
   // Three steps: refreshes at the first and the third (updateProjGap 2).
   for (let t = 0; t < 3; t++) {
     const grads = backward(whole.params, lossOf);
     const r = await opt.update(tree.unflatten(whole.params, grads), whole.state, whole.params);
     whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
-    const s = layerwise.start(perLeaf.params, perLeaf.state);
+    const s = perLayerOpt.start(perLeaf.params, perLeaf.state);
     backward(perLeaf.params, lossOf, s.onGrad);
     perLeaf = await s.finish();
   }

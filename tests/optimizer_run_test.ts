@@ -15,7 +15,7 @@ import { packedSequences } from "../data/batches.ts";
 import { validateConfig } from "../models/config.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { measureMemory } from "../models/memory.ts";
-import { perParameter } from "../optim/mod.ts";
+import { perLayer } from "../optim/mod.ts";
 import { quietIO, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
@@ -164,13 +164,13 @@ Deno.test("measured bytes of weights, buffers and optimizer state equal estimate
   for (const method of METHODS) {
     for (const optimizer of ["adamw", "adamw8bit"] as const) {
       for (const weights of ["f32", "bf16"] as const) {
-        for (const perLayer of [false, true]) {
-          const r = run(method, { optimizer, perLayer });
+        for (const layered of [false, true]) {
+          const r = run(method, { optimizer, perLayer: layered });
           const m = measureMemory(r.model, linearMethod(r), {
             dtype: weights,
             extra: (model) => {
               const opt = buildOptimizer(r, model.params);
-              return (perLayer ? perParameter(opt) : opt).init(model.params);
+              return (layered ? perLayer(opt) : opt).init(model.params);
             },
           });
           const states = optimizer === "adamw8bit" ? "8bit" : "f32";
@@ -181,7 +181,7 @@ Deno.test("measured bytes of weights, buffers and optimizer state equal estimate
               : { kind: "adam", states },
             weights,
           }, "ours");
-          const what = `${method} ${optimizer} ${weights}${perLayer ? " per-layer" : ""}`;
+          const what = `${method} ${optimizer} ${weights}${layered ? " per-layer" : ""}`;
           assert.equal(m.params + m.buffers, est.weights + est.indices, `${what}: weights`);
           // GaLore's projectors appear at its first update; the rest of the state at init.
           assert.equal(m.extra, est.optimizerStates, `${what}: optimizer state`);

@@ -16,7 +16,7 @@ import { trainRun } from "../cli/trainer.ts";
 import { packedSequences } from "../data/batches.ts";
 import { backward, setup } from "./util.ts";
 import { Tape } from "../core/tape.ts";
-import { adamw, perParameter } from "../optim/mod.ts";
+import { adamw, perLayer } from "../optim/mod.ts";
 
 await setup();
 
@@ -124,14 +124,14 @@ Deno.test("per-layer updates inside recomputed blocks write the weights in place
   const batch = batchOf(11, 2, 6);
   let params = model.params;
   for (const recompute of [false, true]) {
-    const layerwise = perParameter(adamw({ lr: 1e-3 }));
-    const state = layerwise.init(params);
+    const perLayerOpt = perLayer(adamw({ lr: 1e-3 }));
+    const state = perLayerOpt.init(params);
     const leaves = tree.flatten(params);
     const buffers = leaves.map((t) => t.storage.buffer);
     const tape = new Tape();
     tape.watch(...leaves);
     const value = tape.run(() => loss(model, params, batch, { recompute }));
-    const step = layerwise.start(params, state);
+    const step = perLayerOpt.start(params, state);
     tape.backward(value, leaves, { onGrad: step.onGrad });
     const next = await step.finish();
     // A parameter the tape still held when its update ran would have been copied (donate).

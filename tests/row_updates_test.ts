@@ -19,7 +19,7 @@ import {
   type GradientTransformation,
   isQuantized,
   type MomentsState,
-  perParameter,
+  perLayer,
 } from "../optim/mod.ts";
 import { backward, setup, withWindowBytes } from "./util.ts";
 
@@ -58,7 +58,7 @@ interface Case {
 async function twoSteps(c: Case) {
   const make = c.optimizer === "adamw" ? adamw : adamw8bit;
   const opt = make({ lr: 0.01, weightDecay: 0.1 }) as GradientTransformation<Moments>;
-  const layerwise = perParameter(opt);
+  const perLayerOpt = perLayer(opt);
   const fresh = () =>
     initLlama(
       { ...toyConfig(c.vocab), hidden: HIDDEN, intermediate: 96, layers: 1 },
@@ -71,14 +71,14 @@ async function twoSteps(c: Case) {
   const chunkBytes = 4 * HIDDEN * c.headRows;
   const lossOf = (p: LlamaParams) => loss(a, p, batch, { recompute: c.recompute, chunkBytes });
   let whole = { params: a.params, state: opt.init(a.params) };
-  let perLeaf = { params: b.params, state: layerwise.init(b.params) };
+  let perLeaf = { params: b.params, state: perLayerOpt.init(b.params) };
   const blocks = new Map<number, number[]>();
   await withWindowBytes(4 * HIDDEN * c.windowRows, async () => {
     for (let step = 0; step < 2; step++) {
       const grads = backward(whole.params, lossOf);
       const r = await opt.update(tree.unflatten(whole.params, grads), whole.state, whole.params);
       whole = { params: applyUpdates(whole.params, r.updates), state: r.state };
-      const s = layerwise.start(perLeaf.params, perLeaf.state);
+      const s = perLayerOpt.start(perLeaf.params, perLeaf.state);
       backward(perLeaf.params, lossOf, {
         onGrad: s.onGrad,
         onGradRows: (i) => {
@@ -103,7 +103,7 @@ type Moments = MomentsState<unknown>;
 
 /**
  * Parameters, then every first moment, then every second one: the whole-tree state's order, also
- * for the per-parameter states of `perParameter`.
+ * for the per-layer states of `perLayer`.
  */
 function withMoments(params: TensorTree, state: Moments | Moments[]): Tensor[] {
   const [m, v] = Array.isArray(state)
@@ -180,10 +180,10 @@ Deno.test("per-layer updates by rows fall back to the whole gradient, with the s
     w: tensor(Float32Array.from({ length: v * d }, (_, i) => Math.cos(i) / 8), [v, d]),
   });
   const opt = adamw8bit({ lr: 0.01, weightDecay: 0.1 });
-  const layerwise = perParameter(opt);
+  const perLayerOpt = perLayer(opt);
   // Asking costs nothing: the offer's alignment, before anything is taken.
   const probe = fresh();
-  const multiple = layerwise.start(probe, layerwise.init(probe)).onGradRows(1)?.multiple;
+  const multiple = perLayerOpt.start(probe, perLayerOpt.init(probe)).onGradRows(1)?.multiple;
   tree.dispose(probe);
   assert.ok(multiple !== undefined && multiple > 1, `8-bit rows come in multiples (${multiple})`);
   for (const shared of [false, true]) {
@@ -197,7 +197,7 @@ Deno.test("per-layer updates by rows fall back to the whole gradient, with the s
     const grads = backward(a, lossOf);
     const r = await opt.update(tree.unflatten(a, grads), opt.init(a), a);
     const whole = { params: applyUpdates(a, r.updates), state: r.state };
-    const s = layerwise.start(b, layerwise.init(b));
+    const s = perLayerOpt.start(b, perLayerOpt.init(b));
     const taken: number[] = [];
     backward(b, lossOf, {
       onGrad: s.onGrad,

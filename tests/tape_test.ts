@@ -3,15 +3,7 @@ import * as o from "../ops/mod.ts";
 import { DeviceLimitError, DTypeError, GradientError } from "../core/errors.ts";
 import { gpuDevice } from "../core/device.ts";
 import { memoryStats, resetPeakBytes } from "../core/memory.ts";
-import {
-  checkpoint,
-  gradRows,
-  recordMultiOp,
-  recordOp,
-  Tape,
-  untracked,
-  valueAndGrad,
-} from "../core/tape.ts";
+import { recompute, recordMultiOp, recordOp, Tape, untracked, valueAndGrad } from "../core/tape.ts";
 import { readAll, scope, type Tensor, tensor, zeros } from "../core/tensor.ts";
 import { backward, randomArr, setup, withWindowBytes } from "./util.ts";
 
@@ -152,8 +144,8 @@ Deno.test("onGradRows: a final gradient comes in checked blocks of rows instead 
     tape.watch(x);
     const y = tape.run(() => {
       const out = untracked(() => o.sum(x));
-      recordOp("blocky", [x], out, () => {
-        const rows = gradRows(x)!;
+      recordOp("blocky", [x], out, (_g, ctx) => {
+        const rows = ctx.gradRows(x)!;
         if (misuse === "order") rows.take(zeros([2, 2]), 2);
         else rows.take(zeros([2, 2]), 0);
         rows.end();
@@ -223,30 +215,30 @@ Deno.test("oversized tensors: the buffer limit is a specific error, nothing left
   assert.deepEqual(memoryStats().liveBytes, before.liveBytes);
 });
 
-// Three "blocks" x -> x + silu(x·w1)·w2 with f32 or bf16 weights, as plain ops or checkpointed.
-function blocks(ws: Tensor[], x: Tensor, recompute: boolean): Tensor {
+// Three "blocks" x -> x + silu(x·w1)·w2 with f32 or bf16 weights, as plain ops or recomputed.
+function blocks(ws: Tensor[], x: Tensor, segmented: boolean): Tensor {
   let h = x;
   for (let i = 0; i < ws.length; i += 2) {
     const block = ([hin, w1, w2]: readonly Tensor[]) =>
       o.add(hin, o.matmul(o.silu(o.matmul(hin, w1)), w2));
-    h = recompute ? checkpoint(block, [h, ws[i], ws[i + 1]]) : block([h, ws[i], ws[i + 1]]);
+    h = segmented ? recompute(block, [h, ws[i], ws[i + 1]]) : block([h, ws[i], ws[i + 1]]);
   }
   return o.mean(o.square(h));
 }
 
 for (const dtype of ["f32", "bf16"] as const) {
-  Deno.test(`checkpoint: recomputed blocks give bit-identical ${dtype} gradients, also handed out through onGrad, and hold only block boundaries`, async () => {
+  Deno.test(`recompute: recomputed blocks give bit-identical ${dtype} gradients, also handed out through onGrad, and hold only block boundaries`, async () => {
     const rnd = (shape: number[], seed: number, scale: number) =>
       tensor(Float32Array.from(randomArr(shape, seed).data, (v) => v * scale), shape, dtype);
     const ws = [0, 1, 2, 3, 4, 5].map((i) => rnd(i % 2 ? [64, 16] : [16, 64], i + 1, 0.3));
     const x = tensor(Float32Array.from(randomArr([32, 16], 9).data), [32, 16]);
-    const run = (recompute: boolean, hook: boolean) => {
+    const run = (segmented: boolean, hook: boolean) => {
       const got: Tensor[] = [];
       resetPeakBytes();
       const before = memoryStats().liveBytes;
       const grads = backward(
         ws,
-        (p) => blocks(p, x, recompute),
+        (p) => blocks(p, x, segmented),
         hook ? (g, i) => void (got[i] = g) : undefined,
       );
       return { grads: hook ? got : grads, peak: memoryStats().peakBytes - before };
@@ -266,9 +258,9 @@ for (const dtype of ["f32", "bf16"] as const) {
   });
 }
 
-Deno.test("checkpoint: without a tape it is the plain function; a vector outputGrad seeds backward", async () => {
+Deno.test("recompute: without a tape it is the plain function; a vector outputGrad seeds backward", async () => {
   const w = tensor([[2, 0], [0, 3]]);
-  const y = checkpoint(([a]) => o.mulScalar(a, 2), [w]);
+  const y = recompute(([a]) => o.mulScalar(a, 2), [w]);
   assert.deepEqual([...(await y.data())], [4, 0, 0, 6]);
   const tape = new Tape();
   tape.watch(w);

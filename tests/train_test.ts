@@ -10,7 +10,7 @@ import * as tree from "../core/tree.ts";
 import { PRESETS } from "../models/config.ts";
 import { initLlama, type LlamaParams, loss } from "../models/llama.ts";
 import { mulScalar } from "../ops/mod.ts";
-import { applyUpdates, perParameter } from "../optim/mod.ts";
+import { applyUpdates, perLayer } from "../optim/mod.ts";
 import { buildOptimizer } from "../cli/run_config.ts";
 
 await setup();
@@ -110,17 +110,17 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
     return memoryStats().peakBytes - base;
   };
   const opt = buildOptimizer(run, model.params);
-  const layerwise = perParameter(opt);
+  const perLayerOpt = perLayer(opt);
   const copy = () => tree.map(model.params, (t) => mulScalar(t, 1));
   let std = { params: copy(), state: opt.init(model.params) };
-  let pl = { params: copy(), state: layerwise.init(model.params) };
+  let pl = { params: copy(), state: perLayerOpt.init(model.params) };
   const standard = await measure(async () => {
     const grads = tree.unflatten(std.params, backward(std.params, lossOf));
     const r = await opt.update(grads, std.state, std.params);
     std = { params: applyUpdates(std.params, r.updates), state: r.state };
   });
-  const perLayer = await measure(async () => {
-    const s = layerwise.start(pl.params, pl.state);
+  const layered = await measure(async () => {
+    const s = perLayerOpt.start(pl.params, pl.state);
     backward(pl.params, lossOf, { onGrad: s.onGrad, onGradRows: s.onGradRows });
     pl = await s.finish();
   });
@@ -136,16 +136,16 @@ Deno.test("per-layer updates on the small preset: bit-identical parameters; ever
     standard >= gradBytes,
     `standard: ${standard} B above params and state < all gradients ${gradBytes} B`,
   );
-  assert.ok(perLayer <= bare, `per-layer peak ${perLayer} B > bare forward+backward ${bare} B`);
+  assert.ok(layered <= bare, `per-layer peak ${layered} B > bare forward+backward ${bare} B`);
   // Together: per-layer lowers the peak by every gradient byte (embedding and lm_head
   // included) except what the backward itself holds at its peak.
-  assert.ok(standard - perLayer >= gradBytes - bare);
+  assert.ok(standard - layered >= gradBytes - bare);
   // The LM head's and the embedding's gradients come to Adam in blocks of rows: below the bare
   // backward, which holds each of them whole in turn.
   const vocabGrad = tree.bytes(model.params.lmHead);
-  console.log(`  peaks above params: per-layer ${perLayer} B, bare backward ${bare} B`);
+  console.log(`  peaks above params: per-layer ${layered} B, bare backward ${bare} B`);
   assert.ok(bare >= vocabGrad, `bare ${bare} B < one [V, D] gradient ${vocabGrad} B`);
-  assert.ok(perLayer < vocabGrad, `per-layer ${perLayer} B >= one [V, D] gradient ${vocabGrad} B`);
+  assert.ok(layered < vocabGrad, `per-layer ${layered} B >= one [V, D] gradient ${vocabGrad} B`);
   tree.dispose([std, pl, model, batch]);
 });
 

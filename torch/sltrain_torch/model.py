@@ -62,9 +62,11 @@ class Method:
     def of_run(run):
         """The method of one of our RunConfig dicts (cli/run_config.ts linearMethod)."""
         m = run["method"]
-        if m in ("full", "galore", "fira", "apollo", "apollo-mini"):
+        if m in ("full", "galore", "fira", "apollo", "apollo-mini", "golore", "spam",
+                 "stable-spam"):
             return Method("dense")
-        return Method(m, run["rank"], run["alpha"], run["delta"])
+        kind = "lowrank" if m == "loro" else m
+        return Method(kind, run["rank"], run["alpha"], run["delta"])
 
 
 def sparse_nnz(delta, out, inp):

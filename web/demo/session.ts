@@ -5,23 +5,7 @@
  * safetensors Blob that `sample.ts` and `export.ts` load like a `train.ts` run's.
  * @module
  */
-import {
-  applyUpdates,
-  estimateMemory,
-  type GradientTransformation,
-  initLlama,
-  type LlamaBuffers,
-  type LlamaModel,
-  type LlamaParams,
-  loss,
-  memoryStats,
-  PRESETS,
-  readAll,
-  tensor,
-  tree,
-  valueAndGrad,
-  withVocab,
-} from "../../mod.ts";
+import { memoryStats, models, optim, readAll, tensor, tree, valueAndGrad } from "../../mod.ts";
 import { memorySink, writeCheckpoint } from "../../io/mod.ts";
 import { BatchStream, packedWindows, type Sequences } from "../../data/batches.ts";
 import { byteTokenizer } from "../../data/tokenizer.ts";
@@ -35,6 +19,9 @@ import {
 } from "../../cli/run_config.ts";
 import { generate, textStream } from "../../cli/generate.ts";
 import { evaluate } from "../../cli/evaluate.ts";
+
+const { estimateMemory, initLlama, loss, PRESETS, withVocab } = models;
+const { applyUpdates } = optim;
 
 /** What the page lets a user choose. */
 export interface DemoSettings {
@@ -111,9 +98,9 @@ export interface MemoryView {
 /** A model being trained on one text, step by step. */
 export class Session {
   readonly run: RunConfig;
-  readonly model: LlamaModel;
-  #params: LlamaParams;
-  #opt: GradientTransformation;
+  readonly model: models.LlamaModel;
+  #params: models.LlamaParams;
+  #opt: optim.GradientTransformation;
   #state: unknown;
   #stream: BatchStream;
   #val: Sequences;
@@ -232,7 +219,7 @@ export class Session {
     };
     let value;
     try {
-      const r0 = valueAndGrad((p: LlamaParams) => loss(this.model, p, batch))(this.#params);
+      const r0 = valueAndGrad((p: models.LlamaParams) => loss(this.model, p, batch))(this.#params);
       value = r0.value;
       const r = await this.#opt.update(r0.grads, this.#state, this.#params);
       this.#state = r.state;
@@ -305,7 +292,7 @@ export class Session {
     const sink = memorySink();
     await writeCheckpoint(sink, {
       params: this.#params,
-      buffers: this.model.buffers as LlamaBuffers,
+      buffers: this.model.buffers as models.LlamaBuffers,
       optState: this.#state,
       step: this.step,
       meta: { run: this.run, history: this.history, source: "web demo" },

@@ -1,5 +1,5 @@
 /**
- * Per-layer updates as a composition: {@link perParameter} runs a transform on each parameter
+ * Per-layer updates as a composition: {@link perLayer} runs a transform on each parameter
  * alone, so the tape's `onGrad` hook can update a parameter the moment its gradient is final and
  * free that gradient at once; the full set of gradients is never resident.
  * @module
@@ -16,13 +16,13 @@ import {
   type MaybePromise,
 } from "./transform.ts";
 
-/** One update made parameter by parameter during backward; see {@link PerParameter.start}. */
-export interface LayerwiseStep<P extends TensorTree, S> {
+/** One update made parameter by parameter during backward; see {@link PerLayer.start}. */
+export interface PerLayerStep<P extends TensorTree, S> {
   /**
-   * The tape's hook (`tape.backward(loss, leaves, { onGrad })`, leaves in the order of
-   * `tree.flatten(params)`): consumes the final gradient of parameter `index`, runs the transform
-   * on it and applies the update. A transform that must wait (a GaLore projector refresh) keeps
-   * the gradient until it is done and finishes later.
+   * The tape's hook (pass the step as backward's options, `tape.backward(loss, leaves, step)`,
+   * leaves in the order of `tree.flatten(params)`): consumes the final gradient of parameter
+   * `index`, runs the transform on it and applies the update. A transform that must wait (a
+   * GaLore projector refresh) keeps the gradient until it is done and finishes later.
    */
   readonly onGrad: (grad: Tensor, index: number) => void;
   /**
@@ -37,35 +37,49 @@ export interface LayerwiseStep<P extends TensorTree, S> {
 }
 
 /** A transform run on each parameter alone; also usable as an ordinary transform. */
-export interface PerParameter<S> extends GradientTransformation<S[]> {
+export interface PerLayer<S> extends GradientTransformation<S[]> {
   /**
    * Starts an update made during backward: consumes `params` and `state` (use those of
-   * {@link LayerwiseStep.finish} afterwards). Gives the same results, bit for bit, as `update` on
+   * {@link PerLayerStep.finish} afterwards). Gives the same results, bit for bit, as `update` on
    * all gradients followed by `applyUpdates`.
    */
-  start<P extends TensorTree>(params: P, state: S[]): LayerwiseStep<P, S>;
+  start<P extends TensorTree>(
+    params: P,
+    state: S[],
+    opts?: PerLayerStartOptions,
+  ): PerLayerStep<P, S>;
+}
+
+/** Options of {@link PerLayer.start}. */
+export interface PerLayerStartOptions {
+  /**
+   * Shown each gradient (whole, or each block of rows) with its parameter's index before the update
+   * consumes it: e.g. to flag non-finite values.
+   */
+  observe?: (grad: Tensor, index: number) => void;
 }
 
 /**
- * `inner` applied to every parameter separately, with one state per parameter (leaf order). The
+ * Per-layer updates: `inner` applied to every parameter separately, with one state per parameter
+ * (leaf order), so that each can be updated inside backward (see {@link PerLayer.start}). The
  * inner transform sees one-leaf objects `{ [path]: tensor }`, so `partition` inside it routes by
  * the parameter's full path. Only transforms that treat parameters independently belong inside:
  * not `clipByGlobalNorm`, whose norm spans all gradients.
  *
  * @example
  * ```ts
- * const layerwise = perParameter(adamw({ lr: 1e-3 }));
- * let state = layerwise.init(params);
+ * const perLayerOpt = perLayer(adamw({ lr: 1e-3 }));
+ * let state = perLayerOpt.init(params);
  * const tape = new Tape();
  * const leaves = tree.flatten(params);
  * tape.watch(...leaves);
  * const value = tape.run(() => lossOf(params));
- * const step = layerwise.start(params, state);
- * tape.backward(value, leaves, { onGrad: step.onGrad });
+ * const step = perLayerOpt.start(params, state);
+ * tape.backward(value, leaves, step); // its onGrad and onGradRows hooks
  * ({ params, state } = await step.finish());
  * ```
  */
-export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<S> {
+export function perLayer<S>(inner: GradientTransformation<S>): PerLayer<S> {
   const one = (path: string, t: Tensor | undefined) => (t ? { [path]: t } : undefined);
   const updateLeaf = (
     path: string,
@@ -79,7 +93,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
     }));
   const checkCount = (state: S[], n: number) => {
     if (state.length !== n) {
-      throw new RangeError(`perParameter: state holds ${state.length} entries for ${n} parameters`);
+      throw new RangeError(`perLayer: state holds ${state.length} entries for ${n} parameters`);
     }
   };
   return {
@@ -101,7 +115,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
         ? Promise.all(results).then(assemble)
         : assemble(results as { update: Tensor | null; state: S }[]);
     },
-    start(params, state) {
+    start(params, state, { observe } = {}) {
       const paths = tree.paths(params);
       const leaves = tree.flatten(params);
       checkCount(state, leaves.length);
@@ -110,10 +124,11 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
       const seen = leaves.map(() => false);
       const pending: Promise<void>[] = [];
       const arrives = (i: number) => {
-        if (seen[i]) throw new GradientError(`perParameter: a second gradient for ${paths[i]}`);
+        if (seen[i]) throw new GradientError(`perLayer: a second gradient for ${paths[i]}`);
         seen[i] = true;
       };
       const onGrad = (g: Tensor, i: number) => {
+        observe?.(g, i);
         arrives(i);
         const done = andThen(updateLeaf(paths[i], g, state[i], leaves[i]), (r) => {
           nextState[i] = r.state;
@@ -123,23 +138,19 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
       };
       const onGradRows = (i: number): GradRows | null => {
         const rows = inner.updateRows?.({ [paths[i]]: leaves[i] }, state[i]);
-        if (!rows) return null;
-        let started = false;
-        const start = () => {
-          if (!started) arrives(i);
-          started = true;
-        };
-        return {
-          multiple: rows.multiple,
-          take(g, r0) {
-            start();
-            rows.take(g, r0);
-          },
-          end() {
-            start();
-            nextState[i] = rows.finish();
-          },
-        };
+        return rows
+          ? {
+            multiple: rows.multiple,
+            take: (g, r0) => {
+              observe?.(g, i);
+              rows.take(g, r0);
+            },
+            end: () => {
+              arrives(i);
+              nextState[i] = rows.finish();
+            },
+          }
+          : null;
       };
       return {
         onGrad,
@@ -148,7 +159,7 @@ export function perParameter<S>(inner: GradientTransformation<S>): PerParameter<
           await Promise.all(pending);
           const missing = paths.filter((_, i) => !seen[i]);
           if (missing.length > 0) {
-            throw new GradientError(`perParameter: no gradient arrived for ${missing.join(", ")}`);
+            throw new GradientError(`perLayer: no gradient arrived for ${missing.join(", ")}`);
           }
           return { params: tree.unflatten(params, next), state: nextState };
         },
