@@ -51,7 +51,7 @@ import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
 import { derivedFromSteps } from "./cli/resume.ts";
-import { checkFits } from "./cli/memory_budget.ts";
+import { deviceMemory } from "./cli/memory_budget.ts";
 import { armFault, parseFault } from "./cli/faults.ts";
 import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import { NONFINITE_POLICIES } from "./cli/guard.ts";
@@ -477,7 +477,9 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     : await loadData(flags, tok, runs[0].seq);
   const runDir = (out: string, m: MethodName) => methods.length > 1 ? `${out}/${m}` : out;
   const info = await initGpu();
-  for (const run of runs) checkFits(run, info);
+  // Without --max-device-bytes, a software adapter's budget is the host's memory.
+  const hostBudget = flags["max-device-bytes"] === undefined ? deviceMemory(info) : null;
+  if (hostBudget) { for (const r of runs) checkDeviceBudget(r, hostBudget.bytes, hostBudget.from); }
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
