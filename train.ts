@@ -525,7 +525,9 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
       console.error(
         `\n${run.method} on ${run.modelName}: ${run.steps} steps × ${
           run.batch * run.gradAccum
-        }×${run.seq} tokens, lr ${run.lr}, warmup ${run.warmup}`,
+        }×${run.seq} tokens, lr ${run.lr}${
+          // A resumed run's warmup may be the checkpoint's (the trainer says so).
+          resume ? "" : `, warmup ${run.warmup}`}`,
       );
       try {
         const result = await trainRun(run, data, {
