@@ -21,7 +21,7 @@
  * @module
  */
 import { gpuDevice, setAllocationFault } from "../core/device.ts";
-import { FlagError } from "./flags.ts";
+import { FlagError } from "./flag_error.ts";
 
 /** Fault kinds. */
 export const FAULT_KINDS = ["oom", "device-lost", "enospc", "stall"] as const;

@@ -4,6 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { FlagError } from "./flag_error.ts";
 import {
   type MethodName,
   METHODS,
@@ -334,8 +335,7 @@ export function helpText(): string {
   );
 }
 
-/** A bad flag or flag value. */
-export class FlagError extends Error {}
+export { FlagError };
 
 /** Parsed raw flag values (strings and booleans, as given). */
 export type RawFlags = Record<string, string | boolean | undefined>;

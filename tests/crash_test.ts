@@ -129,7 +129,16 @@ async function runUntil(
 }
 
 /** What two runs' logs may differ in: when, how fast, how much memory (the rest is bit-exact). */
-const MEASURED = ["time", "stepSeconds", "tokensPerSec", "seconds", "liveBytes", "peakBytes"];
+const MEASURED = [
+  "time",
+  "stepSeconds",
+  "tokensPerSec",
+  "seconds",
+  "liveBytes",
+  "peakBytes",
+  "allocatedBytes",
+  "allocatedPeak",
+];
 
 const strip = (records: LogRecord[]) =>
   records.filter((r) => r.kind !== "resume").map((r) =>
