@@ -27,16 +27,22 @@ const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
   "keepWeight",
 ]);
 
-/** Settings train.ts derives from `--steps` when their own flag is not given, with that flag. */
-const STEP_DERIVED: Partial<Record<keyof RunConfig, string>> = {
-  warmup: "warmup",
-  reloraEvery: "relora-every",
+/**
+ * Settings train.ts derives from `--steps` when none of the flags that set them is given: the
+ * warmup, ReLoRA's merge period, GoLore's first random refresh, Stable-SPAM's β1 schedule.
+ */
+const STEP_DERIVED: Partial<Record<keyof RunConfig, readonly string[]>> = {
+  warmup: ["warmup"],
+  reloraEvery: ["relora-every"],
+  goloreRandomFrom: ["golore-rand-ratio"],
+  stableSpamSchedule: ["stable-spam-total", "stable-spam-eta"],
 };
 
-/** The settings whose values train.ts derived from `--steps` under `flags` (their flag absent). */
+/** The settings whose values train.ts derived from `--steps` under `flags` (their flags absent). */
 export function derivedFromSteps(flags: RawFlags): Set<string> {
   return new Set(
-    Object.entries(STEP_DERIVED).filter(([, f]) => flags[f] === undefined).map(([k]) => k),
+    Object.entries(STEP_DERIVED).filter(([, fs]) => fs!.every((f) => flags[f] === undefined))
+      .map(([k]) => k),
   );
 }
 

@@ -4,7 +4,7 @@
  * name.
  */
 import assert from "node:assert/strict";
-import { applies, reconcileResume } from "../cli/resume.ts";
+import { applies, derivedFromSteps, reconcileResume } from "../cli/resume.ts";
 import {
   blockTransform,
   cycleLength,
@@ -42,6 +42,17 @@ Deno.test("reconcileResume: derived settings come from the checkpoint, given one
       `${k}: checkpoint ${JSON.stringify(saved[k])}, now ${v}`,
     ]);
   }
+});
+
+Deno.test("derivedFromSteps: the settings whose flags are all absent", () => {
+  assert.deepEqual(
+    [...derivedFromSteps({})].sort(),
+    ["goloreRandomFrom", "reloraEvery", "stableSpamSchedule", "warmup"],
+  );
+  assert.deepEqual(
+    [...derivedFromSteps({ warmup: "5", "stable-spam-eta": "0.3" })].sort(),
+    ["goloreRandomFrom", "reloraEvery"],
+  );
 });
 
 Deno.test("reconcileResume: settings the method does not use are not compared", () => {
