@@ -4,7 +4,7 @@
  * @module
  */
 import { deviceLostError } from "./core/device.ts";
-import { initGpu } from "./cli/gpu.ts";
+import { type DenoDeviceInfo, initGpu } from "./cli/gpu.ts";
 import { loadBrown, splitEvery } from "./data/brown.ts";
 import { tokenizeCached } from "./data/cache.ts";
 import { holdOut, loadCorpus } from "./data/corpus.ts";
@@ -51,7 +51,7 @@ import { type RunData, type RunResult, trainRun } from "./cli/trainer.ts";
 import { fmtCount } from "./cli/format.ts";
 import { CHECKPOINT_FILE } from "./cli/checkpoint.ts";
 import { derivedFromSteps } from "./cli/resume.ts";
-import { checkFits } from "./cli/memory_budget.ts";
+import { deviceMemory } from "./cli/memory_budget.ts";
 import { armFault, parseFault } from "./cli/faults.ts";
 import { acquireRunLock, assertUnlocked, type RunLock } from "./cli/run_lock.ts";
 import type { NonFinitePolicy } from "./cli/guard.ts";
@@ -440,7 +440,7 @@ export async function main(argv: string[], hooks: MainHooks = {}): Promise<numbe
     ? shardRunData(shards, tok, flags, runs[0].seq)
     : await loadData(flags, tok, runs[0].seq);
   const info = await initGpu();
-  for (const run of runs) checkFits(run, info);
+  checkHostBudget(flags, runs, info);
   const outDir = await prepareOut(
     flags,
     methods.length > 1 ? "compare" : methods[0],
@@ -494,6 +494,13 @@ function checkDeviceBudgetFlag(flags: RawFlags, runs: RunConfig[]): void {
   if (typeof flags["max-device-bytes"] !== "string") return;
   const budget = parseByteSize(flags["max-device-bytes"], "max-device-bytes");
   for (const r of runs) checkDeviceBudget(r, budget);
+}
+
+/** Without --max-device-bytes, a software adapter's budget is the host's memory. */
+function checkHostBudget(flags: RawFlags, runs: RunConfig[], info: DenoDeviceInfo): void {
+  if (flags["max-device-bytes"] !== undefined) return;
+  const host = deviceMemory(info);
+  if (host) { for (const r of runs) checkDeviceBudget(r, host.bytes, host.from); }
 }
 
 /** The folder of method `m`'s run: `out` itself, or one per method under it for a --compare. */
@@ -559,7 +566,9 @@ async function trainOne(run: RunConfig, dir: string, s: SharedRunSettings): Prom
   console.error(
     `\n${run.method} on ${run.modelName}: ${run.steps} steps × ${
       run.batch * run.gradAccum
-    }×${run.seq} tokens, lr ${run.lr}, warmup ${run.warmup}`,
+    }×${run.seq} tokens, lr ${run.lr}${
+      // A resumed run's warmup may be the checkpoint's (the trainer says so).
+      resume ? "" : `, warmup ${run.warmup}`}`,
   );
   const title = `${run.method} on ${run.modelName}`;
   try {

@@ -1,13 +1,16 @@
 /**
- * The long soak: `tiny` trains 1000 steps with every method (and per-layer updates), evaluating,
- * checkpointing, refreshing, merging and refactorizing every 100 steps, and prints live buffers,
- * live bytes, the buffer pool and every GPU-object cache at steps 1, 500 and 1000 (the loss is
- * read every step, so each sample is taken with nothing pending). tests/soak_test.ts asserts the
- * same on a shorter run.
+ * The long soak: `tiny` trains 1000 steps with every method and option (Fira, APOLLO, APOLLO-Mini,
+ * 8-bit states, bf16 weights, recomputation, per-layer updates), evaluating, checkpointing,
+ * refreshing, merging and refactorizing every 100 steps, and prints live buffers, live bytes, the
+ * buffer pool, every GPU-object cache, and the process's resident memory and JS heap (after a full
+ * collection) at steps 1, 500 and 1000 (the loss is read every step, so each sample is taken with
+ * nothing pending). tests/soak_test.ts asserts the same on a shorter run.
  *
  *   deno run -A bench/soak.ts [--steps 1000] [--only sltrain]
  */
 import { parseArgs } from "node:util";
+import v8 from "node:v8";
+import vm from "node:vm";
 import type { RunConfig } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import type { Progress } from "../cli/progress.ts";
@@ -41,17 +44,27 @@ const CONFIGS: [string, Partial<RunConfig>][] = [
   ["sltrain", { method: "sltrain", refactorEvery: every }],
   ["relora", { method: "relora", reloraEvery: every }],
   ["galore", { method: "galore", galoreGap: every }],
+  ["fira", { method: "fira", galoreGap: every }],
+  ["apollo", { method: "apollo", galoreGap: every }],
+  ["apollo-mini", { method: "apollo-mini", galoreGap: every }],
+  ["sltrain --optimizer adamw8bit", { method: "sltrain", optimizer: "adamw8bit" }],
+  ["sltrain --dtype bf16", { method: "sltrain", dtype: "bf16" }],
+  ["full --recompute", { method: "full", recompute: true }],
   ["sltrain --per-layer", { method: "sltrain", perLayer: true }],
 ];
+
+// A full collection before each sample: the heap figure is what is reachable.
+v8.setFlagsFromString("--expose-gc");
+const gc = vm.runInNewContext("gc") as () => void;
 
 const silent = { update() {}, log() {}, done() {} } as unknown as Progress;
 console.log(
   `${info.summary}\n${steps} steps of tiny (2×32 tokens), every ${every}: eval, checkpoint, refresh/merge/refactor`,
 );
 console.log(
-  "| method | step | live buffers | live bytes | pool (reserved) | pipelines | uniforms (made) | kernel variants | matmul textures | s/step |",
+  "| method | step | live buffers | live bytes | pool (reserved) | pipelines | uniforms (made) | kernel variants | matmul textures | RSS | JS heap | s/step |",
 );
-console.log("|---|---|---|---|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
 for (const [name, overrides] of CONFIGS) {
   if (values.only && !name.startsWith(values.only)) continue;
   const run: RunConfig = {
@@ -62,7 +75,7 @@ for (const [name, overrides] of CONFIGS) {
     rank: 32,
     delta: 0.03,
     alpha: 8,
-    lr: overrides.method === "galore" ? 1e-2 : 3e-3,
+    lr: ["galore", "fira", "apollo", "apollo-mini"].includes(overrides.method!) ? 1e-2 : 3e-3,
     warmup: 60,
     steps,
     minLrRatio: 0.1,
@@ -96,14 +109,16 @@ for (const [name, overrides] of CONFIGS) {
       shouldStop: () => false,
       onStep: (step) => {
         if (step !== 1 && step !== Math.floor(steps / 2) && step !== steps) return;
+        gc();
+        const p = Deno.memoryUsage();
         const m = memoryStats();
         const c = cacheStats();
         console.log(
           `| ${name} | ${step} | ${m.liveBuffers} | ${m.liveBytes} | ${
             fmtBytes(m.reservedBytes)
           } | ${c.pipelines} | ${c.uniforms} (${c.uniformsCreated}) | ${c.kernelVariants} | ${c.matmulTextures} | ${
-            ((performance.now() - t0) / 1000 / step).toFixed(3)
-          } |`,
+            fmtBytes(p.rss)
+          } | ${fmtBytes(p.heapUsed)} | ${((performance.now() - t0) / 1000 / step).toFixed(3)} |`,
         );
       },
     });

@@ -59,16 +59,17 @@ const NOTE = "injected by SLTRAIN_FAULT";
 let armed: Fault | null = null;
 let fired = false;
 let inPhase = false;
+/** Visits of each phase since the fault was armed. */
+const counts = new Map<Phase, number>();
 
 /** Arms `fault` for this process (train.ts, from `SLTRAIN_FAULT`); null disarms. */
 export function armFault(fault: Fault | null): void {
   armed = fault;
   fired = false;
   inPhase = false;
+  counts.clear();
   setAllocationFault(fault && fault.kind !== "enospc" ? onAllocation : null);
 }
-
-const counts = new Map<Phase, number>();
 
 /** The run enters `phase` (called by the trainer); the armed fault's phase counts its visits. */
 export function enterPhase(phase: Phase): void {

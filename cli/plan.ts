@@ -318,14 +318,18 @@ export function fitReport(run: RunConfig, budget: number): string {
 }
 
 /**
- * Refuses `run` up front when its predicted peak is over `budget`, naming both and the
- * planner's command for what fits.
+ * Refuses `run` up front when its predicted peak is over `budget`, naming both (and `from`, where
+ * the budget comes from) and the planner's command for what fits.
  */
-export function checkDeviceBudget(run: RunConfig, budget: number): void {
+export function checkDeviceBudget(
+  run: RunConfig,
+  budget: number,
+  from = "--max-device-bytes",
+): void {
   const peak = planPeak(run).total;
   if (peak <= budget) return;
   throw new FlagError(
-    `--max-device-bytes ${fmtBytes(budget)}: ${run.method} on ${run.modelName} is predicted to ` +
+    `${from} ${fmtBytes(budget)}: ${run.method} on ${run.modelName} is predicted to ` +
       `need ${fmtBytes(peak)} at its peak (steady ${
         fmtBytes(planPeak(run).steady)
       }); see what fits with --fit ${fmtBytes(budget).replace(" ", "")}`,

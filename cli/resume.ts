@@ -8,7 +8,7 @@
  */
 import type { RawFlags } from "./flags.ts";
 import type { MethodName, RunConfig } from "./run_config.ts";
-import { lrSchedule } from "./run_config.ts";
+import { lrSchedule, REFACTORABLE } from "./run_config.ts";
 
 /**
  * The settings a resumed run may change: how long it runs and how it evaluates and reports. Any
@@ -27,33 +27,43 @@ const MAY_CHANGE: ReadonlySet<string> = new Set<keyof RunConfig>([
   "keepWeight",
 ]);
 
-/** Settings train.ts derives from `--steps` when their own flag is not given, with that flag. */
-const STEP_DERIVED: Partial<Record<keyof RunConfig, string>> = {
-  warmup: "warmup",
-  reloraEvery: "relora-every",
+/**
+ * Settings train.ts derives from `--steps` when none of the flags that set them is given: the
+ * warmup, ReLoRA's merge period, GoLore's first random refresh, Stable-SPAM's β1 schedule.
+ */
+const STEP_DERIVED: Partial<Record<keyof RunConfig, readonly string[]>> = {
+  warmup: ["warmup"],
+  reloraEvery: ["relora-every"],
+  goloreRandomFrom: ["golore-rand-ratio"],
+  stableSpamSchedule: ["stable-spam-total", "stable-spam-eta"],
 };
 
-/** The settings whose values train.ts derived from `--steps` under `flags` (their flag absent). */
+/** The settings whose values train.ts derived from `--steps` under `flags` (their flags absent). */
 export function derivedFromSteps(flags: RawFlags): Set<string> {
   return new Set(
-    Object.entries(STEP_DERIVED).filter(([, f]) => flags[f] === undefined).map(([k]) => k),
+    Object.entries(STEP_DERIVED).filter(([, fs]) => fs!.every((f) => flags[f] === undefined))
+      .map(([k]) => k),
   );
 }
 
-/** The methods a setting affects; settings not listed affect every method. */
+/** The methods that refresh a GaLore-style projector every `galoreGap` steps. */
+const GAP_METHODS: readonly MethodName[] = ["galore", "golore", "fira", "apollo", "apollo-mini"];
+
+/**
+ * The methods a setting affects; a setting not listed is compared for every method. A method
+ * added later that reads one of these settings belongs in its list.
+ */
 const ONLY_FOR: Partial<Record<keyof RunConfig, readonly MethodName[]>> = {
-  rank: ["lowrank", "sltrain", "relora", "galore", "fira", "apollo"],
-  alpha: ["lowrank", "sltrain", "relora"],
   delta: ["sltrain"],
-  refactorEvery: ["sltrain"],
+  refactorEvery: REFACTORABLE,
   reloraEvery: ["relora"],
-  recoverySteps: ["sltrain", "relora"],
-  galoreGap: ["galore", "fira", "apollo", "apollo-mini"],
-  galoreScale: ["galore", "fira"],
+  recoverySteps: [...REFACTORABLE, "relora"],
+  galoreGap: GAP_METHODS,
+  galoreScale: ["galore", "golore", "fira"],
 };
 
 /** Whether `key` changes what a run of `method` computes. */
-function applies(key: string, method: MethodName): boolean {
+export function applies(key: string, method: MethodName): boolean {
   const only = ONLY_FOR[key as keyof RunConfig];
   return only === undefined || only.includes(method);
 }

@@ -17,7 +17,8 @@ import { filesFolder, HF_NAMES, hfConfigJson, MAX_JSON_BYTES } from "../io/hf_fo
 import { loadHf } from "../io/hf_import.ts";
 import type { ModelFolder } from "../io/hf_format.ts";
 import { blockLinearShapes } from "../models/method.ts";
-import { checkFits, parseBytes } from "../cli/memory_budget.ts";
+import { deviceMemory } from "../cli/memory_budget.ts";
+import { checkDeviceBudget } from "../cli/plan.ts";
 import { Rng } from "../core/rng.ts";
 import { PRESETS } from "../models/config.ts";
 import { toyConfig, toyRun } from "./fixtures.ts";
@@ -329,30 +330,21 @@ Deno.test("fuzz: shard folders with damaged bytes anywhere: a ShardError naming 
   }
 });
 
-Deno.test("a run needing more memory than the device has is refused with the estimate", () => {
-  assert.equal(parseBytes("24GiB"), 24 * 2 ** 30);
-  assert.equal(parseBytes("80 GB"), 80e9);
-  assert.throws(() => parseBytes("lots"), /SLTRAIN_DEVICE_MEMORY "lots": expected bytes/);
-  const prev = Deno.env.get("SLTRAIN_DEVICE_MEMORY");
-  try {
-    Deno.env.set("SLTRAIN_DEVICE_MEMORY", "1GB");
-    const big = toyRun({
-      model: { ...PRESETS["1b"], vocabSize: 32000 },
-      method: "full",
-      modelName: "1b",
-    });
-    assert.throws(
-      () => checkFits(big, { kind: "gpu" }),
-      /full on 1b needs at least [\d.]+ GB \(weights, optimizer states and gradients, before activations\), more than the device's 1\.00 GB \(SLTRAIN_DEVICE_MEMORY\)/,
-    );
-    checkFits(toyRun(), { kind: "gpu" });
-    Deno.env.delete("SLTRAIN_DEVICE_MEMORY");
-    // A GPU's memory is unknown to WebGPU: nothing to check against.
-    checkFits(big, { kind: "gpu" });
-  } finally {
-    if (prev === undefined) Deno.env.delete("SLTRAIN_DEVICE_MEMORY");
-    else Deno.env.set("SLTRAIN_DEVICE_MEMORY", prev);
-  }
+Deno.test("a run needing more memory than a CPU adapter's host has is refused with the estimate", () => {
+  const host = deviceMemory({ kind: "cpu" });
+  assert.ok(host && host.bytes === Deno.systemMemoryInfo().total);
+  // A GPU's memory is unknown to WebGPU: --max-device-bytes is how to give it.
+  assert.equal(deviceMemory({ kind: "gpu" }), null);
+  const big = toyRun({
+    model: { ...PRESETS["7b"], vocabSize: 32000 },
+    method: "full",
+    modelName: "7b",
+  });
+  assert.throws(
+    () => checkDeviceBudget(big, host.bytes, host.from),
+    /host memory of the CPU adapter [\d.]+ [GT]B: full on 7b is predicted to need [\d.]+ [GT]B at its peak/,
+  );
+  checkDeviceBudget(toyRun(), host.bytes, host.from);
 });
 
 Deno.test("bounded fuzz: distinct messages per input", () => {

@@ -38,9 +38,7 @@ Deno.test("train.ts as a user runs it", async (t) => {
   const tmp = await Deno.makeTempDir({ prefix: "sltrain-cli-" });
   try {
     // A private token cache, so the test neither reads nor fills the user's.
-    // A device budget far above the host's, so the buffer-limit case below reaches the device
-    // (memory_budget's own refusal is tested in bounded_test.ts).
-    const env = { SLTRAIN_CACHE: `${tmp}/cache`, SLTRAIN_DEVICE_MEMORY: "1TB" };
+    const env = { SLTRAIN_CACHE: `${tmp}/cache` };
     const dataFile = `${tmp}/train.jsonl`;
     await Deno.writeTextFile(
       dataFile,
@@ -279,7 +277,9 @@ Deno.test("train.ts as a user runs it", async (t) => {
           JSON.stringify({ vocabSize: 256, hidden: 16, intermediate, heads: 2, layers: 1 }),
         );
         const out = `${tmp}/failed`;
-        const args = [...SHORT, "--model", cfg, "--method", "full", "--out", out];
+        // A budget far above the host's memory, so the run gets as far as the device.
+        const budget = ["--max-device-bytes", "1TB"];
+        const args = [...SHORT, ...budget, "--model", cfg, "--method", "full", "--out", out];
         await fails(args, /over the device's maxBufferSize/);
         assert.ok(!(await exists(out)), "the failed run left its folder behind");
         // A folder the user made stays, empty, and the same command reports the same error again.

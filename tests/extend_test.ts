@@ -4,7 +4,15 @@
  * name.
  */
 import assert from "node:assert/strict";
-import { reconcileResume } from "../cli/resume.ts";
+import { applies, derivedFromSteps, reconcileResume } from "../cli/resume.ts";
+import {
+  blockTransform,
+  cycleLength,
+  linearMethod,
+  lrSchedule,
+  METHODS,
+  type RunConfig,
+} from "../cli/run_config.ts";
 import { readLog } from "../cli/runlog.ts";
 import { loadCheckpoint } from "../cli/checkpoint.ts";
 import { trainRun } from "../cli/trainer.ts";
@@ -36,6 +44,17 @@ Deno.test("reconcileResume: derived settings come from the checkpoint, given one
   }
 });
 
+Deno.test("derivedFromSteps: the settings whose flags are all absent", () => {
+  assert.deepEqual(
+    [...derivedFromSteps({})].sort(),
+    ["goloreRandomFrom", "reloraEvery", "stableSpamSchedule", "warmup"],
+  );
+  assert.deepEqual(
+    [...derivedFromSteps({ warmup: "5", "stable-spam-eta": "0.3" })].sort(),
+    ["goloreRandomFrom", "reloraEvery"],
+  );
+});
+
 Deno.test("reconcileResume: settings the method does not use are not compared", () => {
   const sl = toyRun({ method: "sltrain", steps: 4 });
   // ReLoRA's merge period and GaLore's gap mean nothing to SLTrain, given or derived.
@@ -48,7 +67,7 @@ Deno.test("reconcileResume: settings the method does not use are not compared", 
   ]);
   const full = toyRun({ method: "full", steps: 4 });
   assert.deepEqual(
-    reconcileResume({ ...full, rank: 8, delta: 0.5, alpha: 1, refactorEvery: 3 }, full, new Set())
+    reconcileResume({ ...full, delta: 0.5, refactorEvery: 3, recoverySteps: 7 }, full, new Set())
       .conflicts,
     [],
   );
@@ -60,6 +79,30 @@ Deno.test("reconcileResume: settings the method does not use are not compared", 
   assert.deepEqual(reconcileResume({ ...sl, method: "full" }, sl, new Set()).conflicts, [
     'method: checkpoint "sltrain", now "full"',
   ]);
+});
+
+Deno.test("a setting skipped for a method changes nothing that method builds", () => {
+  const changed: Partial<RunConfig> = {
+    delta: 0.3,
+    refactorEvery: 2,
+    reloraEvery: 2,
+    recoverySteps: 5,
+    galoreGap: 2,
+    galoreScale: 0.5,
+  };
+  for (const method of METHODS) {
+    const run = toyRun({ method, steps: 8 });
+    for (const [k, v] of Object.entries(changed)) {
+      if (applies(k, method)) continue;
+      const other = { ...run, [k]: v };
+      const what = `${method}: ${k}`;
+      assert.deepEqual(linearMethod(other), linearMethod(run), what);
+      assert.equal(cycleLength(other), cycleLength(run), what);
+      const [a, b] = [lrSchedule(run), lrSchedule(other)];
+      for (let s = 0; s < 8; s++) assert.equal(b(s), a(s), `${what}, lr at ${s}`);
+      assert.equal(blockTransform(other) === null, blockTransform(run) === null, what);
+    }
+  }
 });
 
 Deno.test("a ReLoRA run of 4 steps extended to 8: continues, merges at 4, logs the change", async () => {

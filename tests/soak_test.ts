@@ -1,12 +1,17 @@
 /**
- * Soak: `tiny` trains with every method (and per-layer updates) through evaluations, checkpoints,
- * GaLore refreshes, ReLoRA merges and SLTrain refactorizations, all every 5 steps. Sampled at the
- * same point of that cycle, live buffers and live bytes stay where step 1 left them, the buffer
- * pool and every cache of GPU objects stay flat, and uniform buffers are made at a constant rate
- * (per-step optimizer scalars) while the cache of them stays under its limit. Counts only: the
- * 1000-step figures come from `bench/soak.ts`.
+ * Soak: `tiny` trains with every method and option (Fira, APOLLO, APOLLO-Mini, 8-bit states, bf16
+ * weights, recomputation, per-layer updates) through evaluations, checkpoints, projector
+ * refreshes, ReLoRA merges and SLTrain refactorizations, all every 4 steps. Sampled at the same
+ * point of that cycle, live buffers and live bytes stay where step 1 left them, the buffer pool and
+ * every cache of GPU objects stay flat, uniform buffers are made at a constant rate (per-step
+ * optimizer scalars) while the cache of them stays under its limit, and the process's resident
+ * memory and JS heap do not grow from one cycle to the next beyond a bound (a leak of GPU objects
+ * or JS objects the library's counters do not see). The 1000-step figures come from
+ * `bench/soak.ts`.
  */
 import assert from "node:assert/strict";
+import v8 from "node:v8";
+import vm from "node:vm";
 import type { RunConfig } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import { cacheStats, setUniformCacheLimit } from "../core/kernel.ts";
@@ -19,7 +24,7 @@ import { setup } from "./util.ts";
 
 await setup();
 
-const CYCLE = 5;
+const CYCLE = 4;
 const STEPS = 3 * CYCLE + 2; // the last sample is taken mid-run, like step 1
 
 const CONFIGS: [string, Partial<RunConfig>][] = [
@@ -28,11 +33,27 @@ const CONFIGS: [string, Partial<RunConfig>][] = [
   ["sltrain", { method: "sltrain", refactorEvery: CYCLE }],
   ["relora", { method: "relora", reloraEvery: CYCLE }],
   ["galore", { method: "galore", galoreGap: CYCLE }],
+  ["fira", { method: "fira", galoreGap: CYCLE }],
+  ["apollo", { method: "apollo", galoreGap: CYCLE }],
+  ["apollo-mini", { method: "apollo-mini", galoreGap: CYCLE }],
+  ["sltrain --optimizer adamw8bit", { method: "sltrain", optimizer: "adamw8bit" }],
+  ["sltrain --dtype bf16", { method: "sltrain", dtype: "bf16" }],
+  ["full --recompute", { method: "full", recompute: true }],
   ["sltrain --per-layer", { method: "sltrain", perLayer: true }],
 ];
 
+/** Growth of the process's resident memory and JS heap allowed from one cycle to the next. */
+const RSS_SLACK = 48 * 2 ** 20;
+const HEAP_SLACK = 12 * 2 ** 20;
+
+// A full collection before each sample, so the heap figure is what is reachable, not what the
+// collector has not got to yet (V8's gc, exposed at run time).
+v8.setFlagsFromString("--expose-gc");
+const gc = vm.runInNewContext("gc") as () => void;
+
 /** What is sampled after a step. */
 function sample() {
+  gc();
   const m = memoryStats();
   // Uniforms and bind groups are LRU caches that see each step's new values (the learning rate):
   // bounded, not flat.
@@ -40,6 +61,7 @@ function sample() {
   return {
     live: { buffers: m.liveBuffers, bytes: m.liveBytes },
     pool: m.reservedBytes,
+    process: Deno.memoryUsage(),
     caches,
     uniforms,
     uniformsCreated,
@@ -62,7 +84,7 @@ for (const [name, overrides] of CONFIGS) {
       steps: STEPS,
       batch: 2,
       seq: 16,
-      logEvery: 5,
+      logEvery: CYCLE,
       evalEvery: CYCLE,
       ...overrides,
     });
@@ -94,6 +116,14 @@ for (const [name, overrides] of CONFIGS) {
       assert.equal(s.pool, warm.pool, `step ${step}: the buffer pool grew`);
       assert.deepEqual(s.caches, warm.caches, `step ${step}: a cache grew`);
     }
+    // The process: resident memory and JS heap grow no more in the third cycle than a bound.
+    const last = at.get(1 + 3 * CYCLE)!.process;
+    const mid = at.get(1 + 2 * CYCLE)!.process;
+    assert.ok(last.rss - mid.rss <= RSS_SLACK, `RSS grew ${last.rss - mid.rss} bytes in a cycle`);
+    assert.ok(
+      last.heapUsed - mid.heapUsed <= HEAP_SLACK,
+      `the JS heap grew ${last.heapUsed - mid.heapUsed} bytes in a cycle`,
+    );
     const made = (a: number, b: number) => at.get(b)!.uniformsCreated - at.get(a)!.uniformsCreated;
     assert.equal(made(1 + CYCLE, 1 + 2 * CYCLE), made(1 + 2 * CYCLE, 1 + 3 * CYCLE));
     const after = memoryStats();
