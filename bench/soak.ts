@@ -1,5 +1,6 @@
 /**
  * The long soak: `tiny` trains 1000 steps with every method and option (Fira, APOLLO, APOLLO-Mini,
+ * GoLore, LoRO, SPAM, Stable-SPAM, low-rank with refactorization,
  * 8-bit states, bf16 weights, recomputation, per-layer updates), evaluating, checkpointing,
  * refreshing, merging and refactorizing every 100 steps, and prints live buffers, live bytes, the
  * buffer pool, every GPU-object cache, and the process's resident memory and JS heap (after a full
@@ -11,7 +12,7 @@
 import { parseArgs } from "node:util";
 import v8 from "node:v8";
 import vm from "node:vm";
-import type { RunConfig } from "../cli/run_config.ts";
+import { isProjected, type RunConfig } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
 import type { Progress } from "../cli/progress.ts";
 import { init } from "../core/device.ts";
@@ -47,6 +48,11 @@ const CONFIGS: [string, Partial<RunConfig>][] = [
   ["fira", { method: "fira", galoreGap: every }],
   ["apollo", { method: "apollo", galoreGap: every }],
   ["apollo-mini", { method: "apollo-mini", galoreGap: every }],
+  ["golore", { method: "golore", galoreGap: every }],
+  ["loro", { method: "loro" }],
+  ["spam", { method: "spam" }],
+  ["stable-spam", { method: "stable-spam" }],
+  ["lowrank --refactor-every", { method: "lowrank", refactorEvery: every }],
   ["sltrain --optimizer adamw8bit", { method: "sltrain", optimizer: "adamw8bit" }],
   ["sltrain --dtype bf16", { method: "sltrain", dtype: "bf16" }],
   ["full --recompute", { method: "full", recompute: true }],
@@ -75,7 +81,7 @@ for (const [name, overrides] of CONFIGS) {
     rank: 32,
     delta: 0.03,
     alpha: 8,
-    lr: ["galore", "fira", "apollo", "apollo-mini"].includes(overrides.method!) ? 1e-2 : 3e-3,
+    lr: isProjected(overrides.method!) ? 1e-2 : 3e-3,
     warmup: 60,
     steps,
     minLrRatio: 0.1,

@@ -16,7 +16,7 @@ import { sizeClass } from "../core/memory.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { blockLinearShapes, sparseNnz } from "../models/method.ts";
 import { fmtBytes, table } from "./format.ts";
-import { FlagError } from "./flags.ts";
+import { FlagError } from "./flag_error.ts";
 import {
   linearMethod,
   type MethodName,

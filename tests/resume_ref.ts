@@ -4,7 +4,8 @@
  * bit (the state must round-trip exactly, counts and all).
  */
 import assert from "node:assert/strict";
-import { loadCheckpoint, saveCheckpoint } from "../cli/checkpoint.ts";
+import { bytesSource, memorySink } from "../io/bytes.ts";
+import { readCheckpoint, writeCheckpoint } from "../io/checkpoint.ts";
 import { readAll, type Tensor, tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import { applyUpdates, type GradientTransformation } from "../optim/mod.ts";
@@ -65,40 +66,36 @@ export async function assertResumesBitExact(
   const straight = await runSteps(opt, p0, opt.init(p0), grads, 0, grads.length);
   const p1 = init();
   const half = await runSteps(opt, p1, opt.init(p1), grads, 0, cut);
-  const dir = await Deno.makeTempDir();
-  try {
-    const path = `${dir}/ck.safetensors`;
-    await saveCheckpoint(path, {
-      params: half.params,
-      buffers: {},
-      optState: half.state,
-      step: cut,
-      meta: {},
-    });
-    tree.dispose([half.params, half.state as tree.TensorTree]);
-    const back = await loadCheckpoint(path);
-    const resumed = await runSteps(
-      make(),
-      back.params as Params,
-      back.optState,
-      grads,
-      cut,
-      grads.length,
+  // In memory, through the same serializer as checkpoint files, so this runs in browsers too.
+  const sink = memorySink();
+  await writeCheckpoint(sink, {
+    params: half.params,
+    buffers: {},
+    optState: half.state,
+    step: cut,
+    meta: {},
+  });
+  tree.dispose([half.params, half.state as tree.TensorTree]);
+  const back = await readCheckpoint(bytesSource(sink.bytes(), "ck.safetensors"));
+  const resumed = await runSteps(
+    make(),
+    back.params as Params,
+    back.optState,
+    grads,
+    cut,
+    grads.length,
+  );
+  const names = Object.keys(straight.params);
+  const a = await readAll(names.map((n) => straight.params[n]));
+  const b = await readAll(names.map((n) => resumed.params[n]));
+  names.forEach((n, i) => {
+    assert.deepEqual(
+      new Uint32Array(Float32Array.from(b[i]).buffer),
+      new Uint32Array(Float32Array.from(a[i]).buffer),
+      `${n} after resuming at step ${cut}`,
     );
-    const names = Object.keys(straight.params);
-    const a = await readAll(names.map((n) => straight.params[n]));
-    const b = await readAll(names.map((n) => resumed.params[n]));
-    names.forEach((n, i) => {
-      assert.deepEqual(
-        new Uint32Array(Float32Array.from(b[i]).buffer),
-        new Uint32Array(Float32Array.from(a[i]).buffer),
-        `${n} after resuming at step ${cut}`,
-      );
-    });
-    tree.dispose(
-      [straight.params, straight.state, resumed.params, resumed.state] as tree.TensorTree,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
+  tree.dispose(
+    [straight.params, straight.state, resumed.params, resumed.state] as tree.TensorTree,
+  );
 }

@@ -54,6 +54,15 @@ export async function runInChromium(
         else onLine(line);
         return new Response("ok");
       }
+      if (req.method === "POST" && path === "/load-failed") {
+        abort(
+          new Error(
+            `the test bundle did not load in the page: ${await req
+              .text()} (does a file it imports need Deno or Node, e.g. node:util? list it in DENO_ONLY)`,
+          ),
+        );
+        return new Response("ok");
+      }
       if (path === "/bundle.js") {
         return new Response(await Deno.readFile(`${dir}/bundle.js`), {
           headers: { "content-type": "text/javascript" },
@@ -61,7 +70,9 @@ export async function runInChromium(
       }
       if (path === "/") {
         return new Response(
-          `<!doctype html><meta charset="utf-8"><script type="module" src="/bundle.js"></script>`,
+          // Imported, not loaded by src: a bundle that fails to load (an unresolvable import) is
+          // reported instead of leaving the page waiting until the timeout.
+          `<!doctype html><meta charset="utf-8"><script type="module">import("/bundle.js").catch((e) => fetch("/load-failed", { method: "POST", body: String(e) }));</script>`,
           { headers: { "content-type": "text/html" } },
         );
       }
