@@ -3,61 +3,28 @@
  * so clipping costs dispatches, never a readback (a sync costs milliseconds: bench/NOTES.md).
  * @module
  */
-import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
 import { assertDType } from "../core/dtype.ts";
 import { fmtShape } from "../core/shape.ts";
-import { forEachWindow } from "../core/windows.ts";
-import { Tensor, zeros } from "../core/tensor.ts";
+import { Tensor } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
 import type { TensorTree } from "../core/tree.ts";
 import { FLOAT_DTYPES } from "./elementwise_kernel.ts";
 import { scaleByTensorInPlace } from "./inplace.ts";
+import { foldPartials, partialReduction, REDUCE_HELPERS, REDUCE_WG } from "./partial_reduce.ts";
 import type { GradientTransformation } from "./transform.ts";
 
-// Elements per workgroup of the partial-sum pass: 256 threads x 16 elements keeps each invocation's
-// loop far below llvmpipe's 65535 back-edge cap while leaving few partials to combine.
-const PER_THREAD = 16;
-const WG = 256;
-const CHUNK = WG * PER_THREAD;
-
-const REDUCE = `  acc[lid.x] = s;
-  workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
-    if (lid.x < w) { acc[lid.x] = acc[lid.x] + acc[lid.x + w]; }
-    workgroupBarrier();
-  }`;
-
-// Sums of squares of CHUNK elements per workgroup, into partials[offset + workgroup]. x is f32 or
-// bf16 (a kernel per dtype).
-const partialSums = kernelFamily((dtype: "f32" | "bf16") =>
-  defineKernel({
-    name: "clip_sumsq",
-    inputs: { x: dtype },
-    outputs: { partials: "f32" },
-    uniforms: { count: "u32", offset: "u32" },
-    grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id", wid: "workgroup_id" } },
-    helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
-    body: `  let base = wid.x * ${CHUNK}u + lid.x;
-  var s = 0.0;
-  for (var j = 0u; j < ${PER_THREAD}u; j++) {
-    let k = base + j * ${WG}u;
-    if (k < u.count) { let e = load_x(k); s = s + e * e; }
-  }
-${REDUCE}
-  if (lid.x == 0u) { partials[u.offset + wid.x] = acc[0]; }`,
-  })
-);
+// Sums of squares of every leaf, one partial per chunk, then folded by FINALIZE or ACCUMULATE.
+const partialSumsOf = partialReduction("clip_sumsq", "e * e", "sum");
 
 const FINALIZE = defineKernel({
   name: "clip_finalize",
   inputs: { partials: "f32" },
   outputs: { norm: "f32", scale: "f32" },
   uniforms: { count: "u32", maxNorm: "f32" },
-  grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id" } },
-  helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
-  body: `  var s = 0.0;
-  for (var k = lid.x; k < u.count; k = k + ${WG}u) { s = s + partials[k]; }
-${REDUCE}
+  grid: { workgroupSize: [REDUCE_WG], builtins: { lid: "local_invocation_id" } },
+  helpers: REDUCE_HELPERS,
+  body: `${foldPartials("sum")}
   if (lid.x == 0u) {
     let nrm = sqrt(acc[0]);
     norm[0] = nrm;
@@ -71,30 +38,11 @@ const ACCUMULATE = defineKernel({
   inputs: { partials: "f32" },
   outputs: { into: "f32" },
   uniforms: { count: "u32" },
-  grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id" } },
-  helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
-  body: `  var s = 0.0;
-  for (var k = lid.x; k < u.count; k = k + ${WG}u) { s = s + partials[k]; }
-${REDUCE}
+  grid: { workgroupSize: [REDUCE_WG], builtins: { lid: "local_invocation_id" } },
+  helpers: REDUCE_HELPERS,
+  body: `${foldPartials("sum")}
   if (lid.x == 0u) { into[0] = into[0] + acc[0]; }`,
 });
-
-/** Sums of squares of every leaf, CHUNK elements per partial (windows are whole chunks). */
-function partialSumsOf(leaves: readonly Tensor[]): { partials: Tensor; count: number } {
-  assertDType("globalNorm", FLOAT_DTYPES, ...leaves);
-  const count = leaves.reduce((a, t) => a + Math.ceil(t.size / CHUNK), 0);
-  const partials = zeros([Math.max(1, count)]);
-  let offset = 0;
-  for (const t of leaves) {
-    const kernel = partialSums(t.dtype as "f32" | "bf16");
-    forEachWindow([t], ([x], _start, n) => {
-      const groups = Math.ceil(n / CHUNK);
-      kernel({ x, partials }, { count: n, offset }, [groups]);
-      offset += groups;
-    }, CHUNK);
-  }
-  return { partials, count };
-}
 
 /**
  * The global L2 norm of all gradients and the clip scale min(1, maxNorm / (norm + 1e-6)), both as
@@ -104,7 +52,9 @@ export function globalNormAndScale(
   grads: TensorTree,
   maxNorm = Infinity,
 ): { norm: Tensor; scale: Tensor } {
-  const { partials, count: total } = partialSumsOf(tree.flatten(grads));
+  const leaves = tree.flatten(grads);
+  assertDType("globalNorm", FLOAT_DTYPES, ...leaves);
+  const { partials, count: total } = partialSumsOf(leaves);
   const norm = Tensor.empty([1]);
   const scale = Tensor.empty([1]);
   FINALIZE({ partials, norm, scale }, {
@@ -128,7 +78,9 @@ export function addSumOfSquares(grads: TensorTree, into: Tensor): void {
       }`,
     );
   }
-  const { partials, count } = partialSumsOf(tree.flatten(grads));
+  const leaves = tree.flatten(grads);
+  assertDType("addSumOfSquares", FLOAT_DTYPES, ...leaves);
+  const { partials, count } = partialSumsOf(leaves);
   ACCUMULATE({ partials, into }, { count }, [1]);
   partials.dispose();
 }

@@ -8,14 +8,14 @@
  * no step waits for the GPU.
  * @module
  */
-import { defineKernel, kernelFamily } from "../core/define_kernel.ts";
+import { defineKernel } from "../core/define_kernel.ts";
 import { donate } from "../core/donate.ts";
 import { assertDType } from "../core/dtype.ts";
 import { Tensor, zeros } from "../core/tensor.ts";
 import * as tree from "../core/tree.ts";
-import { forEachWindow } from "../core/windows.ts";
 import { globalNorm } from "./clip.ts";
 import { elementwiseInPlace, FLOAT_DTYPES } from "./elementwise_kernel.ts";
+import { foldPartials, partialReduction, REDUCE_HELPERS, REDUCE_WG } from "./partial_reduce.ts";
 import type { GradientTransformation } from "./transform.ts";
 
 /** Options of {@link scaleByStableSpam}. */
@@ -95,34 +95,8 @@ export function stableSpamFactor(opts: StableSpamOptions, t: number): number {
   return o.etaMin + (1 - o.etaMin) * (1 + Math.cos(Math.PI * t / (o.totalT + 1))) / 2;
 }
 
-const WG = 256;
-const PER_THREAD = 16;
-const CHUNK = WG * PER_THREAD;
-const REDUCE_MAX = `  acc[lid.x] = s;
-  workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w = w >> 1u) {
-    if (lid.x < w) { acc[lid.x] = max(acc[lid.x], acc[lid.x + w]); }
-    workgroupBarrier();
-  }`;
-
-const partialMaxAbs = kernelFamily((dtype: "f32" | "bf16") =>
-  defineKernel({
-    name: "stable_spam_maxabs",
-    inputs: { x: dtype },
-    outputs: { partials: "f32" },
-    uniforms: { count: "u32", offset: "u32" },
-    grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id", wid: "workgroup_id" } },
-    helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
-    body: `  let base = wid.x * ${CHUNK}u + lid.x;
-  var s = 0.0;
-  for (var j = 0u; j < ${PER_THREAD}u; j++) {
-    let k = base + j * ${WG}u;
-    if (k < u.count) { s = max(s, abs(load_x(k))); }
-  }
-${REDUCE_MAX}
-  if (lid.x == 0u) { partials[u.offset + wid.x] = acc[0]; }`,
-  })
-);
+// max|g| per chunk, folded by MAX_STATS.
+const maxAbsPartials = partialReduction("stable_spam_maxabs", "abs(e)", "max");
 
 // The running max: stats[0] ← θ·stats[0] + (1−θ)·max|g|; clip = (threshold m̂ = stats[0]/(1−θ^k),
 // the factor m̂/max|g| applied to the entries above it).
@@ -131,11 +105,9 @@ const MAX_STATS = defineKernel({
   inputs: { partials: "f32" },
   outputs: { stats: "f32", clip: "f32" },
   uniforms: { count: "u32", theta: "f32", bc: "f32" },
-  grid: { workgroupSize: [WG], builtins: { lid: "local_invocation_id" } },
-  helpers: `var<workgroup> acc: array<f32, ${WG}>;`,
-  body: `  var s = 0.0;
-  for (var k = lid.x; k < u.count; k = k + ${WG}u) { s = max(s, partials[k]); }
-${REDUCE_MAX}
+  grid: { workgroupSize: [REDUCE_WG], builtins: { lid: "local_invocation_id" } },
+  helpers: REDUCE_HELPERS,
+  body: `${foldPartials("max")}
   if (lid.x == 0u) {
     let mx = acc[0];
     let run = u.theta * stats[0] + (1.0 - u.theta) * mx;
@@ -181,19 +153,6 @@ const ADAM = elementwiseInPlace({
   store_vt(k, v);
   return u.stepSize * m / (sqrt(v) * u.invSqrtBc2 + u.eps);`,
 });
-
-function maxAbsPartials(x: Tensor): { partials: Tensor; count: number } {
-  const count = Math.max(1, Math.ceil(x.size / CHUNK));
-  const partials = zeros([count]);
-  const kernel = partialMaxAbs(x.dtype as "f32" | "bf16");
-  let offset = 0;
-  forEachWindow([x], ([w], _start, n) => {
-    const groups = Math.ceil(n / CHUNK);
-    kernel({ x: w, partials }, { count: n, offset }, [groups]);
-    offset += groups;
-  }, CHUNK);
-  return { partials, count };
-}
 
 /**
  * Stable-SPAM's direction, without the learning rate (chain `addDecayedWeights` and
@@ -250,7 +209,7 @@ export function scaleByStableSpam(
           [m, v] = [zeros(gi.shape), zeros(gi.shape)];
         }
         const stats = donate(state.stats[i]);
-        const { partials, count } = maxAbsPartials(gi);
+        const { partials, count } = maxAbsPartials([gi]);
         const clip = Tensor.empty([2]);
         MAX_STATS({ partials, stats, clip }, { count, theta: o.gamma3, bc: 1 - o.gamma3 ** k }, [
           1,
