@@ -37,6 +37,7 @@ import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { planPeak } from "../cli/plan.ts";
+import { runChild } from "./child.ts";
 
 /** One configuration of the table. */
 interface Row {
@@ -205,30 +206,9 @@ interface Measured {
   seconds: number;
 }
 
-async function measure(model: string, row: Row, seq: number): Promise<Measured | string> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      import.meta.filename!,
-      "--child",
-      JSON.stringify({ model, row: row.key, seq }),
-    ],
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(Number(f.timeout) * 1000),
-  });
-  try {
-    const out = await cmd.output();
-    const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
-    if (out.code !== 0 || !text.startsWith("{")) {
-      const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" ");
-      return `failed (exit ${out.code}): ${err.slice(0, 200)}`;
-    }
-    return JSON.parse(text);
-  } catch (e) {
-    return `failed: ${e instanceof Error ? e.message : e}`;
-  }
+function measure(model: string, row: Row, seq: number): Promise<Measured | string> {
+  const payload = JSON.stringify({ model, row: row.key, seq });
+  return runChild(import.meta.filename!, payload, Number(f.timeout));
 }
 
 const gb = (b: number) => (b / 1e9).toFixed(3);

@@ -22,6 +22,7 @@ import { memoryStats } from "../core/memory.ts";
 import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
 import { PRESETS } from "../models/config.ts";
+import { runChild } from "./child.ts";
 // train.ts's default: LLaMA's tokenizer for the paper presets, bytes for tiny, small and files.
 const tokenizerOf = (model: string) =>
   model in PRESETS && !["tiny", "small"].includes(model) ? "llama" : "bytes";
@@ -76,24 +77,8 @@ async function child(args: string[]): Promise<void> {
   }));
 }
 
-async function measure(args: string[]): Promise<Record<string, number> | string> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", import.meta.filename!, "--child", JSON.stringify(args)],
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(Number(f.timeout) * 1000),
-  });
-  try {
-    const out = await cmd.output();
-    const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
-    if (out.code !== 0 || !text.startsWith("{")) {
-      const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" ");
-      return `failed (exit ${out.code}): ${err.slice(0, 300)}`;
-    }
-    return JSON.parse(text);
-  } catch (e) {
-    return `failed: ${e instanceof Error ? e.message : e}`;
-  }
+function measure(args: string[]): Promise<Record<string, number> | string> {
+  return runChild(import.meta.filename!, JSON.stringify(args), Number(f.timeout));
 }
 
 const DEFAULT_CONFIGS = [
