@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { type MethodName, METHODS } from "../cli/run_config.ts";
 import { trainRun } from "../cli/trainer.ts";
-import { LEARN_STEPS, learnData, learnRun } from "../bench/learn_reference.ts";
+import { LEARN_STEPS, learnData, learnRun } from "../bench/learn_runs.ts";
 import { quietIO } from "./fixtures.ts";
 import { setup } from "./util.ts";
 

@@ -51,15 +51,6 @@ const HEAP_SLACK = 12 * 2 ** 20;
 v8.setFlagsFromString("--expose-gc");
 const gc = vm.runInNewContext("gc") as () => void;
 
-/**
- * Resident memory less the JS heap's committed but free bytes: V8 keeps pages it grew into for a
- * burst of JS work (a refactorization's float64 SVD) resident after collecting them, which is not
- * a leak.
- */
-function resident(p: Deno.MemoryUsage): number {
-  return p.rss - (p.heapTotal - p.heapUsed);
-}
-
 /** What is sampled after a step. */
 function sample() {
   gc();
@@ -130,12 +121,10 @@ for (const [name, overrides] of CONFIGS) {
     // a loaded CI machine) is not one, so the smaller of the last two cycles' growths is bounded.
     const last = at.get(1 + 3 * CYCLE)!.process;
     const mid = at.get(1 + 2 * CYCLE)!.process;
-    const growths = [resident(mid) - resident(warm.process), resident(last) - resident(mid)];
+    const growths = [mid.rss - warm.process.rss, last.rss - mid.rss];
     assert.ok(
       Math.min(...growths) <= RSS_SLACK,
-      `resident memory grew ${
-        growths.join(" and ")
-      } bytes in the last two cycles (beyond the JS heap's free pages)`,
+      `resident memory grew ${growths.join(" and ")} bytes in the last two cycles`,
     );
     assert.ok(
       last.heapUsed - mid.heapUsed <= HEAP_SLACK,
