@@ -4,10 +4,10 @@
  * refreshes, ReLoRA merges and SLTrain refactorizations, all every 4 steps. Sampled at the same
  * point of that cycle, live buffers and live bytes stay where step 1 left them, the buffer pool and
  * every cache of GPU objects stay flat, uniform buffers are made at a constant rate (per-step
- * optimizer scalars) while the cache of them stays under its limit, and the process's resident
- * memory and JS heap do not grow from one cycle to the next beyond a bound (a leak of GPU objects
- * or JS objects the library's counters do not see). The 1000-step figures come from
- * `bench/soak.ts`.
+ * optimizer scalars) while the cache of them stays under its limit, and the JS heap does not grow
+ * from one cycle to the next beyond a bound (JS objects the library's counters do not see). The
+ * process's resident memory, and the 1000-step figures, come from `bench/soak.ts` (a process of
+ * its own).
  */
 import assert from "node:assert/strict";
 import v8 from "node:v8";
@@ -42,8 +42,7 @@ const CONFIGS: [string, Partial<RunConfig>][] = [
   ["sltrain --per-layer", { method: "sltrain", perLayer: true }],
 ];
 
-/** Growth of the process's resident memory and JS heap allowed from one cycle to the next. */
-const RSS_SLACK = 48 * 2 ** 20;
+/** Growth of the JS heap allowed from one cycle to the next. */
 const HEAP_SLACK = 12 * 2 ** 20;
 
 // A full collection before each sample, so the heap figure is what is reachable, not what the
@@ -116,16 +115,12 @@ for (const [name, overrides] of CONFIGS) {
       assert.equal(s.pool, warm.pool, `step ${step}: the buffer pool grew`);
       assert.deepEqual(s.caches, warm.caches, `step ${step}: a cache grew`);
     }
-    // The process: resident memory and JS heap grow no more per cycle than a bound. A leak grows
-    // every cycle; one cycle's spike (the allocator or V8 taking a burst of pages, seen once under
-    // a loaded CI machine) is not one, so the smaller of the last two cycles' growths is bounded.
+    // The JS heap (this isolate's) grows no more in the third cycle than a bound. Resident
+    // memory is not checked here: `deno test --parallel` runs test files as workers of one
+    // process, so RSS moves with whatever the other files allocate (±250 MB a cycle in the
+    // suite); bench/soak.ts measures it in a process of its own.
     const last = at.get(1 + 3 * CYCLE)!.process;
     const mid = at.get(1 + 2 * CYCLE)!.process;
-    const growths = [mid.rss - warm.process.rss, last.rss - mid.rss];
-    assert.ok(
-      Math.min(...growths) <= RSS_SLACK,
-      `resident memory grew ${growths.join(" and ")} bytes in the last two cycles`,
-    );
     assert.ok(
       last.heapUsed - mid.heapUsed <= HEAP_SLACK,
       `the JS heap grew ${last.heapUsed - mid.heapUsed} bytes in a cycle`,
