@@ -248,7 +248,7 @@ with st.SafetensorsFile(src) as f:
 if edit == "dtype":  # f32 tensors under a run that says bf16
     meta = json.loads(md["meta"]); meta["run"]["dtype"] = "bf16"; md["meta"] = json.dumps(meta)
 else:
-    md["format"] = "sltrain-checkpoint-v3"
+    md["format"] = "sltrain-checkpoint-v99"  # a version from the future
 st.write(dst, tensors, md, checksums=True)`,
     `${dir}/sltrain/checkpoint.step-10.safetensors`,
     `${folder}/checkpoint.safetensors`,
