@@ -11,27 +11,13 @@ import { openSafetensors } from "../cli/safetensors.ts";
 import { type RunData, trainRun } from "../cli/trainer.ts";
 import { Rng } from "../core/rng.ts";
 import { packedSequences } from "../data/batches.ts";
-import { validateConfig } from "../models/config.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { measureMemory } from "../models/memory.ts";
 import { perLayer as perLayerUpdates } from "../optim/mod.ts";
-import { quietIO, toyRun } from "./fixtures.ts";
+import { EIGHT_BIT_MODEL, quietIO, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
-
-// Embedding and head 300·32 = 9600 values reach 8-bit states.
-const MODEL = validateConfig({
-  vocabSize: 300,
-  hidden: 32,
-  intermediate: 128,
-  heads: 2,
-  layers: 2,
-  maxSeqLen: 64,
-  rmsNormEps: 1e-6,
-  ropeBase: 10000,
-  initStd: 0.02,
-});
 
 /** Each method with settings that make its special steps happen within 4 steps. */
 const CASES: Record<string, Partial<RunConfig>> = {
@@ -49,7 +35,7 @@ const CASES: Record<string, Partial<RunConfig>> = {
 
 function run(name: string, overrides: Partial<RunConfig> = {}): RunConfig {
   return toyRun({
-    model: MODEL,
+    model: EIGHT_BIT_MODEL,
     rank: 4,
     weightDecay: 0.1,
     steps: 4,

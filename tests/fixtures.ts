@@ -21,6 +21,22 @@ export function toyConfig(vocab = 11, maxSeqLen?: number): LlamaConfig {
   });
 }
 
+/**
+ * Big enough that some tensors reach 8-bit states (embedding and LM head 300·32 = 9600 values;
+ * GaLore's projected gate/up/down 32·128 = 4096), small enough to train in a second.
+ */
+export const EIGHT_BIT_MODEL: LlamaConfig = validateConfig({
+  vocabSize: 300,
+  hidden: 32,
+  intermediate: 128,
+  heads: 2,
+  layers: 2,
+  maxSeqLen: 64,
+  rmsNormEps: 1e-6,
+  ropeBase: 10000,
+  initStd: 0.02,
+});
+
 /** A run of a toy model that trains in a second: override what a test varies. */
 export function toyRun(overrides: Partial<RunConfig> = {}): RunConfig {
   return {

@@ -12,34 +12,19 @@ import { type RunData, trainRun } from "../cli/trainer.ts";
 import { Rng } from "../core/rng.ts";
 import * as tree from "../core/tree.ts";
 import { packedSequences } from "../data/batches.ts";
-import { validateConfig } from "../models/config.ts";
 import { estimateMemory } from "../models/estimate.ts";
 import { measureMemory } from "../models/memory.ts";
 import { perLayer } from "../optim/mod.ts";
-import { quietIO, toyRun } from "./fixtures.ts";
+import { EIGHT_BIT_MODEL, quietIO, toyRun } from "./fixtures.ts";
 import { setup } from "./util.ts";
 
 await setup();
-
-// Big enough that some tensors reach 8-bit states (embedding and lm_head 300·32 = 9600 values;
-// GaLore's projected gate/up/down 32·128 = 4096), small enough to train in a second.
-const MODEL = validateConfig({
-  vocabSize: 300,
-  hidden: 32,
-  intermediate: 128,
-  heads: 2,
-  layers: 2,
-  maxSeqLen: 64,
-  rmsNormEps: 1e-6,
-  ropeBase: 10000,
-  initStd: 0.02,
-});
 
 const METHODS = ["full", "lowrank", "sltrain", "relora", "galore"] as const;
 
 function run(method: RunConfig["method"], overrides: Partial<RunConfig> = {}): RunConfig {
   return toyRun({
-    model: MODEL,
+    model: EIGHT_BIT_MODEL,
     method,
     optimizer: "adamw8bit",
     rank: method === "galore" ? 32 : 4,
